@@ -1,0 +1,37 @@
+# Day-to-day commands; every target runs inside the poetry-managed virtualenv.
+POETRY ?= poetry
+RUN := $(POETRY) run
+PIDFILE ?= data/snapshot-processor.pid
+LOGFILE ?= data/snapshot-processor.log
+
+.PHONY: install run rund stop test test-unit lint check-config
+
+install:  ## create .venv and install the project with its dev tools from poetry.lock
+	$(POETRY) config --local virtualenvs.in-project true
+	$(POETRY) install --no-interaction
+
+run:  ## run the daemon in the foreground (Ctrl-C stops it)
+	$(RUN) snapshot-processor run
+
+rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends it
+	mkdir -p $(dir $(PIDFILE))
+	nohup $(RUN) snapshot-processor run >>$(LOGFILE) 2>&1 & echo $$! >$(PIDFILE)
+	@echo "started, pid $$(cat $(PIDFILE)), log $(LOGFILE)"
+
+stop:  ## stop the daemon started by `make rund`
+	kill -TERM $$(cat $(PIDFILE)) && rm -f $(PIDFILE)
+
+check-config:  ## validate the configuration
+	$(RUN) snapshot-processor check-config
+
+test:  ## the whole suite (needs RabbitMQ on 127.0.0.1:5672)
+	$(RUN) pytest
+
+test-unit:  ## only the tests that need no broker
+	$(RUN) pytest -m "not broker"
+
+lint:  ## ruff and mypy, as configured in pyproject.toml
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) hadolint Dockerfile

@@ -1,0 +1,404 @@
+"""What every camera client shares: one HTTP session, a lock, retries, safe errors.
+
+A vendor client says which URL to fetch, which auth to use and how its camera reports
+errors; :class:`CameraClient` does the rest. Exceptions are built from our own words and
+raised outside the ``except`` blocks, so no ``requests`` exception (whose text quotes the
+URL, credentials included for Foscam and Reolink) rides along as ``__context__``.
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import http.client
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import ClassVar
+from urllib.parse import quote
+
+import requests
+import requests.auth
+import urllib3.exceptions
+
+from pylib.redact import register_secret
+from snapshot_processor.camera.errors import (
+    CameraAuthError,
+    CameraBadImageError,
+    CameraConnectionError,
+    CameraError,
+    CameraHTTPError,
+    CameraTimeoutError,
+)
+from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.spec import CameraSpec
+
+__all__ = ["MAX_IMAGE_BYTES", "CameraClient", "Reply", "Request", "build_query"]
+
+log = logging.getLogger(__name__)
+
+# A snapshot is a few hundred kB; anything this big is not a snapshot.
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
+USER_AGENT = "snapshot-processor"
+
+
+def build_query(pairs: Sequence[tuple[str, str]]) -> str:
+    """Encode query pairs with ``%20`` for a space (never ``+``) and every reserved
+    character escaped, the way Foscam and Reolink firmware decode them."""
+    return "&".join(f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in pairs)
+
+
+def _show_query(pairs: Sequence[tuple[str, str]], secret_keys: frozenset[str]) -> str:
+    return "&".join(
+        f"{quote(key, safe='')}={'***' if key in secret_keys else quote(value, safe='')}"
+        for key, value in pairs
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    """One snapshot request: the real URL (may hold credentials) and a safe description."""
+
+    url: str = field(repr=False)
+    shown: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A camera's complete answer."""
+
+    status: int
+    content_type: str
+    body: bytes = field(repr=False)
+
+
+class _QuerySecretFilter(logging.Filter):
+    """Masks passwords in the request lines urllib3 logs at DEBUG.
+
+    urllib3 logs ``"GET /cgi-bin/CGIProxy.fcgi?...&pwd=..."``; the process's redacting
+    handler catches it too, but this also covers any other handler (tests, embedders).
+    """
+
+    _pattern = re.compile(r"(?i)([?&](?:pwd|passwd|password|pass)=)[^&#\s\"']*")
+
+    def _scrub(self, value: object) -> object:
+        return self._pattern.sub(r"\1***", value) if isinstance(value, str) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self._pattern.sub(r"\1***", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._scrub(arg) for arg in record.args)
+        return True
+
+
+def _install_urllib3_filter() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(existing, _QuerySecretFilter) for existing in logger.filters):
+        logger.addFilter(_QuerySecretFilter())
+
+
+_install_urllib3_filter()
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """Every exception wrapped inside ``exc`` (causes, contexts, args, urllib3 reasons)."""
+    found: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack and len(found) < 32:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked.extend(current.args)
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+    return found
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # requests reports a read timeout during a streamed body as a ConnectionError.
+    for item in _exception_chain(exc):
+        # urllib3 derives "connection refused" from its connect-timeout class.
+        if isinstance(item, urllib3.exceptions.NewConnectionError):
+            continue
+        if isinstance(item, urllib3.exceptions.TimeoutError | requests.exceptions.Timeout):
+            return True
+        if isinstance(item, TimeoutError):
+            return True
+    return False
+
+
+def _connection_problem(exc: BaseException) -> str:
+    """Name the network problem in plain words, from the type of the root cause."""
+    chain = _exception_chain(exc)
+    checks: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+        (ConnectionRefusedError, "connection refused"),
+        (socket.gaierror, "host name does not resolve"),
+        (ssl.SSLError, "TLS handshake failed"),
+        (ConnectionResetError, "connection reset by the camera"),
+        (
+            (http.client.RemoteDisconnected, urllib3.exceptions.ProtocolError),
+            "connection closed by the camera",
+        ),
+    )
+    for kinds, words in checks:
+        if any(isinstance(item, kinds) for item in chain):
+            return words
+    for item in chain:
+        if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "host unreachable"
+    return f"connection failed ({type(chain[-1]).__name__})"
+
+
+class CameraClient:
+    """Fetches JPEG snapshots from one camera (the base of every vendor's client).
+
+    One ``requests.Session`` per client keeps the connection open between snapshots; a
+    lock makes one client safe to share between threads (calls run one at a time).
+    Timeouts, connection errors, 5xx answers and bad images are retried with doubling
+    back-off; auth errors, other 4xx answers and most vendor errors are not.
+    """
+
+    vendor: ClassVar[str] = ""
+    path: ClassVar[str] = "/"
+    secret_query_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, spec: CameraSpec) -> None:
+        self._spec = spec
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._session = requests.Session()
+        # Cameras sit on the local network: no proxy from the environment (it would see
+        # the credentials in Foscam/Reolink URLs) and no ~/.netrc overriding our auth.
+        self._session.trust_env = False
+        self._session.headers["User-Agent"] = USER_AGENT
+        self._auth = self._make_auth()
+        # The process's log redaction masks this camera's password wherever it appears.
+        register_secret(spec.password)
+        register_secret(quote(spec.password, safe=""))
+
+    # -- what vendors override ------------------------------------------------------
+
+    def _make_auth(self) -> requests.auth.AuthBase | None:
+        """The HTTP auth to send (None: credentials travel some other way)."""
+        return None
+
+    def _query(self) -> list[tuple[str, str]]:
+        """Query pairs for :attr:`path`, unencoded."""
+        return []
+
+    def _request(self) -> Request:
+        """The URL to fetch, and how to show it in messages."""
+        host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
+        base = f"{self._spec.scheme}://{host}:{self._spec.port}{self.path}"
+        pairs = self._query()
+        if not pairs:
+            return Request(url=base, shown=base)
+        return Request(
+            url=f"{base}?{build_query(pairs)}",
+            shown=f"{base}?{_show_query(pairs, self.secret_query_keys)}",
+        )
+
+    def _check_vendor_body(self, reply: Reply, request: Request) -> None:
+        """Raise the vendor's error if the body is an error report rather than an image."""
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def spec(self) -> CameraSpec:
+        """The camera this client fetches from."""
+        return self._spec
+
+    @property
+    def key(self) -> str:
+        """The camera's key, e.g. ``"front door camera"``."""
+        return self._spec.key
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed.is_set()
+
+    def snapshot(self) -> bytes:
+        """Fetch one snapshot and return its JPEG bytes, checked to decode.
+
+        Raises a :class:`~snapshot_processor.camera.errors.CameraError` subclass once the
+        attempts are used up or the error is not worth retrying.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                raise CameraConnectionError(
+                    f"{self.key}: client is closed", camera=self.key, retryable=False
+                )
+            attempts = self._spec.retries + 1
+            delay = self._spec.backoff
+            attempt = 0
+            while True:
+                attempt += 1
+                started = time.monotonic()
+                outcome = self._attempt()
+                if isinstance(outcome, bytes):
+                    log.debug(
+                        "%s: snapshot of %d bytes in %.2f s (attempt %d)",
+                        self.key,
+                        len(outcome),
+                        time.monotonic() - started,
+                        attempt,
+                    )
+                    return outcome
+                if not outcome.retryable or attempt >= attempts:
+                    break
+                log.warning(
+                    "%s: attempt %d of %d failed, retrying in %.2f s: %s",
+                    self.key,
+                    attempt,
+                    attempts,
+                    delay,
+                    outcome,
+                )
+                # close() interrupts the pause so shutdown never waits for back-off.
+                if self._closed.wait(delay):
+                    break
+                delay *= 2
+        raise outcome
+
+    def close(self) -> None:
+        """Close the HTTP session; a snapshot in progress finishes first. Idempotent."""
+        self._closed.set()
+        with self._lock:
+            self._session.close()
+
+    def __enter__(self) -> CameraClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.key!r} "
+            f"{self._spec.scheme}://{self._spec.host}:{self._spec.port}>"
+        )
+
+    # -- machinery -------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """Mask this camera's password in text the camera sent us (error details)."""
+        password = self._spec.password
+        if len(password) >= 3:
+            text = text.replace(password, "***").replace(quote(password, safe=""), "***")
+        return text
+
+    def _attempt(self) -> bytes | CameraError:
+        request = self._request()
+        reply = self._send(request)
+        if isinstance(reply, CameraError):
+            return reply
+        try:
+            return self._interpret(reply, request)
+        except CameraError as exc:
+            # Drop the traceback: its frames hold the request, URL and credentials.
+            return exc.with_traceback(None)
+
+    def _send(self, request: Request) -> Reply | CameraError:
+        """GET the URL; the complete answer, or the error to raise (never raised here)."""
+        timeout = self._spec.timeout
+        started = time.monotonic()
+        error: CameraError
+        try:
+            with self._session.get(
+                request.url,
+                auth=self._auth,
+                timeout=(timeout, timeout),
+                stream=True,
+                verify=self._spec.verify_tls,
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                # Read the body ourselves: the read timeout applies per socket read, so a
+                # camera trickling bytes needs a deadline of its own, and a size cap.
+                for chunk in response.iter_content(_CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        return CameraBadImageError(
+                            f"{self.key}: answer larger than {MAX_IMAGE_BYTES} bytes "
+                            f"(GET {request.shown})",
+                            camera=self.key,
+                            retryable=False,
+                        )
+                    if time.monotonic() - started > timeout:
+                        return self._timeout_error(request)
+                    chunks.append(chunk)
+                return Reply(
+                    status=response.status_code,
+                    content_type=response.headers.get("Content-Type", ""),
+                    body=b"".join(chunks),
+                )
+        except requests.exceptions.Timeout:
+            error = self._timeout_error(request)
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            if _is_timeout(exc):
+                error = self._timeout_error(request)
+            else:
+                error = CameraConnectionError(
+                    f"{self.key}: {_connection_problem(exc)} (GET {request.shown})",
+                    camera=self.key,
+                )
+        except requests.exceptions.RequestException as exc:
+            error = CameraConnectionError(
+                f"{self.key}: request failed ({type(exc).__name__}) (GET {request.shown})",
+                camera=self.key,
+            )
+        return error
+
+    def _timeout_error(self, request: Request) -> CameraTimeoutError:
+        return CameraTimeoutError(
+            f"{self.key}: timed out after {self._spec.timeout} s (GET {request.shown})",
+            camera=self.key,
+        )
+
+    def _interpret(self, reply: Reply, request: Request) -> bytes:
+        """The JPEG in a reply, or raise the matching CameraError."""
+        status = reply.status
+        if status in (401, 403):
+            raise CameraAuthError(
+                f"{self.key}: HTTP {status} {_phrase(status)}: user name or password refused "
+                f"(GET {request.shown})",
+                camera=self.key,
+            )
+        if not 200 <= status < 300:
+            raise CameraHTTPError(
+                f"{self.key}: HTTP {status} {_phrase(status)} (GET {request.shown})",
+                status=status,
+                camera=self.key,
+            )
+        self._check_vendor_body(reply, request)
+        try:
+            check_jpeg(reply.body, reply.content_type)
+        except InvalidJPEGError as exc:
+            raise CameraBadImageError(
+                f"{self.key}: {exc} (GET {request.shown})", camera=self.key
+            ) from None
+        return reply.body
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""

@@ -1,0 +1,196 @@
+"""One client per camera vendor, and :func:`make_client` to pick the right one."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+from urllib.parse import quote
+
+import requests.auth
+
+from snapshot_processor.camera.base import CameraClient, Reply, Request
+from snapshot_processor.camera.errors import (
+    CameraAuthError,
+    CameraBadImageError,
+    CameraVendorError,
+)
+from snapshot_processor.camera.jpeg import JPEG_SOI
+from snapshot_processor.camera.spec import CameraSpec, safe_url
+
+__all__ = [
+    "DahuaClient",
+    "FoscamClient",
+    "GenericClient",
+    "HikvisionClient",
+    "ReolinkClient",
+    "make_client",
+]
+
+# Foscam CGI result codes (the CGI manual's names).
+FOSCAM_RESULTS: dict[int, str] = {
+    0: "success",
+    -1: "bad request (malformed command or parameters)",
+    -2: "wrong user name or password",
+    -3: "access denied",
+    -4: "command failed on the camera",
+    -5: "camera timed out",
+}
+_FOSCAM_AUTH_CODES = frozenset({-2, -3})
+# Busy or slow camera: worth another try, unlike a bad request.
+_FOSCAM_TRANSIENT_CODES = frozenset({-4, -5})
+_FOSCAM_RESULT = re.compile(rb"<result>\s*(-?\d+)\s*</result>")
+
+# Reolink rspCodes that mean "log in" / "login failed".
+_REOLINK_AUTH_CODES = frozenset({-6, -7})
+_REOLINK_AUTH_WORDS = ("login", "password")
+
+
+class FoscamClient(CameraClient):
+    """Foscam HD cameras: ``CGIProxy.fcgi?cmd=snapPicture2`` with credentials in the query.
+
+    Errors come back as ``<CGI_Result><result>N</result>`` with HTTP 200.
+    """
+
+    vendor = "foscam"
+    path = "/cgi-bin/CGIProxy.fcgi"
+    secret_query_keys = frozenset({"pwd"})
+
+    def _query(self) -> list[tuple[str, str]]:
+        return [("cmd", "snapPicture2"), ("usr", self._spec.user), ("pwd", self._spec.password)]
+
+    def _check_vendor_body(self, reply: Reply, request: Request) -> None:
+        if reply.body.startswith(JPEG_SOI):
+            return
+        match = _FOSCAM_RESULT.search(reply.body[:4096])
+        if match is None:
+            return
+        code = int(match.group(1))
+        if code == 0:
+            raise CameraBadImageError(
+                f"{self.key}: camera reported success but sent no image (GET {request.shown})",
+                camera=self.key,
+            )
+        words = FOSCAM_RESULTS.get(code, "unknown error")
+        message = f"{self.key}: camera reported {code}: {words} (GET {request.shown})"
+        if code in _FOSCAM_AUTH_CODES:
+            raise CameraAuthError(message, camera=self.key)
+        raise CameraVendorError(
+            message, code=code, camera=self.key, retryable=code in _FOSCAM_TRANSIENT_CODES
+        )
+
+
+class HikvisionClient(CameraClient):
+    """Hikvision ISAPI: ``/ISAPI/Streaming/channels/101/picture`` with HTTP digest auth."""
+
+    vendor = "hikvision"
+    path = "/ISAPI/Streaming/channels/101/picture"
+
+    def _make_auth(self) -> requests.auth.AuthBase | None:
+        return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+
+
+class DahuaClient(CameraClient):
+    """Dahua and Amcrest: ``/cgi-bin/snapshot.cgi?channel=1`` with HTTP digest auth."""
+
+    vendor = "dahua"
+    path = "/cgi-bin/snapshot.cgi"
+
+    def _make_auth(self) -> requests.auth.AuthBase | None:
+        return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+
+    def _query(self) -> list[tuple[str, str]]:
+        return [("channel", "1")]
+
+
+class ReolinkClient(CameraClient):
+    """Reolink: ``/cgi-bin/api.cgi?cmd=Snap`` with credentials in the query.
+
+    Errors come back as JSON, ``[{"cmd": "Snap", "code": 1, "error": {"rspCode": -6,
+    "detail": "please login first"}}]``, usually with HTTP 200.
+    """
+
+    vendor = "reolink"
+    path = "/cgi-bin/api.cgi"
+    secret_query_keys = frozenset({"password"})
+
+    def _query(self) -> list[tuple[str, str]]:
+        # rs: a random string the firmware wants, so no cache answers with an old frame.
+        return [
+            ("cmd", "Snap"),
+            ("channel", "0"),
+            ("rs", secrets.token_hex(8)),
+            ("user", self._spec.user),
+            ("password", self._spec.password),
+        ]
+
+    def _check_vendor_body(self, reply: Reply, request: Request) -> None:
+        if reply.body.lstrip()[:1] not in (b"[", b"{"):
+            return
+        try:
+            data: Any = json.loads(reply.body)
+        except ValueError:
+            raise CameraBadImageError(
+                f"{self.key}: camera answered malformed JSON instead of an image "
+                f"(GET {request.shown})",
+                camera=self.key,
+            ) from None
+        item = data[0] if isinstance(data, list) and data else data
+        error = item.get("error") if isinstance(item, dict) else None
+        code: int | None = None
+        detail = ""
+        if isinstance(error, dict):
+            raw_code = error.get("rspCode")
+            code = raw_code if isinstance(raw_code, int) else None
+            detail = self._scrub(str(error.get("detail", "")))[:120]
+        words = f"rspCode {code}" if code is not None else "an error"
+        message = f"{self.key}: camera reported {words}"
+        message += f": {detail}" if detail else " instead of an image"
+        message += f" (GET {request.shown})"
+        if code in _REOLINK_AUTH_CODES or any(w in detail.lower() for w in _REOLINK_AUTH_WORDS):
+            raise CameraAuthError(message, camera=self.key)
+        raise CameraVendorError(message, code=code, camera=self.key)
+
+
+class GenericClient(CameraClient):
+    """Any camera with a snapshot URL, using basic, digest or no HTTP auth.
+
+    The URL may contain ``{host}``, ``{port}``, ``{user}`` and ``{password}``.
+    """
+
+    vendor = "generic"
+
+    def _make_auth(self) -> requests.auth.AuthBase | None:
+        if self._spec.auth == "basic":
+            return requests.auth.HTTPBasicAuth(self._spec.user, self._spec.password)
+        if self._spec.auth == "digest":
+            return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+        return None
+
+    def _request(self) -> Request:
+        template = self._spec.url or ""
+        host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
+        # str.replace, not str.format: a URL may contain other braces.
+        url = (
+            template.replace("{host}", host)
+            .replace("{port}", str(self._spec.port))
+            .replace("{user}", quote(self._spec.user, safe=""))
+            .replace("{password}", quote(self._spec.password, safe=""))
+        )
+        return Request(url=url, shown=self._scrub(safe_url(url)))
+
+
+_CLIENTS: dict[str, type[CameraClient]] = {
+    cls.vendor: cls
+    for cls in (FoscamClient, HikvisionClient, DahuaClient, ReolinkClient, GenericClient)
+}
+
+
+def make_client(spec: CameraSpec) -> CameraClient:
+    """Return the client for ``spec.vendor``; close it when done."""
+    try:
+        cls = _CLIENTS[spec.vendor]
+    except KeyError:
+        raise ValueError(f"{spec.key}: unknown camera vendor {spec.vendor!r}") from None
+    return cls(spec)

@@ -1,0 +1,89 @@
+"""Errors raised by the camera clients.
+
+Every message names the camera and the problem in words of our own. None carries the
+text of a ``requests`` exception: those quote the full URL, and Foscam and Reolink put
+the user name and password in the query string.
+"""
+
+from __future__ import annotations
+
+
+class CameraError(Exception):
+    """A snapshot could not be fetched from a camera.
+
+    ``reason`` is a short machine-friendly word (for counters and log fields),
+    ``camera`` the camera's key, ``retryable`` whether another attempt may succeed.
+    """
+
+    reason: str = "camera"
+    default_retryable: bool = False
+
+    def __init__(self, message: str, *, camera: str = "", retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.camera = camera
+        self.retryable = self.default_retryable if retryable is None else retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CameraAuthError(CameraError):
+    """The camera refused the user name or password (never retried)."""
+
+    reason = "auth"
+
+
+class CameraTimeoutError(CameraError):
+    """The camera did not answer within the timeout (retried)."""
+
+    reason = "timeout"
+    default_retryable = True
+
+
+class CameraHTTPError(CameraError):
+    """The camera answered with an HTTP error status (5xx, 408 and 429 are retried)."""
+
+    reason = "http"
+
+    def __init__(
+        self, message: str, *, status: int, camera: str = "", retryable: bool | None = None
+    ) -> None:
+        if retryable is None:
+            retryable = status >= 500 or status in (408, 429)
+        super().__init__(message, camera=camera, retryable=retryable)
+        self.status = status
+
+
+class CameraBadImageError(CameraError):
+    """The camera answered, but not with a whole JPEG (retried: cameras send half frames)."""
+
+    reason = "bad_image"
+    default_retryable = True
+
+
+class CameraConnectionError(CameraError):
+    """The camera could not be reached or dropped the connection (retried)."""
+
+    reason = "connection"
+    default_retryable = True
+
+
+class CameraVendorError(CameraError):
+    """The camera reported an error in its own format (Foscam XML, Reolink JSON).
+
+    Not retried unless the vendor's code says the failure is transient.
+    """
+
+    reason = "vendor"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        camera: str = "",
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, camera=camera, retryable=retryable)
+        self.code = code

@@ -1,0 +1,67 @@
+"""Check that bytes from a camera are one whole JPEG."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+__all__ = ["JPEG_EOI", "JPEG_SOI", "InvalidJPEGError", "check_jpeg", "describe_body"]
+
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+
+# Some cameras pad the frame after the end marker; tolerate that much.
+_PADDING = b"\x00\r\n "
+
+
+class InvalidJPEGError(ValueError):
+    """The bytes are not one whole, decodable JPEG; the message says why (no content)."""
+
+
+def describe_body(body: bytes, content_type: str = "") -> str:
+    """A short description of a body for error messages, without quoting it.
+
+    The body is never echoed: some cameras' error pages repeat the request URL, and
+    with it the credentials.
+    """
+    kind = content_type.split(";", 1)[0].strip() or "no content type"
+    stripped = body.lstrip()[:16].lower()
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        looks = "an HTML page"
+    elif stripped.startswith(b"<"):
+        looks = "XML/HTML"
+    elif stripped.startswith((b"{", b"[")):
+        looks = "JSON"
+    elif not body:
+        looks = "nothing"
+    else:
+        looks = "unrecognised bytes"
+    return f"{looks} ({kind}, {len(body)} bytes)"
+
+
+def check_jpeg(body: bytes, content_type: str = "") -> None:
+    """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG that decodes.
+
+    Checks the start and end markers (a cut-off frame has no end marker), then decodes
+    the image with Pillow at reduced scale, which reads all of the compressed data but
+    costs a fraction of a full-size decode.
+    """
+    if not body.startswith(JPEG_SOI):
+        raise InvalidJPEGError(f"not a JPEG: got {describe_body(body, content_type)}")
+    if not body.rstrip(_PADDING).endswith(JPEG_EOI):
+        raise InvalidJPEGError(f"truncated JPEG: no end-of-image marker ({len(body)} bytes)")
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            if image.format != "JPEG":
+                raise InvalidJPEGError(f"not a JPEG: Pillow reads it as {image.format}")
+            image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except InvalidJPEGError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, bomb errors
+        # Pillow's messages describe the decoding problem, never the data itself.
+        detail = str(exc)[:120]
+        raise InvalidJPEGError(
+            f"JPEG does not decode ({type(exc).__name__}: {detail}; {len(body)} bytes)"
+        ) from None

@@ -1,0 +1,690 @@
+"""A camera simulator: a real HTTP server that speaks every supported vendor's snapshot API.
+
+One server answers all vendors at once, each on its own path and with its own auth:
+
+==========  ==============================================  ==============================
+vendor      path                                            auth
+==========  ==============================================  ==============================
+foscam      ``/cgi-bin/CGIProxy.fcgi?cmd=snapPicture2``      ``usr``/``pwd`` in the query
+hikvision   ``/ISAPI/Streaming/channels/101/picture``       HTTP Digest (MD5, qop=auth)
+dahua       ``/cgi-bin/snapshot.cgi?channel=1``             HTTP Digest (MD5, qop=auth)
+reolink     ``/cgi-bin/api.cgi?cmd=Snap&channel=0``         ``user``/``password`` in query
+generic     ``/snapshot.jpg``                               basic, digest or none
+==========  ==============================================  ==============================
+
+Queries are decoded the way the firmware does: ``%XX`` only, so a ``+`` stays a plus.
+Failure modes, settable while running: ``ok``, ``error`` (the vendor's own error format,
+HTTP 500 where it has none), ``unavailable`` (HTTP 503), ``html`` (200 with an HTML error
+page), ``garbage`` (200 with random bytes), ``truncated`` (200 with half a JPEG) and
+``hang`` (no answer until :meth:`CameraSimulator.stop`). :meth:`CameraSimulator.fail_next`
+fails only the next N authenticated requests. Run it by hand with
+``python -m snapshot_processor.camera.simulator --port 8088``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["MODES", "PATHS", "CameraSimulator", "main"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("ok", "error", "unavailable", "html", "garbage", "truncated", "hang")
+GENERIC_AUTH_MODES = ("basic", "digest", "none")
+
+PATHS: dict[str, str] = {
+    "foscam": "/cgi-bin/CGIProxy.fcgi",
+    "hikvision": "/ISAPI/Streaming/channels/101/picture",
+    "dahua": "/cgi-bin/snapshot.cgi",
+    "reolink": "/cgi-bin/api.cgi",
+    "generic": "/snapshot.jpg",
+}
+_VENDOR_BY_PATH = {path: vendor for vendor, path in PATHS.items()}
+
+# Nonces remembered for digest auth; older ones are answered with stale=true.
+_MAX_NONCES = 1024
+_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:pwd|password)=)[^&\s\"']*")
+
+_HTML_ERROR = (
+    b"<!DOCTYPE html><html><head><title>Error</title></head>"
+    b"<body><h1>500 Internal Error</h1><p>Snapshot unavailable.</p></body></html>"
+)
+
+
+def _decode_query(query: str) -> dict[str, str]:
+    """Decode a query the way camera firmware does: ``%XX`` escapes only, ``+`` is a plus."""
+    params: dict[str, str] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        params[unquote_to_bytes(key).decode("utf-8", "replace")] = unquote_to_bytes(
+            value
+        ).decode("utf-8", "replace")
+    return params
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def _parse_digest(header: str) -> dict[str, str]:
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() != "digest":
+        return {}
+    params: dict[str, str] = {}
+    for match in _DIGEST_PARAM.finditer(rest):
+        quoted, bare = match.group(2), match.group(3)
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        params[match.group(1).lower()] = value
+    return params
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that can close its open connections and join its threads.
+
+    ``ThreadingHTTPServer`` does not track daemon handler threads, and a keep-alive
+    connection keeps its thread blocked in a read; ``stop()`` must leave neither behind.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], simulator: CameraSimulator) -> None:
+        self.simulator = simulator
+        self._conn_lock = threading.Lock()
+        self._open: dict[threading.Thread, socket.socket] = {}
+        self._conn_ids = itertools.count(1)
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.simulator._count_connection()
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name=f"camera-simulator-conn-{next(self._conn_ids)}",
+            daemon=True,
+        )
+        with self._conn_lock:
+            self._open[thread] = request
+        thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            # A client that timed out and hung up is normal here, not worth a traceback.
+            log.debug("camera simulator: error serving %s", client_address, exc_info=True)
+        finally:
+            self.shutdown_request(request)
+            with self._conn_lock:
+                self._open.pop(threading.current_thread(), None)
+
+    def close_connections(self, timeout: float) -> None:
+        """Unblock every handler (shut its socket down) and wait for its thread."""
+        with self._conn_lock:
+            open_now = list(self._open.items())
+        for _thread, sock in open_now:
+            with contextlib.suppress(OSError):  # already closed by the client
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread, _sock in open_now:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Hands each GET to the simulator; logs without the query (it holds passwords)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "CameraSimulator/1.0"
+    sys_version = ""
+    # Idle keep-alive connections end after this long even if nobody stops the server.
+    timeout = 30.0
+
+    def do_GET(self) -> None:
+        server = self.server
+        assert isinstance(server, _Server)
+        server.simulator._handle(self)
+
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Send a complete response with a Content-Length (keep-alive stays usable)."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        except OSError:
+            # The client gave up (timed out) before the answer: nothing to tell it.
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug(
+            "camera simulator: %s %s -> %s", self.command, self.path.partition("?")[0], code
+        )
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("camera simulator: %s", _QUERY_SECRET.sub(r"\1***", format % args))
+
+
+class CameraSimulator:
+    """A fake IP camera for tests and demos: a real HTTP server on 127.0.0.1.
+
+    Settings (``user``, ``password``, ``mode``, ``latency``, ``generic_auth``) can be
+    changed from any thread while it runs. ``requests`` counts every HTTP request
+    (digest challenges included), ``served`` the whole JPEGs sent, ``connections`` the
+    TCP connections accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        user: str = "admin",
+        password: str = "secret",
+        mode: str = "ok",
+        latency: float = 0.0,
+        generic_auth: str = "digest",
+        name: str = "simulated camera",
+        size: tuple[int, int] = (640, 480),
+        realm: str = "IP Camera",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.realm = realm
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._user = user
+        self._password = password
+        self._mode = self._check_mode(mode)
+        self._latency = self._check_latency(latency)
+        self._generic_auth = self._check_generic_auth(generic_auth)
+        self._fail_count = 0
+        self._fail_mode = "unavailable"
+        self._requests = 0
+        self._served = 0
+        self._connections = 0
+        self._nonces: OrderedDict[str, None] = OrderedDict()
+        self._background = self._make_background(size)
+        self._font = self._load_font()
+
+    # -- settings --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_mode(mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"unknown simulator mode {mode!r}; expected one of {MODES}")
+        return mode
+
+    @staticmethod
+    def _check_latency(latency: float) -> float:
+        if latency < 0:
+            raise ValueError("latency must not be negative")
+        return float(latency)
+
+    @staticmethod
+    def _check_generic_auth(auth: str) -> str:
+        if auth not in GENERIC_AUTH_MODES:
+            raise ValueError(f"unknown generic auth {auth!r}; expected one of {GENERIC_AUTH_MODES}")
+        return auth
+
+    @property
+    def user(self) -> str:
+        """The user name every vendor endpoint accepts."""
+        with self._lock:
+            return self._user
+
+    @user.setter
+    def user(self, value: str) -> None:
+        with self._lock:
+            self._user = value
+
+    @property
+    def password(self) -> str:
+        """The password every vendor endpoint accepts."""
+        with self._lock:
+            return self._password
+
+    @password.setter
+    def password(self, value: str) -> None:
+        with self._lock:
+            self._password = value
+
+    @property
+    def mode(self) -> str:
+        """How authenticated snapshot requests are answered (one of :data:`MODES`)."""
+        with self._lock:
+            return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        value = self._check_mode(value)
+        with self._lock:
+            self._mode = value
+
+    @property
+    def latency(self) -> float:
+        """Seconds to wait before answering each request."""
+        with self._lock:
+            return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        value = self._check_latency(value)
+        with self._lock:
+            self._latency = value
+
+    @property
+    def generic_auth(self) -> str:
+        """Auth on the generic ``/snapshot.jpg`` path: basic, digest or none."""
+        with self._lock:
+            return self._generic_auth
+
+    @generic_auth.setter
+    def generic_auth(self, value: str) -> None:
+        value = self._check_generic_auth(value)
+        with self._lock:
+            self._generic_auth = value
+
+    def fail_next(self, count: int, mode: str = "unavailable") -> None:
+        """Answer the next ``count`` authenticated requests in ``mode``, then use :attr:`mode`."""
+        mode = self._check_mode(mode)
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            self._fail_count = count
+            self._fail_mode = mode
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests received, digest challenges and failures included."""
+        with self._lock:
+            return self._requests
+
+    @property
+    def served(self) -> int:
+        """Complete JPEG snapshots sent."""
+        with self._lock:
+            return self._served
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted."""
+        with self._lock:
+            return self._connections
+
+    def reset_counters(self) -> None:
+        """Set ``requests``, ``served`` and ``connections`` back to zero."""
+        with self._lock:
+            self._requests = self._served = self._connections = 0
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, vendor: str) -> str:
+        """The full snapshot URL for ``vendor`` without credentials (for generic specs)."""
+        return self.base_url + PATHS[vendor]
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> CameraSimulator:
+        """Bind and start serving in a background thread; sets :attr:`port`."""
+        if self._server is not None:
+            raise RuntimeError("camera simulator already started")
+        self._stopping.clear()
+        server = _Server((self.host, self.port), self)
+        self.port = server.server_port
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"camera-simulator-{self.port}",
+            daemon=True,
+        )
+        self._server, self._thread = server, thread
+        thread.start()
+        log.info("camera simulator listening on %s", self.base_url)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving: end hanging requests, close connections, join every thread."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        # First release handlers waiting in "hang" or latency, then stop accepting.
+        self._stopping.set()
+        server.shutdown()
+        server.close_connections(timeout)
+        server.server_close()
+        thread.join(timeout)
+        self._server = self._thread = None
+        log.info("camera simulator on port %d stopped", self.port)
+
+    def __enter__(self) -> CameraSimulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- images ----------------------------------------------------------------------
+
+    @staticmethod
+    def _make_background(size: tuple[int, int]) -> Image.Image:
+        horizontal = Image.linear_gradient("L").rotate(90).resize(size)
+        vertical = Image.linear_gradient("L").resize(size)
+        flat = Image.new("L", size, 96)
+        return Image.merge("RGB", (horizontal, vertical, flat))
+
+    @staticmethod
+    def _load_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+        try:
+            return ImageFont.load_default(size=24)
+        except Exception:  # Pillow without FreeType has only the small bitmap font
+            return ImageFont.load_default()
+
+    def _render_jpeg(self, counter: int) -> bytes:
+        image = self._background.copy()
+        draw = ImageDraw.Draw(image)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        draw.text((16, 16), f"{self.name}  #{counter}", fill=(255, 255, 255), font=self._font)
+        draw.text((16, 52), stamp, fill=(255, 255, 255), font=self._font)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+        return buffer.getvalue()
+
+    # -- request handling ------------------------------------------------------------
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._connections += 1
+
+    def _take_mode(self) -> str:
+        with self._lock:
+            if self._fail_count > 0:
+                self._fail_count -= 1
+                return self._fail_mode
+            return self._mode
+
+    def _new_nonce(self) -> str:
+        nonce = secrets.token_hex(16)
+        with self._lock:
+            self._nonces[nonce] = None
+            while len(self._nonces) > _MAX_NONCES:
+                self._nonces.popitem(last=False)
+        return nonce
+
+    def _known_nonce(self, nonce: str) -> bool:
+        with self._lock:
+            return nonce in self._nonces
+
+    def _digest_ok(self, handler: _Handler, user: str, password: str) -> tuple[bool, bool]:
+        """Check the Authorization header; returns (valid, nonce_was_stale)."""
+        params = _parse_digest(handler.headers.get("Authorization", ""))
+        needed = ("username", "realm", "nonce", "uri", "response")
+        if not all(name in params for name in needed):
+            return False, False
+        if not self._known_nonce(params["nonce"]):
+            return False, True
+        if params.get("algorithm", "MD5").upper() != "MD5" or params["realm"] != self.realm:
+            return False, False
+        if params["uri"] != handler.path:
+            return False, False
+        ha1 = _md5(f"{params['username']}:{self.realm}:{password}")
+        ha2 = _md5(f"{handler.command}:{params['uri']}")
+        qop = params.get("qop")
+        if qop is None:
+            expected = _md5(f"{ha1}:{params['nonce']}:{ha2}")
+        elif qop == "auth" and "nc" in params and "cnonce" in params:
+            expected = _md5(
+                f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:{qop}:{ha2}"
+            )
+        else:
+            return False, False
+        valid = hmac.compare_digest(expected, params["response"].lower()) and hmac.compare_digest(
+            params["username"].encode("utf-8"), user.encode("utf-8")
+        )
+        return valid, False
+
+    def _digest_challenge(self, handler: _Handler, body: bytes, stale: bool) -> None:
+        challenge = (
+            f'Digest realm="{self.realm}", qop="auth", nonce="{self._new_nonce()}", '
+            f'opaque="{secrets.token_hex(8)}", algorithm=MD5'
+            + (", stale=true" if stale else "")
+        )
+        handler.reply(401, body, "text/plain", [("WWW-Authenticate", challenge)])
+
+    @staticmethod
+    def _basic_ok(handler: _Handler, user: str, password: str) -> bool:
+        scheme, _, token = handler.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except ValueError:
+            return False
+        expected = f"{user}:{password}"
+        return hmac.compare_digest(decoded.encode("utf-8"), expected.encode("utf-8"))
+
+    def _handle(self, handler: _Handler) -> None:
+        with self._lock:
+            self._requests += 1
+            latency = self._latency
+            user, password = self._user, self._password
+            generic_auth = self._generic_auth
+        if latency > 0 and self._stopping.wait(latency):
+            handler.close_connection = True
+            return
+        path, _, query = handler.path.partition("?")
+        vendor = _VENDOR_BY_PATH.get(path)
+        if vendor is None:
+            handler.reply(404, b"not found\n", "text/plain")
+            return
+        params = _decode_query(query)
+        if not self._authenticate(handler, vendor, params, user, password, generic_auth):
+            return
+        if vendor == "foscam" and params.get("cmd") != "snapPicture2":
+            handler.reply(200, self._foscam_result(-1), "text/plain")
+            return
+        if vendor == "reolink" and params.get("cmd") != "Snap":
+            handler.reply(200, self._reolink_error(-9, "not support"), "application/json")
+            return
+        self._answer(handler, vendor, self._take_mode())
+
+    def _authenticate(
+        self,
+        handler: _Handler,
+        vendor: str,
+        params: dict[str, str],
+        user: str,
+        password: str,
+        generic_auth: str,
+    ) -> bool:
+        """Check the vendor's credentials; on failure send the vendor's refusal."""
+        if vendor == "foscam":
+            if params.get("usr") == user and params.get("pwd") == password:
+                return True
+            handler.reply(200, self._foscam_result(-2), "text/plain")
+            return False
+        if vendor == "reolink":
+            if "user" not in params or "password" not in params:
+                handler.reply(
+                    200, self._reolink_error(-6, "please login first"), "application/json"
+                )
+                return False
+            if params["user"] == user and params["password"] == password:
+                return True
+            handler.reply(200, self._reolink_error(-7, "login failed"), "application/json")
+            return False
+        auth = generic_auth if vendor == "generic" else "digest"
+        if auth == "none":
+            return True
+        if auth == "basic":
+            if self._basic_ok(handler, user, password):
+                return True
+            handler.reply(
+                401,
+                b"401 Unauthorized\n",
+                "text/plain",
+                [("WWW-Authenticate", f'Basic realm="{self.realm}"')],
+            )
+            return False
+        valid, stale = self._digest_ok(handler, user, password)
+        if valid:
+            return True
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<userCheck><statusValue>401</statusValue>'
+            b"<statusString>Unauthorized</statusString></userCheck>\n"
+            if vendor == "hikvision"
+            else b"Error\r\nInvalid Authority!\r\n"
+        )
+        self._digest_challenge(handler, body, stale)
+        return False
+
+    def _answer(self, handler: _Handler, vendor: str, mode: str) -> None:
+        if mode == "hang":
+            # Wait on the stop event, not a sleep, so stop() ends this at once.
+            self._stopping.wait()
+            handler.close_connection = True
+            return
+        if mode == "error":
+            if vendor == "foscam":
+                handler.reply(200, self._foscam_result(-4), "text/plain")
+            elif vendor == "reolink":
+                handler.reply(200, self._reolink_error(-1, "snap failed"), "application/json")
+            else:
+                handler.reply(500, b"500 Internal Server Error\n", "text/plain")
+            return
+        if mode == "unavailable":
+            handler.reply(503, b"503 Service Unavailable\n", "text/plain")
+            return
+        if mode == "html":
+            handler.reply(200, _HTML_ERROR, "text/html")
+            return
+        if mode == "garbage":
+            # A fixed prefix so random bytes can never start like a JPEG.
+            handler.reply(200, b"GARBAGE\x00" + os.urandom(2048), "image/jpeg")
+            return
+        with self._lock:
+            counter = self._requests
+        image = self._render_jpeg(counter)
+        if mode == "truncated":
+            handler.reply(200, image[: len(image) // 2], "image/jpeg")
+            return
+        handler.reply(200, image, "image/jpeg")
+        with self._lock:
+            self._served += 1
+
+    @staticmethod
+    def _foscam_result(code: int) -> bytes:
+        return f"<CGI_Result>\n    <result>{code}</result>\n</CGI_Result>\n".encode()
+
+    @staticmethod
+    def _reolink_error(code: int, detail: str) -> bytes:
+        answer = [{"cmd": "Snap", "code": 1, "error": {"rspCode": code, "detail": detail}}]
+        return json.dumps(answer).encode()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m snapshot_processor.camera.simulator",
+        description="Fake IP camera serving Foscam, Hikvision, Dahua, Reolink and generic "
+        "snapshot endpoints.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8088, help="port, 0 for any (default %(default)s)")
+    parser.add_argument("--user", default="admin", help="user name (default %(default)s)")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("CAMERA_SIMULATOR_PASSWORD", "secret"),
+        help="password (default: $CAMERA_SIMULATOR_PASSWORD or 'secret')",
+    )
+    parser.add_argument("--mode", choices=MODES, default="ok", help="failure mode")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
+    parser.add_argument("--generic-auth", choices=GENERIC_AUTH_MODES, default="digest")
+    parser.add_argument("--name", default="simulated camera", help="text drawn on the image")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    simulator = CameraSimulator(
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        password=args.password,
+        mode=args.mode,
+        latency=args.latency,
+        generic_auth=args.generic_auth,
+        name=args.name,
+    )
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    simulator.start()
+    print(f"camera simulator listening on {simulator.base_url} (user {args.user!r})", flush=True)
+    for vendor, path in PATHS.items():
+        print(f"  {vendor:<10} {simulator.base_url}{path}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        simulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

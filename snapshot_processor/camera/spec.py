@@ -1,0 +1,107 @@
+"""What the clients need to know about one camera."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from snapshot_processor.camera.address import CameraAddress
+
+__all__ = ["AUTH_MODES", "SCHEMES", "VENDORS", "CameraSpec", "safe_url"]
+
+VENDORS = ("foscam", "hikvision", "dahua", "reolink", "generic")
+AUTH_MODES = ("basic", "digest", "none")
+SCHEMES = ("http", "https")
+
+
+def safe_url(url: str) -> str:
+    """The URL with user-info and query values masked, for reprs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(f"{pair.partition('=')[0]}=***" for pair in parts.query.split("&") if pair)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera: vendor, address, credentials and fetch policy.
+
+    ``url`` and ``auth`` matter only for the ``generic`` vendor: ``url`` is the full
+    snapshot URL and may contain ``{host}``, ``{port}``, ``{user}`` and ``{password}``
+    (the last two are URL-quoted when filled in). ``timeout`` bounds each attempt in
+    seconds, ``retries`` counts attempts after the first, ``backoff`` is the first
+    pause between attempts, doubled after each.
+    """
+
+    key: str
+    vendor: str
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    url: str | None = None
+    auth: str = "digest"
+    scheme: str = "http"
+    timeout: float = 5.0
+    retries: int = 2
+    backoff: float = 0.2
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("camera spec: key is empty")
+        if self.vendor not in VENDORS:
+            raise ValueError(f"{self.key}: unknown camera vendor {self.vendor!r}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"{self.key}: unknown auth mode {self.auth!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"{self.key}: scheme must be http or https")
+        if self.vendor != "generic" and not self.host:
+            raise ValueError(f"{self.key}: host is empty")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"{self.key}: port {self.port} is out of range 1-65535")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"{self.key}: timeout must be a positive number of seconds")
+        if self.retries < 0:
+            raise ValueError(f"{self.key}: retries must not be negative")
+        if not (math.isfinite(self.backoff) and self.backoff >= 0):
+            raise ValueError(f"{self.key}: backoff must not be negative")
+        if self.vendor == "generic":
+            if not self.url:
+                raise ValueError(f"{self.key}: a generic camera needs a snapshot url")
+            parts = urlsplit(self.url)
+            if parts.scheme not in SCHEMES or not parts.netloc:
+                raise ValueError(f"{self.key}: snapshot url must be http(s)://host/path")
+
+    def __repr__(self) -> str:
+        url = safe_url(self.url) if self.url else None
+        return (
+            f"CameraSpec(key={self.key!r}, vendor={self.vendor!r}, host={self.host!r}, "
+            f"port={self.port!r}, user={self.user!r}, password='***', url={url!r}, "
+            f"auth={self.auth!r}, scheme={self.scheme!r}, timeout={self.timeout!r}, "
+            f"retries={self.retries!r}, backoff={self.backoff!r}, "
+            f"verify_tls={self.verify_tls!r})"
+        )
+
+    @classmethod
+    def from_address(
+        cls,
+        key: str,
+        vendor: str,
+        address: CameraAddress,
+        **options: object,
+    ) -> CameraSpec:
+        """Build a spec from a parsed ``device_params`` address plus any other field."""
+        return cls(
+            key=key,
+            vendor=vendor,
+            host=address.host,
+            port=address.port,
+            user=address.user,
+            password=address.password,
+            **options,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,145 @@
+"""The daemon's settings: the original daemon's variable names plus new ones in its style."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from pylib.onepassword import OnePasswordSource
+from pylib.secrets import DOCKER_SECRETS_DIR, SecretResolver
+from pylib.settings import ConfigError, load_settings, read_config_file, secret
+
+CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
+DEFAULT_CONFIG_FILE = Path("config/snapshot-processor.toml")
+MAX_DEVICES = 8
+
+
+DeviceNumber = Annotated[int, Field(ge=1, le=MAX_DEVICES)]
+
+
+class Device(BaseModel):
+    """An ``INPUT_n_*`` or ``OUTPUT_n_*`` group: a sensor, an actuator or a camera."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    LOCATION: str = Field(min_length=1)
+    TYPE: str = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        """The wire contract's device key: ``"<location> <type>"``."""
+        return f"{self.LOCATION} {self.TYPE}"
+
+    @property
+    def is_camera(self) -> bool:
+        """A device of type camera (any case)."""
+        return self.TYPE.strip().lower() == "camera"
+
+
+class Settings(BaseModel):
+    """Every setting, validated; aliases are the environment variable names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+    app_name: str = Field("snapshot-processor", alias="APP_NAME", min_length=1)
+    device_name: str = Field(default_factory=socket.gethostname, alias="DEVICE_NAME", min_length=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    syslog_address: str | None = Field(None, alias="SYSLOG_ADDRESS")
+    snapshots_root_dir: Path = Field(Path("./data"), alias="SNAPSHOTS_ROOT_DIR")
+    shutdown_timeout: float = Field(10.0, alias="SHUTDOWN_TIMEOUT", gt=0, le=300)
+    metrics_port: int = Field(0, alias="METRICS_PORT", ge=0, le=65535)
+
+    rabbitmq_server_address: str = Field("127.0.0.1", alias="RABBITMQ_SERVER_ADDRESS", min_length=1)
+    rabbitmq_url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
+    rabbitmq_exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
+    rabbitmq_device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
+
+    hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
+    cronitor_monitor_key: SecretStr | None = Field(
+        None, alias="CRONITOR_MONITOR_KEY", json_schema_extra=secret()
+    )
+    health_ping_interval: float = Field(60.0, alias="HEALTH_PING_INTERVAL", gt=0)
+
+    sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN", json_schema_extra=secret())
+    sentry_environment: str | None = Field(None, alias="SENTRY_ENVIRONMENT")
+
+    op_connect_host: str | None = Field(None, alias="OP_CONNECT_HOST")
+    op_connect_token: SecretStr | None = Field(None, alias="OP_CONNECT_TOKEN")
+    op_vault: str | None = Field(None, alias="OP_VAULT")
+    secrets_dir: Path = Field(DOCKER_SECRETS_DIR, alias="SECRETS_DIR")
+
+    inputs: dict[DeviceNumber, Device] = Field(default_factory=dict, alias="INPUTS")
+    outputs: dict[DeviceNumber, Device] = Field(default_factory=dict, alias="OUTPUTS")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @model_validator(mode="after")
+    def _onepassword_complete(self) -> Settings:
+        if self.op_connect_host and not (self.op_connect_token and self.op_vault):
+            raise ValueError(
+                "OP_CONNECT_HOST is set, so OP_CONNECT_TOKEN and OP_VAULT are needed too"
+            )
+        return self
+
+    @property
+    def cameras(self) -> list[Device]:
+        """Outputs of type camera: the cameras a trigger makes us fetch."""
+        return [device for device in self.outputs.values() if device.is_camera]
+
+    @property
+    def upload_cameras(self) -> list[Device]:
+        """Inputs of type camera: the cameras that push images by FTP."""
+        return [device for device in self.inputs.values() if device.is_camera]
+
+
+def _resolver(values: Mapping[str, Any]) -> SecretResolver:
+    secrets_dir = Path(str(values.get("SECRETS_DIR") or DOCKER_SECRETS_DIR))
+    plain = SecretResolver({}, secrets_dir)
+    host = values.get("OP_CONNECT_HOST")
+    token = values.get("OP_CONNECT_TOKEN") or plain.get("OP_CONNECT_TOKEN")
+    vault = values.get("OP_VAULT")
+    store = None
+    if host and token and vault:
+        store = OnePasswordSource(str(host), str(token), str(vault))
+    return SecretResolver({}, secrets_dir, store, store_label=f"1Password vault {vault!r}")
+
+
+def config_file_path(env: Mapping[str, str], explicit: Path | None = None) -> Path | None:
+    """The config file to read: ``--config``, else ``$SNAPSHOT_PROCESSOR_CONFIG``, else the default if present."""
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Load and validate the settings; raises ConfigError naming every problem."""
+    env = os.environ if env is None else env
+    path = config_file_path(env, config_file)
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        file_values = read_config_file(path)
+        nested = [key for key, value in file_values.items() if isinstance(value, dict)]
+        if nested:
+            raise ConfigError(
+                [f"{path}: [{key}] tables are not used; write flat KEY = value" for key in nested]
+            )
+    return load_settings(
+        Settings, env, file_values, resolver_factory=_resolver, groups=("INPUT", "OUTPUT")
+    )

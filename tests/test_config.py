@@ -1,0 +1,136 @@
+"""Settings: every problem named, secrets from env, /run/secrets-style files and 1Password."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pylib.secrets import MissingSecretError, SecretResolver
+from pylib.settings import ConfigError
+from snapshot_processor import config
+
+BAD_ENV = {
+    "LOG_LEVEL": "LOUD",
+    "SHUTDOWN_TIMEOUT": "soon",
+    "METRICS_PORT": "99999",
+    "RABBITMQ_URL": "http://guest:hunter22@rabbit/",
+    "OUTPUT_1_TYPE": "camera",
+    "OUTPUT_9_LOCATION": "attic",
+    "OUTPUT_9_TYPE": "camera",
+    "INPUT_2_LOCATION": "hall",
+    "INPUT_2_TYPE": "pir",
+    "INPUT_2_COLOUR": "red",
+}
+
+
+def test_every_problem_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(env=BAD_ENV)
+    text = "\n".join(caught.value.problems)
+    for name in (
+        "LOG_LEVEL",
+        "SHUTDOWN_TIMEOUT",
+        "METRICS_PORT",
+        "RABBITMQ_URL",
+        "OUTPUT_1_LOCATION",
+        "OUTPUT_9_*",
+        "INPUT_2_COLOUR",
+    ):
+        assert name in text, name
+    assert "hunter22" not in text
+
+
+def test_defaults_and_devices() -> None:
+    settings = config.load(
+        env={
+            "DEVICE_NAME": "garage",
+            "OUTPUT_1_LOCATION": "Front Door",
+            "OUTPUT_1_TYPE": "Camera",
+            "OUTPUT_2_LOCATION": "hall",
+            "OUTPUT_2_TYPE": "siren",
+            "INPUT_1_LOCATION": "Back Yard",
+            "INPUT_1_TYPE": "camera",
+        }
+    )
+    assert settings.rabbitmq_device_topic == "snapshot"
+    assert settings.shutdown_timeout == 10.0
+    assert [camera.key for camera in settings.cameras] == ["Front Door Camera"]
+    assert [camera.key for camera in settings.upload_cameras] == ["Back Yard camera"]
+
+
+def test_file_values_with_environment_overriding(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        'RABBITMQ_EXCHANGE = "from_file"\nDEVICE_NAME = "file"\nOUTPUT_1_LOCATION = "porch"\nOUTPUT_1_TYPE = "camera"\n'
+    )
+    settings = config.load(env={"DEVICE_NAME": "env"}, config_file=path)
+    assert settings.rabbitmq_exchange == "from_file"
+    assert settings.device_name == "env"
+    assert settings.cameras[0].key == "porch camera"
+
+
+def test_file_unknown_key_and_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('RABBITMQ_EXCHNAGE = "typo"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(env={}, config_file=path)
+    assert caught.value.problems == ["RABBITMQ_EXCHNAGE: unknown setting"]
+    path.write_text('DEVICE_NAME = "a"\nAPP_NAME = \n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(env={}, config_file=path)
+    assert "line 2" in caught.value.problems[0]
+
+
+def test_secret_from_secrets_dir(tmp_path: Path) -> None:
+    (tmp_path / "SENTRY_DSN").write_text("http://key@127.0.0.1:9/1\n")
+    settings = config.load(env={"SECRETS_DIR": str(tmp_path)})
+    assert settings.sentry_dsn is not None
+    assert settings.sentry_dsn.get_secret_value() == "http://key@127.0.0.1:9/1"
+    assert "key@" not in repr(settings)
+
+
+def test_missing_required_secret_names_it(tmp_path: Path) -> None:
+    resolver = SecretResolver({}, tmp_path)
+    with pytest.raises(MissingSecretError) as caught:
+        resolver.require("FTP_PASS")
+    assert "FTP_PASS" in str(caught.value)
+    assert str(tmp_path / "FTP_PASS") in str(caught.value)
+    assert resolver.get("FTP_PASS") is None
+
+
+def test_environment_wins_over_secrets_dir(tmp_path: Path) -> None:
+    (tmp_path / "ftp_pass").write_text("from-file")
+    assert SecretResolver({}, tmp_path).require("FTP_PASS") == "from-file"
+    assert SecretResolver({"FTP_PASS": "from-env"}, tmp_path).require("FTP_PASS") == "from-env"
+
+
+def _check_config(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", *args, "check-config"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    bad = _check_config(BAD_ENV, tmp_path)
+    assert bad.returncode != 0
+    assert "LOG_LEVEL" in bad.stderr
+    assert "SHUTDOWN_TIMEOUT" in bad.stderr
+    assert "OUTPUT_1_LOCATION" in bad.stderr
+    assert "hunter22" not in bad.stderr + bad.stdout
+    good = _check_config({"OUTPUT_1_LOCATION": "porch", "OUTPUT_1_TYPE": "camera"}, tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "1 camera output(s)" in good.stdout
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "config" / "snapshot-processor.example.toml"
+    settings = config.load(env={}, config_file=example)
+    assert settings.app_name == "snapshot-processor"

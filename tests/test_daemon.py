@@ -1,0 +1,146 @@
+"""The daemon starts in order, stops in reverse within its bound, and exits with the right code."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pylib.daemon import Daemon
+from pylib.worker import RestartBudget, Worker
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+    assert needle in seen, seen
+    return seen
+
+
+def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "snapshot_processor", "run"],
+        env={"PATH": os.environ["PATH"], "SNAPSHOTS_ROOT_DIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
+    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5")
+    try:
+        _read_until(proc, "running", 30)
+        proc.send_signal(signal.SIGHUP)
+        _read_until(proc, "log level now DEBUG", 10)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        rest = proc.stdout.read()
+        proc.stdout.close()
+    assert code == 0, rest
+    assert elapsed < 5 + 2
+    assert "stopped (exit code 0)" in rest
+
+
+def test_bad_configuration_exits_non_zero(tmp_path: Path) -> None:
+    proc = _start(tmp_path, LOG_LEVEL="LOUD")
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+    assert code == 2
+    assert "LOG_LEVEL" in out
+
+
+def recorder(log: list[str], name: str) -> Callable[[float], bool]:
+    """A stop callable that notes it was called."""
+
+    def stop(timeout: float) -> bool:
+        log.append(name)
+        return True
+
+    return stop
+
+
+class Forever(Worker):
+    """Never looks at its stop request: a thread stuck in a call."""
+
+    def __init__(self, stop_event: threading.Event, release: threading.Event) -> None:
+        super().__init__("stuck", stop_event)
+        self.release = release
+
+    def work(self) -> None:
+        self.release.wait(30)
+
+
+class Dying(Worker):
+    def work(self) -> None:
+        raise RuntimeError("cannot go on")
+
+
+def test_stuck_thread_bounds_shutdown_and_fails_exit_code() -> None:
+    daemon = Daemon("test", shutdown_timeout=0.5)
+    release = threading.Event()
+    stuck = Forever(daemon.stop_event, release)
+    daemon.add(stuck)
+    order: list[str] = []
+    daemon.add_step("later", lambda: order.append("start"), recorder(order, "stop"))
+    threading.Timer(0.2, daemon.request_stop, args=("test",)).start()
+    started = time.monotonic()
+    try:
+        assert daemon.run() == 1
+        assert time.monotonic() - started < 3
+        assert order == ["start", "stop"]
+    finally:
+        release.set()
+        stuck.join(5)
+
+
+def test_dying_thread_stops_process_non_zero() -> None:
+    daemon = Daemon("test", shutdown_timeout=2)
+    worker = Dying(
+        "dying",
+        daemon.stop_event,
+        budget=RestartBudget(restarts=1, window=60, delay=0.01),
+        on_fatal=daemon.on_fatal,
+    )
+    daemon.add(worker)
+    assert daemon.run() == 1
+    assert not worker.is_alive()
+
+
+def test_failed_start_stops_what_started() -> None:
+    daemon = Daemon("test")
+    stopped: list[str] = []
+
+    def boom() -> None:
+        raise OSError("port in use")
+
+    daemon.add_step("first", lambda: None, recorder(stopped, "first"))
+    daemon.add_step("second", boom, recorder(stopped, "second"))
+    assert daemon.run() == 1
+    assert stopped == ["first"]

@@ -1,0 +1,110 @@
+"""Sentry events reach a loopback receiver with every credential removed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import sentry_sdk
+
+from pylib.sentry import capture_exception, close_sentry, flush_sentry, init_sentry
+from tests.fakes.sentry import SentryReceiver
+
+PASSWORD = "hunter2pw"
+CAMERA_URL = (
+    f"http://admin:{PASSWORD}@10.0.0.5:88/cgi-bin/CGIProxy.fcgi"
+    f"?cmd=snapPicture2&usr=admin&pwd={PASSWORD}"
+)
+
+
+class CameraFetchError(RuntimeError):
+    """Stands in for the application's camera error."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[SentryReceiver]:
+    with SentryReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def sentry_off() -> Iterator[None]:
+    """Switch Sentry off after the test, so no SDK thread or socket outlives it."""
+    yield
+    close_sentry()
+
+
+def _fetch_snapshot(url: str) -> None:
+    # A local variable holding the URL, as real code has: Sentry sends frame variables.
+    camera_address = f"admin:{PASSWORD}@10.0.0.5:88"
+    raise CameraFetchError(f"snapshot from {url} failed ({camera_address}): HTTP 500")
+
+
+@pytest.mark.usefixtures("sentry_off")
+def test_exception_arrives_without_the_password(
+    receiver: SentryReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert init_sentry(receiver.dsn, release="test-1", environment="test") is True
+    assert not sentry_sdk.get_client().should_send_default_pii()
+    # INFO log lines become breadcrumbs of the next event.
+    caplog.set_level(logging.INFO, logger="camera")
+    logging.getLogger("camera").info("fetching %s", CAMERA_URL)
+    try:
+        _fetch_snapshot(CAMERA_URL)
+    except CameraFetchError as exc:
+        capture_exception(exc, camera="front door")
+    flush_sentry()
+
+    [event] = receiver.wait_for_events(1)
+    [exception] = event["exception"]["values"]
+    assert exception["type"] == "CameraFetchError"
+    assert "snapshot from http://admin:" in exception["value"]
+    assert event["tags"]["camera"] == "front door"
+    assert event["release"] == "test-1"
+    assert event["environment"] == "test"
+    frames = exception["stacktrace"]["frames"]
+    assert any("camera_address" in frame.get("vars", {}) for frame in frames)
+    assert any("fetching" in json.dumps(crumb) for crumb in event["breadcrumbs"]["values"])
+    for body in receiver.bodies:
+        assert PASSWORD.encode() not in body
+    assert PASSWORD not in json.dumps(event)
+
+
+@pytest.mark.usefixtures("sentry_off")
+def test_error_log_arrives_without_the_password(receiver: SentryReceiver) -> None:
+    assert init_sentry(receiver.dsn)
+    logging.getLogger("camera").error("camera %s gave no image", CAMERA_URL)
+    flush_sentry()
+
+    [event] = receiver.wait_for_events(1)
+    assert event["logentry"]["message"] == "camera %s gave no image"
+    for body in receiver.bodies:
+        assert PASSWORD.encode() not in body
+
+
+@pytest.mark.usefixtures("sentry_off")
+def test_no_dsn_sends_nothing(receiver: SentryReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK would read SENTRY_DSN when given none; init_sentry must not ask it at all.
+    monkeypatch.setenv("SENTRY_DSN", receiver.dsn)
+    assert init_sentry(None) is False
+    assert init_sentry("") is False
+    assert not sentry_sdk.is_initialized()
+    capture_exception(CameraFetchError("not sent"))
+    flush_sentry()
+    time.sleep(0.2)
+    assert receiver.bodies == []
+
+
+def test_close_switches_sentry_off(receiver: SentryReceiver) -> None:
+    assert init_sentry(receiver.dsn)
+    capture_exception(CameraFetchError("before close"))
+    close_sentry()
+    assert not sentry_sdk.is_initialized()
+    assert len(receiver.wait_for_events(1)) == 1
+    capture_exception(CameraFetchError("after close"))
+    time.sleep(0.2)
+    assert len(receiver.events) == 1
+    close_sentry()  # a second close is harmless
