@@ -23,7 +23,7 @@ from pylib.redact import redact, register_secret
 logger = logging.getLogger(__name__)
 
 # Labels that mark the secret of an item that has no PASSWORD field (API credentials,
-# passwords created as plain fields, secure notes turned into secrets).
+# passwords saved as plain text fields).
 _SECRET_LABELS = ("password", "credential", "value")
 
 
@@ -88,6 +88,12 @@ class OnePasswordSource:
             "list[SummaryItem]",
             what=f"items of vault {self._vault!r}",
         )
+        if summaries is None:
+            # The cached vault is gone (deleted, or access revoked): look it up afresh
+            # next time, and say so now rather than report every item as missing.
+            with self._lock:
+                self._vault_id = None
+            raise self._no_vault_error()
         # The server filters already; matching again guards against a looser filter.
         matches = [summary for summary in summaries if summary.title == name]
         if not matches:
@@ -104,6 +110,8 @@ class OnePasswordSource:
             "Item",
             what=f"item {name!r}",
         )
+        if item is None:  # deleted between the two requests
+            return None
         value = _secret_field_value(item)
         if value is None:
             raise SecretSourceError(
@@ -126,22 +134,23 @@ class OnePasswordSource:
             )
             if vault is not None:
                 return str(vault.id)
-        else:
-            vaults = self._get_json(
-                _filtered(PathBuilder().vaults(), "name", self._vault),
-                "list[Vault]",
-                what="vaults",
-            )
-            for vault in vaults:
-                if vault.name == self._vault:
-                    return str(vault.id)
-        raise SecretSourceError(
+        # Not id-shaped, or an id-shaped name (the SDK falls back the same way for items).
+        vaults = self._get_json(
+            _filtered(PathBuilder().vaults(), "name", self._vault), "list[Vault]", what="vaults"
+        )
+        for vault in vaults or []:
+            if vault.name == self._vault:
+                return str(vault.id)
+        raise self._no_vault_error()
+
+    def _no_vault_error(self) -> SecretSourceError:
+        return SecretSourceError(
             f"1Password Connect at {redact(self._host)}: no vault {self._vault!r} is "
             "visible to this token"
         )
 
     def _get_json(self, path: str, model: str, *, what: str) -> Any:
-        """GET ``path`` and deserialize it as ``model``; a 404 gives ``None`` (or ``[]``)."""
+        """GET ``path`` and deserialize it as ``model``; a 404 gives ``None``."""
         try:
             response = self._client.build_request("GET", path)
         except httpx.HTTPError as exc:
@@ -151,7 +160,7 @@ class OnePasswordSource:
             ) from exc
         status = response.status_code
         if status == 404:
-            return [] if model.startswith("list[") else None
+            return None
         if status in (401, 403):
             raise SecretSourceError(
                 f"1Password Connect at {redact(self._host)}: the token was refused "

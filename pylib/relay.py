@@ -40,15 +40,23 @@ def inproc(name: str) -> str:
 class Sender:
     """A PUSH socket connected to one address; create, use and close it on one thread."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, linger: int = -1) -> None:
         self.socket = shared_context().socket(zmq.PUSH)
-        # Keep queued messages at close: they were accepted and must reach the reader.
-        self.socket.setsockopt(zmq.LINGER, -1)
+        # By default keep queued messages at close: they were accepted and must reach the reader.
+        self.socket.setsockopt(zmq.LINGER, linger)
         self.socket.connect(address)
 
-    def send(self, envelope: Envelope) -> None:
-        """Send one envelope; blocks while the reader's queue is full (back-pressure)."""
-        self.socket.send(envelope.pack())
+    def send(self, envelope: Envelope, *, block: bool = True) -> bool:
+        """Send one envelope; True if it was queued.
+
+        Blocking, it waits while the reader's queue is full (back-pressure). Not
+        blocking, it returns False instead, and when no reader is there at all.
+        """
+        try:
+            self.socket.send(envelope.pack(), 0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def close(self) -> None:
         """Close the socket."""

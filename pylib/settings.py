@@ -101,6 +101,7 @@ def load_settings(
     *,
     resolver_factory: Callable[[Mapping[str, Any]], SecretResolver] | None = None,
     groups: tuple[str, ...] = (),
+    group_secrets: tuple[str, ...] = (),
 ) -> M:
     """Build and validate the settings; raises :class:`ConfigError` listing every problem."""
     known = {info.alias or name for name, info in model.model_fields.items()}
@@ -112,7 +113,11 @@ def load_settings(
     problems: list[str] = []
     if resolver_factory is not None:
         resolver = resolver_factory(merged)
-        for name in secret_names(model):
+        # Numbered groups that exist may have secrets too: OUTPUT_1_PASSWORD.
+        matches = [_INDEXED.match(name) for name in merged]
+        present = {f"{m['group']}_{m['index']}" for m in matches if m and m["group"] in groups}
+        indexed = sorted(f"{prefix}_{key}" for prefix in present for key in group_secrets)
+        for name in [*secret_names(model), *indexed]:
             if not merged.get(name):
                 try:
                     found = resolver.get(name)

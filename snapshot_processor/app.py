@@ -5,12 +5,30 @@ from __future__ import annotations
 import logging
 import threading
 
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import start_http_server
 
+from pylib.amqp import connection_parameters
+from pylib.amqp_listener import AmqpListener, RejectedMessageError
+from pylib.amqp_publisher import AmqpPublisher, Publication
 from pylib.daemon import Daemon
+from pylib.envelope import Envelope
 from pylib.health import HealthPinger
+from pylib.relay import Relay, inproc
 from pylib.worker import Worker
+from snapshot_processor import broker, event
+from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Settings
+from snapshot_processor.publication import EventBuilder
+from snapshot_processor.snapshot import TRIGGER_KIND, SnapshotStage
+from snapshot_processor.trigger import TriggerError, parse_trigger
+
+# The chain's inproc addresses, upstream to downstream.
+SNAPSHOT_INBOX = inproc("snapshot")
+EVENTS_INBOX = inproc("events")
+PUBLISH_INBOX = inproc("publisher")
+ACK_INBOX = inproc("trigger-acks")
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +99,123 @@ class App:
 
         self.daemon.add_step("health", pinger.start, stop)
 
+    def params(self, role: str) -> pika.ConnectionParameters:
+        """Connection parameters for one of our connections, named for the broker's UI."""
+        settings = self.settings
+        url = settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else None
+        return connection_parameters(
+            url,
+            settings.rabbitmq_server_address,
+            connection_name=f"{settings.app_name} {settings.device_name} {role}",
+        )
+
+    def heartbeat(self) -> Publication:
+        """The periodic heartbeat listing our inputs and outputs."""
+        settings = self.settings
+        return Publication(
+            settings.rabbitmq_exchange,
+            event.heartbeat_routing_key(settings.rabbitmq_device_topic),
+            event.pack(event.heartbeat(settings.inputs.values(), settings.outputs.values())),
+        )
+
+    def init_publisher(self) -> None:
+        """The publisher: outbox, confirms, heartbeats. Starts first so nothing waits on it."""
+        settings = self.settings
+
+        def setup(channel: BlockingChannel) -> None:
+            broker.declare_exchanges(channel, settings)
+
+        self.add_worker(
+            AmqpPublisher(
+                "publisher",
+                self.stop_event,
+                params=self.params("publisher"),
+                setup=setup,
+                outbox_path=settings.outbox_path,
+                outbox_max=settings.outbox_max_events,
+                inbox=PUBLISH_INBOX,
+                ack_to=ACK_INBOX,
+                periodic=self.heartbeat,
+                periodic_interval=settings.heartbeat_interval,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
+
+    def init_events(self) -> None:
+        """Snapshots (with detections) become image events."""
+        settings = self.settings
+        builder = EventBuilder(
+            settings.rabbitmq_exchange, settings.rabbitmq_device_topic, settings.device_name
+        )
+        self.add_worker(
+            Relay(
+                "events",
+                self.stop_event,
+                builder,
+                inbox=EVENTS_INBOX,
+                outbox=PUBLISH_INBOX,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
+
+    def init_snapshot(self) -> None:
+        """Camera fetches, concurrent across cameras."""
+        settings = self.settings
+        registry = CameraRegistry(
+            settings.cameras, timeout=settings.camera_timeout, retries=settings.camera_retries
+        )
+        self.cameras = registry
+        self.add_worker(
+            SnapshotStage(
+                "snapshot",
+                self.stop_event,
+                cameras=registry,
+                root=settings.snapshots_root_dir,
+                inbox=SNAPSHOT_INBOX,
+                outbox=EVENTS_INBOX,
+                per_trigger=settings.snapshots_per_trigger,
+                interval=settings.snapshot_interval,
+                workers=settings.camera_workers,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
+
+    def decode_trigger(self, body: bytes, properties: pika.BasicProperties) -> Envelope:
+        """A trigger body to the envelope the snapshot stage takes; bad ones are rejected."""
+        try:
+            trigger = parse_trigger(body, self.cameras.keys, self.settings.trigger_max_bytes)
+        except TriggerError as exc:
+            raise RejectedMessageError(exc.reason, str(exc)) from None
+        return Envelope(TRIGGER_KIND, trigger.as_body())
+
+    def init_listener(self) -> None:
+        """The trigger consumer; started last, so everything downstream is ready."""
+        settings = self.settings
+
+        def setup(channel: BlockingChannel) -> str:
+            return broker.declare_trigger_queue(channel, settings)
+
+        self.add_worker(
+            AmqpListener(
+                "listener",
+                self.stop_event,
+                params=self.params("listener"),
+                setup=setup,
+                decode=self.decode_trigger,
+                forward_to=SNAPSHOT_INBOX,
+                ack_inbox=ACK_INBOX,
+                prefetch=settings.rabbitmq_prefetch,
+                drain_timeout=settings.shutdown_timeout / 2,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
+
     def build(self) -> Daemon:
         """Register every start-up step in order."""
         self.init_metrics()
         self.init_health()
+        self.init_publisher()
+        self.init_events()
+        self.init_snapshot()
+        self.init_listener()
         return self.daemon

@@ -29,6 +29,14 @@ class Device(BaseModel):
 
     LOCATION: str = Field(min_length=1)
     TYPE: str = Field(min_length=1)
+    # How to reach a camera output; unset fields come from the trigger's device_params.
+    VENDOR: Literal["foscam", "hikvision", "dahua", "reolink", "generic"] = "foscam"
+    ADDRESS: str | None = Field(None, pattern=r"^[^\s:/@]+(:\d{1,5})?$")
+    USER: str | None = None
+    PASSWORD: SecretStr | None = None
+    URL: str | None = Field(None, pattern=r"^https?://")
+    AUTH: Literal["basic", "digest", "none"] = "digest"
+    SCHEME: Literal["http", "https"] = "http"
 
     @property
     def key(self) -> str:
@@ -58,6 +66,17 @@ class Settings(BaseModel):
     rabbitmq_url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
     rabbitmq_exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
     rabbitmq_device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
+    rabbitmq_queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
+    rabbitmq_prefetch: int = Field(8, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
+    heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
+    outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
+    trigger_max_bytes: int = Field(65_536, alias="TRIGGER_MAX_BYTES", ge=256)
+
+    camera_timeout: float = Field(5.0, alias="CAMERA_TIMEOUT", gt=0, le=120)
+    camera_retries: int = Field(2, alias="CAMERA_RETRIES", ge=0, le=10)
+    camera_workers: int = Field(32, alias="CAMERA_WORKERS", ge=1, le=256)
+    snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
+    snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
 
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
     cronitor_monitor_key: SecretStr | None = Field(
@@ -95,6 +114,18 @@ class Settings(BaseModel):
                 "OP_CONNECT_HOST is set, so OP_CONNECT_TOKEN and OP_VAULT are needed too"
             )
         return self
+
+    @property
+    def queue_name(self) -> str:
+        """The durable trigger queue; daemons sharing it share the work."""
+        return self.rabbitmq_queue or (
+            f"{self.rabbitmq_exchange}.{self.rabbitmq_device_topic}.triggers"
+        )
+
+    @property
+    def outbox_path(self) -> Path:
+        """The SQLite outbox of events not yet confirmed by the broker."""
+        return self.snapshots_root_dir / "outbox.sqlite3"
 
     @property
     def cameras(self) -> list[Device]:
@@ -141,5 +172,10 @@ def load(env: Mapping[str, str] | None = None, config_file: Path | None = None) 
                 [f"{path}: [{key}] tables are not used; write flat KEY = value" for key in nested]
             )
     return load_settings(
-        Settings, env, file_values, resolver_factory=_resolver, groups=("INPUT", "OUTPUT")
+        Settings,
+        env,
+        file_values,
+        resolver_factory=_resolver,
+        groups=("INPUT", "OUTPUT"),
+        group_secrets=("PASSWORD",),
     )

@@ -100,7 +100,9 @@ def test_health_check_that_raises_is_reported_as_failure(recorder: HTTPRecorder)
 
 
 def test_thread_pings_at_start_then_every_interval(recorder: HTTPRecorder) -> None:
-    pinger = HealthPinger(f"{recorder.base_url}/{CHECK_UUID}", None, is_healthy=_healthy, interval=0.05)
+    pinger = HealthPinger(
+        f"{recorder.base_url}/{CHECK_UUID}", None, is_healthy=_healthy, interval=0.05
+    )
     pinger.start()
     try:
         assert any(t.name == "health" for t in threading.enumerate())

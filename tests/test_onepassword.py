@@ -60,19 +60,46 @@ def test_falls_back_to_concealed_then_labelled_field(connect: FakeConnect) -> No
             source.get("NOTE_ONLY")
 
 
+def test_id_shaped_vault_name_falls_back_to_name_lookup() -> None:
+    name = "abcdefghijklmnopqrstuvwxyz"  # 26 lower-case letters: the SDK's id shape
+    with (
+        FakeConnect(TOKEN, {name: {"PW": "id-shaped-pw"}}) as server,
+        OnePasswordSource(server.base_url, TOKEN, name) as source,
+    ):
+        assert source.get("PW") == "id-shaped-pw"
+
+
+def test_vault_removed_after_caching_is_an_error_and_forgotten() -> None:
+    vaults: dict[str, dict[str, str | list[dict[str, str]]]] = {"Home": {"PW": "first-pw"}}
+    with (
+        FakeConnect(TOKEN, vaults) as server,
+        OnePasswordSource(server.base_url, TOKEN, "Home") as source,
+    ):
+        assert source.get("PW") == "first-pw"
+        removed = vaults.pop("Home")
+        with pytest.raises(SecretSourceError, match="no vault 'Home'"):
+            source.get("PW")
+        vaults["Home"] = removed
+        assert source.get("PW") == "first-pw"
+        lookups = [r for r in server.requests if r.startswith("GET /v1/vaults?")]
+        assert len(lookups) == 2
+
+
 def test_missing_item_is_none(connect: FakeConnect) -> None:
     with OnePasswordSource(connect.base_url, TOKEN, "Home Automation") as source:
         assert source.get("NO_SUCH_ITEM") is None
 
 
 def test_unknown_vault_is_an_error(connect: FakeConnect) -> None:
-    with OnePasswordSource(connect.base_url, TOKEN, "Nope") as source, pytest.raises(
-        SecretSourceError, match="no vault 'Nope'"
+    with (
+        OnePasswordSource(connect.base_url, TOKEN, "Nope") as source,
+        pytest.raises(SecretSourceError, match="no vault 'Nope'"),
     ):
         source.get("RABBITMQ_PASSWORD")
     unknown_id = "a" * 26
-    with OnePasswordSource(connect.base_url, TOKEN, unknown_id) as source, pytest.raises(
-        SecretSourceError, match=unknown_id
+    with (
+        OnePasswordSource(connect.base_url, TOKEN, unknown_id) as source,
+        pytest.raises(SecretSourceError, match=unknown_id),
     ):
         source.get("RABBITMQ_PASSWORD")
 
@@ -88,9 +115,10 @@ def test_token_and_secrets_are_registered_for_redaction(connect: FakeConnect) ->
 
 def test_wrong_token_raises_without_the_token(connect: FakeConnect) -> None:
     wrong = "eyJwrong-token-value-1234567890"
-    with OnePasswordSource(connect.base_url, wrong, "Home Automation") as source, pytest.raises(
-        SecretSourceError
-    ) as caught:
+    with (
+        OnePasswordSource(connect.base_url, wrong, "Home Automation") as source,
+        pytest.raises(SecretSourceError) as caught,
+    ):
         source.get("RABBITMQ_PASSWORD")
     message = str(caught.value)
     assert connect.base_url in message
@@ -106,9 +134,10 @@ def test_unreachable_host_raises() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     host = f"http://127.0.0.1:{port}"
-    with OnePasswordSource(host, TOKEN, "Home Automation", timeout=2.0) as source, pytest.raises(
-        SecretSourceError, match="cannot reach"
-    ) as caught:
+    with (
+        OnePasswordSource(host, TOKEN, "Home Automation", timeout=2.0) as source,
+        pytest.raises(SecretSourceError, match="cannot reach") as caught,
+    ):
         source.get("RABBITMQ_PASSWORD")
     assert host in str(caught.value)
     assert TOKEN not in str(caught.value)

@@ -80,7 +80,8 @@ def test_error_log_arrives_without_the_password(receiver: SentryReceiver) -> Non
     flush_sentry()
 
     [event] = receiver.wait_for_events(1)
-    assert event["logentry"]["message"] == "camera %s gave no image"
+    # A redacting log filter may have formatted the message already; either shape is fine.
+    assert "gave no image" in event["logentry"]["message"]
     for body in receiver.bodies:
         assert PASSWORD.encode() not in body
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
 from urllib.parse import quote
 
 import requests
@@ -36,7 +36,7 @@ from snapshot_processor.camera.errors import (
     CameraHTTPError,
     CameraTimeoutError,
 )
-from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.jpeg import jpeg_problem
 from snapshot_processor.camera.spec import CameraSpec
 
 __all__ = ["MAX_IMAGE_BYTES", "CameraClient", "Reply", "Request", "build_query"]
@@ -278,7 +278,7 @@ class CameraClient:
         with self._lock:
             self._session.close()
 
-    def __enter__(self) -> CameraClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -351,7 +351,10 @@ class CameraClient:
                 )
         except requests.exceptions.Timeout:
             error = self._timeout_error(request)
-        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
             if _is_timeout(exc):
                 error = self._timeout_error(request)
             else:
@@ -388,12 +391,11 @@ class CameraClient:
                 camera=self.key,
             )
         self._check_vendor_body(reply, request)
-        try:
-            check_jpeg(reply.body, reply.content_type)
-        except InvalidJPEGError as exc:
+        problem = jpeg_problem(reply.body, reply.content_type)
+        if problem is not None:
             raise CameraBadImageError(
-                f"{self.key}: {exc} (GET {request.shown})", camera=self.key
-            ) from None
+                f"{self.key}: {problem} (GET {request.shown})", camera=self.key
+            )
         return reply.body
 
 

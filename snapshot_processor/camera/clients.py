@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -128,14 +129,16 @@ class ReolinkClient(CameraClient):
     def _check_vendor_body(self, reply: Reply, request: Request) -> None:
         if reply.body.lstrip()[:1] not in (b"[", b"{"):
             return
-        try:
-            data: Any = json.loads(reply.body)
-        except ValueError:
+        data: Any = None
+        # Raised below, outside the handler, so no JSON error rides along as context.
+        with contextlib.suppress(ValueError):
+            data = json.loads(reply.body)
+        if data is None:
             raise CameraBadImageError(
                 f"{self.key}: camera answered malformed JSON instead of an image "
                 f"(GET {request.shown})",
                 camera=self.key,
-            ) from None
+            )
         item = data[0] if isinstance(data, list) and data else data
         error = item.get("error") if isinstance(item, dict) else None
         code: int | None = None
@@ -163,7 +166,10 @@ class GenericClient(CameraClient):
 
     def _make_auth(self) -> requests.auth.AuthBase | None:
         if self._spec.auth == "basic":
-            return requests.auth.HTTPBasicAuth(self._spec.user, self._spec.password)
+            # As bytes: requests would encode str as Latin-1, which fails beyond it.
+            return requests.auth.HTTPBasicAuth(
+                self._spec.user.encode("utf-8"), self._spec.password.encode("utf-8")
+            )
         if self._spec.auth == "digest":
             return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
         return None

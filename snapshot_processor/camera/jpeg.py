@@ -6,7 +6,14 @@ import io
 
 from PIL import Image
 
-__all__ = ["JPEG_EOI", "JPEG_SOI", "InvalidJPEGError", "check_jpeg", "describe_body"]
+__all__ = [
+    "JPEG_EOI",
+    "JPEG_SOI",
+    "InvalidJPEGError",
+    "check_jpeg",
+    "describe_body",
+    "jpeg_problem",
+]
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
@@ -40,28 +47,34 @@ def describe_body(body: bytes, content_type: str = "") -> str:
     return f"{looks} ({kind}, {len(body)} bytes)"
 
 
-def check_jpeg(body: bytes, content_type: str = "") -> None:
-    """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG that decodes.
+def jpeg_problem(body: bytes, content_type: str = "") -> str | None:
+    """Why ``body`` is not one complete, decodable JPEG; ``None`` if it is.
 
     Checks the start and end markers (a cut-off frame has no end marker), then decodes
     the image with Pillow at reduced scale, which reads all of the compressed data but
     costs a fraction of a full-size decode.
     """
     if not body.startswith(JPEG_SOI):
-        raise InvalidJPEGError(f"not a JPEG: got {describe_body(body, content_type)}")
+        return f"not a JPEG: got {describe_body(body, content_type)}"
     if not body.rstrip(_PADDING).endswith(JPEG_EOI):
-        raise InvalidJPEGError(f"truncated JPEG: no end-of-image marker ({len(body)} bytes)")
+        return f"truncated JPEG: no end-of-image marker ({len(body)} bytes)"
+    problem: str | None = None
     try:
         with Image.open(io.BytesIO(body)) as image:
             if image.format != "JPEG":
-                raise InvalidJPEGError(f"not a JPEG: Pillow reads it as {image.format}")
+                return f"not a JPEG: Pillow reads it as {image.format}"
             image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except InvalidJPEGError:
-        raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, bomb errors
         # Pillow's messages describe the decoding problem, never the data itself.
-        detail = str(exc)[:120]
-        raise InvalidJPEGError(
-            f"JPEG does not decode ({type(exc).__name__}: {detail}; {len(body)} bytes)"
-        ) from None
+        problem = (
+            f"JPEG does not decode ({type(exc).__name__}: {str(exc)[:120]}; {len(body)} bytes)"
+        )
+    return problem
+
+
+def check_jpeg(body: bytes, content_type: str = "") -> None:
+    """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG that decodes."""
+    problem = jpeg_problem(body, content_type)
+    if problem is not None:
+        raise InvalidJPEGError(problem)

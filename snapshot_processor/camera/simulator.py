@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import secrets
+import selectors
 import signal
 import socket
 import socketserver
@@ -44,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote_to_bytes
 
 from PIL import Image, ImageDraw, ImageFont
@@ -83,9 +84,9 @@ def _decode_query(query: str) -> dict[str, str]:
         if not pair:
             continue
         key, _, value = pair.partition("=")
-        params[unquote_to_bytes(key).decode("utf-8", "replace")] = unquote_to_bytes(
-            value
-        ).decode("utf-8", "replace")
+        params[unquote_to_bytes(key).decode("utf-8", "replace")] = unquote_to_bytes(value).decode(
+            "utf-8", "replace"
+        )
     return params
 
 
@@ -106,10 +107,11 @@ def _parse_digest(header: str) -> dict[str, str]:
 
 
 class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that can close its open connections and join its threads.
+    """A threading HTTP server that stops at once and leaves no thread or socket behind.
 
-    ``ThreadingHTTPServer`` does not track daemon handler threads, and a keep-alive
-    connection keeps its thread blocked in a read; ``stop()`` must leave neither behind.
+    ``ThreadingHTTPServer`` does not track daemon handler threads, a keep-alive connection
+    keeps its thread blocked in a read, and ``serve_forever`` notices ``shutdown()`` only
+    at its next poll. This one tracks its connections and wakes its loop through a pipe.
     """
 
     daemon_threads = True
@@ -120,7 +122,46 @@ class _Server(ThreadingHTTPServer):
         self._conn_lock = threading.Lock()
         self._open: dict[threading.Thread, socket.socket] = {}
         self._conn_ids = itertools.count(1)
-        super().__init__(address, _Handler)
+        self._quit = threading.Event()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        try:
+            super().__init__(address, _Handler)
+        except BaseException:
+            self._wake_reader.close()
+            self._wake_writer.close()
+            raise
+
+    def serve(self) -> None:
+        """Accept connections until :meth:`wake_and_quit`; each gets a handler thread."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while not self._quit.is_set():
+                for key, _events in selector.select():
+                    if key.fileobj is self.socket and not self._quit.is_set():
+                        self._accept()
+
+    def _accept(self) -> None:
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            log.debug("camera simulator: cannot serve %s", client_address, exc_info=True)
+            self.shutdown_request(request)
+
+    def wake_and_quit(self) -> None:
+        """Make :meth:`serve` return now."""
+        self._quit.set()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS.
@@ -172,6 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     # Idle keep-alive connections end after this long even if nobody stops the server.
     timeout = 30.0
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms per request).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         server = self.server
@@ -200,9 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug(
-            "camera simulator: %s %s -> %s", self.command, self.path.partition("?")[0], code
-        )
+        log.debug("camera simulator: %s %s -> %s", self.command, self.path.partition("?")[0], code)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("camera simulator: %s", _QUERY_SECRET.sub(r"\1***", format % args))
@@ -252,6 +294,8 @@ class CameraSimulator:
         self._nonces: OrderedDict[str, None] = OrderedDict()
         self._background = self._make_background(size)
         self._font = self._load_font()
+        # One font object serves every handler thread; FreeType faces are not thread-safe.
+        self._render_lock = threading.Lock()
 
     # -- settings --------------------------------------------------------------------
 
@@ -374,7 +418,7 @@ class CameraSimulator:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> CameraSimulator:
+    def start(self) -> Self:
         """Bind and start serving in a background thread; sets :attr:`port`."""
         if self._server is not None:
             raise RuntimeError("camera simulator already started")
@@ -382,8 +426,7 @@ class CameraSimulator:
         server = _Server((self.host, self.port), self)
         self.port = server.server_port
         thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            target=server.serve,
             name=f"camera-simulator-{self.port}",
             daemon=True,
         )
@@ -399,14 +442,14 @@ class CameraSimulator:
             return
         # First release handlers waiting in "hang" or latency, then stop accepting.
         self._stopping.set()
-        server.shutdown()
+        server.wake_and_quit()
+        thread.join(timeout)
         server.close_connections(timeout)
         server.server_close()
-        thread.join(timeout)
         self._server = self._thread = None
         log.info("camera simulator on port %d stopped", self.port)
 
-    def __enter__(self) -> CameraSimulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -437,8 +480,9 @@ class CameraSimulator:
         image = self._background.copy()
         draw = ImageDraw.Draw(image)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        draw.text((16, 16), f"{self.name}  #{counter}", fill=(255, 255, 255), font=self._font)
-        draw.text((16, 52), stamp, fill=(255, 255, 255), font=self._font)
+        with self._render_lock:
+            draw.text((16, 16), f"{self.name}  #{counter}", fill=(255, 255, 255), font=self._font)
+            draw.text((16, 52), stamp, fill=(255, 255, 255), font=self._font)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=80)
         return buffer.getvalue()
@@ -499,8 +543,7 @@ class CameraSimulator:
     def _digest_challenge(self, handler: _Handler, body: bytes, stale: bool) -> None:
         challenge = (
             f'Digest realm="{self.realm}", qop="auth", nonce="{self._new_nonce()}", '
-            f'opaque="{secrets.token_hex(8)}", algorithm=MD5'
-            + (", stale=true" if stale else "")
+            f'opaque="{secrets.token_hex(8)}", algorithm=MD5' + (", stale=true" if stale else "")
         )
         handler.reply(401, body, "text/plain", [("WWW-Authenticate", challenge)])
 
@@ -621,9 +664,10 @@ class CameraSimulator:
         if mode == "truncated":
             handler.reply(200, image[: len(image) // 2], "image/jpeg")
             return
-        handler.reply(200, image, "image/jpeg")
+        # Counted before sending, so a client that has the image sees the count.
         with self._lock:
             self._served += 1
+        handler.reply(200, image, "image/jpeg")
 
     @staticmethod
     def _foscam_result(code: int) -> bytes:
@@ -643,7 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "snapshot endpoints.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8088, help="port, 0 for any (default %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8088, help="port, 0 for any (default %(default)s)"
+    )
     parser.add_argument("--user", default="admin", help="user name (default %(default)s)")
     parser.add_argument(
         "--password",

@@ -139,7 +139,8 @@ def _make_handler(fake: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(reply.body)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
+        # http.server dispatches on these names.
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch  # noqa: N815
 
         def log_message(self, format: str, *args: Any) -> None:
             # Keep test output quiet; the fakes record what they need.

@@ -61,9 +61,13 @@ class FakeConnect(LoopbackServer):
             return list(self._requests)
 
     def handle(self, request: Request) -> Reply:
-        query = "&".join(f"{key}={value}" for key, values in request.query.items() for value in values)
+        query = "&".join(
+            f"{key}={value}" for key, values in request.query.items() for value in values
+        )
         with self._lock:
-            self._requests.append(f"{request.method} {request.path}" + (f"?{query}" if query else ""))
+            self._requests.append(
+                f"{request.method} {request.path}" + (f"?{query}" if query else "")
+            )
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return _error(401, "Invalid token signature")
         if request.method != "GET":
@@ -113,7 +117,9 @@ class FakeConnect(LoopbackServer):
             if match is None or match["attribute"] != "title":
                 return _error(400, f"unsupported filter {filter_text!r}")
             titles = [title for title in titles if title == match["value"]]
-        return _json([self._summary_json(vault, title, self._vaults[vault][title]) for title in titles])
+        return _json(
+            [self._summary_json(vault, title, self._vaults[vault][title]) for title in titles]
+        )
 
     def _vault_json(self, title: str) -> dict[str, Any]:
         return {
@@ -147,8 +153,20 @@ class FakeConnect(LoopbackServer):
     def _item_json(self, vault: str, title: str, spec: ItemSpec) -> dict[str, Any]:
         if isinstance(spec, str):
             fields: list[dict[str, Any]] = [
-                {"id": "username", "type": "STRING", "purpose": "USERNAME", "label": "username", "value": "admin"},
-                {"id": "password", "type": "CONCEALED", "purpose": "PASSWORD", "label": "password", "value": spec},
+                {
+                    "id": "username",
+                    "type": "STRING",
+                    "purpose": "USERNAME",
+                    "label": "username",
+                    "value": "admin",
+                },
+                {
+                    "id": "password",
+                    "type": "CONCEALED",
+                    "purpose": "PASSWORD",
+                    "label": "password",
+                    "value": spec,
+                },
                 {"id": "notesPlain", "type": "STRING", "purpose": "NOTES", "label": "notesPlain"},
             ]
         else:

@@ -1,0 +1,247 @@
+"""A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
+
+Each delivery is decoded into an :class:`Envelope` and pushed down the chain with an
+``ack`` reference. The last stage sends :func:`ack_part` envelopes back to this
+thread's ack inbox; the delivery is acked on the broker only when all its parts are
+done. One thread owns the connection, so heartbeats keep flowing while the chain
+does slow work elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import zmq
+from pika.adapters.blocking_connection import BlockingChannel
+from prometheus_client import Counter
+
+from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
+from pylib.backoff import Backoff
+from pylib.envelope import Envelope
+from pylib.relay import Sender
+from pylib.worker import RestartBudget, Worker
+from pylib.zmqctx import shared_context
+
+log = logging.getLogger(__name__)
+
+RECEIVED = Counter("amqp_messages_received_total", "Messages consumed", ["queue"])
+REJECTED = Counter(
+    "amqp_messages_rejected_total", "Messages acked without processing", ["queue", "reason"]
+)
+RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
+
+ACK_KIND = "amqp.ack"
+
+
+class RejectedMessageError(ValueError):
+    """Raised by a decoder for a message that can never be processed; ``reason`` labels the counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+Decoder = Callable[[bytes, pika.BasicProperties], Envelope]
+Setup = Callable[[BlockingChannel], str]
+
+
+def ack_part(ack: dict[str, Any], parts: int = 1, *, requeue: bool = False) -> Envelope:
+    """The message telling the listener that one of ``parts`` parts of a delivery is done.
+
+    ``requeue`` gives the delivery back to the broker instead (nothing was stored).
+    """
+    return Envelope(ACK_KIND, {**ack, "parts": parts, "requeue": requeue})
+
+
+@dataclass
+class _Pending:
+    done: int = 0
+
+
+class AmqpListener(Worker):
+    """Consumes ``queue`` (declared by ``setup``), forwards decoded envelopes to ``forward_to``."""
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        params: pika.ConnectionParameters,
+        setup: Setup,
+        decode: Decoder,
+        forward_to: str,
+        ack_inbox: str,
+        prefetch: int = 8,
+        backoff: Backoff | None = None,
+        drain_timeout: float = 5.0,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
+        self.params = params
+        self.setup = setup
+        self.decode = decode
+        self.forward_to = forward_to
+        self.ack_inbox = ack_inbox
+        self.prefetch = prefetch
+        self.backoff = backoff or Backoff()
+        self.drain_timeout = drain_timeout
+        self.queue = ""
+        self.consuming = threading.Event()
+        self._epoch = 0
+        self._pending: dict[int, _Pending] = {}
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._acks: zmq.Socket[bytes] | None = None
+        self._sender: Sender | None = None
+
+    def on_thread_start(self) -> None:
+        self._acks = shared_context().socket(zmq.PULL)
+        self._acks.bind(self.ack_inbox)
+        self._sender = Sender(self.forward_to)
+
+    def on_thread_stop(self) -> None:
+        self.consuming.clear()
+        close_quietly(self._connection)
+        self._connection = self._channel = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._acks is not None:
+            self._acks.close(linger=0)
+            self._acks = None
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed down the chain and not yet acked."""
+        return len(self._pending)
+
+    def work(self) -> None:
+        while self.should_keep_running():
+            try:
+                self._connect()
+                self.backoff.reset()
+                while self.should_keep_running():
+                    self._pump(0.05)
+                self._finish()
+                return
+            except CONNECTION_ERRORS as exc:
+                self.consuming.clear()
+                RECONNECTS.labels("consumer").inc()
+                delay = self.backoff.next()
+                log.warning(
+                    "%s: broker connection %s lost (%s: %s); %d unacked deliveries will come "
+                    "again; retrying in %.1f s",
+                    self.name,
+                    describe(self.params),
+                    type(exc).__name__,
+                    exc,
+                    len(self._pending),
+                    delay,
+                )
+                close_quietly(self._connection)
+                self._connection = self._channel = None
+                self._pending.clear()
+                self._wait(delay)
+
+    def _wait(self, delay: float) -> None:
+        # Acks for deliveries of a lost connection are dropped while we wait.
+        deadline = time.monotonic() + delay
+        while self.should_keep_running() and time.monotonic() < deadline:
+            self._drain_acks(timeout_ms=50)
+
+    def _connect(self) -> None:
+        connection = pika.BlockingConnection(self.params)
+        self._connection = connection
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        self.queue = self.setup(channel)
+        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        self._channel = channel
+        self._epoch += 1
+        self._pending.clear()
+        self.consuming.set()
+        log.info("%s: consuming %s on %s", self.name, self.queue, describe(self.params))
+
+    def _pump(self, seconds: float) -> None:
+        assert self._connection is not None
+        self._connection.process_data_events(time_limit=seconds)
+        self._drain_acks(timeout_ms=0)
+
+    def _finish(self) -> None:
+        """On stop: take no new deliveries, wait a while for the acks of those in flight."""
+        if self._channel is not None and self._channel.is_open:
+            for tag in list(self._channel.consumer_tags):
+                self._channel.basic_cancel(tag)
+        deadline = time.monotonic() + self.drain_timeout
+        while self._pending and time.monotonic() < deadline:
+            self._pump(0.05)
+        if self._pending:
+            log.warning(
+                "%s: stopping with %d deliveries unacked; the broker will deliver them again",
+                self.name,
+                len(self._pending),
+            )
+
+    def _on_message(
+        self,
+        channel: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        RECEIVED.labels(self.queue).inc()
+        tag = method.delivery_tag
+        try:
+            envelope = self.decode(body, properties)
+        except RejectedMessageError as exc:
+            self._reject(channel, tag, exc.reason, str(exc))
+            return
+        except Exception as exc:  # a decoder bug must not kill the consumer
+            log.exception("%s: decoder failed", self.name)
+            self._reject(channel, tag, type(exc).__name__, str(exc))
+            return
+        assert self._sender is not None
+        self._pending[tag] = _Pending()
+        ack = {"epoch": self._epoch, "tag": tag}
+        self._sender.send(Envelope(envelope.kind, {**envelope.body, "ack": ack}, envelope.id))
+
+    def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
+        REJECTED.labels(self.queue, reason).inc()
+        log.error("%s: rejected message %d (%s): %s", self.name, tag, reason, detail)
+        # Acked, not requeued: a message that cannot be decoded will never succeed.
+        channel.basic_ack(tag)
+
+    def _drain_acks(self, timeout_ms: int) -> None:
+        acks = self._acks
+        assert acks is not None
+        if timeout_ms and not acks.poll(timeout_ms):
+            return
+        while True:
+            try:
+                data = acks.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_ack(Envelope.unpack(data).body)
+
+    def _on_ack(self, body: dict[str, Any]) -> None:
+        if body.get("epoch") != self._epoch or self._channel is None:
+            return  # from a connection that is gone: the broker redelivers that message
+        tag = int(body["tag"])
+        pending = self._pending.get(tag)
+        if pending is None:
+            return
+        if body.get("requeue"):
+            del self._pending[tag]
+            self._channel.basic_nack(tag, requeue=True)
+            return
+        pending.done += 1
+        if pending.done >= int(body.get("parts", 1)):
+            del self._pending[tag]
+            self._channel.basic_ack(tag)

@@ -1,0 +1,235 @@
+"""A durable, ordered, bounded on-disk outbox for outgoing messages.
+
+The publisher appends every outgoing message here before it tries the broker, publishes
+the rows oldest first, and removes each row once the broker has confirmed it. A message
+is therefore on disk (committed, ``synchronous=FULL``) from the moment :meth:`Outbox.append`
+returns until its confirm arrives, and survives a crash or a restart in between.
+
+One ``Outbox`` object belongs to one thread (the publisher's). Another ``Outbox`` on the
+same file (say, a test inspecting the depth after a crash) works because the database
+runs in WAL mode with a busy timeout, but each instance caches its own depth, so only
+one of them should write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from prometheus_client import Gauge
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_DEPTH = Gauge("outbox_depth", "Messages in the outbox waiting for a broker confirm.")
+
+# Depths that are worth a WARNING on the way up, besides every 10% of the limit.
+_FIXED_THRESHOLDS = (1, 100, 1000)
+
+_BUSY_TIMEOUT_SECONDS = 5.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+class OutboxError(Exception):
+    """The outbox database cannot be opened, read or written."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox holds ``max_entries`` messages; nothing more fits until some are removed."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One stored message. ``id`` grows monotonically and is never reused."""
+
+    id: int
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, str]
+    created: float
+
+
+class Outbox:
+    """An on-disk FIFO of outgoing messages, at most ``max_entries`` deep.
+
+    Opening creates the parent directories and the table if needed. A file that is not a
+    readable SQLite database raises :class:`OutboxError` naming the path.
+    """
+
+    def __init__(self, path: Path, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self._thresholds = _thresholds(max_entries)
+        # Set once a WARNING about the depth went out, so the INFO on draining pairs with
+        # it instead of firing after every single message in normal operation.
+        self._backlog_reported = False
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the directory for outbox {self.path}: {exc}") from exc
+        # isolation_level=None: every statement is its own transaction, committed (and,
+        # with synchronous=FULL, synced) before execute() returns.
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox database {self.path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # Some filesystems cannot do WAL; the outbox still works, readers just
+                # block the writer for a moment.
+                logger.warning("outbox %s runs in journal mode %s, not wal", self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_SCHEMA)
+            (count,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise OutboxError(
+                f"outbox database {self.path} is unreadable or corrupt: {exc}"
+            ) from exc
+        self._conn = conn
+        self._depth = int(count)
+        OUTBOX_DEPTH.set(self._depth)
+        if self._depth:
+            logger.warning(
+                "outbox %s opened with %s message(s) waiting (limit %s)",
+                self.path,
+                self._depth,
+                self.max_entries,
+            )
+            self._backlog_reported = True
+
+    def append(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Store a message durably and return its id; raise :class:`OutboxFullError` when full."""
+        if self._depth >= self.max_entries:
+            raise OutboxFullError(
+                f"outbox {self.path} is full: {self._depth} of {self.max_entries} messages"
+            )
+        headers_json = json.dumps(dict(headers or {}), sort_keys=True)
+        try:
+            cursor = self._connection().execute(
+                "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (exchange, routing_key, bytes(body), headers_json, time.time()),
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot append to outbox {self.path}: {exc}") from exc
+        entry_id = cursor.lastrowid
+        assert entry_id is not None  # an INSERT into a rowid table always sets it
+        self._set_depth(self._depth + 1)
+        return entry_id
+
+    def peek(self, limit: int = 100) -> list[OutboxEntry]:
+        """Return up to ``limit`` stored messages, oldest first, without removing them."""
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, not {limit}")
+        try:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT id, exchange, routing_key, body, headers, created"
+                    " FROM outbox ORDER BY id LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+        return [
+            OutboxEntry(
+                id=int(row[0]),
+                exchange=str(row[1]),
+                routing_key=str(row[2]),
+                body=bytes(row[3]),
+                headers={str(k): str(v) for k, v in json.loads(row[4]).items()},
+                created=float(row[5]),
+            )
+            for row in rows
+        ]
+
+    def remove(self, entry_id: int) -> None:
+        """Delete a message (after its confirm). Removing an unknown id does nothing."""
+        try:
+            cursor = self._connection().execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot remove {entry_id} from outbox {self.path}: {exc}") from exc
+        if cursor.rowcount > 0:
+            self._set_depth(self._depth - cursor.rowcount)
+
+    def __len__(self) -> int:
+        return self._depth
+
+    def close(self) -> None:
+        """Close the database. Closing twice is harmless."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"outbox {self.path} is closed")
+        return self._conn
+
+    def _set_depth(self, depth: int) -> None:
+        old, self._depth = self._depth, depth
+        OUTBOX_DEPTH.set(depth)
+        if depth > old:
+            if depth >= self.max_entries > old:
+                logger.warning("outbox %s is full: %s of %s", self.path, depth, self.max_entries)
+                self._backlog_reported = True
+            elif any(old <= t < depth for t in self._thresholds):
+                logger.warning(
+                    "outbox %s holds %s message(s) (limit %s)", self.path, depth, self.max_entries
+                )
+                self._backlog_reported = True
+        elif depth == 0 and self._backlog_reported:
+            logger.info("outbox %s drained", self.path)
+            self._backlog_reported = False
+
+
+def _thresholds(max_entries: int) -> tuple[int, ...]:
+    """Depths whose crossing (going above them) deserves a WARNING.
+
+    A depth of 1 is the normal state while one message waits for its confirm, so a
+    threshold warns when the depth goes *above* it; reaching the limit itself is
+    reported separately.
+    """
+    tenths = {math.ceil(max_entries * k / 10) for k in range(1, 10)}
+    return tuple(sorted(t for t in {*_FIXED_THRESHOLDS, *tenths} if 0 < t < max_entries))

@@ -1,0 +1,101 @@
+"""The messages this daemon publishes, exactly as the existing services read them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+
+from snapshot_processor.config import Device
+
+CAMERA_TYPE = "camera"
+
+
+def iso_utc(when: datetime | None = None) -> str:
+    """ISO-8601 UTC ending in ``Z``, as the wire contract's ``timestamp``."""
+    moment = (when or datetime.now(UTC)).astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def trigger_routing_key(topic: str) -> str:
+    """Key of the triggers we consume on ``<exchange>_control``."""
+    return f"event.trigger.{topic}"
+
+
+def image_routing_key(topic: str, device_name: str) -> str:
+    """Key of the image events we publish on ``<exchange>``."""
+    return f"event.notify.{topic}.{device_name}.image"
+
+
+def heartbeat_routing_key(topic: str) -> str:
+    """Key of the heartbeat we publish on ``<exchange>``."""
+    return f"event.heartbeat.{topic}"
+
+
+def person_detail(detections: Iterable[dict[str, Any]]) -> str | None:
+    """``"1 person(s) and 5 things"`` when a person was found, else None."""
+    people = things = 0
+    for detection in detections:
+        if detection.get("person"):
+            people += 1
+        else:
+            things += 1
+    return f"{people} person(s) and {things} things" if people else None
+
+
+def image_event(
+    *,
+    event_id: str,
+    device_key: str,
+    device_label: str,
+    image: bytes,
+    image_time: float,
+    storage_path: str,
+    source: str,
+    storage_url: str | None = None,
+    detections: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The image event map: the original fields, plus ``event_id``, ``source`` and ``detections``."""
+    entry: dict[str, Any] = {
+        "device_key": device_key,
+        "device_label": device_label,
+        "type": CAMERA_TYPE,
+        "image": image,
+        "image_timestamp": str(int(image_time)),
+        "storage_url": storage_url,
+        "storage_path": storage_path,
+        "detections": detections or [],
+        "source": source,
+        "event_id": event_id,
+    }
+    detail = person_detail(detections or [])
+    if detail is not None:
+        entry["event_detail"] = detail
+    if extra:
+        entry.update(extra)
+    return {"timestamp": iso_utc(now), "event_id": event_id, "source": source, "inputs": [entry]}
+
+
+def _device_map(device: Device) -> dict[str, str]:
+    return {"type": device.TYPE, "location": device.LOCATION, "device_key": device.key}
+
+
+def heartbeat(
+    inputs: Iterable[Device], outputs: Iterable[Device], now: datetime | None = None
+) -> dict[str, Any]:
+    """The heartbeat map listing this daemon's inputs and outputs."""
+    return {
+        "timestamp": iso_utc(now),
+        "inputs": [_device_map(device) for device in inputs],
+        "outputs": [_device_map(device) for device in outputs],
+    }
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """msgpack with bytes as bin, as the Java and Python consumers expect."""
+    packed: bytes = msgpack.packb(message, use_bin_type=True)
+    return packed

@@ -1,0 +1,132 @@
+"""Test-side RabbitMQ peers: a trigger sender and an event subscriber, as the other services are."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from snapshot_processor.app import App
+from snapshot_processor.config import Settings
+
+BROKER = pika.ConnectionParameters("127.0.0.1", 5672, heartbeat=30)
+
+
+def unique_exchange() -> str:
+    """An exchange name no other test uses, so tests never see each other's messages."""
+    return f"test_{uuid.uuid4().hex[:10]}"
+
+
+def trigger_body(
+    device_key: str,
+    *,
+    timestamp: int | None = None,
+    device_params: str | None = "admin:secret@127.0.0.1:88",
+    label: str = "Front Door",
+) -> dict[str, Any]:
+    """A trigger as the existing event processor sends it."""
+    return {
+        "timestamp": int(time.time()) if timestamp is None else timestamp,
+        "active_input": {"device_key": "hall pir", "device_type": "pir", "device_label": "hall"},
+        "output_triggered": {
+            "device_key": device_key,
+            "device_type": "camera",
+            "device_label": label,
+            "device_params": device_params,
+            "trigger_topic": "snapshot",
+            "trigger_interval": 10,
+            "device_enabled": True,
+        },
+    }
+
+
+class Peer:
+    """One connection from the test: sends triggers, subscribes to events with '#'."""
+
+    def __init__(self, exchange: str, topic: str = "snapshot") -> None:
+        self.exchange = exchange
+        self.topic = topic
+        self.connection = pika.BlockingConnection(BROKER)
+        self.channel: BlockingChannel = self.connection.channel()
+        # Declared as the existing services do: client defaults, not durable.
+        self.channel.exchange_declare(exchange, exchange_type="topic")
+        self.channel.exchange_declare(f"{exchange}_control", exchange_type="direct")
+        result = self.channel.queue_declare("", exclusive=True)
+        self.queue = result.method.queue
+        self.channel.queue_bind(self.queue, exchange, "#")
+        self.messages: list[tuple[str, pika.BasicProperties, dict[str, Any]]] = []
+        self.channel.basic_consume(self.queue, self._on_message, auto_ack=True)
+
+    def _on_message(
+        self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes
+    ) -> None:
+        self.messages.append((method.routing_key, properties, msgpack.unpackb(body, raw=False)))
+
+    def send_raw(self, body: bytes, *, expiration: str | None = "60000") -> None:
+        """Publish raw bytes as a trigger."""
+        self.channel.basic_publish(
+            f"{self.exchange}_control",
+            f"event.trigger.{self.topic}",
+            body,
+            pika.BasicProperties(expiration=expiration),
+        )
+
+    def send_trigger(self, body: Mapping[str, Any]) -> None:
+        """Publish a trigger map, msgpack-encoded, with the usual 60 s expiration."""
+        self.send_raw(msgpack.packb(dict(body), use_bin_type=True))
+
+    def images(self) -> list[dict[str, Any]]:
+        """Image events received so far."""
+        return [body for key, _, body in self.messages if key.endswith(".image")]
+
+    def wait_for_images(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Pump the connection until ``count`` image events arrived or the time is up."""
+        deadline = time.monotonic() + timeout
+        while len(self.images()) < count and time.monotonic() < deadline:
+            self.connection.process_data_events(time_limit=0.1)
+        return self.images()
+
+    def pump(self, seconds: float) -> None:
+        """Receive whatever arrives for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.connection.process_data_events(time_limit=0.1)
+
+    def close(self) -> None:
+        """Close the connection (the exclusive queue goes with it)."""
+        if self.connection.is_open:
+            self.connection.close()
+
+
+def delete_queue(name: str) -> None:
+    """Remove a durable queue a test's daemon declared."""
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
+@contextmanager
+def running_app(settings: Settings) -> Iterator[App]:
+    """The daemon's whole chain, in this process, stopped in reverse order at the end."""
+    app = App(settings)
+    daemon = app.build()
+    daemon.start()
+    try:
+        # The queue exists once the listener consumes; a trigger sent before would be unroutable.
+        for worker in app.workers:
+            ready = getattr(worker, "consuming", None) or getattr(worker, "connected", None)
+            if ready is not None:
+                assert ready.wait(15), f"{worker.name} did not reach the broker"
+        yield app
+    finally:
+        stopped = daemon.stop()
+        delete_queue(settings.queue_name)
+        assert stopped, "the daemon did not stop within its bound"

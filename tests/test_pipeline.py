@@ -1,0 +1,174 @@
+"""Trigger in, image event out, over the real RabbitMQ and a real camera simulator."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from snapshot_processor import config
+from snapshot_processor.camera.simulator import CameraSimulator
+from snapshot_processor.config import Settings
+from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
+
+pytestmark = pytest.mark.broker
+
+PASSWORD = "p@ss:w0rd with space"
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+def make_settings(tmp_path: Path, exchange: str, **env: str) -> Settings:
+    return config.load(
+        env={
+            "RABBITMQ_EXCHANGE": exchange,
+            "DEVICE_NAME": "garage",
+            "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+            "HEARTBEAT_INTERVAL": "0.5",
+            "CAMERA_TIMEOUT": "2",
+            "CAMERA_RETRIES": "0",
+            "SECRETS_DIR": str(tmp_path / "no-secrets"),
+            **env,
+        }
+    )
+
+
+def foscam_env(port: int, n: int = 1, location: str = "Front Door") -> dict[str, str]:
+    return {
+        f"OUTPUT_{n}_LOCATION": location,
+        f"OUTPUT_{n}_TYPE": "camera",
+        f"OUTPUT_{n}_VENDOR": "foscam",
+    }
+
+
+def test_trigger_yields_documented_event(
+    tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            before = time.time()
+            peer.send_trigger(
+                trigger_body(
+                    "Front Door camera",
+                    device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port},554",
+                )
+            )
+            images = peer.wait_for_images(1)
+            peer.pump(1.2)  # heartbeats arrive every 0.5 s
+    finally:
+        peer.close()
+    assert len(images) == 1
+    routing_keys = {key for key, _, _ in peer.messages}
+    assert "event.notify.snapshot.garage.image" in routing_keys
+    assert "event.heartbeat.snapshot" in routing_keys
+    event = images[0]
+    assert set(event) >= {"timestamp", "inputs"}
+    assert isinstance(event["timestamp"], str)
+    assert event["timestamp"].endswith("Z")
+    (entry,) = event["inputs"]
+    assert entry["device_key"] == "Front Door camera"
+    assert entry["device_label"] == "Front Door"
+    assert entry["type"] == "camera"
+    assert isinstance(entry["image"], bytes)
+    Image.open(io.BytesIO(entry["image"])).load()  # a whole JPEG
+    assert int(entry["image_timestamp"]) >= int(before)
+    assert isinstance(entry["image_timestamp"], str)
+    assert entry["storage_url"] is None
+    assert Path(entry["storage_path"]).read_bytes() == entry["image"]
+    assert Path(entry["storage_path"]).is_relative_to(tmp_path)
+    assert "event_detail" not in entry  # no detection, no person
+    assert entry["source"] == "fetch"
+    assert entry["detections"] == []
+    assert len(entry["event_id"]) == 32
+    image_props = next(props for key, props, _ in peer.messages if key.endswith(".image"))
+    assert image_props.delivery_mode == 2
+    assert image_props.message_id == entry["event_id"]
+    heartbeat = next(body for key, _, body in peer.messages if key.startswith("event.heartbeat"))
+    assert heartbeat["outputs"] == [
+        {"type": "camera", "location": "Front Door", "device_key": "Front Door camera"}
+    ]
+    assert heartbeat["inputs"] == []
+    assert PASSWORD not in caplog.text
+    assert "w0rd" not in caplog.text
+
+
+def test_two_triggers_in_one_second_both_publish(tmp_path: Path, camera: CameraSimulator) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        **foscam_env(camera.port),
+        OUTPUT_1_ADDRESS=f"127.0.0.1:{camera.port}",
+        OUTPUT_1_USER="admin",
+        OUTPUT_1_PASSWORD=PASSWORD,
+        SNAPSHOTS_PER_TRIGGER="2",
+        SNAPSHOT_INTERVAL="0",
+    )
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            now = int(time.time())
+            body = trigger_body("front door CAMERA", timestamp=now, device_params=None)
+            peer.send_trigger(body)
+            peer.send_trigger(body)
+            images = peer.wait_for_images(4)
+    finally:
+        peer.close()
+    assert len(images) == 4
+    ids = {image["inputs"][0]["event_id"] for image in images}
+    paths = {image["inputs"][0]["storage_path"] for image in images}
+    assert len(ids) == 4
+    assert len(paths) == 4
+    assert all(Path(path).exists() for path in paths)
+
+
+def test_camera_failure_acks_and_next_trigger_flows(
+    tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            camera.mode = "garbage"
+            peer.send_trigger(
+                trigger_body(
+                    "Front Door camera", device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}"
+                )
+            )
+            peer.send_trigger(
+                trigger_body(
+                    "Front Door camera", device_params=f"admin:wrong@127.0.0.1:{camera.port}"
+                )
+            )
+            peer.pump(1.0)
+            camera.mode = "ok"
+            peer.send_trigger(
+                trigger_body(
+                    "Front Door camera", device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}"
+                )
+            )
+            images = peer.wait_for_images(1)
+            deadline = time.monotonic() + 5
+            listener = next(w for w in app.workers if w.name == "listener")
+            while listener.in_flight and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+            assert listener.in_flight == 0  # type: ignore[attr-defined]
+    finally:
+        peer.close()
+    assert len(images) == 1
+    assert "Front Door camera" in caplog.text
+    assert PASSWORD not in caplog.text
