@@ -16,7 +16,8 @@ from pylib.settings import ConfigError, load_settings, read_config_file, secret
 
 CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config/snapshot-processor.toml")
-MAX_DEVICES = 8
+# The original read n = 1..8; more are allowed for larger homes.
+MAX_DEVICES = 64
 
 
 DeviceNumber = Annotated[int, Field(ge=1, le=MAX_DEVICES)]

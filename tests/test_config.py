@@ -18,8 +18,8 @@ BAD_ENV = {
     "METRICS_PORT": "99999",
     "RABBITMQ_URL": "http://guest:hunter22@rabbit/",
     "OUTPUT_1_TYPE": "camera",
-    "OUTPUT_9_LOCATION": "attic",
-    "OUTPUT_9_TYPE": "camera",
+    "OUTPUT_65_LOCATION": "attic",
+    "OUTPUT_65_TYPE": "camera",
     "INPUT_2_LOCATION": "hall",
     "INPUT_2_TYPE": "pir",
     "INPUT_2_COLOUR": "red",
@@ -36,7 +36,7 @@ def test_every_problem_is_named() -> None:
         "METRICS_PORT",
         "RABBITMQ_URL",
         "OUTPUT_1_LOCATION",
-        "OUTPUT_9_*",
+        "OUTPUT_65_*",
         "INPUT_2_COLOUR",
     ):
         assert name in text, name

@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pylib.daemon import Daemon
 from pylib.worker import RestartBudget, Worker
+from tests.broker_helpers import delete_queue, unique_exchange
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
@@ -42,8 +45,10 @@ def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.broker
 def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
-    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5")
+    exchange = unique_exchange()
+    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5", RABBITMQ_EXCHANGE=exchange)
     try:
         _read_until(proc, "running", 30)
         proc.send_signal(signal.SIGHUP)
@@ -59,6 +64,7 @@ def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
         assert proc.stdout is not None
         rest = proc.stdout.read()
         proc.stdout.close()
+        delete_queue(f"{exchange}.snapshot.triggers")
     assert code == 0, rest
     assert elapsed < 5 + 2
     assert "stopped (exit code 0)" in rest

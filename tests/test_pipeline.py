@@ -172,3 +172,34 @@ def test_camera_failure_acks_and_next_trigger_flows(
     assert len(images) == 1
     assert "Front Door camera" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def test_thirty_two_cameras_fetch_concurrently(tmp_path: Path, camera: CameraSimulator) -> None:
+    latency = 1.0
+    camera.latency = latency
+    env: dict[str, str] = {}
+    for n in range(1, 33):
+        env |= foscam_env(camera.port, n, location=f"cam{n}")
+        env |= {
+            f"OUTPUT_{n}_ADDRESS": f"127.0.0.1:{camera.port}",
+            f"OUTPUT_{n}_USER": "admin",
+            f"OUTPUT_{n}_PASSWORD": PASSWORD,
+        }
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, RABBITMQ_PREFETCH="64", **env)
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            started = time.monotonic()
+            for n in range(1, 33):
+                peer.send_trigger(trigger_body(f"cam{n} camera", device_params=None))
+            images = peer.wait_for_images(32, timeout=60)
+            elapsed = time.monotonic() - started
+    finally:
+        peer.close()
+    assert sorted(image["inputs"][0]["device_key"] for image in images) == sorted(
+        f"cam{n} camera" for n in range(1, 33)
+    )
+    # One after another would take 32 s; at once, about one camera's latency. The bound is loose
+    # on purpose (a busy CI machine); the benchmark reports the real figure.
+    assert elapsed < latency * 8, f"32 cameras took {elapsed:.1f} s"

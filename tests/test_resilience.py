@@ -1,0 +1,169 @@
+"""Nothing lost: the broker connection cut mid-stream, and a daemon killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pylib.outbox import Outbox
+from snapshot_processor.camera.simulator import CameraSimulator
+from tests.broker_helpers import Peer, delete_queue, running_app, trigger_body, unique_exchange
+from tests.tcp_proxy import TcpProxy
+from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 5672) as running:
+        yield running
+
+
+def camera_env(port: int) -> dict[str, str]:
+    return {
+        **foscam_env(port),
+        "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
+        "OUTPUT_1_USER": "admin",
+        "OUTPUT_1_PASSWORD": PASSWORD,
+    }
+
+
+def labels(images: list[dict[str, object]]) -> list[str]:
+    return [image["inputs"][0]["device_label"] for image in images]  # type: ignore[index]
+
+
+def test_connection_cut_mid_stream_loses_nothing(
+    tmp_path: Path, camera: CameraSimulator, proxy: TcpProxy
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
+        **camera_env(camera.port),
+    )
+    peer = Peer(exchange)
+    sent = [f"trigger-{n}" for n in range(30)]
+    try:
+        with running_app(settings):
+            for n, label in enumerate(sent):
+                if n == 10:
+                    proxy.cut()  # both of the daemon's connections drop at once
+                if n == 20:
+                    proxy.restore()
+                peer.send_trigger(
+                    trigger_body("Front Door camera", label=label, device_params=None)
+                )
+                peer.pump(0.1)
+            deadline = time.monotonic() + 60
+            while set(sent) - set(labels(peer.images())) and time.monotonic() < deadline:
+                peer.pump(0.2)
+    finally:
+        peer.close()
+    missing = set(sent) - set(labels(peer.images()))
+    assert not missing, f"lost events for {sorted(missing)}"
+    assert proxy.accepted_total >= 4  # both connections were made again after the cut
+
+
+def _spawn(
+    tmp_path: Path, env: dict[str, str], log_name: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = tmp_path / log_name
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snapshot_processor", "run"],
+            env={"PATH": os.environ["PATH"], **env},
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log_path
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path}:\n{path.read_text(errors='replace')}")
+
+
+def held_ids(path: Path) -> list[str]:
+    """Event ids waiting in a daemon's outbox, read beside the running daemon."""
+    with Outbox(path) as outbox:
+        return [entry.headers["message_id"] for entry in outbox.peek(10)]
+
+
+def test_sigkill_then_restart_publishes_the_outbox(
+    tmp_path: Path, camera: CameraSimulator, proxy: TcpProxy
+) -> None:
+    exchange = unique_exchange()
+    data = tmp_path / "data"
+    base_env = {
+        "RABBITMQ_EXCHANGE": exchange,
+        "DEVICE_NAME": "garage",
+        "SNAPSHOTS_ROOT_DIR": str(data),
+        "SECRETS_DIR": str(tmp_path / "no-secrets"),
+        "CAMERA_RETRIES": "0",
+        **camera_env(camera.port),
+    }
+    peer = Peer(exchange)
+    first, first_log = _spawn(
+        tmp_path,
+        {**base_env, "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"},
+        "first.log",
+    )
+    second = None
+    try:
+        _wait_for_text(first_log, "consuming")
+        _wait_for_text(first_log, "publisher: connected")
+        camera.latency = 1.5  # the fetches outlast the broker connection
+        for n in range(5):
+            peer.send_trigger(
+                trigger_body("Front Door camera", label=f"held-{n}", device_params=None)
+            )
+        peer.pump(0.5)
+        proxy.cut()
+        deadline = time.monotonic() + 20
+        held = held_ids(data / "outbox.sqlite3")
+        while len(held) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            held = held_ids(data / "outbox.sqlite3")
+        assert len(held) == 5, first_log.read_text()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        camera.latency = 0
+        second, second_log = _spawn(tmp_path, base_env, "second.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
+            if set(held) <= got:
+                break
+            peer.pump(0.2)
+        got = {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
+        assert set(held) <= got, second_log.read_text()
+        assert "outbox holds 5 messages from before" in second_log.read_text()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        peer.close()
+        delete_queue(f"{exchange}.snapshot.triggers")

@@ -1,0 +1,130 @@
+"""Twenty kinds of malformed trigger: each is named, counted and acked; the next good one flows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from pylib.amqp_listener import REJECTED
+from snapshot_processor.camera.simulator import CameraSimulator
+from snapshot_processor.trigger import Trigger, TriggerError, parse_trigger
+from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
+from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+
+CAMERAS = {"front door camera": "Front Door camera"}
+
+
+def packed(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def with_output(**changes: Any) -> bytes:
+    body = trigger_body("Front Door camera", device_params=f"admin:{PASSWORD}@127.0.0.1:88")
+    body["output_triggered"].update(changes)
+    for key in [key for key, value in changes.items() if value is ...]:
+        del body["output_triggered"][key]
+    return packed(body)
+
+
+def with_top(**changes: Any) -> bytes:
+    body = trigger_body("Front Door camera")
+    body.update(changes)
+    for key in [key for key, value in changes.items() if value is ...]:
+        del body[key]
+    return packed(body)
+
+
+MALFORMED: dict[str, tuple[bytes, str]] = {
+    "empty body": (b"", "not_msgpack"),
+    "not msgpack": (b"\xc1\xc1\xc1", "not_msgpack"),
+    "truncated msgpack": (packed(trigger_body("Front Door camera"))[:-5], "not_msgpack"),
+    "json text": (b'{"timestamp": 1}', "not_msgpack"),
+    "a list": (packed([1, 2, 3]), "not_a_map"),
+    "a string": (packed("trigger"), "not_a_map"),
+    "nil": (packed(None), "not_a_map"),
+    "no timestamp": (with_top(timestamp=...), "missing_field"),
+    "timestamp a string": (with_top(timestamp="yesterday"), "bad_field"),
+    "timestamp a bool": (with_top(timestamp=True), "bad_field"),
+    "negative timestamp": (with_top(timestamp=-5), "bad_field"),
+    "no active_input": (with_top(active_input=...), "missing_field"),
+    "active_input a list": (with_top(active_input=[1]), "bad_field"),
+    "no output_triggered": (with_top(output_triggered=...), "missing_field"),
+    "output_triggered a string": (with_top(output_triggered="cam"), "bad_field"),
+    "no device_key": (with_output(device_key=...), "missing_field"),
+    "device_key an int": (with_output(device_key=7), "bad_field"),
+    "unknown camera": (with_output(device_key="attic camera"), "unknown_camera"),
+    "device_params a map": (with_output(device_params={"host": "x"}), "bad_field"),
+    "device disabled": (with_output(device_enabled=False), "disabled"),
+    "too large": (packed({"timestamp": 1, "pad": "x" * 70_000}), "too_large"),
+    "no device_label": (with_output(device_label=...), "missing_field"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_trigger_is_named(case: str) -> None:
+    body, reason = MALFORMED[case]
+    with pytest.raises(TriggerError) as caught:
+        parse_trigger(body, CAMERAS)
+    assert caught.value.reason == reason
+    assert PASSWORD not in str(caught.value)
+
+
+def test_good_trigger_parses_with_key_in_any_case() -> None:
+    body = trigger_body("FRONT DOOR camera", timestamp=1700000000, device_params="a:b@c:1")
+    trigger = parse_trigger(packed(body), CAMERAS)
+    assert trigger == Trigger(
+        camera_key="Front Door camera",
+        device_label="Front Door",
+        timestamp=1700000000,
+        device_params="a:b@c:1",
+        trigger_topic="snapshot",
+        active_input=body["active_input"],
+    )
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+@pytest.mark.broker
+def test_malformed_triggers_then_good_one_over_the_broker(
+    tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            before = {
+                reason: REJECTED.labels(settings.queue_name, reason)._value.get()
+                for _, reason in MALFORMED.values()
+            }
+            for body, _ in MALFORMED.values():
+                peer.send_raw(body)
+            peer.send_trigger(
+                trigger_body(
+                    "Front Door camera", device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}"
+                )
+            )
+            images = peer.wait_for_images(1)
+            listener = next(w for w in app.workers if w.name == "listener")
+            assert listener.is_alive()
+    finally:
+        peer.close()
+    assert len(images) == 1
+    expected: dict[str, int] = {}
+    for _, reason in MALFORMED.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    for reason, count in expected.items():
+        assert REJECTED.labels(settings.queue_name, reason)._value.get() - before[reason] == count
+    rejected_lines = [r for r in caplog.records if "rejected message" in r.getMessage()]
+    assert len(rejected_lines) == len(MALFORMED)
+    assert PASSWORD not in caplog.text
