@@ -20,7 +20,8 @@ CAMERAS = {"front door camera": "Front Door camera"}
 
 
 def packed(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
 
 
 def with_output(**changes: Any) -> bytes:
