@@ -64,6 +64,12 @@ class SecretResolver:
             raise MissingSecretError(name, self.places(name))
         return value
 
+    def close(self) -> None:
+        """Release the store's connections, if it holds any."""
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
     def places(self, name: str) -> list[str]:
         """Where :meth:`get` looks, for error messages."""
         places = ["environment", str(self.secrets_dir / name)]

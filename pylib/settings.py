@@ -73,6 +73,8 @@ def group_indexed(values: Mapping[str, Any], groups: tuple[str, ...]) -> dict[st
 
 def _location_name(loc: tuple[int | str, ...]) -> str:
     # ("OUTPUTS", 1, "PORT") -> "OUTPUT_1_PORT": the name the user actually wrote.
+    if len(loc) == 2 and isinstance(loc[0], str) and loc[0].endswith("S"):
+        return f"{loc[0][:-1]}_{loc[1]}"
     if len(loc) == 3 and loc[2] == "[key]":
         return f"{str(loc[0])[:-1]}_{loc[1]}_*"
     if len(loc) >= 3 and isinstance(loc[0], str) and loc[0].endswith("S"):
@@ -117,15 +119,19 @@ def load_settings(
         matches = [_INDEXED.match(name) for name in merged]
         present = {f"{m['group']}_{m['index']}" for m in matches if m and m["group"] in groups}
         indexed = sorted(f"{prefix}_{key}" for prefix in present for key in group_secrets)
-        for name in [*secret_names(model), *indexed]:
-            if not merged.get(name):
+        try:
+            for name in [*secret_names(model), *indexed]:
+                if merged.get(name):
+                    continue
                 try:
                     found = resolver.get(name)
                 except Exception as exc:  # a secret store that is down is a config problem
                     problems.append(f"{name}: {exc}")
-                    continue
+                    break  # one line for a store that is down, not one per secret
                 if found is not None:
                     merged[name] = found
+        finally:
+            resolver.close()
     try:
         settings = model.model_validate(group_indexed(merged, groups))
     except ValidationError as exc:

@@ -39,6 +39,21 @@ class Device(BaseModel):
     AUTH: Literal["basic", "digest", "none"] = "digest"
     SCHEME: Literal["http", "https"] = "http"
 
+    @model_validator(mode="after")
+    def _camera_password(self) -> Device:
+        # With an address configured, the trigger's device_params no longer supply one.
+        needs = (
+            self.is_camera
+            and self.ADDRESS
+            and not (self.VENDOR == "generic" and self.AUTH == "none")
+        )
+        if needs and self.PASSWORD is None:
+            raise ValueError(
+                "a camera with an ADDRESS needs its PASSWORD secret, which is set nowhere "
+                "(environment, SECRETS_DIR file or 1Password item named like the variable)"
+            )
+        return self
+
     @property
     def key(self) -> str:
         """The wire contract's device key: ``"<location> <type>"``."""

@@ -11,6 +11,7 @@ import pytest
 from pylib.secrets import MissingSecretError, SecretResolver
 from pylib.settings import ConfigError
 from snapshot_processor import config
+from tests.fakes.onepassword import FakeConnect
 
 BAD_ENV = {
     "LOG_LEVEL": "LOUD",
@@ -134,3 +135,50 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "config" / "snapshot-processor.example.toml"
     settings = config.load(env={}, config_file=example)
     assert settings.app_name == "snapshot-processor"
+
+
+def test_camera_password_from_one_password_and_missing_one_named(tmp_path: Path) -> None:
+    token = "op-token-value-123"
+    vaults = {"Home": {"OUTPUT_1_PASSWORD": "cam-Pw@1:x", "SENTRY_DSN": "http://k@127.0.0.1:9/2"}}
+    with FakeConnect(token, vaults) as connect:
+        base = {
+            "OP_CONNECT_HOST": connect.base_url,
+            "OP_CONNECT_TOKEN": token,
+            "OP_VAULT": "Home",
+            "SECRETS_DIR": str(tmp_path),
+            "OUTPUT_1_LOCATION": "porch",
+            "OUTPUT_1_TYPE": "camera",
+            "OUTPUT_1_ADDRESS": "10.0.0.5:88",
+        }
+        settings = config.load(env=base)
+        password = settings.cameras[0].PASSWORD
+        assert password is not None
+        assert password.get_secret_value() == "cam-Pw@1:x"
+        assert settings.sentry_dsn is not None
+        assert settings.sentry_dsn.get_secret_value() == "http://k@127.0.0.1:9/2"
+        with pytest.raises(ConfigError) as caught:
+            config.load(
+                env={
+                    **base,
+                    "OUTPUT_2_LOCATION": "yard",
+                    "OUTPUT_2_TYPE": "camera",
+                    "OUTPUT_2_ADDRESS": "10.0.0.6",
+                }
+            )
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith("OUTPUT_2: ")
+    assert "PASSWORD" in caught.value.problems[0]
+
+
+def test_one_password_unreachable_is_a_named_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(
+            env={
+                "OP_CONNECT_HOST": "http://127.0.0.1:9",
+                "OP_CONNECT_TOKEN": "op-token-value-123",
+                "OP_VAULT": "Home",
+                "SECRETS_DIR": str(tmp_path),
+            }
+        )
+    assert any(problem.startswith("SENTRY_DSN: ") for problem in caught.value.problems)
+    assert "op-token-value-123" not in str(caught.value)
