@@ -180,5 +180,7 @@ def test_one_password_unreachable_is_a_named_problem(tmp_path: Path) -> None:
                 "SECRETS_DIR": str(tmp_path),
             }
         )
-    assert any(problem.startswith("SENTRY_DSN: ") for problem in caught.value.problems)
+    (problem,) = caught.value.problems  # one line for the store, not one per secret
+    assert problem.startswith("RABBITMQ_URL: ")
+    assert "127.0.0.1:9" in problem
     assert "op-token-value-123" not in str(caught.value)
