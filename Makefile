@@ -8,7 +8,7 @@ LOGFILE ?= data/snapshot-processor.log
 
 install:  ## create .venv and install the project with its dev tools from poetry.lock
 	$(POETRY) config --local virtualenvs.in-project true
-	$(POETRY) install --no-interaction
+	$(POETRY) install --no-interaction --all-extras
 
 run:  ## run the daemon in the foreground (Ctrl-C stops it)
 	$(RUN) snapshot-processor run
