@@ -11,7 +11,7 @@ import pytest
 from pylib.secrets import MissingSecretError, SecretResolver
 from pylib.settings import ConfigError
 from snapshot_processor import config
-from tests.fakes.onepassword import FakeConnect
+from tests.fakes.onepassword import FakeConnect, ItemSpec
 
 BAD_ENV = {
     "LOG_LEVEL": "LOUD",
@@ -139,7 +139,9 @@ def test_shipped_example_config_is_valid() -> None:
 
 def test_camera_password_from_one_password_and_missing_one_named(tmp_path: Path) -> None:
     token = "op-token-value-123"
-    vaults = {"Home": {"OUTPUT_1_PASSWORD": "cam-Pw@1:x", "SENTRY_DSN": "http://k@127.0.0.1:9/2"}}
+    vaults: dict[str, dict[str, ItemSpec]] = {
+        "Home": {"OUTPUT_1_PASSWORD": "cam-Pw@1:x", "SENTRY_DSN": "http://k@127.0.0.1:9/2"}
+    }
     with FakeConnect(token, vaults) as connect:
         base = {
             "OP_CONNECT_HOST": connect.base_url,

@@ -186,7 +186,8 @@ def test_thirty_two_cameras_fetch_concurrently(tmp_path: Path, camera: CameraSim
             f"OUTPUT_{n}_PASSWORD": PASSWORD,
         }
     exchange = unique_exchange()
-    settings = make_settings(tmp_path, exchange, RABBITMQ_PREFETCH="64", **env)
+    # A generous timeout: this checks concurrency, not how fast a loaded machine answers.
+    settings = make_settings(tmp_path, exchange, RABBITMQ_PREFETCH="64", CAMERA_TIMEOUT="10", **env)
     peer = Peer(exchange)
     try:
         with running_app(settings):
