@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from pylib.redact import register_secrets
 from pylib.secrets import MissingSecretError, SecretResolver
 
 M = TypeVar("M", bound=BaseModel)
@@ -142,4 +143,20 @@ def load_settings(
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
+    register_secrets(_secret_values(settings))
     return settings
+
+
+def _secret_values(value: Any) -> list[str]:
+    """Every SecretStr inside the settings, however it was supplied, for redaction."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, BaseModel):
+        return [
+            s for name in type(value).model_fields for s in _secret_values(getattr(value, name))
+        ]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _secret_values(item)]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _secret_values(item)]
+    return []

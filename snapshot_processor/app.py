@@ -20,9 +20,11 @@ from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Settings
+from snapshot_processor.ftp import FtpOptions, FtpServerThread
 from snapshot_processor.publication import EventBuilder
 from snapshot_processor.snapshot import TRIGGER_KIND, SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
+from snapshot_processor.upload import UploadStage
 
 # The chain's inproc addresses, upstream to downstream.
 SNAPSHOT_INBOX = inproc("snapshot")
@@ -158,6 +160,60 @@ class App:
             )
         )
 
+    @property
+    def after_snapshot(self) -> str:
+        """Where fetched and uploaded snapshots go next."""
+        return EVENTS_INBOX
+
+    def init_upload(self) -> None:
+        """Watch the upload dir when cameras push images (input cameras, or FTP on)."""
+        settings = self.settings
+        if not (settings.upload_cameras or settings.ftp_on):
+            return
+        self.add_worker(
+            UploadStage(
+                "upload",
+                self.stop_event,
+                root=settings.snapshots_root_dir,
+                upload_dir=settings.upload_dir,
+                cameras=settings.upload_cameras,
+                outbox=self.after_snapshot,
+                max_bytes=settings.upload_max_bytes,
+                settle=settings.upload_settle_seconds,
+                stable=settings.upload_stable_seconds,
+                create_dirs=settings.ftp_create_dirs,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
+
+    def init_ftp(self) -> None:
+        """The FTP server, only with a password: never anonymous."""
+        settings = self.settings
+        if not settings.ftp_on:
+            return
+        assert settings.ftp_pass is not None
+        options = FtpOptions(
+            root=settings.snapshots_root_dir,
+            upload_dir=settings.upload_dir,
+            user=settings.ftp_user,
+            password=settings.ftp_pass.get_secret_value(),
+            listen_address=settings.ftp_listen_address,
+            port=settings.ftp_port,
+            passive_ports=settings.ftp_passive_ports,
+            masquerade_address=settings.ftp_masquerade_address,
+            max_connections=settings.ftp_max_connections,
+            max_connections_per_ip=settings.ftp_max_connections_per_ip,
+            tls_cert=settings.ftp_tls_cert,
+            tls_key=settings.ftp_tls_key,
+            tls_required=settings.ftp_tls_required,
+            ban_after=settings.ftp_ban_after,
+            ban_seconds=settings.ftp_ban_seconds,
+            login_delay=settings.ftp_login_delay,
+        )
+        self.add_worker(
+            FtpServerThread("ftp", self.stop_event, options, on_fatal=self.daemon.on_fatal)
+        )
+
     def init_snapshot(self) -> None:
         """Camera fetches, concurrent across cameras."""
         settings = self.settings
@@ -172,7 +228,7 @@ class App:
                 cameras=registry,
                 root=settings.snapshots_root_dir,
                 inbox=SNAPSHOT_INBOX,
-                outbox=EVENTS_INBOX,
+                outbox=self.after_snapshot,
                 per_trigger=settings.snapshots_per_trigger,
                 interval=settings.snapshot_interval,
                 workers=settings.camera_workers,
@@ -217,5 +273,7 @@ class App:
         self.init_publisher()
         self.init_events()
         self.init_snapshot()
+        self.init_upload()
+        self.init_ftp()
         self.init_listener()
         return self.daemon

@@ -94,6 +94,27 @@ class Settings(BaseModel):
     snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
     snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
 
+    ftp_enabled: bool | None = Field(None, alias="FTP_ENABLED")
+    ftp_user: str = Field("camera", alias="FTP_USER", min_length=1, pattern=r"^[^\s:]+$")
+    ftp_pass: SecretStr | None = Field(None, alias="FTP_PASS", json_schema_extra=secret())
+    ftp_upload_dir: Path = Field(Path("upload"), alias="FTP_UPLOAD_DIR")
+    ftp_create_dirs: list[str] = Field(default_factory=list, alias="FTP_CREATE_DIRS")
+    ftp_listen_address: str = Field("0.0.0.0", alias="FTP_LISTEN_ADDRESS", min_length=1)
+    ftp_port: int = Field(2121, alias="FTP_PORT", ge=0, le=65535)
+    ftp_passive_ports: tuple[int, int] | None = Field(None, alias="FTP_PASSIVE_PORTS")
+    ftp_masquerade_address: str | None = Field(None, alias="FTP_MASQUERADE_ADDRESS")
+    ftp_max_connections: int = Field(64, alias="FTP_MAX_CONNECTIONS", ge=1)
+    ftp_max_connections_per_ip: int = Field(16, alias="FTP_MAX_CONNECTIONS_PER_IP", ge=1)
+    ftp_tls_cert: Path | None = Field(None, alias="FTP_TLS_CERT")
+    ftp_tls_key: Path | None = Field(None, alias="FTP_TLS_KEY")
+    ftp_tls_required: bool = Field(True, alias="FTP_TLS_REQUIRED")
+    ftp_ban_after: int = Field(5, alias="FTP_BAN_AFTER", ge=1)
+    ftp_ban_seconds: float = Field(600.0, alias="FTP_BAN_SECONDS", ge=0)
+    ftp_login_delay: float = Field(2.0, alias="FTP_LOGIN_DELAY", ge=0, le=30)
+    upload_max_bytes: int = Field(20 * 1024 * 1024, alias="UPLOAD_MAX_BYTES", ge=1024)
+    upload_settle_seconds: float = Field(0.3, alias="UPLOAD_SETTLE_SECONDS", ge=0, le=60)
+    upload_stable_seconds: float = Field(2.0, alias="UPLOAD_STABLE_SECONDS", gt=0, le=600)
+
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
     cronitor_monitor_key: SecretStr | None = Field(
         None, alias="CRONITOR_MONITOR_KEY", json_schema_extra=secret()
@@ -116,6 +137,38 @@ class Settings(BaseModel):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("ftp_create_dirs", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ftp_create_dirs")
+    @classmethod
+    def _relative_dirs(cls, value: list[str]) -> list[str]:
+        for folder in value:
+            if Path(folder).is_absolute() or ".." in Path(folder).parts:
+                raise ValueError(f"{folder!r} must be a folder inside the upload dir")
+        return value
+
+    @field_validator("ftp_passive_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            low, sep, high = value.partition("-")
+            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+                raise ValueError("write the range as LOW-HIGH, e.g. 30000-30009")
+            return (int(low), int(high))
+        return value
+
+    @field_validator("ftp_passive_ports")
+    @classmethod
+    def _ordered_ports(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1024 <= value[0] <= value[1] <= 65535:
+            raise ValueError("passive ports must be LOW-HIGH within 1024-65535")
+        return value
+
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -130,6 +183,30 @@ class Settings(BaseModel):
                 "OP_CONNECT_HOST is set, so OP_CONNECT_TOKEN and OP_VAULT are needed too"
             )
         return self
+
+    @model_validator(mode="after")
+    def _ftp_complete(self) -> Settings:
+        if self.ftp_enabled and self.ftp_pass is None:
+            raise ValueError(
+                "FTP_ENABLED is true, so the FTP_PASS secret is needed (no anonymous FTP)"
+            )
+        if (self.ftp_tls_cert is None) != (self.ftp_tls_key is None):
+            raise ValueError("FTPS needs both FTP_TLS_CERT and FTP_TLS_KEY")
+        if self.upload_dir.resolve() == self.snapshots_root_dir.resolve() or not (
+            self.upload_dir.resolve().is_relative_to(self.snapshots_root_dir.resolve())
+        ):
+            raise ValueError("FTP_UPLOAD_DIR must be a folder inside SNAPSHOTS_ROOT_DIR")
+        return self
+
+    @property
+    def ftp_on(self) -> bool:
+        """FTP runs when its password is set, unless FTP_ENABLED says no."""
+        return self.ftp_pass is not None and self.ftp_enabled is not False
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where cameras upload: FTP_UPLOAD_DIR, relative to SNAPSHOTS_ROOT_DIR unless absolute."""
+        return self.snapshots_root_dir / self.ftp_upload_dir
 
     @property
     def queue_name(self) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pylib.redact import redact
 from pylib.secrets import MissingSecretError, SecretResolver
 from pylib.settings import ConfigError
 from snapshot_processor import config
@@ -186,3 +187,8 @@ def test_one_password_unreachable_is_a_named_problem(tmp_path: Path) -> None:
     assert problem.startswith("RABBITMQ_URL: ")
     assert "127.0.0.1:9" in problem
     assert "op-token-value-123" not in str(caught.value)
+
+
+def test_secrets_given_in_the_environment_are_redacted(tmp_path: Path) -> None:
+    config.load(env={"FTP_PASS": "ftp-Secret-9", "SECRETS_DIR": str(tmp_path)})
+    assert redact("login with ftp-Secret-9 failed") == "login with *** failed"

@@ -1,0 +1,147 @@
+"""What every detector shares: the detection record, the port, its error and the person rule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from pylib.redact import redact
+
+PERSON = "person"
+
+#: The reasons a :class:`DetectionError` may carry (also the counters' label values).
+REASONS: Final = frozenset({"invalid_image", "throttled", "access_denied", "unreachable", "error"})
+
+_MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class Box:
+    """A bounding box as fractions (0..1) of the image's width and height."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @classmethod
+    def from_pixels(
+        cls, x1: float, y1: float, x2: float, y2: float, image_width: int, image_height: int
+    ) -> Box | None:
+        """The box of corners ``(x1, y1)``-``(x2, y2)`` clipped to the image; None if empty."""
+        x1, x2 = sorted((_clip(x1, image_width), _clip(x2, image_width)))
+        y1, y2 = sorted((_clip(y1, image_height), _clip(y2, image_height)))
+        if x2 <= x1 or y2 <= y1:
+            return None
+        return cls(
+            x1 / image_width, y1 / image_height, (x2 - x1) / image_width, (y2 - y1) / image_height
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"left", "top", "width", "height"}``."""
+        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
+
+
+def _clip(value: float, limit: int) -> float:
+    return min(max(float(value), 0.0), float(limit))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One thing found in an image.
+
+    ``confidence`` is on a 0-100 scale whatever the backend's own scale; ``box`` is
+    None when the backend names the thing without locating it; ``person`` is the
+    verdict of the person rule (:func:`is_person`).
+    """
+
+    label: str
+    confidence: float
+    box: Box | None
+    person: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for envelopes and events: ``{"label", "confidence", "box", "person"}``."""
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "box": self.box.as_dict() if self.box is not None else None,
+            "person": self.person,
+        }
+
+
+class Detector(Protocol):
+    """The port every detection backend implements.
+
+    ``detect`` is called from one thread at a time; it raises :class:`DetectionError`
+    for every failure it can name.
+    """
+
+    name: str
+
+    def detect(self, image: bytes) -> list[Detection]:
+        """The things found in one JPEG (or other encoded image)."""
+        ...
+
+
+class DetectionError(Exception):
+    """Detection failed; ``reason`` is one of :data:`REASONS`, the message has no secret."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            reason = "error"
+        text = redact(message)
+        if len(text) > _MAX_MESSAGE:
+            text = text[: _MAX_MESSAGE - 3] + "..."
+        super().__init__(f"{reason}: {text}")
+        self.reason = reason
+        self.message = text
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class NoDetector:
+    """Backend ``none``: detection switched off; finds nothing, costs nothing."""
+
+    name = "none"
+
+    def detect(self, image: bytes) -> list[Detection]:
+        """Always ``[]``."""
+        return []
+
+
+@dataclass(frozen=True)
+class PersonRule:
+    """Minimum confidence (0-100) at which a person label counts, with per-label overrides.
+
+    ``overrides`` maps a label name (any case) to its own minimum, e.g. a stricter one
+    for ``Face`` than for ``Person``.
+    """
+
+    default: float = 80.0
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def minimum(self, label: str) -> float:
+        """The minimum confidence for ``label``."""
+        wanted = label.casefold()
+        for name, value in self.overrides.items():
+            if name.casefold() == wanted:
+                return value
+        return self.default
+
+    def __call__(self, label: str, parents: Iterable[str], confidence: float) -> bool:
+        """Whether this label, with these parents and confidence, is a person."""
+        return is_person(label, parents, confidence, self.minimum(label))
+
+
+def is_person(label: str, parents: Iterable[str], confidence: float, min_confidence: float) -> bool:
+    """The person rule: ``Person`` itself or among the parents, at or above the minimum.
+
+    Names compare without regard to case (Rekognition says ``Person``, COCO ``person``);
+    both confidences are on the 0-100 scale.
+    """
+    if confidence < min_confidence:
+        return False
+    return label.casefold() == PERSON or any(p.casefold() == PERSON for p in parents)

@@ -1,0 +1,192 @@
+"""Amazon Rekognition DetectLabels as a detector.
+
+The boto3 client is made once and honours boto3's standard configuration: the
+credentials chain (environment, shared files, container and instance roles, refreshed
+when they expire) and, when no ``endpoint_url`` is given, ``AWS_ENDPOINT_URL_REKOGNITION``
+or ``AWS_ENDPOINT_URL``. Every failure becomes a :class:`DetectionError` whose message is
+built from the error code and the service's own words, never from a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+# boto3 and botocore ship no type information and pyproject.toml is not ours to extend.
+import boto3  # type: ignore[import-untyped]
+import botocore.exceptions  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+
+from snapshot_processor.detection.base import Box, Detection, DetectionError, PersonRule
+
+_INVALID_IMAGE = frozenset(
+    {"InvalidImageFormatException", "ImageTooLargeException", "InvalidParameterException"}
+)
+_THROTTLED = frozenset(
+    {"ThrottlingException", "ProvisionedThroughputExceededException", "LimitExceededException"}
+)
+_ACCESS_DENIED = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "RequestExpired",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "MissingAuthenticationTokenException",
+    }
+)
+_NO_CREDENTIALS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.TokenRetrievalError,
+)
+_UNREACHABLE = (
+    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+)
+
+
+class RekognitionDetector:
+    """Labels from Rekognition DetectLabels; ``Person`` (or a child of it) is a person.
+
+    ``min_confidence`` and ``max_labels`` go to the API (fewer labels cost no less);
+    ``person_min_confidence`` is the person rule's default, ``person_overrides`` its
+    per-label minimums. ``connect_timeout``/``read_timeout`` are seconds and
+    ``max_attempts`` counts the first call (botocore's standard retry mode).
+    """
+
+    name = "rekognition"
+
+    def __init__(
+        self,
+        region: str | None,
+        min_confidence: float = 55,
+        max_labels: int = 20,
+        person_min_confidence: float = 80,
+        endpoint_url: str | None = None,
+        *,
+        person_overrides: Mapping[str, float] | None = None,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 2,
+    ) -> None:
+        self.min_confidence = float(min_confidence)
+        self.max_labels = int(max_labels)
+        self.rule = PersonRule(float(person_min_confidence), dict(person_overrides or {}))
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": max(1, max_attempts), "mode": "standard"},
+        )
+        # A session of our own: boto3's default session is not safe to share across threads.
+        session = boto3.session.Session()
+        # endpoint_url=None leaves boto3 to read AWS_ENDPOINT_URL_REKOGNITION / config files.
+        try:
+            self._client: Any = session.client(
+                "rekognition", region_name=region, endpoint_url=endpoint_url, config=config
+            )
+        except botocore.exceptions.NoRegionError:
+            raise ValueError(
+                "Rekognition needs a region: set AWS_ALT_REGION or AWS_DEFAULT_REGION"
+            ) from None
+        self.endpoint = str(self._client.meta.endpoint_url)
+
+    def detect(self, image: bytes) -> list[Detection]:
+        """One call to DetectLabels; a detection per located instance, or per label."""
+        if not image:
+            raise DetectionError("invalid_image", "empty image")
+        failure: DetectionError | None = None
+        try:
+            reply = self._client.detect_labels(
+                Image={"Bytes": image},
+                MinConfidence=self.min_confidence,
+                MaxLabels=self.max_labels,
+            )
+        except Exception as exc:
+            failure = error_from(exc)
+            if failure.reason == "unreachable":
+                failure = DetectionError("unreachable", f"{failure.message} at {self.endpoint}")
+        if failure is not None:
+            # Raised outside the except block: boto's text rides along nowhere.
+            raise failure
+        return self.detections(reply)
+
+    def detections(self, reply: Mapping[str, Any]) -> list[Detection]:
+        """Turn a DetectLabels reply into detections (public for tests and tools)."""
+        found: list[Detection] = []
+        for label in reply.get("Labels") or []:
+            name = str(label.get("Name") or "")
+            if not name:
+                continue
+            confidence = float(label.get("Confidence") or 0.0)
+            parents = [str(p.get("Name") or "") for p in label.get("Parents") or []]
+            boxes = [
+                (box, float(instance.get("Confidence") or confidence))
+                for instance in label.get("Instances") or []
+                if (box := _box(instance.get("BoundingBox"))) is not None
+            ]
+            if not boxes:
+                found.append(
+                    Detection(name, confidence, None, self.rule(name, parents, confidence))
+                )
+            for box, instance_confidence in boxes:
+                person = self.rule(name, parents, instance_confidence)
+                found.append(Detection(name, instance_confidence, box, person))
+        return found
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _box(raw: Mapping[str, Any] | None) -> Box | None:
+    if not raw:
+        return None
+    try:
+        left, top = float(raw["Left"]), float(raw["Top"])
+        width, height = float(raw["Width"]), float(raw["Height"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    # Rekognition may report a box reaching a little past the frame: clip it.
+    left, top = min(max(left, 0.0), 1.0), min(max(top, 0.0), 1.0)
+    width, height = min(max(width, 0.0), 1.0 - left), min(max(height, 0.0), 1.0 - top)
+    return Box(left, top, width, height) if width > 0 and height > 0 else None
+
+
+def error_from(exc: Exception) -> DetectionError:
+    """The :class:`DetectionError` for an exception out of boto3."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error") or {}
+        code = str(error.get("Code") or "Unknown")
+        message = f"{code}: {error.get('Message') or 'no message'}"
+        if code in _INVALID_IMAGE:
+            return DetectionError("invalid_image", message)
+        if code in _THROTTLED:
+            return DetectionError("throttled", message)
+        if code in _ACCESS_DENIED:
+            return DetectionError("access_denied", message)
+        return DetectionError("error", message)
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return DetectionError("invalid_image", "the image was refused before sending")
+    if isinstance(exc, _NO_CREDENTIALS):
+        return DetectionError("access_denied", f"no usable AWS credentials ({type(exc).__name__})")
+    if isinstance(exc, _UNREACHABLE):
+        return DetectionError("unreachable", f"Rekognition unreachable ({type(exc).__name__})")
+    return DetectionError("error", f"Rekognition call failed ({type(exc).__name__})")

@@ -1,0 +1,262 @@
+"""Images pushed by cameras into the upload dir: watched, checked, kept, sent down the chain.
+
+A watchdog observer reports files; this stage's thread takes each one once it is
+complete (closed after writing and left alone for a moment, or, where the observer
+cannot tell, its size stable), maps its folder to an input camera, checks it is a
+whole JPEG of sane size, moves it to the snapshots folder under a unique name and
+sends it on with ``source = upload``. Anything wrong goes to quarantine with a log
+line and a counter; the stage goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from pylib.envelope import new_id
+from pylib.relay import Sender
+from pylib.worker import RestartBudget, Worker
+from snapshot_processor.camera import InvalidJPEGError, check_jpeg
+from snapshot_processor.config import Device
+from snapshot_processor.snapshot import SNAPSHOTS, snapshot_envelope
+from snapshot_processor.storage import slug, snapshot_path
+
+log = logging.getLogger(__name__)
+
+UPLOADS_REJECTED = Counter("uploads_rejected_total", "Uploads put in quarantine", ["reason"])
+UPLOADS_IGNORED = Counter("uploads_ignored_total", "Files in the upload dir left alone", ["reason"])
+
+QUARANTINE_DIR = "quarantine"
+
+
+def camera_folder(location: str) -> str:
+    """An input camera's upload folder name: its location, lower case, spaces removed."""
+    return "".join(location.lower().split())
+
+
+class UploadRejectedError(Exception):
+    """An upload that cannot become an event; ``reason`` labels the counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class _Pending:
+    size: int
+    changed: float
+    closed: bool
+
+
+class _Events(FileSystemEventHandler):
+    """Runs on the observer's thread: only notes paths for the stage's thread."""
+
+    def __init__(self, inbox: queue.SimpleQueue[tuple[str, bool]]) -> None:
+        self.inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            self.inbox.put((os.fsdecode(event.dest_path), True))
+        elif isinstance(event, FileClosedEvent):
+            self.inbox.put((os.fsdecode(event.src_path), True))
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self.inbox.put((os.fsdecode(event.src_path), False))
+
+
+class UploadStage(Worker):
+    """Watches ``upload_dir`` and sends each complete, valid image to ``outbox``."""
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        root: Path,
+        upload_dir: Path,
+        cameras: Iterable[Device],
+        outbox: str,
+        max_bytes: int = 20 * 1024 * 1024,
+        settle: float = 0.3,
+        stable: float = 2.0,
+        create_dirs: Iterable[str] = (),
+        observer_factory: Callable[[], BaseObserver] = Observer,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
+        self.root = root
+        self.upload_dir = upload_dir
+        self.cameras = {camera_folder(device.LOCATION): device for device in cameras}
+        self.outbox = outbox
+        self.max_bytes = max_bytes
+        self.settle = settle
+        self.stable = stable
+        self.create_dirs = list(create_dirs)
+        self.observer_factory = observer_factory
+        self.ready = threading.Event()
+        self._events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
+        self._pending: dict[Path, _Pending] = {}
+        self._observer: BaseObserver | None = None
+        self._sender: Sender | None = None
+
+    def on_thread_start(self) -> None:
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        for folder in [*self.create_dirs, *self.cameras]:
+            (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._sender = Sender(self.outbox)
+        observer = self.observer_factory()
+        observer.schedule(_Events(self._events), str(self.upload_dir), recursive=True)
+        observer.start()
+        self._observer = observer
+        # Files that arrived while we were not running: taken once their size is stable.
+        for path in self.upload_dir.rglob("*"):
+            if path.is_file():
+                self._note(path, closed=False)
+        self.ready.set()
+
+    def on_thread_stop(self) -> None:
+        self.ready.clear()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+    def work(self) -> None:
+        while self.should_keep_running():
+            try:
+                path, closed = self._events.get(timeout=0.05)
+                self._note(Path(path), closed)
+            except queue.Empty:
+                pass
+            self._take_ready()
+        # Complete files not yet taken stay in the upload dir and are found at next start.
+
+    def _note(self, path: Path, closed: bool) -> None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            self._pending.pop(path, None)  # gone already (moved away by us, or removed)
+            return
+        now = time.monotonic()
+        previous = self._pending.get(path)
+        self._pending[path] = _Pending(
+            size, now, closed or bool(previous and previous.closed and previous.size == size)
+        )
+
+    def _take_ready(self) -> None:
+        now = time.monotonic()
+        for path, pending in list(self._pending.items()):
+            age = now - pending.changed
+            if not (pending.closed and age >= self.settle) and age < self.stable:
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError:
+                del self._pending[path]  # a partial upload the FTP server removed
+                continue
+            if size != pending.size:
+                self._pending[path] = _Pending(size, now, False)
+                continue
+            del self._pending[path]
+            self._take(path)
+
+    def _take(self, path: Path) -> None:
+        try:
+            relative = path.relative_to(self.upload_dir)
+        except ValueError:
+            return
+        if any(part.startswith(".") for part in relative.parts):
+            # Hidden names are how many uploaders write before renaming into place.
+            UPLOADS_IGNORED.labels("hidden").inc()
+            log.info("upload: leaving hidden file %s alone", relative)
+            return
+        device = self.cameras.get(relative.parts[0]) if len(relative.parts) > 1 else None
+        if device is None:
+            UPLOADS_IGNORED.labels("no_camera").inc()
+            log.warning("upload: %s is in no input camera's folder; left alone", relative)
+            return
+        try:
+            self._accept(path, device)
+        except UploadRejectedError as exc:
+            self._quarantine(path, relative, exc.reason, str(exc))
+        except OSError as exc:
+            UPLOADS_REJECTED.labels("io_error").inc()
+            log.error("upload: cannot take %s: %s", relative, exc.strerror or exc)
+
+    def _accept(self, path: Path, device: Device) -> None:
+        size = path.stat().st_size
+        if size == 0:
+            raise UploadRejectedError("empty", "zero bytes")
+        if size > self.max_bytes:
+            raise UploadRejectedError("too_large", f"{size} bytes, more than {self.max_bytes}")
+        image = path.read_bytes()
+        try:
+            check_jpeg(image)
+        except InvalidJPEGError as exc:
+            raise UploadRejectedError("not_a_jpeg", str(exc)) from None
+        taken = path.stat().st_mtime
+        event_id = new_id()
+        target = snapshot_path(self.root, device.key, time.time(), event_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Moved out of the upload dir: a re-upload under the same name is a new file and event.
+        os.replace(path, target)
+        SNAPSHOTS.labels(device.key, "upload").inc()
+        log.info("upload: %s from %s -> event %s", path.name, device.key, event_id)
+        assert self._sender is not None
+        self._sender.send(
+            snapshot_envelope(
+                event_id=event_id,
+                camera_key=device.key,
+                device_label=device.LOCATION,
+                image=image,
+                taken=taken,
+                storage_path=target,
+                source="upload",
+                ack=None,
+                parts=1,
+            )
+        )
+
+    def _quarantine(self, path: Path, relative: Path, reason: str, detail: str) -> None:
+        UPLOADS_REJECTED.labels(reason).inc()
+        target = (
+            self.root
+            / QUARANTINE_DIR
+            / f"{time.strftime('%Y%m%dT%H%M%S')}_{new_id()[:8]}_{slug(path.name)}"
+        )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as exc:
+            log.error(
+                "upload: %s rejected (%s) but could not be quarantined: %s",
+                relative,
+                detail,
+                exc.strerror,
+            )
+            return
+        log.warning("upload: %s rejected (%s: %s); moved to %s", relative, reason, detail, target)
