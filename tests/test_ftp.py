@@ -104,6 +104,7 @@ def test_partial_upload_is_removed(server: FtpServerThread, tmp_path: Path) -> N
         # The camera loses its connection mid-file: the control connection resets while
         # the data connection is still open (in stream mode a closed data connection
         # alone would just mean "end of file").
+        assert client.sock is not None
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         time.sleep(0.5)
