@@ -112,7 +112,7 @@ class Settings(BaseModel):
     ftp_ban_seconds: float = Field(600.0, alias="FTP_BAN_SECONDS", ge=0)
     ftp_login_delay: float = Field(2.0, alias="FTP_LOGIN_DELAY", ge=0, le=30)
     upload_max_bytes: int = Field(20 * 1024 * 1024, alias="UPLOAD_MAX_BYTES", ge=1024)
-    upload_settle_seconds: float = Field(0.3, alias="UPLOAD_SETTLE_SECONDS", ge=0, le=60)
+    upload_settle_seconds: float = Field(0.1, alias="UPLOAD_SETTLE_SECONDS", ge=0, le=60)
     upload_stable_seconds: float = Field(2.0, alias="UPLOAD_STABLE_SECONDS", gt=0, le=600)
 
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())

@@ -97,7 +97,7 @@ class UploadStage(Worker):
         cameras: Iterable[Device],
         outbox: str,
         max_bytes: int = 20 * 1024 * 1024,
-        settle: float = 0.3,
+        settle: float = 0.1,
         stable: float = 2.0,
         create_dirs: Iterable[str] = (),
         observer_factory: Callable[[], BaseObserver] = Observer,

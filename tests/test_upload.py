@@ -1,0 +1,165 @@
+"""Cameras push images by FTP; each becomes an image event on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from snapshot_processor.app import App
+from snapshot_processor.upload import UPLOADS_IGNORED, UPLOADS_REJECTED
+from tests.broker_helpers import Peer, running_app, unique_exchange
+from tests.ftp_helpers import connect, jpeg, upload
+from tests.test_pipeline import make_settings
+
+pytestmark = pytest.mark.broker
+
+FTP_PASSWORD = "up load:pw@1"
+LOCATIONS = ["Front Door", "Back Yard", "Garage", "Drive Way", "Side Gate"]
+
+
+@pytest.fixture
+def ftp_app(tmp_path: Path) -> Iterator[tuple[App, Peer, int]]:
+    env = {"FTP_PASS": FTP_PASSWORD, "FTP_PORT": "0", "FTP_LISTEN_ADDRESS": "127.0.0.1"}
+    env |= {"UPLOAD_MAX_BYTES": "200000"}
+    env |= {"FTP_CREATE_DIRS": "misc"}
+    for n, location in enumerate(LOCATIONS, start=1):
+        env |= {f"INPUT_{n}_LOCATION": location, f"INPUT_{n}_TYPE": "camera"}
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **env)
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            ftp = next(w for w in app.workers if w.name == "ftp")
+            upload_stage = next(w for w in app.workers if w.name == "upload")
+            assert ftp.ready.wait(5) and upload_stage.ready.wait(5)  # type: ignore[attr-defined]
+            yield app, peer, ftp.bound[1]  # type: ignore[attr-defined]
+    finally:
+        peer.close()
+
+
+def folder(location: str) -> str:
+    return location.lower().replace(" ", "")
+
+
+def test_five_cameras_upload_twenty_each_at_once(ftp_app: tuple[App, Peer, int]) -> None:
+    _, peer, port = ftp_app
+    images = {(loc, n): jpeg(f"{loc} {n}") for loc in LOCATIONS for n in range(20)}
+    finished: dict[bytes, float] = {}
+
+    def camera(location: str) -> None:
+        client = connect(port, "camera", FTP_PASSWORD)
+        try:
+            client.cwd(f"/upload/{folder(location)}")
+            for n in range(20):
+                upload(client, f"snap_{n:02d}.jpg", images[(location, n)])
+                finished[images[(location, n)]] = time.monotonic()
+        finally:
+            client.quit()
+
+    with ThreadPoolExecutor(len(LOCATIONS)) as pool:
+        list(pool.map(camera, LOCATIONS))
+    arrived: dict[bytes, float] = {}
+    deadline = time.monotonic() + 60
+    while len(arrived) < 100 and time.monotonic() < deadline:
+        peer.connection.process_data_events(time_limit=0.02)
+        for event in peer.images():
+            arrived.setdefault(event["inputs"][0]["image"], time.monotonic())
+    events = peer.images()
+    assert len(events) == 100
+    by_image = {event["inputs"][0]["image"]: event["inputs"][0] for event in events}
+    for (location, _), data in images.items():
+        entry = by_image[data]  # bytes intact
+        assert entry["device_key"] == f"{location} camera"
+        assert entry["source"] == "upload"
+        assert Path(entry["storage_path"]).read_bytes() == data
+    # Upload end to event received, as a figure for the README (the upload-to-event latency).
+    delays = sorted(arrived[data] - finished[data] for data in images.values())
+    print(
+        f"\nupload end -> event: median {statistics.median(delays) * 1000:.0f} ms, "
+        f"worst {delays[-1] * 1000:.0f} ms over {len(delays)}"
+    )
+
+
+def _counter(reason: str) -> float:
+    return UPLOADS_REJECTED.labels(reason)._value.get()
+
+
+def _ignored(reason: str) -> float:
+    return UPLOADS_IGNORED.labels(reason)._value.get()
+
+
+def test_bad_uploads_are_quarantined_and_good_ones_follow(
+    ftp_app: tuple[App, Peer, int], tmp_path: Path
+) -> None:
+    app, peer, port = ftp_app
+    good = jpeg("good one")
+    truncated = jpeg("cut")[:-400]
+    cases: list[tuple[str, bytes, str | None]] = [
+        ("frontdoor/notes.jpg", b"this is not an image at all", "not_a_jpeg"),
+        ("frontdoor/html.jpg", b"<html><body>error</body></html>", "not_a_jpeg"),
+        ("frontdoor/cut.jpg", truncated, "not_a_jpeg"),
+        ("frontdoor/empty.jpg", b"", "empty"),
+        ("frontdoor/huge.jpg", jpeg("big", size=(2400, 1800))[:10] + b"\0" * 250_000, "too_large"),
+    ]
+    client = connect(port, "camera", FTP_PASSWORD)
+    try:
+        client.cwd("/upload")
+        published = 0
+        for n, (name, data, reason) in enumerate(cases):
+            before = _counter(reason) if reason else 0
+            upload(client, name, data)
+            upload(client, f"frontdoor/good_{n}.jpg", good)
+            published += 1
+            assert len(peer.wait_for_images(published)) == published, name
+            assert _counter(reason) == before + 1 if reason else True, name
+        # Odd names and deep folders are ordinary uploads.
+        for name in ["frontdoor/with space.jpg", "frontdoor/ünïcödé 📷.jpg"]:
+            upload(client, name, jpeg(name))
+            published += 1
+            assert len(peer.wait_for_images(published)) == published, name
+        client.mkd("frontdoor/2024")
+        client.mkd("frontdoor/2024/05")
+        upload(client, "frontdoor/2024/05/deep.jpg", jpeg("deep"))
+        published += 1
+        assert len(peer.wait_for_images(published)) == published
+        # Hidden files are left for the uploader to rename; outside a camera folder, left alone.
+        hidden_before, stray_before = _ignored("hidden"), _ignored("no_camera")
+        upload(client, "frontdoor/.partial.jpg", jpeg("hidden"))
+        upload(client, "misc/stray.jpg", jpeg("stray"))
+        deadline = time.monotonic() + 10
+        while _ignored("hidden") == hidden_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.rename("frontdoor/.partial.jpg", "frontdoor/renamed.jpg")
+        published += 1
+        assert len(peer.wait_for_images(published)) == published
+    finally:
+        client.quit()
+    assert _ignored("hidden") == hidden_before + 1
+    assert _ignored("no_camera") == stray_before + 1
+    assert (app.settings.upload_dir / "misc" / "stray.jpg").exists()
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 5
+    sources = {event["inputs"][0]["source"] for event in peer.images()}
+    assert sources == {"upload"}
+    upload_stage = next(w for w in app.workers if w.name == "upload")
+    assert upload_stage.is_alive()
+
+
+def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int]) -> None:
+    _, peer, port = ftp_app
+    client = connect(port, "camera", FTP_PASSWORD)
+    try:
+        for n in range(3):
+            upload(client, "/upload/garage/latest.jpg", jpeg(f"take {n}"))
+            assert len(peer.wait_for_images(n + 1)) == n + 1
+    finally:
+        client.quit()
+    entries = [event["inputs"][0] for event in peer.images()]
+    assert [entry["image"] for entry in entries] == [jpeg(f"take {n}") for n in range(3)]
+    assert len({entry["storage_path"] for entry in entries}) == 3
+    assert len({entry["event_id"] for entry in entries}) == 3
