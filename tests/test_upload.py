@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from snapshot_processor.app import App
-from snapshot_processor.upload import UPLOADS_IGNORED, UPLOADS_REJECTED
+from snapshot_processor.ftp import FtpServerThread
+from snapshot_processor.upload import UPLOADS_IGNORED, UPLOADS_REJECTED, UploadStage
 from tests.broker_helpers import Peer, running_app, unique_exchange
 from tests.ftp_helpers import connect, jpeg, upload
 from tests.test_pipeline import make_settings
@@ -34,10 +35,12 @@ def ftp_app(tmp_path: Path) -> Iterator[tuple[App, Peer, int]]:
     peer = Peer(exchange)
     try:
         with running_app(settings) as app:
-            ftp = next(w for w in app.workers if w.name == "ftp")
-            upload_stage = next(w for w in app.workers if w.name == "upload")
-            assert ftp.ready.wait(5) and upload_stage.ready.wait(5)  # type: ignore[attr-defined]
-            yield app, peer, ftp.bound[1]  # type: ignore[attr-defined]
+            ftp = next(w for w in app.workers if isinstance(w, FtpServerThread))
+            upload_stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            assert ftp.ready.wait(5)
+            assert upload_stage.ready.wait(5)
+            assert ftp.bound is not None
+            yield app, peer, ftp.bound[1]
     finally:
         peer.close()
 
