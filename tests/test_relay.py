@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from pylib.envelope import Envelope, EnvelopeError
-from pylib.relay import MESSAGES_REJECTED, Relay, Sender, inproc
+from pylib.relay import Relay, Sender, inproc
 from pylib.worker import RestartBudget, Worker
 from pylib.zmqctx import shared_context
+from tests.metrics import sample
 
 
 class Sink:
@@ -110,8 +111,8 @@ def test_bad_messages_are_counted_and_the_next_one_flows(
     chain: tuple[list[Relay], Sink],
 ) -> None:
     _, sink = chain
-    malformed_before = MESSAGES_REJECTED.labels("first", "malformed")._value.get()
-    failed_before = MESSAGES_REJECTED.labels("first", "KeyError")._value.get()
+    malformed_before = sample("relay_messages_rejected_total", relay="first", reason="malformed")
+    failed_before = sample("relay_messages_rejected_total", relay="first", reason="KeyError")
     socket = shared_context().socket(__import__("zmq").PUSH)
     socket.connect(inproc("first"))
     try:
@@ -123,8 +124,14 @@ def test_bad_messages_are_counted_and_the_next_one_flows(
         socket.close()
     sink.wait_for(1)
     assert [item.body["seq"] for item in sink.items] == [1]
-    assert MESSAGES_REJECTED.labels("first", "malformed")._value.get() == malformed_before + 2
-    assert MESSAGES_REJECTED.labels("first", "KeyError")._value.get() == failed_before + 1
+    assert (
+        sample("relay_messages_rejected_total", relay="first", reason="malformed")
+        == malformed_before + 2
+    )
+    assert (
+        sample("relay_messages_rejected_total", relay="first", reason="KeyError")
+        == failed_before + 1
+    )
 
 
 def test_envelope_round_trip_and_rejects() -> None:

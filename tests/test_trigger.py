@@ -10,10 +10,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from pylib.amqp_listener import REJECTED
 from snapshot_processor.camera.simulator import CameraSimulator
 from snapshot_processor.trigger import Trigger, TriggerError, parse_trigger
 from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
+from tests.metrics import sample
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 
 CAMERAS = {"front door camera": "Front Door camera"}
@@ -105,7 +105,9 @@ def test_malformed_triggers_then_good_one_over_the_broker(
     try:
         with running_app(settings) as app:
             before = {
-                reason: REJECTED.labels(settings.queue_name, reason)._value.get()
+                reason: sample(
+                    "amqp_messages_rejected_total", queue=settings.queue_name, reason=reason
+                )
                 for _, reason in MALFORMED.values()
             }
             for body, _ in MALFORMED.values():
@@ -125,7 +127,11 @@ def test_malformed_triggers_then_good_one_over_the_broker(
     for _, reason in MALFORMED.values():
         expected[reason] = expected.get(reason, 0) + 1
     for reason, count in expected.items():
-        assert REJECTED.labels(settings.queue_name, reason)._value.get() - before[reason] == count
+        assert (
+            sample("amqp_messages_rejected_total", queue=settings.queue_name, reason=reason)
+            - before[reason]
+            == count
+        )
     rejected_lines = [r for r in caplog.records if "rejected message" in r.getMessage()]
     assert len(rejected_lines) == len(MALFORMED)
     assert PASSWORD not in caplog.text

@@ -12,9 +12,10 @@ import pytest
 
 from snapshot_processor.app import App
 from snapshot_processor.ftp import FtpServerThread
-from snapshot_processor.upload import UPLOADS_IGNORED, UPLOADS_REJECTED, UploadStage
+from snapshot_processor.upload import UploadStage
 from tests.broker_helpers import Peer, running_app, unique_exchange
 from tests.ftp_helpers import connect, jpeg, upload
+from tests.metrics import sample
 from tests.test_pipeline import make_settings
 
 pytestmark = pytest.mark.broker
@@ -89,11 +90,11 @@ def test_five_cameras_upload_twenty_each_at_once(ftp_app: tuple[App, Peer, int])
 
 
 def _counter(reason: str) -> float:
-    return UPLOADS_REJECTED.labels(reason)._value.get()
+    return sample("uploads_rejected_total", reason=reason)
 
 
 def _ignored(reason: str) -> float:
-    return UPLOADS_IGNORED.labels(reason)._value.get()
+    return sample("uploads_ignored_total", reason=reason)
 
 
 def test_bad_uploads_are_quarantined_and_good_ones_follow(

@@ -1,0 +1,11 @@
+"""Reading the process's Prometheus counters in tests, through the public registry."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+
+def sample(name: str, **labels: str) -> float:
+    """The current value of a counter sample (``<name>_total``), 0 if never incremented."""
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
