@@ -4,7 +4,7 @@ RUN := $(POETRY) run
 PIDFILE ?= data/snapshot-processor.pid
 LOGFILE ?= data/snapshot-processor.log
 
-.PHONY: install run rund stop test test-unit lint check-config
+.PHONY: install run rund stop test test-unit lint check-config bench
 
 install:  ## create .venv and install the project with its dev tools from poetry.lock
 	$(POETRY) config --local virtualenvs.in-project true
@@ -29,6 +29,10 @@ test:  ## the whole suite (needs RabbitMQ on 127.0.0.1:5672)
 
 test-unit:  ## only the tests that need no broker
 	$(RUN) pytest -m "not broker"
+
+bench:  ## print the README's benchmark figures (needs RabbitMQ)
+	$(RUN) pytest -q -s tests/test_pipeline.py -k thirty_two | grep -E "cameras|passed"
+	$(RUN) pytest -q -s tests/test_upload.py -k five_cameras | grep -E "upload end|passed"
 
 lint:  ## ruff and mypy, as configured in pyproject.toml
 	$(RUN) ruff check .
