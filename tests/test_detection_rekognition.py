@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from snapshot_processor.detection.base import Box, DetectionError, is_person
+from snapshot_processor.detection.base import Box, DetectionError, Detector, is_person
 from snapshot_processor.detection.rekognition import RekognitionDetector
 from tests.fakes.rekognition import FakeRekognition, label
 
@@ -49,7 +49,8 @@ def test_person_found_with_its_box(fake: FakeRekognition, detector: RekognitionD
             label("Outdoors", 88.0),
         ]
     )
-    found = detector.detect(IMAGE)
+    port: Detector = detector  # checked by mypy
+    found = port.detect(IMAGE)
     assert [(d.label, d.person) for d in found] == [
         ("Person", True),
         ("Car", False),
