@@ -59,6 +59,8 @@ def init_sentry(
         # that passing it is deprecated, and its replacement, data_collection, would
         # switch off the SDK's own EventScrubber (it drops "password" etc. keys).
         before_send=_before_send,
+        # Frame locals can hold a trigger with a camera password in it; keep them home.
+        include_local_variables=False,
         before_breadcrumb=_before_breadcrumb,
         # Redaction covers transactions too, should tracing ever be switched on.
         before_send_transaction=_before_send,

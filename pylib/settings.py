@@ -88,12 +88,12 @@ def _describe(error: Mapping[str, Any]) -> str:
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return f"{name}: unknown setting"
-    # Never echo the value of a secret-looking field back.
-    shown = (
-        ""
-        if re.search(r"PASS|TOKEN|SECRET|DSN|URL|KEY", name)
-        else f" (got {error.get('input')!r})"
-    )
+    # Echo only a plain value of a single, non-secret-looking setting: a model-level
+    # error's input is the whole configuration, secrets included.
+    value = error.get("input")
+    plain = isinstance(value, str | int | float | bool) and not isinstance(value, dict)
+    secretish = re.search(r"PASS|TOKEN|SECRET|DSN|URL|KEY", name)
+    shown = f" (got {value!r})" if error["loc"] and plain and not secretish else ""
     return f"{name}: {message}{shown}"
 
 
@@ -113,6 +113,8 @@ def load_settings(
         # Only variables this model knows (or numbered groups) come from the environment.
         if name in known or (_INDEXED.match(name) and name.split("_", 1)[0] in groups):
             merged[name] = value
+    # An empty value is an unset one (compose writes `${X:-}` as ""): never an empty password.
+    merged = {name: value for name, value in merged.items() if value != ""}
     problems: list[str] = []
     if resolver_factory is not None:
         resolver = resolver_factory(merged)
@@ -127,7 +129,7 @@ def load_settings(
                 try:
                     found = resolver.get(name)
                 except Exception as exc:  # a secret store that is down is a config problem
-                    problems.append(f"{name}: {exc}")
+                    problems.append(f"secret store: {exc} (looking up {name})")
                     break  # one line for a store that is down, not one per secret
                 if found is not None:
                     merged[name] = found

@@ -20,6 +20,8 @@ from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Settings
+from snapshot_processor.detection.stage import DetectionStage
+from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
 from snapshot_processor.publication import EventBuilder
 from snapshot_processor.snapshot import TRIGGER_KIND, SnapshotStage
@@ -28,6 +30,7 @@ from snapshot_processor.upload import UploadStage
 
 # The chain's inproc addresses, upstream to downstream.
 SNAPSHOT_INBOX = inproc("snapshot")
+DETECT_INBOX = inproc("detection")
 EVENTS_INBOX = inproc("events")
 PUBLISH_INBOX = inproc("publisher")
 ACK_INBOX = inproc("trigger-acks")
@@ -162,8 +165,32 @@ class App:
 
     @property
     def after_snapshot(self) -> str:
-        """Where fetched and uploaded snapshots go next."""
-        return EVENTS_INBOX
+        """Where fetched and uploaded snapshots go next: detection, when it is on."""
+        return EVENTS_INBOX if self.settings.detection_backend == "none" else DETECT_INBOX
+
+    def init_detection(self) -> None:
+        """Object detection between the cameras and the events; off, snapshots skip it."""
+        settings = self.settings
+        if settings.detection_backend == "none":
+            return
+        detector = make_detector(settings)
+        log.info("object detection with %s", detector.name)
+        close = getattr(detector, "close", None)
+        if callable(close):
+            self.daemon.add_step("detector", lambda: None, lambda timeout: close() is None)
+        self.add_worker(
+            DetectionStage(
+                "detection",
+                self.stop_event,
+                detector=detector,
+                guard=make_guard(settings),
+                inbox=DETECT_INBOX,
+                outbox=EVENTS_INBOX,
+                annotate=settings.detection_annotate,
+                stop_timeout=settings.shutdown_timeout / 3,
+                on_fatal=self.daemon.on_fatal,
+            )
+        )
 
     def init_upload(self) -> None:
         """Watch the upload dir when cameras push images (input cameras, or FTP on)."""
@@ -272,6 +299,7 @@ class App:
         self.init_health()
         self.init_publisher()
         self.init_events()
+        self.init_detection()
         self.init_snapshot()
         self.init_upload()
         self.init_ftp()

@@ -52,6 +52,8 @@ class Device(BaseModel):
                 "a camera with an ADDRESS needs its PASSWORD secret, which is set nowhere "
                 "(environment, SECRETS_DIR file or 1Password item named like the variable)"
             )
+        if self.is_camera and self.VENDOR == "generic" and not self.URL:
+            raise ValueError("a generic camera needs its snapshot URL")
         return self
 
     @property
@@ -71,7 +73,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
     app_name: str = Field("snapshot-processor", alias="APP_NAME", min_length=1)
-    device_name: str = Field(default_factory=socket.gethostname, alias="DEVICE_NAME", min_length=1)
+    # One word of a routing key: no dots or wildcards. The default is the short host name.
+    device_name: str = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "snapshot-processor",
+        alias="DEVICE_NAME",
+        pattern=r"^[^.*#\s]+$",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
     syslog_address: str | None = Field(None, alias="SYSLOG_ADDRESS")
     snapshots_root_dir: Path = Field(Path("./data"), alias="SNAPSHOTS_ROOT_DIR")
@@ -115,6 +122,22 @@ class Settings(BaseModel):
     upload_settle_seconds: float = Field(0.1, alias="UPLOAD_SETTLE_SECONDS", ge=0, le=60)
     upload_stable_seconds: float = Field(2.0, alias="UPLOAD_STABLE_SECONDS", gt=0, le=600)
 
+    object_detection_enabled: bool = Field(False, alias="OBJECT_DETECTION_ENABLED")
+    object_detection_backend: Literal["rekognition", "local", "onnx", "none"] = Field(
+        "rekognition", alias="OBJECT_DETECTION_BACKEND"
+    )
+    aws_default_region: str | None = Field(None, alias="AWS_DEFAULT_REGION")
+    aws_alt_region: str | None = Field(None, alias="AWS_ALT_REGION")
+    detection_min_confidence: float = Field(55.0, alias="DETECTION_MIN_CONFIDENCE", ge=0, le=100)
+    detection_max_labels: int = Field(20, alias="DETECTION_MAX_LABELS", ge=1, le=1000)
+    person_min_confidence: float = Field(80.0, alias="PERSON_MIN_CONFIDENCE", ge=0, le=100)
+    onnx_model_path: Path | None = Field(None, alias="ONNX_MODEL_PATH")
+    onnx_labels: list[str] = Field(default_factory=list, alias="ONNX_LABELS")
+    detection_dedupe_seconds: float = Field(60.0, alias="DETECTION_DEDUPE_SECONDS", ge=0)
+    detection_max_per_hour: int | None = Field(None, alias="DETECTION_MAX_PER_HOUR", ge=0)
+    detection_max_per_day: int | None = Field(None, alias="DETECTION_MAX_PER_DAY", ge=0)
+    detection_annotate: bool = Field(True, alias="DETECTION_ANNOTATE")
+
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
     cronitor_monitor_key: SecretStr | None = Field(
         None, alias="CRONITOR_MONITOR_KEY", json_schema_extra=secret()
@@ -125,7 +148,9 @@ class Settings(BaseModel):
     sentry_environment: str | None = Field(None, alias="SENTRY_ENVIRONMENT")
 
     op_connect_host: str | None = Field(None, alias="OP_CONNECT_HOST")
-    op_connect_token: SecretStr | None = Field(None, alias="OP_CONNECT_TOKEN")
+    op_connect_token: SecretStr | None = Field(
+        None, alias="OP_CONNECT_TOKEN", json_schema_extra=secret()
+    )
     op_vault: str | None = Field(None, alias="OP_VAULT")
     secrets_dir: Path = Field(DOCKER_SECRETS_DIR, alias="SECRETS_DIR")
 
@@ -137,7 +162,7 @@ class Settings(BaseModel):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("ftp_create_dirs", mode="before")
+    @field_validator("ftp_create_dirs", "onnx_labels", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -177,26 +202,45 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _onepassword_complete(self) -> Settings:
+    def _consistent(self) -> Settings:
+        # One validator, so that check-config lists every such problem at once.
+        problems = []
         if self.op_connect_host and not (self.op_connect_token and self.op_vault):
-            raise ValueError(
+            problems.append(
                 "OP_CONNECT_HOST is set, so OP_CONNECT_TOKEN and OP_VAULT are needed too"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _ftp_complete(self) -> Settings:
         if self.ftp_enabled and self.ftp_pass is None:
-            raise ValueError(
+            problems.append(
                 "FTP_ENABLED is true, so the FTP_PASS secret is needed (no anonymous FTP)"
             )
         if (self.ftp_tls_cert is None) != (self.ftp_tls_key is None):
-            raise ValueError("FTPS needs both FTP_TLS_CERT and FTP_TLS_KEY")
+            problems.append("FTPS needs both FTP_TLS_CERT and FTP_TLS_KEY")
+        for name, path in (("FTP_TLS_CERT", self.ftp_tls_cert), ("FTP_TLS_KEY", self.ftp_tls_key)):
+            if path is not None and not path.is_file():
+                problems.append(f"{name}: no such file {path}")
         if self.upload_dir.resolve() == self.snapshots_root_dir.resolve() or not (
             self.upload_dir.resolve().is_relative_to(self.snapshots_root_dir.resolve())
         ):
-            raise ValueError("FTP_UPLOAD_DIR must be a folder inside SNAPSHOTS_ROOT_DIR")
+            problems.append("FTP_UPLOAD_DIR must be a folder inside SNAPSHOTS_ROOT_DIR")
+        if self.detection_backend == "onnx" and self.onnx_model_path is None:
+            problems.append("OBJECT_DETECTION_BACKEND is onnx, so ONNX_MODEL_PATH is needed")
+        if self.onnx_model_path is not None and not self.onnx_model_path.is_file():
+            problems.append(f"ONNX_MODEL_PATH: no such file {self.onnx_model_path}")
+        if self.detection_backend == "rekognition" and not self.aws_region:
+            problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def detection_backend(self) -> str:
+        """The backend in use: ``none`` unless OBJECT_DETECTION_ENABLED."""
+        return self.object_detection_backend if self.object_detection_enabled else "none"
+
+    @property
+    def aws_region(self) -> str | None:
+        """Rekognition's region: AWS_ALT_REGION, else AWS_DEFAULT_REGION."""
+        return self.aws_alt_region or self.aws_default_region
 
     @property
     def ftp_on(self) -> bool:
@@ -210,9 +254,10 @@ class Settings(BaseModel):
 
     @property
     def queue_name(self) -> str:
-        """The durable trigger queue; daemons sharing it share the work."""
+        """The durable trigger queue, one per daemon by default (each sees every trigger,
+        as with the original); daemons given the same RABBITMQ_QUEUE share the work."""
         return self.rabbitmq_queue or (
-            f"{self.rabbitmq_exchange}.{self.rabbitmq_device_topic}.triggers"
+            f"{self.rabbitmq_exchange}.{self.rabbitmq_device_topic}.{self.device_name}.triggers"
         )
 
     @property

@@ -7,6 +7,9 @@ from pylib.envelope import Envelope
 from snapshot_processor.event import image_event, image_routing_key, pack
 from snapshot_processor.snapshot import SNAPSHOT_KIND
 
+# What the detection stage adds, passed on as added fields of the event's input entry.
+DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
+
 
 class EventBuilder:
     """Relay handler: snapshot envelope in, publish request out; 'done' marks pass through."""
@@ -31,6 +34,7 @@ class EventBuilder:
             storage_url=snap.get("storage_url"),
             source=snap["source"],
             detections=snap.get("detections"),
+            extra={key: snap[key] for key in DETECTION_FIELDS if key in snap},
         )
         publication = Publication(
             self.exchange,

@@ -9,6 +9,8 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
+from pylib.redact import register_secret
+
 TRIGGERS = Counter("triggers_total", "Valid triggers received", ["camera"])
 
 REQUIRED_OUTPUT_FIELDS = ("device_key", "device_type", "device_label")
@@ -82,6 +84,9 @@ def parse_trigger(body: bytes, cameras: Mapping[str, str], max_bytes: int = 65_5
     params = output.get("device_params")
     if params is not None and not isinstance(params, str):
         raise TriggerError("bad_field", "output_triggered.device_params is not a string")
+    if params:
+        # Masked from here on, so no later log line or error report can carry it.
+        register_secret(params.partition(":")[2].rpartition("@")[0] or params)
     topic = output.get("trigger_topic")
     if output.get("device_enabled") is False:
         raise TriggerError("disabled", f"camera {key!r} is disabled in the trigger")

@@ -184,7 +184,7 @@ def test_one_password_unreachable_is_a_named_problem(tmp_path: Path) -> None:
             }
         )
     (problem,) = caught.value.problems  # one line for the store, not one per secret
-    assert problem.startswith("RABBITMQ_URL: ")
+    assert problem.startswith("secret store: ")
     assert "127.0.0.1:9" in problem
     assert "op-token-value-123" not in str(caught.value)
 
@@ -192,3 +192,57 @@ def test_one_password_unreachable_is_a_named_problem(tmp_path: Path) -> None:
 def test_secrets_given_in_the_environment_are_redacted(tmp_path: Path) -> None:
     config.load(env={"FTP_PASS": "ftp-Secret-9", "SECRETS_DIR": str(tmp_path)})
     assert redact("login with ftp-Secret-9 failed") == "login with *** failed"
+
+
+def test_model_problems_all_listed_without_echoing_secrets(tmp_path: Path) -> None:
+    env = {
+        "SECRETS_DIR": str(tmp_path),
+        "FTP_ENABLED": "true",
+        "FTP_PASS": "",  # empty is unset: never an empty password
+        "FTP_TLS_CERT": str(tmp_path / "missing.crt"),
+        "OP_CONNECT_HOST": "http://127.0.0.1:9",
+        "HC_PING_URL": "https://hc-ping.com/secret-uuid-123",
+        "RABBITMQ_URL": "amqp://u:rabbit-Pw-77@h/",
+        "OBJECT_DETECTION_ENABLED": "true",
+        "DEVICE_NAME": "garage.local",
+        "OUTPUT_1_LOCATION": "yard",
+        "OUTPUT_1_TYPE": "camera",
+        "OUTPUT_1_VENDOR": "generic",
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.load(env=env)
+    text = "\n".join(caught.value.problems)
+    assert "DEVICE_NAME" in text
+    assert "OUTPUT_1: a generic camera needs its snapshot URL" in text
+    assert "secret-uuid-123" not in text
+    assert "rabbit-Pw-77" not in text
+    env.pop("DEVICE_NAME")
+    env.pop("OUTPUT_1_VENDOR")
+    with pytest.raises(ConfigError) as caught:
+        config.load(env=env)
+    text = "\n".join(caught.value.problems)
+    for needle in (
+        "OP_CONNECT_TOKEN",
+        "FTP_PASS",
+        "FTP_TLS_KEY",
+        "missing.crt",
+        "AWS_DEFAULT_REGION",
+    ):
+        assert needle in text, needle
+    assert "secret-uuid-123" not in text
+    assert "rabbit-Pw-77" not in text
+
+
+def test_op_connect_token_from_secrets_dir(tmp_path: Path) -> None:
+    token = "op-token-from-file"
+    (tmp_path / "OP_CONNECT_TOKEN").write_text(token + "\n")
+    with FakeConnect(token, {"Home": {"SENTRY_DSN": "http://k@127.0.0.1:9/3"}}) as connect:
+        settings = config.load(
+            env={
+                "OP_CONNECT_HOST": connect.base_url,
+                "OP_VAULT": "Home",
+                "SECRETS_DIR": str(tmp_path),
+            }
+        )
+    assert settings.sentry_dsn is not None
+    assert settings.sentry_dsn.get_secret_value() == "http://k@127.0.0.1:9/3"

@@ -48,7 +48,7 @@ def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
 @pytest.mark.broker
 def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
     exchange = unique_exchange()
-    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5", RABBITMQ_EXCHANGE=exchange)
+    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5", RABBITMQ_EXCHANGE=exchange, DEVICE_NAME="garage")
     try:
         _read_until(proc, "running", 30)
         proc.send_signal(signal.SIGHUP)
@@ -64,7 +64,7 @@ def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
         assert proc.stdout is not None
         rest = proc.stdout.read()
         proc.stdout.close()
-        delete_queue(f"{exchange}.snapshot.triggers")
+        delete_queue(f"{exchange}.snapshot.garage.triggers")
     assert code == 0, rest
     assert elapsed < 5 + 2
     assert "stopped (exit code 0)" in rest

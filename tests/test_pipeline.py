@@ -42,7 +42,8 @@ def make_settings(tmp_path: Path, exchange: str, **env: str) -> Settings:
     )
 
 
-def foscam_env(port: int, n: int = 1, location: str = "Front Door") -> dict[str, str]:
+def foscam_env(n: int = 1, location: str = "Front Door") -> dict[str, str]:
+    """A Foscam camera output; its address comes from the trigger unless the test adds one."""
     return {
         f"OUTPUT_{n}_LOCATION": location,
         f"OUTPUT_{n}_TYPE": "camera",
@@ -55,7 +56,7 @@ def test_trigger_yields_documented_event(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     exchange = unique_exchange()
-    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    settings = make_settings(tmp_path, exchange, **foscam_env())
     peer = Peer(exchange)
     try:
         with running_app(settings):
@@ -110,7 +111,7 @@ def test_two_triggers_in_one_second_both_publish(tmp_path: Path, camera: CameraS
     settings = make_settings(
         tmp_path,
         exchange,
-        **foscam_env(camera.port),
+        **foscam_env(),
         OUTPUT_1_ADDRESS=f"127.0.0.1:{camera.port}",
         OUTPUT_1_USER="admin",
         OUTPUT_1_PASSWORD=PASSWORD,
@@ -139,7 +140,7 @@ def test_camera_failure_acks_and_next_trigger_flows(
     tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     exchange = unique_exchange()
-    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    settings = make_settings(tmp_path, exchange, **foscam_env())
     peer = Peer(exchange)
     try:
         with running_app(settings) as app:
@@ -179,7 +180,7 @@ def test_thirty_two_cameras_fetch_concurrently(tmp_path: Path, camera: CameraSim
     camera.latency = latency
     env: dict[str, str] = {}
     for n in range(1, 33):
-        env |= foscam_env(camera.port, n, location=f"cam{n}")
+        env |= foscam_env(n, location=f"cam{n}")
         env |= {
             f"OUTPUT_{n}_ADDRESS": f"127.0.0.1:{camera.port}",
             f"OUTPUT_{n}_USER": "admin",

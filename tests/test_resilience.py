@@ -35,7 +35,7 @@ def proxy() -> Iterator[TcpProxy]:
 
 def camera_env(port: int) -> dict[str, str]:
     return {
-        **foscam_env(port),
+        **foscam_env(),
         "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
         "OUTPUT_1_USER": "admin",
         "OUTPUT_1_PASSWORD": PASSWORD,
@@ -166,4 +166,4 @@ def test_sigkill_then_restart_publishes_the_outbox(
                 proc.kill()
                 proc.wait()
         peer.close()
-        delete_queue(f"{exchange}.snapshot.triggers")
+        delete_queue(f"{exchange}.snapshot.garage.triggers")

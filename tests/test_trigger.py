@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from pylib.redact import redact
 from snapshot_processor.camera.simulator import CameraSimulator
 from snapshot_processor.trigger import Trigger, TriggerError, parse_trigger
 from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
@@ -100,7 +101,7 @@ def test_malformed_triggers_then_good_one_over_the_broker(
 ) -> None:
     caplog.set_level(logging.INFO)
     exchange = unique_exchange()
-    settings = make_settings(tmp_path, exchange, **foscam_env(camera.port))
+    settings = make_settings(tmp_path, exchange, **foscam_env())
     peer = Peer(exchange)
     try:
         with running_app(settings) as app:
@@ -135,3 +136,9 @@ def test_malformed_triggers_then_good_one_over_the_broker(
     rejected_lines = [r for r in caplog.records if "rejected message" in r.getMessage()]
     assert len(rejected_lines) == len(MALFORMED)
     assert PASSWORD not in caplog.text
+
+
+def test_device_params_password_is_masked_once_parsed() -> None:
+    body = trigger_body("Front Door camera", device_params="admin:two words@pw@10.0.0.5:88")
+    parse_trigger(packed(body), CAMERAS)
+    assert "two words@pw" not in redact(f"failed with {body['output_triggered']}")
