@@ -213,7 +213,7 @@ def test_model_problems_all_listed_without_echoing_secrets(tmp_path: Path) -> No
         config.load(env=env)
     text = "\n".join(caught.value.problems)
     assert "DEVICE_NAME" in text
-    assert "OUTPUT_1: a generic camera needs its snapshot URL" in text
+    assert "OUTPUT_1: Value error, a generic camera needs its snapshot URL" in text
     assert "secret-uuid-123" not in text
     assert "rabbit-Pw-77" not in text
     env.pop("DEVICE_NAME")
