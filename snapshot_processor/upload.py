@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
 from prometheus_client import Counter
 from watchdog.events import (
     FileClosedEvent,
@@ -31,9 +32,10 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from pylib.envelope import new_id
+from pylib.envelope import Envelope, EnvelopeError, new_id
 from pylib.relay import Sender
 from pylib.worker import RestartBudget, Worker
+from pylib.zmqctx import shared_context
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
 from snapshot_processor.snapshot import SNAPSHOTS, snapshot_envelope
@@ -45,6 +47,10 @@ UPLOADS_REJECTED = Counter("uploads_rejected_total", "Uploads put in quarantine"
 UPLOADS_IGNORED = Counter("uploads_ignored_total", "Files in the upload dir left alone", ["reason"])
 
 QUARANTINE_DIR = "quarantine"
+# An upload being published is renamed to this prefix in its folder until the publisher
+# has it in the outbox; then it is removed. Left over at start, it is taken again.
+INFLIGHT_PREFIX = ".inflight-"
+REQUEUE_DELAY = 5.0
 
 
 def camera_folder(location: str) -> str:
@@ -96,6 +102,7 @@ class UploadStage(Worker):
         upload_dir: Path,
         cameras: Iterable[Device],
         outbox: str,
+        ack_inbox: str = "inproc://upload-acks",
         max_bytes: int = 20 * 1024 * 1024,
         settle: float = 0.1,
         stable: float = 2.0,
@@ -109,6 +116,7 @@ class UploadStage(Worker):
         self.upload_dir = upload_dir
         self.cameras = {camera_folder(device.LOCATION): device for device in cameras}
         self.outbox = outbox
+        self.ack_inbox = ack_inbox
         self.max_bytes = max_bytes
         self.settle = settle
         self.stable = stable
@@ -119,12 +127,18 @@ class UploadStage(Worker):
         self._pending: dict[Path, _Pending] = {}
         self._observer: BaseObserver | None = None
         self._sender: Sender | None = None
+        self._acks: zmq.Socket[bytes] | None = None
+        # In-flight upload -> the snapshot copy its event points to.
+        self._inflight: dict[Path, Path] = {}
+        self._retry: dict[Path, float] = {}
 
     def on_thread_start(self) -> None:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         for folder in [*self.create_dirs, *self.cameras]:
             (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
         self._sender = Sender(self.outbox)
+        self._acks = shared_context().socket(zmq.PULL)
+        self._acks.bind(self.ack_inbox)
         observer = self.observer_factory()
         observer.schedule(_Events(self._events), str(self.upload_dir), recursive=True)
         observer.start()
@@ -144,6 +158,9 @@ class UploadStage(Worker):
         if self._sender is not None:
             self._sender.close()
             self._sender = None
+        if self._acks is not None:
+            self._acks.close(linger=0)
+            self._acks = None
 
     def work(self) -> None:
         while self.should_keep_running():
@@ -153,6 +170,8 @@ class UploadStage(Worker):
             except queue.Empty:
                 pass
             self._take_ready()
+            self._take_acks()
+            self._take_retries()
         # Complete files not yet taken stay in the upload dir and are found at next start.
 
     def _note(self, path: Path, closed: bool) -> None:
@@ -184,12 +203,45 @@ class UploadStage(Worker):
             del self._pending[path]
             self._take(path)
 
+    def _take_acks(self) -> None:
+        """The publisher has an upload's event in its outbox: the upload can go."""
+        assert self._acks is not None
+        while True:
+            try:
+                data = self._acks.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                body = Envelope.unpack(data).body
+                inflight = Path(body["path"])
+            except (EnvelopeError, KeyError, TypeError) as exc:
+                log.error("upload: dropped a malformed ack: %s", exc)
+                continue
+            snapshot = self._inflight.pop(inflight, None)
+            if body.get("requeue"):
+                # The outbox was full: nothing was stored, so try again in a while.
+                if snapshot is not None:
+                    snapshot.unlink(missing_ok=True)
+                self._retry[inflight] = time.monotonic() + REQUEUE_DELAY
+                continue
+            inflight.unlink(missing_ok=True)
+
+    def _take_retries(self) -> None:
+        now = time.monotonic()
+        for path, due in list(self._retry.items()):
+            if due <= now:
+                del self._retry[path]
+                self._take(path)
+
     def _take(self, path: Path) -> None:
         try:
             relative = path.relative_to(self.upload_dir)
         except ValueError:
             return
-        if any(part.startswith(".") for part in relative.parts):
+        if path in self._inflight:
+            return  # its event is on its way already
+        hidden = [part for part in relative.parts if part.startswith(".")]
+        if hidden and not (len(hidden) == 1 and relative.name.startswith(INFLIGHT_PREFIX)):
             # Hidden names are how many uploaders write before renaming into place.
             UPLOADS_IGNORED.labels("hidden").inc()
             log.info("upload: leaving hidden file %s alone", relative)
@@ -222,8 +274,17 @@ class UploadStage(Worker):
         event_id = new_id()
         target = snapshot_path(self.root, device.key, time.time(), event_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Moved out of the upload dir: a re-upload under the same name is a new file and event.
-        os.replace(path, target)
+        # Renamed aside, so a re-upload under the same name is a new file and a new event;
+        # kept until the publisher has the event in its outbox.
+        inflight = path
+        if not path.name.startswith(INFLIGHT_PREFIX):
+            inflight = path.with_name(f"{INFLIGHT_PREFIX}{event_id[:12]}-{path.name}")
+            os.replace(path, inflight)
+        try:
+            os.link(inflight, target)
+        except OSError:
+            target.write_bytes(image)  # another file system: a copy
+        self._inflight[inflight] = target
         SNAPSHOTS.labels(device.key, "upload").inc()
         log.info("upload: %s from %s -> event %s", path.name, device.key, event_id)
         assert self._sender is not None
@@ -236,7 +297,7 @@ class UploadStage(Worker):
                 taken=taken,
                 storage_path=target,
                 source="upload",
-                ack=None,
+                ack={"reply_to": self.ack_inbox, "path": str(inflight)},
                 parts=1,
             )
         )

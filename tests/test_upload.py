@@ -167,3 +167,28 @@ def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int])
     assert [entry["image"] for entry in entries] == [jpeg(f"take {n}") for n in range(3)]
     assert len({entry["storage_path"] for entry in entries}) == 3
     assert len({entry["event_id"] for entry in entries}) == 3
+
+
+def test_uploads_left_from_before_are_taken_at_start(tmp_path: Path) -> None:
+    # One upload that was mid-publication when the daemon died, one that arrived while it was down.
+    folder_path = tmp_path / "upload" / "frontdoor"
+    folder_path.mkdir(parents=True)
+    (folder_path / ".inflight-0123456789ab-snap.jpg").write_bytes(jpeg("in flight"))
+    (folder_path / "while down.jpg").write_bytes(jpeg("while down"))
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        INPUT_1_LOCATION="Front Door",
+        INPUT_1_TYPE="camera",
+        UPLOAD_STABLE_SECONDS="0.2",
+    )
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            events = peer.wait_for_images(2)
+    finally:
+        peer.close()
+    assert sorted(event["inputs"][0]["image"] for event in events) == sorted(
+        [jpeg("in flight"), jpeg("while down")]
+    )
