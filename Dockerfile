@@ -8,13 +8,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN pip install "poetry>=2,<3"
 
+# EXTRAS=local adds the OpenCV / onnxruntime detector (about 80 MB).
+ARG EXTRAS=""
 WORKDIR /app
 COPY pyproject.toml poetry.lock README.md ./
 # Dependencies first, in their own layer, so code changes rebuild quickly.
-RUN poetry install --only main --no-root
+RUN poetry install --only main --no-root ${EXTRAS:+--extras "$EXTRAS"}
 COPY pylib ./pylib
 COPY snapshot_processor ./snapshot_processor
-RUN poetry install --only main
+RUN poetry install --only main ${EXTRAS:+--extras "$EXTRAS"}
 
 FROM python:3.11-slim-bookworm
 
