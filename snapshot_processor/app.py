@@ -52,11 +52,18 @@ class App:
         return self.daemon.stop_event
 
     def health(self) -> tuple[bool, str]:
-        """Healthy while every worker thread is alive and not given up on."""
-        dead = [worker.name for worker in self.workers if not worker.healthy]
-        if dead:
-            return False, "dead threads: " + ", ".join(dead)
-        return True, f"{len(self.workers)} threads running"
+        """Healthy while every thread is alive and both broker connections are up."""
+        problems = [
+            f"thread {worker.name} is dead" for worker in self.workers if not worker.healthy
+        ]
+        for worker in self.workers:
+            if isinstance(worker, AmqpPublisher) and not worker.connected.is_set():
+                problems.append("publisher cannot reach the broker; events wait in the outbox")
+            if isinstance(worker, AmqpListener) and not worker.consuming.is_set():
+                problems.append("listener cannot reach the broker; no triggers arrive")
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"{len(self.workers)} threads running, broker connected"
 
     def add_worker(self, worker: Worker) -> None:
         """Start ``worker`` as a step; it is stopped (and joined) in reverse order."""

@@ -206,3 +206,14 @@ def test_thirty_two_cameras_fetch_concurrently(tmp_path: Path, camera: CameraSim
     # One after another would take 32 s; at once, about one camera's latency. The bound is loose
     # on purpose (a busy CI machine); the benchmark reports the real figure.
     assert elapsed < latency * 8, f"32 cameras took {elapsed:.1f} s"
+
+
+def test_health_reports_broker_and_threads(tmp_path: Path) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env())
+    with running_app(settings) as app:
+        healthy, detail = app.health()
+        assert healthy, detail
+    healthy, detail = app.health()  # stopped: the connections are closed
+    assert not healthy
+    assert "cannot reach the broker" in detail

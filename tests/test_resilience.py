@@ -59,10 +59,14 @@ def test_connection_cut_mid_stream_loses_nothing(
     peer = Peer(exchange)
     sent = [f"trigger-{n}" for n in range(30)]
     try:
-        with running_app(settings):
+        with running_app(settings) as app:
             for n, label in enumerate(sent):
                 if n == 10:
                     proxy.cut()  # both of the daemon's connections drop at once
+                if n == 19:
+                    healthy, detail = app.health()
+                    assert not healthy
+                    assert "cannot reach the broker" in detail
                 if n == 20:
                     proxy.restore()
                 peer.send_trigger(
@@ -72,6 +76,7 @@ def test_connection_cut_mid_stream_loses_nothing(
             deadline = time.monotonic() + 60
             while set(sent) - set(labels(peer.images())) and time.monotonic() < deadline:
                 peer.pump(0.2)
+            assert app.health()[0], app.health()[1]
     finally:
         peer.close()
     missing = set(sent) - set(labels(peer.images()))
