@@ -87,3 +87,26 @@ def test_record_is_redacted_for_every_handler() -> None:
         root.removeHandler(keep)
     assert seen
     assert "abcdef123456" not in seen[0].getMessage()
+
+
+def test_syslog_gets_the_redacted_line() -> None:
+    import socket
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        port = receiver.getsockname()[1]
+        handler = setup_logging(logging.INFO, syslog_address=f"127.0.0.1:{port}")
+        try:
+            logging.getLogger("test.syslog").warning("camera at http://admin:hunter22@cam/x")
+            data = receiver.recv(4096).decode()
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    finally:
+        receiver.close()
+    assert "test.syslog" in data
+    assert "[MainThread]" in data
+    assert "admin:***@cam" in data
+    assert "hunter22" not in data
