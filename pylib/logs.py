@@ -75,8 +75,8 @@ def setup_logging(
     setattr(handler, _HANDLER_ATTR, True)
     root.addHandler(handler)
     root.setLevel(level)
-    # pika logs every frame at DEBUG; keep it at INFO unless asked otherwise.
-    logging.getLogger("pika").setLevel(max(logging.INFO, root.level))
+    # pika narrates every connection step at INFO; our own lines say what matters.
+    logging.getLogger("pika").setLevel(logging.WARNING)
     return handler
 
 
