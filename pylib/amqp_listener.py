@@ -1,10 +1,12 @@
 """A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
 
 Each delivery is decoded into an :class:`Envelope` and pushed down the chain with an
-``ack`` reference. The last stage sends :func:`ack_part` envelopes back to this
-thread's ack inbox; the delivery is acked on the broker only when all its parts are
-done. One thread owns the connection, so heartbeats keep flowing while the chain
-does slow work elsewhere.
+``ack`` reference whose ``reply_to`` is this thread's ack inbox. The last stage sends
+:func:`ack_part` envelopes back there; the delivery is acked on the broker only when all
+its parts are done. A part that asks for a requeue (nothing could be stored) is given
+back to the broker only after ``requeue_delay``, so a full outbox does not turn into a
+tight redelivery loop. One thread owns the connection, so heartbeats keep flowing
+while the chain does slow work elsewhere.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from prometheus_client import Counter
 
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
 from pylib.backoff import Backoff
-from pylib.envelope import Envelope
-from pylib.relay import Sender
+from pylib.envelope import Envelope, EnvelopeError
+from pylib.relay import Sender, bind_pull
 from pylib.worker import RestartBudget, Worker
-from pylib.zmqctx import shared_context
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ Setup = Callable[[BlockingChannel], str]
 
 
 def ack_part(ack: dict[str, Any], parts: int = 1, *, requeue: bool = False) -> Envelope:
-    """The message telling the listener that one of ``parts`` parts of a delivery is done.
+    """The message telling the ack's owner that one of ``parts`` parts of its work is done.
 
-    ``requeue`` gives the delivery back to the broker instead (nothing was stored).
+    ``requeue`` gives the work back instead (nothing was stored). Every key of ``ack``
+    (``reply_to``, and whatever its owner put there) comes back unchanged.
     """
     return Envelope(ACK_KIND, {**ack, "parts": parts, "requeue": requeue})
 
@@ -80,6 +82,7 @@ class AmqpListener(Worker):
         prefetch: int = 8,
         backoff: Backoff | None = None,
         drain_timeout: float = 5.0,
+        requeue_delay: float = 5.0,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
@@ -92,24 +95,31 @@ class AmqpListener(Worker):
         self.prefetch = prefetch
         self.backoff = backoff or Backoff()
         self.drain_timeout = drain_timeout
+        self.requeue_delay = requeue_delay
         self.queue = ""
         self.consuming = threading.Event()
         self._epoch = 0
         self._pending: dict[int, _Pending] = {}
+        # Deliveries to give back to the broker, and when (monotonic seconds).
+        self._requeues: dict[int, float] = {}
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._acks: zmq.Socket[bytes] | None = None
         self._sender: Sender | None = None
 
-    def on_thread_start(self) -> None:
-        self._acks = shared_context().socket(zmq.PULL)
-        self._acks.bind(self.ack_inbox)
+    def on_thread_open(self) -> None:
+        self._acks = bind_pull(self.ack_inbox)
         self._sender = Sender(self.forward_to)
 
     def on_thread_stop(self) -> None:
+        # Whatever was unacked on this connection comes again from the broker.
         self.consuming.clear()
         close_quietly(self._connection)
         self._connection = self._channel = None
+        self._pending.clear()
+        self._requeues.clear()
+
+    def on_thread_close(self) -> None:
         if self._sender is not None:
             self._sender.close()
             self._sender = None
@@ -119,8 +129,8 @@ class AmqpListener(Worker):
 
     @property
     def in_flight(self) -> int:
-        """Deliveries handed down the chain and not yet acked."""
-        return len(self._pending)
+        """Deliveries handed down the chain (or waiting to be requeued) and not yet settled."""
+        return len(self._pending) + len(self._requeues)
 
     def work(self) -> None:
         while self.should_keep_running():
@@ -148,6 +158,7 @@ class AmqpListener(Worker):
                 close_quietly(self._connection)
                 self._connection = self._channel = None
                 self._pending.clear()
+                self._requeues.clear()
                 self._wait(delay)
 
     def _wait(self, delay: float) -> None:
@@ -166,6 +177,7 @@ class AmqpListener(Worker):
         self._channel = channel
         self._epoch += 1
         self._pending.clear()
+        self._requeues.clear()
         self.consuming.set()
         log.info("%s: consuming %s on %s", self.name, self.queue, describe(self.params))
 
@@ -173,12 +185,23 @@ class AmqpListener(Worker):
         assert self._connection is not None
         self._connection.process_data_events(time_limit=seconds)
         self._drain_acks(timeout_ms=0)
+        self._requeue_due(time.monotonic())
+
+    def _requeue_due(self, now: float) -> None:
+        if not self._requeues or self._channel is None:
+            return
+        for tag, due in list(self._requeues.items()):
+            if due <= now:
+                del self._requeues[tag]
+                self._channel.basic_nack(tag, requeue=True)
 
     def _finish(self) -> None:
         """On stop: take no new deliveries, wait a while for the acks of those in flight."""
         if self._channel is not None and self._channel.is_open:
             for tag in list(self._channel.consumer_tags):
                 self._channel.basic_cancel(tag)
+        # Waiting out a requeue delay would only hold the message back from the next run.
+        self._requeue_due(float("inf"))
         deadline = time.monotonic() + self.drain_timeout
         while self._pending and time.monotonic() < deadline:
             self._pump(0.05)
@@ -209,7 +232,7 @@ class AmqpListener(Worker):
             return
         assert self._sender is not None
         self._pending[tag] = _Pending()
-        ack = {"epoch": self._epoch, "tag": tag}
+        ack = {"epoch": self._epoch, "tag": tag, "reply_to": self.ack_inbox}
         self._sender.send(Envelope(envelope.kind, {**envelope.body, "ack": ack}, envelope.id))
 
     def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
@@ -228,20 +251,33 @@ class AmqpListener(Worker):
                 data = acks.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_ack(Envelope.unpack(data).body)
+            try:
+                body = Envelope.unpack(data).body
+                tag, parts = int(body["tag"]), int(body.get("parts", 1))
+            except (EnvelopeError, KeyError, TypeError, ValueError) as exc:
+                REJECTED.labels(self.queue, "malformed_ack").inc()
+                log.error("%s: dropped a malformed ack: %s", self.name, exc)
+                continue
+            self._on_ack(body, tag, parts)
 
-    def _on_ack(self, body: dict[str, Any]) -> None:
+    def _on_ack(self, body: dict[str, Any], tag: int, parts: int) -> None:
         if body.get("epoch") != self._epoch or self._channel is None:
             return  # from a connection that is gone: the broker redelivers that message
-        tag = int(body["tag"])
         pending = self._pending.get(tag)
         if pending is None:
             return
         if body.get("requeue"):
+            # Not at once: the broker would hand it straight back while nothing can store it.
             del self._pending[tag]
-            self._channel.basic_nack(tag, requeue=True)
+            self._requeues[tag] = time.monotonic() + self.requeue_delay
+            log.warning(
+                "%s: delivery %d handed back; giving it to the broker again in %.1f s",
+                self.name,
+                tag,
+                self.requeue_delay,
+            )
             return
         pending.done += 1
-        if pending.done >= int(body.get("parts", 1)):
+        if pending.done >= parts:
             del self._pending[tag]
             self._channel.basic_ack(tag)

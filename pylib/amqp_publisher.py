@@ -4,6 +4,11 @@ Every message is written to the SQLite outbox before its trigger is acked (the d
 hand-off), then published from the outbox in order with publisher confirms and
 removed once the broker confirmed it. While the broker is away the outbox fills and
 is published, in order, once it is back; it survives a restart.
+
+Acks go to the inproc address in the ack's ``reply_to`` (the component that made the
+ack), else to ``ack_to``. A full outbox hands a message back (a ``requeue`` ack) to whoever
+can retry it. A broker nack of the oldest message is retried after a growing back-off;
+an outbox that cannot be written holds the message and pauses intake until it can.
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
 from pylib.amqp_listener import RECONNECTS, ack_part
 from pylib.backoff import Backoff
 from pylib.envelope import Envelope, EnvelopeError
-from pylib.outbox import Outbox, OutboxEntry, OutboxFullError
-from pylib.relay import POLL_MS, Sender
+from pylib.outbox import Outbox, OutboxEntry, OutboxError, OutboxFullError
+from pylib.relay import POLL_MS, Sender, bind_pull
 from pylib.worker import RestartBudget, Worker
-from pylib.zmqctx import shared_context
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,10 @@ PUBLISH_FAILURES = Counter(
 )
 
 FLUSH_BATCH = 100
+# How long one round of publishing from the outbox may take before intake gets a turn.
+FLUSH_ROUND_SECONDS = 0.2
+# Distinct reply addresses the publisher keeps a socket for.
+MAX_ACK_ADDRESSES = 32
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,11 @@ def done_envelope(ack: dict[str, Any] | None, parts: int = 1) -> Envelope:
 
 
 class AmqpPublisher(Worker):
-    """Pulls publish requests from ``inbox``, stores them, publishes them, sends acks back."""
+    """Pulls publish requests from ``inbox``, stores them, publishes them, sends acks back.
+
+    ``nack_backoff`` paces retries of a message the broker refused; ``flush_timeout``
+    bounds the last round of publishing at stop (what is left stays in the outbox).
+    """
 
     def __init__(
         self,
@@ -88,6 +100,8 @@ class AmqpPublisher(Worker):
         ack_to: str | None,
         outbox_max: int = 10_000,
         backoff: Backoff | None = None,
+        nack_backoff: Backoff | None = None,
+        flush_timeout: float = 2.0,
         periodic: Callable[[], Publication] | None = None,
         periodic_interval: float = 5.0,
         budget: RestartBudget | None = None,
@@ -101,52 +115,94 @@ class AmqpPublisher(Worker):
         self.inbox = inbox
         self.ack_to = ack_to
         self.backoff = backoff or Backoff()
+        self.nack_backoff = nack_backoff or Backoff()
+        self.flush_timeout = flush_timeout
         self.periodic = periodic
         self.periodic_interval = periodic_interval
         self.connected = threading.Event()
         self._outbox: Outbox | None = None
         self._pull: zmq.Socket[bytes] | None = None
-        self._acks: Sender | None = None
+        self._ack_senders: dict[str, Sender] = {}
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._retry_at = 0.0
         self._periodic_at = 0.0
+        self._flush_at = 0.0
+        # A request the outbox could not store: kept here, intake paused, until it can.
+        self._held: bytes | None = None
+        self._held_at = 0.0
+        self._store_backoff = Backoff(start=0.2, maximum=10.0)
+
+    def on_thread_open(self) -> None:
+        self._pull = bind_pull(self.inbox)
+
+    def on_thread_close(self) -> None:
+        for sender in self._ack_senders.values():
+            sender.close()
+        self._ack_senders.clear()
+        if self._pull is not None:
+            self._pull.close(linger=0)
+            self._pull = None
 
     def on_thread_start(self) -> None:
         self._outbox = Outbox(self.outbox_path, self.outbox_max)
-        self._pull = shared_context().socket(zmq.PULL)
-        self._pull.bind(self.inbox)
-        if self.ack_to is not None:
-            # Acks never block: once the listener is gone its deliveries come again anyway.
-            self._acks = Sender(self.ack_to, linger=0)
         if len(self._outbox):
             log.warning("%s: outbox holds %d messages from before", self.name, len(self._outbox))
 
     def on_thread_stop(self) -> None:
         self._disconnect()
-        for closer in (self._acks, self._outbox):
-            if closer is not None:
-                closer.close()
-        self._acks = None
-        self._outbox = None
-        if self._pull is not None:
-            self._pull.close(linger=0)
-            self._pull = None
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
 
     def work(self) -> None:
         pull = self._pull
         assert pull is not None
         while self.should_keep_running():
-            if pull.poll(POLL_MS):
-                self._take_all(pull)
+            if self._held is not None:
+                self._store_held()
+            if self._held is None:
+                # With messages waiting for the broker, look at the inbox without pausing.
+                if pull.poll(0 if self._flush_due() else POLL_MS):
+                    self._take_all(pull)
+            elif not self._flush_due():
+                self.wait_for_stop(POLL_MS / 1000)
             self._service()
-        self._take_all(pull)  # what upstream handed over before the stop
-        if self._connection is not None:
-            self._flush()
+        self._finish(pull)
+
+    def _finish(self, pull: zmq.Socket[bytes]) -> None:
+        """At stop: take what upstream handed over, then publish for at most ``flush_timeout``."""
+        if self._held is not None:
+            self._store_held(now=True)
+        if self._held is None:
+            self._take_all(pull)
+        if self._held is not None:
+            # Still not storable: it, and what waits behind it, go back to whoever can retry.
+            data, self._held = self._held, None
+            while True:
+                self._refuse(data, "the outbox cannot be written")
+                try:
+                    data = pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+        if self._connection is None or self._outbox is None:
+            return
+        try:
+            self._flush(time.monotonic() + self.flush_timeout)
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s: broker lost during the last flush: %s", self.name, exc)
+        except OutboxError as exc:
+            log.error("%s: outbox failed during the last flush: %s", self.name, exc)
+        if len(self._outbox):
+            log.warning(
+                "%s: %d messages stay in the outbox for the next start",
+                self.name,
+                len(self._outbox),
+            )
 
     # --- intake ------------------------------------------------------------------
     def _take_all(self, pull: zmq.Socket[bytes]) -> None:
-        while True:
+        while self._held is None:
             try:
                 data = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -156,36 +212,120 @@ class AmqpPublisher(Worker):
     def _take(self, data: bytes) -> None:
         try:
             envelope = Envelope.unpack(data)
-        except EnvelopeError as exc:
+            body = envelope.body
+            ack, parts = body.get("ack"), int(body.get("parts", 1))
+            if envelope.kind == PUBLISH_KIND:
+                request = (
+                    str(body["exchange"]),
+                    str(body["routing_key"]),
+                    bytes(body["body"]),
+                    {"message_id": envelope.id, **dict(body.get("headers") or {})},
+                )
+        except (EnvelopeError, KeyError, TypeError, ValueError) as exc:
             PUBLISH_FAILURES.labels("malformed").inc()
             log.error("%s: dropped a malformed request: %s", self.name, exc)
             return
-        body = envelope.body
-        ack, parts = body.get("ack"), int(body.get("parts", 1))
         if envelope.kind == PUBLISH_KIND:
             assert self._outbox is not None
-            headers = {"message_id": envelope.id, **body.get("headers", {})}
             try:
-                self._outbox.append(body["exchange"], body["routing_key"], body["body"], headers)
+                self._outbox.append(*request)
             except OutboxFullError as exc:
                 PUBLISH_FAILURES.labels("outbox_full").inc()
-                log.error("%s: %s; giving the trigger back to the broker", self.name, exc)
-                self._send_ack(ack, parts, requeue=True)
+                self._give_back(envelope, str(exc))
                 return
+            except OutboxError as exc:
+                self._hold(data, envelope, exc)
+                return
+            self._store_backoff.reset()
         elif envelope.kind != DONE_KIND:
             log.error("%s: unexpected message kind %r", self.name, envelope.kind)
             return
         self._send_ack(ack, parts)
 
-    def _send_ack(self, ack: dict[str, Any] | None, parts: int, *, requeue: bool = False) -> None:
-        if (
-            ack is not None
-            and self._acks is not None
-            and not self._acks.send(ack_part(ack, parts, requeue=requeue), block=False)
-        ):
-            log.warning("%s: could not pass an ack to the listener", self.name)
+    def _hold(self, data: bytes, envelope: Envelope, exc: OutboxError) -> None:
+        """Keep a request the outbox refused for a reason other than being full; retry later."""
+        PUBLISH_FAILURES.labels("outbox_error").inc()
+        delay = self._store_backoff.next()
+        self._held, self._held_at = data, time.monotonic() + delay
+        log.error(
+            "%s: could not store %s (%s); holding it, taking nothing new, trying again in %.1f s",
+            self.name,
+            envelope.id,
+            exc,
+            delay,
+        )
+
+    def _refuse(self, data: bytes, why: str) -> None:
+        """At stop, with the outbox failing: hand a request back instead of storing it."""
+        try:
+            envelope = Envelope.unpack(data)
+            parts = int(envelope.body.get("parts", 1))
+        except (EnvelopeError, TypeError, ValueError) as exc:
+            PUBLISH_FAILURES.labels("malformed").inc()
+            log.error("%s: dropped a malformed request: %s", self.name, exc)
+            return
+        if envelope.kind == PUBLISH_KIND:
+            self._give_back(envelope, why)
+        elif envelope.kind == DONE_KIND:
+            self._send_ack(envelope.body.get("ack"), parts)
+
+    def _store_held(self, *, now: bool = False) -> None:
+        if self._held is None or (not now and time.monotonic() < self._held_at):
+            return
+        data, self._held = self._held, None
+        self._take(data)
+
+    def _give_back(self, envelope: Envelope, why: str) -> None:
+        """A message that cannot be stored: a requeue ack to whoever can retry it, else loud loss."""
+        ack = envelope.body.get("ack")
+        parts = int(envelope.body.get("parts", 1))
+        if isinstance(ack, dict) and self._reply_address(ack) is not None:
+            log.error("%s: %s; handing %s back to be retried", self.name, why, envelope.id)
+            self._send_ack(ack, parts, requeue=True)
+            return
+        PUBLISH_FAILURES.labels("dropped").inc()
+        log.error(
+            "%s: %s; message %s to %s dropped: no one to hand it back to",
+            self.name,
+            why,
+            envelope.id,
+            envelope.body.get("routing_key"),
+        )
+
+    def _reply_address(self, ack: dict[str, Any]) -> str | None:
+        address = ack.get("reply_to") or self.ack_to
+        return address if isinstance(address, str) and address else None
+
+    def _send_ack(self, ack: object, parts: int, *, requeue: bool = False) -> None:
+        if ack is None:
+            return
+        if not isinstance(ack, dict):
+            log.error("%s: an ack that is not a map: %r", self.name, type(ack).__name__)
+            return
+        address = self._reply_address(ack)
+        if address is None:
+            return
+        sender = self._ack_senders.get(address)
+        if sender is None:
+            if len(self._ack_senders) >= MAX_ACK_ADDRESSES:
+                PUBLISH_FAILURES.labels("ack_undelivered").inc()
+                log.error("%s: too many reply addresses; no ack to %s", self.name, address)
+                return
+            # Acks never block: a component that is gone gets its work again another way.
+            sender = self._ack_senders[address] = Sender(address, linger=0)
+        if not sender.send(ack_part(ack, parts, requeue=requeue), block=False):
+            PUBLISH_FAILURES.labels("ack_undelivered").inc()
+            log.warning("%s: could not pass an ack to %s", self.name, address)
 
     # --- the broker side ---------------------------------------------------------
+    def _flush_due(self) -> bool:
+        return (
+            self._connection is not None
+            and self._outbox is not None
+            and len(self._outbox) > 0
+            and time.monotonic() >= self._flush_at
+        )
+
     def _service(self) -> None:
         now = time.monotonic()
         if self._connection is None:
@@ -196,13 +336,20 @@ class AmqpPublisher(Worker):
         try:
             assert self._connection is not None
             self._connection.process_data_events(0)
-            self._flush()
+            if now >= self._flush_at:
+                self._flush(now + FLUSH_ROUND_SECONDS)
             if self.periodic is not None and now >= self._periodic_at:
                 self._periodic_at = now + self.periodic_interval
-                self._publish(self.periodic(), persistent=False)
-                PUBLISHED.labels("periodic").inc()
+                self._publish_periodic(self.periodic())
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
+        except OutboxError as exc:
+            PUBLISH_FAILURES.labels("outbox_error").inc()
+            delay = self.nack_backoff.next()
+            self._flush_at = time.monotonic() + delay
+            log.error(
+                "%s: cannot read the outbox (%s); trying again in %.1f s", self.name, exc, delay
+            )
 
     def _connect(self) -> bool:
         try:
@@ -214,6 +361,7 @@ class AmqpPublisher(Worker):
             self._lost(exc)
             return False
         self.backoff.reset()
+        self._flush_at = 0.0
         self.connected.set()
         log.info("%s: connected to %s", self.name, describe(self.params))
         return True
@@ -241,7 +389,8 @@ class AmqpPublisher(Worker):
         close_quietly(self._connection)
         self._connection = self._channel = None
 
-    def _flush(self) -> None:
+    def _flush(self, deadline: float) -> None:
+        """Publish from the outbox, oldest first, until it is empty, a nack, or ``deadline``."""
         outbox = self._outbox
         assert outbox is not None
         while len(outbox):
@@ -250,6 +399,8 @@ class AmqpPublisher(Worker):
                     return
                 outbox.remove(entry.id)
                 PUBLISHED.labels("event").inc()
+                if time.monotonic() >= deadline:
+                    return
 
     def _publish_entry(self, entry: OutboxEntry) -> bool:
         try:
@@ -258,11 +409,30 @@ class AmqpPublisher(Worker):
                 persistent=True,
             )
         except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as exc:
-            # Kept in the outbox and tried again on the next round.
+            # Kept in the outbox, in front, and tried again after a back-off.
             PUBLISH_FAILURES.labels("nack").inc()
-            log.warning("%s: broker refused message %d: %s", self.name, entry.id, exc)
+            delay = self.nack_backoff.next()
+            self._flush_at = time.monotonic() + delay
+            log.warning(
+                "%s: broker refused message %d (%s); %d messages wait; trying again in %.1f s",
+                self.name,
+                entry.id,
+                type(exc).__name__,
+                len(self._outbox) if self._outbox is not None else 0,
+                delay,
+            )
             return False
+        self.nack_backoff.reset()
         return True
+
+    def _publish_periodic(self, publication: Publication) -> None:
+        try:
+            self._publish(publication, persistent=False)
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as exc:
+            PUBLISH_FAILURES.labels("nack").inc()
+            log.warning("%s: broker refused a periodic message: %s", self.name, exc)
+            return
+        PUBLISHED.labels("periodic").inc()
 
     def _publish(self, publication: Publication, *, persistent: bool) -> None:
         assert self._channel is not None

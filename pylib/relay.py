@@ -31,19 +31,42 @@ MESSAGES_REJECTED = Counter(
 
 POLL_MS = 100
 
+# Messages an inproc socket queues, per end, before a sender waits (or, not blocking, gets
+# False). ZeroMQ's default of 1000 a side lets one link hold some 2000 JPEGs; stages never
+# drop, so a small queue only turns a burst into back-pressure on the stage upstream.
+HWM = 50
+
 
 def inproc(name: str) -> str:
     """The inproc address of a named relay."""
     return f"inproc://{name}"
 
 
+def bind_pull(address: str, *, hwm: int = HWM) -> zmq.Socket[bytes]:
+    """A PULL socket bound to ``address``, queueing at most ``hwm`` messages.
+
+    Bind it once per thread (:meth:`~pylib.worker.Worker.on_thread_open`): a PUSH that
+    connected to an earlier socket on the address never reaches a new one.
+    """
+    socket = shared_context().socket(zmq.PULL)
+    socket.setsockopt(zmq.RCVHWM, hwm)
+    try:
+        socket.bind(address)
+    except zmq.ZMQError:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
 class Sender:
     """A PUSH socket connected to one address; create, use and close it on one thread."""
 
-    def __init__(self, address: str, *, linger: int = -1) -> None:
+    def __init__(self, address: str, *, linger: int = -1, hwm: int = HWM) -> None:
+        self.address = address
         self.socket = shared_context().socket(zmq.PUSH)
         # By default keep queued messages at close: they were accepted and must reach the reader.
         self.socket.setsockopt(zmq.LINGER, linger)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.connect(address)
 
     def send(self, envelope: Envelope, *, block: bool = True) -> bool:
@@ -67,7 +90,8 @@ class Relay(Worker):
     """Pull, handle, push: one stage of the chain.
 
     A bad envelope or a failing handler is logged and counted, and the relay goes on
-    with the next message. On stop the relay first drains what is already in its
+    with the next message. Its sockets live as long as its thread, so after a crash
+    and restart upstream still reaches it and nothing queued is lost. On stop the relay first drains what is already in its
     inbox, so messages its upstream handed over are never dropped; stop the chain
     from its source downwards for that to hold.
     """
@@ -92,9 +116,8 @@ class Relay(Worker):
         # Set once the PULL socket is bound, so upstream can start sending.
         self.ready = threading.Event()
 
-    def on_thread_start(self) -> None:
-        self._pull = shared_context().socket(zmq.PULL)
-        self._pull.bind(self.inbox)
+    def on_thread_open(self) -> None:
+        self._pull = bind_pull(self.inbox)
         if self.outbox is not None:
             self._sender = Sender(self.outbox)
         self.ready.set()
@@ -113,7 +136,7 @@ class Relay(Worker):
                 break
             self._handle(data)
 
-    def on_thread_stop(self) -> None:
+    def on_thread_close(self) -> None:
         self.ready.clear()
         if self._sender is not None:
             self._sender.close()

@@ -33,12 +33,22 @@ class Worker(threading.Thread):
     """Base class for the daemon's threads.
 
     Subclasses implement :meth:`work`, which runs until :meth:`should_keep_running`
-    turns false. Sockets and other per-thread resources are created in
-    :meth:`on_thread_start` and released in :meth:`on_thread_stop`, both on this thread.
+    turns false. Two pairs of hooks, all run on this thread, hold its resources:
+
+    - :meth:`on_thread_open` runs once, before the first start, and :meth:`on_thread_close`
+      once, when the thread finally ends. Sockets belong here: a restart happens on the
+      same thread, and an inproc PULL bound again is not reached by an upstream PUSH
+      that connected to the first one, so rebinding would cut the chain silently.
+    - :meth:`on_thread_start` runs before each start of :meth:`work` and
+      :meth:`on_thread_stop` after each end of it, crash or not: per-attempt resources
+      (broker connections, executors) that a crash may have left broken.
+
     An exception out of :meth:`work` is logged with the thread's name and reported to
     Sentry; the thread then starts over after ``budget.delay``. When it has died more
     often than the budget allows, ``on_fatal`` is called (the daemon stops the process
-    with a non-zero exit) and the thread ends: never a silently dead thread.
+    with a non-zero exit) and the thread ends: never a silently dead thread. An
+    exception out of :meth:`on_thread_open` counts as a crash too; :meth:`on_thread_close`
+    then runs at once to release what was opened, and the next attempt opens again.
     """
 
     def __init__(
@@ -57,22 +67,37 @@ class Worker(threading.Thread):
         self.failure: BaseException | None = None
         self._halt = threading.Event()
         self._crashes: deque[float] = deque()
+        self._opened = False
 
     # --- to override -------------------------------------------------------------
+    def on_thread_open(self) -> None:
+        """Create what lives as long as the thread (runs on it, once, before the first start)."""
+
+    def on_thread_close(self) -> None:
+        """Release what :meth:`on_thread_open` created (runs on the thread, once, at its end).
+
+        Also runs at once when :meth:`on_thread_open` fails, so it must cope with a
+        half-opened state.
+        """
+
     def on_thread_start(self) -> None:
-        """Create this thread's resources (runs on the thread, before each start of work)."""
+        """Create per-attempt resources (runs on the thread, before each start of work)."""
 
     def work(self) -> None:
         """The thread's loop; poll with a timeout and return when told to stop."""
         raise NotImplementedError
 
     def on_thread_stop(self) -> None:
-        """Release this thread's resources (runs on the thread, also after a crash)."""
+        """Release per-attempt resources (runs on the thread after each end of work, crash or not)."""
 
     # --- control -------------------------------------------------------------------
     def should_keep_running(self) -> bool:
         """False once this thread was asked to stop."""
         return not self._halt.is_set()
+
+    def wait_for_stop(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, less if asked to stop; True if asked to stop."""
+        return self._halt.wait(timeout)
 
     def stop(self) -> None:
         """Ask the thread to finish its current work and end."""
@@ -91,30 +116,52 @@ class Worker(threading.Thread):
         return self.failure is None and (self.is_alive() or self._halt.is_set())
 
     def run(self) -> None:
-        while self.should_keep_running():
-            try:
-                self.on_thread_start()
-                self.work()
-                return
-            except Exception as exc:
-                THREAD_CRASHES.labels(self.name).inc()
-                log.exception("thread %s died: %s", self.name, exc)
-                capture_exception(exc, thread=self.name)
-                if not self._may_restart():
-                    self.failure = exc
-                    log.critical(
-                        "thread %s died %d times within %.0f s; giving up",
-                        self.name,
-                        len(self._crashes),
-                        self.budget.window,
-                    )
-                    if self.on_fatal is not None:
-                        self.on_fatal(self.name, exc)
+        try:
+            while self.should_keep_running():
+                try:
+                    self._attempt()
                     return
-                self._halt.wait(self.budget.delay)
-                log.warning("restarting thread %s", self.name)
-            finally:
-                self._safe_thread_stop()
+                except Exception as exc:
+                    if not self._crashed(exc):
+                        return
+        finally:
+            if self._opened:
+                self._opened = False
+                self._safe_call(self.on_thread_close)
+
+    def _attempt(self) -> None:
+        if not self._opened:
+            try:
+                self.on_thread_open()
+            except Exception:
+                self._safe_call(self.on_thread_close)
+                raise
+            self._opened = True
+        try:
+            self.on_thread_start()
+            self.work()
+        finally:
+            self._safe_call(self.on_thread_stop)
+
+    def _crashed(self, exc: Exception) -> bool:
+        """Log and report a crash; True if the thread may start over (after the delay)."""
+        THREAD_CRASHES.labels(self.name).inc()
+        log.error("thread %s died: %s", self.name, exc, exc_info=exc)
+        capture_exception(exc, thread=self.name)
+        if not self._may_restart():
+            self.failure = exc
+            log.critical(
+                "thread %s died %d times within %.0f s; giving up",
+                self.name,
+                len(self._crashes),
+                self.budget.window,
+            )
+            if self.on_fatal is not None:
+                self.on_fatal(self.name, exc)
+            return False
+        self._halt.wait(self.budget.delay)
+        log.warning("restarting thread %s", self.name)
+        return True
 
     def _may_restart(self) -> bool:
         now = time.monotonic()
@@ -123,8 +170,8 @@ class Worker(threading.Thread):
             self._crashes.popleft()
         return len(self._crashes) <= self.budget.restarts
 
-    def _safe_thread_stop(self) -> None:
+    def _safe_call(self, hook: Callable[[], None]) -> None:
         try:
-            self.on_thread_stop()
+            hook()
         except Exception:
             log.exception("thread %s failed to release its resources", self.name)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 
 from snapshot_processor.camera import (
     CameraClient,
+    CameraConnectionError,
+    CameraError,
     CameraSpec,
     make_client,
     parse_device_params,
@@ -15,6 +18,8 @@ from snapshot_processor.config import Device
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 FOSCAM_PORT = 88
+
+log = logging.getLogger(__name__)
 
 
 class CameraConfigError(ValueError):
@@ -25,7 +30,10 @@ class CameraRegistry:
     """The configured camera outputs, and a cache of clients keyed by their full spec.
 
     A spec that changes (a trigger sends a new password) gets a new client; the old one
-    is closed. Thread-safe: fetches for several cameras run at once.
+    is closed once its call in progress ends, never while holding the registry's lock,
+    and a call that was waiting for the old one is made again with the new one (see
+    :meth:`snapshot`). Thread-safe: fetches for several cameras run at once. After
+    :meth:`close` it makes no new clients.
     """
 
     def __init__(
@@ -36,6 +44,7 @@ class CameraRegistry:
         self.retries = retries
         self._clients: dict[str, CameraClient] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def keys(self) -> dict[str, str]:
@@ -86,22 +95,50 @@ class CameraRegistry:
     def _default_port(device: Device) -> int:
         return FOSCAM_PORT if device.VENDOR == "foscam" else DEFAULT_PORTS[device.SCHEME]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def client(self, key: str, device_params: str | None) -> CameraClient:
         """A client for the camera, reused while its spec stays the same."""
         spec = self.spec(key, device_params)
         with self._lock:
-            client = self._clients.get(key)
-            if client is not None and client.spec == spec:
-                return client
-            if client is not None:
-                client.close()
-            client = make_client(spec)
-            self._clients[key] = client
-            return client
+            if self._closed:
+                raise CameraConnectionError(
+                    f"{key}: camera registry is closed", camera=key, retryable=False
+                )
+            old = self._clients.get(key)
+            if old is not None and old.spec == spec:
+                return old
+            client = self._clients[key] = make_client(spec)
+        if old is not None:
+            # Outside the lock, and not waiting: the old client's call in progress finishes
+            # first and its session closes after it.
+            old.close(wait=False)
+        return client
 
-    def close(self) -> None:
-        """Close every client's connections."""
+    def snapshot(self, key: str, device_params: str | None) -> bytes:
+        """One JPEG from the camera; made again once with the new client if the one this
+        call got was replaced (closed) by a newer spec before or during the call."""
+        client = self.client(key, device_params)
+        try:
+            return client.snapshot()
+        except CameraError:
+            if not client.closed or self._closed:
+                raise
+        log.info("%s: its client was replaced during the call; trying the new one", key)
+        return self.client(key, device_params).snapshot()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Close every client's connections; back-off pauses end at once.
+
+        With ``wait`` this waits for the calls in progress; without, each client's session
+        closes when its call ends.
+        """
         with self._lock:
-            for client in self._clients.values():
-                client.close()
+            self._closed = True
+            clients = list(self._clients.values())
             self._clients.clear()
+        for client in clients:
+            client.close(wait=wait)

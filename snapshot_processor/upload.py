@@ -132,13 +132,24 @@ class UploadStage(Worker):
         self._inflight: dict[Path, Path] = {}
         self._retry: dict[Path, float] = {}
 
+    def on_thread_open(self) -> None:
+        # Sockets live as long as the thread: a restart must not rebind the ack inbox.
+        self._sender = Sender(self.outbox)
+        self._acks = shared_context().socket(zmq.PULL)
+        self._acks.bind(self.ack_inbox)
+
+    def on_thread_close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._acks is not None:
+            self._acks.close(linger=0)
+            self._acks = None
+
     def on_thread_start(self) -> None:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         for folder in [*self.create_dirs, *self.cameras]:
             (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
-        self._sender = Sender(self.outbox)
-        self._acks = shared_context().socket(zmq.PULL)
-        self._acks.bind(self.ack_inbox)
         observer = self.observer_factory()
         observer.schedule(_Events(self._events), str(self.upload_dir), recursive=True)
         observer.start()
@@ -155,12 +166,6 @@ class UploadStage(Worker):
             self._observer.stop()
             self._observer.join(5)
             self._observer = None
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
-        if self._acks is not None:
-            self._acks.close(linger=0)
-            self._acks = None
 
     def work(self) -> None:
         while self.should_keep_running():

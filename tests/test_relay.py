@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pylib.envelope import Envelope, EnvelopeError
-from pylib.relay import Relay, Sender, inproc
+from pylib.relay import HWM, Relay, Sender, inproc
 from pylib.worker import RestartBudget, Worker
 from pylib.zmqctx import shared_context
 from tests.metrics import sample
@@ -193,3 +193,129 @@ def test_worker_that_keeps_dying_is_fatal(stop_event: threading.Event) -> None:
     assert isinstance(worker.failure, RuntimeError)
     assert not worker.healthy
     assert worker.starts == 3  # the first run and two restarts
+
+
+def crash_on_request(envelope: Envelope) -> Envelope:
+    """Passes envelopes on; for one marked ``crash`` returns a result that cannot be packed,
+    so the relay's own send fails and its work() dies (not a handler failure)."""
+    if envelope.body.get("crash"):
+        return Envelope("n", {"unpackable": object()})
+    return envelope
+
+
+def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
+    stop_event: threading.Event,
+) -> None:
+    sink = Sink()
+    sink_relay = Relay("restart-sink", stop_event, sink)
+    flaky = Relay(
+        "flaky",
+        stop_event,
+        crash_on_request,
+        outbox=inproc("restart-sink"),
+        budget=RestartBudget(restarts=3, window=60, delay=0.05),
+    )
+    for relay in (sink_relay, flaky):
+        relay.start()
+        assert relay.ready.wait(5)
+    crashes_before = sample("thread_crashes_total", thread="flaky")
+    sender = Sender(inproc("flaky"))
+    try:
+        # Sent right behind the crash, so they wait in the inbox across the restart.
+        for seq in range(10):
+            assert sender.send(Envelope("n", {"seq": seq}), block=False)
+        assert sender.send(Envelope("n", {"crash": True}), block=False)
+        for seq in range(10, 20):
+            assert sender.send(Envelope("n", {"seq": seq}), block=False)
+        deadline = time.monotonic() + 5
+        while (
+            sample("thread_crashes_total", thread="flaky") == crashes_before
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert sample("thread_crashes_total", thread="flaky") == crashes_before + 1
+        sink.wait_for(20, timeout=5)
+        # After the restart, through the very socket that was connected before it.
+        for seq in range(20, 30):
+            assert sender.send(Envelope("n", {"seq": seq}), block=False)
+        sink.wait_for(30, timeout=5)
+    finally:
+        sender.close()
+        assert flaky.stop_and_join(5)
+        assert sink_relay.stop_and_join(5)
+    assert [item.body["seq"] for item in sink.items] == list(range(30))
+    assert flaky.healthy
+
+
+def test_inproc_queues_hold_few_messages(stop_event: threading.Event) -> None:
+    """A stalled stage makes its upstream wait after a few dozen messages, not thousands."""
+    gate = threading.Event()
+    handled: list[int] = []
+
+    def stalled(envelope: Envelope) -> None:
+        gate.wait(10)
+        handled.append(envelope.body["seq"])
+
+    relay = Relay("stalled", stop_event, stalled)
+    relay.start()
+    assert relay.ready.wait(5)
+    sender = Sender(inproc("stalled"))
+    queued = 0
+    try:
+        while queued < 5_000 and sender.send(Envelope("n", {"seq": queued}), block=False):
+            queued += 1
+    finally:
+        gate.set()
+        sender.close()
+    assert relay.stop_and_join(5)
+    # ZeroMQ's default would queue 2000; each end now holds HWM (plus the one in the handler).
+    assert 2 * HWM <= queued <= 2 * HWM + 2
+    assert handled == list(range(queued))
+
+
+class Opener(Crasher):
+    """Counts the once-per-thread hooks too; its first open fails when ``open_fails``."""
+
+    def __init__(
+        self, stop_event: threading.Event, crashes: int, fatal: list[str], open_fails: bool
+    ) -> None:
+        super().__init__(stop_event, crashes, fatal)
+        self.open_fails = open_fails
+        self.opens = 0
+        self.closes = 0
+        self.open_now = 0
+
+    def on_thread_open(self) -> None:
+        self.opens += 1
+        self.open_now += 1
+        if self.open_fails:
+            self.open_fails = False
+            raise RuntimeError("cannot open")
+
+    def on_thread_close(self) -> None:
+        self.closes += 1
+        self.open_now -= 1
+
+    def work(self) -> None:
+        assert self.open_now == 1
+        super().work()
+
+
+@pytest.mark.parametrize("open_fails", [False, True])
+def test_thread_resources_open_once_across_restarts(
+    stop_event: threading.Event, open_fails: bool
+) -> None:
+    fatal: list[str] = []
+    worker = Opener(
+        stop_event, crashes=1 if not open_fails else 0, fatal=fatal, open_fails=open_fails
+    )
+    worker.start()
+    deadline = time.monotonic() + 5
+    while worker.starts < (2 if not open_fails else 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.stop_and_join(5)
+    assert fatal == []
+    # A failed open is released at once and tried again; a crash in work() opens nothing again.
+    assert worker.opens == worker.closes == (2 if open_fails else 1)
+    assert worker.open_now == 0
+    assert worker.starts == worker.stops == (1 if open_fails else 2)

@@ -235,6 +235,13 @@ class CameraClient:
         Raises a :class:`~snapshot_processor.camera.errors.CameraError` subclass once the
         attempts are used up or the error is not worth retrying.
         """
+        try:
+            return self._snapshot()
+        finally:
+            if self._closed.is_set():
+                self._close_session_if_idle()  # a close(wait=False) left it to us
+
+    def _snapshot(self) -> bytes:
         with self._lock:
             if self._closed.is_set():
                 raise CameraConnectionError(
@@ -272,11 +279,26 @@ class CameraClient:
                 delay *= 2
         raise outcome
 
-    def close(self) -> None:
-        """Close the HTTP session; a snapshot in progress finishes first. Idempotent."""
+    def close(self, *, wait: bool = True) -> None:
+        """Close the HTTP session. Idempotent.
+
+        A snapshot in progress ends its back-off pause at once and finishes its current
+        attempt; with ``wait`` this waits for that, without it returns at once and the
+        session is closed when the snapshot ends.
+        """
         self._closed.set()
-        with self._lock:
-            self._session.close()
+        if wait:
+            with self._lock:
+                self._session.close()
+        else:
+            self._close_session_if_idle()
+
+    def _close_session_if_idle(self) -> None:
+        if self._lock.acquire(blocking=False):
+            try:
+                self._session.close()
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> Self:
         return self

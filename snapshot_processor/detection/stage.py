@@ -112,10 +112,21 @@ class DetectionStage(Worker):
         self._results: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
 
     # --- the stage's thread ---------------------------------------------------------
-    def on_thread_start(self) -> None:
+    def on_thread_open(self) -> None:
+        # Sockets live as long as the thread: a restart must not rebind the inbox.
         self._pull = shared_context().socket(zmq.PULL)
         self._pull.bind(self.inbox)
         self._sender = Sender(self.outbox)
+
+    def on_thread_close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._pull is not None:
+            self._pull.close(linger=0)
+            self._pull = None
+
+    def on_thread_start(self) -> None:
         self._closing = threading.Event()
         self._detector_thread = threading.Thread(
             target=self._detect_loop,
@@ -150,12 +161,6 @@ class DetectionStage(Worker):
         if leftovers:
             log.info("%s: %d snapshot(s) sent on unanalysed at stop", self.name, len(leftovers))
         self._forward()
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
-        if self._pull is not None:
-            self._pull.close(linger=0)
-            self._pull = None
 
     def _stop_detector(self) -> None:
         thread, self._detector_thread = self._detector_thread, None

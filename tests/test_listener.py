@@ -1,0 +1,178 @@
+"""The listener with a real publisher over the real broker: acks find their way back by
+``reply_to``, a handed-back delivery is requeued only after a pause, and a listener that
+crashed and restarted still gets the acks of what it forwards."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgpack
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from pylib.amqp_listener import AmqpListener
+from pylib.amqp_publisher import AmqpPublisher, Publication, publish_envelope
+from pylib.backoff import Backoff
+from pylib.envelope import Envelope
+from pylib.worker import RestartBudget
+from tests.broker_helpers import BROKER, Peer, delete_queue, trigger_body, unique_exchange
+from tests.metrics import sample
+from tests.tcp_proxy import TcpProxy
+from tests.test_publisher import address, declare, proxied, wait_until
+
+pytestmark = pytest.mark.broker
+
+QUICK = Backoff(start=0.1, maximum=0.5)
+
+
+class Chain:
+    """Listener -> publisher, nothing between: each trigger becomes one image event."""
+
+    def __init__(self, peer: Peer, tmp_path: Path) -> None:
+        self.peer = peer
+        self.tmp_path = tmp_path
+        self.queue = f"{peer.exchange}.triggers"
+        self.workers: list[AmqpPublisher | AmqpListener] = []
+
+    def setup(self, channel: BlockingChannel) -> str:
+        channel.exchange_declare(f"{self.peer.exchange}_control", exchange_type="direct")
+        channel.queue_declare(self.queue, durable=True)
+        channel.queue_bind(self.queue, f"{self.peer.exchange}_control", "event.trigger.snapshot")
+        return self.queue
+
+    def decode(self, body: bytes, properties: pika.BasicProperties) -> Envelope:
+        label = msgpack.unpackb(body)["output_triggered"]["device_label"]
+        event = msgpack.packb({"name": label})
+        publication = Publication(self.peer.exchange, "event.notify.snapshot.test.image", event)
+        return publish_envelope(publication, None)
+
+    def start(
+        self,
+        *,
+        listener_params: pika.ConnectionParameters = BROKER,
+        publisher_params: pika.ConnectionParameters = BROKER,
+        setup: Callable[[BlockingChannel], str] | None = None,
+        **listener_options: object,
+    ) -> tuple[AmqpListener, AmqpPublisher]:
+        inbox = address("publish")
+        publisher = AmqpPublisher(
+            "chain-publisher",
+            threading.Event(),
+            params=publisher_params,
+            setup=declare(self.peer.exchange),
+            outbox_path=self.tmp_path / "outbox.sqlite3",
+            inbox=inbox,
+            ack_to=None,  # acks find the listener by their reply_to alone
+            outbox_max=1,
+            backoff=QUICK,
+        )
+        listener = AmqpListener(
+            "chain-listener",
+            threading.Event(),
+            params=listener_params,
+            setup=setup or self.setup,
+            decode=self.decode,
+            forward_to=inbox,
+            ack_inbox=address("acks"),
+            backoff=QUICK,
+            **listener_options,  # type: ignore[arg-type]
+        )
+        for worker in (publisher, listener):
+            worker.start()
+            self.workers.append(worker)
+        assert listener.consuming.wait(10)
+        return listener, publisher
+
+    def stop(self) -> None:
+        for worker in reversed(self.workers):
+            assert worker.stop_and_join(15)
+        delete_queue(self.queue)
+
+    def names(self) -> list[str]:
+        return [image["name"] for image in self.peer.images()]
+
+    def wait_for(self, wanted: set[str], timeout: float = 20.0) -> set[str]:
+        deadline = time.monotonic() + timeout
+        while not wanted <= set(self.names()) and time.monotonic() < deadline:
+            self.peer.pump(0.1)
+        return set(self.names())
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    subscriber = Peer(unique_exchange())
+    try:
+        yield subscriber
+    finally:
+        subscriber.close()
+
+
+@pytest.fixture
+def chain(peer: Peer, tmp_path: Path) -> Iterator[Chain]:
+    running = Chain(peer, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 5672) as running:
+        yield running
+
+
+def test_handed_back_delivery_is_requeued_after_a_pause_and_not_lost(
+    chain: Chain, peer: Peer, proxy: TcpProxy
+) -> None:
+    proxy.cut()  # the publisher cannot reach the broker: its outbox (one message) fills
+    listener, _ = chain.start(publisher_params=proxied(proxy), requeue_delay=1.0)
+    received = sample("amqp_messages_received_total", queue=chain.queue)
+    peer.send_trigger(trigger_body("front door camera", label="first"))
+    peer.send_trigger(trigger_body("front door camera", label="second"))
+    peer.pump(2.5)
+    # "first" is stored; "second" comes back about once a second, not in a tight loop.
+    deliveries = sample("amqp_messages_received_total", queue=chain.queue) - received
+    assert 2 <= deliveries <= 6
+    assert listener.in_flight == 1  # "second", waiting out its pause
+    proxy.restore()
+    assert chain.wait_for({"first", "second"}) >= {"first", "second"}
+    assert wait_until(lambda: listener.in_flight == 0)
+
+
+def test_listener_restarted_after_a_crash_still_gets_its_acks(
+    chain: Chain, peer: Peer, proxy: TcpProxy
+) -> None:
+    broken = threading.Event()
+
+    def setup(channel: BlockingChannel) -> str:
+        if broken.is_set():
+            broken.clear()
+            raise RuntimeError("queue setup failed")
+        return chain.setup(channel)
+
+    crashes = sample("thread_crashes_total", thread="chain-listener")
+    listener, _ = chain.start(
+        listener_params=proxied(proxy),
+        setup=setup,
+        budget=RestartBudget(restarts=3, window=60, delay=0.05),
+    )
+    peer.send_trigger(trigger_body("front door camera", label="before"))
+    assert "before" in chain.wait_for({"before"})
+    assert wait_until(lambda: listener.in_flight == 0)
+    # The connection drops; on the way back the setup fails once and the thread restarts.
+    broken.set()
+    proxy.cut()
+    assert wait_until(lambda: not listener.consuming.is_set())
+    proxy.restore()
+    assert wait_until(lambda: sample("thread_crashes_total", thread="chain-listener") > crashes)
+    assert listener.consuming.wait(10)
+    peer.send_trigger(trigger_body("front door camera", label="after"))
+    assert "after" in chain.wait_for({"after"})
+    # The publisher's ack reached the restarted listener, which acked the delivery.
+    assert wait_until(lambda: listener.in_flight == 0)
+    assert sample("thread_crashes_total", thread="chain-listener") == crashes + 1

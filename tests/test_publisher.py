@@ -1,0 +1,335 @@
+"""The publisher over the real broker: where acks go, a full or failing outbox, broker nacks,
+a crash and restart, and the bounded last flush at stop."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pika
+import pytest
+import zmq
+from pika.adapters.blocking_connection import BlockingChannel
+
+from pylib.amqp_listener import ACK_KIND
+from pylib.amqp_publisher import AmqpPublisher, Publication, done_envelope, publish_envelope
+from pylib.backoff import Backoff
+from pylib.envelope import Envelope
+from pylib.outbox import Outbox
+from pylib.relay import Sender, bind_pull, inproc
+from pylib.worker import RestartBudget
+from tests.broker_helpers import BROKER, Peer, unique_exchange
+from tests.metrics import sample
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.broker
+
+Make = Callable[..., AmqpPublisher]
+
+
+def address(role: str) -> str:
+    """An inproc address no other test uses."""
+    return inproc(f"{role}-{uuid.uuid4().hex[:8]}")
+
+
+def declare(exchange: str) -> Callable[[BlockingChannel], None]:
+    def setup(channel: BlockingChannel) -> None:
+        channel.exchange_declare(exchange, exchange_type="topic")
+
+    return setup
+
+
+def image(exchange: str, name: bytes) -> Publication:
+    """An image event as the peer decodes it: a msgpack map naming it."""
+    body = msgpack.packb({"name": name.decode()})
+    return Publication(exchange, "event.notify.snapshot.test.image", body)
+
+
+def names(images: list[dict[str, Any]]) -> list[str]:
+    return [body["name"] for body in images]
+
+
+def receive(pull: zmq.Socket[bytes], count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Bodies of up to ``count`` envelopes arriving at ``pull`` within ``timeout``."""
+    bodies: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(bodies) < count and time.monotonic() < deadline:
+        if pull.poll(50):
+            envelope = Envelope.unpack(pull.recv())
+            assert envelope.kind == ACK_KIND
+            bodies.append(envelope.body)
+    return bodies
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Make]:
+    """Starts publishers on a fresh outbox each; stops them at the end."""
+    started: list[AmqpPublisher] = []
+
+    def starter(name: str, exchange: str, **options: Any) -> AmqpPublisher:
+        options.setdefault("params", BROKER)
+        options.setdefault("setup", declare(exchange))
+        options.setdefault("outbox_path", tmp_path / f"{name}.sqlite3")
+        options.setdefault("inbox", address(name))
+        options.setdefault("ack_to", None)
+        publisher = AmqpPublisher(name, threading.Event(), **options)
+        publisher.start()
+        started.append(publisher)
+        return publisher
+
+    yield starter
+    for publisher in started:
+        assert publisher.stop_and_join(10)
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    subscriber = Peer(unique_exchange())
+    try:
+        yield subscriber
+    finally:
+        subscriber.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 5672) as running:
+        yield running
+
+
+def proxied(proxy: TcpProxy) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters("127.0.0.1", proxy.port, connection_attempts=1)
+
+
+def test_acks_go_to_their_reply_address_with_every_key(make: Make, peer: Peer) -> None:
+    uploads, fallback = address("upload-acks"), address("trigger-acks")
+    upload_pull, fallback_pull = bind_pull(uploads), bind_pull(fallback)
+    publisher = make("pub-reply", peer.exchange, ack_to=fallback)
+    sender = Sender(publisher.inbox)
+    try:
+        sender.send(
+            publish_envelope(image(peer.exchange, b"one"), {"reply_to": uploads, "path": "/a.jpg"})
+        )
+        sender.send(publish_envelope(image(peer.exchange, b"two"), {"epoch": 1, "tag": 7}))
+        sender.send(done_envelope({"reply_to": uploads, "path": "/b.jpg"}, parts=2))
+        to_uploads = receive(upload_pull, 2)
+        to_fallback = receive(fallback_pull, 1)
+        images = peer.wait_for_images(2)
+    finally:
+        sender.close()
+        upload_pull.close(linger=0)
+        fallback_pull.close(linger=0)
+    assert to_uploads == [
+        {"reply_to": uploads, "path": "/a.jpg", "parts": 1, "requeue": False},
+        {"reply_to": uploads, "path": "/b.jpg", "parts": 2, "requeue": False},
+    ]
+    assert to_fallback == [{"epoch": 1, "tag": 7, "parts": 1, "requeue": False}]
+    assert names(images) == ["one", "two"]
+
+
+def test_full_outbox_hands_back_or_reports_every_message(
+    make: Make, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.cut()  # the broker stays away, so the outbox only fills
+    exchange = unique_exchange()
+    uploads = address("upload-acks")
+    upload_pull = bind_pull(uploads)
+    dropped = sample("amqp_publish_failures_total", reason="dropped")
+    publisher = make("pub-full", exchange, params=proxied(proxy), outbox_max=1)
+    sender = Sender(publisher.inbox)
+    try:
+        sender.send(publish_envelope(image(exchange, b"1"), {"reply_to": uploads, "path": "1"}))
+        sender.send(publish_envelope(image(exchange, b"2"), {"reply_to": uploads, "path": "2"}))
+        sender.send(publish_envelope(image(exchange, b"3"), None))
+        acks = receive(upload_pull, 2)
+        assert wait_until(
+            lambda: sample("amqp_publish_failures_total", reason="dropped") == dropped + 1
+        )
+    finally:
+        sender.close()
+        upload_pull.close(linger=0)
+    assert [(ack["path"], ack["requeue"]) for ack in acks] == [("1", False), ("2", True)]
+    assert "dropped: no one to hand it back to" in caplog.text
+
+
+def test_broker_nack_is_retried_after_a_growing_pause(
+    make: Make, peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pylib.amqp_publisher")
+    refusing = f"{peer.exchange}.refusing"
+
+    def setup(channel: BlockingChannel) -> None:
+        channel.exchange_declare(peer.exchange, exchange_type="topic")
+        # A queue that takes nothing: the broker nacks every message routed to it.
+        channel.queue_declare(
+            refusing, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        channel.queue_bind(refusing, peer.exchange, "#")
+
+    acks = address("acks")
+    ack_pull = bind_pull(acks)
+    nacks = sample("amqp_publish_failures_total", reason="nack")
+    publisher = make(
+        "pub-nack", peer.exchange, setup=setup, nack_backoff=Backoff(start=0.5, maximum=2.0)
+    )
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        sender.send(publish_envelope(image(peer.exchange, b"head"), {"reply_to": acks, "n": 1}))
+        time.sleep(2.2)  # tries at 0, 0.5 and 1.5 s; without a pause, one every 100 ms
+        refused = sample("amqp_publish_failures_total", reason="nack") - nacks
+        # The refused head holds back publishing, not intake: the next one is stored and acked.
+        sender.send(publish_envelope(image(peer.exchange, b"next"), {"reply_to": acks, "n": 2}))
+        stored = receive(ack_pull, 2, timeout=1.0)
+        warnings = [r for r in caplog.records if "broker refused message" in r.getMessage()]
+        channel = peer.connection.channel()
+        channel.queue_delete(refusing)
+        channel.close()
+        deadline = time.monotonic() + 10
+        while "next" not in names(peer.images()) and time.monotonic() < deadline:
+            peer.pump(0.1)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert 2 <= refused <= 4
+    assert len(warnings) == refused  # one line per pause, saying how long
+    assert "trying again in 0.5 s" in warnings[0].getMessage()
+    assert "trying again in 1.0 s" in warnings[1].getMessage()
+    assert [ack["n"] for ack in stored] == [1, 2]
+    # A nacked message may still have reached other queues: the peer can see "head" again.
+    assert list(dict.fromkeys(names(peer.images()))) == ["head", "next"]
+
+
+def test_outbox_that_cannot_be_written_holds_the_message(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    acks = address("acks")
+    ack_pull = bind_pull(acks)
+    errors = sample("amqp_publish_failures_total", reason="outbox_error")
+    crashes = sample("thread_crashes_total", thread="pub-broken")
+    outbox_path = tmp_path / "broken.sqlite3"
+    publisher = make("pub-broken", peer.exchange, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        # A real SQLite failure: the table is gone under the publisher's open connection.
+        with sqlite3.connect(outbox_path) as db:
+            db.execute("DROP TABLE outbox")
+        sender.send(publish_envelope(image(peer.exchange, b"kept"), {"reply_to": acks, "n": 1}))
+        sender.send(publish_envelope(image(peer.exchange, b"after"), {"reply_to": acks, "n": 2}))
+        assert wait_until(
+            lambda: sample("amqp_publish_failures_total", reason="outbox_error") >= errors + 2
+        )
+        assert receive(ack_pull, 1, timeout=0.3) == []  # not acked while not stored
+        assert publisher.healthy
+        Outbox(outbox_path).close()  # the table is back
+        stored = receive(ack_pull, 2)
+        images = peer.wait_for_images(2)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert [ack["n"] for ack in stored] == [1, 2]
+    assert names(images) == ["kept", "after"]
+    assert sample("thread_crashes_total", thread="pub-broken") == crashes
+
+
+def test_stop_hands_back_what_the_outbox_could_not_store(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    acks = address("acks")
+    ack_pull = bind_pull(acks)
+    outbox_path = tmp_path / "broken.sqlite3"
+    errors = sample("amqp_publish_failures_total", reason="outbox_error")
+    publisher = make("pub-broken-stop", peer.exchange, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        with sqlite3.connect(outbox_path) as db:
+            db.execute("DROP TABLE outbox")
+        sender.send(publish_envelope(image(peer.exchange, b"held"), {"reply_to": acks, "n": 1}))
+        sender.send(publish_envelope(image(peer.exchange, b"behind"), {"reply_to": acks, "n": 2}))
+        sender.send(done_envelope({"reply_to": acks, "n": 3}))
+        assert wait_until(
+            lambda: sample("amqp_publish_failures_total", reason="outbox_error") > errors
+        )
+        assert publisher.stop_and_join(10)
+        returned = receive(ack_pull, 3)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, True), (2, True), (3, False)]
+
+
+def test_publisher_restarted_after_a_crash_still_gets_requests(make: Make, peer: Peer) -> None:
+    broken = threading.Event()
+
+    def heartbeat() -> Publication:
+        if broken.is_set():
+            broken.clear()
+            raise RuntimeError("heartbeat could not be built")
+        return Publication(peer.exchange, "event.heartbeat.snapshot", msgpack.packb({}))
+
+    crashes = sample("thread_crashes_total", thread="pub-restart")
+    publisher = make(
+        "pub-restart",
+        peer.exchange,
+        periodic=heartbeat,
+        periodic_interval=0.05,
+        budget=RestartBudget(restarts=3, window=60, delay=0.05),
+    )
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        assert sender.send(publish_envelope(image(peer.exchange, b"before"), None), block=False)
+        assert len(peer.wait_for_images(1)) == 1
+        broken.set()
+        assert wait_until(lambda: sample("thread_crashes_total", thread="pub-restart") > crashes)
+        assert publisher.connected.wait(10)
+        # Through the socket connected before the restart.
+        assert sender.send(publish_envelope(image(peer.exchange, b"after"), None), block=False)
+        images = peer.wait_for_images(2)
+    finally:
+        sender.close()
+    assert names(images) == ["before", "after"]
+    assert sample("thread_crashes_total", thread="pub-restart") == crashes + 1
+
+
+def test_last_flush_at_stop_is_bounded_and_keeps_the_rest(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    total = 5_000
+    outbox_path = tmp_path / "backlog.sqlite3"
+    with Outbox(outbox_path) as outbox:
+        for n in range(total):
+            body = msgpack.packb({"n": n})
+            outbox.append(peer.exchange, "event.notify.x", body, {"message_id": str(n)})
+    publisher = make("pub-backlog", peer.exchange, outbox_path=outbox_path, flush_timeout=0.3)
+    assert publisher.connected.wait(10)
+    started = time.monotonic()
+    assert publisher.stop_and_join(10)
+    elapsed = time.monotonic() - started
+    with Outbox(outbox_path) as outbox:
+        left = {entry.headers["message_id"] for entry in outbox.peek(total)}
+    deadline = time.monotonic() + 30
+    while len(peer.messages) < total - len(left) and time.monotonic() < deadline:
+        peer.pump(0.2)
+    published = [props.message_id for _, props, _ in peer.messages]
+    assert left, "everything was published: the flush had no deadline"
+    assert elapsed < 3.0
+    assert len(published) == len(set(published))
+    assert set(published) | left == {str(n) for n in range(total)}
+    assert not set(published) & left

@@ -1,0 +1,289 @@
+"""The snapshot stage over real inproc sockets and the camera simulator: a crash and restart,
+a stop within its deadline, and camera clients replaced while calls wait for them."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from pylib.amqp_publisher import DONE_KIND
+from pylib.envelope import Envelope
+from pylib.relay import Sender, bind_pull
+from pylib.worker import RestartBudget
+from snapshot_processor.camera.simulator import CameraSimulator
+from snapshot_processor.cameras import CameraRegistry
+from snapshot_processor.config import Device
+from snapshot_processor.snapshot import SNAPSHOT_KIND, TRIGGER_KIND, SnapshotStage
+from tests.metrics import sample
+
+PASSWORD = "s3cret pass"
+KEY = "Front Door camera"
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+def registry(camera: CameraSimulator, *, retries: int = 0, timeout: float = 5.0) -> CameraRegistry:
+    device = Device.model_validate(
+        {
+            "LOCATION": "Front Door",
+            "TYPE": "camera",
+            "VENDOR": "foscam",
+            "ADDRESS": f"127.0.0.1:{camera.port}",
+            "USER": "admin",
+            "PASSWORD": PASSWORD,
+        }
+    )
+    return CameraRegistry([device], timeout=timeout, retries=retries)
+
+
+def trigger(tag: int) -> Envelope:
+    return Envelope(
+        TRIGGER_KIND,
+        {"camera_key": KEY, "device_label": "Front Door", "ack": {"tag": tag}},
+    )
+
+
+@dataclass
+class Wire:
+    """The test's ends of a stage: a PUSH into its inbox, a PULL bound to its outbox."""
+
+    inbox: str
+    outbox: str
+    pull: zmq.Socket[bytes]
+
+    def receive(self, count: int, timeout: float = 10.0) -> list[Envelope]:
+        received: list[Envelope] = []
+        deadline = time.monotonic() + timeout
+        while len(received) < count and time.monotonic() < deadline:
+            if self.pull.poll(50):
+                received.append(Envelope.unpack(self.pull.recv()))
+        return received
+
+
+@pytest.fixture
+def wire() -> Iterator[Wire]:
+    tag = uuid.uuid4().hex[:8]
+    outbox = f"inproc://snapshot-out-{tag}"
+    pull = bind_pull(outbox)
+    try:
+        yield Wire(f"inproc://snapshot-in-{tag}", outbox, pull)
+    finally:
+        pull.close(linger=0)
+
+
+Start = Callable[..., SnapshotStage]
+
+
+@pytest.fixture
+def start(wire: Wire, tmp_path: Path) -> Iterator[Start]:
+    stages: list[SnapshotStage] = []
+
+    def starter(
+        cameras: CameraRegistry, cls: type[SnapshotStage] = SnapshotStage, **options: Any
+    ) -> SnapshotStage:
+        stage = cls(
+            f"snapshot-{len(stages)}",
+            threading.Event(),
+            cameras=cameras,
+            root=tmp_path,
+            inbox=wire.inbox,
+            outbox=wire.outbox,
+            **options,
+        )
+        stage.start()
+        stages.append(stage)
+        assert stage.ready.wait(5)
+        return stage
+
+    yield starter
+    for stage in stages:
+        assert stage.stop_and_join(10)
+
+
+class CrashesOnce(SnapshotStage):
+    """Its first run of work() dies once ``crash`` is set; later runs are the real thing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash = threading.Event()
+        self.runs = 0
+
+    def work(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            self.crash.wait(10)
+            raise RuntimeError("injected crash")
+        super().work()
+
+
+def test_stage_restarted_after_a_crash_still_gets_triggers(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    crashes = sample("thread_crashes_total", thread="snapshot-0")
+    stage = start(
+        registry(camera), cls=CrashesOnce, budget=RestartBudget(restarts=3, window=60, delay=0.05)
+    )
+    assert isinstance(stage, CrashesOnce)
+    sender = Sender(wire.inbox)
+    try:
+        assert sender.send(trigger(1), block=False)  # waits in the inbox across the crash
+        stage.crash.set()
+        deadline = time.monotonic() + 5
+        while stage.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stage.runs == 2
+        assert sender.send(trigger(2), block=False)  # through the socket connected before
+        received = wire.receive(2)
+    finally:
+        sender.close()
+    assert sorted(envelope.body["ack"]["tag"] for envelope in received) == [1, 2]
+    assert all(envelope.kind == SNAPSHOT_KIND for envelope in received)
+    assert sample("thread_crashes_total", thread="snapshot-0") == crashes + 1
+
+
+def stop_time(stage: SnapshotStage) -> float:
+    started = time.monotonic()
+    assert stage.stop_and_join(10)
+    return time.monotonic() - started
+
+
+def test_stop_ends_the_pause_between_snapshots(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    left = sample("snapshots_left_at_stop_total", camera=KEY)
+    stage = start(registry(camera), per_trigger=3, interval=60.0, stop_timeout=5.0)
+    sender = Sender(wire.inbox)
+    try:
+        sender.send(trigger(1))
+        [first] = wire.receive(1)
+        elapsed = stop_time(stage)
+    finally:
+        sender.close()
+    assert first.kind == SNAPSHOT_KIND
+    assert first.body["parts"] == 3
+    assert elapsed < 2.0
+    # The two snapshots not taken leave the trigger unacked (no 'done' marks): it comes again.
+    assert wire.receive(1, timeout=0.3) == []
+    assert sample("snapshots_left_at_stop_total", camera=KEY) == left + 2
+
+
+def test_stop_cuts_camera_back_off_short(camera: CameraSimulator, wire: Wire, start: Start) -> None:
+    camera.mode = "unavailable"  # retried, with pauses of 0.2, 0.4, 0.8 ... s
+    stage = start(registry(camera, retries=12), stop_timeout=5.0)
+    sender = Sender(wire.inbox)
+    try:
+        sender.send(trigger(1))
+        deadline = time.monotonic() + 5
+        while camera.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert camera.requests >= 2
+        elapsed = stop_time(stage)
+    finally:
+        sender.close()
+    assert elapsed < 2.0
+    # Cut short by the stop, not failed for good: no 'done' mark, so the trigger comes again.
+    assert wire.receive(1, timeout=0.3) == []
+
+
+def test_stop_waits_for_a_fetch_under_way_until_the_deadline(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    camera.latency = 0.5
+    stage = start(registry(camera), stop_timeout=5.0)
+    sender = Sender(wire.inbox)
+    try:
+        sender.send(trigger(1))
+        deadline = time.monotonic() + 5
+        while camera.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop_time(stage)
+    finally:
+        sender.close()
+    [snapshot] = wire.receive(1, timeout=1.0)
+    assert snapshot.kind == SNAPSHOT_KIND
+
+
+def test_stop_gives_up_on_a_fetch_at_the_deadline(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    camera.latency = 2.0
+    stage = start(registry(camera), stop_timeout=0.3)
+    sender = Sender(wire.inbox)
+    try:
+        sender.send(trigger(1))
+        deadline = time.monotonic() + 5
+        while camera.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        elapsed = stop_time(stage)
+    finally:
+        sender.close()
+    assert elapsed < 1.5
+    assert wire.receive(1, timeout=0.3) == []
+    time.sleep(2.0)  # the abandoned fetch ends when the camera answers
+
+
+def test_trigger_without_a_camera_key_still_completes_its_ack(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    start(registry(camera))
+    sender = Sender(wire.inbox)
+    try:
+        sender.send(Envelope(TRIGGER_KIND, {"ack": {"tag": 5}}))
+        [done] = wire.receive(1)
+    finally:
+        sender.close()
+    assert done.kind == DONE_KIND
+    assert done.body["ack"] == {"tag": 5}
+
+
+def test_new_spec_replaces_the_client_without_failing_waiting_calls(
+    camera: CameraSimulator,
+) -> None:
+    """A trigger with a new password swaps the client: the swap does not wait for the old
+    client's call in progress, and a call queued behind it is made with a new client."""
+    device = Device.model_validate({"LOCATION": "Front Door", "TYPE": "camera"})
+    cameras = CameraRegistry([device], timeout=5.0, retries=0)
+    params = f"admin:{PASSWORD}@127.0.0.1:{camera.port}"
+    camera.latency = 1.5
+    results: dict[str, object] = {}
+
+    def fetch(name: str) -> None:
+        try:
+            results[name] = cameras.snapshot(KEY, params)
+        except Exception as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=fetch, args=("first",), name="first-fetch")
+    queued = threading.Thread(target=fetch, args=("queued",), name="queued-fetch")
+    try:
+        first.start()
+        deadline = time.monotonic() + 5
+        while camera.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued.start()
+        time.sleep(0.2)  # now waiting for the client's lock
+        old = cameras.client(KEY, params)
+        started = time.monotonic()
+        new = cameras.client(KEY, f"admin:other@127.0.0.1:{camera.port}")
+        swap = time.monotonic() - started
+        first.join(10)
+        queued.join(10)
+    finally:
+        cameras.close()
+    assert new is not old
+    assert old.closed
+    assert swap < 0.5  # not after the 1.5 s call in progress
+    assert isinstance(results["first"], bytes)
+    assert isinstance(results["queued"], bytes), results["queued"]
