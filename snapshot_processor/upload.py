@@ -33,9 +33,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from pylib.envelope import Envelope, EnvelopeError, new_id
-from pylib.relay import Sender
+from pylib.relay import Sender, bind_pull
 from pylib.worker import RestartBudget, Worker
-from pylib.zmqctx import shared_context
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
 from snapshot_processor.snapshot import SNAPSHOTS, snapshot_envelope
@@ -135,8 +134,7 @@ class UploadStage(Worker):
     def on_thread_open(self) -> None:
         # Sockets live as long as the thread: a restart must not rebind the ack inbox.
         self._sender = Sender(self.outbox)
-        self._acks = shared_context().socket(zmq.PULL)
-        self._acks.bind(self.ack_inbox)
+        self._acks = bind_pull(self.ack_inbox)
 
     def on_thread_close(self) -> None:
         if self._sender is not None:

@@ -22,9 +22,8 @@ from prometheus_client import Counter
 
 from pylib.envelope import Envelope, EnvelopeError
 from pylib.redact import redact
-from pylib.relay import MESSAGES_REJECTED, POLL_MS, Sender
+from pylib.relay import MESSAGES_REJECTED, POLL_MS, Sender, bind_pull
 from pylib.worker import RestartBudget, Worker
-from pylib.zmqctx import shared_context
 from snapshot_processor.detection.annotate import annotate as draw_annotations
 from snapshot_processor.detection.annotate import annotated_path
 from snapshot_processor.detection.base import Detection, DetectionError, Detector
@@ -114,8 +113,7 @@ class DetectionStage(Worker):
     # --- the stage's thread ---------------------------------------------------------
     def on_thread_open(self) -> None:
         # Sockets live as long as the thread: a restart must not rebind the inbox.
-        self._pull = shared_context().socket(zmq.PULL)
-        self._pull.bind(self.inbox)
+        self._pull = bind_pull(self.inbox)
         self._sender = Sender(self.outbox)
 
     def on_thread_close(self) -> None:
