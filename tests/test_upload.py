@@ -13,9 +13,10 @@ import pytest
 from snapshot_processor.app import App
 from snapshot_processor.ftp import FtpServerThread
 from snapshot_processor.upload import UploadStage
-from tests.broker_helpers import Peer, running_app, unique_exchange
+from tests.broker_helpers import Peer, delete_queue, running_app, unique_exchange
 from tests.ftp_helpers import connect, jpeg, upload
 from tests.metrics import sample
+from tests.tcp_proxy import TcpProxy
 from tests.test_pipeline import make_settings
 
 pytestmark = pytest.mark.broker
@@ -155,7 +156,7 @@ def test_bad_uploads_are_quarantined_and_good_ones_follow(
 
 
 def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int]) -> None:
-    _, peer, port = ftp_app
+    app, peer, port = ftp_app
     client = connect(port, "camera", FTP_PASSWORD)
     try:
         for n in range(3):
@@ -167,6 +168,12 @@ def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int])
     assert [entry["image"] for entry in entries] == [jpeg(f"take {n}") for n in range(3)]
     assert len({entry["storage_path"] for entry in entries}) == 3
     assert len({entry["event_id"] for entry in entries}) == 3
+    # Once each event is in the outbox, its upload is removed: nothing is left behind.
+    folder_path = app.settings.upload_dir / "garage"
+    deadline = time.monotonic() + 5
+    while any(folder_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder_path.iterdir()) == []
 
 
 def test_uploads_left_from_before_are_taken_at_start(tmp_path: Path) -> None:
@@ -192,3 +199,43 @@ def test_uploads_left_from_before_are_taken_at_start(tmp_path: Path) -> None:
     assert sorted(event["inputs"][0]["image"] for event in events) == sorted(
         [jpeg("in flight"), jpeg("while down")]
     )
+
+
+def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        proxy.cut()  # the broker is away from the start
+        exchange = unique_exchange()
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
+            OUTBOX_MAX_EVENTS="1",
+            INPUT_1_LOCATION="Garage",
+            INPUT_1_TYPE="camera",
+        )
+        folder_path = settings.upload_dir / "garage"
+        folder_path.mkdir(parents=True)
+        peer = Peer(exchange)
+        app = App(settings)
+        daemon = app.build()
+        daemon.start()
+        try:
+            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            assert stage.ready.wait(5)
+            full_before = sample("amqp_publish_failures_total", reason="outbox_full")
+            (folder_path / "one.jpg").write_bytes(jpeg("one"))
+            (folder_path / "two.jpg").write_bytes(jpeg("two"))
+            deadline = time.monotonic() + 10
+            while sample("amqp_publish_failures_total", reason="outbox_full") == full_before:
+                assert time.monotonic() < deadline, "the outbox never filled"
+                time.sleep(0.05)
+            proxy.restore()
+            events = peer.wait_for_images(2, timeout=30)
+        finally:
+            assert daemon.stop()
+            peer.close()
+            delete_queue(settings.queue_name)
+    assert sorted(event["inputs"][0]["image"] for event in events) == sorted(
+        [jpeg("one"), jpeg("two")]
+    )
+    assert list(folder_path.iterdir()) == []
