@@ -1,12 +1,14 @@
 # Day-to-day commands; every target runs inside the poetry-managed virtualenv.
-POETRY ?= poetry
+# poetry from PATH, else the one `make install` puts in this Python.
+POETRY ?= $(shell command -v poetry 2>/dev/null || echo python3 -m poetry)
 RUN := $(POETRY) run
 PIDFILE ?= data/snapshot-processor.pid
 LOGFILE ?= data/snapshot-processor.log
 
 .PHONY: install run rund stop test test-unit lint check-config bench
 
-install:  ## create .venv and install the project with its dev tools from poetry.lock
+install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
+	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
 	$(POETRY) config --local virtualenvs.in-project true
 	$(POETRY) install --no-interaction --all-extras
 

@@ -246,3 +246,18 @@ def test_op_connect_token_from_secrets_dir(tmp_path: Path) -> None:
         )
     assert settings.sentry_dsn is not None
     assert settings.sentry_dsn.get_secret_value() == "http://k@127.0.0.1:9/3"
+
+
+def _documented_names() -> list[str]:
+    names = [info.alias or name for name, info in config.Settings.model_fields.items()]
+    names = [name for name in names if name not in ("INPUTS", "OUTPUTS")]
+    return names + [f"OUTPUT_n_{key}" for key in config.Device.model_fields]
+
+
+def test_readme_and_example_list_every_setting() -> None:
+    top = Path(__file__).parent.parent
+    readme = (top / "README.md").read_text()
+    example = (top / "config" / "snapshot-processor.example.toml").read_text()
+    for name in _documented_names():
+        assert f"`{name}`" in readme or f"`{name}`," in readme, f"README lacks {name}"
+        assert name.replace("OUTPUT_n_", "OUTPUT_1_") in example, f"example lacks {name}"
