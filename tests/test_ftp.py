@@ -136,3 +136,21 @@ def test_ftps_with_a_self_signed_certificate(tmp_path: Path) -> None:
     finally:
         assert thread.stop_and_join(5)
     assert (tmp_path / "upload" / "secure.jpg").read_bytes() == jpeg("tls")
+
+
+def test_connections_per_address_are_limited(tmp_path: Path) -> None:
+    thread = FtpServerThread(
+        "ftp-limit", threading.Event(), options(tmp_path, max_connections_per_ip=2)
+    )
+    thread.start()
+    clients: list[ftplib.FTP] = []
+    try:
+        assert thread.ready.wait(5)
+        for _ in range(2):
+            clients.append(connect(port_of(thread), "camera", PASSWORD))
+        with pytest.raises(ftplib.error_temp, match="421"):
+            connect(port_of(thread), "camera", PASSWORD)
+    finally:
+        for client in clients:
+            client.close()
+        assert thread.stop_and_join(5)
