@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -19,51 +18,49 @@ from pylib.worker import RestartBudget, Worker
 from tests.broker_helpers import delete_queue, unique_exchange
 
 
-def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    seen = ""
+def _wait_for_text(log_path: Path, needle: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while needle not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += line
-    assert needle in seen, seen
-    return seen
+    while needle not in log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+        time.sleep(0.05)
 
 
-def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "snapshot_processor", "run"],
-        env={"PATH": os.environ["PATH"], "SNAPSHOTS_ROOT_DIR": str(tmp_path), **env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    # Output to a file, not a pipe: a pipe nobody reads fills up and blocks the daemon.
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snapshot_processor", "run"],
+            env={"PATH": os.environ["PATH"], "SNAPSHOTS_ROOT_DIR": str(tmp_path), **env},
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log_path
 
 
 @pytest.mark.broker
 def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
     exchange = unique_exchange()
-    proc = _start(tmp_path, SHUTDOWN_TIMEOUT="5", RABBITMQ_EXCHANGE=exchange, DEVICE_NAME="garage")
+    proc, log_path = _start(
+        tmp_path, SHUTDOWN_TIMEOUT="5", RABBITMQ_EXCHANGE=exchange, DEVICE_NAME="garage"
+    )
     try:
-        _read_until(proc, "running", 30)
+        _wait_for_text(log_path, "running", 30)
         proc.send_signal(signal.SIGHUP)
-        _read_until(proc, "log level now DEBUG", 10)
+        _wait_for_text(log_path, "log level now DEBUG", 10)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=15)
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no exit 15 s after SIGTERM:\n" + log_path.read_text(errors="replace"))
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stdout is not None
-        rest = proc.stdout.read()
-        proc.stdout.close()
+        rest = log_path.read_text(errors="replace")
         delete_queue(f"{exchange}.snapshot.garage.triggers")
     assert code == 0, rest
     assert elapsed < 5 + 2
@@ -71,13 +68,9 @@ def test_sigterm_stops_run_with_exit_zero(tmp_path: Path) -> None:
 
 
 def test_bad_configuration_exits_non_zero(tmp_path: Path) -> None:
-    proc = _start(tmp_path, LOG_LEVEL="LOUD")
-    try:
-        code = proc.wait(timeout=30)
-    finally:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
+    proc, log_path = _start(tmp_path, LOG_LEVEL="LOUD")
+    code = proc.wait(timeout=30)
+    out = log_path.read_text()
     assert code == 2
     assert "LOG_LEVEL" in out
 
