@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
 from pylib.backoff import Backoff
 from pylib.envelope import Envelope, EnvelopeError
-from pylib.relay import Sender, bind_pull
+from pylib.relay import Sender, bind_pull, drain
 from pylib.worker import RestartBudget, Worker
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,7 @@ class AmqpListener(Worker):
         assert acks is not None
         if timeout_ms and not acks.poll(timeout_ms):
             return
-        while True:
-            try:
-                data = acks.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for data in drain(acks):
             try:
                 body = Envelope.unpack(data).body
                 tag, parts = int(body["tag"]), int(body.get("parts", 1))

@@ -31,7 +31,7 @@ from pylib.amqp_listener import RECONNECTS, ack_part
 from pylib.backoff import Backoff
 from pylib.envelope import Envelope, EnvelopeError
 from pylib.outbox import Outbox, OutboxEntry, OutboxError, OutboxFullError
-from pylib.relay import POLL_MS, Sender, bind_pull
+from pylib.relay import POLL_MS, Sender, bind_pull, drain
 from pylib.worker import RestartBudget, Worker
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,9 @@ class AmqpPublisher(Worker):
             self._take_all(pull)
         if self._held is not None:
             # Still not storable: it, and what waits behind it, go back to whoever can retry.
-            data, self._held = self._held, None
-            while True:
+            held, self._held = self._held, None
+            for data in [held, *drain(pull)]:
                 self._refuse(data, "the outbox cannot be written")
-                try:
-                    data = pull.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
         if self._connection is None or self._outbox is None:
             return
         try:
@@ -202,12 +198,12 @@ class AmqpPublisher(Worker):
 
     # --- intake ------------------------------------------------------------------
     def _take_all(self, pull: zmq.Socket[bytes]) -> None:
-        while self._held is None:
-            try:
-                data = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self._held is not None:
+            return
+        for data in drain(pull):
             self._take(data)
+            if self._held is not None:
+                return  # the outbox failed: the rest waits in the socket (back-pressure)
 
     def _take(self, data: bytes) -> None:
         try:

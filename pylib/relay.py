@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import zmq
 from prometheus_client import Counter
@@ -40,6 +40,25 @@ HWM = 50
 def inproc(name: str) -> str:
     """The inproc address of a named relay."""
     return f"inproc://{name}"
+
+
+def drain(socket: zmq.Socket[bytes]) -> Iterator[bytes]:
+    """Every message already queued on ``socket``, without waiting for more."""
+    while True:
+        try:
+            yield socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def unpack_or_reject(data: bytes, stage: str) -> Envelope | None:
+    """The envelope in ``data``; a malformed one is logged, counted and given as None."""
+    try:
+        return Envelope.unpack(data)
+    except EnvelopeError as exc:
+        MESSAGES_REJECTED.labels(stage, "malformed").inc()
+        log.error("%s: dropped a malformed message (%d bytes): %s", stage, len(data), exc)
+        return None
 
 
 def bind_pull(address: str, *, hwm: int = HWM) -> zmq.Socket[bytes]:
@@ -129,11 +148,7 @@ class Relay(Worker):
             if pull.poll(POLL_MS):
                 self._handle(pull.recv())
         # Drain what upstream already handed over before this relay was told to stop.
-        while True:
-            try:
-                data = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for data in drain(pull):
             self._handle(data)
 
     def on_thread_close(self) -> None:
@@ -146,11 +161,8 @@ class Relay(Worker):
             self._pull = None
 
     def _handle(self, data: bytes) -> None:
-        try:
-            envelope = Envelope.unpack(data)
-        except EnvelopeError as exc:
-            MESSAGES_REJECTED.labels(self.name, "malformed").inc()
-            log.error("%s: dropped a malformed message (%d bytes): %s", self.name, len(data), exc)
+        envelope = unpack_or_reject(data, self.name)
+        if envelope is None:
             return
         try:
             result = self.handler(envelope)

@@ -27,8 +27,8 @@ import zmq
 from prometheus_client import Counter
 
 from pylib.amqp_publisher import done_envelope
-from pylib.envelope import Envelope, EnvelopeError, new_id
-from pylib.relay import POLL_MS, Sender, bind_pull
+from pylib.envelope import Envelope, new_id
+from pylib.relay import POLL_MS, Sender, bind_pull, drain, unpack_or_reject
 from pylib.worker import RestartBudget, Worker
 from snapshot_processor.camera import CameraError
 from snapshot_processor.cameras import CameraConfigError, CameraRegistry
@@ -159,13 +159,7 @@ class SnapshotStage(Worker):
         """Stop within ``stop_timeout``; what cannot finish leaves its trigger unacked."""
         deadline = time.monotonic() + self.stop_timeout
         # Triggers upstream handed over but not started: their deliveries come again.
-        left = 0
-        while True:
-            try:
-                pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            left += 1
+        left = sum(1 for _ in drain(pull))
         if left:
             log.info("%s: %d trigger(s) not fetched at stop; they come again", self.name, left)
         # Back-off pauses end now; an attempt on the wire finishes (or times out) first.
@@ -189,10 +183,8 @@ class SnapshotStage(Worker):
             )
 
     def _take(self, data: bytes) -> None:
-        try:
-            envelope = Envelope.unpack(data)
-        except EnvelopeError as exc:
-            log.error("%s: dropped a malformed message: %s", self.name, exc)
+        envelope = unpack_or_reject(data, self.name)
+        if envelope is None:
             return
         if envelope.kind != TRIGGER_KIND:
             log.error("%s: unexpected message kind %r", self.name, envelope.kind)

@@ -33,7 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from pylib.envelope import Envelope, EnvelopeError, new_id
-from pylib.relay import Sender, bind_pull
+from pylib.relay import Sender, bind_pull, drain
 from pylib.worker import RestartBudget, Worker
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
@@ -209,11 +209,7 @@ class UploadStage(Worker):
     def _take_acks(self) -> None:
         """The publisher has an upload's event in its outbox: the upload can go."""
         assert self._acks is not None
-        while True:
-            try:
-                data = self._acks.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for data in drain(self._acks):
             try:
                 body = Envelope.unpack(data).body
                 inflight = Path(body["path"])

@@ -20,9 +20,9 @@ from typing import Any
 import zmq
 from prometheus_client import Counter
 
-from pylib.envelope import Envelope, EnvelopeError
+from pylib.envelope import Envelope
 from pylib.redact import redact
-from pylib.relay import MESSAGES_REJECTED, POLL_MS, Sender, bind_pull
+from pylib.relay import POLL_MS, Sender, bind_pull, drain, unpack_or_reject
 from pylib.worker import RestartBudget, Worker
 from snapshot_processor.detection.annotate import annotate as draw_annotations
 from snapshot_processor.detection.annotate import annotated_path
@@ -177,19 +177,12 @@ class DetectionStage(Worker):
             )
 
     def _take_all(self, pull: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                data = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for data in drain(pull):
             self._take(data)
 
     def _take(self, data: bytes) -> None:
-        try:
-            envelope = Envelope.unpack(data)
-        except EnvelopeError as exc:
-            MESSAGES_REJECTED.labels(self.name, "malformed").inc()
-            log.error("%s: dropped a malformed message (%d bytes): %s", self.name, len(data), exc)
+        envelope = unpack_or_reject(data, self.name)
+        if envelope is None:
             return
         if envelope.kind != SNAPSHOT_KIND:
             self._send(envelope)  # 'done' marks and the like pass straight through
