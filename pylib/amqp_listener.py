@@ -1,32 +1,36 @@
 """A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
 
-Each delivery is decoded into an :class:`Envelope` and pushed down the chain with an
-``ack`` reference whose ``reply_to`` is this thread's ack inbox. The last stage sends
-:func:`ack_part` envelopes back there; the delivery is acked on the broker only when all
+Each delivery is decoded into an :class:`Envelope` and sent down the chain with an ack
+token whose ``reply_to`` is this listener's ack inbox. The last stage sends acks back
+there (:mod:`pylib.chain.settle`); the delivery is acked on the broker only when all
 its parts are done. A part that asks for a requeue (nothing could be stored) is given
 back to the broker only after ``requeue_delay``, so a full outbox does not turn into a
-tight redelivery loop. One thread owns the connection, so heartbeats keep flowing
-while the chain does slow work elsewhere.
+tight redelivery loop.
+
+One thread owns the connection and blocks in pika's loop, so heartbeats keep flowing
+while the chain does slow work elsewhere. Acks reach it without a timed poll: a small
+stage owns the ack inbox and hands each ack to the connection's thread with
+``add_callback_threadsafe``, which wakes pika's loop at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pika
-import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
-from pylib.backoff import Backoff
-from pylib.envelope import Envelope, EnvelopeError
-from pylib.relay import Sender, bind_pull, drain
+from pylib.chain.settle import PartCounter, Settlement, ack_token
+from pylib.chain.sockets import Sender, inproc
+from pylib.chain.stage import Stage
+from pylib.envelope import Envelope
+from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget, Worker
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,9 @@ REJECTED = Counter(
 )
 RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
 
-ACK_KIND = "amqp.ack"
+RECONNECT = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
+# How long pika's loop blocks when nothing happens; stop and acks wake it sooner.
+IDLE_SECONDS = 1.0
 
 
 class RejectedMessageError(ValueError):
@@ -52,22 +58,23 @@ Decoder = Callable[[bytes, pika.BasicProperties], Envelope]
 Setup = Callable[[BlockingChannel], str]
 
 
-def ack_part(ack: dict[str, Any], parts: int = 1, *, requeue: bool = False) -> Envelope:
-    """The message telling the ack's owner that one of ``parts`` parts of its work is done.
+class _AckInbox(Stage):
+    """Owns the listener's ack inbox; passes each ack to the connection's thread."""
 
-    ``requeue`` gives the work back instead (nothing was stored). Every key of ``ack``
-    (``reply_to``, and whatever its owner put there) comes back unchanged.
-    """
-    return Envelope(ACK_KIND, {**ack, "parts": parts, "requeue": requeue})
+    stop_weight = 0.0
 
+    def __init__(self, listener: AmqpListener) -> None:
+        super().__init__(f"{listener.name}-acks", listener.stop_event, inbox=listener.ack_inbox)
+        self.listener = listener
 
-@dataclass
-class _Pending:
-    done: int = 0
+    def on_message(self, envelope: Envelope) -> None:
+        self.listener.ack_from_chain(envelope.body)
 
 
 class AmqpListener(Worker):
     """Consumes ``queue`` (declared by ``setup``), forwards decoded envelopes to ``forward_to``."""
+
+    stop_weight = 3.0
 
     def __init__(
         self,
@@ -78,10 +85,10 @@ class AmqpListener(Worker):
         setup: Setup,
         decode: Decoder,
         forward_to: str,
-        ack_inbox: str,
+        ack_inbox: str | None = None,
         prefetch: int = 8,
-        backoff: Backoff | None = None,
-        drain_timeout: float = 5.0,
+        retry: RetryPolicy = RECONNECT,
+        stop_timeout: float = 5.0,
         requeue_delay: float = 5.0,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
@@ -91,41 +98,43 @@ class AmqpListener(Worker):
         self.setup = setup
         self.decode = decode
         self.forward_to = forward_to
-        self.ack_inbox = ack_inbox
+        self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
         self.prefetch = prefetch
-        self.backoff = backoff or Backoff()
-        self.drain_timeout = drain_timeout
+        self.backoff = retry.backoff()
+        self.stop_timeout = stop_timeout
         self.requeue_delay = requeue_delay
         self.queue = ""
         self.consuming = threading.Event()
         self._epoch = 0
-        self._pending: dict[int, _Pending] = {}
-        # Deliveries to give back to the broker, and when (monotonic seconds).
-        self._requeues: dict[int, float] = {}
+        self._pending = PartCounter()
+        self._requeues: set[int] = set()
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._acks: zmq.Socket[bytes] | None = None
         self._sender: Sender | None = None
+        self._acks: _AckInbox | None = None
 
     def on_thread_open(self) -> None:
-        self._acks = bind_pull(self.ack_inbox)
         self._sender = Sender(self.forward_to)
+        self._acks = _AckInbox(self)
+        self._acks.start()
 
     def on_thread_stop(self) -> None:
         # Whatever was unacked on this connection comes again from the broker.
         self.consuming.clear()
-        close_quietly(self._connection)
-        self._connection = self._channel = None
-        self._pending.clear()
-        self._requeues.clear()
+        self._drop_connection()
 
     def on_thread_close(self) -> None:
+        if self._acks is not None:
+            self._acks.stop_and_join(5.0)
+            self._acks = None
         if self._sender is not None:
             self._sender.close()
             self._sender = None
-        if self._acks is not None:
-            self._acks.close(linger=0)
-            self._acks = None
+
+    def stop(self) -> None:
+        """Ask the thread to end; wakes pika's loop at once."""
+        super().stop()
+        self._call_threadsafe(lambda: None)
 
     @property
     def in_flight(self) -> int:
@@ -138,7 +147,7 @@ class AmqpListener(Worker):
                 self._connect()
                 self.backoff.reset()
                 while self.should_keep_running():
-                    self._pump(0.05)
+                    self._pump(IDLE_SECONDS)
                 self._finish()
                 return
             except CONNECTION_ERRORS as exc:
@@ -155,17 +164,14 @@ class AmqpListener(Worker):
                     len(self._pending),
                     delay,
                 )
-                close_quietly(self._connection)
-                self._connection = self._channel = None
-                self._pending.clear()
-                self._requeues.clear()
-                self._wait(delay)
+                self._drop_connection()
+                self.wait_for_stop(delay)
 
-    def _wait(self, delay: float) -> None:
-        # Acks for deliveries of a lost connection are dropped while we wait.
-        deadline = time.monotonic() + delay
-        while self.should_keep_running() and time.monotonic() < deadline:
-            self._drain_acks(timeout_ms=50)
+    def _drop_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        close_quietly(connection)
+        self._pending.clear()
+        self._requeues.clear()
 
     def _connect(self) -> None:
         connection = pika.BlockingConnection(self.params)
@@ -179,21 +185,17 @@ class AmqpListener(Worker):
         self._pending.clear()
         self._requeues.clear()
         self.consuming.set()
-        log.info("%s: consuming %s on %s", self.name, self.queue, describe(self.params))
+        log.info(
+            "%s: consuming %s on %s (prefetch %d)",
+            self.name,
+            self.queue,
+            describe(self.params),
+            self.prefetch,
+        )
 
     def _pump(self, seconds: float) -> None:
         assert self._connection is not None
         self._connection.process_data_events(time_limit=seconds)
-        self._drain_acks(timeout_ms=0)
-        self._requeue_due(time.monotonic())
-
-    def _requeue_due(self, now: float) -> None:
-        if not self._requeues or self._channel is None:
-            return
-        for tag, due in list(self._requeues.items()):
-            if due <= now:
-                del self._requeues[tag]
-                self._channel.basic_nack(tag, requeue=True)
 
     def _finish(self) -> None:
         """On stop: take no new deliveries, wait a while for the acks of those in flight."""
@@ -201,10 +203,13 @@ class AmqpListener(Worker):
             for tag in list(self._channel.consumer_tags):
                 self._channel.basic_cancel(tag)
         # Waiting out a requeue delay would only hold the message back from the next run.
-        self._requeue_due(float("inf"))
-        deadline = time.monotonic() + self.drain_timeout
-        while self._pending and time.monotonic() < deadline:
+        for tag in list(self._requeues):
+            self._requeue(self._epoch, tag)
+        deadline = self.stop_timeout
+        waited = 0.0
+        while self._pending and waited < deadline:
             self._pump(0.05)
+            waited += 0.05
         if self._pending:
             log.warning(
                 "%s: stopping with %d deliveries unacked; the broker will deliver them again",
@@ -231,9 +236,10 @@ class AmqpListener(Worker):
             self._reject(channel, tag, type(exc).__name__, str(exc))
             return
         assert self._sender is not None
-        self._pending[tag] = _Pending()
-        ack = {"epoch": self._epoch, "tag": tag, "reply_to": self.ack_inbox}
-        self._sender.send(Envelope(envelope.kind, {**envelope.body, "ack": ack}, envelope.id))
+        self._pending.add(tag)
+        settlement = Settlement(ack_token(self.ack_inbox, epoch=self._epoch, tag=tag))
+        body_out = {**envelope.body, **settlement.fields()}
+        self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
 
     def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
         REJECTED.labels(self.queue, reason).inc()
@@ -241,31 +247,38 @@ class AmqpListener(Worker):
         # Acked, not requeued: a message that cannot be decoded will never succeed.
         channel.basic_ack(tag)
 
-    def _drain_acks(self, timeout_ms: int) -> None:
-        acks = self._acks
-        assert acks is not None
-        if timeout_ms and not acks.poll(timeout_ms):
+    # --- acks, from the ack inbox's thread to the connection's ---------------------------
+    def ack_from_chain(self, body: dict[str, Any]) -> None:
+        """An ack from the chain (any thread): settled on the connection's thread."""
+        try:
+            epoch, tag, parts = int(body["epoch"]), int(body["tag"]), int(body.get("parts", 1))
+        except (KeyError, TypeError, ValueError) as exc:
+            REJECTED.labels(self.queue, "malformed_ack").inc()
+            log.error("%s: dropped a malformed ack: %s", self.name, exc)
             return
-        for data in drain(acks):
-            try:
-                body = Envelope.unpack(data).body
-                tag, parts = int(body["tag"]), int(body.get("parts", 1))
-            except (EnvelopeError, KeyError, TypeError, ValueError) as exc:
-                REJECTED.labels(self.queue, "malformed_ack").inc()
-                log.error("%s: dropped a malformed ack: %s", self.name, exc)
-                continue
-            self._on_ack(body, tag, parts)
+        requeue = bool(body.get("requeue"))
+        self._call_threadsafe(functools.partial(self._on_ack, epoch, tag, parts, requeue))
 
-    def _on_ack(self, body: dict[str, Any], tag: int, parts: int) -> None:
-        if body.get("epoch") != self._epoch or self._channel is None:
+    def _call_threadsafe(self, callback: Callable[[], None]) -> None:
+        connection = self._connection
+        if connection is None:
+            return  # no connection: its deliveries come again anyway
+        try:
+            connection.add_callback_threadsafe(callback)
+        except (pika.exceptions.ConnectionWrongStateError, *CONNECTION_ERRORS):
+            pass  # closing: the broker redelivers what was not acked
+
+    def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> None:
+        if epoch != self._epoch or self._channel is None or tag not in self._pending:
             return  # from a connection that is gone: the broker redelivers that message
-        pending = self._pending.get(tag)
-        if pending is None:
-            return
-        if body.get("requeue"):
+        if requeue:
             # Not at once: the broker would hand it straight back while nothing can store it.
-            del self._pending[tag]
-            self._requeues[tag] = time.monotonic() + self.requeue_delay
+            self._pending.discard(tag)
+            self._requeues.add(tag)
+            assert self._connection is not None
+            self._connection.call_later(
+                self.requeue_delay, functools.partial(self._requeue, epoch, tag)
+            )
             log.warning(
                 "%s: delivery %d handed back; giving it to the broker again in %.1f s",
                 self.name,
@@ -273,7 +286,11 @@ class AmqpListener(Worker):
                 self.requeue_delay,
             )
             return
-        pending.done += 1
-        if pending.done >= parts:
-            del self._pending[tag]
+        if self._pending.done(tag, parts):
             self._channel.basic_ack(tag)
+
+    def _requeue(self, epoch: int, tag: int) -> None:
+        if epoch != self._epoch or tag not in self._requeues or self._channel is None:
+            return
+        self._requeues.discard(tag)
+        self._channel.basic_nack(tag, requeue=True)

@@ -145,6 +145,56 @@ class Outbox:
         self._set_depth(self._depth + 1)
         return entry_id
 
+    def append_many(
+        self, messages: list[tuple[str, str, bytes, Mapping[str, str] | None]]
+    ) -> list[int]:
+        """Store several messages in one transaction (one sync to disk); return their ids.
+
+        All or nothing: on an error none is stored. Raises :class:`OutboxFullError` when
+        they do not all fit; store fewer (:attr:`room`) to take what does.
+        """
+        if not messages:
+            return []
+        if self._depth + len(messages) > self.max_entries:
+            raise OutboxFullError(
+                f"outbox {self.path} is full: {self._depth} of {self.max_entries} messages,"
+                f" {len(messages)} more do not fit"
+            )
+        now = time.time()
+        conn = self._connection()
+        ids: list[int] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for exchange, routing_key, body, headers in messages:
+                    cursor = conn.execute(
+                        "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            exchange,
+                            routing_key,
+                            bytes(body),
+                            json.dumps(dict(headers or {}), sort_keys=True),
+                            now,
+                        ),
+                    )
+                    assert cursor.lastrowid is not None
+                    ids.append(cursor.lastrowid)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot append to outbox {self.path}: {exc}") from exc
+        self._set_depth(self._depth + len(ids))
+        return ids
+
+    @property
+    def room(self) -> int:
+        """How many more messages fit."""
+        return max(0, self.max_entries - self._depth)
+
     def peek(self, limit: int = 100) -> list[OutboxEntry]:
         """Return up to ``limit`` stored messages, oldest first, without removing them."""
         if limit < 0:
@@ -181,6 +231,27 @@ class Outbox:
             raise OutboxError(f"cannot remove {entry_id} from outbox {self.path}: {exc}") from exc
         if cursor.rowcount > 0:
             self._set_depth(self._depth - cursor.rowcount)
+
+    def remove_many(self, entry_ids: list[int]) -> None:
+        """Delete several messages in one transaction (after their confirms)."""
+        if not entry_ids:
+            return
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for entry_id in entry_ids:
+                    removed += conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot remove from outbox {self.path}: {exc}") from exc
+        if removed:
+            self._set_depth(self._depth - removed)
 
     def __len__(self) -> int:
         return self._depth

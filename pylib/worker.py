@@ -15,9 +15,16 @@ from pylib.sentry import capture_exception
 
 log = logging.getLogger(__name__)
 
+# How long start() waits for a thread to bind its sockets and say it is ready.
+START_TIMEOUT = 30.0
+
 THREAD_CRASHES = Counter(
     "thread_crashes_total", "Times a worker thread died with an exception", ["thread"]
 )
+
+
+class WorkerStartError(RuntimeError):
+    """A thread could not get ready: its first attempt failed, or it took too long."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class Worker(threading.Thread):
     - :meth:`on_thread_start` runs before each start of :meth:`work` and
       :meth:`on_thread_stop` after each end of it, crash or not: per-attempt resources
       (broker connections, executors) that a crash may have left broken.
+
+    :meth:`start` returns once the first attempt has opened and started (its sockets are
+    bound, :attr:`ready` is set), and raises :class:`WorkerStartError` if that attempt
+    failed: a thread that cannot get going at start is a failed start, not a restart loop.
 
     An exception out of :meth:`work` is logged with the thread's name and reported to
     Sentry; the thread then starts over after ``budget.delay``. When it has died more
@@ -68,6 +79,10 @@ class Worker(threading.Thread):
         self._halt = threading.Event()
         self._crashes: deque[float] = deque()
         self._opened = False
+        # Set while the thread is opened and started, ready for work (and messages).
+        self.ready = threading.Event()
+        self._first_attempt = threading.Event()
+        self._start_error: BaseException | None = None
 
     # --- to override -------------------------------------------------------------
     def on_thread_open(self) -> None:
@@ -91,6 +106,16 @@ class Worker(threading.Thread):
         """Release per-attempt resources (runs on the thread after each end of work, crash or not)."""
 
     # --- control -------------------------------------------------------------------
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the thread; return once it is ready, or raise :class:`WorkerStartError`."""
+        super().start()
+        if not self._first_attempt.wait(timeout):
+            self.stop()
+            raise WorkerStartError(f"{self.name} was not ready within {timeout:.0f} s")
+        if self._start_error is not None:
+            self.join(timeout)
+            raise WorkerStartError(f"{self.name}: {self._start_error}") from self._start_error
+
     def should_keep_running(self) -> bool:
         """False once this thread was asked to stop."""
         return not self._halt.is_set()
@@ -122,9 +147,17 @@ class Worker(threading.Thread):
                     self._attempt()
                     return
                 except Exception as exc:
+                    if not self._first_attempt.is_set():
+                        # Never got going: start() reports it; no restart loop at start.
+                        log.error("thread %s could not start: %s", self.name, exc)
+                        self._start_error = self.failure = exc
+                        self._halt.set()
+                        return
                     if not self._crashed(exc):
                         return
         finally:
+            self.ready.clear()
+            self._first_attempt.set()
             if self._opened:
                 self._opened = False
                 self._safe_call(self.on_thread_close)
@@ -139,8 +172,11 @@ class Worker(threading.Thread):
             self._opened = True
         try:
             self.on_thread_start()
+            self.ready.set()
+            self._first_attempt.set()
             self.work()
         finally:
+            self.ready.clear()
             self._safe_call(self.on_thread_stop)
 
     def _crashed(self, exc: Exception) -> bool:

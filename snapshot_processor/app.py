@@ -11,11 +11,13 @@ from prometheus_client import start_http_server
 
 from pylib.amqp import connection_parameters
 from pylib.amqp_listener import AmqpListener, RejectedMessageError
-from pylib.amqp_publisher import AmqpPublisher, Publication
+from pylib.amqp_publisher import AmqpPublisher
+from pylib.chain.settle import Publication
+from pylib.chain.stage import Relay, Stage
+from pylib.chain.topology import Chain
 from pylib.daemon import Daemon
 from pylib.envelope import Envelope
 from pylib.health import HealthPinger
-from pylib.relay import Relay, inproc
 from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.cameras import CameraRegistry
@@ -23,24 +25,13 @@ from snapshot_processor.config import Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
+from snapshot_processor.messages import TriggerMessage
 from snapshot_processor.publication import EventBuilder
-from snapshot_processor.snapshot import TRIGGER_KIND, SnapshotStage
+from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
 from snapshot_processor.upload import UploadStage
 
-# The chain's inproc addresses, upstream to downstream.
-SNAPSHOT_INBOX = inproc("snapshot")
-DETECT_INBOX = inproc("detection")
-EVENTS_INBOX = inproc("events")
-PUBLISH_INBOX = inproc("publisher")
-ACK_INBOX = inproc("trigger-acks")
-
 log = logging.getLogger(__name__)
-
-
-# SHUTDOWN_TIMEOUT is shared out along the chain, stopped from its source down:
-# listener 30 % (acks of triggers in flight), snapshot 30 %, detection 15 %, publisher
-# 15 %, leaving a margin for the rest.
 
 
 class App:
@@ -69,11 +60,6 @@ class App:
         if problems:
             return False, "; ".join(problems)
         return True, f"{len(self.workers)} threads running, broker connected"
-
-    def add_worker(self, worker: Worker) -> None:
-        """Start ``worker`` as a step; it is stopped (and joined) in reverse order."""
-        self.workers.append(worker)
-        self.daemon.add(worker)
 
     def init_metrics(self) -> None:
         """Serve Prometheus counters when METRICS_PORT is set."""
@@ -135,102 +121,130 @@ class App:
             event.pack(event.heartbeat(settings.inputs.values(), settings.outputs.values())),
         )
 
-    def init_publisher(self) -> None:
-        """The publisher: outbox, confirms, heartbeats. Starts first so nothing waits on it."""
+    # --- the chain's stages, in the order they are declared in build() ------------------
+    def ingest(self) -> list[Stage]:
+        """Camera fetches, and the upload dir when cameras push images."""
         settings = self.settings
-
-        def setup(channel: BlockingChannel) -> None:
-            broker.declare_exchanges(channel, settings)
-
-        self.add_worker(
-            AmqpPublisher(
-                "publisher",
+        registry = CameraRegistry(
+            settings.cameras, timeout=settings.camera_timeout, retries=settings.camera_retries
+        )
+        self.cameras = registry
+        stages: list[Stage] = [
+            SnapshotStage(
+                "snapshot",
                 self.stop_event,
-                params=self.params("publisher"),
-                setup=setup,
-                outbox_path=settings.outbox_path,
-                outbox_max=settings.outbox_max_events,
-                inbox=PUBLISH_INBOX,
-                ack_to=ACK_INBOX,
-                periodic=self.heartbeat,
-                periodic_interval=settings.heartbeat_interval,
-                flush_timeout=settings.shutdown_timeout * 0.15,
+                cameras=registry,
+                root=settings.snapshots_root_dir,
+                per_trigger=settings.snapshots_per_trigger,
+                interval=settings.snapshot_interval,
+                workers=settings.camera_workers,
                 on_fatal=self.daemon.on_fatal,
             )
-        )
-
-    def init_events(self) -> None:
-        """Snapshots (with detections) become image events."""
-        settings = self.settings
-        builder = EventBuilder(
-            settings.rabbitmq_exchange, settings.rabbitmq_device_topic, settings.device_name
-        )
-        self.add_worker(
-            Relay(
-                "events",
-                self.stop_event,
-                builder,
-                inbox=EVENTS_INBOX,
-                outbox=PUBLISH_INBOX,
-                on_fatal=self.daemon.on_fatal,
+        ]
+        if settings.upload_cameras or settings.ftp_on:
+            stages.append(
+                UploadStage(
+                    "upload",
+                    self.stop_event,
+                    root=settings.snapshots_root_dir,
+                    upload_dir=settings.upload_dir,
+                    cameras=settings.upload_cameras,
+                    max_bytes=settings.upload_max_bytes,
+                    settle=settings.upload_settle_seconds,
+                    stable=settings.upload_stable_seconds,
+                    create_dirs=settings.ftp_create_dirs,
+                    on_fatal=self.daemon.on_fatal,
+                )
             )
-        )
+        return stages
 
-    @property
-    def after_snapshot(self) -> str:
-        """Where fetched and uploaded snapshots go next: detection, when it is on."""
-        return EVENTS_INBOX if self.settings.detection_backend == "none" else DETECT_INBOX
-
-    def init_detection(self) -> None:
-        """Object detection between the cameras and the events; off, snapshots skip it."""
+    def detection(self) -> list[Stage]:
+        """Object detection, when it is on (otherwise left out of the chain)."""
         settings = self.settings
         if settings.detection_backend == "none":
-            return
+            return []
         detector = make_detector(settings)
         log.info("object detection with %s", detector.name)
         close = getattr(detector, "close", None)
         if callable(close):
+            # Added before the chain, so it is closed after the chain has stopped.
             self.daemon.add_step("detector", lambda: None, lambda timeout: close() is None)
-        self.add_worker(
+        return [
             DetectionStage(
                 "detection",
                 self.stop_event,
                 detector=detector,
                 guard=make_guard(settings),
-                inbox=DETECT_INBOX,
-                outbox=EVENTS_INBOX,
                 annotate=settings.detection_annotate,
-                stop_timeout=settings.shutdown_timeout * 0.15,
                 on_fatal=self.daemon.on_fatal,
             )
-        )
+        ]
 
-    def init_upload(self) -> None:
-        """Watch the upload dir when cameras push images (input cameras, or FTP on)."""
+    def events(self) -> Stage:
+        """Snapshots (with detections) become image events."""
         settings = self.settings
-        if not (settings.upload_cameras or settings.ftp_on):
-            return
-        self.add_worker(
-            UploadStage(
-                "upload",
-                self.stop_event,
-                root=settings.snapshots_root_dir,
-                upload_dir=settings.upload_dir,
-                cameras=settings.upload_cameras,
-                outbox=self.after_snapshot,
-                max_bytes=settings.upload_max_bytes,
-                settle=settings.upload_settle_seconds,
-                stable=settings.upload_stable_seconds,
-                create_dirs=settings.ftp_create_dirs,
-                on_fatal=self.daemon.on_fatal,
-            )
+        builder = EventBuilder(
+            settings.rabbitmq_exchange, settings.rabbitmq_device_topic, settings.device_name
+        )
+        return Relay("events", self.stop_event, builder, on_fatal=self.daemon.on_fatal)
+
+    def publisher(self) -> Stage:
+        """The publisher: outbox, confirms, heartbeats, acks back up the chain."""
+        settings = self.settings
+
+        def setup(channel: BlockingChannel) -> None:
+            broker.declare_exchanges(channel, settings)
+
+        return AmqpPublisher(
+            "publisher",
+            self.stop_event,
+            params=self.params("publisher"),
+            setup=setup,
+            outbox_path=settings.outbox_path,
+            outbox_max=settings.outbox_max_events,
+            periodic=self.heartbeat,
+            periodic_interval=settings.heartbeat_interval,
+            on_fatal=self.daemon.on_fatal,
         )
 
-    def init_ftp(self) -> None:
+    # --- what feeds the chain ------------------------------------------------------------
+    def decode_trigger(self, body: bytes, properties: pika.BasicProperties) -> Envelope:
+        """A trigger body to the envelope the snapshot stage takes; bad ones are rejected."""
+        try:
+            trigger = parse_trigger(body, self.cameras.keys, self.settings.trigger_max_bytes)
+        except TriggerError as exc:
+            raise RejectedMessageError(exc.reason, str(exc)) from None
+        return TriggerMessage(
+            camera_key=trigger.camera_key,
+            device_label=trigger.device_label,
+            timestamp=trigger.timestamp,
+            device_params=trigger.device_params,
+            trigger_topic=trigger.trigger_topic,
+        ).envelope()
+
+    def listener(self, forward_to: str) -> Worker:
+        """The trigger consumer, feeding the snapshot stage."""
+        settings = self.settings
+
+        def setup(channel: BlockingChannel) -> str:
+            return broker.declare_trigger_queue(channel, settings)
+
+        return AmqpListener(
+            "listener",
+            self.stop_event,
+            params=self.params("listener"),
+            setup=setup,
+            decode=self.decode_trigger,
+            forward_to=forward_to,
+            prefetch=settings.prefetch,
+            on_fatal=self.daemon.on_fatal,
+        )
+
+    def ftp(self) -> Worker | None:
         """The FTP server, only with a password: never anonymous."""
         settings = self.settings
         if not settings.ftp_on:
-            return
+            return None
         assert settings.ftp_pass is not None
         options = FtpOptions(
             root=settings.snapshots_root_dir,
@@ -250,72 +264,27 @@ class App:
             ban_seconds=settings.ftp_ban_seconds,
             login_delay=settings.ftp_login_delay,
         )
-        self.add_worker(
-            FtpServerThread("ftp", self.stop_event, options, on_fatal=self.daemon.on_fatal)
-        )
-
-    def init_snapshot(self) -> None:
-        """Camera fetches, concurrent across cameras."""
-        settings = self.settings
-        registry = CameraRegistry(
-            settings.cameras, timeout=settings.camera_timeout, retries=settings.camera_retries
-        )
-        self.cameras = registry
-        self.add_worker(
-            SnapshotStage(
-                "snapshot",
-                self.stop_event,
-                cameras=registry,
-                root=settings.snapshots_root_dir,
-                inbox=SNAPSHOT_INBOX,
-                outbox=self.after_snapshot,
-                per_trigger=settings.snapshots_per_trigger,
-                interval=settings.snapshot_interval,
-                workers=settings.camera_workers,
-                stop_timeout=settings.shutdown_timeout * 0.3,
-                on_fatal=self.daemon.on_fatal,
-            )
-        )
-
-    def decode_trigger(self, body: bytes, properties: pika.BasicProperties) -> Envelope:
-        """A trigger body to the envelope the snapshot stage takes; bad ones are rejected."""
-        try:
-            trigger = parse_trigger(body, self.cameras.keys, self.settings.trigger_max_bytes)
-        except TriggerError as exc:
-            raise RejectedMessageError(exc.reason, str(exc)) from None
-        return Envelope(TRIGGER_KIND, trigger.as_body())
-
-    def init_listener(self) -> None:
-        """The trigger consumer; started last, so everything downstream is ready."""
-        settings = self.settings
-
-        def setup(channel: BlockingChannel) -> str:
-            return broker.declare_trigger_queue(channel, settings)
-
-        self.add_worker(
-            AmqpListener(
-                "listener",
-                self.stop_event,
-                params=self.params("listener"),
-                setup=setup,
-                decode=self.decode_trigger,
-                forward_to=SNAPSHOT_INBOX,
-                ack_inbox=ACK_INBOX,
-                prefetch=settings.rabbitmq_prefetch,
-                drain_timeout=settings.shutdown_timeout * 0.3,
-                on_fatal=self.daemon.on_fatal,
-            )
-        )
+        return FtpServerThread("ftp", self.stop_event, options, on_fatal=self.daemon.on_fatal)
 
     def build(self) -> Daemon:
-        """Register every start-up step in order."""
+        """Register every start-up step in order; the chain is declared here, once."""
         self.init_metrics()
         self.init_health()
-        self.init_publisher()
-        self.init_events()
-        self.init_detection()
-        self.init_snapshot()
-        self.init_upload()
-        self.init_ftp()
-        self.init_listener()
+        chain = Chain(
+            "chain",
+            [
+                self.ingest(),
+                *self.detection(),
+                self.events(),
+                self.publisher(),
+            ],
+            shutdown_timeout=self.settings.shutdown_timeout,
+        )
+        chain.add_source(self.listener(forward_to=chain.stage("snapshot").inbox))
+        ftp = self.ftp()
+        if ftp is not None:
+            chain.add_source(ftp)
+        self.chain = chain
+        self.workers = chain.workers
+        self.daemon.add(chain)
         return self.daemon

@@ -90,7 +90,8 @@ class Settings(BaseModel):
     rabbitmq_exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
     rabbitmq_device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
     rabbitmq_queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
-    rabbitmq_prefetch: int = Field(8, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
+    # None: follows from the cameras (see ``prefetch``).
+    rabbitmq_prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
     heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
     outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
     trigger_max_bytes: int = Field(65_536, alias="TRIGGER_MAX_BYTES", ge=256)
@@ -259,6 +260,14 @@ class Settings(BaseModel):
         return self.rabbitmq_queue or (
             f"{self.rabbitmq_exchange}.{self.rabbitmq_device_topic}.{self.device_name}.triggers"
         )
+
+    @property
+    def prefetch(self) -> int:
+        """Triggers the broker hands over before their acks: ``RABBITMQ_PREFETCH``, else
+        two per snapshot of every camera (one fetching, one waiting its turn), at least 8."""
+        if self.rabbitmq_prefetch is not None:
+            return self.rabbitmq_prefetch
+        return max(8, 2 * len(self.cameras) * self.snapshots_per_trigger)
 
     @property
     def outbox_path(self) -> Path:

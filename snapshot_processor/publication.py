@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pylib.amqp_publisher import DONE_KIND, Publication, publish_envelope
+from pylib.chain.settle import DONE_KIND, Publication, publish_envelope
 from pylib.envelope import Envelope
 from snapshot_processor.event import image_event, image_routing_key, pack
-from snapshot_processor.snapshot import SNAPSHOT_KIND
-
-# What the detection stage adds, passed on as added fields of the event's input entry.
-DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
+from snapshot_processor.messages import SnapshotMessage
 
 
 class EventBuilder:
-    """Relay handler: snapshot envelope in, publish request out; 'done' marks pass through."""
+    """Relay handler: snapshot in, publish request out; done marks pass through."""
 
     def __init__(self, exchange: str, topic: str, device_name: str) -> None:
         self.exchange = exchange
@@ -21,25 +18,23 @@ class EventBuilder:
     def __call__(self, envelope: Envelope) -> Envelope:
         if envelope.kind == DONE_KIND:
             return envelope
-        if envelope.kind != SNAPSHOT_KIND:
-            raise ValueError(f"unexpected message kind {envelope.kind!r}")
-        snap = envelope.body
+        snap = SnapshotMessage.read(envelope)
         event = image_event(
-            event_id=snap["event_id"],
-            device_key=snap["camera_key"],
-            device_label=snap["device_label"],
-            image=snap["image"],
-            image_time=snap["taken"],
-            storage_path=snap["storage_path"],
-            storage_url=snap.get("storage_url"),
-            source=snap["source"],
-            detections=snap.get("detections"),
-            extra={key: snap[key] for key in DETECTION_FIELDS if key in snap},
+            event_id=snap.event_id,
+            device_key=snap.camera_key,
+            device_label=snap.device_label,
+            image=snap.image,
+            image_time=snap.taken,
+            storage_path=snap.storage_path,
+            storage_url=snap.storage_url,
+            source=snap.source,
+            detections=snap.detections,
+            extra=snap.detection_fields(),
         )
         publication = Publication(
             self.exchange,
             self.routing_key,
             pack(event),
-            {"message_id": snap["event_id"], "content_type": "application/msgpack"},
+            {"message_id": snap.event_id, "content_type": "application/msgpack"},
         )
-        return publish_envelope(publication, snap.get("ack"), snap.get("parts", 1), envelope.id)
+        return publish_envelope(publication, snap.settlement, envelope.id)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import zmq
 from prometheus_client import Counter
 from watchdog.events import (
     FileClosedEvent,
@@ -32,12 +31,15 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from pylib.chain.settle import Settlement, ack_token
+from pylib.chain.sockets import bind_pull, inproc
+from pylib.chain.stage import Stage
 from pylib.envelope import Envelope, EnvelopeError, new_id
-from pylib.relay import Sender, bind_pull, drain
-from pylib.worker import RestartBudget, Worker
+from pylib.worker import RestartBudget
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
-from snapshot_processor.snapshot import SNAPSHOTS, snapshot_envelope
+from snapshot_processor.messages import SnapshotMessage
+from snapshot_processor.snapshot import SNAPSHOTS
 from snapshot_processor.storage import slug, snapshot_path
 
 log = logging.getLogger(__name__)
@@ -73,23 +75,23 @@ class _Pending:
 
 
 class _Events(FileSystemEventHandler):
-    """Runs on the observer's thread: only notes paths for the stage's thread."""
+    """Runs on the observer's thread: only hands paths to the stage's thread."""
 
-    def __init__(self, inbox: queue.SimpleQueue[tuple[str, bool]]) -> None:
-        self.inbox = inbox
+    def __init__(self, note: Callable[[str, bool], None]) -> None:
+        self.note = note
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            self.inbox.put((os.fsdecode(event.dest_path), True))
+            self.note(os.fsdecode(event.dest_path), True)
         elif isinstance(event, FileClosedEvent):
-            self.inbox.put((os.fsdecode(event.src_path), True))
+            self.note(os.fsdecode(event.src_path), True)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
-            self.inbox.put((os.fsdecode(event.src_path), False))
+            self.note(os.fsdecode(event.src_path), False)
 
 
-class UploadStage(Worker):
+class UploadStage(Stage):
     """Watches ``upload_dir`` and sends each complete, valid image to ``outbox``."""
 
     def __init__(
@@ -100,8 +102,9 @@ class UploadStage(Worker):
         root: Path,
         upload_dir: Path,
         cameras: Iterable[Device],
-        outbox: str,
-        ack_inbox: str = "inproc://upload-acks",
+        outbox: str | None = None,
+        inbox: str | None = None,
+        ack_inbox: str | None = None,
         max_bytes: int = 20 * 1024 * 1024,
         settle: float = 0.1,
         stable: float = 2.0,
@@ -110,72 +113,57 @@ class UploadStage(Worker):
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
-        super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
+        super().__init__(
+            name, stop_event, inbox=inbox, outbox=outbox, budget=budget, on_fatal=on_fatal
+        )
         self.root = root
         self.upload_dir = upload_dir
         self.cameras = {camera_folder(device.LOCATION): device for device in cameras}
-        self.outbox = outbox
-        self.ack_inbox = ack_inbox
+        self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
         self.max_bytes = max_bytes
         self.settle = settle
         self.stable = stable
         self.create_dirs = list(create_dirs)
         self.observer_factory = observer_factory
-        self.ready = threading.Event()
-        self._events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         self._pending: dict[Path, _Pending] = {}
         self._observer: BaseObserver | None = None
-        self._sender: Sender | None = None
-        self._acks: zmq.Socket[bytes] | None = None
         # In-flight upload -> the snapshot copy its event points to.
         self._inflight: dict[Path, Path] = {}
-        self._retry: dict[Path, float] = {}
 
     def on_thread_open(self) -> None:
+        super().on_thread_open()
         # Sockets live as long as the thread: a restart must not rebind the ack inbox.
-        self._sender = Sender(self.outbox)
-        self._acks = bind_pull(self.ack_inbox)
+        self.watch(bind_pull(self.ack_inbox), self._on_ack)
 
-    def on_thread_close(self) -> None:
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
-        if self._acks is not None:
-            self._acks.close(linger=0)
-            self._acks = None
+    def _observed(self, path: str, closed: bool) -> None:
+        """From the observer's thread: note the file on the stage's thread."""
+        self.call_soon_threadsafe(partial(self._note, Path(path), closed))
+
+    def on_message(self, envelope: Envelope) -> None:
+        raise ValueError(f"the upload stage takes no {envelope.kind!r} messages")
 
     def on_thread_start(self) -> None:
+        super().on_thread_start()
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         for folder in [*self.create_dirs, *self.cameras]:
             (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
         observer = self.observer_factory()
-        observer.schedule(_Events(self._events), str(self.upload_dir), recursive=True)
+        observer.schedule(_Events(self._observed), str(self.upload_dir), recursive=True)
         observer.start()
         self._observer = observer
         # Files that arrived while we were not running: taken once their size is stable.
         for path in self.upload_dir.rglob("*"):
             if path.is_file():
                 self._note(path, closed=False)
-        self.ready.set()
 
     def on_thread_stop(self) -> None:
-        self.ready.clear()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(5)
             self._observer = None
+        super().on_thread_stop()
 
-    def work(self) -> None:
-        while self.should_keep_running():
-            try:
-                path, closed = self._events.get(timeout=0.05)
-                self._note(Path(path), closed)
-            except queue.Empty:
-                pass
-            self._take_ready()
-            self._take_acks()
-            self._take_retries()
-        # Complete files not yet taken stay in the upload dir and are found at next start.
+    # Complete files not yet taken at stop stay in the upload dir and are found at next start.
 
     def _note(self, path: Path, closed: bool) -> None:
         try:
@@ -185,9 +173,11 @@ class UploadStage(Worker):
             return
         now = time.monotonic()
         previous = self._pending.get(path)
-        self._pending[path] = _Pending(
+        pending = self._pending[path] = _Pending(
             size, now, closed or bool(previous and previous.closed and previous.size == size)
         )
+        # Look again once it may be complete: settled after closing, else stable in size.
+        self.call_later(self.settle if pending.closed else self.stable, self._take_ready)
 
     def _take_ready(self) -> None:
         now = time.monotonic()
@@ -202,35 +192,27 @@ class UploadStage(Worker):
                 continue
             if size != pending.size:
                 self._pending[path] = _Pending(size, now, False)
+                self.call_later(self.stable, self._take_ready)
                 continue
             del self._pending[path]
             self._take(path)
 
-    def _take_acks(self) -> None:
+    def _on_ack(self, data: bytes) -> None:
         """The publisher has an upload's event in its outbox: the upload can go."""
-        assert self._acks is not None
-        for data in drain(self._acks):
-            try:
-                body = Envelope.unpack(data).body
-                inflight = Path(body["path"])
-            except (EnvelopeError, KeyError, TypeError) as exc:
-                log.error("upload: dropped a malformed ack: %s", exc)
-                continue
-            snapshot = self._inflight.pop(inflight, None)
-            if body.get("requeue"):
-                # The outbox was full: nothing was stored, so try again in a while.
-                if snapshot is not None:
-                    snapshot.unlink(missing_ok=True)
-                self._retry[inflight] = time.monotonic() + REQUEUE_DELAY
-                continue
-            inflight.unlink(missing_ok=True)
-
-    def _take_retries(self) -> None:
-        now = time.monotonic()
-        for path, due in list(self._retry.items()):
-            if due <= now:
-                del self._retry[path]
-                self._take(path)
+        try:
+            body = Envelope.unpack(data).body
+            inflight = Path(body["path"])
+        except (EnvelopeError, KeyError, TypeError) as exc:
+            log.error("upload: dropped a malformed ack: %s", exc)
+            return
+        snapshot = self._inflight.pop(inflight, None)
+        if body.get("requeue"):
+            # The outbox was full: nothing was stored, so try again in a while.
+            if snapshot is not None:
+                snapshot.unlink(missing_ok=True)
+            self.call_later(REQUEUE_DELAY, partial(self._take, inflight))
+            return
+        inflight.unlink(missing_ok=True)
 
     def _take(self, path: Path) -> None:
         try:
@@ -286,19 +268,17 @@ class UploadStage(Worker):
         self._inflight[inflight] = target
         SNAPSHOTS.labels(device.key, "upload").inc()
         log.info("upload: %s from %s -> event %s", path.name, device.key, event_id)
-        assert self._sender is not None
-        self._sender.send(
-            snapshot_envelope(
+        self.send(
+            SnapshotMessage(
                 event_id=event_id,
                 camera_key=device.key,
                 device_label=device.LOCATION,
                 image=image,
                 taken=taken,
-                storage_path=target,
+                storage_path=str(target),
                 source="upload",
-                ack={"reply_to": self.ack_inbox, "path": str(inflight)},
-                parts=1,
-            )
+                settlement=Settlement(ack_token(self.ack_inbox, path=str(inflight))),
+            ).envelope()
         )
 
     def _quarantine(self, path: Path, relative: Path, reason: str, detail: str) -> None:

@@ -38,7 +38,7 @@ from snapshot_processor.camera import (
     make_client,
     parse_device_params,
 )
-from snapshot_processor.camera.simulator import CameraSimulator
+from tools.camera_simulator import CameraSimulator
 
 USER = "admin"
 # Space, '@', ':', '&', '%' and '+': each breaks naive URL building somewhere.
@@ -615,7 +615,7 @@ def test_simulator_rejects_unknown_mode() -> None:
 
 def test_simulator_command_line() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "snapshot_processor.camera.simulator", "--port", "0"],
+        [sys.executable, "-m", "tools.camera_simulator", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -12,7 +12,7 @@ from pylib.redact import redact
 from pylib.secrets import MissingSecretError, SecretResolver
 from pylib.settings import ConfigError
 from snapshot_processor import config
-from tests.fakes.onepassword import FakeConnect, ItemSpec
+from tests.support.fakes.onepassword import FakeConnect, ItemSpec
 
 BAD_ENV = {
     "LOG_LEVEL": "LOUD",

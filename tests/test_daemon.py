@@ -15,14 +15,12 @@ import pytest
 
 from pylib.daemon import Daemon
 from pylib.worker import RestartBudget, Worker
-from tests.broker_helpers import delete_queue, unique_exchange
+from tests.support.broker import delete_queue, unique_exchange
+from tests.support.wait import wait_for_text
 
 
 def _wait_for_text(log_path: Path, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, log_path.read_text(errors="replace")
-        time.sleep(0.05)
+    assert wait_for_text(log_path, needle, timeout), log_path.read_text(errors="replace")
 
 
 def _start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:

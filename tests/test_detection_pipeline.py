@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from snapshot_processor.camera.simulator import CameraSimulator
-from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
-from tests.fakes.rekognition import FakeRekognition, label
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.fakes.rekognition import FakeRekognition, label
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
 

@@ -9,7 +9,7 @@ import pytest
 
 from snapshot_processor.detection.base import Box, DetectionError, Detector, is_person
 from snapshot_processor.detection.rekognition import RekognitionDetector
-from tests.fakes.rekognition import FakeRekognition, label
+from tests.support.fakes.rekognition import FakeRekognition, label
 
 IMAGE = b"\xff\xd8\xff\xe0 a JPEG as far as the fake cares \xff\xd9"
 

@@ -7,17 +7,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from pylib.chain.settle import Settlement, ack_token
+from pylib.chain.sockets import Sender
 from pylib.envelope import Envelope
-from pylib.zmqctx import shared_context
 from snapshot_processor.detection.base import (
     Box,
     Detection,
@@ -27,7 +26,8 @@ from snapshot_processor.detection.base import (
 )
 from snapshot_processor.detection.guard import CostGuard
 from snapshot_processor.detection.stage import DetectionStage
-from snapshot_processor.snapshot import snapshot_envelope
+from snapshot_processor.messages import SnapshotMessage
+from tests.support.wire import Wire as BaseWire
 
 PERSON = Detection("Person", 97.0, Box(0.25, 0.25, 0.25, 0.5), True)
 RESULT_KEYS = {"detections", "analysed", "detection_error", "detection_skipped", "annotated_path"}
@@ -64,54 +64,41 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@dataclass
-class Wire:
-    """The test's end of the stage: a PUSH into its inbox, a PULL bound to its outbox."""
+class Wire(BaseWire):
+    """The stage's ends, and snapshots to send into it."""
 
-    push: zmq.Socket[bytes]
-    pull: zmq.Socket[bytes]
-    inbox: str
-    outbox: str
-    root: Path
+    def __init__(self, root: Path) -> None:
+        super().__init__("detect")
+        self.root = root
+        self.push = Sender(self.inbox, linger=0)
 
     def snapshot(self, camera: str = "front camera", image: bytes | None = None) -> Envelope:
         event_id = uuid.uuid4().hex
-        envelope = snapshot_envelope(
+        envelope = SnapshotMessage(
             event_id=event_id,
             camera_key=camera,
             device_label=camera.title(),
             image=image if image is not None else jpeg(),
             taken=time.time(),
-            storage_path=self.root / f"{event_id}.jpg",
+            storage_path=str(self.root / f"{event_id}.jpg"),
             source="fetch",
-            ack={"tag": 1},
-            parts=1,
-        )
-        self.push.send(envelope.pack())
+            settlement=Settlement(ack_token("inproc://acks", tag=1)),
+        ).envelope()
+        self.push.socket.send(envelope.pack())
         return envelope
 
-    def receive(self, count: int, timeout: float = 10.0) -> list[Envelope]:
-        received: list[Envelope] = []
-        deadline = time.monotonic() + timeout
-        while len(received) < count and time.monotonic() < deadline:
-            if self.pull.poll(50):
-                received.append(Envelope.unpack(self.pull.recv()))
-        return received
+    def close(self) -> None:
+        self.push.close()
+        super().close()
 
 
 @pytest.fixture
 def wire(tmp_path: Path) -> Iterator[Wire]:
-    tag = uuid.uuid4().hex[:8]
-    inbox, outbox = f"inproc://detect-in-{tag}", f"inproc://detect-out-{tag}"
-    pull = shared_context().socket(zmq.PULL)
-    pull.bind(outbox)
-    push = shared_context().socket(zmq.PUSH)
-    push.connect(inbox)
+    ends = Wire(tmp_path)
     try:
-        yield Wire(push, pull, inbox, outbox, tmp_path)
+        yield ends
     finally:
-        push.close(linger=0)
-        pull.close(linger=0)
+        ends.close()
 
 
 @pytest.fixture
@@ -148,8 +135,9 @@ def test_person_is_found_and_annotated(wire: Wire, start: Any) -> None:
     assert out.id == sent.id
     assert out.kind == "snapshot"
     body = out.body
-    assert set(body) == set(sent.body) | RESULT_KEYS
-    assert {key: body[key] for key in sent.body} == sent.body
+    assert set(body) == set(sent.body)
+    unchanged = set(sent.body) - RESULT_KEYS
+    assert {key: body[key] for key in unchanged} == {key: sent.body[key] for key in unchanged}
     assert body["analysed"] is True
     assert body["detection_error"] is None
     assert body["detection_skipped"] is None
@@ -257,19 +245,26 @@ def test_a_crashing_detector_costs_neither_event_nor_thread(wire: Wire, start: A
 def test_other_messages_pass_through_and_junk_is_dropped(wire: Wire, start: Any) -> None:
     start(ScriptedDetector())
     done = Envelope("amqp.done", {"ack": {"tag": 7}, "parts": 1})
-    wire.push.send(b"\xc1 not an envelope")
-    wire.push.send(done.pack())
+    wire.push.socket.send(b"\xc1 not an envelope")
+    wire.push.send(done)
     (out,) = wire.receive(1)
     assert out == done
 
 
-def test_snapshot_without_image_is_forwarded_with_an_error(wire: Wire, start: Any) -> None:
+def test_snapshot_without_image_is_settled_by_a_done_mark(wire: Wire, start: Any) -> None:
+    # No event can carry it (the image is required on the wire), but its delivery is settled.
     detector = ScriptedDetector()
     start(detector)
-    wire.snapshot(image=b"")
+    before = counter("chain_messages_rejected_total", stage="detect-0", reason="MessageError")
+    sent = wire.snapshot(image=b"")
     (out,) = wire.receive(1)
-    assert out.body["detection_error"].startswith("invalid_image")
+    assert out.kind == "amqp.done"
+    assert out.body == {"ack": sent.body["ack"], "parts": 1}
     assert detector.calls == []
+    assert (
+        counter("chain_messages_rejected_total", stage="detect-0", reason="MessageError")
+        == before + 1
+    )
 
 
 def test_backend_none_passes_snapshots_on(wire: Wire, start: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
-from tests.ftp_helpers import connect, jpeg, self_signed, upload
+from tests.support.ftp import connect, jpeg, self_signed, upload
 
 PASSWORD = "ftp p@ss:1"
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pylib.health import HealthPinger
-from tests.fakes.http_recorder import HTTPRecorder
+from tests.support.fakes.http_recorder import HTTPRecorder
 
 CHECK_UUID = "5f2c8a4e-1b7d-4c3a-9e6f-0a1b2c3d4e5f"
 CRONITOR_KEY = "telemetrykey123/snapshot-processor"

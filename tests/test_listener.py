@@ -15,18 +15,20 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp_listener import AmqpListener
-from pylib.amqp_publisher import AmqpPublisher, Publication, publish_envelope
-from pylib.backoff import Backoff
+from pylib.amqp_publisher import AmqpPublisher
+from pylib.chain.settle import Publication, Settlement, publish_envelope
 from pylib.envelope import Envelope
+from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
-from tests.broker_helpers import BROKER, Peer, delete_queue, trigger_body, unique_exchange
-from tests.metrics import sample
-from tests.tcp_proxy import TcpProxy
-from tests.test_publisher import address, declare, proxied, wait_until
+from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
+from tests.support.metrics import sample
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
+from tests.test_publisher import address, declare, proxied
 
 pytestmark = pytest.mark.broker
 
-QUICK = Backoff(start=0.1, maximum=0.5)
+QUICK = RetryPolicy(first=0.1, maximum=0.5)
 
 
 class Chain:
@@ -48,7 +50,7 @@ class Chain:
         label = msgpack.unpackb(body)["output_triggered"]["device_label"]
         event = msgpack.packb({"name": label})
         publication = Publication(self.peer.exchange, "event.notify.snapshot.test.image", event)
-        return publish_envelope(publication, None)
+        return publish_envelope(publication, Settlement(None))
 
     def start(
         self,
@@ -68,7 +70,7 @@ class Chain:
             inbox=inbox,
             ack_to=None,  # acks find the listener by their reply_to alone
             outbox_max=1,
-            backoff=QUICK,
+            retry=QUICK,
         )
         listener = AmqpListener(
             "chain-listener",
@@ -78,7 +80,7 @@ class Chain:
             decode=self.decode,
             forward_to=inbox,
             ack_inbox=address("acks"),
-            backoff=QUICK,
+            retry=QUICK,
             **listener_options,  # type: ignore[arg-type]
         )
         for worker in (publisher, listener):

@@ -9,7 +9,7 @@ import pytest
 
 from pylib.onepassword import OnePasswordSource, SecretSourceError
 from pylib.redact import redact
-from tests.fakes.onepassword import FakeConnect
+from tests.support.fakes.onepassword import FakeConnect
 
 TOKEN = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImZha2UifQ.connect-token-xyz"
 VAULTS: dict[str, dict[str, str | list[dict[str, str]]]] = {

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from snapshot_processor import config
-from snapshot_processor.camera.simulator import CameraSimulator
 from snapshot_processor.config import Settings
-from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
 

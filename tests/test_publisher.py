@@ -18,16 +18,17 @@ import pytest
 import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
-from pylib.amqp_listener import ACK_KIND
-from pylib.amqp_publisher import AmqpPublisher, Publication, done_envelope, publish_envelope
-from pylib.backoff import Backoff
+from pylib.amqp_publisher import AmqpPublisher
+from pylib.chain.settle import ACK_KIND, Publication, Settlement, done_envelope, publish_envelope
+from pylib.chain.sockets import Sender, bind_pull, inproc
 from pylib.envelope import Envelope
 from pylib.outbox import Outbox
-from pylib.relay import Sender, bind_pull, inproc
+from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
-from tests.broker_helpers import BROKER, Peer, unique_exchange
-from tests.metrics import sample
-from tests.tcp_proxy import TcpProxy
+from tests.support.broker import BROKER, Peer, unique_exchange
+from tests.support.metrics import sample
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -66,13 +67,6 @@ def receive(pull: zmq.Socket[bytes], count: int, timeout: float = 10.0) -> list[
             assert envelope.kind == ACK_KIND
             bodies.append(envelope.body)
     return bodies
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -122,10 +116,14 @@ def test_acks_go_to_their_reply_address_with_every_key(make: Make, peer: Peer) -
     sender = Sender(publisher.inbox)
     try:
         sender.send(
-            publish_envelope(image(peer.exchange, b"one"), {"reply_to": uploads, "path": "/a.jpg"})
+            publish_envelope(
+                image(peer.exchange, b"one"), Settlement({"reply_to": uploads, "path": "/a.jpg"})
+            )
         )
-        sender.send(publish_envelope(image(peer.exchange, b"two"), {"epoch": 1, "tag": 7}))
-        sender.send(done_envelope({"reply_to": uploads, "path": "/b.jpg"}, parts=2))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"two"), Settlement({"epoch": 1, "tag": 7}))
+        )
+        sender.send(done_envelope(Settlement({"reply_to": uploads, "path": "/b.jpg"}, 2)))
         to_uploads = receive(upload_pull, 2)
         to_fallback = receive(fallback_pull, 1)
         images = peer.wait_for_images(2)
@@ -152,9 +150,13 @@ def test_full_outbox_hands_back_or_reports_every_message(
     publisher = make("pub-full", exchange, params=proxied(proxy), outbox_max=1)
     sender = Sender(publisher.inbox)
     try:
-        sender.send(publish_envelope(image(exchange, b"1"), {"reply_to": uploads, "path": "1"}))
-        sender.send(publish_envelope(image(exchange, b"2"), {"reply_to": uploads, "path": "2"}))
-        sender.send(publish_envelope(image(exchange, b"3"), None))
+        sender.send(
+            publish_envelope(image(exchange, b"1"), Settlement({"reply_to": uploads, "path": "1"}))
+        )
+        sender.send(
+            publish_envelope(image(exchange, b"2"), Settlement({"reply_to": uploads, "path": "2"}))
+        )
+        sender.send(publish_envelope(image(exchange, b"3"), Settlement(None)))
         acks = receive(upload_pull, 2)
         assert wait_until(
             lambda: sample("amqp_publish_failures_total", reason="dropped") == dropped + 1
@@ -184,16 +186,20 @@ def test_broker_nack_is_retried_after_a_growing_pause(
     ack_pull = bind_pull(acks)
     nacks = sample("amqp_publish_failures_total", reason="nack")
     publisher = make(
-        "pub-nack", peer.exchange, setup=setup, nack_backoff=Backoff(start=0.5, maximum=2.0)
+        "pub-nack", peer.exchange, setup=setup, nack_retry=RetryPolicy(first=0.5, maximum=2.0)
     )
     sender = Sender(publisher.inbox)
     try:
         assert publisher.connected.wait(10)
-        sender.send(publish_envelope(image(peer.exchange, b"head"), {"reply_to": acks, "n": 1}))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"head"), Settlement({"reply_to": acks, "n": 1}))
+        )
         time.sleep(2.2)  # tries at 0, 0.5 and 1.5 s; without a pause, one every 100 ms
         refused = sample("amqp_publish_failures_total", reason="nack") - nacks
         # The refused head holds back publishing, not intake: the next one is stored and acked.
-        sender.send(publish_envelope(image(peer.exchange, b"next"), {"reply_to": acks, "n": 2}))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 2}))
+        )
         stored = receive(ack_pull, 2, timeout=1.0)
         warnings = [r for r in caplog.records if "broker refused message" in r.getMessage()]
         channel = peer.connection.channel()
@@ -229,8 +235,12 @@ def test_outbox_that_cannot_be_written_holds_the_message(
         # A real SQLite failure: the table is gone under the publisher's open connection.
         with sqlite3.connect(outbox_path) as db:
             db.execute("DROP TABLE outbox")
-        sender.send(publish_envelope(image(peer.exchange, b"kept"), {"reply_to": acks, "n": 1}))
-        sender.send(publish_envelope(image(peer.exchange, b"after"), {"reply_to": acks, "n": 2}))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"kept"), Settlement({"reply_to": acks, "n": 1}))
+        )
+        sender.send(
+            publish_envelope(image(peer.exchange, b"after"), Settlement({"reply_to": acks, "n": 2}))
+        )
         assert wait_until(
             lambda: sample("amqp_publish_failures_total", reason="outbox_error") >= errors + 2
         )
@@ -260,9 +270,15 @@ def test_stop_hands_back_what_the_outbox_could_not_store(
         assert publisher.connected.wait(10)
         with sqlite3.connect(outbox_path) as db:
             db.execute("DROP TABLE outbox")
-        sender.send(publish_envelope(image(peer.exchange, b"held"), {"reply_to": acks, "n": 1}))
-        sender.send(publish_envelope(image(peer.exchange, b"behind"), {"reply_to": acks, "n": 2}))
-        sender.send(done_envelope({"reply_to": acks, "n": 3}))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"held"), Settlement({"reply_to": acks, "n": 1}))
+        )
+        sender.send(
+            publish_envelope(
+                image(peer.exchange, b"behind"), Settlement({"reply_to": acks, "n": 2})
+            )
+        )
+        sender.send(done_envelope(Settlement({"reply_to": acks, "n": 3})))
         assert wait_until(
             lambda: sample("amqp_publish_failures_total", reason="outbox_error") > errors
         )
@@ -274,36 +290,53 @@ def test_stop_hands_back_what_the_outbox_could_not_store(
     assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, True), (2, True), (3, False)]
 
 
-def test_publisher_restarted_after_a_crash_still_gets_requests(make: Make, peer: Peer) -> None:
-    broken = threading.Event()
+class CrashesOnce(AmqpPublisher):
+    """Its thread dies on a ``crash`` message; the restarted one is the real thing."""
 
-    def heartbeat() -> Publication:
-        if broken.is_set():
-            broken.clear()
-            raise RuntimeError("heartbeat could not be built")
-        return Publication(peer.exchange, "event.heartbeat.snapshot", msgpack.packb({}))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs = 0
 
+    def work(self) -> None:
+        self.runs += 1
+        super().work()
+
+    def on_messages(self, envelopes: list[Envelope]) -> None:
+        if any(envelope.kind == "crash" for envelope in envelopes):
+            raise RuntimeError("injected crash")
+        super().on_messages(envelopes)
+
+
+def test_publisher_restarted_after_a_crash_still_gets_requests(tmp_path: Path, peer: Peer) -> None:
     crashes = sample("thread_crashes_total", thread="pub-restart")
-    publisher = make(
+    publisher = CrashesOnce(
         "pub-restart",
-        peer.exchange,
-        periodic=heartbeat,
-        periodic_interval=0.05,
+        threading.Event(),
+        params=BROKER,
+        setup=declare(peer.exchange),
+        outbox_path=tmp_path / "restart.sqlite3",
+        inbox=address("pub-restart"),
         budget=RestartBudget(restarts=3, window=60, delay=0.05),
     )
+    publisher.start()
     sender = Sender(publisher.inbox)
     try:
         assert publisher.connected.wait(10)
-        assert sender.send(publish_envelope(image(peer.exchange, b"before"), None), block=False)
+        assert sender.send(
+            publish_envelope(image(peer.exchange, b"before"), Settlement(None)), block=False
+        )
         assert len(peer.wait_for_images(1)) == 1
-        broken.set()
-        assert wait_until(lambda: sample("thread_crashes_total", thread="pub-restart") > crashes)
+        assert sender.send(Envelope("crash"), block=False)
+        assert wait_until(lambda: publisher.runs == 2)
         assert publisher.connected.wait(10)
         # Through the socket connected before the restart.
-        assert sender.send(publish_envelope(image(peer.exchange, b"after"), None), block=False)
+        assert sender.send(
+            publish_envelope(image(peer.exchange, b"after"), Settlement(None)), block=False
+        )
         images = peer.wait_for_images(2)
     finally:
         sender.close()
+        assert publisher.stop_and_join(10)
     assert names(images) == ["before", "after"]
     assert sample("thread_crashes_total", thread="pub-restart") == crashes + 1
 
@@ -317,7 +350,7 @@ def test_last_flush_at_stop_is_bounded_and_keeps_the_rest(
         for n in range(total):
             body = msgpack.packb({"n": n})
             outbox.append(peer.exchange, "event.notify.x", body, {"message_id": str(n)})
-    publisher = make("pub-backlog", peer.exchange, outbox_path=outbox_path, flush_timeout=0.3)
+    publisher = make("pub-backlog", peer.exchange, outbox_path=outbox_path, stop_timeout=0.3)
     assert publisher.connected.wait(10)
     started = time.monotonic()
     assert publisher.stop_and_join(10)

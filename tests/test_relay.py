@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from pylib.chain.sockets import HWM, Sender, inproc
+from pylib.chain.stage import Relay
 from pylib.envelope import Envelope, EnvelopeError
-from pylib.relay import HWM, Relay, Sender, inproc
-from pylib.worker import RestartBudget, Worker
+from pylib.worker import RestartBudget, Worker, WorkerStartError
 from pylib.zmqctx import shared_context
-from tests.metrics import sample
+from tests.support.metrics import sample
+from tests.support.wait import wait_until
 
 
 class Sink:
@@ -111,8 +114,8 @@ def test_bad_messages_are_counted_and_the_next_one_flows(
     chain: tuple[list[Relay], Sink],
 ) -> None:
     _, sink = chain
-    malformed_before = sample("relay_messages_rejected_total", relay="first", reason="malformed")
-    failed_before = sample("relay_messages_rejected_total", relay="first", reason="KeyError")
+    malformed_before = sample("chain_messages_rejected_total", stage="first", reason="malformed")
+    failed_before = sample("chain_messages_rejected_total", stage="first", reason="KeyError")
     socket = shared_context().socket(__import__("zmq").PUSH)
     socket.connect(inproc("first"))
     try:
@@ -125,11 +128,11 @@ def test_bad_messages_are_counted_and_the_next_one_flows(
     sink.wait_for(1)
     assert [item.body["seq"] for item in sink.items] == [1]
     assert (
-        sample("relay_messages_rejected_total", relay="first", reason="malformed")
+        sample("chain_messages_rejected_total", stage="first", reason="malformed")
         == malformed_before + 2
     )
     assert (
-        sample("relay_messages_rejected_total", relay="first", reason="KeyError")
+        sample("chain_messages_rejected_total", stage="first", reason="KeyError")
         == failed_before + 1
     )
 
@@ -195,12 +198,20 @@ def test_worker_that_keeps_dying_is_fatal(stop_event: threading.Event) -> None:
     assert worker.starts == 3  # the first run and two restarts
 
 
-def crash_on_request(envelope: Envelope) -> Envelope:
-    """Passes envelopes on; for one marked ``crash`` returns a result that cannot be packed,
-    so the relay's own send fails and its work() dies (not a handler failure)."""
-    if envelope.body.get("crash"):
-        return Envelope("n", {"unpackable": object()})
-    return envelope
+class CrashesOnce(Relay):
+    """Its first work() waits for ``crash``, then dies; the restarted one is the real thing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash = threading.Event()
+        self.runs = 0
+
+    def work(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            self.crash.wait(10)
+            raise RuntimeError("injected crash")
+        super().work()
 
 
 def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
@@ -208,10 +219,10 @@ def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
 ) -> None:
     sink = Sink()
     sink_relay = Relay("restart-sink", stop_event, sink)
-    flaky = Relay(
+    flaky = CrashesOnce(
         "flaky",
         stop_event,
-        crash_on_request,
+        lambda envelope: envelope,
         outbox=inproc("restart-sink"),
         budget=RestartBudget(restarts=3, window=60, delay=0.05),
     )
@@ -221,19 +232,13 @@ def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
     crashes_before = sample("thread_crashes_total", thread="flaky")
     sender = Sender(inproc("flaky"))
     try:
-        # Sent right behind the crash, so they wait in the inbox across the restart.
-        for seq in range(10):
+        # Queued before the crash, so they wait in the inbox across the restart.
+        for seq in range(20):
             assert sender.send(Envelope("n", {"seq": seq}), block=False)
-        assert sender.send(Envelope("n", {"crash": True}), block=False)
-        for seq in range(10, 20):
-            assert sender.send(Envelope("n", {"seq": seq}), block=False)
-        deadline = time.monotonic() + 5
-        while (
-            sample("thread_crashes_total", thread="flaky") == crashes_before
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-        assert sample("thread_crashes_total", thread="flaky") == crashes_before + 1
+        flaky.crash.set()
+        assert wait_until(
+            lambda: sample("thread_crashes_total", thread="flaky") == crashes_before + 1, 5
+        )
         sink.wait_for(20, timeout=5)
         # After the restart, through the very socket that was connected before it.
         for seq in range(20, 30):
@@ -244,6 +249,7 @@ def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
         assert flaky.stop_and_join(5)
         assert sink_relay.stop_and_join(5)
     assert [item.body["seq"] for item in sink.items] == list(range(30))
+    assert flaky.runs == 2
     assert flaky.healthy
 
 
@@ -301,21 +307,27 @@ class Opener(Crasher):
         super().work()
 
 
-@pytest.mark.parametrize("open_fails", [False, True])
-def test_thread_resources_open_once_across_restarts(
-    stop_event: threading.Event, open_fails: bool
-) -> None:
+def test_thread_resources_open_once_across_restarts(stop_event: threading.Event) -> None:
     fatal: list[str] = []
-    worker = Opener(
-        stop_event, crashes=1 if not open_fails else 0, fatal=fatal, open_fails=open_fails
-    )
+    worker = Opener(stop_event, crashes=1, fatal=fatal, open_fails=False)
     worker.start()
-    deadline = time.monotonic() + 5
-    while worker.starts < (2 if not open_fails else 1) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: worker.starts >= 2, 5)
     assert worker.stop_and_join(5)
     assert fatal == []
-    # A failed open is released at once and tried again; a crash in work() opens nothing again.
-    assert worker.opens == worker.closes == (2 if open_fails else 1)
+    # A crash in work() opens nothing again.
+    assert worker.opens == worker.closes == 1
     assert worker.open_now == 0
-    assert worker.starts == worker.stops == (1 if open_fails else 2)
+    assert worker.starts == worker.stops == 2
+
+
+def test_a_thread_that_cannot_open_fails_its_start(stop_event: threading.Event) -> None:
+    """No restart loop at start: start() raises with the cause, and what was opened is released."""
+    fatal: list[str] = []
+    worker = Opener(stop_event, crashes=0, fatal=fatal, open_fails=True)
+    with pytest.raises(WorkerStartError, match="cannot open"):
+        worker.start()
+    assert not worker.is_alive()
+    assert not worker.healthy
+    assert worker.opens == worker.closes == 1
+    assert worker.starts == 0
+    assert fatal == []

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from pylib.outbox import Outbox
-from snapshot_processor.camera.simulator import CameraSimulator
-from tests.broker_helpers import Peer, delete_queue, running_app, trigger_body, unique_exchange
-from tests.tcp_proxy import TcpProxy
+from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_for_text
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
 
@@ -100,12 +101,9 @@ def _spawn(
 
 
 def _wait_for_text(path: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in {path}:\n{path.read_text(errors='replace')}")
+    assert wait_for_text(path, text, timeout), (
+        f"{text!r} not in {path}:\n{path.read_text(errors='replace')}"
+    )
 
 
 def held_ids(path: Path) -> list[str]:
@@ -162,7 +160,7 @@ def test_sigkill_then_restart_publishes_the_outbox(
             peer.pump(0.2)
         got = {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
         assert set(held) <= got, second_log.read_text()
-        assert "outbox holds 5 messages from before" in second_log.read_text()
+        assert "opened with 5 message(s) waiting" in second_log.read_text()
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0
     finally:

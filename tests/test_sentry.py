@@ -11,7 +11,7 @@ import pytest
 import sentry_sdk
 
 from pylib.sentry import capture_exception, close_sentry, flush_sentry, init_sentry
-from tests.fakes.sentry import SentryReceiver
+from tests.support.fakes.sentry import SentryReceiver
 
 PASSWORD = "hunter2pw"
 CAMERA_URL = (

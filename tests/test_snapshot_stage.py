@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
-from pylib.amqp_publisher import DONE_KIND
+from pylib.chain.settle import DONE_KIND, Settlement, ack_token
+from pylib.chain.sockets import Sender
 from pylib.envelope import Envelope
-from pylib.relay import Sender, bind_pull
 from pylib.worker import RestartBudget
-from snapshot_processor.camera.simulator import CameraSimulator
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device
-from snapshot_processor.snapshot import SNAPSHOT_KIND, TRIGGER_KIND, SnapshotStage
-from tests.metrics import sample
+from snapshot_processor.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
+from snapshot_processor.snapshot import SnapshotStage
+from tests.support.metrics import sample
+from tests.support.wire import Wire
+from tests.support.wire import wire as wire_for
+from tools.camera_simulator import CameraSimulator
 
 PASSWORD = "s3cret pass"
 KEY = "Front Door camera"
@@ -49,38 +49,18 @@ def registry(camera: CameraSimulator, *, retries: int = 0, timeout: float = 5.0)
 
 
 def trigger(tag: int) -> Envelope:
-    return Envelope(
-        TRIGGER_KIND,
-        {"camera_key": KEY, "device_label": "Front Door", "ack": {"tag": tag}},
-    )
-
-
-@dataclass
-class Wire:
-    """The test's ends of a stage: a PUSH into its inbox, a PULL bound to its outbox."""
-
-    inbox: str
-    outbox: str
-    pull: zmq.Socket[bytes]
-
-    def receive(self, count: int, timeout: float = 10.0) -> list[Envelope]:
-        received: list[Envelope] = []
-        deadline = time.monotonic() + timeout
-        while len(received) < count and time.monotonic() < deadline:
-            if self.pull.poll(50):
-                received.append(Envelope.unpack(self.pull.recv()))
-        return received
+    return TriggerMessage(
+        camera_key=KEY,
+        device_label="Front Door",
+        timestamp=0,
+        settlement=Settlement(ack_token("inproc://acks", tag=tag)),
+    ).envelope()
 
 
 @pytest.fixture
 def wire() -> Iterator[Wire]:
-    tag = uuid.uuid4().hex[:8]
-    outbox = f"inproc://snapshot-out-{tag}"
-    pull = bind_pull(outbox)
-    try:
-        yield Wire(f"inproc://snapshot-in-{tag}", outbox, pull)
-    finally:
-        pull.close(linger=0)
+    with wire_for("snapshot") as ends:
+        yield ends
 
 
 Start = Callable[..., SnapshotStage]
@@ -240,12 +220,13 @@ def test_trigger_without_a_camera_key_still_completes_its_ack(
     start(registry(camera))
     sender = Sender(wire.inbox)
     try:
-        sender.send(Envelope(TRIGGER_KIND, {"ack": {"tag": 5}}))
+        sender.send(Envelope(TRIGGER_KIND, {"ack": ack_token("inproc://acks", tag=5)}))
         [done] = wire.receive(1)
     finally:
         sender.close()
     assert done.kind == DONE_KIND
-    assert done.body["ack"] == {"tag": 5}
+    assert done.body["ack"] == {"reply_to": "inproc://acks", "tag": 5}
+    assert done.body["parts"] == 1
 
 
 def test_new_spec_replaces_the_client_without_failing_waiting_calls(

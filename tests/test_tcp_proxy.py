@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
 
 TIMEOUT = 5.0
 
@@ -103,10 +104,7 @@ def is_closed_by_peer(sock: socket.socket) -> bool:
 
 
 def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    assert wait_until(condition, TIMEOUT, step=0.01), "condition not met in time"
 
 
 def test_bytes_pass_both_ways(proxy: TcpProxy) -> None:

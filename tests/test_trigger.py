@@ -11,11 +11,11 @@ import msgpack
 import pytest
 
 from pylib.redact import redact
-from snapshot_processor.camera.simulator import CameraSimulator
 from snapshot_processor.trigger import Trigger, TriggerError, parse_trigger
-from tests.broker_helpers import Peer, running_app, trigger_body, unique_exchange
-from tests.metrics import sample
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.metrics import sample
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tools.camera_simulator import CameraSimulator
 
 CAMERAS = {"front door camera": "Front Door camera"}
 

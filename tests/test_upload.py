@@ -13,10 +13,10 @@ import pytest
 from snapshot_processor.app import App
 from snapshot_processor.ftp import FtpServerThread
 from snapshot_processor.upload import UploadStage
-from tests.broker_helpers import Peer, delete_queue, running_app, unique_exchange
-from tests.ftp_helpers import connect, jpeg, upload
-from tests.metrics import sample
-from tests.tcp_proxy import TcpProxy
+from tests.support.broker import Peer, delete_queue, running_app, unique_exchange
+from tests.support.ftp import connect, jpeg, upload
+from tests.support.metrics import sample
+from tests.support.tcp_proxy import TcpProxy
 from tests.test_pipeline import make_settings
 
 pytestmark = pytest.mark.broker

@@ -1,4 +1,4 @@
-"""Camera clients (Foscam, Hikvision, Dahua/Amcrest, Reolink, generic URL) and a simulator.
+"""Camera clients (Foscam, Hikvision, Dahua/Amcrest, Reolink, generic URL).
 
 Typical use::
 
@@ -6,8 +6,8 @@ Typical use::
     with make_client(spec) as client:
         jpeg = client.snapshot()
 
-The simulator (:mod:`snapshot_processor.camera.simulator`) is imported on demand so that
-the daemon does not load it.
+The camera simulator the tests, the demo and the benchmark use lives outside the
+runtime package, in :mod:`tools.camera_simulator`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ HTTP 500 where it has none), ``unavailable`` (HTTP 503), ``html`` (200 with an H
 page), ``garbage`` (200 with random bytes), ``truncated`` (200 with half a JPEG) and
 ``hang`` (no answer until :meth:`CameraSimulator.stop`). :meth:`CameraSimulator.fail_next`
 fails only the next N authenticated requests. Run it by hand with
-``python -m snapshot_processor.camera.simulator --port 8088``.
+``python -m tools.camera_simulator --port 8088``.
 """
 
 from __future__ import annotations
@@ -682,7 +682,7 @@ class CameraSimulator:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m snapshot_processor.camera.simulator",
+        prog="python -m tools.camera_simulator",
         description="Fake IP camera serving Foscam, Hikvision, Dahua, Reolink and generic "
         "snapshot endpoints.",
     )

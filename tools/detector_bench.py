@@ -1,4 +1,4 @@
-"""Time the local HOG detector on 640x480 JPEGs: ``python -m snapshot_processor.detection.bench``.
+"""Time the local HOG detector on 640x480 JPEGs: ``python -m tools.detector_bench``.
 
 Uses photographs shipped by scikit-image (a dev dependency): the astronaut (a person)
 and a cup of coffee (none), each resized to 640x480 and encoded as JPEG, as a camera

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from tests.fakes import LoopbackServer, Reply, Request
+from tests.support.fakes import LoopbackServer, Reply, Request
 
 PUBLIC_KEY = "0123456789abcdef0123456789abcdef"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.fakes import LoopbackServer, Reply, Request
+from tests.support.fakes import LoopbackServer, Reply, Request
 
 
 class HTTPRecorder(LoopbackServer):

@@ -16,7 +16,7 @@ import re
 import threading
 from typing import Any
 
-from tests.fakes import LoopbackServer, Reply, Request
+from tests.support.fakes import LoopbackServer, Reply, Request
 
 _TIMESTAMP = "2024-05-01T12:00:00Z"
 _FILTER = re.compile(r'^\s*(?P<attribute>\w+)\s+eq\s+"(?P<value>[^"]*)"\s*$')

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes import LoopbackServer, Reply, Request
+from tests.support.fakes import LoopbackServer, Reply, Request
 
 TARGET_PREFIX = "RekognitionService."
 JSON_TYPE = "application/x-amz-json-1.1"

@@ -1,0 +1,201 @@
+"""The ack protocol: how work handed down the chain is reported done, in one place.
+
+Whoever owns a piece of work that must be settled (the broker listener owns deliveries,
+the upload stage owns uploaded files) puts an *ack token* on the message it sends down
+the chain: a map with ``reply_to`` (its inproc ack inbox) and keys of its own. A message
+may be split into ``parts`` (several snapshots for one trigger); every part ends as
+either a publish request or a *done* mark, each carrying the token and the part count.
+The publisher, once a request is on disk (or at once for a done mark), sends
+:func:`ack_part` back to ``reply_to``; the owner counts parts with :class:`PartCounter`
+and settles the work when all are in. A ``requeue`` ack means nothing could be stored:
+the owner tries again later.
+
+A stage that cannot handle a message still settles it (:func:`settle_failed`): a done
+mark goes on in its place, so no delivery ever waits for a part that will not come.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+
+from pylib.chain.sockets import Sender
+from pylib.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+ACK_KIND = "amqp.ack"
+PUBLISH_KIND = "amqp.publish"
+DONE_KIND = "amqp.done"
+
+#: An ack token: ``reply_to`` plus whatever its owner put there, returned unchanged.
+Ack = dict[str, Any]
+
+ACKS_UNDELIVERED = Counter(
+    "chain_acks_undelivered_total", "Acks that could not be passed to their owner", ["reason"]
+)
+
+# Distinct reply addresses a stage keeps a socket for.
+MAX_REPLY_ADDRESSES = 32
+
+
+def ack_token(reply_to: str, **keys: Any) -> Ack:
+    """A new ack token for work owned by the component listening on ``reply_to``."""
+    return {**keys, "reply_to": reply_to}
+
+
+def ack_part(ack: Ack, parts: int = 1, *, requeue: bool = False) -> Envelope:
+    """The message telling the ack's owner that one of ``parts`` parts of its work is done.
+
+    ``requeue`` gives the work back instead (nothing was stored).
+    """
+    return Envelope(ACK_KIND, {**ack, "parts": parts, "requeue": requeue})
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a message owes its owner: the ack token (None: nobody waits) and its part count."""
+
+    ack: Ack | None
+    parts: int = 1
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Settlement:
+        """The settlement a message body carries; a malformed one owes nothing (and says so)."""
+        ack, parts = body.get("ack"), body.get("parts", 1)
+        if ack is not None and not (
+            isinstance(ack, dict) and isinstance(ack.get("reply_to", ""), str)
+        ):
+            log.error("a message carries a malformed ack token (%s)", type(ack).__name__)
+            ack = None
+        if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+            parts = 1
+        return cls(ack, parts)
+
+    def split(self, parts: int) -> Settlement:
+        """The same work, now in ``parts`` parts that each settle separately."""
+        return Settlement(self.ack, parts)
+
+    def fields(self) -> dict[str, Any]:
+        """The body fields that carry this settlement down the chain."""
+        return {"ack": self.ack, "parts": self.parts}
+
+
+def done_envelope(settlement: Settlement) -> Envelope:
+    """A part that produced nothing to publish: it still counts towards its work's ack."""
+    return Envelope(DONE_KIND, settlement.fields())
+
+
+def settle_failed(envelope: Envelope) -> Envelope | None:
+    """The done mark that settles a message a stage failed on, if it carries an ack."""
+    settlement = Settlement.of(envelope.body)
+    return done_envelope(settlement) if settlement.ack is not None else None
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One message to publish: where to, the bytes, and AMQP properties as headers."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def publish_envelope(
+    publication: Publication, settlement: Settlement, msg_id: str | None = None
+) -> Envelope:
+    """The request that asks the publisher to store and publish ``publication``, then ack."""
+    body = {
+        "exchange": publication.exchange,
+        "routing_key": publication.routing_key,
+        "body": publication.body,
+        "headers": publication.headers,
+        **settlement.fields(),
+    }
+    return Envelope(PUBLISH_KIND, body) if msg_id is None else Envelope(PUBLISH_KIND, body, msg_id)
+
+
+class Replies:
+    """Sends acks to their owners' inboxes: one socket per address, made on first use.
+
+    Acks never block: an owner that is gone gets its work again another way (the broker
+    redelivers, the upload dir is scanned at start). Use from one thread; :meth:`close`
+    there too.
+    """
+
+    def __init__(self, default: str | None = None) -> None:
+        self.default = default
+        self._senders: dict[str, Sender] = {}
+
+    def address(self, ack: Ack) -> str | None:
+        """Where an ack goes: its ``reply_to``, else the default."""
+        address = ack.get("reply_to") or self.default
+        return address if isinstance(address, str) and address else None
+
+    def send(self, settlement: Settlement, *, requeue: bool = False) -> bool:
+        """Send one ack for ``settlement``; False if nobody waits or it could not be passed."""
+        ack = settlement.ack
+        if ack is None:
+            return False
+        address = self.address(ack)
+        if address is None:
+            return False
+        sender = self._senders.get(address)
+        if sender is None:
+            if len(self._senders) >= MAX_REPLY_ADDRESSES:
+                ACKS_UNDELIVERED.labels("too_many_addresses").inc()
+                log.error("too many reply addresses; no ack to %s", address)
+                return False
+            sender = self._senders[address] = Sender(address, linger=0)
+        if not sender.send(ack_part(ack, settlement.parts, requeue=requeue), block=False):
+            ACKS_UNDELIVERED.labels("inbox_full").inc()
+            log.warning("could not pass an ack to %s", address)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close every socket."""
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+
+
+class PartCounter:
+    """The owner's side: work handed out and how many of its parts came back done."""
+
+    def __init__(self) -> None:
+        self._done: dict[Hashable, int] = {}
+
+    def add(self, key: Hashable) -> None:
+        """Work ``key`` was handed down the chain."""
+        self._done[key] = 0
+
+    def done(self, key: Hashable, parts: int) -> bool:
+        """One part of ``key`` is done; True once all ``parts`` are (and it is forgotten)."""
+        if key not in self._done:
+            return False
+        count = self._done[key] + 1
+        if count >= parts:
+            del self._done[key]
+            return True
+        self._done[key] = count
+        return False
+
+    def discard(self, key: Hashable) -> bool:
+        """Forget ``key`` (given back, or its connection is gone); True if it was waiting."""
+        return self._done.pop(key, None) is not None
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._done.clear()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)

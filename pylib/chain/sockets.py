@@ -1,0 +1,98 @@
+"""The inproc sockets that link the chain's threads, and reading envelopes off them safely.
+
+Every socket here belongs to the thread that made it: create, use and close it there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import zmq
+from prometheus_client import Counter
+
+from pylib.envelope import Envelope, EnvelopeError
+from pylib.zmqctx import shared_context
+
+log = logging.getLogger(__name__)
+
+MESSAGES_REJECTED = Counter(
+    "chain_messages_rejected_total",
+    "Messages a stage could not decode or whose handling failed",
+    ["stage", "reason"],
+)
+
+# Messages an inproc socket queues, per end, before a sender waits (or, not blocking, gets
+# False). ZeroMQ's default of 1000 a side lets one link hold some 2000 JPEGs; stages never
+# drop, so a small queue only turns a burst into back-pressure on the stage upstream.
+HWM = 50
+
+
+def inproc(name: str) -> str:
+    """The inproc address of a named stage or inbox."""
+    return f"inproc://{name}"
+
+
+def drain(socket: zmq.Socket[bytes], limit: int | None = None) -> Iterator[bytes]:
+    """Messages already queued on ``socket`` (at most ``limit``), without waiting for more."""
+    taken = 0
+    while limit is None or taken < limit:
+        try:
+            yield socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        taken += 1
+
+
+def unpack_or_reject(data: bytes, stage: str) -> Envelope | None:
+    """The envelope in ``data``; a malformed one is logged, counted and given as None."""
+    try:
+        return Envelope.unpack(data)
+    except EnvelopeError as exc:
+        MESSAGES_REJECTED.labels(stage, "malformed").inc()
+        log.error("%s: dropped a malformed message (%d bytes): %s", stage, len(data), exc)
+        return None
+
+
+def bind_pull(address: str, *, hwm: int = HWM) -> zmq.Socket[bytes]:
+    """A PULL socket bound to ``address``, queueing at most ``hwm`` messages.
+
+    Bind it once per thread (:meth:`~pylib.worker.Worker.on_thread_open`): a PUSH that
+    connected to an earlier socket on the address never reaches a new one.
+    """
+    socket = shared_context().socket(zmq.PULL)
+    socket.setsockopt(zmq.RCVHWM, hwm)
+    try:
+        socket.bind(address)
+    except zmq.ZMQError:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
+class Sender:
+    """A PUSH socket connected to one address; create, use and close it on one thread."""
+
+    def __init__(self, address: str, *, linger: int = -1, hwm: int = HWM) -> None:
+        self.address = address
+        self.socket = shared_context().socket(zmq.PUSH)
+        # By default keep queued messages at close: they were accepted and must reach the reader.
+        self.socket.setsockopt(zmq.LINGER, linger)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.connect(address)
+
+    def send(self, envelope: Envelope, *, block: bool = True) -> bool:
+        """Send one envelope; True if it was queued.
+
+        Blocking, it waits while the reader's queue is full (back-pressure). Not
+        blocking, it returns False instead, and when no reader is there at all.
+        """
+        try:
+            self.socket.send(envelope.pack(), 0 if block else zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close()

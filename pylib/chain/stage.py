@@ -1,0 +1,394 @@
+"""The one stage shape: a thread that owns its sockets and moves each result on at once.
+
+A :class:`Stage` is a small event loop on its own thread. It blocks in one ``zmq.Poller``
+over its inbox, any extra sockets it watches, and a *wake pipe*; there is no timed poll.
+Work done elsewhere comes back to the loop through :meth:`Stage.call_soon_threadsafe`,
+which queues a callable and writes a byte to the pipe, so the loop runs it (and sends
+its result on) the moment it is ready:
+
+- work on the stage's pool (:meth:`Stage.submit`) hands its result back this way;
+- a helper thread (a detector, a file-system observer) calls it directly;
+- :meth:`Stage.call_later` sets a timer; the poll sleeps exactly until the next one.
+
+Why a pipe and not a socket per pool thread: every ZeroMQ socket stays created, used and
+closed by one thread (the stage's), pool threads need no socket lifetime of their own,
+and a stop request wakes the loop the same way, so an idle stage uses no CPU at all.
+
+A message the stage fails on is logged, counted and *settled*: a done mark carrying its
+ack goes on in its place (:func:`~pylib.chain.settle.settle_failed`), so the delivery it
+belongs to is acked and the next message flows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+import zmq
+from prometheus_client import Counter
+
+from pylib.chain.settle import settle_failed
+from pylib.chain.sockets import (
+    MESSAGES_REJECTED,
+    Sender,
+    bind_pull,
+    drain,
+    inproc,
+    unpack_or_reject,
+)
+from pylib.envelope import Envelope
+from pylib.worker import RestartBudget, Worker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+HandlerResult = Envelope | Iterable[Envelope] | None
+Handler = Callable[[Envelope], HandlerResult]
+
+MESSAGES_HANDLED = Counter("chain_messages_total", "Messages a stage handled", ["stage"])
+
+# Messages taken from one socket per turn of the loop, so no source starves the others.
+BATCH = 64
+
+
+class Timer:
+    """A callback due on a stage's thread at a time; :meth:`cancel` drops it."""
+
+    __slots__ = ("callback", "cancelled", "due")
+
+    def __init__(self, due: float, callback: Callable[[], None]) -> None:
+        self.due = due
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run it."""
+        self.cancelled = True
+
+
+class Stage(Worker):
+    """One stage of the chain: inbox (bound PULL), outbox (PUSH to the next stage), a loop.
+
+    Subclasses implement :meth:`on_message` (or :meth:`handle`, whose results are sent
+    on), and may watch more sockets (:meth:`watch`), run work on a pool of ``workers``
+    threads (:meth:`submit`), and override :meth:`finish` to bound what happens at stop.
+
+    ``stop_weight`` is the stage's share, relative to the others in its chain, of the
+    daemon's ``SHUTDOWN_TIMEOUT``; the chain sets :attr:`stop_timeout` from it.
+    """
+
+    stop_weight: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        inbox: str | None = None,
+        outbox: str | None = None,
+        workers: int = 0,
+        stop_timeout: float = 5.0,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
+        self.inbox = inbox or inproc(name)
+        self.outbox = outbox
+        self.workers = workers
+        self.stop_timeout = stop_timeout
+        self._pull: zmq.Socket[bytes] | None = None
+        self._sender: Sender | None = None
+        self._watched: list[tuple[zmq.Socket[bytes], Callable[[bytes], None]]] = []
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_lock = threading.Lock()
+        self._wake_read: int | None = None
+        self._wake_write: int | None = None
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._pool: ThreadPoolExecutor | None = None
+        self._inbox_paused = False
+        # Pool work not finished yet, of this and earlier attempts (a crash leaves it running).
+        self._futures: set[Future[Any]] = set()
+
+    # --- to override -----------------------------------------------------------------
+    def on_messages(self, envelopes: list[Envelope]) -> None:
+        """Handle the messages that arrived together (default: one by one, each settled
+        if it fails). Override to treat them as a group, such as one disk commit."""
+        for envelope in envelopes:
+            self.handle_one(envelope)
+
+    def on_message(self, envelope: Envelope) -> None:
+        """Handle one message from the inbox (on the stage's thread)."""
+        self.send_all(self.handle(envelope))
+
+    def handle(self, envelope: Envelope) -> HandlerResult:
+        """Turn one message into what goes on (the default :meth:`on_message` sends it)."""
+        raise NotImplementedError
+
+    def finish(self, deadline: float) -> None:
+        """At stop, after the inbox was drained: let pool work end until ``deadline``."""
+        self.run_until(lambda: not self._futures, deadline)
+
+    # --- for subclasses, on the stage's thread ---------------------------------------
+    def pause_inbox(self, paused: bool = True) -> None:
+        """Take nothing more from the inbox until resumed: upstream waits (back-pressure)."""
+        self._inbox_paused = paused
+
+    def send(self, envelope: Envelope) -> None:
+        """Pass one envelope to the next stage (waits while its inbox is full)."""
+        if self._sender is None:
+            raise RuntimeError(f"{self.name} has no outbox")
+        self._sender.send(envelope)
+
+    def send_all(self, result: HandlerResult) -> None:
+        """Pass on a handler's result: one envelope, several, or none."""
+        if result is None:
+            return
+        for item in (result,) if isinstance(result, Envelope) else result:
+            self.send(item)
+
+    def watch(self, socket: zmq.Socket[bytes], handler: Callable[[bytes], None]) -> None:
+        """Also read ``socket`` (made on this thread, in :meth:`on_thread_open`)."""
+        self._watched.append((socket, handler))
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` on this thread after ``delay`` seconds (unless cancelled)."""
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
+        return timer
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, then: Callable[[Future[T]], None] | None = None
+    ) -> Future[T]:
+        """Run ``fn(*args)`` on the pool; ``then(future)`` runs on this thread once it ends.
+
+        Without ``then``, what ``fn`` returns (envelopes, or None) is sent on.
+        """
+        if self._pool is None:
+            raise RuntimeError(f"{self.name} has no pool")
+        future = self._pool.submit(fn, *args)
+        self._futures.add(future)
+
+        def done(finished: Future[T]) -> None:
+            self._futures.discard(finished)
+            if then is not None:
+                then(finished)
+            elif finished.exception() is None:
+                self.send_all(finished.result())  # type: ignore[arg-type]
+
+        future.add_done_callback(lambda finished: self.call_soon_threadsafe(lambda: done(finished)))
+        return future
+
+    @property
+    def pending_work(self) -> int:
+        """Pool work under way."""
+        return len(self._futures)
+
+    def run_until(self, condition: Callable[[], bool], deadline: float) -> bool:
+        """Run queued calls as they come until ``condition()`` holds or ``deadline``."""
+        self._run_calls()
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wait_for_wake(remaining)
+            self._run_calls()
+        return True
+
+    # --- from any thread -------------------------------------------------------------
+    def emit(self, envelope: Envelope) -> None:
+        """Send ``envelope`` on from the stage's thread, as soon as it can (any thread)."""
+        self.call_soon_threadsafe(lambda: self.send(envelope))
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the stage's thread as soon as it can."""
+        self._calls.put(callback)
+        self._wake()
+
+    def stop(self) -> None:
+        """Ask the stage to finish and end; wakes its loop at once."""
+        super().stop()
+        self._wake()
+
+    # --- the loop --------------------------------------------------------------------
+    def on_thread_open(self) -> None:
+        # Sockets live as long as the thread: a restart must not rebind the inbox.
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        with self._wake_lock:
+            self._wake_read, self._wake_write = read, write
+        self._pull = bind_pull(self.inbox)
+        if self.outbox is not None:
+            self._sender = Sender(self.outbox)
+
+    def on_thread_start(self) -> None:
+        self._timers.clear()  # an attempt sets its own; a crashed one's are void
+        if self.workers:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self.name}-pool")
+
+    def on_thread_stop(self) -> None:
+        # After a crash, pool work under way goes on; the next attempt takes its results.
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=not self.should_keep_running())
+            self._pool = None
+
+    def on_thread_close(self) -> None:
+        self._run_calls()  # results that came in last still go on
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        for socket, _ in self._watched:
+            socket.close(linger=0)
+        self._watched.clear()
+        if self._pull is not None:
+            self._pull.close(linger=0)
+            self._pull = None
+        with self._wake_lock:
+            fds, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+
+    def work(self) -> None:
+        pull, wake = self._pull, self._wake_read
+        assert pull is not None
+        assert wake is not None
+        poller = zmq.Poller()
+        poller.register(wake, zmq.POLLIN)
+        for socket, _ in self._watched:
+            poller.register(socket, zmq.POLLIN)
+        polling_inbox = False
+        while self.should_keep_running():
+            if polling_inbox == self._inbox_paused:
+                polling_inbox = not self._inbox_paused
+                if polling_inbox:
+                    poller.register(pull, zmq.POLLIN)
+                else:
+                    poller.unregister(pull)
+            ready = dict(poller.poll(self._poll_timeout()))
+            if wake in ready:
+                self._read_wake()
+            self._run_calls()
+            for socket, handler in self._watched:
+                if socket in ready:
+                    for data in drain(socket, BATCH):
+                        self._safely(handler, data)
+            if pull in ready and not self._inbox_paused:
+                self._receive(list(drain(pull, BATCH)))
+            self._run_timers()
+        self._stopping(pull)
+
+    def _stopping(self, pull: zmq.Socket[bytes]) -> None:
+        deadline = time.monotonic() + self.stop_timeout
+        self._run_calls()
+        # What upstream handed over before the stop is handled, never dropped.
+        self._receive(list(drain(pull)))
+        self.finish(deadline)
+        self._run_calls()
+
+    def _receive(self, batch: list[bytes]) -> None:
+        envelopes = [e for e in (unpack_or_reject(data, self.name) for data in batch) if e]
+        if envelopes:
+            self.on_messages(envelopes)
+
+    def handle_one(self, envelope: Envelope) -> None:
+        """:meth:`on_message`, with a failure logged, counted and settled."""
+        try:
+            self.on_message(envelope)
+        except Exception as exc:
+            self.reject(envelope, exc)
+            return
+        MESSAGES_HANDLED.labels(self.name).inc()
+
+    def reject(self, envelope: Envelope, exc: Exception) -> None:
+        """A message this stage failed on: logged, counted, and settled by a done mark."""
+        MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
+        log.error(
+            "%s: failed on %s %s: %s: %s",
+            self.name,
+            envelope.kind,
+            envelope.id,
+            type(exc).__name__,
+            exc,
+            exc_info=not isinstance(exc, ValueError | KeyError | TypeError),
+        )
+        done = settle_failed(envelope)
+        if done is not None and self._sender is not None:
+            self._sender.send(done)
+
+    def _poll_timeout(self) -> int | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._safely(timer.callback)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                callback = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            self._safely(callback)
+
+    def _safely(self, callback: Callable[..., None], *args: Any) -> None:
+        # A bug in one callback costs that callback, never the loop and what waits in it.
+        try:
+            callback(*args)
+        except Exception as exc:
+            MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
+            log.exception("%s: a callback failed: %s", self.name, exc)
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_write is None:
+                return
+            # A full pipe holds wake-ups already: the loop will wake.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_write, b"\0")
+
+    def _read_wake(self) -> None:
+        if self._wake_read is None:
+            return
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wait_for_wake(self, timeout: float) -> None:
+        if self._wake_read is None:
+            time.sleep(min(timeout, 0.05))
+            return
+        poller = zmq.Poller()
+        poller.register(self._wake_read, zmq.POLLIN)
+        if poller.poll(int(timeout * 1000) + 1):
+            self._read_wake()
+
+
+class Relay(Stage):
+    """A stage whose work is one function, run inline: message in, message(s) out."""
+
+    def __init__(self, name: str, stop_event: threading.Event, handler: Handler, **kwargs: Any):
+        super().__init__(name, stop_event, **kwargs)
+        self.handler = handler
+
+    def handle(self, envelope: Envelope) -> HandlerResult:
+        return self.handler(envelope)

@@ -1,0 +1,124 @@
+"""The chain declared once: an ordered list of stages, wired, started and stopped from it.
+
+``Chain(name, [ingest, detection, events, publisher], sources=[listener])``: each entry
+is a stage or a tier of stages side by side (ingest: camera fetches and uploads) that
+all send to the entry after it. From that list follow every inproc address (the
+stage's name under the chain's), every outbox, the start order (from the sink up, so
+each inbox is bound before anything sends to it), the stop order (sources first, then
+from the head down, so what a stage hands on is taken by one still running) and each
+stage's share of the shutdown time (by its ``stop_weight``). A stage that is switched
+off is simply not in the list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from pylib.chain.sockets import inproc
+from pylib.chain.stage import Stage
+from pylib.worker import Worker
+
+log = logging.getLogger(__name__)
+
+# Of the shutdown time, what the stages share; the rest is a margin for the other steps.
+STOP_SHARE = 0.9
+
+
+class Chain:
+    """Stages in order, and the sources (a broker consumer, a server) that feed its head.
+
+    Sources are started last and stopped first; give each one its stage's
+    :attr:`~pylib.chain.stage.Stage.inbox` as where it sends. A source's ``stop_weight``
+    (default 1) counts in the shutdown split too; it is told its share through
+    ``stop_timeout`` where it has one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: Sequence[Stage | Sequence[Stage]],
+        *,
+        shutdown_timeout: float,
+    ) -> None:
+        if not stages:
+            raise ValueError("a chain needs at least one stage")
+        self.name = name
+        self.tiers: list[list[Stage]] = [
+            [entry] if isinstance(entry, Stage) else list(entry) for entry in stages
+        ]
+        self.shutdown_timeout = shutdown_timeout
+        self.sources: list[Worker] = []
+        for tier, following in zip(self.tiers, [*self.tiers[1:], None], strict=True):
+            for stage in tier:
+                stage.inbox = self.address(stage.name)
+            if following is not None and len(following) != 1:
+                raise ValueError(f"{following[0].name}: only the first entry may be a tier")
+        for tier, following in zip(self.tiers, [*self.tiers[1:], None], strict=True):
+            for stage in tier:
+                stage.outbox = following[0].inbox if following is not None else None
+
+    def address(self, stage: str) -> str:
+        """The inproc address of a stage's inbox in this chain."""
+        return inproc(f"{self.name}/{stage}")
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name``."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """Every stage, head first."""
+        return [stage for tier in self.tiers for stage in tier]
+
+    @property
+    def workers(self) -> list[Worker]:
+        """Sources, then stages: every thread the chain runs."""
+        return [*self.sources, *self.stages]
+
+    def add_source(self, source: Worker) -> None:
+        """A thread that feeds the chain (started after, stopped before, every stage)."""
+        self.sources.append(source)
+
+    def share_shutdown(self) -> dict[str, float]:
+        """Each thread's stop time, split by weight; sets ``stop_timeout`` where it has one."""
+        workers = self.workers
+        total = sum(getattr(worker, "stop_weight", 1.0) for worker in workers)
+        shares: dict[str, float] = {}
+        for worker in workers:
+            share = self.shutdown_timeout * STOP_SHARE * getattr(worker, "stop_weight", 1.0)
+            shares[worker.name] = share / total
+            if hasattr(worker, "stop_timeout"):
+                worker.stop_timeout = shares[worker.name]
+        return shares
+
+    def start(self) -> None:
+        """Start from the sink up, sources last; each returns once ready."""
+        self.share_shutdown()
+        started: list[Worker] = []
+        try:
+            for worker in [*reversed(self.stages), *self.sources]:
+                worker.start()
+                started.append(worker)
+        except Exception:
+            self._stop(started[::-1], time.monotonic() + self.shutdown_timeout)
+            raise
+
+    def stop_and_join(self, timeout: float) -> bool:
+        """Sources first, then the stages from the head down; True if every thread ended."""
+        return self._stop(self.workers, time.monotonic() + timeout)
+
+    def _stop(self, workers: Sequence[Worker], deadline: float) -> bool:
+        clean = True
+        for worker in workers:
+            # Each gets its share and a little over, within what is left of the whole.
+            bound = getattr(worker, "stop_timeout", 1.0) + 1.0
+            remaining = max(0.1, min(bound, deadline - time.monotonic()))
+            if not worker.stop_and_join(remaining):
+                clean = False
+                log.error("%s did not stop within %.1f s", worker.name, remaining)
+        return clean
