@@ -4,8 +4,9 @@ Each delivery is decoded into an :class:`Envelope` and sent down the chain with 
 token whose ``reply_to`` is this listener's ack inbox. The last stage sends acks back
 there (:mod:`pylib.chain.settle`); the delivery is acked on the broker only when all
 its parts are done. A part that asks for a requeue (nothing could be stored) is given
-back to the broker only after ``requeue_delay``, so a full outbox does not turn into a
-tight redelivery loop.
+back to the broker only after a pause (``requeue``, growing while hand-backs go on and
+reset by the next delivery that is stored), so a full outbox does not turn into a tight
+redelivery loop.
 
 One thread owns the connection and blocks in pika's loop, so heartbeats keep flowing
 while the chain does slow work elsewhere. Acks reach it without a timed poll: a small
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,7 @@ REJECTED = Counter(
 RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
 
 RECONNECT = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
+REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
 # How long pika's loop blocks when nothing happens; stop and acks wake it sooner.
 IDLE_SECONDS = 1.0
 
@@ -89,7 +92,7 @@ class AmqpListener(Worker):
         prefetch: int = 8,
         retry: RetryPolicy = RECONNECT,
         stop_timeout: float = 5.0,
-        requeue_delay: float = 5.0,
+        requeue: RetryPolicy = REQUEUE,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
@@ -102,7 +105,7 @@ class AmqpListener(Worker):
         self.prefetch = prefetch
         self.backoff = retry.backoff()
         self.stop_timeout = stop_timeout
-        self.requeue_delay = requeue_delay
+        self._requeue_backoff = requeue.backoff()
         self.queue = ""
         self.consuming = threading.Event()
         self._epoch = 0
@@ -205,11 +208,9 @@ class AmqpListener(Worker):
         # Waiting out a requeue delay would only hold the message back from the next run.
         for tag in list(self._requeues):
             self._requeue(self._epoch, tag)
-        deadline = self.stop_timeout
-        waited = 0.0
-        while self._pending and waited < deadline:
+        deadline = time.monotonic() + self.stop_timeout
+        while self._pending and time.monotonic() < deadline:
             self._pump(0.05)
-            waited += 0.05
         if self._pending:
             log.warning(
                 "%s: stopping with %d deliveries unacked; the broker will deliver them again",
@@ -276,17 +277,17 @@ class AmqpListener(Worker):
             self._pending.discard(tag)
             self._requeues.add(tag)
             assert self._connection is not None
-            self._connection.call_later(
-                self.requeue_delay, functools.partial(self._requeue, epoch, tag)
-            )
+            delay = self._requeue_backoff.next()
+            self._connection.call_later(delay, functools.partial(self._requeue, epoch, tag))
             log.warning(
                 "%s: delivery %d handed back; giving it to the broker again in %.1f s",
                 self.name,
                 tag,
-                self.requeue_delay,
+                delay,
             )
             return
         if self._pending.done(tag, parts):
+            self._requeue_backoff.reset()
             self._channel.basic_ack(tag)
 
     def _requeue(self, epoch: int, tag: int) -> None:

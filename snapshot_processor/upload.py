@@ -35,6 +35,7 @@ from pylib.chain.settle import Settlement, ack_token
 from pylib.chain.sockets import bind_pull, inproc
 from pylib.chain.stage import Stage
 from pylib.envelope import Envelope, EnvelopeError, new_id
+from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
@@ -51,7 +52,8 @@ QUARANTINE_DIR = "quarantine"
 # An upload being published is renamed to this prefix in its folder until the publisher
 # has it in the outbox; then it is removed. Left over at start, it is taken again.
 INFLIGHT_PREFIX = ".inflight-"
-REQUEUE_DELAY = 5.0
+# A full outbox hands an upload back; it is taken again after this (growing) pause.
+REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
 
 
 def camera_folder(location: str) -> str:
@@ -129,6 +131,7 @@ class UploadStage(Stage):
         self._observer: BaseObserver | None = None
         # In-flight upload -> the snapshot copy its event points to.
         self._inflight: dict[Path, Path] = {}
+        self._requeue = REQUEUE.backoff()
 
     def on_thread_open(self) -> None:
         super().on_thread_open()
@@ -210,8 +213,9 @@ class UploadStage(Stage):
             # The outbox was full: nothing was stored, so try again in a while.
             if snapshot is not None:
                 snapshot.unlink(missing_ok=True)
-            self.call_later(REQUEUE_DELAY, partial(self._take, inflight))
+            self.call_later(self._requeue.next(), partial(self._take, inflight))
             return
+        self._requeue.reset()
         inflight.unlink(missing_ok=True)
 
     def _take(self, path: Path) -> None:

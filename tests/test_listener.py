@@ -132,7 +132,9 @@ def test_handed_back_delivery_is_requeued_after_a_pause_and_not_lost(
     chain: Chain, peer: Peer, proxy: TcpProxy
 ) -> None:
     proxy.cut()  # the publisher cannot reach the broker: its outbox (one message) fills
-    listener, _ = chain.start(publisher_params=proxied(proxy), requeue_delay=1.0)
+    listener, _ = chain.start(
+        publisher_params=proxied(proxy), requeue=RetryPolicy(first=1.0, factor=1.0, maximum=1.0)
+    )
     received = sample("amqp_messages_received_total", queue=chain.queue)
     peer.send_trigger(trigger_body("front door camera", label="first"))
     peer.send_trigger(trigger_body("front door camera", label="second"))

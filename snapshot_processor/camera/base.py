@@ -247,8 +247,8 @@ class CameraClient:
                 raise CameraConnectionError(
                     f"{self.key}: client is closed", camera=self.key, retryable=False
                 )
-            attempts = self._spec.retries + 1
-            delay = self._spec.backoff
+            policy = self._spec.retry_policy
+            attempts = policy.attempts or 1
             attempt = 0
             while True:
                 attempt += 1
@@ -265,6 +265,7 @@ class CameraClient:
                     return outcome
                 if not outcome.retryable or attempt >= attempts:
                     break
+                delay = policy.delay(attempt)
                 log.warning(
                     "%s: attempt %d of %d failed, retrying in %.2f s: %s",
                     self.key,
@@ -276,7 +277,6 @@ class CameraClient:
                 # close() interrupts the pause so shutdown never waits for back-off.
                 if self._closed.wait(delay):
                     break
-                delay *= 2
         raise outcome
 
     def close(self, *, wait: bool = True) -> None:

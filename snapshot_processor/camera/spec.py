@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from pylib.retry import RetryPolicy
 from snapshot_processor.camera.address import CameraAddress
 
 __all__ = ["AUTH_MODES", "SCHEMES", "VENDORS", "CameraSpec", "safe_url"]
@@ -26,6 +27,10 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
+# The longest pause between two attempts at one snapshot: a trigger is worth little later.
+MAX_BACKOFF = 2.0
+
+
 @dataclass(frozen=True)
 class CameraSpec:
     """One camera: vendor, address, credentials and fetch policy.
@@ -34,7 +39,8 @@ class CameraSpec:
     snapshot URL and may contain ``{host}``, ``{port}``, ``{user}`` and ``{password}``
     (the last two are URL-quoted when filled in). ``timeout`` bounds each attempt in
     seconds, ``retries`` counts attempts after the first, ``backoff`` is the first
-    pause between attempts, doubled after each.
+    pause between attempts, doubled after each up to :data:`MAX_BACKOFF` (see
+    :attr:`retry_policy`).
     """
 
     key: str
@@ -76,6 +82,16 @@ class CameraSpec:
             parts = urlsplit(self.url)
             if parts.scheme not in SCHEMES or not parts.netloc:
                 raise ValueError(f"{self.key}: snapshot url must be http(s)://host/path")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How this camera's attempts are paced: doubling from ``backoff``, capped."""
+        return RetryPolicy(
+            first=self.backoff,
+            maximum=max(self.backoff, MAX_BACKOFF),
+            jitter=0.1,
+            attempts=self.retries + 1,
+        )
 
     def __repr__(self) -> str:
         url = safe_url(self.url) if self.url else None
