@@ -32,9 +32,8 @@ test:  ## the whole suite (needs RabbitMQ on 127.0.0.1:5672)
 test-unit:  ## only the tests that need no broker
 	$(RUN) pytest -m "not broker"
 
-bench:  ## print the README's benchmark figures (needs RabbitMQ)
-	$(RUN) pytest -q -s tests/test_pipeline.py -k thirty_two | grep -E "cameras|passed"
-	$(RUN) pytest -q -s tests/test_upload.py -k five_cameras | grep -E "upload end|passed"
+bench:  ## the daemon against the raw and durable floors; report in data/bench/ (needs RabbitMQ)
+	$(RUN) python -m tools.bench --out data/bench
 
 lint:  ## ruff and mypy, as configured in pyproject.toml
 	$(RUN) ruff check .

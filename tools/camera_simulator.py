@@ -272,6 +272,7 @@ class CameraSimulator:
         name: str = "simulated camera",
         size: tuple[int, int] = (640, 480),
         realm: str = "IP Camera",
+        image: bytes | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -292,6 +293,8 @@ class CameraSimulator:
         self._served = 0
         self._connections = 0
         self._nonces: OrderedDict[str, None] = OrderedDict()
+        # A fixed image is served as it is (the benchmark's camera: no encoding per request).
+        self._image = image
         self._background = self._make_background(size)
         self._font = self._load_font()
         # One font object serves every handler thread; FreeType faces are not thread-safe.
@@ -477,6 +480,8 @@ class CameraSimulator:
             return ImageFont.load_default()
 
     def _render_jpeg(self, counter: int) -> bytes:
+        if self._image is not None:
+            return self._image
         image = self._background.copy()
         draw = ImageDraw.Draw(image)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
