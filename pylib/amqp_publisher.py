@@ -17,9 +17,11 @@ dropped by the broker, as the original daemon's were.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,9 @@ PUBLISH_FAILURES = Counter(
 )
 
 FLUSH_BATCH = 100
+# Rows just stored are also kept in memory (at most this many), so publishing them needs
+# no read back from disk; a longer backlog is read from the outbox.
+RECENT_MAX = 64
 # How long one round of publishing from the outbox may take before intake gets a turn.
 FLUSH_ROUND_SECONDS = 0.2
 # How often an idle connection is serviced (heartbeats, a broker that went away).
@@ -124,6 +129,8 @@ class AmqpPublisher(Stage):
         self._channel: BlockingChannel | None = None
         # Requests the outbox could not store: kept here, intake paused, until it can.
         self._held: list[_Request] = []
+        # The newest rows of the outbox, in order; the whole outbox when the lengths match.
+        self._recent: deque[OutboxEntry] = deque()
         self._flush_at = 0.0
         self._connect_timer: Timer | None = None
 
@@ -141,6 +148,7 @@ class AmqpPublisher(Stage):
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._outbox = Outbox(self.outbox_path, self.outbox_max)
+        self._recent.clear()
         self._connect_timer = None
         self._connect_later(0)
         self.call_later(SERVICE_INTERVAL, self._service)
@@ -219,13 +227,16 @@ class AmqpPublisher(Stage):
         assert outbox is not None
         rows = [request for request in requests if request.row is not None]
         fits = rows[: outbox.room]
+        in_sync = len(outbox) == len(self._recent)
+        stored_rows = [request.row for request in fits if request.row is not None]
         try:
-            outbox.append_many([request.row for request in fits if request.row is not None])
+            ids = outbox.append_many(stored_rows)
         except OutboxFullError:  # pragma: no cover - room was checked just above
-            fits = []
+            fits, ids = [], []
         except OutboxError as exc:
             self._hold(requests, exc)
             return
+        self._remember(in_sync, ids, stored_rows)
         self._store.reset()
         stored = set(map(id, fits))
         for request in requests:  # acks in the order the requests came
@@ -234,6 +245,15 @@ class AmqpPublisher(Stage):
             else:
                 PUBLISH_FAILURES.labels("outbox_full").inc()
                 self._give_back(request, f"outbox {outbox.path} is full")
+
+    def _remember(self, in_sync: bool, ids: list[int], rows: list[Row]) -> None:
+        if not in_sync or len(self._recent) + len(ids) > RECENT_MAX:
+            self._recent.clear()  # out of step with the outbox: read it from disk
+            return
+        now = time.time()
+        for entry_id, (exchange, routing_key, body, headers) in zip(ids, rows, strict=True):
+            entry = OutboxEntry(entry_id, exchange, routing_key, body, dict(headers or {}), now)
+            self._recent.append(entry)
 
     def _hold(self, requests: list[_Request], exc: OutboxError) -> None:
         """Keep requests the outbox refused for a reason other than being full; retry later."""
@@ -360,8 +380,13 @@ class AmqpPublisher(Stage):
         assert outbox is not None
         while len(outbox):
             confirmed: list[int] = []
+            if len(self._recent) == len(outbox):
+                entries = list(itertools.islice(self._recent, FLUSH_BATCH))
+            else:
+                self._recent.clear()
+                entries = outbox.peek(FLUSH_BATCH)
             try:
-                for entry in outbox.peek(FLUSH_BATCH):
+                for entry in entries:
                     if not self._publish_entry(entry):
                         return
                     confirmed.append(entry.id)
@@ -370,6 +395,8 @@ class AmqpPublisher(Stage):
             finally:
                 # Confirmed rows go in one commit; until then a restart publishes them again.
                 outbox.remove_many(confirmed)
+                while self._recent and confirmed and self._recent[0].id <= confirmed[-1]:
+                    self._recent.popleft()
                 PUBLISHED.labels("event").inc(len(confirmed))
             if time.monotonic() >= deadline:
                 if len(outbox):

@@ -184,7 +184,8 @@ def floor(camera_url: str, root: Path, *, durable: bool, exchange: str) -> Calla
         row = None
         if durable:
             count += 1
-            path = root / f"floor-{count % 50}.jpg"
+            # A new file each time, as the daemon keeps every snapshot.
+            path = root / f"floor-{count}.jpg"
             with path.open("wb") as handle:
                 handle.write(image)
                 handle.flush()

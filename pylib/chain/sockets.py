@@ -88,7 +88,7 @@ class Sender:
         blocking, it returns False instead, and when no reader is there at all.
         """
         try:
-            self.socket.send(envelope.pack(), 0 if block else zmq.NOBLOCK, copy=False)
+            self.socket.send(envelope.pack(), 0 if block else zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True

@@ -50,9 +50,11 @@ def describe_body(body: bytes, content_type: str = "") -> str:
 def jpeg_problem(body: bytes, content_type: str = "") -> str | None:
     """Why ``body`` is not one complete, decodable JPEG; ``None`` if it is.
 
-    Checks the start and end markers (a cut-off frame has no end marker), then decodes
-    the image with Pillow at reduced scale, which reads all of the compressed data but
-    costs a fraction of a full-size decode.
+    Checks the start and end markers (a cut-off frame has no end marker), then has
+    Pillow parse the headers up to the scan: the frame must say it is a JPEG of some
+    size. The compressed scan itself is not decoded: that cost about 1.2 ms per 166 KB
+    frame, a third of the whole durable hand-off, and a frame whose scan is damaged
+    between intact markers still opens as a (partly grey) picture.
     """
     if not body.startswith(JPEG_SOI):
         return f"not a JPEG: got {describe_body(body, content_type)}"
@@ -63,8 +65,8 @@ def jpeg_problem(body: bytes, content_type: str = "") -> str | None:
         with Image.open(io.BytesIO(body)) as image:
             if image.format != "JPEG":
                 return f"not a JPEG: Pillow reads it as {image.format}"
-            image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
+            if not (image.width and image.height):
+                return f"JPEG without a size ({len(body)} bytes)"
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, bomb errors
         # Pillow's messages describe the decoding problem, never the data itself.
         problem = (
@@ -74,7 +76,7 @@ def jpeg_problem(body: bytes, content_type: str = "") -> str | None:
 
 
 def check_jpeg(body: bytes, content_type: str = "") -> None:
-    """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG that decodes."""
+    """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG whose headers parse."""
     problem = jpeg_problem(body, content_type)
     if problem is not None:
         raise InvalidJPEGError(problem)

@@ -1,0 +1,49 @@
+"""A tiny run of ``make bench``, so the benchmark cannot rot: every figure is measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.broker
+
+FIGURES = (
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "sustained_events_per_s",
+    "sustained_cpu_percent",
+    "one_camera_s",
+    "burst_32_s",
+    "rss_idle_mb",
+    "rss_after_warmup_mb",
+    "rss_after_total_mb",
+    "idle_cpu_percent",
+)
+
+
+def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert figures["daemon_exit_code"] == 0
+    for floor in ("raw_floor", "durable_floor"):
+        assert set(figures[floor]) == {"p50_ms", "p99_ms", "events_per_s"}
+        assert all(value > 0 for value in figures[floor].values())
+    for name in FIGURES:
+        assert figures[name] >= 0, name
+    assert figures["latency_p50_ms"] > 0
+    assert figures["burst_32_s"] >= figures["one_camera_s"] * 0.9  # all 32 did arrive
+    assert figures["upload"]["count"] == 10
+    table = (tmp_path / "bench.md").read_text()
+    for row in ("trigger → event, p50", "sustained events/s", "32 cameras", "RSS idle", "idle CPU"):
+        assert row in table
