@@ -18,7 +18,8 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -161,32 +162,22 @@ class Outbox:
                 f" {len(messages)} more do not fit"
             )
         now = time.time()
-        conn = self._connection()
         ids: list[int] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for exchange, routing_key, body, headers in messages:
-                    cursor = conn.execute(
-                        "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (
-                            exchange,
-                            routing_key,
-                            bytes(body),
-                            json.dumps(dict(headers or {}), sort_keys=True),
-                            now,
-                        ),
-                    )
-                    assert cursor.lastrowid is not None
-                    ids.append(cursor.lastrowid)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot append to outbox {self.path}: {exc}") from exc
+        with self._transaction("cannot append to") as conn:
+            for exchange, routing_key, body, headers in messages:
+                cursor = conn.execute(
+                    "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        exchange,
+                        routing_key,
+                        bytes(body),
+                        json.dumps(dict(headers or {}), sort_keys=True),
+                        now,
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
         self._set_depth(self._depth + len(ids))
         return ids
 
@@ -236,20 +227,10 @@ class Outbox:
         """Delete several messages in one transaction (after their confirms)."""
         if not entry_ids:
             return
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = 0
-                for entry_id in entry_ids:
-                    removed += conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot remove from outbox {self.path}: {exc}") from exc
+        removed = 0
+        with self._transaction("cannot remove from") as conn:
+            for entry_id in entry_ids:
+                removed += conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
         if removed:
             self._set_depth(self._depth - removed)
 
@@ -272,6 +253,22 @@ class Outbox:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed (one sync to disk) at the end, rolled back on any error."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{doing} outbox {self.path}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
