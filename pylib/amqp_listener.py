@@ -64,10 +64,13 @@ Setup = Callable[[BlockingChannel], str]
 class _AckInbox(Stage):
     """Owns the listener's ack inbox; passes each ack to the connection's thread."""
 
-    stop_weight = 0.0
-
     def __init__(self, listener: AmqpListener) -> None:
-        super().__init__(f"{listener.name}-acks", listener.stop_event, inbox=listener.ack_inbox)
+        super().__init__(
+            f"{listener.name}-acks",
+            listener.stop_event,
+            inbox=listener.ack_inbox,
+            on_fatal=listener.on_fatal,  # without it no delivery is ever acked again
+        )
         self.listener = listener
 
     def on_message(self, envelope: Envelope) -> None:

@@ -189,11 +189,9 @@ class AmqpPublisher(Stage):
     def on_messages(self, envelopes: list[Envelope]) -> None:
         requests = [r for r in (self._parse(envelope) for envelope in envelopes) if r]
         if self._held:
-            if self.should_keep_running():
-                self._held.extend(requests)  # only at stop: intake is paused meanwhile
-            else:
-                for request in requests:
-                    self._give_back(request, "the outbox cannot be written")
+            # Intake is paused, so only the stop's drain gets here: they queue behind the
+            # held ones, and finish() stores or hands back all of them in order.
+            self._held.extend(requests)
             return
         self._take(requests)
         self._flush_soon()
@@ -324,10 +322,9 @@ class AmqpPublisher(Stage):
     def _service(self) -> None:
         """Now and then: keep the connection alive, and publish what waits."""
         self.call_later(SERVICE_INTERVAL, self._service)
-        if self._connection is not None:
-            self._guarded(
-                lambda: self._connection.process_data_events(0) if self._connection else None
-            )
+        connection = self._connection
+        if connection is not None:
+            self._guarded(lambda: connection.process_data_events(0))
             self._flush_soon()
 
     def _connect(self) -> None:

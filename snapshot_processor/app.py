@@ -25,7 +25,6 @@ from snapshot_processor.config import Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
-from snapshot_processor.messages import TriggerMessage
 from snapshot_processor.publication import EventBuilder
 from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
@@ -214,13 +213,7 @@ class App:
             trigger = parse_trigger(body, self.cameras.keys, self.settings.trigger_max_bytes)
         except TriggerError as exc:
             raise RejectedMessageError(exc.reason, str(exc)) from None
-        return TriggerMessage(
-            camera_key=trigger.camera_key,
-            device_label=trigger.device_label,
-            timestamp=trigger.timestamp,
-            device_params=trigger.device_params,
-            trigger_topic=trigger.trigger_topic,
-        ).envelope()
+        return trigger.message().envelope()
 
     def listener(self, forward_to: str) -> Worker:
         """The trigger consumer, feeding the snapshot stage."""

@@ -85,7 +85,7 @@ class SnapshotStage(Stage):
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
-        self.submit(self._fetch_all, trigger, then=lambda future: None)
+        self.submit(self._fetch_all, trigger)
 
     def finish(self, deadline: float) -> None:
         # Back-off pauses end now; an attempt on the wire finishes (or times out) first.

@@ -10,6 +10,7 @@ import msgpack
 from prometheus_client import Counter
 
 from pylib.redact import register_secret
+from snapshot_processor.messages import TriggerMessage
 
 TRIGGERS = Counter("triggers_total", "Valid triggers received", ["camera"])
 
@@ -35,16 +36,15 @@ class Trigger:
     trigger_topic: str | None
     active_input: dict[str, Any]
 
-    def as_body(self) -> dict[str, Any]:
-        """Plain data for an envelope."""
-        return {
-            "camera_key": self.camera_key,
-            "device_label": self.device_label,
-            "timestamp": self.timestamp,
-            "device_params": self.device_params,
-            "trigger_topic": self.trigger_topic,
-            "active_input": self.active_input,
-        }
+    def message(self) -> TriggerMessage:
+        """What the listener sends down the chain (the sender's sensor is not needed there)."""
+        return TriggerMessage(
+            camera_key=self.camera_key,
+            device_label=self.device_label,
+            timestamp=self.timestamp,
+            device_params=self.device_params,
+            trigger_topic=self.trigger_topic,
+        )
 
 
 def _field(mapping: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:

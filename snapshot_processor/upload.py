@@ -33,7 +33,7 @@ from watchdog.observers.api import BaseObserver
 
 from pylib.chain.settle import Settlement, ack_token
 from pylib.chain.sockets import bind_pull, inproc
-from pylib.chain.stage import Stage
+from pylib.chain.stage import Stage, Timer
 from pylib.envelope import Envelope, EnvelopeError, new_id
 from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
@@ -131,6 +131,7 @@ class UploadStage(Stage):
         self._observer: BaseObserver | None = None
         # In-flight upload -> the snapshot copy its event points to.
         self._inflight: dict[Path, Path] = {}
+        self._checks: dict[Path, Timer] = {}
         self._requeue = REQUEUE.backoff()
 
     def on_thread_open(self) -> None:
@@ -147,6 +148,7 @@ class UploadStage(Stage):
 
     def on_thread_start(self) -> None:
         super().on_thread_start()
+        self._checks.clear()  # a crashed attempt's timers are void; the scan below notes all
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         for folder in [*self.create_dirs, *self.cameras]:
             (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -180,25 +182,36 @@ class UploadStage(Stage):
             size, now, closed or bool(previous and previous.closed and previous.size == size)
         )
         # Look again once it may be complete: settled after closing, else stable in size.
-        self.call_later(self.settle if pending.closed else self.stable, self._take_ready)
+        self._check_later(path, self.settle if pending.closed else self.stable)
 
-    def _take_ready(self) -> None:
-        now = time.monotonic()
-        for path, pending in list(self._pending.items()):
-            age = now - pending.changed
-            if not (pending.closed and age >= self.settle) and age < self.stable:
-                continue
-            try:
-                size = path.stat().st_size
-            except OSError:
-                del self._pending[path]  # a partial upload the FTP server removed
-                continue
-            if size != pending.size:
-                self._pending[path] = _Pending(size, now, False)
-                self.call_later(self.stable, self._take_ready)
-                continue
-            del self._pending[path]
-            self._take(path)
+    def _check_later(self, path: Path, delay: float) -> None:
+        # One check per file: a busy upload reports thousands of writes.
+        earlier = self._checks.pop(path, None)
+        if earlier is not None:
+            earlier.cancel()
+        self._checks[path] = self.call_later(delay, partial(self._check, path))
+
+    def _check(self, path: Path) -> None:
+        """Take the file if it is complete: closed and settled, or unchanged for ``stable``."""
+        self._checks.pop(path, None)
+        pending = self._pending.get(path)
+        if pending is None:
+            return
+        age = time.monotonic() - pending.changed
+        if not (pending.closed and age >= self.settle) and age < self.stable:
+            self._check_later(path, (self.settle if pending.closed else self.stable) - age)
+            return
+        try:
+            size = path.stat().st_size
+        except OSError:
+            del self._pending[path]  # a partial upload the FTP server removed
+            return
+        if size != pending.size:
+            self._pending[path] = _Pending(size, time.monotonic(), False)
+            self._check_later(path, self.stable)
+            return
+        del self._pending[path]
+        self._take(path)
 
     def _on_ack(self, data: bytes) -> None:
         """The publisher has an upload's event in its outbox: the upload can go."""

@@ -126,6 +126,8 @@ class Pooled(Stage):
         self.submit(self.work_on, envelope)
 
     def work_on(self, envelope: Envelope) -> Envelope:
+        if envelope.body.get("fail"):
+            raise OSError("disk on fire")
         time.sleep(float(envelope.body["delay"]))
         return Envelope("done", {"n": envelope.body["n"]})
 
@@ -163,6 +165,24 @@ def test_pool_results_go_on_as_each_finishes(ends: Wire, stages: list[Worker]) -
     # The fast one did not wait for the slow one, nor for any poll of the stage's.
     assert [e.body["n"] for e in first] == ["fast"]
     assert [e.body["n"] for e in rest] == ["slow"]
+
+
+def test_failing_pool_work_is_counted_and_the_next_flows(ends: Wire, stages: list[Worker]) -> None:
+    stage = Pooled("failing", threading.Event(), inbox=ends.inbox, outbox=ends.outbox, workers=2)
+    stage.start()
+    stages.append(stage)
+    before = sample("chain_messages_rejected_total", stage="failing", reason="OSError")
+    with ends.sender() as sender:
+        sender.send(Envelope("work", {"n": "bad", "fail": True, "delay": 0}))
+        assert wait_until(
+            lambda: (
+                sample("chain_messages_rejected_total", stage="failing", reason="OSError")
+                == before + 1
+            ),
+            5,
+        )
+        sender.send(Envelope("work", {"n": "good", "delay": 0}))
+        assert [e.body["n"] for e in ends.receive(1)] == ["good"]
 
 
 def test_stop_waits_for_pool_work_within_the_bound(ends: Wire) -> None:

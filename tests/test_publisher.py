@@ -19,7 +19,14 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp_publisher import AmqpPublisher
-from pylib.chain.settle import ACK_KIND, Publication, Settlement, done_envelope, publish_envelope
+from pylib.chain.settle import (
+    ACK_KIND,
+    PUBLISH_KIND,
+    Publication,
+    Settlement,
+    done_envelope,
+    publish_envelope,
+)
 from pylib.chain.sockets import Sender, bind_pull, inproc
 from pylib.envelope import Envelope
 from pylib.outbox import Outbox
@@ -366,3 +373,28 @@ def test_last_flush_at_stop_is_bounded_and_keeps_the_rest(
     assert len(published) == len(set(published))
     assert set(published) | left == {str(n) for n in range(total)}
     assert not set(published) & left
+
+
+def test_malformed_requests_are_settled_and_the_next_is_published(make: Make, peer: Peer) -> None:
+    """A request nothing can be published from is acked and counted; it never blocks the rest."""
+    acks = address("malformed-acks")
+    ack_pull = bind_pull(acks)
+    malformed = sample("amqp_publish_failures_total", reason="malformed")
+    publisher = make("pub-malformed", peer.exchange)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        owed = Settlement({"reply_to": acks, "n": 1})
+        sender.send(Envelope(PUBLISH_KIND, {"exchange": peer.exchange, **owed.fields()}))
+        sender.send(Envelope("unknown.kind", Settlement({"reply_to": acks, "n": 2}).fields()))
+        sender.send(
+            publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 3}))
+        )
+        returned = receive(ack_pull, 3)
+        images = peer.wait_for_images(1)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, False), (2, False), (3, False)]
+    assert names(images) == ["next"]
+    assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 2

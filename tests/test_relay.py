@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,6 +13,7 @@ from pylib.chain.stage import Relay
 from pylib.envelope import Envelope, EnvelopeError
 from pylib.worker import RestartBudget, Worker, WorkerStartError
 from pylib.zmqctx import shared_context
+from tests.support.crash import CrashesOnce as CrashingWorker
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 
@@ -198,20 +198,8 @@ def test_worker_that_keeps_dying_is_fatal(stop_event: threading.Event) -> None:
     assert worker.starts == 3  # the first run and two restarts
 
 
-class CrashesOnce(Relay):
-    """Its first work() waits for ``crash``, then dies; the restarted one is the real thing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.crash = threading.Event()
-        self.runs = 0
-
-    def work(self) -> None:
-        self.runs += 1
-        if self.runs == 1:
-            self.crash.wait(10)
-            raise RuntimeError("injected crash")
-        super().work()
+class CrashesOnce(CrashingWorker, Relay):
+    """A Relay whose first run dies once ``crash`` is set."""
 
 
 def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(

@@ -19,6 +19,7 @@ from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device
 from snapshot_processor.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
 from snapshot_processor.snapshot import SnapshotStage
+from tests.support.crash import CrashesOnce as CrashingWorker
 from tests.support.metrics import sample
 from tests.support.wire import Wire
 from tests.support.wire import wire as wire_for
@@ -92,20 +93,8 @@ def start(wire: Wire, tmp_path: Path) -> Iterator[Start]:
         assert stage.stop_and_join(10)
 
 
-class CrashesOnce(SnapshotStage):
-    """Its first run of work() dies once ``crash`` is set; later runs are the real thing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.crash = threading.Event()
-        self.runs = 0
-
-    def work(self) -> None:
-        self.runs += 1
-        if self.runs == 1:
-            self.crash.wait(10)
-            raise RuntimeError("injected crash")
-        super().work()
+class CrashesOnce(CrashingWorker, SnapshotStage):
+    """A SnapshotStage whose first run dies once ``crash`` is set."""
 
 
 def test_stage_restarted_after_a_crash_still_gets_triggers(

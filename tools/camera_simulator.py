@@ -116,6 +116,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # One server stands in for many cameras (each a host of its own): socketserver's
+    # backlog of 5 would drop the SYNs of a burst, and the clients retry after 1 s.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], simulator: CameraSimulator) -> None:
         self.simulator = simulator

@@ -182,7 +182,12 @@ class Stage(Worker):
             self._futures.discard(finished)
             if then is not None:
                 then(finished)
-            elif finished.exception() is None:
+                return
+            error = finished.exception() if not finished.cancelled() else None
+            if error is not None:
+                MESSAGES_REJECTED.labels(self.name, type(error).__name__).inc()
+                log.error("%s: pool work failed: %s", self.name, error, exc_info=error)
+            elif not finished.cancelled():
                 self.send_all(finished.result())  # type: ignore[arg-type]
 
         future.add_done_callback(lambda finished: self.call_soon_threadsafe(lambda: done(finished)))
