@@ -140,6 +140,11 @@ class Worker(threading.Thread):
         """Alive and not given up on."""
         return self.failure is None and (self.is_alive() or self._halt.is_set())
 
+    def troubles(self) -> list[str]:
+        """What is wrong outside the thread right now (a broker away, a disk full), each
+        a short line for health; empty when all is well. Subclasses add their own."""
+        return []
+
     def run(self) -> None:
         try:
             while self.should_keep_running():

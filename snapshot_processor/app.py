@@ -56,6 +56,7 @@ class App:
                 problems.append("publisher cannot reach the broker; events wait in the outbox")
             if isinstance(worker, AmqpListener) and not worker.consuming.is_set():
                 problems.append("listener cannot reach the broker; no triggers arrive")
+            problems.extend(worker.troubles())
         if problems:
             return False, "; ".join(problems)
         return True, f"{len(self.workers)} threads running, broker connected"
