@@ -170,3 +170,50 @@ def test_sigkill_then_restart_publishes_the_outbox(
                 proc.wait()
         peer.close()
         delete_queue(f"{exchange}.snapshot.garage.triggers")
+
+
+def test_sigkill_during_slow_fetches_loses_no_trigger(
+    tmp_path: Path, camera: CameraSimulator
+) -> None:
+    """Triggers are acked only after their event is durable: a daemon killed while its
+    camera fetches are under way gets every one of them again from the broker."""
+    exchange = unique_exchange()
+    base_env = {
+        "RABBITMQ_EXCHANGE": exchange,
+        "DEVICE_NAME": "garage",
+        "SNAPSHOTS_ROOT_DIR": str(tmp_path / "data"),
+        "SECRETS_DIR": str(tmp_path / "no-secrets"),
+        "CAMERA_RETRIES": "0",
+        "CAMERA_TIMEOUT": "10",
+        **camera_env(camera.port),
+    }
+    peer = Peer(exchange)
+    first, first_log = _spawn(tmp_path, base_env, "first.log")
+    second = None
+    wanted = [f"slow-{n}" for n in range(6)]
+    try:
+        _wait_for_text(first_log, "consuming")
+        _wait_for_text(first_log, "publisher: connected")
+        camera.latency = 3.0  # every fetch is still on the wire when the kill comes
+        for label in wanted:
+            peer.send_trigger(trigger_body("Front Door camera", label=label, device_params=None))
+        deadline = time.monotonic() + 10
+        while camera.requests < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert camera.requests >= 1, first_log.read_text()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert peer.images() == [], "an event got out before the kill: the fetch was not slow"
+        camera.latency = 0
+        second, second_log = _spawn(tmp_path, base_env, "second.log")
+        images = peer.wait_for_images(len(wanted), timeout=30)
+        assert set(wanted) <= set(labels(images)), second_log.read_text()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        peer.close()
+        delete_queue(f"{exchange}.snapshot.garage.triggers")
