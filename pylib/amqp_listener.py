@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pika
+import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
@@ -240,10 +241,16 @@ class AmqpListener(Worker):
             self._reject(channel, tag, type(exc).__name__, str(exc))
             return
         assert self._sender is not None
-        self._pending.add(tag)
         settlement = Settlement(ack_token(self.ack_inbox, epoch=self._epoch, tag=tag))
         body_out = {**envelope.body, **settlement.fields()}
-        self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+        self._pending.add(tag)
+        try:
+            self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+        except zmq.ZMQError:
+            raise  # the chain is going away: the broker delivers it again
+        except Exception as exc:  # a value the chain cannot carry (e.g. an integer past 64 bits)
+            self._pending.discard(tag)
+            self._reject(channel, tag, "unsendable", f"{type(exc).__name__}: {exc}")
 
     def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
         REJECTED.labels(self.queue, reason).inc()

@@ -1,0 +1,126 @@
+"""The trigger queue against the real broker and the whole running daemon: every delivery
+is settled whatever its shape, a consumer the broker cancels comes back, the queue is
+durable, and it can be a quorum queue."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pika
+import pytest
+
+from pylib.amqp_listener import AmqpListener
+from snapshot_processor.app import App
+from tests.support.broker import BROKER, Peer, running_app, trigger_body, unique_exchange
+from tests.support.metrics import sample
+from tests.support.wait import wait_until
+from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tools.camera_simulator import CameraSimulator
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+def listener_of(app: App) -> AmqpListener:
+    found = next(worker for worker in app.workers if worker.name == "listener")
+    assert isinstance(found, AmqpListener)
+    return found
+
+
+def queue_state(name: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a queue, from a connection of its own; None if absent."""
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        ok = connection.channel().queue_declare(name, passive=True)
+        return ok.method.message_count, ok.method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return None
+    finally:
+        connection.close()
+
+
+def good_trigger(camera: CameraSimulator, label: str = "good") -> dict[str, Any]:
+    return trigger_body(
+        "Front Door camera",
+        device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}",
+        label=label,
+    )
+
+
+def poison_triggers(closed_port: int) -> list[bytes]:
+    """Twenty triggers that each fail somewhere: in parsing, or inside the chain."""
+
+    def packed(value: Any) -> bytes:
+        data: bytes = msgpack.packb(value, use_bin_type=True)
+        return data
+
+    def variant(**top: Any) -> bytes:
+        body = trigger_body("Front Door camera", device_params=f"admin:x@127.0.0.1:{closed_port}")
+        body.update(top)
+        return packed(body)
+
+    unknown = trigger_body("attic camera")
+    no_camera_there = variant()  # parses, then the fetch is refused inside the chain
+    bad_address = trigger_body("Front Door camera", device_params="admin:x@127.0.0.1:99999")
+    shapes = [
+        variant(active_input={1: 2}),  # a non-string map key, camera refuses
+        packed([1, 2, 3]),  # msgpack that is not a map
+        b"\xc1\x00\xff garbage \x93",  # not msgpack at all
+        packed(unknown),  # a camera nobody configured
+        variant(timestamp=1e300),  # passes parsing; too large for the chain's own messages
+        no_camera_there,
+        packed(bad_address),  # parses, then the camera address is refused inside the chain
+    ]
+    return list(itertools.islice(itertools.cycle(shapes), 20))
+
+
+def test_twenty_poison_triggers_then_a_good_one_all_settled(
+    tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, RABBITMQ_PREFETCH="8", **foscam_env())
+    peer = Peer(exchange)
+    with CameraSimulator(user="admin", password=PASSWORD) as gone:
+        closed_port = gone.port  # nothing listens there once it is closed
+    try:
+        with running_app(settings) as app:
+            listener = listener_of(app)
+            unsendable = sample(
+                "amqp_messages_rejected_total", queue=settings.queue_name, reason="unsendable"
+            )
+            for body in poison_triggers(closed_port):
+                peer.send_raw(body)
+            peer.send_trigger(good_trigger(camera))
+            images = peer.wait_for_images(1, timeout=30)
+            assert [entry["device_label"] for image in images for entry in image["inputs"]] == [
+                "good"
+            ]
+            assert wait_until(lambda: listener.in_flight == 0)
+            assert listener.is_alive()
+            assert listener.consuming.is_set()
+            assert queue_state(settings.queue_name) == (0, 1)
+            assert (
+                sample(
+                    "amqp_messages_rejected_total", queue=settings.queue_name, reason="unsendable"
+                )
+                == unsendable + 3
+            )
+            # With the consumer gone, whatever it left unacked would be ready again.
+            assert listener.stop_and_join(10)
+            assert queue_state(settings.queue_name) == (0, 0)
+    finally:
+        peer.close()
+    assert PASSWORD not in caplog.text
