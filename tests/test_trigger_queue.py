@@ -16,7 +16,14 @@ import pytest
 
 from pylib.amqp_listener import AmqpListener
 from snapshot_processor.app import App
-from tests.support.broker import BROKER, Peer, running_app, trigger_body, unique_exchange
+from tests.support.broker import (
+    BROKER,
+    Peer,
+    delete_queue,
+    running_app,
+    trigger_body,
+    unique_exchange,
+)
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
@@ -124,3 +131,30 @@ def test_twenty_poison_triggers_then_a_good_one_all_settled(
     finally:
         peer.close()
     assert PASSWORD not in caplog.text
+
+
+def test_deleted_trigger_queue_is_declared_again_and_consumed(
+    tmp_path: Path, camera: CameraSimulator
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env())
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            cancels = sample("amqp_consumer_cancels_total", queue=settings.queue_name)
+            delete_queue(settings.queue_name)  # as an operator or a policy would
+            assert wait_until(
+                lambda: (
+                    sample("amqp_consumer_cancels_total", queue=settings.queue_name) == cancels + 1
+                )
+            )
+            # Declared again, bound and consumed by the daemon on its own.
+            assert wait_until(lambda: queue_state(settings.queue_name) == (0, 1), timeout=15)
+            peer.send_trigger(good_trigger(camera, label="after"))
+            images = peer.wait_for_images(1)
+            assert [entry["device_label"] for image in images for entry in image["inputs"]] == [
+                "after"
+            ]
+            assert wait_until(lambda: app.health()[0])
+    finally:
+        peer.close()
