@@ -158,3 +158,87 @@ def test_deleted_trigger_queue_is_declared_again_and_consumed(
             assert wait_until(lambda: app.health()[0])
     finally:
         peer.close()
+
+
+def redeclare(name: str, *, durable: bool, arguments: dict[str, str] | None = None) -> int:
+    """Declare ``name`` again from a connection of our own: 200 if the broker agrees with
+    the settings, else the code it closed the channel with (406: other settings)."""
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        connection.channel().queue_declare(name, durable=durable, arguments=arguments)
+        return 200
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        connection.close()
+
+
+def test_trigger_queue_is_durable(tmp_path: Path) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **foscam_env())
+    with running_app(settings):
+        # The broker compares every declare with the queue's own settings.
+        assert redeclare(settings.queue_name, durable=True) == 200
+        assert redeclare(settings.queue_name, durable=False) == 406
+
+
+def test_quorum_trigger_queue_end_to_end(tmp_path: Path, camera: CameraSimulator) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, RABBITMQ_QUEUE_TYPE="quorum", **foscam_env())
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            queue = settings.queue_name
+            assert redeclare(queue, durable=True, arguments={"x-queue-type": "quorum"}) == 200
+            assert redeclare(queue, durable=True, arguments={"x-queue-type": "classic"}) == 406
+            peer.send_trigger(good_trigger(camera, label="quorum"))
+            images = peer.wait_for_images(1)
+            assert [entry["device_label"] for image in images for entry in image["inputs"]] == [
+                "quorum"
+            ]
+    finally:
+        peer.close()
+
+
+def test_queue_of_another_type_is_named_with_the_remedy_then_taken_once_deleted(
+    tmp_path: Path, camera: CameraSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, RABBITMQ_QUEUE_TYPE="quorum", **foscam_env())
+    queue = settings.queue_name
+    assert redeclare(queue, durable=True) == 200  # a classic queue from an earlier version
+    peer = Peer(exchange)
+    app = App(settings)
+    daemon = app.build()
+    daemon.start()
+    try:
+        listener = listener_of(app)
+
+        def named() -> bool:
+            return any(
+                "refused the queue set-up" in line and queue in line and "delete it" in line
+                for line in listener.troubles()
+            )
+
+        assert wait_until(named)
+        healthy, problems = app.health()
+        assert not healthy
+        assert "PRECONDITION_FAILED" in problems
+        assert any(
+            record.levelno == logging.ERROR
+            and queue in record.getMessage()
+            and "RABBITMQ_QUEUE_TYPE" in record.getMessage()
+            for record in caplog.records
+        )
+        assert listener.is_alive()
+        delete_queue(queue)  # the operator follows the remedy
+        assert listener.consuming.wait(40)
+        assert listener.troubles() == []
+        assert redeclare(queue, durable=True, arguments={"x-queue-type": "quorum"}) == 200
+        peer.send_trigger(good_trigger(camera, label="quorum"))
+        assert len(peer.wait_for_images(1)) == 1
+    finally:
+        peer.close()
+        stopped = daemon.stop()
+        delete_queue(queue)
+    assert stopped
