@@ -197,6 +197,8 @@ class AmqpListener(Worker):
                 self.consuming.clear()
                 RECONNECTS.labels("consumer").inc()
                 delay = self.backoff.next()
+                if not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+                    self._setup_refused = None  # unknown again until the next set-up
                 if self._setup_refused is not None:
                     log.error(
                         "%s: the broker refused the queue set-up: %s; retrying in %.1f s",
