@@ -12,6 +12,12 @@ One thread owns the connection and blocks in pika's loop, so heartbeats keep flo
 while the chain does slow work elsewhere. Acks reach it without a timed poll: a small
 stage owns the ack inbox and hands each ack to the connection's thread with
 ``add_callback_threadsafe``, which wakes pika's loop at once.
+
+The broker may cancel the consumer on its own (basic.cancel: the queue was deleted, or
+a quorum queue's leader moved); pika then just stops delivering. The listener notices,
+counts it, names it in :meth:`AmqpListener.troubles`, and after a short back-off runs
+``setup`` again on the same channel (declaring the queue anew) and consumes again.
+Deliveries it holds stay on that channel, so their acks still count.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pika
+import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
@@ -42,6 +49,11 @@ REJECTED = Counter(
     "amqp_messages_rejected_total", "Messages acked without processing", ["queue", "reason"]
 )
 RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
+CONSUMER_CANCELS = Counter(
+    "amqp_consumer_cancels_total",
+    "Times the broker cancelled our consumer (queue deleted, quorum leader moved)",
+    ["queue"],
+)
 
 RECONNECT = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
 REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
@@ -118,6 +130,12 @@ class AmqpListener(Worker):
         self._channel: BlockingChannel | None = None
         self._sender: Sender | None = None
         self._acks: _AckInbox | None = None
+        # Set (monotonic time) while the broker has cancelled our consumer.
+        self._cancelled_since: float | None = None
+        self._resume_at = 0.0
+        self._resume_backoff = retry.backoff()
+        # Why the broker refused the queue set-up, until a set-up succeeds.
+        self._setup_refused: str | None = None
 
     def on_thread_open(self) -> None:
         self._sender = Sender(self.forward_to)
@@ -142,6 +160,20 @@ class AmqpListener(Worker):
         super().stop()
         self._call_threadsafe(lambda: None)
 
+    def troubles(self) -> list[str]:
+        """The broker refusing our queue, or a consumer it cancelled and not yet restored."""
+        found = []
+        refused = self._setup_refused
+        if refused is not None:
+            found.append(f"{self.name}: the broker refused the queue set-up: {refused}")
+        since = self._cancelled_since
+        if since is not None:
+            found.append(
+                f"{self.name}: the broker cancelled the consumer of {self.queue} "
+                f"{time.monotonic() - since:.0f} s ago; declaring the queue again"
+            )
+        return found
+
     @property
     def in_flight(self) -> int:
         """Deliveries handed down the chain (or waiting to be requeued) and not yet settled."""
@@ -153,13 +185,30 @@ class AmqpListener(Worker):
                 self._connect()
                 self.backoff.reset()
                 while self.should_keep_running():
-                    self._pump(IDLE_SECONDS)
+                    if self._cancelled_since is None:
+                        self._pump(IDLE_SECONDS)
+                    elif time.monotonic() >= self._resume_at:
+                        self._resume()
+                    else:
+                        self._pump(min(IDLE_SECONDS, self._resume_at - time.monotonic()))
                 self._finish()
                 return
             except CONNECTION_ERRORS as exc:
                 self.consuming.clear()
                 RECONNECTS.labels("consumer").inc()
                 delay = self.backoff.next()
+                if not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+                    self._setup_refused = None  # unknown again until the next set-up
+                if self._setup_refused is not None:
+                    log.error(
+                        "%s: the broker refused the queue set-up: %s; retrying in %.1f s",
+                        self.name,
+                        self._setup_refused,
+                        delay,
+                    )
+                    self._drop_connection()
+                    self.wait_for_stop(delay)
+                    continue
                 log.warning(
                     "%s: broker connection %s lost (%s: %s); %d unacked deliveries will come "
                     "again; retrying in %.1f s",
@@ -176,6 +225,7 @@ class AmqpListener(Worker):
     def _drop_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         close_quietly(connection)
+        self._cancelled_since = None  # the next connection declares and consumes afresh
         self._pending.clear()
         self._requeues.clear()
 
@@ -184,8 +234,8 @@ class AmqpListener(Worker):
         self._connection = connection
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
-        self.queue = self.setup(channel)
-        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        self._declare_and_consume(channel)
         self._channel = channel
         self._epoch += 1
         self._pending.clear()
@@ -198,6 +248,39 @@ class AmqpListener(Worker):
             describe(self.params),
             self.prefetch,
         )
+
+    def _declare_and_consume(self, channel: BlockingChannel) -> None:
+        try:
+            self.queue = self.setup(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # The queue exists with other arguments (PRECONDITION_FAILED) or may not be
+            # used (ACCESS_REFUSED): no reconnect mends that, so say so plainly.
+            self._setup_refused = f"{exc.reply_code} {exc.reply_text}"
+            raise
+        self._setup_refused = None
+        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+
+    def _on_cancelled(self, method_frame: pika.frame.Method[Any]) -> None:
+        """The broker ended our consumer (on the connection's thread): consume again soon."""
+        CONSUMER_CANCELS.labels(self.queue).inc()
+        delay = self._resume_backoff.next()
+        if self._cancelled_since is None:
+            self._cancelled_since = time.monotonic()
+        self._resume_at = time.monotonic() + delay
+        log.warning(
+            "%s: the broker cancelled the consumer of %s (queue deleted, or its leader "
+            "moved); declaring it again in %.1f s",
+            self.name,
+            self.queue,
+            delay,
+        )
+
+    def _resume(self) -> None:
+        """Declare the queue again and consume it, on the channel the cancel came on."""
+        assert self._channel is not None
+        self._declare_and_consume(self._channel)
+        self._cancelled_since = None
+        log.info("%s: consuming %s again", self.name, self.queue)
 
     def _pump(self, seconds: float) -> None:
         assert self._connection is not None
@@ -229,6 +312,7 @@ class AmqpListener(Worker):
         body: bytes,
     ) -> None:
         RECEIVED.labels(self.queue).inc()
+        self._resume_backoff.reset()
         tag = method.delivery_tag
         try:
             envelope = self.decode(body, properties)
@@ -240,10 +324,16 @@ class AmqpListener(Worker):
             self._reject(channel, tag, type(exc).__name__, str(exc))
             return
         assert self._sender is not None
-        self._pending.add(tag)
         settlement = Settlement(ack_token(self.ack_inbox, epoch=self._epoch, tag=tag))
         body_out = {**envelope.body, **settlement.fields()}
-        self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+        self._pending.add(tag)
+        try:
+            self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+        except zmq.ZMQError:
+            raise  # the chain is going away: the broker delivers it again
+        except Exception as exc:  # a value the chain cannot carry (e.g. an integer past 64 bits)
+            self._pending.discard(tag)
+            self._reject(channel, tag, "unsendable", f"{type(exc).__name__}: {exc}")
 
     def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
         REJECTED.labels(self.queue, reason).inc()

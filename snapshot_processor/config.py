@@ -92,6 +92,10 @@ class Settings(BaseModel):
     rabbitmq_queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
     # None: follows from the cameras (see ``prefetch``).
     rabbitmq_prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
+    # quorum: replicated on a cluster, so the trigger queue outlives a node.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
+        "classic", alias="RABBITMQ_QUEUE_TYPE"
+    )
     heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
     outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
     trigger_max_bytes: int = Field(65_536, alias="TRIGGER_MAX_BYTES", ge=256)

@@ -80,8 +80,7 @@ class Chain:
             decode=self.decode,
             forward_to=inbox,
             ack_inbox=address("acks"),
-            retry=QUICK,
-            **listener_options,  # type: ignore[arg-type]
+            **{"retry": QUICK, **listener_options},  # type: ignore[arg-type]
         )
         for worker in (publisher, listener):
             worker.start()
@@ -180,3 +179,26 @@ def test_listener_restarted_after_a_crash_still_gets_its_acks(
     # The publisher's ack reached the restarted listener, which acked the delivery.
     assert wait_until(lambda: listener.in_flight == 0)
     assert sample("thread_crashes_total", thread="chain-listener") == crashes + 1
+
+
+def test_consumer_cancelled_by_the_broker_is_named_in_health_then_consumes_again(
+    chain: Chain, peer: Peer
+) -> None:
+    # A long first pause, so the trouble can be seen before the queue is declared again.
+    listener, _ = chain.start(retry=RetryPolicy(first=2.0, maximum=2.0))
+    cancels = sample("amqp_consumer_cancels_total", queue=chain.queue)
+    reconnects = sample("amqp_reconnects_total", role="consumer")
+    assert listener.troubles() == []
+    delete_queue(chain.queue)  # the broker sends basic.cancel to its consumer
+    assert wait_until(lambda: listener.troubles())
+    (trouble,) = listener.troubles()
+    assert "cancelled the consumer" in trouble
+    assert chain.queue in trouble
+    assert sample("amqp_consumer_cancels_total", queue=chain.queue) == cancels + 1
+    # Declared again by the same connection, with nothing lost on the way.
+    assert wait_until(lambda: listener.troubles() == [], timeout=10)
+    assert listener.consuming.is_set()
+    peer.send_trigger(trigger_body("front door camera", label="after"))
+    assert "after" in chain.wait_for({"after"})
+    assert wait_until(lambda: listener.in_flight == 0)
+    assert sample("amqp_reconnects_total", role="consumer") == reconnects
