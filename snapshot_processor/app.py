@@ -54,9 +54,10 @@ class App:
         for worker in self.workers:
             if isinstance(worker, AmqpPublisher) and not worker.connected.is_set():
                 problems.append("publisher cannot reach the broker; events wait in the outbox")
-            if isinstance(worker, AmqpListener) and not worker.consuming.is_set():
+            troubles = worker.troubles()
+            if isinstance(worker, AmqpListener) and not worker.consuming.is_set() and not troubles:
                 problems.append("listener cannot reach the broker; no triggers arrive")
-            problems.extend(worker.troubles())
+            problems.extend(troubles)
         if problems:
             return False, "; ".join(problems)
         return True, f"{len(self.workers)} threads running, broker connected"
