@@ -137,6 +137,7 @@ class Outbox:
         # it instead of firing after every single message in normal operation.
         self._backlog_reported = False
         self._conn: sqlite3.Connection | None = None
+        self._reopen = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -223,9 +224,10 @@ class Outbox:
     def set_aside(self, exc: OutboxError) -> Path:
         """Close the damaged database, move it aside with its data and open a fresh one."""
         self.close()
+        # Should the move or the fresh open fail (a full disk), the next use tries again.
+        self._reopen = True
         aside = self._move_aside(exc)
-        self._conn, count = self._open()
-        self._set_depth(count)
+        self._connection()
         return aside
 
     @property
@@ -377,6 +379,7 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database. Closing twice is harmless."""
+        self._reopen = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -409,6 +412,10 @@ class Outbox:
             raise _error(f"{doing} outbox {self.path}", exc) from exc
 
     def _connection(self) -> sqlite3.Connection:
+        if self._conn is None and self._reopen:
+            self._conn, count = self._open()
+            self._reopen = False
+            self._set_depth(count)
         if self._conn is None:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._conn

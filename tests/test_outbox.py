@@ -190,7 +190,8 @@ def test_damaged_file_is_moved_aside_with_its_data_and_a_fresh_outbox_starts(
     assert REGISTRY.get_sample_value("outbox_damaged_total") == moved + 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert str(path) in errors[0] and str(aside[0]) in errors[0]
+    assert str(path) in errors[0]
+    assert str(aside[0]) in errors[0]
     assert "malformed" in errors[0] or "not a database" in errors[0]
 
 
