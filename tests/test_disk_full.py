@@ -121,7 +121,11 @@ def test_outbox_on_a_full_disk_never_republishes_and_recovers(
                 publish_envelope(image(peer.exchange, b"late"), Settlement({"reply_to": acks}))
             )
             assert receive(ack_pull, 1, timeout=1.0) == []
-            logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+            logged = [
+                r
+                for r in caplog.records
+                if r.name == "pylib.amqp_publisher" and r.levelno == logging.ERROR
+            ]
 
             filler.unlink()  # room again: everything goes on by itself
             assert [ack["requeue"] for ack in receive(ack_pull, 1)] == [False]
