@@ -10,13 +10,29 @@ restart.
 Acks go to the inproc address in the ack's ``reply_to`` (the component that made the
 ack), else to ``ack_to``. A full outbox hands a message back (a ``requeue`` ack) to
 whoever can retry it. A broker nack of the oldest message is retried after a growing
-back-off; an outbox that cannot be written holds the messages and pauses intake until
-it can. Events are published without ``mandatory``: one that no queue is bound to is
-dropped by the broker, as the original daemon's were.
+back-off.
+
+A row the broker refuses for a reason that will not pass (its exchange does not exist,
+or it breaks a precondition such as the broker's size limit: a channel closed with 404
+or 406) is tried once more on a fresh channel, after the exchanges are declared again,
+and then *parked*: moved to the outbox's ``parked`` table, counted and logged once,
+and the rows behind it flow on.
+
+An outbox that cannot be written (a full disk) holds the messages and pauses intake
+until it can, so nothing is acked that is not on disk. A row the broker confirmed but
+that cannot be removed is remembered in memory and never published again while the
+removal is retried. Either shows in :meth:`AmqpPublisher.troubles`, is counted, and is
+logged at most once a minute; it all recovers on its own once the disk has room. A
+damaged outbox file is moved aside and a fresh one started (:mod:`pylib.outbox`).
+
+Events are published without ``mandatory``: one that no queue is bound to is dropped
+by the broker, as the original daemon's were, and the publisher goes on (there is no
+``UnroutableError`` to handle: pika raises it only for mandatory publishes).
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import threading
@@ -64,6 +80,18 @@ SERVICE_INTERVAL = 1.0
 RECONNECT = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
 NACK_RETRY = RetryPolicy(first=0.5, maximum=30.0)
 STORE_RETRY = RetryPolicy(first=0.2, maximum=10.0)
+# An outbox that keeps failing is logged at most this often (every failure is counted).
+TROUBLE_LOG_INTERVAL = 60.0
+# Channel closes that mean the broker will never take this message: 404 NOT_FOUND (no
+# such exchange) and 406 PRECONDITION_FAILED (e.g. larger than the broker's limit).
+REFUSED_FOR_GOOD = frozenset({404, 406})
+
+
+class _Outcome(enum.Enum):
+    CONFIRMED = "confirmed"
+    PARKED = "parked"
+    LATER = "later"  # nacked: stays in front, tried again after a pause
+
 
 Row = tuple[str, str, bytes, Mapping[str, str] | None]
 
@@ -133,6 +161,13 @@ class AmqpPublisher(Stage):
         self._recent: deque[OutboxEntry] = deque()
         self._flush_at = 0.0
         self._connect_timer: Timer | None = None
+        # Rows the broker confirmed whose removal from the outbox failed: never published
+        # again while the removal is retried.
+        self._removal_pending: set[int] = set()
+        # What is wrong with the outbox now (None: nothing), for health; and log pacing.
+        self._outbox_trouble: str | None = None
+        self._trouble_failures = 0
+        self._trouble_log_at = 0.0
 
     # --- life cycle ------------------------------------------------------------------
     def on_thread_open(self) -> None:
@@ -149,6 +184,7 @@ class AmqpPublisher(Stage):
         super().on_thread_start()
         self._outbox = Outbox(self.outbox_path, self.outbox_max)
         self._recent.clear()
+        self._removal_pending.clear()
         self._connect_timer = None
         self._connect_later(0)
         self.call_later(SERVICE_INTERVAL, self._service)
@@ -161,6 +197,11 @@ class AmqpPublisher(Stage):
             self._outbox.close()
             self._outbox = None
         super().on_thread_stop()
+
+    def troubles(self) -> list[str]:
+        """The outbox cannot be written (a full disk, say), while that lasts."""
+        trouble = self._outbox_trouble
+        return [trouble] if trouble else []
 
     def finish(self, deadline: float) -> None:
         """At stop: store what is held if it can be, else hand it back; publish until ``deadline``."""
@@ -199,6 +240,11 @@ class AmqpPublisher(Stage):
     def _parse(self, envelope: Envelope) -> _Request | None:
         settlement = Settlement.of(envelope.body)
         if envelope.kind == DONE_KIND:
+            if envelope.body.get("requeue"):
+                # A part that could not be kept (say, a full disk): its work comes back.
+                assert self._replies is not None
+                self._replies.send(settlement, requeue=True)
+                return None
             return _Request(envelope, settlement, None)
         body = envelope.body
         try:
@@ -234,6 +280,8 @@ class AmqpPublisher(Stage):
         except OutboxError as exc:
             self._hold(requests, exc)
             return
+        if stored_rows:
+            self._outbox_writable()
         self._remember(in_sync, ids, stored_rows)
         self._store.reset()
         stored = set(map(id, fits))
@@ -255,19 +303,57 @@ class AmqpPublisher(Stage):
 
     def _hold(self, requests: list[_Request], exc: OutboxError) -> None:
         """Keep requests the outbox refused for a reason other than being full; retry later."""
-        PUBLISH_FAILURES.labels("outbox_error").inc()
         delay = self._store.next()
         self._held = requests
         self.pause_inbox()
         self.call_later(delay, self._store_held)
-        log.error(
-            "%s: could not store %d message(s) (%s); holding them, taking nothing new, "
-            "trying again in %.1f s",
-            self.name,
-            len(requests),
+        self._outbox_failed(
             exc,
-            delay,
+            f"could not store {len(requests)} message(s); holding them and taking nothing new",
         )
+
+    def _outbox_failed(self, exc: OutboxError, what: str) -> None:
+        """Count an outbox failure, show it in health, log it at most once a minute.
+
+        A damaged file is moved aside at once instead (a fresh outbox takes its place).
+        """
+        PUBLISH_FAILURES.labels("outbox_error").inc()
+        if exc.damaged and self._outbox is not None:
+            try:
+                self._outbox.set_aside(exc)
+            except OutboxError as again:
+                exc = again
+            else:
+                self._recent.clear()
+                self._removal_pending.clear()
+                return
+        self._outbox_trouble = f"outbox cannot be written: {exc}"
+        self._trouble_failures += 1
+        now = time.monotonic()
+        if now < self._trouble_log_at:
+            return
+        self._trouble_log_at = now + TROUBLE_LOG_INTERVAL
+        log.error(
+            "%s: %s (%s); %d failure(s) so far, retrying on its own; next line in %.0f s at most",
+            self.name,
+            what,
+            exc,
+            self._trouble_failures,
+            TROUBLE_LOG_INTERVAL,
+        )
+
+    def _outbox_writable(self) -> None:
+        """A write went through: the outbox trouble, if any, is over."""
+        if self._outbox_trouble is None:
+            return
+        log.info(
+            "%s: the outbox can be written again after %d failure(s)",
+            self.name,
+            self._trouble_failures,
+        )
+        self._outbox_trouble = None
+        self._trouble_failures = 0
+        self._trouble_log_at = 0.0
 
     def _store_held(self) -> None:
         if not self._held:
@@ -311,13 +397,10 @@ class AmqpPublisher(Stage):
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
         except OutboxError as exc:
-            PUBLISH_FAILURES.labels("outbox_error").inc()
-            delay = self._nack.next()
+            delay = self._store.next()
             self._flush_at = time.monotonic() + delay
             self.call_later(delay, self._flush_soon)
-            log.error(
-                "%s: cannot read the outbox (%s); trying again in %.1f s", self.name, exc, delay
-            )
+            self._outbox_failed(exc, "cannot publish from the outbox")
 
     def _service(self) -> None:
         """Now and then: keep the connection alive, and publish what waits."""
@@ -331,9 +414,7 @@ class AmqpPublisher(Stage):
         self._connect_timer = None
         try:
             self._connection = pika.BlockingConnection(self.params)
-            self._channel = self._connection.channel()
-            self.setup(self._channel)
-            self._channel.confirm_delivery()
+            self._open_channel()
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             return
@@ -375,59 +456,120 @@ class AmqpPublisher(Stage):
         """Publish from the outbox, oldest first, until it is empty, a nack, or ``deadline``."""
         outbox = self._outbox
         assert outbox is not None
-        while len(outbox):
+        while True:
+            if self._removal_pending:
+                self._remove_confirmed([])  # raises while the outbox still cannot be written
+            entries = self._next_entries(outbox)
+            if not entries:
+                return
             confirmed: list[int] = []
-            if len(self._recent) == len(outbox):
-                entries = list(itertools.islice(self._recent, FLUSH_BATCH))
-            else:
-                self._recent.clear()
-                entries = outbox.peek(FLUSH_BATCH)
             try:
                 for entry in entries:
-                    if not self._publish_entry(entry):
+                    outcome = self._publish_entry(entry)
+                    if outcome is _Outcome.LATER:
                         return
-                    confirmed.append(entry.id)
+                    if outcome is _Outcome.CONFIRMED:
+                        confirmed.append(entry.id)
                     if time.monotonic() >= deadline:
                         break
             finally:
-                # Confirmed rows go in one commit; until then a restart publishes them again.
-                outbox.remove_many(confirmed)
+                PUBLISHED.labels("event").inc(len(confirmed))
                 while self._recent and confirmed and self._recent[0].id <= confirmed[-1]:
                     self._recent.popleft()
-                PUBLISHED.labels("event").inc(len(confirmed))
+                # Confirmed rows go in one commit; until then a restart publishes them again.
+                self._remove_confirmed(confirmed)
             if time.monotonic() >= deadline:
-                if len(outbox):
+                if len(outbox) > len(self._removal_pending):
                     self.call_later(0, self._flush_soon)  # intake gets a turn first
                 return
 
-    def _publish_entry(self, entry: OutboxEntry) -> bool:
-        try:
-            self._publish(
-                Publication(entry.exchange, entry.routing_key, entry.body, entry.headers),
-                persistent=True,
-            )
-        except pika.exceptions.NackError as exc:
-            # Kept in the outbox, in front, and tried again after a back-off.
-            PUBLISH_FAILURES.labels("nack").inc()
-            delay = self._nack.next()
-            self._flush_at = time.monotonic() + delay
-            self.call_later(delay, self._flush_soon)
-            log.warning(
-                "%s: broker refused message %d (%s); %d messages wait; trying again in %.1f s",
-                self.name,
-                entry.id,
-                type(exc).__name__,
-                len(self._outbox) if self._outbox is not None else 0,
-                delay,
-            )
-            return False
-        self._nack.reset()
-        return True
+    def _next_entries(self, outbox: Outbox) -> list[OutboxEntry]:
+        """The next rows to publish: from memory when it holds the whole outbox, else disk."""
+        pending = self._removal_pending
+        if not pending and len(self._recent) == len(outbox):
+            return list(itertools.islice(self._recent, FLUSH_BATCH))
+        self._recent.clear()
+        if len(outbox) <= len(pending):
+            return []  # all published, only their removal waits
+        entries = outbox.peek(FLUSH_BATCH + len(pending))
+        return [entry for entry in entries if entry.id not in pending][:FLUSH_BATCH]
+
+    def _remove_confirmed(self, confirmed: list[int]) -> None:
+        """Remove confirmed rows, and any whose removal failed before; remember them if it fails."""
+        pending = self._removal_pending
+        pending.update(confirmed)
+        if not pending:
+            return
+        assert self._outbox is not None
+        self._outbox.remove_many(sorted(pending))
+        pending.clear()
+        self._outbox_writable()
+
+    def _publish_entry(self, entry: OutboxEntry) -> _Outcome:
+        for attempt in (1, 2):
+            try:
+                self._publish(
+                    Publication(entry.exchange, entry.routing_key, entry.body, entry.headers),
+                    persistent=True,
+                )
+            except pika.exceptions.NackError as exc:
+                # Kept in the outbox, in front, and tried again after a back-off.
+                PUBLISH_FAILURES.labels("nack").inc()
+                delay = self._nack.next()
+                self._flush_at = time.monotonic() + delay
+                self.call_later(delay, self._flush_soon)
+                log.warning(
+                    "%s: broker refused message %d (%s); %d messages wait; trying again in %.1f s",
+                    self.name,
+                    entry.id,
+                    type(exc).__name__,
+                    len(self._outbox) if self._outbox is not None else 0,
+                    delay,
+                )
+                return _Outcome.LATER
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code not in REFUSED_FOR_GOOD:
+                    raise  # a reason that may pass: reconnect and try again
+                # The channel is gone, the connection is not. The setup declares our
+                # exchanges again, so a row for one an operator deleted gets through now.
+                self._open_channel()
+                if attempt == 1:
+                    continue
+                self._park(entry, exc)
+                return _Outcome.PARKED
+            self._nack.reset()
+            return _Outcome.CONFIRMED
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open_channel(self) -> None:
+        assert self._connection is not None
+        self._channel = self._connection.channel()
+        self.setup(self._channel)
+        self._channel.confirm_delivery()
+
+    def _park(self, entry: OutboxEntry, exc: pika.exceptions.ChannelClosedByBroker) -> None:
+        """Set a row aside that the broker will never take, so the rest can flow."""
+        assert self._outbox is not None
+        reason = f"{exc.reply_code} {exc.reply_text}"
+        self._outbox.park(entry.id, reason)
+        self._outbox_writable()
+        self._recent.clear()  # out of step with the outbox now: read it from disk
+        PUBLISH_FAILURES.labels("parked").inc()
+        log.error(
+            "%s: broker refuses message %d (%s) to exchange %r for good (%r); parked it in"
+            " the parked table of %s; the rest go on",
+            self.name,
+            entry.id,
+            entry.headers.get("message_id", "?"),
+            entry.exchange,
+            reason,
+            self._outbox.path,
+        )
 
     def _publish_periodic(self) -> None:
         assert self.periodic is not None
         self.call_later(self.periodic_interval, self._publish_periodic)
-        if self._connection is None:
+        if self._connection is None or self._channel is None:
             return
 
         def publish() -> None:

@@ -9,10 +9,21 @@ One ``Outbox`` object belongs to one thread (the publisher's). Another ``Outbox`
 same file (say, a test inspecting the depth after a crash) works because the database
 runs in WAL mode with a busy timeout, but each instance caches its own depth, so only
 one of them should write.
+
+A row the broker will never take (its exchange is gone) is *parked*: moved to the
+``parked`` table of the same file, kept for a person to look at, and no longer in the
+way of the rows behind it.
+
+A damaged file (not a database, a bad page, truncated) is never retried in a loop: it
+is renamed to ``<name>.damaged-<UTC time>`` (its ``-wal`` and ``-shm`` with it, so
+nothing in it is lost), one ERROR line names the error and the new name, and a fresh
+outbox starts in its place. The messages in the damaged file are not published; they
+stay in the renamed file.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,11 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_DEPTH = Gauge("outbox_depth", "Messages in the outbox waiting for a broker confirm.")
+OUTBOX_PARKED = Counter(
+    "outbox_parked_total", "Messages set aside in the parked table: the broker will never take them"
+)
+OUTBOX_DAMAGED = Counter(
+    "outbox_damaged_total", "Damaged outbox files moved aside and replaced by a fresh one"
+)
+
+# SQLite's primary result codes that mean the file itself is damaged.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 # Depths that are worth a WARNING on the way up, besides every 10% of the limit.
 _FIXED_THRESHOLDS = (1, 100, 1000)
@@ -46,9 +67,39 @@ CREATE TABLE IF NOT EXISTS outbox (
 )
 """
 
+_PARKED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS parked (
+    id INTEGER PRIMARY KEY,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    created REAL NOT NULL,
+    parked REAL NOT NULL,
+    reason TEXT NOT NULL
+)
+"""
+
 
 class OutboxError(Exception):
-    """The outbox database cannot be opened, read or written."""
+    """The outbox database cannot be opened, read or written.
+
+    ``damaged`` is true when SQLite says the file itself is corrupt or not a database:
+    no retry will help, :meth:`Outbox.set_aside` will.
+    """
+
+    def __init__(self, message: str, *, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _error(message: str, exc: sqlite3.Error) -> OutboxError:
+    return OutboxError(f"{message}: {exc}", damaged=_damaged(exc))
 
 
 class OutboxFullError(OutboxError):
@@ -70,8 +121,10 @@ class OutboxEntry:
 class Outbox:
     """An on-disk FIFO of outgoing messages, at most ``max_entries`` deep.
 
-    Opening creates the parent directories and the table if needed. A file that is not a
-    readable SQLite database raises :class:`OutboxError` naming the path.
+    Opening creates the parent directories and the tables if needed. A damaged file is
+    moved aside and replaced by a fresh one (see the module docstring); a file that cannot
+    be opened for another reason (permissions, locked) raises :class:`OutboxError` naming
+    the path.
     """
 
     def __init__(self, path: Path, max_entries: int = 10_000) -> None:
@@ -84,30 +137,18 @@ class Outbox:
         # it instead of firing after every single message in normal operation.
         self._backlog_reported = False
         self._conn: sqlite3.Connection | None = None
+        self._reopen = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutboxError(f"cannot create the directory for outbox {self.path}: {exc}") from exc
-        # isolation_level=None: every statement is its own transaction, committed (and,
-        # with synchronous=FULL, synced) before execute() returns.
         try:
-            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox database {self.path}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                # Some filesystems cannot do WAL; the outbox still works, readers just
-                # block the writer for a moment.
-                logger.warning("outbox %s runs in journal mode %s, not wal", self.path, mode)
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(_SCHEMA)
-            (count,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
-        except sqlite3.Error as exc:
-            conn.close()
-            raise OutboxError(
-                f"outbox database {self.path} is unreadable or corrupt: {exc}"
-            ) from exc
+            conn, count = self._open()
+        except OutboxError as exc:
+            if not exc.damaged:
+                raise
+            self._move_aside(exc)
+            conn, count = self._open()
         self._conn = conn
         self._depth = int(count)
         OUTBOX_DEPTH.set(self._depth)
@@ -119,6 +160,115 @@ class Outbox:
                 self.max_entries,
             )
             self._backlog_reported = True
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
+        """Connect, set the pragmas, check the file and create the tables; return the depth."""
+        # isolation_level=None: every statement is its own transaction, committed (and,
+        # with synchronous=FULL, synced) before execute() returns.
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _error(f"cannot open outbox database {self.path}", exc) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # Some filesystems cannot do WAL; the outbox still works, readers just
+                # block the writer for a moment.
+                logger.warning("outbox %s runs in journal mode %s, not wal", self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            # A bad page found now is set aside at once, not met later in a retry loop.
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise OutboxError(
+                    f"outbox database {self.path} is damaged: {'; '.join(problems)}",
+                    damaged=True,
+                )
+            conn.execute(_SCHEMA)
+            conn.execute(_PARKED_SCHEMA)
+            (count,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _error(f"outbox database {self.path} is unreadable or corrupt", exc) from exc
+        except OutboxError:
+            conn.close()
+            raise
+        return conn, int(count)
+
+    def _move_aside(self, exc: OutboxError) -> Path:
+        """Rename the damaged file (and its WAL and shared memory) with a timestamp suffix."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for n in itertools.count(1):  # never over an earlier one from the same second
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        try:
+            for extra in ("", "-wal", "-shm"):
+                source = self.path.with_name(self.path.name + extra)
+                if source.exists():
+                    source.rename(aside.with_name(aside.name + extra))
+        except OSError as move_exc:
+            raise OutboxError(
+                f"{exc}; and it cannot be moved aside to {aside}: {move_exc}"
+            ) from move_exc
+        OUTBOX_DAMAGED.inc()
+        logger.error(
+            "outbox %s is damaged (%s); moved it to %s with its data and started a fresh one;"
+            " the messages in it are not published",
+            self.path,
+            exc,
+            aside,
+        )
+        return aside
+
+    def set_aside(self, exc: OutboxError) -> Path:
+        """Close the damaged database, move it aside with its data and open a fresh one."""
+        self.close()
+        # Should the move or the fresh open fail (a full disk), the next use tries again.
+        self._reopen = True
+        aside = self._move_aside(exc)
+        self._connection()
+        return aside
+
+    @property
+    def synchronous(self) -> int:
+        """This connection's ``PRAGMA synchronous`` (2 is FULL): what durability it gets."""
+        try:
+            (level,) = self._connection().execute("PRAGMA synchronous").fetchone()
+        except sqlite3.Error as exc:
+            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        return int(level)
+
+    def park(self, entry_id: int, reason: str) -> bool:
+        """Move a message the broker will never take to the ``parked`` table; False if absent."""
+        with self._transaction("cannot park a message in") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO parked"
+                " (id, exchange, routing_key, body, headers, created, parked, reason)"
+                " SELECT id, exchange, routing_key, body, headers, created, ?, ?"
+                " FROM outbox WHERE id = ?",
+                (time.time(), reason, entry_id),
+            )
+            removed = conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
+        if removed:
+            OUTBOX_PARKED.inc()
+            self._set_depth(self._depth - removed)
+        return removed > 0
+
+    def parked(self) -> list[tuple[OutboxEntry, str]]:
+        """The parked messages, oldest first, each with the reason it was parked."""
+        try:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT id, exchange, routing_key, body, headers, created, reason"
+                    " FROM parked ORDER BY id"
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        return [(_entry(row), str(row[6])) for row in rows]
 
     def append(
         self,
@@ -140,7 +290,7 @@ class Outbox:
                 (exchange, routing_key, bytes(body), headers_json, time.time()),
             )
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot append to outbox {self.path}: {exc}") from exc
+            raise _error(f"cannot append to outbox {self.path}", exc) from exc
         entry_id = cursor.lastrowid
         assert entry_id is not None  # an INSERT into a rowid table always sets it
         self._set_depth(self._depth + 1)
@@ -201,25 +351,15 @@ class Outbox:
                 .fetchall()
             )
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
-        return [
-            OutboxEntry(
-                id=int(row[0]),
-                exchange=str(row[1]),
-                routing_key=str(row[2]),
-                body=bytes(row[3]),
-                headers={str(k): str(v) for k, v in json.loads(row[4]).items()},
-                created=float(row[5]),
-            )
-            for row in rows
-        ]
+            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        return [_entry(row) for row in rows]
 
     def remove(self, entry_id: int) -> None:
         """Delete a message (after its confirm). Removing an unknown id does nothing."""
         try:
             cursor = self._connection().execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot remove {entry_id} from outbox {self.path}: {exc}") from exc
+            raise _error(f"cannot remove {entry_id} from outbox {self.path}", exc) from exc
         if cursor.rowcount > 0:
             self._set_depth(self._depth - cursor.rowcount)
 
@@ -239,6 +379,7 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database. Closing twice is harmless."""
+        self._reopen = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -268,9 +409,13 @@ class Outbox:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise OutboxError(f"{doing} outbox {self.path}: {exc}") from exc
+            raise _error(f"{doing} outbox {self.path}", exc) from exc
 
     def _connection(self) -> sqlite3.Connection:
+        if self._conn is None and self._reopen:
+            self._conn, count = self._open()
+            self._reopen = False
+            self._set_depth(count)
         if self._conn is None:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._conn
@@ -290,6 +435,18 @@ class Outbox:
         elif depth == 0 and self._backlog_reported:
             logger.info("outbox %s drained", self.path)
             self._backlog_reported = False
+
+
+def _entry(row: tuple[object, ...]) -> OutboxEntry:
+    headers = json.loads(str(row[4]))
+    return OutboxEntry(
+        id=int(str(row[0])),
+        exchange=str(row[1]),
+        routing_key=str(row[2]),
+        body=bytes(row[3]),  # type: ignore[call-overload]
+        headers={str(k): str(v) for k, v in headers.items()},
+        created=float(str(row[5])),
+    )
 
 
 def _thresholds(max_entries: int) -> tuple[int, ...]:

@@ -2,7 +2,9 @@
 
 Fetches for different cameras run at once on the stage's pool; each snapshot goes on
 the moment it is on disk. Every part of a trigger ends as a snapshot or a done mark,
-whatever fails, so its delivery is always settled.
+whatever fails, so its delivery is always settled. A snapshot that cannot be written
+(a full disk) is not settled as done: a requeue mark gives its trigger back to the
+broker, to come again after a pause, and the trouble shows in health.
 
 Stopping takes at most ``stop_timeout``: camera back-off pauses and the pause between a
 trigger's snapshots end at once, fetches in progress get until the deadline, and no new
@@ -28,7 +30,7 @@ from pylib.worker import RestartBudget
 from snapshot_processor.camera import CameraError
 from snapshot_processor.cameras import CameraConfigError, CameraRegistry
 from snapshot_processor.messages import SnapshotMessage, TriggerMessage
-from snapshot_processor.storage import snapshot_path, write_atomically
+from snapshot_processor.storage import WriteTrouble, snapshot_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,14 @@ SNAPSHOTS_LEFT = Counter(
 
 class _StoppingError(Exception):
     """The stage stops: the trigger's remaining snapshots are not taken."""
+
+
+class _WriteError(Exception):
+    """The snapshot could not be written: its trigger must come again, not be settled."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class SnapshotStage(Stage):
@@ -82,6 +92,11 @@ class SnapshotStage(Stage):
         self.root = root
         self.per_trigger = per_trigger
         self.interval = interval
+        self.disk = WriteTrouble(f"snapshots under {root}")
+
+    def troubles(self) -> list[str]:
+        trouble = self.disk.current()
+        return [*super().troubles(), *([trouble] if trouble else [])]
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
@@ -115,6 +130,12 @@ class SnapshotStage(Stage):
             except _StoppingError:
                 self._leave(key, parts - index)
                 return
+            except _WriteError as exc:
+                # Not a done mark: that would ack a trigger whose event exists nowhere.
+                SNAPSHOT_FAILURES.labels(key, "write_failed").inc()
+                self.disk.failed(exc.cause)
+                self.emit(done_envelope(trigger.settlement.split(parts), requeue=True))
+                return
             except Exception as exc:  # never lose the ack bookkeeping to a bug
                 reason = getattr(exc, "reason", type(exc).__name__)
                 SNAPSHOT_FAILURES.labels(key, reason).inc()
@@ -140,7 +161,11 @@ class SnapshotStage(Stage):
         taken = time.time()
         event_id = new_id()
         path = snapshot_path(self.root, key, taken, event_id)
-        write_atomically(path, image)
+        try:
+            write_atomically(path, image)
+        except OSError as exc:
+            raise _WriteError(exc) from exc
+        self.disk.succeeded()
         SNAPSHOTS.labels(key, "fetch").inc()
         return SnapshotMessage(
             event_id=event_id,

@@ -148,14 +148,88 @@ def test_headers_round_trip(outbox: Outbox) -> None:
     assert second.body == b""
 
 
-@pytest.mark.parametrize("garbage", [b"not a database at all " * 200, os.urandom(4096)])
-def test_corrupt_file_raises_outbox_error_naming_the_path(tmp_path: Path, garbage: bytes) -> None:
-    path = tmp_path / "corrupt.sqlite"
-    path.write_bytes(garbage)
+def _damage(path: Path, how: str) -> None:
+    """Damage a real outbox file of several pages the way a disk or a crash would."""
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        if how == "truncated":
+            handle.truncate(size // 2)
+        else:  # a bad page in the middle
+            handle.seek(4096 * 3)
+            handle.write(os.urandom(4096))
 
+
+@pytest.mark.parametrize("how", ["junk", "random", "truncated", "bad page"])
+def test_damaged_file_is_moved_aside_with_its_data_and_a_fresh_outbox_starts(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pylib.outbox")
+    path = tmp_path / "damaged.sqlite"
+    if how == "junk":
+        path.write_bytes(b"not a database at all " * 200)
+    elif how == "random":
+        path.write_bytes(os.urandom(4096))
+    else:
+        with Outbox(path) as box:
+            for n in range(50):
+                box.append("x", "k", os.urandom(3000) + str(n).encode())
+        _damage(path, how)
+    damaged_bytes = path.read_bytes()
+    moved = REGISTRY.get_sample_value("outbox_damaged_total") or 0.0
+
+    with Outbox(path) as box:
+        assert len(box) == 0
+        box.append("x", "k", b"fresh")  # the fresh one works
+        assert [entry.body for entry in box.peek()] == [b"fresh"]
+    # Opening again is a plain open: no second move, no crash loop at every start.
+    with Outbox(path) as box:
+        assert len(box) == 1
+
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("damaged.sqlite.damaged-")]
+    assert [p.read_bytes() for p in aside] == [damaged_bytes]
+    assert REGISTRY.get_sample_value("outbox_damaged_total") == moved + 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert str(path) in errors[0]
+    assert str(aside[0]) in errors[0]
+    assert "malformed" in errors[0] or "not a database" in errors[0]
+
+
+def test_outbox_that_cannot_be_opened_for_another_reason_raises_naming_the_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a-directory.sqlite"
+    path.mkdir()  # not damaged, just not openable: nothing is moved
     with pytest.raises(OutboxError) as caught:
         Outbox(path)
     assert str(path) in str(caught.value)
+    assert not caught.value.damaged
+    assert path.is_dir()
+
+
+def test_outbox_connection_syncs_fully(db_path: Path) -> None:
+    """A commit is on disk when append returns only with synchronous=FULL (2) or EXTRA (3)."""
+    with Outbox(db_path) as box:
+        assert box.synchronous >= 2
+
+
+def test_parked_message_leaves_the_queue_and_is_kept(outbox: Outbox) -> None:
+    parked = REGISTRY.get_sample_value("outbox_parked_total") or 0.0
+    first = outbox.append("gone", "k", b"poison", {"message_id": "p"})
+    second = outbox.append("events", "k", b"good")
+    assert outbox.park(first, "NOT_FOUND - no exchange 'gone'")
+    assert not outbox.park(first, "again")  # already parked: nothing happens
+    assert [entry.id for entry in outbox.peek()] == [second]
+    assert len(outbox) == 1
+    [(entry, reason)] = outbox.parked()
+    assert (entry.id, entry.exchange, entry.body, entry.headers) == (
+        first,
+        "gone",
+        b"poison",
+        {"message_id": "p"},
+    )
+    assert reason == "NOT_FOUND - no exchange 'gone'"
+    assert REGISTRY.get_sample_value("outbox_parked_total") == parked + 1
 
 
 def test_second_instance_sees_the_depth(db_path: Path) -> None:

@@ -398,3 +398,116 @@ def test_malformed_requests_are_settled_and_the_next_is_published(make: Make, pe
     assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, False), (2, False), (3, False)]
     assert names(images) == ["next"]
     assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 2
+
+
+def test_row_for_a_missing_exchange_is_parked_and_the_rest_flow(
+    make: Make, peer: Peer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row the broker refuses for good (404 NOT_FOUND) is set aside, not retried forever."""
+    caplog.set_level(logging.ERROR, logger="pylib.amqp_publisher")
+    outbox_path = tmp_path / "poison.sqlite3"
+    missing = unique_exchange()  # declared by nobody
+    with Outbox(outbox_path) as outbox:
+        for exchange, name in [(peer.exchange, b"a"), (missing, b"poison"), (peer.exchange, b"b")]:
+            publication = image(exchange, name)
+            outbox.append(publication.exchange, publication.routing_key, publication.body)
+    parked = sample("outbox_parked_total")
+    publisher = make("pub-poison", peer.exchange, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        sender.send(publish_envelope(image(peer.exchange, b"c"), Settlement(None)))
+        images = peer.wait_for_images(3)
+        peer.pump(0.5)
+    finally:
+        sender.close()
+    assert publisher.stop_and_join(10)
+    assert names(peer.images()) == ["a", "b", "c"]
+    assert names(images) == ["a", "b", "c"]
+    assert sample("outbox_parked_total") == parked + 1
+    with Outbox(outbox_path) as outbox:
+        assert len(outbox) == 0
+        [(entry, reason)] = outbox.parked()
+    assert entry.exchange == missing
+    assert msgpack.unpackb(entry.body) == {"name": "poison"}
+    assert reason.startswith("404 NOT_FOUND")
+    lines = [r.getMessage() for r in caplog.records if "parked" in r.getMessage()]
+    assert len(lines) == 1  # logged once
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+def test_event_no_queue_is_bound_to_is_dropped_and_the_next_flows(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    """No ``mandatory``: the broker drops an unroutable event, as the original's were."""
+    lonely = unique_exchange()
+
+    def setup(channel: BlockingChannel) -> None:
+        channel.exchange_declare(peer.exchange, exchange_type="topic")
+        channel.exchange_declare(lonely, exchange_type="topic")  # no queue bound to it
+
+    acks = address("unroutable-acks")
+    ack_pull = bind_pull(acks)
+    failures = {
+        reason: sample("amqp_publish_failures_total", reason=reason)
+        for reason in ("nack", "parked", "outbox_error")
+    }
+    outbox_path = tmp_path / "unroutable.sqlite3"
+    publisher = make("pub-unroutable", peer.exchange, setup=setup, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        sender.send(
+            publish_envelope(image(lonely, b"nobody"), Settlement({"reply_to": acks, "n": 1}))
+        )
+        sender.send(
+            publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 2}))
+        )
+        returned = receive(ack_pull, 2)
+        images = peer.wait_for_images(1)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert publisher.stop_and_join(10)
+    assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, False), (2, False)]
+    assert names(images) == ["next"]
+    with Outbox(outbox_path) as outbox:
+        assert len(outbox) == 0  # confirmed and removed: not retried, not blocking
+        assert outbox.parked() == []
+    for reason, before in failures.items():
+        assert sample("amqp_publish_failures_total", reason=reason) == before
+
+
+def test_publisher_on_a_damaged_outbox_file_starts_fresh_and_publishes(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    outbox_path = tmp_path / "junk.sqlite3"
+    outbox_path.write_bytes(b"\x00junk that is no database\n" * 300)
+    publisher = make("pub-junk", peer.exchange, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert publisher.connected.wait(10)
+        sender.send(publish_envelope(image(peer.exchange, b"fresh"), Settlement(None)))
+        images = peer.wait_for_images(1)
+    finally:
+        sender.close()
+    assert names(images) == ["fresh"]
+    assert [p.name.split(".damaged-")[0] for p in tmp_path.glob("junk.sqlite3.damaged-*")] == [
+        "junk.sqlite3"
+    ]
+
+
+def test_done_mark_asking_for_requeue_hands_the_work_back(make: Make, peer: Peer) -> None:
+    """A part that could not be kept (a full disk) comes back to its owner, not acked as done."""
+    acks = address("requeue-acks")
+    ack_pull = bind_pull(acks)
+    publisher = make("pub-requeue", peer.exchange)
+    sender = Sender(publisher.inbox)
+    try:
+        sender.send(done_envelope(Settlement({"reply_to": acks, "n": 1}), requeue=True))
+        sender.send(done_envelope(Settlement({"reply_to": acks, "n": 2})))
+        returned = receive(ack_pull, 2)
+    finally:
+        sender.close()
+        ack_pull.close(linger=0)
+    assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, True), (2, False)]

@@ -85,9 +85,14 @@ class Settlement:
         return {"ack": self.ack, "parts": self.parts}
 
 
-def done_envelope(settlement: Settlement) -> Envelope:
-    """A part that produced nothing to publish: it still counts towards its work's ack."""
-    return Envelope(DONE_KIND, settlement.fields())
+def done_envelope(settlement: Settlement, *, requeue: bool = False) -> Envelope:
+    """A part that produced nothing to publish: it still counts towards its work's ack.
+
+    ``requeue``: the part could not be kept (say, a full disk), so the publisher hands
+    the work back to its owner, to come again later, instead of settling it.
+    """
+    body = settlement.fields()
+    return Envelope(DONE_KIND, {**body, "requeue": True} if requeue else body)
 
 
 def settle_failed(envelope: Envelope) -> Envelope | None:
