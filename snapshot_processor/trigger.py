@@ -33,6 +33,10 @@ TRIGGERS = Counter("triggers_total", "Valid triggers received", ["camera"])
 DEFAULT_MAX_BYTES = 1_048_576
 
 
+#: The last second of year 9999, the latest ``timestamp`` taken.
+LATEST_SECONDS = 253_402_300_799
+
+
 class TriggerError(ValueError):
     """A trigger that can never be processed; ``reason`` is a short label for counters."""
 
@@ -92,8 +96,9 @@ def unix_seconds(value: int | float | str) -> int:
         seconds = moment.timestamp()
     else:
         seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise TriggerError("bad_field", "timestamp is negative or not finite")
+    # Beyond year 9999 a whole number no longer packs into the chain's messages.
+    if not math.isfinite(seconds) or not 0 <= seconds <= LATEST_SECONDS:
+        raise TriggerError("bad_field", "timestamp is not between 1970 and 9999")
     return int(seconds)
 
 

@@ -63,6 +63,8 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "too large": (packed({"timestamp": 1, "pad": "x" * 1_100_000}), "too_large"),
     "timestamp not ISO-8601": (with_top(timestamp="2024-13-45T99:00:00Z"), "bad_field"),
     "timestamp NaN": (with_top(timestamp=float("nan")), "bad_field"),
+    "timestamp past 9999": (with_top(timestamp=1e300), "bad_field"),
+    "timestamp past 64 bits": (with_top(timestamp=2**64 - 1), "bad_field"),
     "timestamp before 1970": (with_top(timestamp="1969-12-31T23:59:59Z"), "bad_field"),
     "a map as a map key": (
         b"\x82\xa9timestamp\x01\x81\x01\x02\x03",  # {"timestamp": 1, {1: 2}: 3}

@@ -16,6 +16,7 @@ from snapshot_processor.app import App
 from snapshot_processor.config import Settings
 from snapshot_processor.trigger import parse_trigger
 from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
+from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
@@ -247,9 +248,13 @@ def test_real_senders_triggers_each_yield_an_event(tmp_path: Path, camera: Camer
     ]
     peer = Peer(exchange)
     left: list[int] = []
+    crashes = sample("thread_crashes_total", thread="listener")
     try:
         with app_then_queue(settings, left) as app:
             peer.send_raw(b"\x81\x81\x01\x02\x03")  # {{1: 2}: 3}: refused, acked
+            # A number too large for the chain's messages: refused, acked, listener alive.
+            far = trigger_body("Front Door camera", device_params=params)
+            peer.send_trigger({**far, "timestamp": 1e300})
             for body in senders:
                 peer.send_trigger(body)
             images = peer.wait_for_images(len(senders))
@@ -259,3 +264,4 @@ def test_real_senders_triggers_each_yield_an_event(tmp_path: Path, camera: Camer
     assert len(images) == len(senders)
     assert {image["inputs"][0]["device_key"] for image in images} == {"Front Door camera"}
     assert left == [0]
+    assert sample("thread_crashes_total", thread="listener") == crashes
