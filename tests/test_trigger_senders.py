@@ -3,6 +3,7 @@ real broker: each delivery is settled (acked, nothing left unacked) and the next
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +13,18 @@ import msgpack
 import pika
 import pytest
 
+from pylib.chain.settle import PartCounter, Settlement, ack_token
+from pylib.envelope import Envelope
 from snapshot_processor.app import App
-from snapshot_processor.config import Settings
+from snapshot_processor.cameras import CameraRegistry
+from snapshot_processor.config import Device, Settings
+from snapshot_processor.messages import TRIGGER_KIND, TriggerMessage
+from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import parse_trigger
 from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
+from tests.support.wire import wire
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
@@ -265,3 +272,59 @@ def test_real_senders_triggers_each_yield_an_event(tmp_path: Path, camera: Camer
     assert {image["inputs"][0]["device_key"] for image in images} == {"Front Door camera"}
     assert left == [0]
     assert sample("thread_crashes_total", thread="listener") == crashes
+
+
+def test_every_part_of_every_trigger_is_settled(tmp_path: Path, camera: CameraSimulator) -> None:
+    """The snapshot stage, per_trigger 3, between real inproc sockets; the owner's side
+    (a PartCounter, as the listener keeps) counts what comes out. A trigger refused before
+    it is split (no camera key), one whose every part fails (no address) and a good one
+    each end settled: one done mark of one part, three of three, three snapshots of three.
+    """
+    devices = [
+        Device.model_validate({"LOCATION": "Front Door", "TYPE": "camera", "VENDOR": "foscam"}),
+    ]
+    owner = PartCounter()
+
+    def owed(tag: int) -> Settlement:
+        owner.add(tag)
+        return Settlement(ack_token("inproc://acks", tag=tag))
+
+    no_key = Envelope(TRIGGER_KIND, {"device_label": "x", "timestamp": 0, **owed(1).fields()})
+    no_address = TriggerMessage("Front Door camera", "Front Door", 0, None, None, owed(2))
+    good = TriggerMessage(
+        "Front Door camera",
+        "Front Door",
+        0,
+        f"admin:{PASSWORD}@127.0.0.1:{camera.port}",
+        None,
+        owed(3),
+    )
+    with wire("snapshot") as ends:
+        stage = SnapshotStage(
+            "snapshot-parts",
+            threading.Event(),
+            cameras=CameraRegistry(devices, timeout=2, retries=0),
+            root=tmp_path,
+            inbox=ends.inbox,
+            outbox=ends.outbox,
+            per_trigger=3,
+            interval=0,
+        )
+        stage.start()
+        try:
+            assert stage.ready.wait(5)
+            with ends.sender() as sender:
+                for envelope in (no_key, no_address.envelope(), good.envelope()):
+                    assert sender.send(envelope, block=False)
+                received = ends.receive(7)
+                assert ends.receive(1, timeout=0.3) == []  # nothing more comes
+        finally:
+            assert stage.stop_and_join(10)
+    settled = []
+    for envelope in received:
+        settlement = Settlement.of(envelope.body)
+        assert settlement.ack is not None
+        if owner.done(settlement.ack["tag"], settlement.parts):
+            settled.append(settlement.ack["tag"])
+    assert sorted(settled) == [1, 2, 3]
+    assert len(owner) == 0
