@@ -5,8 +5,9 @@ string as Python senders write it) and ``output_triggered``'s ``device_key`` and
 ``device_params``. Everything else is optional and, where present, only looked at:
 ``active_input`` (the Java event processor puts its whole input device there, a camera
 input's image included), ``device_type``, ``device_label``, camelCase copies, a
-``traceparent``. Map keys of any type are tolerated (msgpack allows them): nothing
-from the body except the fields above goes down the chain.
+``traceparent``. Map keys that are not strings are tolerated, as nothing from the body
+but the fields above goes down the chain; a map or a list as a key (which Python cannot
+hold) is refused here as ``bad_map_key``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ TRIGGERS = Counter("triggers_total", "Valid triggers received", ["camera"])
 #: again in memory and well under 1 ms per MB (measured: 1 MB in 0.16 ms, 16 MB in
 #: 2.8 ms, 100 MB in 52 ms), while the broker accepts messages of 16 MB or more.
 DEFAULT_MAX_BYTES = 1_048_576
-
 
 #: The last second of year 9999, the latest ``timestamp`` taken.
 LATEST_SECONDS = 253_402_300_799
