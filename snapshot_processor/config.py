@@ -98,7 +98,7 @@ class Settings(BaseModel):
     )
     heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
     outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
-    trigger_max_bytes: int = Field(65_536, alias="TRIGGER_MAX_BYTES", ge=256)
+    trigger_max_bytes: int = Field(1_048_576, alias="TRIGGER_MAX_BYTES", ge=256)
 
     camera_timeout: float = Field(5.0, alias="CAMERA_TIMEOUT", gt=0, le=120)
     camera_retries: int = Field(2, alias="CAMERA_RETRIES", ge=0, le=10)

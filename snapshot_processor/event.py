@@ -35,14 +35,18 @@ def heartbeat_routing_key(topic: str) -> str:
 
 
 def person_detail(detections: Iterable[dict[str, Any]]) -> str | None:
-    """``"1 person(s) and 5 things"`` when a person was found, else None."""
-    people = things = 0
+    """``"2 person(s) and 5 things"`` when a person was found, else None.
+
+    As the original counted: the persons found (each located one, or one per person
+    label without a location), and every label the detector returned, persons included.
+    A detection is one located instance, so a label is counted once however many it has.
+    """
+    people = 0
+    labels: set[str] = set()
     for detection in detections:
-        if detection.get("person"):
-            people += 1
-        else:
-            things += 1
-    return f"{people} person(s) and {things} things" if people else None
+        people += bool(detection.get("person"))
+        labels.add(str(detection.get("label")))
+    return f"{people} person(s) and {len(labels)} things" if people else None
 
 
 def image_event(

@@ -61,7 +61,7 @@ def test_person_found_and_errors_still_publish(
     finally:
         peer.close()
     person, nobody, throttled = (event["inputs"][0] for event in peer.images())
-    assert person["event_detail"] == "1 person(s) and 1 things"
+    assert person["event_detail"] == "1 person(s) and 2 things"  # Person and Car: 2 labels
     assert person["analysed"] is True
     assert [d["label"] for d in person["detections"]] == ["Person", "Car"]
     assert person["detections"][0]["person"] is True

@@ -53,8 +53,6 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "timestamp a string": (with_top(timestamp="yesterday"), "bad_field"),
     "timestamp a bool": (with_top(timestamp=True), "bad_field"),
     "negative timestamp": (with_top(timestamp=-5), "bad_field"),
-    "no active_input": (with_top(active_input=...), "missing_field"),
-    "active_input a list": (with_top(active_input=[1]), "bad_field"),
     "no output_triggered": (with_top(output_triggered=...), "missing_field"),
     "output_triggered a string": (with_top(output_triggered="cam"), "bad_field"),
     "no device_key": (with_output(device_key=...), "missing_field"),
@@ -62,8 +60,17 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "unknown camera": (with_output(device_key="attic camera"), "unknown_camera"),
     "device_params a map": (with_output(device_params={"host": "x"}), "bad_field"),
     "device disabled": (with_output(device_enabled=False), "disabled"),
-    "too large": (packed({"timestamp": 1, "pad": "x" * 70_000}), "too_large"),
-    "no device_label": (with_output(device_label=...), "missing_field"),
+    "too large": (packed({"timestamp": 1, "pad": "x" * 1_100_000}), "too_large"),
+    "timestamp not ISO-8601": (with_top(timestamp="2024-13-45T99:00:00Z"), "bad_field"),
+    "timestamp NaN": (with_top(timestamp=float("nan")), "bad_field"),
+    "timestamp past 9999": (with_top(timestamp=1e300), "bad_field"),
+    "timestamp past 64 bits": (with_top(timestamp=2**64 - 1), "bad_field"),
+    "timestamp before 1970": (with_top(timestamp="1969-12-31T23:59:59Z"), "bad_field"),
+    "a map as a map key": (
+        b"\x82\xa9timestamp\x01\x81\x01\x02\x03",  # {"timestamp": 1, {1: 2}: 3}
+        "bad_map_key",
+    ),
+    "a list as a map key": (b"\x81\x92\x01\x02\x03", "bad_map_key"),  # {[1, 2]: 3}
 }
 
 
@@ -85,7 +92,6 @@ def test_good_trigger_parses_with_key_in_any_case() -> None:
         timestamp=1700000000,
         device_params="a:b@c:1",
         trigger_topic="snapshot",
-        active_input=body["active_input"],
     )
 
 
