@@ -202,3 +202,31 @@ def test_consumer_cancelled_by_the_broker_is_named_in_health_then_consumes_again
     assert "after" in chain.wait_for({"after"})
     assert wait_until(lambda: listener.in_flight == 0)
     assert sample("amqp_reconnects_total", role="consumer") == reconnects
+
+
+def test_delivery_the_chain_cannot_carry_is_acked_and_the_next_flows(
+    chain: Chain, peer: Peer
+) -> None:
+    """A decoded message with a value msgpack cannot pack (past 64 bits) is rejected and
+    acked by the listener, instead of crashing it on every redelivery."""
+    plain = chain.decode
+
+    def decode(body: bytes, properties: pika.BasicProperties) -> Envelope:
+        envelope = plain(body, properties)
+        if msgpack.unpackb(body)["output_triggered"]["device_label"] == "huge":
+            return Envelope(envelope.kind, {**envelope.body, "size": 2**70}, envelope.id)
+        return envelope
+
+    chain.decode = decode  # type: ignore[method-assign]
+    listener, _ = chain.start()
+    before = sample("amqp_messages_rejected_total", queue=chain.queue, reason="unsendable")
+    peer.send_trigger(trigger_body("cam", label="huge"))
+    peer.send_trigger(trigger_body("cam", label="after"))
+    assert "after" in chain.wait_for({"after"})
+    assert "huge" not in chain.names()
+    assert sample("amqp_messages_rejected_total", queue=chain.queue, reason="unsendable") == (
+        before + 1
+    )
+    assert wait_until(lambda: listener.in_flight == 0)
+    assert listener.is_alive()
+    assert listener.consuming.is_set()
