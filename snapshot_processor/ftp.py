@@ -309,14 +309,19 @@ def _handler_class(
             super().pre_process_command(line, cmd, arg)
 
         # pyftpdlib's own lines carry client names and commands: escaped, one line each.
+        def _line(self, msg: str) -> str:
+            # The prefix holds the user name the client gave: escaped with the rest.
+            return escaped(f"{self.log_prefix % self.__dict__} {msg}")
+
         def log(self, msg: str, logfun: Callable[[str], None] = pyftpdlib_log.info) -> None:
-            super().log(escaped(msg), logfun)
+            logfun(self._line(msg))
 
         def logline(self, msg: str, logfun: Callable[[str], None] = pyftpdlib_log.debug) -> None:
-            super().logline(escaped(msg), logfun)
+            if self._log_debug:
+                logfun(self._line(msg))
 
         def logerror(self, msg: str) -> None:
-            super().logerror(escaped(msg))
+            pyftpdlib_log.error(self._line(msg))
 
         def on_incomplete_file_received(self, file: str) -> None:
             # A dropped connection leaves half a file: remove it before the watcher takes it.
