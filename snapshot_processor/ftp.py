@@ -219,6 +219,7 @@ def _handler_class(
                     evicted.remote_ip,
                     slots.total - slots.reserved,
                 )
+                evicted.cancel_login_deadline()
                 evicted.respond("421 Closed to make room: log in sooner.")
                 evicted.close_when_done()
             self._login_deadline = self.ioloop.call_later(
@@ -250,10 +251,13 @@ def _handler_class(
             )
             super().handle_max_cons_per_ip()
 
-        def close(self) -> None:
+        def cancel_login_deadline(self) -> None:
             if self._login_deadline is not None and not self._login_deadline.cancelled:
                 self._login_deadline.cancel()
             self._login_deadline = None
+
+        def close(self) -> None:
+            self.cancel_login_deadline()
             slots.release(self)
             count_connections()
             super().close()
@@ -270,9 +274,7 @@ def _handler_class(
         def on_login(self, username: str) -> None:
             guard.succeeded(self.remote_ip)
             slots.logged_in(self)
-            if self._login_deadline is not None:
-                self._login_deadline.cancel()
-                self._login_deadline = None
+            self.cancel_login_deadline()
             count_connections()
 
         def on_login_failed(self, username: str, password: str) -> None:
