@@ -28,7 +28,7 @@ from snapshot_processor.ftp import FtpOptions, FtpServerThread
 from snapshot_processor.publication import EventBuilder
 from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
-from snapshot_processor.upload import UploadStage
+from snapshot_processor.upload import DiskBounds, UploadStage, camera_folder
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,11 @@ class App:
                     settle=settings.upload_settle_seconds,
                     stable=settings.upload_stable_seconds,
                     create_dirs=settings.ftp_create_dirs,
+                    bounds=DiskBounds(
+                        stray_max_age=settings.upload_stray_max_age,
+                        stray_max_bytes=settings.upload_stray_max_bytes,
+                        quarantine_max_bytes=settings.upload_quarantine_max_bytes,
+                    ),
                     on_fatal=self.daemon.on_fatal,
                 )
             )
@@ -258,6 +263,12 @@ class App:
             ban_after=settings.ftp_ban_after,
             ban_seconds=settings.ftp_ban_seconds,
             login_delay=settings.ftp_login_delay,
+            reserved_for_sessions=settings.ftp_reserved_sessions,
+            login_timeout=settings.ftp_login_timeout,
+            max_failed_logins_per_minute=settings.ftp_max_failed_logins_per_minute,
+            camera_folders=tuple(
+                (device.key, camera_folder(device.LOCATION)) for device in settings.upload_cameras
+            ),
         )
         return FtpServerThread("ftp", self.stop_event, options, on_fatal=self.daemon.on_fatal)
 

@@ -123,9 +123,19 @@ class Settings(BaseModel):
     ftp_ban_after: int = Field(5, alias="FTP_BAN_AFTER", ge=1)
     ftp_ban_seconds: float = Field(600.0, alias="FTP_BAN_SECONDS", ge=0)
     ftp_login_delay: float = Field(2.0, alias="FTP_LOGIN_DELAY", ge=0, le=30)
+    ftp_reserved_sessions: int = Field(8, alias="FTP_RESERVED_SESSIONS", ge=0)
+    ftp_login_timeout: float = Field(10.0, alias="FTP_LOGIN_TIMEOUT", gt=0, le=300)
+    ftp_max_failed_logins_per_minute: int = Field(
+        30, alias="FTP_MAX_FAILED_LOGINS_PER_MINUTE", ge=1
+    )
     upload_max_bytes: int = Field(20 * 1024 * 1024, alias="UPLOAD_MAX_BYTES", ge=1024)
     upload_settle_seconds: float = Field(0.1, alias="UPLOAD_SETTLE_SECONDS", ge=0, le=60)
     upload_stable_seconds: float = Field(2.0, alias="UPLOAD_STABLE_SECONDS", gt=0, le=600)
+    upload_stray_max_age: float = Field(86_400.0, alias="UPLOAD_STRAY_MAX_AGE", gt=0)
+    upload_stray_max_bytes: int = Field(100 * 1024 * 1024, alias="UPLOAD_STRAY_MAX_BYTES", ge=0)
+    upload_quarantine_max_bytes: int = Field(
+        100 * 1024 * 1024, alias="UPLOAD_QUARANTINE_MAX_BYTES", ge=0
+    )
 
     object_detection_enabled: bool = Field(False, alias="OBJECT_DETECTION_ENABLED")
     object_detection_backend: Literal["rekognition", "local", "onnx", "none"] = Field(
@@ -218,6 +228,10 @@ class Settings(BaseModel):
             problems.append(
                 "FTP_ENABLED is true, so the FTP_PASS secret is needed (no anonymous FTP)"
             )
+        if self.ftp_max_connections_per_ip >= self.ftp_max_connections:
+            problems.append("FTP_MAX_CONNECTIONS_PER_IP must be below FTP_MAX_CONNECTIONS")
+        if self.ftp_reserved_sessions >= self.ftp_max_connections:
+            problems.append("FTP_RESERVED_SESSIONS must be below FTP_MAX_CONNECTIONS")
         if (self.ftp_tls_cert is None) != (self.ftp_tls_key is None):
             problems.append("FTPS needs both FTP_TLS_CERT and FTP_TLS_KEY")
         for name, path in (("FTP_TLS_CERT", self.ftp_tls_cert), ("FTP_TLS_KEY", self.ftp_tls_key)):

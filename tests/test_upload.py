@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -11,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from snapshot_processor.app import App
+from snapshot_processor.config import Settings
 from snapshot_processor.ftp import FtpServerThread
 from snapshot_processor.upload import UploadStage
 from tests.support.broker import Peer, delete_queue, running_app, unique_exchange
 from tests.support.ftp import connect, jpeg, upload
 from tests.support.metrics import sample
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
 from tests.test_pipeline import make_settings
 
 pytestmark = pytest.mark.broker
@@ -239,3 +243,153 @@ def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
         [jpeg("one"), jpeg("two")]
     )
     assert list(folder_path.iterdir()) == []
+
+
+def _upload_app(tmp_path: Path, **env: str) -> tuple[Settings, Peer]:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        INPUT_1_LOCATION="Front Door",
+        INPUT_1_TYPE="camera",
+        UPLOAD_STABLE_SECONDS="0.2",
+        **env,
+    )
+    return settings, Peer(exchange)
+
+
+def test_links_and_special_files_are_never_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(jpeg("outside the upload dir"))
+    folder_path = tmp_path / "upload" / "frontdoor"
+    folder_path.mkdir(parents=True)
+    (folder_path / "early.jpg").symlink_to(outside / "secret.jpg")  # there before the start
+    settings, peer = _upload_app(tmp_path)
+    symlinks, specials = _counter("symlink"), _counter("not_a_regular_file")
+    try:
+        with running_app(settings) as app:
+            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            assert stage.ready.wait(5)
+            (folder_path / "passwd.jpg").symlink_to("/etc/passwd")
+            (folder_path / "linked").symlink_to(outside, target_is_directory=True)
+            os.mkfifo(folder_path / "pipe.jpg")
+            (folder_path / "good.jpg").write_bytes(jpeg("good"))
+            assert len(peer.wait_for_images(1)) == 1
+            planted = ["early.jpg", "passwd.jpg", "linked", "pipe.jpg"]
+            assert wait_until(
+                lambda: not any(os.path.lexists(folder_path / name) for name in planted)
+            )
+            peer.pump(1.0)
+            assert stage.is_alive()
+    finally:
+        peer.close()
+    assert [event["inputs"][0]["image"] for event in peer.images()] == [jpeg("good")]
+    assert _counter("symlink") == symlinks + 3
+    assert _counter("not_a_regular_file") == specials + 1
+    # The links' targets are left as they were, and nothing of them was copied anywhere.
+    assert (outside / "secret.jpg").read_bytes() == jpeg("outside the upload dir")
+    assert not (tmp_path / "quarantine").exists()
+    stored = [p.read_bytes() for p in (tmp_path / "snapshots").rglob("*.jpg")]
+    assert stored == [jpeg("good")]
+
+
+def test_hostile_names_are_escaped_in_log_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="snapshot_processor.upload")
+    settings, peer = _upload_app(tmp_path, FTP_CREATE_DIRS="misc")
+    try:
+        with running_app(settings) as app:
+            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            assert stage.ready.wait(5)
+            upload_dir = settings.upload_dir
+            (upload_dir / "frontdoor" / "two\nlines\u202egpj.jpg").write_bytes(jpeg("odd"))
+            (upload_dir / "frontdoor" / "junk\u202e\n.jpg").write_bytes(b"not an image")
+            (upload_dir / "misc" / "stray\n\u202e.jpg").write_bytes(jpeg("stray"))
+            assert len(peer.wait_for_images(1)) == 1
+            assert wait_until(lambda: "quarantine" in caplog.text and "stray" in caplog.text)
+    finally:
+        peer.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "snapshot_processor.upload"]
+    assert any("two\\nlines\\u202egpj.jpg from Front Door camera" in m for m in messages)
+    assert any("junk\\u202e\\n.jpg rejected" in m for m in messages)
+    assert any("stray\\n\\u202e.jpg is in no input camera's folder" in m for m in messages)
+    for message in messages:
+        assert not {"\n", "\u202e"} & set(message), message
+
+
+def test_strays_and_quarantine_are_bounded(tmp_path: Path) -> None:
+    misc = tmp_path / "upload" / "misc"
+    misc.mkdir(parents=True)
+    (misc / "old.bin").write_bytes(b"o" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(misc / "old.bin", (two_hours_ago, two_hours_ago))
+    settings, peer = _upload_app(
+        tmp_path,
+        FTP_CREATE_DIRS="misc",
+        UPLOAD_STRAY_MAX_AGE="3600",
+        UPLOAD_STRAY_MAX_BYTES="100000",
+        UPLOAD_QUARANTINE_MAX_BYTES="100000",
+    )
+    removed = {
+        reason: sample("uploads_removed_total", reason=reason)
+        for reason in ("stray_age", "stray_size", "quarantine_size")
+    }
+    quarantine = tmp_path / "quarantine"
+    frontdoor = tmp_path / "upload" / "frontdoor"
+    try:
+        with running_app(settings) as app:
+            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            assert stage.ready.wait(5)
+            assert wait_until(lambda: not (misc / "old.bin").exists())  # too old at start
+            (misc / "first.bin").write_bytes(b"1" * 60_000)
+            assert wait_until(lambda: _ignored("no_camera") > 0)
+            time.sleep(0.05)
+            (misc / "second.bin").write_bytes(b"2" * 60_000)
+            assert wait_until(lambda: not (misc / "first.bin").exists())
+            (frontdoor / "q1.jpg").write_bytes(b"q" * 60_000)
+            assert wait_until(lambda: quarantine.exists() and len(list(quarantine.iterdir())) == 1)
+            time.sleep(0.05)
+            (frontdoor / "q2.jpg").write_bytes(b"r" * 60_000)
+            assert wait_until(lambda: not (frontdoor / "q2.jpg").exists())
+            peer.pump(0.5)
+    finally:
+        peer.close()
+    assert (misc / "second.bin").exists()  # the newest stray stays
+    kept = list(quarantine.iterdir())
+    assert [p.read_bytes()[:1] for p in kept] == [b"r"]  # the newest quarantined file stays
+    assert sample("uploads_removed_total", reason="stray_age") == removed["stray_age"] + 1
+    assert sample("uploads_removed_total", reason="stray_size") == removed["stray_size"] + 1
+    assert (
+        sample("uploads_removed_total", reason="quarantine_size") == removed["quarantine_size"] + 1
+    )
+
+
+def test_start_up_log_says_where_each_camera_uploads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="snapshot_processor.ftp")
+    settings, peer = _upload_app(
+        tmp_path,
+        FTP_PASS=FTP_PASSWORD,
+        FTP_PORT="0",
+        FTP_LISTEN_ADDRESS="127.0.0.1",
+        INPUT_2_LOCATION="Back Yard",
+        INPUT_2_TYPE="Camera",
+        INPUT_3_LOCATION="Gate",
+        INPUT_3_TYPE="contact",
+    )
+    try:
+        with running_app(settings) as app:
+            ftp = next(w for w in app.workers if isinstance(w, FtpServerThread))
+            assert ftp.ready.wait(5)
+            assert ftp.bound is not None
+            port = ftp.bound[1]
+    finally:
+        peer.close()
+    lines = [r.getMessage() for r in caplog.records if "uploads to" in r.getMessage()]
+    assert lines == [
+        f"ftp: camera 'Front Door camera' uploads to ftp://127.0.0.1:{port}/upload/frontdoor",
+        f"ftp: camera 'Back Yard Camera' uploads to ftp://127.0.0.1:{port}/upload/backyard",
+    ]
