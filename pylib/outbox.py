@@ -83,6 +83,8 @@ class Outbox:
         # Set once a WARNING about the depth went out, so the INFO on draining pairs with
         # it instead of firing after every single message in normal operation.
         self._backlog_reported = False
+        # Thresholds below this were warned about since the outbox was last empty.
+        self._warned_above = 0
         self._conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,9 @@ class Outbox:
                 self.max_entries,
             )
             self._backlog_reported = True
+            self._warned_above = max(
+                (t + 1 for t in self._thresholds if t < self._depth), default=0
+            )
 
     def append(
         self,
@@ -280,16 +285,25 @@ class Outbox:
         OUTBOX_DEPTH.set(depth)
         if depth > old:
             if depth >= self.max_entries > old:
-                logger.warning("outbox %s is full: %s of %s", self.path, depth, self.max_entries)
+                if self._warned_above <= self.max_entries:
+                    logger.warning(
+                        "outbox %s is full: %s of %s", self.path, depth, self.max_entries
+                    )
+                self._warned_above = self.max_entries + 1
                 self._backlog_reported = True
-            elif any(old <= t < depth for t in self._thresholds):
+            elif any(max(old, self._warned_above) <= t < depth for t in self._thresholds):
+                # Once per threshold until drained: a depth hovering around one must not
+                # warn at every crossing.
+                self._warned_above = max(t for t in self._thresholds if t < depth) + 1
                 logger.warning(
                     "outbox %s holds %s message(s) (limit %s)", self.path, depth, self.max_entries
                 )
                 self._backlog_reported = True
-        elif depth == 0 and self._backlog_reported:
-            logger.info("outbox %s drained", self.path)
-            self._backlog_reported = False
+        elif depth == 0:
+            self._warned_above = 0
+            if self._backlog_reported:
+                logger.info("outbox %s drained", self.path)
+                self._backlog_reported = False
 
 
 def _thresholds(max_entries: int) -> tuple[int, ...]:
