@@ -20,7 +20,8 @@ rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends
 	@mkdir -p $(dir $(PIDFILE)) $(dir $(LOGFILE))
 	@# A daemon that ends within its first seconds failed to start (a second one on the
 	@# same data root, a port in use, bad settings): say so, and keep the pid file of
-	@# the one that runs.
+	@# the one that runs. Its lines are the main thread's (and tracebacks); other
+	@# threads' lines in the log can only be another daemon's.
 	@start=$$(wc -c <$(LOGFILE) 2>/dev/null || echo 0); \
 	nohup $(RUN) snapshot-processor run >>$(LOGFILE) 2>&1 & pid=$$!; \
 	sleep $(RUND_CHECK_SECONDS); \
@@ -28,7 +29,8 @@ rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends
 		echo $$pid >$(PIDFILE); echo "started, pid $$pid, log $(LOGFILE)"; \
 	else \
 		echo "the daemon stopped at start; its log:" >&2; \
-		tail -c +$$((start + 1)) $(LOGFILE) | tail -n 20 >&2; exit 1; \
+		tail -c +$$((start + 1)) $(LOGFILE) | grep -v '^[0-9-]* [0-9:,]* [A-Z]* *\[[^M]' \
+			| tail -n 20 >&2; exit 1; \
 	fi
 
 stop:  ## stop the daemon started by `make rund`
