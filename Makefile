@@ -20,8 +20,8 @@ rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends
 	@mkdir -p $(dir $(PIDFILE)) $(dir $(LOGFILE))
 	@# A daemon that ends within its first seconds failed to start (a second one on the
 	@# same data root, a port in use, bad settings): say so, and keep the pid file of
-	@# the one that runs. Its lines are the main thread's (and tracebacks); other
-	@# threads' lines in the log can only be another daemon's.
+	@# the one that runs. Why it stopped is on a main-thread line; other threads' lines
+	@# are left out, as they may be another daemon's writing to the same log.
 	@start=$$(wc -c <$(LOGFILE) 2>/dev/null || echo 0); \
 	nohup $(RUN) snapshot-processor run >>$(LOGFILE) 2>&1 & pid=$$!; \
 	sleep $(RUND_CHECK_SECONDS); \
