@@ -4,6 +4,7 @@ POETRY ?= $(shell command -v poetry 2>/dev/null || echo python3 -m poetry)
 RUN := $(POETRY) run
 PIDFILE ?= data/snapshot-processor.pid
 LOGFILE ?= data/snapshot-processor.log
+RUND_CHECK_SECONDS ?= 2
 
 .PHONY: install run rund stop test test-unit lint check-config bench
 
@@ -16,9 +17,21 @@ run:  ## run the daemon in the foreground (Ctrl-C stops it)
 	$(RUN) snapshot-processor run
 
 rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends it
-	mkdir -p $(dir $(PIDFILE))
-	nohup $(RUN) snapshot-processor run >>$(LOGFILE) 2>&1 & echo $$! >$(PIDFILE)
-	@echo "started, pid $$(cat $(PIDFILE)), log $(LOGFILE)"
+	@mkdir -p $(dir $(PIDFILE)) $(dir $(LOGFILE))
+	@# A daemon that ends within its first seconds failed to start (a second one on the
+	@# same data root, a port in use, bad settings): say so, and keep the pid file of
+	@# the one that runs. Why it stopped is on a main-thread line; other threads' lines
+	@# are left out, as they may be another daemon's writing to the same log.
+	@start=$$(wc -c <$(LOGFILE) 2>/dev/null || echo 0); \
+	nohup $(RUN) snapshot-processor run >>$(LOGFILE) 2>&1 & pid=$$!; \
+	sleep $(RUND_CHECK_SECONDS); \
+	if kill -0 $$pid 2>/dev/null; then \
+		echo $$pid >$(PIDFILE); echo "started, pid $$pid, log $(LOGFILE)"; \
+	else \
+		echo "the daemon stopped at start; its log:" >&2; \
+		tail -c +$$((start + 1)) $(LOGFILE) | grep -v '^[0-9-]* [0-9:,]* [A-Z]* *\[[^M]' \
+			| tail -n 20 >&2; exit 1; \
+	fi
 
 stop:  ## stop the daemon started by `make rund`
 	kill -TERM $$(cat $(PIDFILE)) && rm -f $(PIDFILE)

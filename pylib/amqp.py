@@ -45,6 +45,33 @@ def describe(params: pika.ConnectionParameters) -> str:
     return redact(f"{params.host}:{params.port}/{params.virtual_host}")
 
 
+def explain(exc: BaseException) -> str:
+    """Why a connection failed, in words: pika wraps the real cause in ``args``, or in
+    ``exception`` / ``exceptions`` attributes, and its own exceptions often have no text
+    (``AMQPConnectionError(AMQPConnectorSocketConnectError())`` prints as nothing)."""
+    names = [type(exc).__name__]
+    current = exc
+    for _ in range(5):  # pika nests two or three deep; a cycle must not loop
+        inner = _cause(current)
+        if inner is None:
+            break
+        current = inner
+        names.append(type(current).__name__)
+    text = str(current).strip() or ", ".join(repr(arg) for arg in current.args)
+    # Repeated names (an error wrapped in its own kind) say nothing more.
+    chain = " <- ".join(dict.fromkeys(names))
+    return redact(f"{chain}: {text}" if text else chain)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    candidates: list[object] = [*exc.args, getattr(exc, "exception", None)]
+    attempts = getattr(exc, "exceptions", None)
+    if isinstance(attempts, list | tuple) and attempts:
+        candidates.append(attempts[-1])  # the last attempt's failure
+    candidates.append(exc.__cause__)
+    return next((item for item in candidates if isinstance(item, BaseException)), None)
+
+
 def close_quietly(connection: pika.BlockingConnection | None) -> None:
     """Close a connection that may already be broken."""
     if connection is None:

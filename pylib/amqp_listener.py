@@ -34,7 +34,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
-from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
+from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe, explain
 from pylib.chain.settle import PartCounter, Settlement, ack_token
 from pylib.chain.sockets import Sender, inproc
 from pylib.chain.stage import Stage
@@ -210,12 +210,11 @@ class AmqpListener(Worker):
                     self.wait_for_stop(delay)
                     continue
                 log.warning(
-                    "%s: broker connection %s lost (%s: %s); %d unacked deliveries will come "
+                    "%s: broker connection %s lost (%s); %d unacked deliveries will come "
                     "again; retrying in %.1f s",
                     self.name,
                     describe(self.params),
-                    type(exc).__name__,
-                    exc,
+                    explain(exc),
                     len(self._pending),
                     delay,
                 )

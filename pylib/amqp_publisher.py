@@ -46,7 +46,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
-from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe
+from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe, explain
 from pylib.amqp_listener import RECONNECTS
 from pylib.chain.settle import (
     DONE_KIND,
@@ -433,11 +433,10 @@ class AmqpPublisher(Stage):
             RECONNECTS.labels("publisher").inc()
         depth = len(self._outbox) if self._outbox is not None else 0
         log.warning(
-            "%s: broker %s unavailable (%s: %s); %d messages wait in the outbox; retrying in %.1f s",
+            "%s: broker %s unavailable (%s); %d messages wait in the outbox; retrying in %.1f s",
             self.name,
             describe(self.params),
-            type(exc).__name__,
-            exc,
+            explain(exc),
             depth,
             delay,
         )

@@ -12,8 +12,18 @@ from types import FrameType
 from typing import Protocol
 
 from pylib.logs import toggle_debug
+from pylib.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
+
+# Exit codes (the README lists them): 0 stopped as asked, 1 failed while running,
+# 3 could not start because something it needs is missing or in use.
+EXIT_FAILED = 1
+EXIT_START = 3
+
+
+class StartError(Exception):
+    """Something the daemon needs at start is missing or in use; the message names it."""
 
 
 class Component(Protocol):
@@ -98,6 +108,11 @@ class Daemon:
             log.info("starting %s", step.name)
             try:
                 step.start()
+            except (StartError, WorkerStartError) as exc:
+                # Named already (a port, a path): a traceback would only bury the line.
+                log.error("could not start %s: %s", step.name, exc)
+                self.stop()
+                raise
             except Exception:
                 log.exception("could not start %s", step.name)
                 self.stop()
@@ -126,8 +141,12 @@ class Daemon:
         """Start, wait for a stop request, stop; returns the process exit code."""
         try:
             self.start()
+        except (StartError, WorkerStartError):
+            log.info("%s did not start (exit code %d)", self.name, EXIT_START)
+            return EXIT_START
         except Exception:
-            return 1
+            log.info("%s did not start (exit code %d)", self.name, EXIT_FAILED)
+            return EXIT_FAILED
         log.info("%s running", self.name)
         # Wake up now and then so signal handlers run promptly on the main thread.
         while not self.stop_event.wait(0.5):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
 from typing import Any
 
@@ -13,30 +14,65 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s
 SYSLOG_FORMAT = "%(name)s[%(process)d]: %(levelname)s [%(threadName)s] %(message)s"
 
 _HANDLER_ATTR = "_snapshot_processor_handler"
+_FACTORY_ATTR = "_snapshot_processor_factory"
+
+# Control characters (C0, DEL, C1) and the Unicode marks that reorder or hide text
+# (bidi overrides and isolates, zero-width characters, line/paragraph separators).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: object) -> str:
+    """``text`` safe for one log line: control and bidi characters become ``\\xNN``/``\\uNNNN``.
+
+    For anything that comes from outside (trigger fields, camera keys, labels, file
+    names), so it can neither split a line nor disguise itself.
+    """
+
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(escape, str(text))
+
+
+_EXC_FORMATTER = logging.Formatter()
+_REDACTED_ATTR = "_snapshot_processor_redacted"
+# Where a redacted record keeps its message template (the message is formatted by then).
+TEMPLATE_ATTR = "msg_template"
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    """Redact the message, traceback and stack of a record, in place, once."""
+    if getattr(record, _REDACTED_ATTR, False):
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string must not lose the record
+        message = f"{record.msg!r} {record.args!r}"
+    # The template before formatting, so Sentry can tell kinds of trouble apart.
+    template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+    setattr(record, TEMPLATE_ATTR, template)
+    record.msg = redact(message)
+    record.args = None
+    if record.exc_info and not record.exc_text:
+        # Formatted now, so every handler and formatter uses this redacted text.
+        record.exc_text = _EXC_FORMATTER.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    setattr(record, _REDACTED_ATTR, True)
 
 
 class RedactingFilter(logging.Filter):
     """Redacts a record's message and exception text in place.
 
-    Runs on the handler, so records from every logger (ours and libraries') pass it,
-    and anything else that reads the record afterwards sees only the redacted text.
+    The record factory that :func:`setup_logging` installs has done so already for
+    records made since; this covers records made before, or by another factory.
     """
 
-    _exc_formatter = logging.Formatter()
-
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not lose the record
-            message = f"{record.msg!r} {record.args!r}"
-        record.msg = redact(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._exc_formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        _redact_record(record)
         return True
 
 
@@ -72,12 +108,28 @@ def setup_logging(
         handler = logging.StreamHandler(stream or sys.stdout)
         handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     handler.addFilter(RedactingFilter())
+    _install_record_factory()
     setattr(handler, _HANDLER_ATTR, True)
     root.addHandler(handler)
     root.setLevel(level)
     # pika narrates every connection step at INFO; our own lines say what matters.
     logging.getLogger("pika").setLevel(logging.WARNING)
     return handler
+
+
+def _install_record_factory() -> None:
+    """Redact every record as it is made, before any handler (ours, Sentry's, a test's)."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, _FACTORY_ATTR, False):
+        return
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    setattr(make, _FACTORY_ATTR, True)
+    logging.setLogRecordFactory(make)
 
 
 def toggle_debug(base_level: int = logging.INFO) -> int:

@@ -136,6 +136,8 @@ class Outbox:
         # Set once a WARNING about the depth went out, so the INFO on draining pairs with
         # it instead of firing after every single message in normal operation.
         self._backlog_reported = False
+        # Thresholds below this were warned about since the outbox was last empty.
+        self._warned_above = 0
         self._conn: sqlite3.Connection | None = None
         self._reopen = False
         try:
@@ -160,6 +162,9 @@ class Outbox:
                 self.max_entries,
             )
             self._backlog_reported = True
+            self._warned_above = max(
+                (t + 1 for t in self._thresholds if t < self._depth), default=0
+            )
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
         """Connect, set the pragmas, check the file and create the tables; return the depth."""
@@ -425,16 +430,25 @@ class Outbox:
         OUTBOX_DEPTH.set(depth)
         if depth > old:
             if depth >= self.max_entries > old:
-                logger.warning("outbox %s is full: %s of %s", self.path, depth, self.max_entries)
+                if self._warned_above <= self.max_entries:
+                    logger.warning(
+                        "outbox %s is full: %s of %s", self.path, depth, self.max_entries
+                    )
+                self._warned_above = self.max_entries + 1
                 self._backlog_reported = True
-            elif any(old <= t < depth for t in self._thresholds):
+            elif any(max(old, self._warned_above) <= t < depth for t in self._thresholds):
+                # Once per threshold until drained: a depth hovering around one must not
+                # warn at every crossing.
+                self._warned_above = max(t for t in self._thresholds if t < depth) + 1
                 logger.warning(
                     "outbox %s holds %s message(s) (limit %s)", self.path, depth, self.max_entries
                 )
                 self._backlog_reported = True
-        elif depth == 0 and self._backlog_reported:
-            logger.info("outbox %s drained", self.path)
-            self._backlog_reported = False
+        elif depth == 0:
+            self._warned_above = 0
+            if self._backlog_reported:
+                logger.info("outbox %s drained", self.path)
+                self._backlog_reported = False
 
 
 def _entry(row: tuple[object, ...]) -> OutboxEntry:

@@ -4,6 +4,11 @@ Sentry is optional: without a DSN nothing is initialised and ``capture_exception
 no-op. Events and breadcrumbs pass whole through :func:`pylib.redact.redact_data`, so
 exception values, log messages, breadcrumbs, extra data and frame variables lose their
 credentials; an event whose redaction fails is dropped by the SDK, not sent raw.
+
+One kind of trouble is one event per :data:`REPEAT_INTERVAL` (a broker outage or a
+stream of bad triggers would otherwise send one per log line); the next event of that
+kind says how many were held back. pika's own log lines never become events: our
+reconnect lines say what matters.
 """
 
 from __future__ import annotations
@@ -15,15 +20,80 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sentry_sdk
+from prometheus_client import Counter
+from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
 
+from pylib.logs import TEMPLATE_ATTR
 from pylib.redact import redact_data, register_secret
 
 logger = logging.getLogger(__name__)
 
+#: Seconds during which a second event of the same kind is held back.
+REPEAT_INTERVAL = 600.0
+# Libraries whose log lines are noise to Sentry (pika logs every failed connect at ERROR).
+QUIET_LOGGERS = ("pika", "pika.*")
+
+SENTRY_HELD_BACK = Counter(
+    "sentry_events_held_back_total", "Sentry events not sent: same kind within the interval"
+)
+
+
+def _kind(event: Event, hint: Hint) -> str:
+    """What makes two events "the same trouble": a log line's logger and template, else
+    the exception's type and the place it was raised."""
+    record = hint.get("log_record")
+    if isinstance(record, logging.LogRecord):
+        template = getattr(record, TEMPLATE_ATTR, record.msg)
+        return f"log {record.name} {record.levelno} {template}"
+    exc_info = hint.get("exc_info")
+    if exc_info and exc_info[0] is not None:
+        exc_type, _, tb = exc_info
+        where = ""
+        while tb is not None:
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+            tb = tb.tb_next
+        return f"exception {exc_type.__module__}.{exc_type.__qualname__} {where}"
+    return f"message {event.get('message')}"
+
+
+class _RepeatLimit:
+    """Lets the first event of a kind through, then one per ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, kind: str) -> int | None:
+        """None to hold the event back, else how many of its kind were held back before it."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            return self._held.pop(kind, 0)
+
+
+_limit = _RepeatLimit(REPEAT_INTERVAL)
+
 
 def _before_send(event: Event, hint: Hint) -> Event | None:
+    held = _limit.admit(_kind(event, hint))
+    if held is None:
+        SENTRY_HELD_BACK.inc()
+        return None
+    if held:
+        event.setdefault("extra", {})["held_back_since_last"] = held
     # The SDK has serialized the event to plain dicts, lists and strings by now.
+    redacted: Event = redact_data(event)
+    return redacted
+
+
+def _before_send_transaction(event: Event, hint: Hint) -> Event | None:
     redacted: Event = redact_data(event)
     return redacted
 
@@ -38,15 +108,21 @@ def init_sentry(
     *,
     release: str | None = None,
     environment: str | None = None,
+    repeat_interval: float = REPEAT_INTERVAL,
 ) -> bool:
     """Start reporting to Sentry at ``dsn``; return whether Sentry is now on.
 
     A falsy ``dsn`` leaves Sentry off (the SDK is not even asked, so a stray
     ``SENTRY_DSN`` in the environment cannot switch it on). A second call replaces the
-    first client after closing it.
+    first client after closing it. ``repeat_interval``: seconds before a second event of
+    the same kind is sent.
     """
+    global _limit
     if not dsn:
         return False
+    _limit = _RepeatLimit(repeat_interval)
+    for name in QUIET_LOGGERS:
+        ignore_logger(name)
     # An old-style DSN carries a secret key as the URL password; the public key is not secret.
     register_secret(urlsplit(dsn).password)
     if sentry_sdk.is_initialized():
@@ -63,7 +139,7 @@ def init_sentry(
         include_local_variables=False,
         before_breadcrumb=_before_breadcrumb,
         # Redaction covers transactions too, should tracing ever be switched on.
-        before_send_transaction=_before_send,
+        before_send_transaction=_before_send_transaction,
         # Default integrations (logging, excepthook, threading, stdlib, atexit, dedupe)
         # suit a daemon; auto-enabled ones would patch unrelated libraries on import.
         default_integrations=True,

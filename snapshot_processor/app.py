@@ -15,13 +15,14 @@ from pylib.amqp_publisher import AmqpPublisher
 from pylib.chain.settle import Publication
 from pylib.chain.stage import Relay, Stage
 from pylib.chain.topology import Chain
-from pylib.daemon import Daemon
+from pylib.daemon import Daemon, StartError
 from pylib.envelope import Envelope
 from pylib.health import HealthPinger
+from pylib.logs import printable
 from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.cameras import CameraRegistry
-from snapshot_processor.config import Settings
+from snapshot_processor.config import Device, Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
@@ -64,14 +65,19 @@ class App:
 
     def init_metrics(self) -> None:
         """Serve Prometheus counters when METRICS_PORT is set."""
-        port = self.settings.metrics_port
+        port, address = self.settings.metrics_port, self.settings.metrics_address
         if not port:
             return
 
         def start() -> None:
-            server, thread = start_http_server(port)
+            try:
+                server, thread = start_http_server(port, addr=address)
+            except OSError as exc:
+                raise StartError(
+                    f"metrics port {address}:{port} cannot be used: {exc.strerror or exc}"
+                ) from None
             self._metrics = (server, thread)
-            log.info("metrics on port %d", port)
+            log.info("metrics on http://%s:%d/metrics", address, port)
 
         def stop(timeout: float) -> bool:
             server, thread = self._metrics
@@ -274,6 +280,8 @@ class App:
 
     def build(self) -> Daemon:
         """Register every start-up step in order; the chain is declared here, once."""
+        for line in startup_summary(self.settings):
+            log.info("%s", line)
         self.init_metrics()
         self.init_health()
         chain = Chain(
@@ -294,3 +302,30 @@ class App:
         self.workers = chain.workers
         self.daemon.add(chain)
         return self.daemon
+
+
+def startup_summary(settings: Settings) -> list[str]:
+    """What this daemon will do, for the log at start: cameras, FTP, detection, storage."""
+
+    def cameras(devices: list[Device]) -> str:
+        # Keys come from configuration, but end up in log lines: escaped like outside text.
+        return ", ".join(f'"{printable(d.key)}" ({d.VENDOR})' for d in devices) or "none"
+
+    inputs = ", ".join(f'"{printable(d.key)}"' for d in settings.upload_cameras) or "none"
+    ftp = (
+        f"on at {settings.ftp_listen_address}:{settings.ftp_port}"
+        if settings.ftp_on
+        else "off (no FTP_PASS, or FTP_ENABLED=false)"
+    )
+    backend = settings.detection_backend
+    detection = "off" if backend == "none" else backend
+    if backend == "rekognition":
+        detection += f" in {settings.aws_region}"
+    return [
+        f"camera outputs (fetched on trigger): {cameras(settings.cameras)}",
+        f"camera inputs (upload images): {inputs}; FTP {ftp}",
+        f"detection: {detection}",
+        f"storage: {printable(settings.snapshots_root_dir.absolute())}, "
+        f"uploads in {printable(settings.upload_dir.absolute())}, "
+        f"outbox {printable(settings.outbox_path.absolute())}",
+    ]

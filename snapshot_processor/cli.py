@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pylib import dataroot
+from pylib.daemon import EXIT_START, StartError
 from pylib.logs import setup_logging
 from pylib.sentry import close_sentry, init_sentry
 from pylib.settings import ConfigError
@@ -16,7 +19,11 @@ from snapshot_processor.app import App
 
 log = logging.getLogger("snapshot_processor")
 
+# Exit codes, as the README lists them: 0 stopped as asked; 1 failed while running;
+# 2 the configuration is invalid; 3 something needed at start is missing or in use
+# (data root, FTP port, outbox); 4 another daemon runs on the same data root.
 EXIT_CONFIG = 2
+EXIT_BUSY = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +49,10 @@ def check_config(config_file: Path | None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    unusable = dataroot.check_writable(settings.snapshots_root_dir)
+    if unusable is not None:
+        print(f"SNAPSHOTS_ROOT_DIR: {unusable}", file=sys.stderr)
+        return EXIT_CONFIG
     print(
         f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
@@ -59,6 +70,21 @@ def run(config_file: Path | None) -> int:
             log.error("configuration: %s", problem)
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.syslog_address)
+    lock = dataroot.DataRootLock(settings.snapshots_root_dir)
+    try:
+        warning = dataroot.prepare(settings.snapshots_root_dir)
+        if warning:
+            log.warning("%s", warning)
+        lock.acquire()
+        if settings.ftp_on:
+            _check_port("FTP", settings.ftp_listen_address, settings.ftp_port)
+    except dataroot.DataRootBusyError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BUSY
+    except (dataroot.DataRootError, StartError) as exc:
+        log.error("cannot start: %s", exc)
+        lock.release()
+        return EXIT_START
     init_sentry(
         settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
         environment=settings.sentry_environment,
@@ -70,6 +96,23 @@ def run(config_file: Path | None) -> int:
         return daemon.run()
     finally:
         close_sentry()
+        lock.release()
+
+
+def _check_port(what: str, address: str, port: int) -> None:
+    """Raise :class:`StartError` naming the port if it cannot be listened on now."""
+    if not port:
+        return
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the server will: a port left in TIME_WAIT is free, one with a listener not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as exc:
+        raise StartError(
+            f"{what} port {address}:{port} cannot be used: {exc.strerror or exc}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,8 @@ class Settings(BaseModel):
     snapshots_root_dir: Path = Field(Path("./data"), alias="SNAPSHOTS_ROOT_DIR")
     shutdown_timeout: float = Field(10.0, alias="SHUTDOWN_TIMEOUT", gt=0, le=300)
     metrics_port: int = Field(0, alias="METRICS_PORT", ge=0, le=65535)
+    # Loopback by default: the counters name cameras and are no business of the LAN.
+    metrics_address: str = Field("127.0.0.1", alias="METRICS_ADDRESS", min_length=1)
 
     rabbitmq_server_address: str = Field("127.0.0.1", alias="RABBITMQ_SERVER_ADDRESS", min_length=1)
     rabbitmq_url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
@@ -247,6 +249,8 @@ class Settings(BaseModel):
             problems.append(f"ONNX_MODEL_PATH: no such file {self.onnx_model_path}")
         if self.detection_backend == "rekognition" and not self.aws_region:
             problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
+        for group, devices in (("OUTPUT", self.outputs), ("INPUT", self.inputs)):
+            problems.extend(_duplicate_cameras(group, devices))
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -301,6 +305,26 @@ class Settings(BaseModel):
     def upload_cameras(self) -> list[Device]:
         """Inputs of type camera: the cameras that push images by FTP."""
         return [device for device in self.inputs.values() if device.is_camera]
+
+
+def _duplicate_cameras(group: str, devices: Mapping[int, Device]) -> list[str]:
+    """Camera keys that differ only in case (or not at all): a trigger or an upload
+    folder could not tell them apart."""
+    seen: dict[str, int] = {}
+    problems = []
+    for number, device in sorted(devices.items()):
+        if not device.is_camera:
+            continue
+        folded = device.key.casefold()
+        if folded in seen:
+            first = seen[folded]
+            problems.append(
+                f"{group}_{number} and {group}_{first} are both the camera "
+                f"{devices[first].key!r}; camera keys must differ in more than case"
+            )
+        else:
+            seen[folded] = number
+    return problems
 
 
 def _resolver(values: Mapping[str, Any]) -> SecretResolver:

@@ -1,11 +1,44 @@
-"""Turns a snapshot (with its detections, once there are any) into the image event to publish."""
+"""Turns a snapshot (with its detections, once there are any) into the image event to publish.
+
+Each event gets one INFO line here, where its content is known: it is handed to the
+publisher, which stores it in the outbox and publishes it (and logs only trouble).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import Counter
+from typing import Any
+
 from pylib.chain.settle import DONE_KIND, Publication, publish_envelope
 from pylib.envelope import Envelope
+from pylib.logs import printable
 from snapshot_processor.event import image_event, image_routing_key, pack
 from snapshot_processor.messages import SnapshotMessage
+
+log = logging.getLogger(__name__)
+
+
+def detection_summary(snap: SnapshotMessage) -> str:
+    """What detection made of the image, in a few words: ``person x2, car``."""
+    if snap.detection_skipped:
+        return f"detection skipped ({snap.detection_skipped})"
+    if snap.detection_error:
+        return f"detection failed ({snap.detection_error})"
+    if not snap.analysed:
+        return "no detection"
+    labels = Counter(_label(item) for item in snap.detections)
+    if not labels:
+        return "nothing detected"
+    return ", ".join(
+        label if count == 1 else f"{label} x{count}" for label, count in labels.most_common()
+    )
+
+
+def _label(detection: dict[str, Any]) -> str:
+    label = detection.get("label")
+    return label if isinstance(label, str) and label else "unlabelled"
 
 
 class EventBuilder:
@@ -36,5 +69,16 @@ class EventBuilder:
             self.routing_key,
             pack(event),
             {"message_id": snap.event_id, "content_type": "application/msgpack"},
+        )
+        # From the image: the fetch's end (a moment after the trigger) or the upload's.
+        age_ms = max(0, round((time.time() - snap.taken) * 1000))
+        log.info(
+            "event %s: camera %s, %s, %d bytes, %s, %d ms after the image",
+            snap.event_id,
+            printable(snap.camera_key),
+            printable(snap.source),
+            len(snap.image),
+            printable(detection_summary(snap)),
+            age_ms,
         )
         return publish_envelope(publication, snap.settlement, envelope.id)

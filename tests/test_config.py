@@ -261,3 +261,53 @@ def test_readme_and_example_list_every_setting() -> None:
     for name in _documented_names():
         assert f"`{name}`" in readme or f"`{name}`," in readme, f"README lacks {name}"
         assert name.replace("OUTPUT_n_", "OUTPUT_1_") in example, f"example lacks {name}"
+
+
+def test_camera_keys_differing_only_in_case_are_an_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(
+            env={
+                "OUTPUT_1_LOCATION": "Garage",
+                "OUTPUT_1_TYPE": "camera",
+                "OUTPUT_2_LOCATION": "garage",
+                "OUTPUT_2_TYPE": "Camera",
+                "INPUT_1_LOCATION": "Yard",
+                "INPUT_1_TYPE": "camera",
+                "INPUT_2_LOCATION": "yard",
+                "INPUT_2_TYPE": "camera",
+            }
+        )
+    text = "\n".join(caught.value.problems)
+    assert "OUTPUT_2 and OUTPUT_1" in text
+    assert "INPUT_2 and INPUT_1" in text
+    # Different places, and a camera input and output of one key, are fine.
+    settings = config.load(
+        env={
+            "OUTPUT_1_LOCATION": "Garage",
+            "OUTPUT_1_TYPE": "camera",
+            "OUTPUT_2_LOCATION": "Garden",
+            "OUTPUT_2_TYPE": "camera",
+            "INPUT_1_LOCATION": "garage",
+            "INPUT_1_TYPE": "camera",
+        }
+    )
+    assert len(settings.cameras) == 2
+
+
+def test_metrics_listen_on_loopback_unless_told() -> None:
+    assert config.load(env={}).metrics_address == "127.0.0.1"
+    assert config.load(env={"METRICS_ADDRESS": "0.0.0.0"}).metrics_address == "0.0.0.0"
+
+
+def test_check_config_checks_the_data_root(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    top = str(Path(__file__).parent.parent)
+    bad = _check_config({"SNAPSHOTS_ROOT_DIR": str(blocker / "data"), "PYTHONPATH": top}, tmp_path)
+    assert bad.returncode == 2
+    assert f"SNAPSHOTS_ROOT_DIR: {blocker / 'data'} cannot be created" in bad.stderr
+    good = _check_config(
+        {"SNAPSHOTS_ROOT_DIR": str(tmp_path / "new" / "data"), "PYTHONPATH": top}, tmp_path
+    )
+    assert good.returncode == 0, good.stderr
+    assert not (tmp_path / "new").exists()  # checked, not created

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from snapshot_processor import config
 from snapshot_processor.detection.guard import CostGuard
+from snapshot_processor.detectors import make_guard
+from tests.support.wait import wait_until
 
 
 class Clock:
@@ -77,3 +80,16 @@ def test_memory_stays_bounded() -> None:
     clock.now += 61
     assert guard.check(b"new") is None
     assert guard.remembered == 1  # everything older than the window was pruned
+
+
+def test_dedupe_window_from_the_environment_reaches_the_guard() -> None:
+    # A window of 0.3 s instead of the default 60: the same image is a duplicate at
+    # once, and may be sent again after the window.
+    settings = config.load(env={"DETECTION_DEDUPE_SECONDS": "0.3"})
+    guard = make_guard(settings)
+    assert guard.check(b"image") is None
+    assert guard.check(b"image") == "duplicate"
+    assert wait_until(lambda: guard.check(b"image") is None, timeout=5)
+    # And a window of 0 turns deduplication off.
+    off = make_guard(config.load(env={"DETECTION_DEDUPE_SECONDS": "0"}))
+    assert [off.check(b"image") for _ in range(3)] == [None, None, None]

@@ -89,6 +89,38 @@ def test_record_is_redacted_for_every_handler() -> None:
     assert "abcdef123456" not in seen[0].getMessage()
 
 
+def test_traceback_is_redacted_for_any_handler() -> None:
+    # Handlers that are not ours: one on the logger itself (it runs before the root's,
+    # so before our handler's filter) and one on the root after ours. Both read
+    # record.exc_text or format with a plain logging.Formatter.
+    _log_stream()
+    register_secret(PASSWORD)
+    seen: list[str] = []
+
+    class Plain(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.exc_text or "")
+            seen.append(logging.Formatter().format(record))
+
+    logger = logging.getLogger("test.redact.plain")
+    before, after = Plain(), Plain()
+    logger.addHandler(before)
+    logging.getLogger().addHandler(after)
+    try:
+        try:
+            raise ConnectionError(f"camera admin:{PASSWORD}@192.168.1.9:88 refused token=abc123456")
+        except ConnectionError:
+            logger.exception("fetch failed")
+    finally:
+        logger.removeHandler(before)
+        logging.getLogger().removeHandler(after)
+    assert len(seen) == 4
+    assert all("ConnectionError" in text for text in seen)
+    for text in seen:
+        assert PASSWORD not in text
+        assert "abc123456" not in text
+
+
 def test_syslog_gets_the_redacted_line() -> None:
     import socket
 

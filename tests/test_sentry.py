@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
+import pika
 import pytest
 import sentry_sdk
 
+from pylib.amqp import connection_parameters
+from pylib.logs import setup_logging
 from pylib.sentry import capture_exception, close_sentry, flush_sentry, init_sentry
 from tests.support.fakes.sentry import SentryReceiver
 
@@ -109,3 +114,74 @@ def test_close_switches_sentry_off(receiver: SentryReceiver) -> None:
     time.sleep(0.2)
     assert len(receiver.events) == 1
     close_sentry()  # a second close is harmless
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.usefixtures("sentry_off")
+def test_pika_log_lines_never_become_events(receiver: SentryReceiver) -> None:
+    setup_logging(logging.INFO, stream=io.StringIO())
+    assert init_sentry(receiver.dsn)
+    params = connection_parameters(None, f"127.0.0.1:{_closed_port()}", connection_name="test")
+    pika_lines: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name.startswith("pika") and record.levelno >= logging.ERROR:
+                pika_lines.append(record)
+
+    keep = Keep()
+    logging.getLogger("pika").addHandler(keep)
+    try:
+        for _ in range(5):
+            with pytest.raises(pika.exceptions.AMQPConnectionError):
+                pika.BlockingConnection(params)
+    finally:
+        logging.getLogger("pika").removeHandler(keep)
+    logging.getLogger("ours").error("broker unreachable")  # proof that events do arrive
+    flush_sentry()
+
+    assert len(pika_lines) >= 5  # pika did log its errors
+    [event] = receiver.wait_for_events(1)
+    assert event["logger"] == "ours"
+    time.sleep(0.2)
+    assert len(receiver.events) == 1
+
+
+@pytest.mark.usefixtures("sentry_off")
+def test_one_event_per_kind_of_trouble_per_interval(receiver: SentryReceiver) -> None:
+    setup_logging(logging.INFO, stream=io.StringIO())
+    assert init_sentry(receiver.dsn, repeat_interval=1.0)
+    log = logging.getLogger("camera")
+    started = time.monotonic()
+    for number in range(30):
+        log.error("trigger %d rejected: %s", number, "bad field")
+        try:
+            _fetch_snapshot(CAMERA_URL)
+        except CameraFetchError as exc:
+            capture_exception(exc)
+    log.error("another kind of trouble")
+    flush_sentry()
+    assert time.monotonic() - started < 1.0, "the loop must fit in one interval"
+    events = receiver.wait_for_events(3)
+    time.sleep(0.2)
+    assert len(receiver.events) == 3
+    assert sorted(e.get("logentry", {}).get("message", "exception") for e in events) == [
+        "another kind of trouble",
+        "exception",
+        "trigger 0 rejected: bad field",
+    ]
+
+    time.sleep(1.0)  # the interval has passed: the next one goes, saying what was held back
+    log.error("trigger %d rejected: %s", 99, "bad field")
+    flush_sentry()
+    [*_, last] = receiver.wait_for_events(4)
+    assert last["logentry"]["message"] == "trigger 99 rejected: bad field"
+    assert last["extra"]["held_back_since_last"] == 29
+    for body in receiver.bodies:
+        assert PASSWORD.encode() not in body
