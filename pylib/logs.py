@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import re
 import sys
+import unicodedata
 from typing import Any
 
 from pylib.redact import redact
@@ -16,23 +16,35 @@ SYSLOG_FORMAT = "%(name)s[%(process)d]: %(levelname)s [%(threadName)s] %(message
 _HANDLER_ATTR = "_snapshot_processor_handler"
 _FACTORY_ATTR = "_snapshot_processor_factory"
 
-# Control characters (C0, DEL, C1) and the Unicode marks that reorder or hide text
-# (bidi overrides and isolates, zero-width characters, line/paragraph separators).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# Control characters (Cc), format characters such as the bidi overrides U+202E and
+# U+2066-2069 (Cf), line and paragraph separators (Zl, Zp), unassigned and surrogates
+# (Cn, Cs: names decoded with surrogateescape) and private use (Co).
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Cs", "Co"})
 
 
 def printable(text: object) -> str:
-    """``text`` safe for one log line: control and bidi characters become ``\\xNN``/``\\uNNNN``.
+    """``text`` safe for one log line: every character that could split a line, reorder
+    it or hide itself is written as a Python escape (``\\n``, ``\\x00``, ``\\u202e``),
+    and a backslash is doubled, so what is shown reads back unambiguously.
 
     For anything that comes from outside (trigger fields, camera keys, labels, file
     names), so it can neither split a line nor disguise itself.
     """
-
-    def escape(match: re.Match[str]) -> str:
-        code = ord(match.group())
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _UNPRINTABLE.sub(escape, str(text))
+    text = str(text)
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case: nothing to do
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == " " or unicodedata.category(char) not in _HIDDEN:
+            out.append(char)
+        elif char.isascii():
+            out.append(repr(char)[1:-1])
+        else:
+            point = ord(char)
+            out.append(f"\\u{point:04x}" if point <= 0xFFFF else f"\\U{point:08x}")
+    return "".join(out)
 
 
 _EXC_FORMATTER = logging.Formatter()

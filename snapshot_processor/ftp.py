@@ -19,9 +19,9 @@ from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
 from pyftpdlib.log import logger as pyftpdlib_log
 from pyftpdlib.servers import FTPServer
 
+from pylib.logs import printable
 from pylib.worker import RestartBudget, Worker
 from snapshot_processor.ftp_slots import ConnectionSlots
-from snapshot_processor.logtext import escaped
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def _handler_class(
                 )
             else:
                 log.warning(
-                    "ftp: failed login for user '%s' from %s", escaped(username), self.remote_ip
+                    "ftp: failed login for user '%s' from %s", printable(username), self.remote_ip
                 )
             if guard.locked_down() and not was_locked:
                 log.warning(
@@ -303,7 +303,7 @@ def _handler_class(
                 FTP_BAD_NAMES.inc()
                 log.warning(
                     "ftp: refused %s from %s: a NUL in its argument",
-                    escaped(cmd[:16]),
+                    printable(cmd[:16]),
                     self.remote_ip,
                 )
                 self.respond("501 A name may not hold a NUL character.")
@@ -313,7 +313,7 @@ def _handler_class(
         # pyftpdlib's own lines carry client names and commands: escaped, one line each.
         def _line(self, msg: str) -> str:
             # The prefix holds the user name the client gave: escaped with the rest.
-            return escaped(f"{self.log_prefix % self.__dict__} {msg}")
+            return printable(f"{self.log_prefix % self.__dict__} {msg}")
 
         def log(self, msg: str, logfun: Callable[[str], None] = pyftpdlib_log.info) -> None:
             logfun(self._line(msg))
@@ -328,11 +328,11 @@ def _handler_class(
         def on_incomplete_file_received(self, file: str) -> None:
             # A dropped connection leaves half a file: remove it before the watcher takes it.
             FTP_INCOMPLETE.inc()
-            log.warning("ftp: removing partial upload %s", escaped(file))
+            log.warning("ftp: removing partial upload %s", printable(file))
             try:
                 os.remove(file)
             except OSError as exc:
-                log.error("ftp: cannot remove partial upload %s: %s", escaped(file), exc.strerror)
+                log.error("ftp: cannot remove partial upload %s: %s", printable(file), exc.strerror)
 
     authorizer = DummyAuthorizer()
     authorizer.add_user(options.user, options.password, str(options.root), perm=ROOT_PERMISSIONS)
@@ -414,7 +414,7 @@ class FtpServerThread(Worker):
             options.max_failed_logins_per_minute,
         )
         for key, folder in options.camera_folders:
-            log.info("ftp: camera '%s' uploads to %s", escaped(key), self.camera_url(folder))
+            log.info("ftp: camera '%s' uploads to %s", printable(key), self.camera_url(folder))
         self.ready.set()
 
     def camera_url(self, folder: str) -> str:

@@ -37,11 +37,11 @@ from pylib.chain.settle import Settlement, ack_token
 from pylib.chain.sockets import bind_pull, inproc
 from pylib.chain.stage import Stage, Timer
 from pylib.envelope import Envelope, EnvelopeError, new_id
+from pylib.logs import printable
 from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
-from snapshot_processor.logtext import escaped
 from snapshot_processor.messages import SnapshotMessage
 from snapshot_processor.snapshot import SNAPSHOTS
 from snapshot_processor.storage import slug, snapshot_path
@@ -282,7 +282,7 @@ class UploadStage(Stage):
             return
         if path in self._inflight:
             return  # its event is on its way already
-        shown = escaped(str(relative))
+        shown = printable(str(relative))
         if not self._reached_directly(relative):
             # A folder on the way is a link: what lies there is not ours to read or remove.
             UPLOADS_REJECTED.labels("link").inc()
@@ -403,7 +403,7 @@ class UploadStage(Stage):
             target.write_bytes(image)  # another file system: a copy
         self._inflight[inflight] = target
         SNAPSHOTS.labels(device.key, "upload").inc()
-        log.info("upload: %s from %s -> event %s", escaped(path.name), device.key, event_id)
+        log.info("upload: %s from %s -> event %s", printable(path.name), device.key, event_id)
         self.send(
             SnapshotMessage(
                 event_id=event_id,
@@ -511,7 +511,7 @@ class UploadStage(Stage):
         try:
             os.unlink(kept.path)
         except OSError as exc:
-            log.error("upload: cannot remove %s: %s", escaped(str(kept.path)), exc.strerror)
+            log.error("upload: cannot remove %s: %s", printable(str(kept.path)), exc.strerror)
             return
         UPLOADS_REMOVED.labels(reason).inc()
-        log.warning("upload: removed %s (%d bytes): %s", escaped(str(kept.path)), kept.size, why)
+        log.warning("upload: removed %s (%d bytes): %s", printable(str(kept.path)), kept.size, why)

@@ -76,13 +76,13 @@ def test_outside_text_is_escaped_in_the_event_line(caplog: pytest.LogCaptureFixt
     assert "\n" not in line
     assert "\u202e" not in line
     assert "\x00" not in line
-    assert "camera Yard\\x0acamera," in line
+    assert "camera Yard\\ncamera," in line
     assert "cat\\u202egod\\x00" in line
 
 
 def test_printable_escapes_controls_and_bidi_only() -> None:
     assert printable("Front Door ä 😀") == "Front Door ä 😀"
-    assert printable("a\rb\tc\x1b[31m\u2066d\u200be") == "a\\x0db\\x09c\\x1b[31m\\u2066d\\u200be"
+    assert printable("a\rb\tc\x1b[31m\u2066d\u200be") == "a\\rb\\tc\\x1b[31m\\u2066d\\u200be"
 
 
 def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path) -> None:
