@@ -86,7 +86,7 @@ class SnapshotStage(Stage):
         outbox: str | None = None,
         per_trigger: int = 1,
         interval: float = 1.0,
-        waiting: int = 3,
+        waiting: int = 10,
         workers: int = 32,
         stop_timeout: float = 5.0,
         budget: RestartBudget | None = None,

@@ -39,7 +39,7 @@ class _Camera:
 class TriggerQueues:
     """The turns of every camera's triggers; see the module's docstring for the policy."""
 
-    def __init__(self, waiting: int = 3) -> None:
+    def __init__(self, waiting: int = 10) -> None:
         if waiting < 1:
             raise ValueError(f"waiting must be at least 1, not {waiting}")
         self.waiting = waiting

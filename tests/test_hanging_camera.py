@@ -73,12 +73,12 @@ def test_a_hanging_camera_holds_neither_threads_nor_the_prefetch_window(tmp_path
                     assert len(peer.wait_for_images(n, timeout=10)) == n
                 elapsed = time.monotonic() - started
                 assert hung.requests == 1  # its first fetch still hangs meanwhile
-                # One fetching and three waiting hold their deliveries; the other 26 were
-                # coalesced and acked, so nothing piles up in the broker.
+                # One fetching and CAMERA_QUEUE (10) waiting hold their deliveries; the
+                # other 19 were coalesced and acked, so nothing piles up in the broker.
                 assert wait_until(lambda: queue_depth(settings.queue_name) == 0, 10)
                 assert (
                     sample("snapshot_triggers_coalesced_total", camera="Hung camera")
-                    == coalesced + 26
+                    == coalesced + 19
                 )
                 healthy_now, detail = app.health()
                 assert healthy_now, detail

@@ -392,3 +392,20 @@ def test_after_the_cool_down_one_trigger_probes_and_closes_the_breaker(
     assert probe.body["ack"]["tag"] == 2
     assert stage.troubles() == []
     assert sample_gauge("camera_breaker_state", camera=KEY) == 0
+
+
+def test_a_burst_that_fits_the_queue_gets_every_snapshot(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    """Coalescing is for a camera that cannot keep up: a burst of one fetching plus
+    ``waiting`` triggers to a healthy camera gets a snapshot for each trigger."""
+    coalesced = sample("snapshot_triggers_coalesced_total", camera=KEY)
+    camera.latency = 0.05
+    start(registry(camera), waiting=10)
+    with wire.sender() as sender:
+        for tag in range(11):
+            sender.send(trigger(tag))
+        received = wire.receive(11)
+    assert [e.kind for e in received] == [SNAPSHOT_KIND] * 11
+    assert [e.body["ack"]["tag"] for e in received] == list(range(11))  # in order
+    assert sample("snapshot_triggers_coalesced_total", camera=KEY) == coalesced
