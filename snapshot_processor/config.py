@@ -101,7 +101,7 @@ class Settings(BaseModel):
     camera_workers: int = Field(32, alias="CAMERA_WORKERS", ge=1, le=256)
     snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
     snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
-    camera_queue: int = Field(10, alias="CAMERA_QUEUE", ge=1, le=100)
+    camera_queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
     camera_breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
     camera_breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
 

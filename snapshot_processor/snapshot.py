@@ -86,7 +86,7 @@ class SnapshotStage(Stage):
         outbox: str | None = None,
         per_trigger: int = 1,
         interval: float = 1.0,
-        waiting: int = 10,
+        waiting: int = 3,
         workers: int = 32,
         stop_timeout: float = 5.0,
         budget: RestartBudget | None = None,
@@ -107,10 +107,15 @@ class SnapshotStage(Stage):
         self.per_trigger = per_trigger
         self.interval = interval
         self.queues = TriggerQueues(waiting)
+        # When each camera's fetch under way started (monotonic), on the stage's thread.
+        self._fetch_started: dict[str, float] = {}
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
-        offer = self.queues.offer(trigger)
+        trouble = self._in_trouble(trigger.camera_key)
+        if trouble:
+            self._trim(trigger.camera_key)
+        offer = self.queues.offer(trigger, trouble=trouble)
         if offer.coalesced is not None:
             self._coalesce(offer.coalesced)
         if offer.start is not None:
@@ -141,6 +146,12 @@ class SnapshotStage(Stage):
                 return
             breaker = self.cameras.breakers.get(key)
             if breaker is None or breaker.allow():
+                started = self._fetch_started[key] = time.monotonic()
+                # A fetch still under way after one attempt's timeout: the camera is in
+                # trouble, and what waits for it is cut down at once.
+                self.call_later(
+                    self.cameras.timeout, functools.partial(self._check_stuck, key, started)
+                )
                 self.submit(
                     self._fetch_all,
                     trigger,
@@ -150,7 +161,26 @@ class SnapshotStage(Stage):
             self._refuse(trigger)
             trigger = self.queues.next(key)
 
+    def _in_trouble(self, key: str) -> bool:
+        """The camera's last snapshot failed, or the one under way is overdue."""
+        breaker = self.cameras.breakers.get(key)
+        if breaker is not None and breaker.failures > 0:
+            return True
+        started = self._fetch_started.get(key)
+        return started is not None and time.monotonic() - started > self.cameras.timeout
+
+    def _check_stuck(self, key: str, started: float) -> None:
+        if self._fetch_started.get(key) == started:
+            self._trim(key)
+
+    def _trim(self, key: str) -> None:
+        for trigger in self.queues.trim(key):
+            self._coalesce(trigger)
+
     def _fetch_ended(self, key: str, finished: Future[None]) -> None:
+        self._fetch_started.pop(key, None)
+        if self._in_trouble(key):
+            self._trim(key)
         error = None if finished.cancelled() else finished.exception()
         if error is not None:  # _fetch_all settles every part itself; this is a bug
             MESSAGES_REJECTED.labels(self.name, type(error).__name__).inc()

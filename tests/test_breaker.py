@@ -104,3 +104,16 @@ def test_turns_one_fetching_some_waiting_the_displaced_coalesced() -> None:
     assert tag(queues.offer(trigger("a", 4)).start) == 4
     with pytest.raises(ValueError, match="waiting"):
         TriggerQueues(waiting=0)
+
+
+def test_a_camera_that_answers_keeps_every_trigger_until_it_is_in_trouble() -> None:
+    queues = TriggerQueues(waiting=2)
+    queues.offer(trigger("a", 0))
+    for n in range(1, 6):
+        offer = queues.offer(trigger("a", n), trouble=False)
+        assert offer.start is None
+        assert offer.coalesced is None
+    assert queues.waiting_for("a") == 5
+    # In trouble: the oldest (waiting - 1) and the newest stay, the rest are coalesced.
+    assert [tag(t) for t in queues.trim("a")] == [2, 3, 4]
+    assert [tag(queues.next("a")), tag(queues.next("a")), tag(queues.next("a"))] == [1, 5, None]
