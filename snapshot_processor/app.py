@@ -133,7 +133,11 @@ class App:
         """Camera fetches, and the upload dir when cameras push images."""
         settings = self.settings
         registry = CameraRegistry(
-            settings.cameras, timeout=settings.camera_timeout, retries=settings.camera_retries
+            settings.cameras,
+            timeout=settings.camera_timeout,
+            retries=settings.camera_retries,
+            breaker_failures=settings.camera_breaker_failures,
+            breaker_seconds=settings.camera_breaker_seconds,
         )
         self.cameras = registry
         stages: list[Stage] = [
@@ -144,6 +148,7 @@ class App:
                 root=settings.snapshots_root_dir,
                 per_trigger=settings.snapshots_per_trigger,
                 interval=settings.snapshot_interval,
+                waiting=settings.camera_queue,
                 workers=settings.camera_workers,
                 on_fatal=self.daemon.on_fatal,
             )

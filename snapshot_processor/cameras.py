@@ -1,16 +1,22 @@
-"""Which camera a trigger names, how to reach it, and one reusable client per camera."""
+"""Which camera a trigger names, how to reach it, one reusable client and one circuit
+breaker per camera."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterable
 
+from prometheus_client import Counter, Gauge
+
+from pylib.breaker import BreakerState, CircuitBreaker
 from snapshot_processor.camera import (
     CameraClient,
     CameraConnectionError,
     CameraError,
     CameraSpec,
+    CameraUnavailableError,
     make_client,
     parse_device_params,
 )
@@ -20,6 +26,15 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 FOSCAM_PORT = 88
 
 log = logging.getLogger(__name__)
+
+BREAKER_STATE = Gauge(
+    "camera_breaker_state",
+    "Each camera's circuit breaker: 0 closed, 1 half-open (one probe), 2 open (not asked)",
+    ["camera"],
+)
+BREAKER_OPENED = Counter(
+    "camera_breaker_opened_total", "Times a camera's breaker opened", ["camera"]
+)
 
 
 class CameraConfigError(ValueError):
@@ -34,10 +49,23 @@ class CameraRegistry:
     and a call that was waiting for the old one is made again with the new one (see
     :meth:`snapshot`). Thread-safe: fetches for several cameras run at once. After
     :meth:`close` it makes no new clients.
+
+    Each camera has a circuit breaker (:meth:`breaker`): after ``breaker_failures``
+    failed snapshots in a row it opens for ``breaker_seconds``, and :meth:`snapshot`
+    fails at once with :class:`CameraUnavailableError` meanwhile; then one snapshot is
+    the probe that closes it again or opens it for another cool-down. Whoever starts a
+    fetch asks :meth:`CircuitBreaker.allow` first (the snapshot stage does, once per
+    trigger), which lets the probe through.
     """
 
     def __init__(
-        self, cameras: Iterable[Device], *, timeout: float = 5.0, retries: int = 2
+        self,
+        cameras: Iterable[Device],
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+        breaker_failures: int = 3,
+        breaker_seconds: float = 30.0,
     ) -> None:
         self.devices = {device.key: device for device in cameras}
         self.timeout = timeout
@@ -45,6 +73,16 @@ class CameraRegistry:
         self._clients: dict[str, CameraClient] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._breakers = {
+            key: CircuitBreaker(
+                failures=breaker_failures,
+                cool_down=breaker_seconds,
+                on_change=functools.partial(self._breaker_changed, key),
+            )
+            for key in self.devices
+        }
+        for key in self.devices:
+            BREAKER_STATE.labels(key).set(BreakerState.CLOSED)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -118,7 +156,55 @@ class CameraRegistry:
             old.close(wait=False)
         return client
 
+    def breaker(self, key: str) -> CircuitBreaker:
+        """The camera's circuit breaker (``KeyError`` for a camera not configured)."""
+        return self._breakers[key]
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every camera's circuit breaker, by key."""
+        return dict(self._breakers)
+
     def snapshot(self, key: str, device_params: str | None) -> bytes:
+        """One JPEG from the camera, its outcome recorded by the camera's breaker;
+        :class:`CameraUnavailableError` at once while the breaker is open."""
+        breaker = self._breakers.get(key)
+        if breaker is not None and breaker.state is BreakerState.OPEN:
+            raise CameraUnavailableError(
+                f"{key}: not asked: failing ({breaker.last_error}); "
+                f"tried again in {breaker.retry_in():.0f} s",
+                camera=key,
+            )
+        try:
+            image = self._snapshot(key, device_params)
+        except CameraError as exc:
+            # A call cut short by close() says nothing about the camera.
+            if breaker is not None and not self._closed:
+                breaker.failed(exc.summary)
+            raise
+        if breaker is not None:
+            breaker.succeeded()
+        return image
+
+    def _breaker_changed(self, key: str, state: BreakerState) -> None:
+        BREAKER_STATE.labels(key).set(state)
+        breaker = self._breakers[key]
+        if state is BreakerState.OPEN:
+            BREAKER_OPENED.labels(key).inc()
+            log.warning(
+                "camera %r failing (%s), %d time(s) in a row: its triggers are settled "
+                "without a snapshot for %.0f s, then one is tried",
+                key,
+                breaker.last_error,
+                breaker.failures,
+                breaker.cool_down,
+            )
+        elif state is BreakerState.HALF_OPEN:
+            log.info("camera %r: trying it again after %.0f s", key, breaker.cool_down)
+        else:
+            log.info("camera %r answers again", key)
+
+    def _snapshot(self, key: str, device_params: str | None) -> bytes:
         """One JPEG from the camera; made again once with the new client if the one this
         call got was replaced (closed) by a newer spec before or during the call."""
         client = self.client(key, device_params)

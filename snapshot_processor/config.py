@@ -107,6 +107,9 @@ class Settings(BaseModel):
     camera_workers: int = Field(32, alias="CAMERA_WORKERS", ge=1, le=256)
     snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
     snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
+    camera_queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
+    camera_breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
+    camera_breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
 
     ftp_enabled: bool | None = Field(None, alias="FTP_ENABLED")
     ftp_user: str = Field("camera", alias="FTP_USER", min_length=1, pattern=r"^[^\s:]+$")
@@ -286,10 +289,11 @@ class Settings(BaseModel):
     @property
     def prefetch(self) -> int:
         """Triggers the broker hands over before their acks: ``RABBITMQ_PREFETCH``, else
-        two per snapshot of every camera (one fetching, one waiting its turn), at least 8."""
+        what every camera may hold at once (one fetching, ``CAMERA_QUEUE`` waiting, one on
+        its way to the outbox), at least 8: cameras that hang never fill the window."""
         if self.rabbitmq_prefetch is not None:
             return self.rabbitmq_prefetch
-        return max(8, 2 * len(self.cameras) * self.snapshots_per_trigger)
+        return max(8, (self.camera_queue + 2) * len(self.cameras))
 
     @property
     def outbox_path(self) -> Path:

@@ -6,6 +6,13 @@ whatever fails, so its delivery is always settled. A snapshot that cannot be wri
 (a full disk) is not settled as done: a requeue mark gives its trigger back to the
 broker, to come again after a pause, and the trouble shows in health.
 
+One camera's trouble never delays the others: a camera has at most one fetch under way
+(one pool thread) and ``waiting`` triggers behind it; a trigger beyond that is coalesced
+(acked at once and counted, covered by the newer trigger that waits: see
+:mod:`snapshot_processor.trigger_queue`). A camera that keeps failing is not asked while
+its circuit breaker is open (see :class:`~snapshot_processor.cameras.CameraRegistry`):
+its triggers are settled at once, counted, and the stage's :meth:`troubles` name it.
+
 Stopping takes at most ``stop_timeout``: camera back-off pauses and the pause between a
 trigger's snapshots end at once, fetches in progress get until the deadline, and no new
 fetch starts. A trigger whose snapshots were not all taken is left without its last
@@ -15,15 +22,19 @@ is then sent again; nothing is lost).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from prometheus_client import Counter
 
+from pylib.breaker import BreakerState
 from pylib.chain.settle import done_envelope
+from pylib.chain.sockets import MESSAGES_REJECTED
 from pylib.chain.stage import Stage
 from pylib.envelope import Envelope, new_id
 from pylib.worker import RestartBudget
@@ -31,6 +42,7 @@ from snapshot_processor.camera import CameraError
 from snapshot_processor.cameras import CameraConfigError, CameraRegistry
 from snapshot_processor.messages import SnapshotMessage, TriggerMessage
 from snapshot_processor.storage import WriteTrouble, snapshot_path, write_atomically
+from snapshot_processor.trigger_queue import TriggerQueues
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,17 @@ SNAPSHOT_FAILURES = Counter(
 SNAPSHOTS_LEFT = Counter(
     "snapshots_left_at_stop_total",
     "Snapshots not taken because the stage stopped (their trigger comes again)",
+    ["camera"],
+)
+TRIGGERS_COALESCED = Counter(
+    "snapshot_triggers_coalesced_total",
+    "Triggers acked without a snapshot of their own: their camera was busy and a newer "
+    "trigger waiting for it covers them",
+    ["camera"],
+)
+TRIGGERS_REFUSED = Counter(
+    "snapshot_triggers_refused_total",
+    "Triggers settled without asking their camera, whose circuit breaker was open",
     ["camera"],
 )
 
@@ -73,6 +96,7 @@ class SnapshotStage(Stage):
         outbox: str | None = None,
         per_trigger: int = 1,
         interval: float = 1.0,
+        waiting: int = 3,
         workers: int = 32,
         stop_timeout: float = 5.0,
         budget: RestartBudget | None = None,
@@ -93,14 +117,104 @@ class SnapshotStage(Stage):
         self.per_trigger = per_trigger
         self.interval = interval
         self.disk = WriteTrouble(f"snapshots under {root}")
-
-    def troubles(self) -> list[str]:
-        trouble = self.disk.current()
-        return [*super().troubles(), *([trouble] if trouble else [])]
+        self.queues = TriggerQueues(waiting)
+        # When each camera's fetch under way started (monotonic), on the stage's thread.
+        self._fetch_started: dict[str, float] = {}
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
-        self.submit(self._fetch_all, trigger)
+        trouble = self._in_trouble(trigger.camera_key)
+        if trouble:
+            self._trim(trigger.camera_key)
+        offer = self.queues.offer(trigger, trouble=trouble)
+        if offer.coalesced is not None:
+            self._coalesce(offer.coalesced)
+        if offer.start is not None:
+            self._start(offer.start)
+
+    def troubles(self) -> list[str]:
+        found = super().troubles()
+        disk = self.disk.current()
+        if disk:
+            found.append(disk)
+        for key, breaker in self.cameras.breakers.items():
+            state = breaker.state
+            if state is BreakerState.OPEN:
+                when = f"retrying in {breaker.retry_in():.0f} s"
+            elif state is BreakerState.HALF_OPEN:
+                when = "trying it again now"
+            else:
+                continue
+            found.append(f"camera {key!r} failing: {breaker.last_error}; {when}")
+        return found
+
+    # --- each camera's turns, on the stage's thread ----------------------------------
+    def _start(self, trigger: TriggerMessage | None) -> None:
+        """Fetch ``trigger`` on the pool, or settle it at once if its camera's breaker is
+        open (and go on with the camera's next waiting trigger)."""
+        while trigger is not None:
+            key = trigger.camera_key
+            if not self.should_keep_running():
+                # Not settled: at stop the broker delivers these again.
+                self._leave(key, self.per_trigger * (1 + self.queues.waiting_for(key)))
+                return
+            breaker = self.cameras.breakers.get(key)
+            if breaker is None or breaker.allow():
+                started = self._fetch_started[key] = time.monotonic()
+                # A fetch still under way after one attempt's timeout: the camera is in
+                # trouble, and what waits for it is cut down at once.
+                self.call_later(
+                    self.cameras.timeout, functools.partial(self._check_stuck, key, started)
+                )
+                self.submit(
+                    self._fetch_all,
+                    trigger,
+                    then=functools.partial(self._fetch_ended, key),
+                )
+                return
+            self._refuse(trigger)
+            trigger = self.queues.next(key)
+
+    def _in_trouble(self, key: str) -> bool:
+        """The camera's last snapshot failed, or the one under way is overdue."""
+        breaker = self.cameras.breakers.get(key)
+        if breaker is not None and breaker.failures > 0:
+            return True
+        started = self._fetch_started.get(key)
+        return started is not None and time.monotonic() - started > self.cameras.timeout
+
+    def _check_stuck(self, key: str, started: float) -> None:
+        if self._fetch_started.get(key) == started:
+            self._trim(key)
+
+    def _trim(self, key: str) -> None:
+        for trigger in self.queues.trim(key):
+            self._coalesce(trigger)
+
+    def _fetch_ended(self, key: str, finished: Future[None]) -> None:
+        self._fetch_started.pop(key, None)
+        if self._in_trouble(key):
+            self._trim(key)
+        error = None if finished.cancelled() else finished.exception()
+        if error is not None:  # _fetch_all settles every part itself; this is a bug
+            MESSAGES_REJECTED.labels(self.name, type(error).__name__).inc()
+            log.error("%s: fetch of %s failed: %s", self.name, key, error, exc_info=error)
+        self._start(self.queues.next(key))
+
+    def _coalesce(self, trigger: TriggerMessage) -> None:
+        TRIGGERS_COALESCED.labels(trigger.camera_key).inc()
+        log.debug("%s: a trigger for %s coalesced into a newer one", self.name, trigger.camera_key)
+        self._settle(trigger)
+
+    def _refuse(self, trigger: TriggerMessage) -> None:
+        TRIGGERS_REFUSED.labels(trigger.camera_key).inc()
+        log.debug("%s: camera %s not asked: its breaker is open", self.name, trigger.camera_key)
+        self._settle(trigger)
+
+    def _settle(self, trigger: TriggerMessage) -> None:
+        """Every part of a trigger that gets no snapshot ends as a done mark."""
+        for _ in range(self.per_trigger):
+            self.send(done_envelope(trigger.settlement.split(self.per_trigger)))
 
     def finish(self, deadline: float) -> None:
         # Back-off pauses end now; an attempt on the wire finishes (or times out) first.

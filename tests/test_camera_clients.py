@@ -332,6 +332,26 @@ def test_error_mode_is_http_500(case: str, sim: CameraSimulator, client_for: Cli
     assert caught.value.status == 500
 
 
+@pytest.mark.parametrize(("mode", "status"), [("jpeg500", 500), ("jpeg404", 404)])
+@pytest.mark.parametrize("case", CASES)
+def test_error_status_with_a_valid_jpeg_body_is_refused(
+    case: str, mode: str, status: int, sim: CameraSimulator, client_for: ClientFactory
+) -> None:
+    """The status decides, whatever the body: a whole JPEG under 500 or 404 is no snapshot
+    (firmware that failed may still send its last frame, or a placeholder image)."""
+    sim.mode = mode
+    with pytest.raises(CameraHTTPError, match=f"HTTP {status} ") as caught:
+        client_for(case).snapshot()
+    assert caught.value.status == status
+    assert caught.value.reason == "http"
+    assert_secret_free(caught.value)
+    # The camera did send a whole JPEG: refused for its status alone.
+    sim.generic_auth = "none"
+    with requests.get(sim.url("generic"), timeout=5) as direct:
+        assert direct.status_code == status
+        assert_jpeg(direct.content)
+
+
 def test_foscam_failure_code_is_vendor_error_and_retried(
     sim: CameraSimulator, client_for: ClientFactory
 ) -> None:

@@ -396,8 +396,8 @@ def test_outbox_group_commit_is_durable(tmp_path: Path) -> None:
     ("env", "expected"),
     [
         ({}, 8),
-        ({f"OUTPUT_{n}_LOCATION": f"Cam {n}" for n in range(1, 33)}, 64),
-        ({"OUTPUT_1_LOCATION": "Cam", "SNAPSHOTS_PER_TRIGGER": "3", "OUTPUT_2_LOCATION": "B"}, 12),
+        ({f"OUTPUT_{n}_LOCATION": f"Cam {n}" for n in range(1, 33)}, 160),
+        ({"OUTPUT_1_LOCATION": "Cam", "CAMERA_QUEUE": "6", "OUTPUT_2_LOCATION": "B"}, 16),
         ({"OUTPUT_1_LOCATION": "Cam", "RABBITMQ_PREFETCH": "3"}, 3),
     ],
 )

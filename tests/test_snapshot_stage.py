@@ -3,6 +3,7 @@ a stop within its deadline, and camera clients replaced while calls wait for the
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,8 @@ from snapshot_processor.config import Device
 from snapshot_processor.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
 from snapshot_processor.snapshot import SnapshotStage
 from tests.support.crash import CrashesOnce as CrashingWorker
-from tests.support.metrics import sample
+from tests.support.metrics import sample, sample_gauge
+from tests.support.wait import wait_until
 from tests.support.wire import Wire
 from tests.support.wire import wire as wire_for
 from tools.camera_simulator import CameraSimulator
@@ -35,7 +37,9 @@ def camera() -> Iterator[CameraSimulator]:
         yield simulator
 
 
-def registry(camera: CameraSimulator, *, retries: int = 0, timeout: float = 5.0) -> CameraRegistry:
+def registry(
+    camera: CameraSimulator, *, retries: int = 0, timeout: float = 5.0, **breaker: Any
+) -> CameraRegistry:
     device = Device.model_validate(
         {
             "LOCATION": "Front Door",
@@ -46,7 +50,7 @@ def registry(camera: CameraSimulator, *, retries: int = 0, timeout: float = 5.0)
             "PASSWORD": PASSWORD,
         }
     )
-    return CameraRegistry([device], timeout=timeout, retries=retries)
+    return CameraRegistry([device], timeout=timeout, retries=retries, **breaker)
 
 
 def trigger(tag: int) -> Envelope:
@@ -257,3 +261,158 @@ def test_new_spec_replaces_the_client_without_failing_waiting_calls(
     assert swap < 0.5  # not after the 1.5 s call in progress
     assert isinstance(results["first"], bytes)
     assert isinstance(results["queued"], bytes), results["queued"]
+
+
+# --- one camera's trouble, the others' turns ------------------------------------------------
+HUNG = "Hung camera"
+
+
+def two_cameras(
+    hung: CameraSimulator,
+    healthy: CameraSimulator,
+    *,
+    timeout: float,
+    retries: int = 0,
+    **breaker: Any,
+) -> CameraRegistry:
+    devices = [
+        Device.model_validate(
+            {
+                "LOCATION": location,
+                "TYPE": "camera",
+                "VENDOR": "foscam",
+                "ADDRESS": f"127.0.0.1:{simulator.port}",
+                "USER": "admin",
+                "PASSWORD": PASSWORD,
+            }
+        )
+        for location, simulator in (("Hung", hung), ("Front Door", healthy))
+    ]
+    return CameraRegistry(devices, timeout=timeout, retries=retries, **breaker)
+
+
+def trigger_for(key: str, tag: int) -> Envelope:
+    return TriggerMessage(
+        camera_key=key,
+        device_label=key,
+        timestamp=0,
+        settlement=Settlement(ack_token("inproc://acks", tag=tag)),
+    ).envelope()
+
+
+def test_a_hanging_camera_delays_no_other_camera(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    """Triggers for a camera that hangs hold one pool thread and CAMERA_QUEUE places; the
+    rest are coalesced (settled at once), and the other camera's triggers flow meanwhile."""
+    coalesced = sample("snapshot_triggers_coalesced_total", camera=HUNG)
+    hung = CameraSimulator(user="admin", password=PASSWORD, mode="hang").start()
+    try:
+        # Each attempt times out after 1 s and is retried: the fetch hangs about 10 s.
+        cameras = two_cameras(hung, camera, timeout=1.0, retries=8)
+        start(cameras, workers=4, waiting=3)
+        with wire.sender() as sender:
+            for tag in range(8):
+                sender.send(trigger_for(HUNG, tag))
+            assert wait_until(lambda: hung.requests >= 1, 5)
+            # Once the fetch is overdue (1 s), one fetching, three waiting: the newest
+            # keeps the last place, the ones it displaced are coalesced (settled).
+            done = wire.receive(4, timeout=5)
+            started = time.monotonic()
+            snapshots = []
+            for tag in range(100, 120):  # one after the other, each as soon as it can
+                sender.send(trigger_for(KEY, tag))
+                snapshots.extend(wire.receive(1, timeout=10))
+            elapsed = time.monotonic() - started
+            assert wire.receive(1, timeout=0.2) == []
+        assert [e.kind for e in done] == [DONE_KIND] * 4
+        assert sorted(e.body["ack"]["tag"] for e in done) == [3, 4, 5, 6]
+        assert [e.kind for e in snapshots] == [SNAPSHOT_KIND] * 20
+        assert [e.body["ack"]["tag"] for e in snapshots] == list(range(100, 120))
+        assert {e.body["camera_key"] for e in snapshots} == {KEY}
+        assert elapsed < 5.0  # not after the hung camera's 10 s
+        assert cameras.breaker(HUNG).failures == 0  # still the first fetch
+        assert sample("snapshot_triggers_coalesced_total", camera=HUNG) == coalesced + 4
+    finally:
+        hung.stop()  # its fetch ends now (connection closed)
+
+
+def test_a_failing_camera_opens_its_breaker_and_shows_in_health(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    opened = sample("camera_breaker_opened_total", camera=HUNG)
+    refused = sample("snapshot_triggers_refused_total", camera=HUNG)
+    hung = CameraSimulator(user="admin", password=PASSWORD, mode="hang").start()
+    try:
+        cameras = two_cameras(hung, camera, timeout=0.3, breaker_failures=2, breaker_seconds=60.0)
+        stage = start(cameras, waiting=3)
+        assert stage.troubles() == []
+        assert sample_gauge("camera_breaker_state", camera=HUNG) == 0
+        with wire.sender() as sender:
+            for tag in range(4):  # one fetching, three waiting
+                sender.send(trigger_for(HUNG, tag))
+            # Two time out, the breaker opens, the two still waiting are settled unasked.
+            done = wire.receive(4, timeout=10)
+            assert [e.kind for e in done] == [DONE_KIND] * 4
+            assert sorted(e.body["ack"]["tag"] for e in done) == [0, 1, 2, 3]
+            assert hung.requests == 2
+            [trouble] = stage.troubles()
+            assert re.fullmatch(
+                r"camera 'Hung camera' failing: timed out; retrying in (59|60) s", trouble
+            ), trouble
+            assert sample_gauge("camera_breaker_state", camera=HUNG) == 2
+            assert sample("camera_breaker_opened_total", camera=HUNG) == opened + 1
+            # Open: a new trigger is settled at once, the camera not asked.
+            sender.send(trigger_for(HUNG, 9))
+            [late] = wire.receive(1, timeout=2)
+            assert late.kind == DONE_KIND
+            assert late.body["ack"]["tag"] == 9
+            assert hung.requests == 2
+            assert sample("snapshot_triggers_refused_total", camera=HUNG) == refused + 3
+            # The other camera is not touched by it.
+            sender.send(trigger_for(KEY, 10))
+            [snapshot] = wire.receive(1, timeout=5)
+            assert snapshot.kind == SNAPSHOT_KIND
+    finally:
+        hung.stop()
+
+
+def test_after_the_cool_down_one_trigger_probes_and_closes_the_breaker(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    camera.mode = "unavailable"
+    stage = start(registry(camera, breaker_failures=1, breaker_seconds=0.5))
+    with wire.sender() as sender:
+        sender.send(trigger(1))
+        [failed] = wire.receive(1)
+        assert failed.kind == DONE_KIND
+        [trouble] = stage.troubles()
+        assert re.fullmatch(
+            r"camera 'Front Door camera' failing: HTTP 503; retrying in [01] s", trouble
+        ), trouble
+        assert sample_gauge("camera_breaker_state", camera=KEY) == 2
+        camera.mode = "ok"
+        time.sleep(0.6)  # the cool-down ends
+        sender.send(trigger(2))
+        [probe] = wire.receive(1)
+    assert probe.kind == SNAPSHOT_KIND
+    assert probe.body["ack"]["tag"] == 2
+    assert stage.troubles() == []
+    assert sample_gauge("camera_breaker_state", camera=KEY) == 0
+
+
+def test_a_burst_that_fits_the_queue_gets_every_snapshot(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    """Coalescing is for a camera in trouble: a burst larger than ``waiting`` to a camera
+    that answers (a backlog after a broker outage) gets a snapshot for each trigger."""
+    coalesced = sample("snapshot_triggers_coalesced_total", camera=KEY)
+    camera.latency = 0.05
+    start(registry(camera), waiting=3)
+    with wire.sender() as sender:
+        for tag in range(11):
+            sender.send(trigger(tag))
+        received = wire.receive(11)
+    assert [e.kind for e in received] == [SNAPSHOT_KIND] * 11
+    assert [e.body["ack"]["tag"] for e in received] == list(range(11))  # in order
+    assert sample("snapshot_triggers_coalesced_total", camera=KEY) == coalesced

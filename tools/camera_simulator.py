@@ -15,8 +15,10 @@ generic     ``/snapshot.jpg``                               basic, digest or non
 Queries are decoded the way the firmware does: ``%XX`` only, so a ``+`` stays a plus.
 Failure modes, settable while running: ``ok``, ``error`` (the vendor's own error format,
 HTTP 500 where it has none), ``unavailable`` (HTTP 503), ``html`` (200 with an HTML error
-page), ``garbage`` (200 with random bytes), ``truncated`` (200 with half a JPEG) and
-``hang`` (no answer until :meth:`CameraSimulator.stop`). :meth:`CameraSimulator.fail_next`
+page), ``garbage`` (200 with random bytes), ``truncated`` (200 with half a JPEG),
+``hang`` (no answer until :meth:`CameraSimulator.stop`), and ``jpeg500``/``jpeg404``
+(a whole, valid JPEG sent with HTTP 500 or 404: firmware that reports an error in the
+status alone, which a client must refuse). :meth:`CameraSimulator.fail_next`
 fails only the next N authenticated requests. Run it by hand with
 ``python -m tools.camera_simulator --port 8088``.
 """
@@ -54,7 +56,19 @@ __all__ = ["MODES", "PATHS", "CameraSimulator", "main"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("ok", "error", "unavailable", "html", "garbage", "truncated", "hang")
+MODES = (
+    "ok",
+    "error",
+    "unavailable",
+    "html",
+    "garbage",
+    "truncated",
+    "hang",
+    "jpeg500",
+    "jpeg404",
+)
+# Modes that send a valid JPEG under an error status.
+_JPEG_ERROR_STATUS = {"jpeg500": 500, "jpeg404": 404}
 GENERIC_AUTH_MODES = ("basic", "digest", "none")
 
 PATHS: dict[str, str] = {
@@ -671,6 +685,10 @@ class CameraSimulator:
         image = self._render_jpeg(counter)
         if mode == "truncated":
             handler.reply(200, image[: len(image) // 2], "image/jpeg")
+            return
+        if mode in _JPEG_ERROR_STATUS:
+            # Not counted as served: the status says it is no snapshot.
+            handler.reply(_JPEG_ERROR_STATUS[mode], image, "image/jpeg")
             return
         # Counted before sending, so a client that has the image sees the count.
         with self._lock:

@@ -29,6 +29,7 @@ from snapshot_processor.camera.errors import (
     CameraError,
     CameraHTTPError,
     CameraTimeoutError,
+    CameraUnavailableError,
     CameraVendorError,
 )
 from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
@@ -45,6 +46,7 @@ __all__ = [
     "CameraHTTPError",
     "CameraSpec",
     "CameraTimeoutError",
+    "CameraUnavailableError",
     "CameraVendorError",
     "DahuaClient",
     "FoscamClient",

@@ -398,7 +398,11 @@ class CameraClient:
         )
 
     def _interpret(self, reply: Reply, request: Request) -> bytes:
-        """The JPEG in a reply, or raise the matching CameraError."""
+        """The JPEG in a reply, or raise the matching CameraError.
+
+        The status is checked first and for every body: a camera in trouble may answer 500
+        or 404 with a whole JPEG (its last frame, a placeholder), which is no snapshot.
+        """
         status = reply.status
         if status in (401, 403):
             raise CameraAuthError(

@@ -17,6 +17,8 @@ class CameraError(Exception):
 
     reason: str = "camera"
     default_retryable: bool = False
+    #: The problem in a few words, for health ("camera 'X' failing: timed out").
+    words: str = "failed"
 
     def __init__(self, message: str, *, camera: str = "", retryable: bool | None = None) -> None:
         super().__init__(message)
@@ -27,11 +29,17 @@ class CameraError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def summary(self) -> str:
+        """The problem in a few words, free of addresses and credentials."""
+        return self.words
+
 
 class CameraAuthError(CameraError):
     """The camera refused the user name or password (never retried)."""
 
     reason = "auth"
+    words = "user name or password refused"
 
 
 class CameraTimeoutError(CameraError):
@@ -39,6 +47,7 @@ class CameraTimeoutError(CameraError):
 
     reason = "timeout"
     default_retryable = True
+    words = "timed out"
 
 
 class CameraHTTPError(CameraError):
@@ -54,12 +63,17 @@ class CameraHTTPError(CameraError):
         super().__init__(message, camera=camera, retryable=retryable)
         self.status = status
 
+    @property
+    def summary(self) -> str:
+        return f"HTTP {self.status}"
+
 
 class CameraBadImageError(CameraError):
     """The camera answered, but not with a whole JPEG (retried: cameras send half frames)."""
 
     reason = "bad_image"
     default_retryable = True
+    words = "no whole JPEG"
 
 
 class CameraConnectionError(CameraError):
@@ -67,6 +81,7 @@ class CameraConnectionError(CameraError):
 
     reason = "connection"
     default_retryable = True
+    words = "connection failed"
 
 
 class CameraVendorError(CameraError):
@@ -87,3 +102,15 @@ class CameraVendorError(CameraError):
     ) -> None:
         super().__init__(message, camera=camera, retryable=retryable)
         self.code = code
+
+    @property
+    def summary(self) -> str:
+        return "camera reported an error" if self.code is None else f"camera reported {self.code}"
+
+
+class CameraUnavailableError(CameraError):
+    """Not asked at all: the camera failed too often in a row and its circuit breaker is
+    open (see :class:`~pylib.breaker.CircuitBreaker`)."""
+
+    reason = "breaker_open"
+    words = "not asked while its breaker is open"

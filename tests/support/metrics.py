@@ -9,3 +9,8 @@ def sample(name: str, **labels: str) -> float:
     """The current value of a counter sample (``<name>_total``), 0 if never incremented."""
     value = REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def sample_gauge(name: str, **labels: str) -> float | None:
+    """The current value of a gauge sample, None if it has none for these labels."""
+    return REGISTRY.get_sample_value(name, labels)
