@@ -107,6 +107,13 @@ class CircuitBreaker:
             self._last_error = ""
         self._changed(changed)
 
+    def reset(self) -> None:
+        """Forget the failures without calling it a success (what is called changed, such
+        as a new address): closed, counting from zero, no change reported."""
+        with self._lock:
+            self._state, self._failures, self._probing = BreakerState.CLOSED, 0, False
+            self._last_error = ""
+
     def failed(self, error: str) -> bool:
         """A call failed (``error`` in a few words); True if this opened the breaker."""
         with self._lock:

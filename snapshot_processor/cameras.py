@@ -81,6 +81,8 @@ class CameraRegistry:
             )
             for key in self.devices
         }
+        # What each breaker counts failures of: a new address or password starts afresh.
+        self._breaker_specs: dict[str, CameraSpec] = {}
         for key in self.devices:
             BREAKER_STATE.labels(key).set(BreakerState.CLOSED)
 
@@ -164,6 +166,27 @@ class CameraRegistry:
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Every camera's circuit breaker, by key."""
         return dict(self._breakers)
+
+    def admits(self, key: str, device_params: str | None) -> bool:
+        """Whether to fetch from the camera now, as its breaker says. A trigger naming
+        another address or password than the failures were counted for resets it."""
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            return True
+        try:
+            spec = self.spec(key, device_params)
+        except CameraConfigError:
+            return True  # the fetch fails with the reason, and settles the trigger
+        with self._lock:
+            changed = self._breaker_specs.get(key, spec) != spec
+            self._breaker_specs[key] = spec
+        if changed and breaker.state is not BreakerState.CLOSED:
+            log.info("camera %r: another address or password than the one failing", key)
+            breaker.reset()
+            BREAKER_STATE.labels(key).set(BreakerState.CLOSED)
+        elif changed:
+            breaker.reset()
+        return breaker.allow()
 
     def snapshot(self, key: str, device_params: str | None) -> bytes:
         """One JPEG from the camera, its outcome recorded by the camera's breaker;

@@ -158,8 +158,7 @@ class SnapshotStage(Stage):
                 # Not settled: at stop the broker delivers these again.
                 self._leave(key, self.per_trigger * (1 + self.queues.waiting_for(key)))
                 return
-            breaker = self.cameras.breakers.get(key)
-            if breaker is None or breaker.allow():
+            if self.cameras.admits(key, trigger.device_params):
                 started = self._fetch_started[key] = time.monotonic()
                 # A fetch still under way after one attempt's timeout: the camera is in
                 # trouble, and what waits for it is cut down at once.

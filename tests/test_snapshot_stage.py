@@ -16,6 +16,7 @@ from pylib.chain.settle import DONE_KIND, Settlement, ack_token
 from pylib.chain.sockets import Sender
 from pylib.envelope import Envelope
 from pylib.worker import RestartBudget
+from snapshot_processor.camera import CameraError
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device
 from snapshot_processor.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
@@ -416,3 +417,25 @@ def test_a_burst_that_fits_the_queue_gets_every_snapshot(
     assert [e.kind for e in received] == [SNAPSHOT_KIND] * 11
     assert [e.body["ack"]["tag"] for e in received] == list(range(11))  # in order
     assert sample("snapshot_triggers_coalesced_total", camera=KEY) == coalesced
+
+
+def test_a_breaker_opened_for_one_address_lets_a_new_address_through(
+    camera: CameraSimulator,
+) -> None:
+    """Failures are counted for the address they happened at: a trigger that names
+    another address (or password) for the camera is tried, not refused."""
+    device = Device.model_validate({"LOCATION": "Front Door", "TYPE": "camera"})
+    cameras = CameraRegistry([device], timeout=1.0, retries=0, breaker_failures=1)
+    with CameraSimulator(user="admin", password=PASSWORD) as gone:
+        closed = f"admin:{PASSWORD}@127.0.0.1:{gone.port}"
+    working = f"admin:{PASSWORD}@127.0.0.1:{camera.port}"
+    try:
+        assert cameras.admits(KEY, closed)
+        with pytest.raises(CameraError):
+            cameras.snapshot(KEY, closed)
+        assert not cameras.admits(KEY, closed)  # open for the address that failed
+        assert cameras.admits(KEY, working)
+        assert cameras.snapshot(KEY, working).startswith(b"\xff\xd8")
+        assert cameras.breaker(KEY).failures == 0
+    finally:
+        cameras.close()
