@@ -42,6 +42,8 @@ class TriggerMessage:
     device_params: str | None = None
     trigger_topic: str | None = None
     settlement: Settlement = field(default_factory=lambda: Settlement(None))
+    # When the daemon received it (unix seconds), for the event's log line.
+    received: float | None = None
 
     def envelope(self, msg_id: str | None = None) -> Envelope:
         """As an envelope for the chain."""
@@ -51,6 +53,7 @@ class TriggerMessage:
             "timestamp": self.timestamp,
             "device_params": self.device_params,
             "trigger_topic": self.trigger_topic,
+            "received": self.received,
             **self.settlement.fields(),
         }
         return (
@@ -70,6 +73,7 @@ class TriggerMessage:
             device_params=_read(body, "device_params", str, optional=True),
             trigger_topic=_read(body, "trigger_topic", str, optional=True),
             settlement=Settlement.of(body),
+            received=_read(body, "received", (int, float), optional=True),
         )
 
 
@@ -97,6 +101,8 @@ class SnapshotMessage:
     annotated_path: str | None = None
     # Storage's link.
     storage_url: str | None = None
+    # When the daemon received the trigger it answers (None: an upload, no trigger).
+    triggered: float | None = None
 
     #: The detection fields an event carries as added fields of its input entry.
     DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
@@ -133,6 +139,7 @@ class SnapshotMessage:
             detection_skipped=_read(body, "detection_skipped", str, optional=True),
             annotated_path=_read(body, "annotated_path", str, optional=True),
             storage_url=_read(body, "storage_url", str, optional=True),
+            triggered=_read(body, "triggered", (int, float), optional=True),
         )
 
     def with_detection(

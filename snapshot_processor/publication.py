@@ -70,15 +70,18 @@ class EventBuilder:
             pack(event),
             {"message_id": snap.event_id, "content_type": "application/msgpack"},
         )
-        # From the image: the fetch's end (a moment after the trigger) or the upload's.
-        age_ms = max(0, round((time.time() - snap.taken) * 1000))
+        # From the trigger's arrival; an upload has none, so from the file's arrival.
+        since, what = (
+            (snap.triggered, "trigger") if snap.triggered is not None else (snap.taken, "upload")
+        )
         log.info(
-            "event %s: camera %s, %s, %d bytes, %s, %d ms after the image",
+            "event %s: camera %s, %s, %d bytes, %s, %d ms after the %s",
             snap.event_id,
             printable(snap.camera_key),
             printable(snap.source),
             len(snap.image),
             printable(detection_summary(snap)),
-            age_ms,
+            max(0, round((time.time() - since) * 1000)),
+            what,
         )
         return publish_envelope(publication, snap.settlement, envelope.id)

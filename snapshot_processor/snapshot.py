@@ -289,4 +289,5 @@ class SnapshotStage(Stage):
             storage_path=str(path),
             source="fetch",
             settlement=trigger.settlement.split(parts),
+            triggered=trigger.received,
         )

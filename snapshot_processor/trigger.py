@@ -13,6 +13,7 @@ hold) is refused here as ``bad_map_key``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ class Trigger:
             timestamp=self.timestamp,
             device_params=self.device_params,
             trigger_topic=self.trigger_topic,
+            received=time.time(),
         )
 
 

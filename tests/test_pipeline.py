@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,15 @@ def test_trigger_yields_documented_event(
         {"type": "camera", "location": "Front Door", "device_key": "Front Door camera"}
     ]
     assert heartbeat["inputs"] == []
+    # One INFO line per event, timed from the trigger's arrival.
+    (line,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(f"event {entry['event_id']}")
+    ]
+    assert re.search(
+        r"camera Front Door camera, fetch, \d+ bytes, no detection, \d+ ms after the trigger$", line
+    ), line
     assert PASSWORD not in caplog.text
     assert "w0rd" not in caplog.text
 
