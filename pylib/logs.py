@@ -50,7 +50,7 @@ def printable(text: object) -> str:
 _EXC_FORMATTER = logging.Formatter()
 _REDACTED_ATTR = "_snapshot_processor_redacted"
 # Where a redacted record keeps its message template (the message is formatted by then).
-TEMPLATE_ATTR = "msg_template"
+TEMPLATE_ATTR = "_msg_template"
 
 
 def _redact_record(record: logging.LogRecord) -> None:
@@ -63,7 +63,7 @@ def _redact_record(record: logging.LogRecord) -> None:
         message = f"{record.msg!r} {record.args!r}"
     # The template before formatting, so Sentry can tell kinds of trouble apart.
     template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
-    setattr(record, TEMPLATE_ATTR, template)
+    setattr(record, TEMPLATE_ATTR, redact(template))
     record.msg = redact(message)
     record.args = None
     if record.exc_info and not record.exc_text:

@@ -200,10 +200,11 @@ class CameraRegistry:
             )
         try:
             image = self._snapshot(key, device_params)
-        except CameraError as exc:
-            # A call cut short by close() says nothing about the camera.
+        except Exception as exc:
+            # A call cut short by close() says nothing about the camera. Any other
+            # failure is recorded, so a probe never stays under way for good.
             if breaker is not None and not self._closed:
-                breaker.failed(exc.summary)
+                breaker.failed(exc.summary if isinstance(exc, CameraError) else type(exc).__name__)
             raise
         if breaker is not None:
             breaker.succeeded()

@@ -140,6 +140,8 @@ class SnapshotStage(Stage):
         for key, breaker in self.cameras.breakers.items():
             state = breaker.state
             if state is BreakerState.OPEN:
+                if breaker.retry_in() <= 0:
+                    continue  # cool-down over: the next trigger probes it; not known bad
                 when = f"retrying in {breaker.retry_in():.0f} s"
             elif state is BreakerState.HALF_OPEN:
                 when = "trying it again now"
@@ -158,20 +160,26 @@ class SnapshotStage(Stage):
                 # Not settled: at stop the broker delivers these again.
                 self._leave(key, self.per_trigger * (1 + self.queues.waiting_for(key)))
                 return
-            if self.cameras.admits(key, trigger.device_params):
-                started = self._fetch_started[key] = time.monotonic()
-                # A fetch still under way after one attempt's timeout: the camera is in
-                # trouble, and what waits for it is cut down at once.
-                self.call_later(
-                    self.cameras.timeout, functools.partial(self._check_stuck, key, started)
-                )
-                self.submit(
-                    self._fetch_all,
-                    trigger,
-                    then=functools.partial(self._fetch_ended, key),
-                )
-                return
-            self._refuse(trigger)
+            try:
+                if self.cameras.admits(key, trigger.device_params):
+                    started = self._fetch_started[key] = time.monotonic()
+                    # A fetch still under way after the time it can take: the camera is
+                    # in trouble, and what waits for it is cut down at once.
+                    self.call_later(
+                        self._overdue_after, functools.partial(self._check_stuck, key, started)
+                    )
+                    self.submit(
+                        self._fetch_all,
+                        trigger,
+                        then=functools.partial(self._fetch_ended, key),
+                    )
+                    return
+                self._refuse(trigger)
+            except Exception as exc:  # a bug must not leave the camera busy for good
+                self._fetch_started.pop(key, None)
+                MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
+                log.exception("%s: could not start a fetch of %s", self.name, key)
+                self._settle(trigger)
             trigger = self.queues.next(key)
 
     def _in_trouble(self, key: str) -> bool:
@@ -180,7 +188,14 @@ class SnapshotStage(Stage):
         if breaker is not None and breaker.failures > 0:
             return True
         started = self._fetch_started.get(key)
-        return started is not None and time.monotonic() - started > self.cameras.timeout
+        return started is not None and time.monotonic() - started > self._overdue_after
+
+    @property
+    def _overdue_after(self) -> float:
+        """How long a trigger's fetches take at most when the camera answers: one
+        attempt per part up to its timeout, and the pauses between parts (an attempt
+        retried means the camera failed: in trouble anyway)."""
+        return self.cameras.timeout * self.per_trigger + self.interval * (self.per_trigger - 1)
 
     def _check_stuck(self, key: str, started: float) -> None:
         if self._fetch_started.get(key) == started:

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
+from pylib.logs import printable
 from pylib.redact import register_secret
 from snapshot_processor.messages import TriggerMessage
 
@@ -129,14 +130,17 @@ def parse_trigger(
     params = output.get("device_params")
     if params is not None and not isinstance(params, str):
         raise TriggerError("bad_field", "output_triggered.device_params is not a string")
-    if params:
-        # Masked from here on, so no later log line or error report can carry it.
+    camera_key = cameras.get(key.strip().lower())
+    if params and camera_key is not None:
+        # Masked from here on, so no later log line or error report can carry it; only
+        # for a configured camera, so strangers cannot grow the set without bound.
         register_secret(params.partition(":")[2].rpartition("@")[0] or params)
     if output.get("device_enabled") is False:
-        raise TriggerError("disabled", f"camera {key!r} is disabled in the trigger")
-    camera_key = cameras.get(key.strip().lower())
+        raise TriggerError("disabled", f"camera '{printable(key)}' is disabled in the trigger")
     if camera_key is None:
-        raise TriggerError("unknown_camera", f"no camera output is configured with key {key!r}")
+        raise TriggerError(
+            "unknown_camera", f"no camera output is configured with key '{printable(key)}'"
+        )
     TRIGGERS.labels(camera_key).inc()
     return Trigger(
         camera_key=camera_key,
