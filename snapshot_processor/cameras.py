@@ -200,6 +200,8 @@ class CameraRegistry:
             )
         try:
             image = self._snapshot(key, device_params)
+        except CameraConfigError:
+            raise  # not the camera's failure: nothing was asked of it
         except Exception as exc:
             # A call cut short by close() says nothing about the camera. Any other
             # failure is recorded, so a probe never stays under way for good.
