@@ -1,0 +1,66 @@
+"""What a cloud destination promises the uploader: one file in, a link out, errors sorted.
+
+The storage stage queues an :class:`UploadItem` for each configured destination and asks
+the destination for the :meth:`Destination.link` a person opens (no network: a link the
+destination already knows, or ``None``). The uploader thread later calls
+:meth:`Destination.upload`, which raises :class:`UploadRetryError` for what may pass
+(a 5xx, a rate limit, a dropped connection) and :class:`UploadRefusedError` for what never
+will (a 400, a file that is gone), so an item is retried or parked, never retried
+forever. Any other exception is treated as a retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    """One local file to copy to a destination.
+
+    ``name`` is its file name there (unique: the daemon's names carry the event id);
+    ``taken`` (unix seconds, UTC) dates it, for year/month/day folders and keys.
+    """
+
+    path: Path
+    name: str
+    camera_key: str
+    taken: float
+
+
+class UploadRetryError(Exception):
+    """The upload failed in a way that may pass; try again, after ``after`` seconds if set."""
+
+    def __init__(self, reason: str, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.after = after
+
+
+class UploadRefusedError(Exception):
+    """The upload can never succeed as it is; park the item and count it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Destination(Protocol):
+    """A place files are copied to (Google Drive, S3)."""
+
+    #: Short and stable ("drive", "s3"): the upload queue's column, metric labels, logs.
+    name: str
+
+    def link(self, item: UploadItem) -> str | None:
+        """The link a person opens for this item, without touching the network."""
+
+    def upload(self, item: UploadItem) -> None:
+        """Copy the file; raise :class:`UploadRetryError` or :class:`UploadRefusedError` on failure."""
+
+    def housekeeping(self, now: float) -> None:
+        """Periodic work on the uploader's thread between uploads (Drive's daily archive)."""
+
+    def close(self) -> None:
+        """Release connections; called once, on the uploader's thread, at stop."""
