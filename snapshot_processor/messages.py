@@ -161,6 +161,10 @@ class SnapshotMessage:
             annotated_path=annotated_path,
         )
 
+    def with_storage_url(self, url: str) -> Self:
+        """This snapshot with the link a person opens for its off-site copy."""
+        return replace(self, storage_url=url)
+
     def detection_fields(self) -> dict[str, Any]:
         """The detection fields, by name, for the event; none where detection never ran."""
         if not (self.analysed or self.detection_error or self.detection_skipped):
