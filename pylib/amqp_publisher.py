@@ -198,6 +198,17 @@ class AmqpPublisher(Stage):
             self._outbox = None
         super().on_thread_stop()
 
+    @property
+    def outbox_depth(self) -> int | None:
+        """Messages in the outbox now (None while it is not open); safe from any thread."""
+        outbox = self._outbox
+        return len(outbox) if outbox is not None else None
+
+    @property
+    def outbox_writable(self) -> bool:
+        """False while the outbox cannot be written."""
+        return self._outbox_trouble is None
+
     def troubles(self) -> list[str]:
         """The outbox cannot be written (a full disk, say), while that lasts."""
         trouble = self._outbox_trouble

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -13,23 +15,28 @@ from pylib.amqp import connection_parameters
 from pylib.amqp_listener import AmqpListener, RejectedMessageError
 from pylib.amqp_publisher import AmqpPublisher
 from pylib.chain.settle import Publication
+from pylib.chain.sockets import Sender
 from pylib.chain.stage import Relay, Stage
 from pylib.chain.topology import Chain
 from pylib.daemon import Daemon, StartError
-from pylib.envelope import Envelope
+from pylib.envelope import Envelope, new_id
 from pylib.health import HealthPinger
+from pylib.http_server import HttpServer, TokenAuth
 from pylib.logs import printable
 from pylib.worker import Worker
 from snapshot_processor import broker, event
+from snapshot_processor.activity import RecentEvents
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
+from snapshot_processor.messages import TriggerMessage
 from snapshot_processor.publication import EventBuilder
 from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
 from snapshot_processor.upload import DiskBounds, UploadStage, camera_folder
+from snapshot_processor.web import Camera, HealthReport, Ops, SnapshotRefusedError, build_router
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +54,46 @@ class App:
         """Set when the process begins to stop."""
         return self.daemon.stop_event
 
-    def health(self) -> tuple[bool, str]:
-        """Healthy while every thread is alive and both broker connections are up."""
+    def report(self) -> HealthReport:
+        """Healthy while every thread is alive, both broker connections are up and the
+        outbox can be written; other troubles (a camera down, a full upload queue) are
+        warnings: shown everywhere, but a restart would not mend them."""
         problems = [
             f"thread {worker.name} is dead" for worker in self.workers if not worker.healthy
         ]
+        warnings: list[str] = []
+        detail: dict[str, Any] = {
+            "threads": {worker.name: worker.healthy for worker in self.workers},
+            "broker": {},
+        }
         for worker in self.workers:
-            if isinstance(worker, AmqpPublisher) and not worker.connected.is_set():
-                problems.append("publisher cannot reach the broker; events wait in the outbox")
             troubles = worker.troubles()
-            if isinstance(worker, AmqpListener) and not worker.consuming.is_set() and not troubles:
-                problems.append("listener cannot reach the broker; no triggers arrive")
-            problems.extend(troubles)
-        if problems:
-            return False, "; ".join(problems)
+            if isinstance(worker, AmqpPublisher):
+                connected = worker.connected.is_set()
+                detail["broker"]["publisher"] = connected
+                detail["outbox"] = {
+                    "depth": worker.outbox_depth,
+                    "writable": worker.outbox_writable,
+                }
+                if not connected:
+                    problems.append("publisher cannot reach the broker; events wait in the outbox")
+                problems.extend(troubles)
+            elif isinstance(worker, AmqpListener):
+                consuming = worker.consuming.is_set()
+                detail["broker"]["listener"] = consuming
+                if not consuming and not troubles:
+                    problems.append("listener cannot reach the broker; no triggers arrive")
+                problems.extend(troubles)
+            else:
+                warnings.extend(troubles)
+        return HealthReport(not problems, problems, warnings, detail)
+
+    def health(self) -> tuple[bool, str]:
+        """For the health pings: healthy or not, and what is wrong in one line."""
+        report = self.report()
+        said = report.problems + report.warnings
+        if said:
+            return report.ok, "; ".join(said)
         return True, f"{len(self.workers)} threads running, broker connected"
 
     def init_metrics(self) -> None:
@@ -198,10 +231,13 @@ class App:
         ]
 
     def events(self) -> Stage:
-        """Snapshots (with detections) become image events."""
+        """Snapshots (with detections) become image events, and are recorded for the page."""
         settings = self.settings
         builder = EventBuilder(
-            settings.rabbitmq_exchange, settings.rabbitmq_device_topic, settings.device_name
+            settings.rabbitmq_exchange,
+            settings.rabbitmq_device_topic,
+            settings.device_name,
+            recent=self.recent,
         )
         return Relay("events", self.stop_event, builder, on_fatal=self.daemon.on_fatal)
 
@@ -283,12 +319,51 @@ class App:
         )
         return FtpServerThread("ftp", self.stop_event, options, on_fatal=self.daemon.on_fatal)
 
+    def init_recent(self) -> None:
+        """The recent events the status page and the API show (closed after the chain)."""
+        recent = RecentEvents(self.settings.recent_events_path, keep=self.settings.recent_events)
+        self.recent = recent
+
+        def close(timeout: float) -> bool:
+            recent.close()
+            return True
+
+        self.daemon.add_step("recent events", lambda: None, close)
+
+    def http(self, snapshot_inbox: str) -> Worker | None:
+        """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
+        settings = self.settings
+        if not settings.http_port:
+            return None
+        token = settings.http_token.get_secret_value() if settings.http_token else None
+        requests = SnapshotRequests(snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras})
+        ops = Ops(
+            cameras=[Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras],
+            health=self.report,
+            recent=self.recent,
+            camera_health=dict,
+            take_snapshot=requests.take,
+            uploads=lambda: None,
+        )
+        auth = TokenAuth(token)
+        return HttpServer(
+            "http",
+            self.stop_event,
+            address=settings.http_bind,
+            port=settings.http_port,
+            router=build_router(ops, auth),
+            auth=auth,
+            on_close=requests.close,
+            on_fatal=self.daemon.on_fatal,
+        )
+
     def build(self) -> Daemon:
         """Register every start-up step in order; the chain is declared here, once."""
         for line in startup_summary(self.settings):
             log.info("%s", line)
         self.init_metrics()
         self.init_health()
+        self.init_recent()
         chain = Chain(
             "chain",
             [
@@ -300,13 +375,57 @@ class App:
             shutdown_timeout=self.settings.shutdown_timeout,
         )
         chain.add_source(self.listener(forward_to=chain.stage("snapshot").inbox))
-        ftp = self.ftp()
-        if ftp is not None:
-            chain.add_source(ftp)
+        for source in (self.ftp(), self.http(chain.stage("snapshot").inbox)):
+            if source is not None:
+                chain.add_source(source)
         self.chain = chain
         self.workers = chain.workers
         self.daemon.add(chain)
         return self.daemon
+
+
+class SnapshotRequests:
+    """Snapshots asked for over HTTP: triggers sent into the chain from request threads.
+
+    They carry no ack (nothing to settle with the broker) and their first event id is
+    chosen here, so the caller learns it at once. The one socket is used under a lock
+    (which is the memory barrier ZeroMQ asks for when a socket changes threads).
+    """
+
+    def __init__(self, inbox: str, labels: dict[str, str]) -> None:
+        self.inbox = inbox
+        self.labels = labels
+        self._lock = threading.Lock()
+        self._sender: Sender | None = None
+        self._closed = False
+
+    def take(self, camera_key: str) -> str:
+        """Send a trigger for ``camera_key``; its first event id."""
+        now = time.time()
+        trigger = TriggerMessage(
+            camera_key=camera_key,
+            device_label=self.labels.get(camera_key, camera_key),
+            timestamp=int(now),
+            received=now,
+            event_id=new_id(),
+        )
+        with self._lock:
+            if self._closed:
+                raise SnapshotRefusedError("the daemon is stopping")
+            if self._sender is None:
+                self._sender = Sender(self.inbox, linger=0)
+            if not self._sender.send(trigger.envelope(), block=False):
+                raise SnapshotRefusedError("the snapshot stage is busy; try again")
+        assert trigger.event_id is not None
+        return trigger.event_id
+
+    def close(self) -> None:
+        """Close the socket (the HTTP server has stopped: no request comes any more)."""
+        with self._lock:
+            self._closed = True
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
 
 
 def startup_summary(settings: Settings) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -83,6 +84,11 @@ class Settings(BaseModel):
     syslog_address: str | None = Field(None, alias="SYSLOG_ADDRESS")
     snapshots_root_dir: Path = Field(Path("./data"), alias="SNAPSHOTS_ROOT_DIR")
     shutdown_timeout: float = Field(10.0, alias="SHUTDOWN_TIMEOUT", gt=0, le=300)
+    # The HTTP server: health, metrics, the API and the status page. Port 0: off.
+    http_bind: str = Field("127.0.0.1", alias="HTTP_BIND", min_length=1)
+    http_port: int = Field(8080, alias="HTTP_PORT", ge=0, le=65535)
+    http_token: SecretStr | None = Field(None, alias="HTTP_TOKEN", json_schema_extra=secret())
+    recent_events: int = Field(500, alias="RECENT_EVENTS", ge=10, le=100_000)
     metrics_port: int = Field(0, alias="METRICS_PORT", ge=0, le=65535)
     # Loopback by default: the counters name cameras and are no business of the LAN.
     metrics_address: str = Field("127.0.0.1", alias="METRICS_ADDRESS", min_length=1)
@@ -254,6 +260,13 @@ class Settings(BaseModel):
             problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
         for group, devices in (("OUTPUT", self.outputs), ("INPUT", self.inputs)):
             problems.extend(_duplicate_cameras(group, devices))
+        if self.http_port and not self.http_token and not _is_loopback(self.http_bind):
+            problems.append(
+                f"HTTP_BIND is {self.http_bind}, beyond this machine, so the HTTP_TOKEN secret "
+                "is needed (images and events are not for everyone on the network)"
+            )
+        if self.http_token is not None and len(self.http_token.get_secret_value()) < 16:
+            problems.append("HTTP_TOKEN must be at least 16 characters (make setup makes one)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -301,6 +314,11 @@ class Settings(BaseModel):
         return self.snapshots_root_dir / "outbox.sqlite3"
 
     @property
+    def recent_events_path(self) -> Path:
+        """The recent events shown by the status page and the API."""
+        return self.snapshots_root_dir / "recent-events.sqlite3"
+
+    @property
     def cameras(self) -> list[Device]:
         """Outputs of type camera: the cameras a trigger makes us fetch."""
         return [device for device in self.outputs.values() if device.is_camera]
@@ -309,6 +327,16 @@ class Settings(BaseModel):
     def upload_cameras(self) -> list[Device]:
         """Inputs of type camera: the cameras that push images by FTP."""
         return [device for device in self.inputs.values() if device.is_camera]
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` is only reachable from this machine."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _duplicate_cameras(group: str, devices: Mapping[int, Device]) -> list[str]:

@@ -44,6 +44,8 @@ class TriggerMessage:
     settlement: Settlement = field(default_factory=lambda: Settlement(None))
     # When the daemon received it (unix seconds), for the event's log line.
     received: float | None = None
+    # The first snapshot's event id, chosen by whoever asked (the HTTP API returns it).
+    event_id: str | None = None
 
     def envelope(self, msg_id: str | None = None) -> Envelope:
         """As an envelope for the chain."""
@@ -54,6 +56,7 @@ class TriggerMessage:
             "device_params": self.device_params,
             "trigger_topic": self.trigger_topic,
             "received": self.received,
+            "event_id": self.event_id,
             **self.settlement.fields(),
         }
         return (
@@ -74,6 +77,7 @@ class TriggerMessage:
             trigger_topic=_read(body, "trigger_topic", str, optional=True),
             settlement=Settlement.of(body),
             received=_read(body, "received", (int, float), optional=True),
+            event_id=_read(body, "event_id", str, optional=True),
         )
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
+from pylib.upload_queue import UploadQueue
 
 from pylib.chain.settle import DONE_KIND, done_envelope
 from pylib.chain.stage import Stage
 from pylib.destination import Destination, UploadItem
 from pylib.envelope import Envelope
-from pylib.upload_queue import UploadQueue
 from snapshot_processor.messages import MessageError, SnapshotMessage
 from snapshot_processor.storage import WriteTrouble
 
@@ -137,4 +137,3 @@ class StorageStage(Stage):
             if link:
                 return snap.with_storage_url(link)
         return snap
-

@@ -14,6 +14,7 @@ from typing import Any
 from pylib.chain.settle import DONE_KIND, Publication, publish_envelope
 from pylib.envelope import Envelope
 from pylib.logs import printable
+from snapshot_processor.activity import EventRecord, RecentEvents
 from snapshot_processor.event import image_event, image_routing_key, pack
 from snapshot_processor.messages import SnapshotMessage
 
@@ -44,9 +45,18 @@ def _label(detection: dict[str, Any]) -> str:
 class EventBuilder:
     """Relay handler: snapshot in, publish request out; done marks pass through."""
 
-    def __init__(self, exchange: str, topic: str, device_name: str) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        topic: str,
+        device_name: str,
+        *,
+        recent: RecentEvents | None = None,
+    ) -> None:
         self.exchange = exchange
         self.routing_key = image_routing_key(topic, device_name)
+        # Where the status page and the API read what happened lately.
+        self.recent = recent
 
     def __call__(self, envelope: Envelope) -> Envelope:
         if envelope.kind == DONE_KIND:
@@ -84,4 +94,6 @@ class EventBuilder:
             max(0, round((time.time() - since) * 1000)),
             what,
         )
+        if self.recent is not None:
+            self.recent.add(EventRecord.of(snap))
         return publish_envelope(publication, snap.settlement, envelope.id)

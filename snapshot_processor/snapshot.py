@@ -254,7 +254,7 @@ class SnapshotStage(Stage):
                 self._leave(key, parts - index)
                 return
             try:
-                self.emit(self._fetch_one(trigger, parts).envelope())
+                self.emit(self._fetch_one(trigger, parts, index).envelope())
             except _StoppingError:
                 self._leave(key, parts - index)
                 return
@@ -277,7 +277,7 @@ class SnapshotStage(Stage):
         SNAPSHOTS_LEFT.labels(key).inc(count)
         log.info("%s: stopping; %d snapshot(s) of %s not taken", self.name, count, key)
 
-    def _fetch_one(self, trigger: TriggerMessage, parts: int) -> SnapshotMessage:
+    def _fetch_one(self, trigger: TriggerMessage, parts: int, index: int) -> SnapshotMessage:
         key = trigger.camera_key
         try:
             image = self.cameras.snapshot(key, trigger.device_params)
@@ -287,7 +287,7 @@ class SnapshotStage(Stage):
                 raise _StoppingError from None
             raise
         taken = time.time()
-        event_id = new_id()
+        event_id = trigger.event_id if index == 0 and trigger.event_id else new_id()
         path = snapshot_path(self.root, key, taken, event_id)
         try:
             write_atomically(path, image)

@@ -51,6 +51,7 @@ def test_a_hanging_camera_holds_neither_threads_nor_the_prefetch_window(tmp_path
                 "RABBITMQ_EXCHANGE": exchange,
                 "DEVICE_NAME": "garage",
                 "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+                "HTTP_PORT": "0",
                 "SECRETS_DIR": str(tmp_path / "no-secrets"),
                 "CAMERA_TIMEOUT": "2",  # with 2 retries, the hung fetch lasts over 6 s
                 "CAMERA_RETRIES": "2",

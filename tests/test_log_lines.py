@@ -89,6 +89,7 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     settings = config.load(
         env={
             "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+            "HTTP_PORT": "0",
             "SECRETS_DIR": str(tmp_path / "none"),
             "OUTPUT_1_LOCATION": "Front\u202eDoor",
             "OUTPUT_1_TYPE": "camera",

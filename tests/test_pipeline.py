@@ -34,6 +34,7 @@ def make_settings(tmp_path: Path, exchange: str, **env: str) -> Settings:
             "RABBITMQ_EXCHANGE": exchange,
             "DEVICE_NAME": "garage",
             "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+            "HTTP_PORT": "0",
             "HEARTBEAT_INTERVAL": "0.5",
             "CAMERA_TIMEOUT": "2",
             "CAMERA_RETRIES": "0",

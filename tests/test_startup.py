@@ -37,6 +37,7 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(TOP),  # this checkout, wherever the test runs from
         "SNAPSHOTS_ROOT_DIR": str(root),
+        "HTTP_PORT": "0",
         "SECRETS_DIR": str(root.parent / "no-secrets"),
         "RABBITMQ_SERVER_ADDRESS": f"127.0.0.1:{_closed_port()}",
         "SHUTDOWN_TIMEOUT": "5",

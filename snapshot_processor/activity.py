@@ -1,0 +1,158 @@
+"""What the daemon did lately: the recent events and each camera's latest snapshot.
+
+The events stage records every event it builds (without the image bytes) in a small
+SQLite table that keeps the newest ``keep`` rows and survives a restart; the status page,
+``/api/events`` and each camera's ``latest.jpg`` read from it. It is a view for people,
+not a guarantee: written at ``synchronous=NORMAL`` (no fsync per event on the event's
+path), and a failure to write it is logged and counted, never in an event's way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from pylib.logs import printable
+from snapshot_processor.messages import SnapshotMessage
+
+log = logging.getLogger(__name__)
+
+ACTIVITY_FAILURES = Counter(
+    "recent_events_write_failures_total", "Events not recorded for the status page"
+)
+
+# Only a few things of each detection are shown; boxes are drawn from the annotated copy.
+_DETECTION_KEYS = ("label", "confidence", "person", "box")
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event as the status page and the API show it (no image bytes)."""
+
+    event_id: str
+    camera_key: str
+    device_label: str
+    taken: float
+    source: str
+    image_bytes: int
+    person: bool
+    detections: list[dict[str, Any]]
+    detection_note: str | None
+    storage_path: str
+    annotated_path: str | None
+    storage_url: str | None
+
+    @classmethod
+    def of(cls, snap: SnapshotMessage) -> EventRecord:
+        """The record of a snapshot that became an event."""
+        detections = [
+            {key: item[key] for key in _DETECTION_KEYS if key in item} for item in snap.detections
+        ]
+        return cls(
+            event_id=snap.event_id,
+            camera_key=snap.camera_key,
+            device_label=snap.device_label,
+            taken=snap.taken,
+            source=snap.source,
+            image_bytes=len(snap.image),
+            person=any(bool(item.get("person")) for item in snap.detections),
+            detections=detections,
+            detection_note=snap.detection_error or snap.detection_skipped,
+            storage_path=snap.storage_path,
+            annotated_path=snap.annotated_path,
+            storage_url=snap.storage_url,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """For the API: times as unix seconds."""
+        return asdict(self)
+
+
+class RecentEvents:
+    """The newest ``keep`` events, in SQLite at ``path``; safe to use from any thread."""
+
+    def __init__(self, path: Path, keep: int = 500) -> None:
+        self.path = path
+        self.keep = keep
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT, camera TEXT NOT NULL, record TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS events_camera ON events (camera, seq)")
+        self._added = 0
+
+    def add(self, record: EventRecord) -> None:
+        """Keep one event; never raises (the page is not worth an event)."""
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO events (camera, record) VALUES (?, ?)",
+                    (record.camera_key, json.dumps(record.as_json(), default=str)),
+                )
+                self._added += 1
+                if self._added % 50 == 0:  # trim now and then, not on every event
+                    self._db.execute(
+                        "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?",
+                        (self.keep,),
+                    )
+        except (sqlite3.Error, OSError) as exc:
+            ACTIVITY_FAILURES.inc()
+            log.warning("recent events: could not record %s: %s", record.event_id, exc)
+
+    def latest(self, limit: int) -> list[EventRecord]:
+        """The newest events first, at most ``limit`` (and never more than ``keep``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM events ORDER BY seq DESC LIMIT ?",
+                (max(0, min(limit, self.keep)),),
+            ).fetchall()
+        return [_record(row[0]) for row in rows]
+
+    def latest_of(self, camera_key: str) -> EventRecord | None:
+        """The camera's newest event, if it has one."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM events WHERE camera = ? ORDER BY seq DESC LIMIT 1",
+                (camera_key,),
+            ).fetchone()
+        return _record(row[0]) if row else None
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+def _record(text: str) -> EventRecord:
+    return EventRecord(**json.loads(text))
+
+
+def age(taken: float, now: float | None = None) -> str:
+    """``"12 s ago"``, ``"5 min ago"``, ``"3 h ago"``: for people, not machines."""
+    seconds = max(0.0, (time.time() if now is None else now) - taken)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def describe(record: EventRecord) -> str:
+    """One line for logs and the CLI: camera, bytes, what was found."""
+    found = ", ".join(str(item.get("label")) for item in record.detections) or "nothing found"
+    return f"{printable(record.camera_key)}: {record.image_bytes} bytes, {found}"

@@ -1,0 +1,209 @@
+"""The daemon's HTTP routes: health, metrics, the JSON API and the status page.
+
+Everything here reads from :class:`Ops`, which the app assembles from its parts, so the
+routes know nothing of threads or sockets. Reads of images and events, and every call
+that changes state, are protected by the token (see :mod:`pylib.http_server`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pylib.http_server import SESSION_COOKIE, Request, Response, Router, TokenAuth
+from pylib.logs import printable
+from snapshot_processor import status_page
+from snapshot_processor.activity import RecentEvents
+
+log = logging.getLogger(__name__)
+
+EVENTS_LIMIT_MAX = 200
+
+
+class CameraHealth(Protocol):
+    """What the prober knows of one camera."""
+
+    @property
+    def up(self) -> bool | None: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The daemon's health: ``ok`` decides the status code, the rest is detail.
+
+    ``problems`` make it unhealthy (a dead thread, no broker, an outbox that cannot be
+    written); ``warnings`` are shown but do not (a camera down is not the daemon's fault,
+    and restarting it would not help).
+    """
+
+    ok: bool
+    problems: list[str]
+    warnings: list[str]
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """As ``/healthz`` answers it."""
+        return {
+            "status": "ok" if self.ok else "unhealthy",
+            "problems": self.problems,
+            "warnings": self.warnings,
+            **self.detail,
+        }
+
+
+class SnapshotRefusedError(Exception):
+    """A snapshot asked for over HTTP that cannot be taken now (the chain is stopping)."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A configured camera output, as the page lists it."""
+
+    key: str
+    label: str
+    vendor: str
+
+
+@dataclass
+class Ops:
+    """What the HTTP routes read and do, assembled by the app."""
+
+    cameras: Sequence[Camera]
+    health: Callable[[], HealthReport]
+    recent: RecentEvents
+    camera_health: Callable[[], Mapping[str, CameraHealth]]
+    take_snapshot: Callable[[str], str]
+    uploads: Callable[[], dict[str, Any] | None]
+
+
+def build_router(ops: Ops, auth: TokenAuth) -> Router:
+    """Every route, with which of them need the token."""
+    known = {camera.key: camera for camera in ops.cameras}
+    router = Router()
+
+    def camera_of(request: Request) -> Camera | None:
+        return known.get(unquote(request.params["key"]))
+
+    def healthz(request: Request) -> Response:
+        report = ops.health()
+        return Response.json(report.as_json(), 200 if report.ok else 503)
+
+    def metrics(request: Request) -> Response:
+        return Response(200, generate_latest(), CONTENT_TYPE_LATEST)
+
+    def cameras(request: Request) -> Response:
+        return Response.json({"cameras": camera_list(ops)})
+
+    def latest_jpg(request: Request) -> Response:
+        camera = camera_of(request)
+        if camera is None:
+            return Response.text("no such camera\n", 404)
+        record = ops.recent.latest_of(camera.key)
+        if record is None:
+            return Response.text("no snapshot of this camera yet\n", 404)
+        annotated = request.arg("annotated") in ("1", "true", "yes")
+        path = record.annotated_path if annotated and record.annotated_path else None
+        for candidate in (path, record.storage_path):
+            if candidate is None:
+                continue
+            try:
+                image = Path(candidate).read_bytes()
+            except OSError:
+                continue
+            return Response(200, image, "image/jpeg", {"X-Event-Id": record.event_id})
+        return Response.text("the latest snapshot is no longer on disk\n", 404)
+
+    def snapshot(request: Request) -> Response:
+        camera = camera_of(request)
+        if camera is None:
+            return Response.text("no such camera\n", 404)
+        try:
+            event_id = ops.take_snapshot(camera.key)
+        except SnapshotRefusedError as exc:
+            return Response.text(f"{exc}\n", 503)
+        log.info("snapshot of %s asked for over HTTP: event %s", printable(camera.key), event_id)
+        return Response.json({"event_id": event_id, "camera": camera.key}, 202)
+
+    def events(request: Request) -> Response:
+        try:
+            limit = int(request.arg("limit") or 50)
+        except ValueError:
+            return Response.text("limit must be a whole number\n", 400)
+        limit = max(1, min(limit, EVENTS_LIMIT_MAX))
+        return Response.json({"events": [r.as_json() for r in ops.recent.latest(limit)]})
+
+    def page(request: Request) -> Response:
+        part = request.arg("part") == "main"
+        if auth.how(request) is None:
+            if part:  # the script's refresh: it reloads and shows the login form
+                return Response.text("a valid token is needed\n", 401)
+            return Response(200, status_page.login_page().encode(), "text/html; charset=utf-8")
+        render = status_page.main_part if part else status_page.status_page
+        body = render(camera_list(ops), [r.as_json() for r in ops.recent.latest(20)], ops.health())
+        return Response(200, body.encode(), "text/html; charset=utf-8")
+
+    def login(request: Request) -> Response:
+        if not auth.token_matches(request.form().get("token", "")):
+            log.warning("status page: a login with a wrong token")
+            body = status_page.login_page(error="That token is not right.").encode()
+            return Response(401, body, "text/html; charset=utf-8")
+        session = auth.login()
+        answer = Response.redirect("/")
+        answer.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800"
+        )
+        return answer
+
+    def logout(request: Request) -> Response:
+        session = request.cookies.get(SESSION_COOKIE)
+        if session:
+            auth.logout(session)
+        answer = Response.redirect("/")
+        answer.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        )
+        return answer
+
+    router.add("GET", r"/healthz", healthz, protected=False)
+    router.add("GET", r"/metrics", metrics, protected=False)
+    router.add("GET", r"/", page, protected=False)
+    router.add("POST", r"/login", login, protected=False)
+    router.add("POST", r"/logout", logout, protected=False)
+    router.add("GET", r"/api/cameras", cameras, protected=True)
+    cam = r"/api/cameras/(?P<key>[^/]+)"
+    router.add("GET", cam + r"/latest\.jpg", latest_jpg, protected=True, name="latest.jpg")
+    router.add("POST", cam + r"/snapshot", snapshot, protected=True, name="snapshot")
+    router.add("GET", r"/api/events", events, protected=True)
+    return router
+
+
+def camera_list(ops: Ops) -> list[dict[str, Any]]:
+    """Each camera with its health, latest snapshot and last error, for the API and page."""
+    health = ops.camera_health()
+    found = []
+    now = time.time()
+    for camera in ops.cameras:
+        record = ops.recent.latest_of(camera.key)
+        probe = health.get(camera.key)
+        found.append(
+            {
+                "key": camera.key,
+                "label": camera.label,
+                "vendor": camera.vendor,
+                "up": probe.up if probe is not None else None,
+                "health": probe.as_json() if probe is not None else None,
+                "last_snapshot": record.taken if record else None,
+                "last_snapshot_age_seconds": round(now - record.taken, 1) if record else None,
+                "last_event": record.as_json() if record else None,
+            }
+        )
+    return found
