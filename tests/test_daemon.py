@@ -29,7 +29,12 @@ def _start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "snapshot_processor", "run"],
-            env={"PATH": os.environ["PATH"], "SNAPSHOTS_ROOT_DIR": str(tmp_path), "HTTP_PORT": "0", **env},
+            env={
+                "PATH": os.environ["PATH"],
+                "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+                "HTTP_PORT": "0",
+                **env,
+            },
             cwd=tmp_path,
             stdout=log_file,
             stderr=subprocess.STDOUT,

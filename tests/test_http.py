@@ -226,9 +226,7 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
                 assert cameras[0]["last_snapshot"] is not None
 
                 # A snapshot asked for over HTTP goes through the whole chain.
-                answer = json_of(
-                    call(port, "POST", f"/api/cameras/{key}/snapshot", token=TOKEN)
-                )
+                answer = json_of(call(port, "POST", f"/api/cameras/{key}/snapshot", token=TOKEN))
                 event_id = answer["event_id"]
                 images = peer.wait_for_images(2)
                 assert images[1]["event_id"] == event_id
@@ -245,7 +243,7 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
     app = App(settings)
     app.init_recent()
     try:
-        assert [e.event_id for e in app.recent.latest(5)][0] == event_id
+        assert app.recent.latest(5)[0].event_id == event_id
     finally:
         app.recent.close()
 

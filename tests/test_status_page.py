@@ -58,9 +58,11 @@ def test_log_in_see_every_camera_take_a_snapshot_and_see_its_event(tmp_path: Pat
                     outside: list[str] = []
                     page.on(
                         "request",
-                        lambda request: outside.append(request.url)
-                        if not request.url.startswith(f"http://127.0.0.1:{port}/")
-                        else None,
+                        lambda request: (
+                            outside.append(request.url)
+                            if not request.url.startswith(f"http://127.0.0.1:{port}/")
+                            else None
+                        ),
                     )
                     page.goto(f"http://127.0.0.1:{port}/")
                     # Not logged in: the token form, and nothing of the cameras.
