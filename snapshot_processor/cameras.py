@@ -6,9 +6,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from pylib.breaker import BreakerState, CircuitBreaker
 from snapshot_processor.camera import (
@@ -27,6 +28,12 @@ FOSCAM_PORT = 88
 
 log = logging.getLogger(__name__)
 
+FETCH_SECONDS = Histogram(
+    "camera_fetch_seconds",
+    "Time a camera took to give a snapshot (retries included), successful fetches only",
+    ["camera"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
 BREAKER_STATE = Gauge(
     "camera_breaker_state",
     "Each camera's circuit breaker: 0 closed, 1 half-open (one probe), 2 open (not asked)",
@@ -198,6 +205,7 @@ class CameraRegistry:
                 f"tried again in {breaker.retry_in():.0f} s",
                 camera=key,
             )
+        started = time.monotonic()
         try:
             image = self._snapshot(key, device_params)
         except CameraConfigError:
@@ -208,6 +216,7 @@ class CameraRegistry:
             if breaker is not None and not self._closed:
                 breaker.failed(exc.summary if isinstance(exc, CameraError) else type(exc).__name__)
             raise
+        FETCH_SECONDS.labels(key).observe(time.monotonic() - started)
         if breaker is not None:
             breaker.succeeded()
         return image

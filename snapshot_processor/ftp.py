@@ -25,6 +25,7 @@ from snapshot_processor.ftp_slots import ConnectionSlots
 
 log = logging.getLogger(__name__)
 
+FTP_LOGINS = Counter("ftp_logins_total", "Successful FTP logins")
 FTP_LOGIN_FAILURES = Counter("ftp_login_failures_total", "Failed FTP logins")
 FTP_BANNED = Counter("ftp_banned_connections_total", "Connections refused from banned addresses")
 FTP_INCOMPLETE = Counter("ftp_incomplete_uploads_total", "Partial uploads removed")
@@ -272,6 +273,7 @@ def _handler_class(
             super().ftp_PASS(line)
 
         def on_login(self, username: str) -> None:
+            FTP_LOGINS.inc()
             guard.succeeded(self.remote_ip)
             slots.logged_in(self)
             self.cancel_login_deadline()

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from pylib.http_server import HttpServer, Request, Response, Router, TokenAuth
+from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
@@ -139,9 +140,9 @@ def test_a_taken_port_is_a_clear_start_failure() -> None:
 
 def test_a_bind_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
     base = {"SECRETS_DIR": str(tmp_path)}
-    with pytest.raises(config.ConfigError, match="HTTP_TOKEN"):
+    with pytest.raises(ConfigError, match="HTTP_TOKEN"):
         config.load(env={**base, "HTTP_BIND": "0.0.0.0"})
-    with pytest.raises(config.ConfigError, match="at least 16"):
+    with pytest.raises(ConfigError, match="at least 16"):
         config.load(env={**base, "HTTP_TOKEN": "short"})
     assert config.load(env={**base, "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": TOKEN}).http_port == 8080
     assert config.load(env={**base, "HTTP_BIND": "::1"}).http_bind == "::1"

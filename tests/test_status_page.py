@@ -26,7 +26,7 @@ pytestmark = [
 
 
 def cameras_env(port: int) -> dict[str, str]:
-    env = {}
+    env: dict[str, str] = {}
     for n, location in ((1, "Front Door"), (2, "Back Yard")):
         env |= {
             f"OUTPUT_{n}_LOCATION": location,

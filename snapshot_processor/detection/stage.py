@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from pylib.chain.stage import Stage
 from pylib.envelope import Envelope
@@ -30,6 +31,9 @@ from snapshot_processor.storage import write_atomically
 
 log = logging.getLogger(__name__)
 
+DETECTION_SECONDS = Histogram(
+    "detection_seconds", "Time a detection backend took per image", ["backend"]
+)
 DETECTION_ERRORS = Counter(
     "detection_errors_total", "Detection calls that failed", ["backend", "reason"]
 )
@@ -202,6 +206,7 @@ class DetectionStage(Stage):
             return verdict(snap, skipped=reason)
         backend = self.detector.name
         DETECTION_CALLS.labels(backend).inc()
+        started = time.monotonic()
         try:
             detections = self.detector.detect(snap.image)
         except DetectionError as exc:
@@ -210,6 +215,8 @@ class DetectionStage(Stage):
             log.exception("%s: %s raised unexpectedly", self.name, backend)
             text = redact(str(exc))[:200]
             return self._failed(snap, DetectionError("error", f"{type(exc).__name__}: {text}"))
+        finally:
+            DETECTION_SECONDS.labels(backend).observe(time.monotonic() - started)
         people = sum(1 for detection in detections if detection.person)
         log.log(
             logging.INFO if people else logging.DEBUG,
