@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -11,16 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pylib.destination import UploadItem, UploadRefusedError, UploadRetryError
 from snapshot_processor.cloud.drive import DriveDestination, service_account_note
+from tests.support.drive_credentials import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    write_service_account,
+    write_user_credentials,
+)
 from tests.support.fakes.drive import FOLDER_MIME, FakeDrive
 from tests.support.metrics import sample
 
-CLIENT_ID = "1234-client.apps.googleusercontent.com"
-CLIENT_SECRET = "GOCSPX-not-for-your-eyes-42"
 FOLDER = "Snapshots"
 
 
@@ -29,23 +30,6 @@ def fake() -> Iterator[FakeDrive]:
     with FakeDrive() as server:
         server.add_client(CLIENT_ID, CLIENT_SECRET)
         yield server
-
-
-def write_user_credentials(fake: FakeDrive, path: Path) -> str:
-    """An authorized_user file as drive-auth writes it; returns its refresh token."""
-    refresh_token = fake.issue_refresh_token(CLIENT_ID)
-    path.write_text(
-        json.dumps(
-            {
-                "type": "authorized_user",
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "refresh_token": refresh_token,
-                "token_uri": fake.token_uri,
-            }
-        )
-    )
-    return refresh_token
 
 
 @pytest.fixture
@@ -404,41 +388,9 @@ def test_no_token_or_secret_in_logs_or_errors(
             assert secret not in text
 
 
-def service_account_file(fake: FakeDrive, path: Path) -> str:
-    """A service-account key whose public half the fake knows; returns its email."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    email = "uploader@home-project.iam.gserviceaccount.com"
-    fake.add_service_account(
-        email,
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "home-project",
-                "private_key_id": "0123456789abcdef",
-                "private_key": pem,
-                "client_email": email,
-                "client_id": "1122334455",
-                "auth_uri": fake.auth_uri,
-                "token_uri": fake.token_uri,
-            }
-        )
-    )
-    return email
-
-
 def test_service_account_credentials_work(fake: FakeDrive, tmp_path: Path) -> None:
     path = tmp_path / "sa.json"
-    service_account_file(fake, path)
+    write_service_account(fake, path)
     shared = fake.add_file(FOLDER, parent="shared-drive-id", folder=True)
     drive = DriveDestination(FOLDER, path, fake.api_url, timeout=10)
     try:
@@ -455,7 +407,7 @@ def test_service_account_never_makes_the_folder_in_its_own_drive(
     fake: FakeDrive, tmp_path: Path
 ) -> None:
     path = tmp_path / "sa.json"
-    service_account_file(fake, path)
+    write_service_account(fake, path)
     drive = DriveDestination(FOLDER, path, fake.api_url, timeout=10)
     try:
         with pytest.raises(UploadRetryError, match="no Drive folder titled 'Snapshots'"):
@@ -467,7 +419,7 @@ def test_service_account_never_makes_the_folder_in_its_own_drive(
 
 def test_check_config_note_for_a_service_account(fake: FakeDrive, tmp_path: Path) -> None:
     path = tmp_path / "sa.json"
-    email = service_account_file(fake, path)
+    email = write_service_account(fake, path)
     note = service_account_note(path)
     assert note is not None
     assert email in note

@@ -29,12 +29,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from googleapiclient.http import build_http
-from oauth2client.client import (
-    GOOGLE_AUTH_URI,
-    GOOGLE_TOKEN_URI,
-    FlowExchangeError,
-    OAuth2WebServerFlow,
-)
+from oauth2client import GOOGLE_AUTH_URI, GOOGLE_TOKEN_URI
+from oauth2client.client import FlowExchangeError, OAuth2WebServerFlow
 
 from pylib.logs import printable
 from pylib.redact import redact, register_secrets
