@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pylib.destination import UploadItem, UploadRefusedError, UploadRetryError
+from snapshot_processor import cli
 from snapshot_processor.cloud.drive import DriveDestination, service_account_note
 from tests.support.drive_credentials import (
     CLIENT_ID,
@@ -444,3 +445,21 @@ def test_unusable_credentials_file_is_retried_with_a_clear_reason(
     finally:
         drive.close()
     assert not [f for f in fake.files() if f.mime_type != FOLDER_MIME]
+
+
+def test_check_config_explains_a_service_account(
+    fake: FakeDrive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "sa.json"
+    write_service_account(fake, key)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'SNAPSHOTS_ROOT_DIR = "{tmp_path / "data"}"\n'
+        f'GOOGLE_DRIVE_FOLDER = "{FOLDER}"\n'
+        f'GOOGLE_DRIVE_CREDENTIALS = "{key}"\n'
+    )
+    assert cli.check_config(settings) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out
+    assert "service account" in out
+    assert "shared drive" in out
