@@ -225,6 +225,8 @@ class DriveDestination:
         else:
             log.warning("Drive upload of %s failed: %s", printable(item.name), failure.text)
         if not failure.retry:
+            with self._lock:
+                self._maybe_sent.discard(item.name)  # parked: never tried again here
             return UploadRefusedError(failure.text)
         return UploadRetryError(failure.text, self._backoff(failure))
 
