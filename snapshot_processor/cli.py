@@ -1,4 +1,4 @@
-"""Command line: ``snapshot-processor run`` and ``snapshot-processor check-config``."""
+"""Command line: ``snapshot-processor run``, ``check-config``, ``drive-auth`` and ``drive-archive``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from pylib.sentry import close_sentry, init_sentry
 from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
+from snapshot_processor.cloud import drive, drive_auth
+from snapshot_processor.cloud.drive_archive import DriveArchiveError
 
 log = logging.getLogger("snapshot_processor")
 
@@ -37,6 +40,44 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the daemon in the foreground until SIGTERM or SIGINT")
     commands.add_parser("check-config", help="validate the configuration and list every problem")
+    auth = commands.add_parser(
+        "drive-auth",
+        help="consent to Google Drive access (headless) and write the credentials file",
+        description="Prints a consent URL to open in any browser; paste back the "
+        "http://127.0.0.1:... address the browser ends on. Writes Google's authorized_user "
+        "JSON (mode 0600) for GOOGLE_DRIVE_CREDENTIALS.",
+    )
+    auth.add_argument(
+        "--client-secrets",
+        type=Path,
+        required=True,
+        help='the OAuth client JSON of a "Desktop app" client, from the Google Cloud console',
+    )
+    auth.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the credentials (default: GOOGLE_DRIVE_CREDENTIALS)",
+    )
+    auth.add_argument(
+        "--scope",
+        choices=sorted(drive_auth.SCOPES),
+        default="file",
+        help="file (default): only what the daemon creates; full: all of your Drive",
+    )
+    auth.add_argument(
+        "--port", type=int, default=None, help="loopback redirect port (default: random)"
+    )
+    auth.add_argument("--auth-uri", default=None, help="consent page (default: the client file's)")
+    auth.add_argument(
+        "--token-uri", default=None, help="token endpoint (default: the client file's)"
+    )
+    commands.add_parser(
+        "drive-archive",
+        help="move files older than DRIVE_ARCHIVE_AFTER_HOURS into year/month/day Drive folders now",
+        description="Files in GOOGLE_DRIVE_FOLDER older than DRIVE_ARCHIVE_AFTER_HOURS move into "
+        "YYYY/MM/DD folders under it; starred files stay. Safe to run again or interrupt.",
+    )
     return parser
 
 
@@ -57,6 +98,75 @@ def check_config(config_file: Path | None) -> int:
         f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
+    if settings.drive_on and settings.google_drive_credentials is not None:
+        note = drive.service_account_note(settings.google_drive_credentials)
+        if note:
+            print(note)
+    return 0
+
+
+def drive_auth_command(args: argparse.Namespace) -> int:
+    """``drive-auth``: consent, then write the credentials file; 0 when written."""
+    setup_logging(logging.WARNING)
+    output = args.output
+    if output is None:
+        try:
+            output = config.load(config_file=args.config).google_drive_credentials
+        except ConfigError as exc:
+            print(
+                f"drive-auth: give --output (the configuration is unusable: {exc.problems[0]})",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if output is None:
+            print("drive-auth: give --output or set GOOGLE_DRIVE_CREDENTIALS", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        drive_auth.run(
+            args.client_secrets,
+            output,
+            scope=args.scope,
+            port=args.port,
+            auth_uri=args.auth_uri,
+            token_uri=args.token_uri,
+        )
+    except drive_auth.DriveAuthError as exc:
+        print(f"drive-auth: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"drive-auth: cannot write {output}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def drive_archive_command(config_file: Path | None, now: float | None = None) -> int:
+    """``drive-archive``: archive now and print what moved; 0 when it completed."""
+    setup_logging(logging.WARNING)
+    try:
+        settings = config.load(config_file=config_file)
+    except ConfigError as exc:
+        print(f"drive-archive: configuration: {exc.problems[0]}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.google_drive_folder or settings.google_drive_credentials is None:
+        print("drive-archive: Drive is not configured (GOOGLE_DRIVE_FOLDER)", file=sys.stderr)
+        return EXIT_CONFIG
+    destination = drive.DriveDestination(
+        settings.google_drive_folder,
+        settings.google_drive_credentials,
+        settings.google_drive_api_url,
+        settings.drive_archive_after_hours,
+    )
+    try:
+        summary = destination.archive(time.time() if now is None else now, create_folder=False)
+    except DriveArchiveError as exc:
+        for line in exc.summary.lines()[:-1]:
+            print(line)
+        print(f"drive-archive: {exc}; run it again to go on", file=sys.stderr)
+        return 1
+    finally:
+        destination.close()
+    for line in summary.lines():
+        print(line)
     return 0
 
 
@@ -120,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command == "drive-auth":
+        return drive_auth_command(args)
+    if args.command == "drive-archive":
+        return drive_archive_command(args.config)
     return run(args.config)
 
 

@@ -164,6 +164,14 @@ class Settings(BaseModel):
     detection_max_per_day: int | None = Field(None, alias="DETECTION_MAX_PER_DAY", ge=0)
     detection_annotate: bool = Field(True, alias="DETECTION_ANNOTATE")
 
+    # Google Drive: on when GOOGLE_DRIVE_FOLDER (the top folder's title) is set.
+    google_drive_folder: str | None = Field(None, alias="GOOGLE_DRIVE_FOLDER", min_length=1)
+    google_drive_credentials: Path | None = Field(None, alias="GOOGLE_DRIVE_CREDENTIALS")
+    google_drive_api_url: str = Field(
+        "https://www.googleapis.com/", alias="GOOGLE_DRIVE_API_URL", pattern=r"^https?://\S+$"
+    )
+    drive_archive_after_hours: float = Field(24.0, alias="DRIVE_ARCHIVE_AFTER_HOURS", gt=0)
+
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
     cronitor_monitor_key: SecretStr | None = Field(
         None, alias="CRONITOR_MONITOR_KEY", json_schema_extra=secret()
@@ -252,6 +260,19 @@ class Settings(BaseModel):
             self.upload_dir.resolve().is_relative_to(self.snapshots_root_dir.resolve())
         ):
             problems.append("FTP_UPLOAD_DIR must be a folder inside SNAPSHOTS_ROOT_DIR")
+        if self.google_drive_folder and self.google_drive_credentials is None:
+            problems.append(
+                "GOOGLE_DRIVE_FOLDER is set, so GOOGLE_DRIVE_CREDENTIALS is needed "
+                "(the JSON file snapshot-processor drive-auth writes, or a service-account key)"
+            )
+        if (
+            self.google_drive_credentials is not None
+            and not self.google_drive_credentials.is_file()
+        ):
+            problems.append(
+                f"GOOGLE_DRIVE_CREDENTIALS: no such file {self.google_drive_credentials}"
+                " (snapshot-processor drive-auth writes it)"
+            )
         if self.detection_backend == "onnx" and self.onnx_model_path is None:
             problems.append("OBJECT_DETECTION_BACKEND is onnx, so ONNX_MODEL_PATH is needed")
         if self.onnx_model_path is not None and not self.onnx_model_path.is_file():
@@ -285,6 +306,11 @@ class Settings(BaseModel):
     def ftp_on(self) -> bool:
         """FTP runs when its password is set, unless FTP_ENABLED says no."""
         return self.ftp_pass is not None and self.ftp_enabled is not False
+
+    @property
+    def drive_on(self) -> bool:
+        """Google Drive uploads are configured."""
+        return bool(self.google_drive_folder)
 
     @property
     def upload_dir(self) -> Path:

@@ -43,6 +43,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 resets clients that connect all at once.
+    request_queue_size = 128
+
+
 class LoopbackServer(abc.ABC):
     """An HTTP server on 127.0.0.1 with a free port, run in a thread.
 
@@ -72,7 +77,7 @@ class LoopbackServer(abc.ABC):
 
     def start(self) -> Self:
         """Bind a free port and serve in a thread."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        server = _Server(("127.0.0.1", 0), _make_handler(self))
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
