@@ -1,0 +1,1 @@
+"""Cloud destinations for snapshots (Google Drive, S3), each behind pylib.destination."""
