@@ -69,6 +69,11 @@ class RetentionPolicy:
     max_bytes: int | None
     grace: float = GRACE
 
+    @classmethod
+    def of(cls, days: float, max_bytes: int) -> RetentionPolicy:
+        """From ``RETENTION_DAYS`` and ``RETENTION_MAX_BYTES``, where 0 means no bound."""
+        return cls(days * 86_400.0 if days > 0 else None, max_bytes if max_bytes > 0 else None)
+
 
 @dataclass(frozen=True)
 class _File:

@@ -194,3 +194,8 @@ def test_an_unreadable_queue_means_nothing_is_removed(tmp_path: Path) -> None:
     assert worker.troubles() == [
         "retention: sweep skipped, nothing removed: OSError: disk I/O error"
     ]
+
+
+def test_a_policy_from_the_settings_treats_zero_as_no_bound() -> None:
+    assert RetentionPolicy.of(30, 0) == RetentionPolicy(30 * DAY, None)
+    assert RetentionPolicy.of(0, 5000) == RetentionPolicy(None, 5000)

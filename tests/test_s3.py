@@ -180,3 +180,13 @@ def test_an_endpoint_that_is_down_is_retried(
             failing.upload(snapshot)
     finally:
         failing.close()
+
+
+def test_on_aws_the_link_is_virtual_host_style(aws_env: None, snapshot: UploadItem) -> None:
+    aws = S3Destination(BUCKET, "cams")
+    try:
+        assert aws.link(snapshot) == (
+            f"https://{BUCKET}.s3.amazonaws.com/cams/front-door-camera/2026/03/14/{snapshot.name}"
+        )
+    finally:
+        aws.close()
