@@ -159,6 +159,21 @@ class Uploader(Worker):
                 )
         return found
 
+    def status(self) -> dict[str, object]:
+        """The queue and each destination at a glance, for health and the status page:
+        ``depth``, ``oldest_seconds``, ``parked`` and ``failing`` (destination -> reason)."""
+        now = self._clock()
+        return {
+            "depth": self.queue.depth(),
+            "oldest_seconds": self.queue.oldest_age(now),
+            "parked": self.queue.parked(),
+            "failing": {
+                name: state.trouble.reason
+                for name, state in self._states.items()
+                if state.trouble.reason is not None
+            },
+        }
+
     # --- the thread ------------------------------------------------------------------
     def on_thread_close(self) -> None:
         for name, destination in self.destinations.items():
