@@ -72,6 +72,17 @@ PARKED_WINDOW = 86_400.0
 _REASON_MAX = 500
 
 
+@dataclass(frozen=True)
+class UploadStatus:
+    """Uploads waiting, the oldest one's age, uploads parked, destinations failing now
+    (name -> the last reason)."""
+
+    depth: int
+    oldest_seconds: float | None
+    parked: int
+    failing: dict[str, str]
+
+
 @dataclass
 class _DestinationState:
     """What the uploader knows about one destination's health."""
@@ -159,20 +170,18 @@ class Uploader(Worker):
                 )
         return found
 
-    def status(self) -> dict[str, object]:
-        """The queue and each destination at a glance, for health and the status page:
-        ``depth``, ``oldest_seconds``, ``parked`` and ``failing`` (destination -> reason)."""
-        now = self._clock()
-        return {
-            "depth": self.queue.depth(),
-            "oldest_seconds": self.queue.oldest_age(now),
-            "parked": self.queue.parked(),
-            "failing": {
+    def status(self) -> UploadStatus:
+        """The queue and each destination at a glance, for health and the status page."""
+        return UploadStatus(
+            depth=self.queue.depth(),
+            oldest_seconds=self.queue.oldest_age(self._clock()),
+            parked=self.queue.parked(),
+            failing={
                 name: state.trouble.reason
                 for name, state in self._states.items()
                 if state.trouble.reason is not None
             },
-        }
+        )
 
     # --- the thread ------------------------------------------------------------------
     def on_thread_close(self) -> None:

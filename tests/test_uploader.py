@@ -157,8 +157,8 @@ def test_a_failing_destination_does_not_block_another(
     assert wait_until(lambda: any("uploads to drive failing for" in t for t in uploader.troubles()))
     assert any(t.endswith(": 503: backend error") for t in uploader.troubles())
     status = uploader.status()
-    assert status["depth"] == 5
-    assert status["failing"] == {"drive": "503: backend error"}
+    assert status.depth + status.parked == 5  # drive's, waiting or out of tries
+    assert status.failing == {"drive": "503: backend error"}
     # One log line for the trouble, not one per failure.
     started_lines = [r for r in caplog.records if "uploads to drive failing:" in r.getMessage()]
     assert len(started_lines) == 1
