@@ -23,7 +23,6 @@ stay in the renamed file.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -37,6 +36,8 @@ from types import TracebackType
 
 from prometheus_client import Counter, Gauge
 
+from pylib.sqlite_file import is_damaged, move_aside
+
 logger = logging.getLogger(__name__)
 
 OUTBOX_DEPTH = Gauge("outbox_depth", "Messages in the outbox waiting for a broker confirm.")
@@ -46,10 +47,6 @@ OUTBOX_PARKED = Counter(
 OUTBOX_DAMAGED = Counter(
     "outbox_damaged_total", "Damaged outbox files moved aside and replaced by a fresh one"
 )
-
-# SQLite's primary result codes that mean the file itself is damaged.
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
 
 # Depths that are worth a WARNING on the way up, besides every 10% of the limit.
 _FIXED_THRESHOLDS = (1, 100, 1000)
@@ -93,13 +90,8 @@ class OutboxError(Exception):
         self.damaged = damaged
 
 
-def _damaged(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-
-
 def _error(message: str, exc: sqlite3.Error) -> OutboxError:
-    return OutboxError(f"{message}: {exc}", damaged=_damaged(exc))
+    return OutboxError(f"{message}: {exc}", damaged=is_damaged(exc))
 
 
 class OutboxFullError(OutboxError):
@@ -201,21 +193,10 @@ class Outbox:
 
     def _move_aside(self, exc: OutboxError) -> Path:
         """Rename the damaged file (and its WAL and shared memory) with a timestamp suffix."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        for n in itertools.count(1):  # never over an earlier one from the same second
-            if not aside.exists():
-                break
-            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
         try:
-            for extra in ("", "-wal", "-shm"):
-                source = self.path.with_name(self.path.name + extra)
-                if source.exists():
-                    source.rename(aside.with_name(aside.name + extra))
+            aside = move_aside(self.path)
         except OSError as move_exc:
-            raise OutboxError(
-                f"{exc}; and it cannot be moved aside to {aside}: {move_exc}"
-            ) from move_exc
+            raise OutboxError(f"{exc}; and it cannot be moved aside: {move_exc}") from move_exc
         OUTBOX_DAMAGED.inc()
         logger.error(
             "outbox %s is damaged (%s); moved it to %s with its data and started a fresh one;"

@@ -172,6 +172,16 @@ class Settings(BaseModel):
     )
     drive_archive_after_hours: float = Field(24.0, alias="DRIVE_ARCHIVE_AFTER_HOURS", gt=0)
 
+    # S3-compatible storage (on when S3_BUCKET is set), the upload queue, local retention.
+    s3_bucket: str | None = Field(
+        None, alias="S3_BUCKET", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
+    s3_prefix: str = Field("", alias="S3_PREFIX")
+    upload_max_attempts: int = Field(20, alias="UPLOAD_MAX_ATTEMPTS", ge=1, le=1000)
+    retention_days: float = Field(30.0, alias="RETENTION_DAYS", ge=0)
+    retention_max_bytes: int = Field(0, alias="RETENTION_MAX_BYTES", ge=0)
+    retention_interval: float = Field(600.0, alias="RETENTION_INTERVAL", gt=0)
+
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())
     cronitor_monitor_key: SecretStr | None = Field(
         None, alias="CRONITOR_MONITOR_KEY", json_schema_extra=secret()
@@ -343,6 +353,11 @@ class Settings(BaseModel):
     def recent_events_path(self) -> Path:
         """The recent events shown by the status page and the API."""
         return self.snapshots_root_dir / "recent-events.sqlite3"
+
+    @property
+    def upload_queue_path(self) -> Path:
+        """The SQLite queue of files still to copy to cloud storage."""
+        return self.snapshots_root_dir / "uploads.sqlite3"
 
     @property
     def cameras(self) -> list[Device]:

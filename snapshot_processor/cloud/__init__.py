@@ -1,1 +1,1 @@
-"""Cloud destinations for snapshots: Google Drive (pydrive2) and its year/month/day archive."""
+"""Cloud destinations for snapshots (Google Drive, S3), each behind pylib.destination."""

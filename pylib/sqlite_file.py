@@ -1,0 +1,75 @@
+"""What the daemon's SQLite files (the outbox, the upload queue) share: durable
+connections, telling a damaged file from a busy or unreadable one, and moving a damaged
+file aside with its data instead of retrying it in a loop."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# SQLite's primary result codes that mean the file itself is damaged.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+BUSY_TIMEOUT_SECONDS = 5.0
+
+
+class DamagedDatabaseError(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found the file damaged (a bad page, a broken index)."""
+
+
+def is_damaged(exc: sqlite3.Error) -> bool:
+    """True when SQLite says the file itself is corrupt or not a database."""
+    if isinstance(exc, DamagedDatabaseError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def connect_durable(path: Path, what: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (each statement, or each explicit ``BEGIN`` ...
+    ``COMMIT``, is on disk when it returns: WAL where the file system can, and
+    ``synchronous=FULL``), its file checked with ``quick_check``.
+
+    Usable from any thread (``check_same_thread=False``): callers that share it hold a
+    lock. Raises :class:`sqlite3.Error`; :func:`is_damaged` tells whether the file is
+    damaged.
+    """
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+    )
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            # Some file systems cannot do WAL; it still works, readers just block writers.
+            logger.warning("%s %s runs in journal mode %s, not wal", what, path, mode)
+        conn.execute("PRAGMA synchronous=FULL")
+        # A bad page found now is set aside at once, not met later in a retry loop.
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise DamagedDatabaseError(f"{what} {path} is damaged: {'; '.join(problems)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged database (with its ``-wal`` and ``-shm``, so nothing in it is
+    lost) to ``<name>.damaged-<UTC time>``; return the new path. Raises :class:`OSError`."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for n in itertools.count(1):  # never over an earlier one from the same second
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for extra in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + extra)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + extra))
+    return aside
