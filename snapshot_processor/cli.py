@@ -1,4 +1,5 @@
-"""Command line: ``snapshot-processor run`` and ``snapshot-processor check-config``."""
+"""Command line: ``snapshot-processor <command>``; every command is one entry of
+:data:`COMMANDS`, its body a small function here or a module in ``commands/``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pylib import dataroot
@@ -16,32 +18,58 @@ from pylib.sentry import close_sentry, init_sentry
 from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
+from snapshot_processor.commands import events, outbox, simulate, snap, trigger
+from snapshot_processor.commands.common import EXIT_BUSY, EXIT_CONFIG, CommandError
 
 log = logging.getLogger("snapshot_processor")
 
-# Exit codes, as the README lists them: 0 stopped as asked; 1 failed while running;
-# 2 the configuration is invalid; 3 something needed at start is missing or in use
-# (data root, FTP port, outbox); 4 another daemon runs on the same data root.
-EXIT_CONFIG = 2
-EXIT_BUSY = 4
+# Exit codes: see commands/common.py and the README's "Command line" section.
+__all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_CONFIG", "Command", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its name, one line of help, what it does, and its arguments.
+
+    ``passes_rest``: the arguments after the name go to the command unparsed (in
+    ``args.rest``), its own ``--help`` included.
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    passes_rest: bool = False
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snapshot-processor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="snapshot-processor",
+        description="The snapshot daemon and its everyday commands; "
+        "'snapshot-processor COMMAND --help' describes each.",
+    )
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
         help=f"TOML settings file (default: ${config.CONFIG_ENV}, else {config.DEFAULT_CONFIG_FILE} if present)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the daemon in the foreground until SIGTERM or SIGINT")
-    commands.add_parser("check-config", help="validate the configuration and list every problem")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            add_help=not command.passes_rest,
+        )
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
     return parser
 
 
-def check_config(config_file: Path | None) -> int:
+def check_config(args: argparse.Namespace) -> int:
     """Print every configuration problem; 0 when there are none."""
+    config_file: Path | None = args.config
     try:
         settings = config.load(config_file=config_file)
     except ConfigError as exc:
@@ -60,8 +88,9 @@ def check_config(config_file: Path | None) -> int:
     return 0
 
 
-def run(config_file: Path | None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the daemon until it is told to stop; returns the exit code."""
+    config_file: Path | None = args.config
     setup_logging()
     try:
         settings = config.load(config_file=config_file)
@@ -115,12 +144,32 @@ def _check_port(what: str, address: str, port: int) -> None:
         ) from None
 
 
+# The one table of commands, in the order --help lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the daemon in the foreground until SIGTERM or SIGINT", run),
+    Command("check-config", "validate the configuration and list every problem", check_config),
+    Command("snap", snap.HELP, snap.run, snap.add_arguments),
+    Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
+    Command("events", events.HELP, events.run, events.add_arguments),
+    Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
+    Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return check_config(args.config)
-    return run(args.config)
+    """Entry point of the console script: one command, its exit code; a failure is one
+    line on stderr."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    command = next(command for command in COMMANDS if command.name == args.command)
+    if rest and not command.passes_rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return command.run(args)
+    except CommandError as exc:
+        print(f"snapshot-processor {command.name}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":
