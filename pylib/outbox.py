@@ -28,7 +28,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +255,47 @@ class Outbox:
         except sqlite3.Error as exc:
             raise _error(f"cannot read outbox {self.path}", exc) from exc
         return [(_entry(row), str(row[6])) for row in rows]
+
+    def replay_parked(self, ids: Collection[int] | None = None) -> int:
+        """Put parked messages (all, or those with ``ids``) back at the end of the outbox,
+        oldest first and as many as fit, in one transaction; returns how many.
+
+        Only while no publisher has this file open: a publisher counts its rows in memory
+        and would not see these until its next message.
+        """
+        wanted = None if ids is None else sorted(set(ids))
+        with self._transaction("cannot replay parked messages in") as conn:
+            rows = conn.execute(
+                "SELECT id, exchange, routing_key, body, headers, created FROM parked ORDER BY id"
+            ).fetchall()
+            if wanted is not None:
+                rows = [row for row in rows if row[0] in wanted]
+            rows = rows[: self.room]
+            for row in rows:
+                conn.execute(
+                    "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row[1:],
+                )
+                conn.execute("DELETE FROM parked WHERE id = ?", (row[0],))
+        if rows:
+            self._set_depth(self._depth + len(rows))
+            logger.info("outbox %s: %d parked message(s) put back", self.path, len(rows))
+        return len(rows)
+
+    def discard_parked(self, ids: Collection[int] | None = None) -> int:
+        """Delete parked messages (all, or those with ``ids``) for good; returns how many."""
+        with self._transaction("cannot discard parked messages in") as conn:
+            if ids is None:
+                removed = conn.execute("DELETE FROM parked").rowcount
+            else:
+                removed = sum(
+                    conn.execute("DELETE FROM parked WHERE id = ?", (entry_id,)).rowcount
+                    for entry_id in set(ids)
+                )
+        if removed:
+            logger.warning("outbox %s: %d parked message(s) discarded", self.path, removed)
+        return int(removed)
 
     def append(
         self,

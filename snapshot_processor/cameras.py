@@ -138,6 +138,17 @@ class CameraRegistry:
             retries=self.retries,
         )
 
+    def known_spec(self, key: str) -> CameraSpec | None:
+        """How to reach the camera as far as is known now: its configuration, else the
+        address and credentials the last trigger sent; None while neither says."""
+        try:
+            return self.spec(key, None)
+        except CameraConfigError:
+            pass
+        with self._lock:
+            client = self._clients.get(key)
+        return client.spec if client is not None else None
+
     @staticmethod
     def _default_port(device: Device) -> int:
         return FOSCAM_PORT if device.VENDOR == "foscam" else DEFAULT_PORTS[device.SCHEME]

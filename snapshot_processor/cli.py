@@ -1,4 +1,5 @@
-"""Command line: ``snapshot-processor run``, ``check-config``, ``drive-auth`` and ``drive-archive``."""
+"""Command line: ``snapshot-processor <command>``; every command is one entry of
+:data:`COMMANDS`, its body a small function here or a module in ``commands/``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 import logging
 import socket
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pylib import dataroot
@@ -17,72 +18,58 @@ from pylib.sentry import close_sentry, init_sentry
 from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
-from snapshot_processor.cloud import drive, drive_auth
-from snapshot_processor.cloud.drive_archive import DriveArchiveError
+from snapshot_processor.commands import drive, events, outbox, simulate, snap, trigger
+from snapshot_processor.commands.common import EXIT_BUSY, EXIT_CONFIG, CommandError
 
 log = logging.getLogger("snapshot_processor")
 
-# Exit codes, as the README lists them: 0 stopped as asked; 1 failed while running;
-# 2 the configuration is invalid; 3 something needed at start is missing or in use
-# (data root, FTP port, outbox); 4 another daemon runs on the same data root.
-EXIT_CONFIG = 2
-EXIT_BUSY = 4
+# Exit codes: see commands/common.py and the README's "Command line" section.
+__all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_CONFIG", "Command", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its name, one line of help, what it does, and its arguments.
+
+    ``passes_rest``: the arguments after the name go to the command unparsed (in
+    ``args.rest``), its own ``--help`` included.
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    passes_rest: bool = False
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snapshot-processor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="snapshot-processor",
+        description="The snapshot daemon and its everyday commands; "
+        "'snapshot-processor COMMAND --help' describes each.",
+    )
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
         help=f"TOML settings file (default: ${config.CONFIG_ENV}, else {config.DEFAULT_CONFIG_FILE} if present)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the daemon in the foreground until SIGTERM or SIGINT")
-    commands.add_parser("check-config", help="validate the configuration and list every problem")
-    auth = commands.add_parser(
-        "drive-auth",
-        help="consent to Google Drive access (headless) and write the credentials file",
-        description="Prints a consent URL to open in any browser; paste back the "
-        "http://127.0.0.1:... address the browser ends on. Writes Google's authorized_user "
-        "JSON (mode 0600) for GOOGLE_DRIVE_CREDENTIALS.",
-    )
-    auth.add_argument(
-        "--client-secrets",
-        type=Path,
-        required=True,
-        help='the OAuth client JSON of a "Desktop app" client, from the Google Cloud console',
-    )
-    auth.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="where to write the credentials (default: GOOGLE_DRIVE_CREDENTIALS)",
-    )
-    auth.add_argument(
-        "--scope",
-        choices=sorted(drive_auth.SCOPES),
-        default="file",
-        help="file (default): only what the daemon creates; full: all of your Drive",
-    )
-    auth.add_argument(
-        "--port", type=int, default=None, help="loopback redirect port (default: random)"
-    )
-    auth.add_argument("--auth-uri", default=None, help="consent page (default: the client file's)")
-    auth.add_argument(
-        "--token-uri", default=None, help="token endpoint (default: the client file's)"
-    )
-    commands.add_parser(
-        "drive-archive",
-        help="move files older than DRIVE_ARCHIVE_AFTER_HOURS into year/month/day Drive folders now",
-        description="Files in GOOGLE_DRIVE_FOLDER older than DRIVE_ARCHIVE_AFTER_HOURS move into "
-        "YYYY/MM/DD folders under it; starred files stay. Safe to run again or interrupt.",
-    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            add_help=not command.passes_rest,
+        )
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
     return parser
 
 
-def check_config(config_file: Path | None) -> int:
+def check_config(args: argparse.Namespace) -> int:
     """Print every configuration problem; 0 when there are none."""
+    config_file: Path | None = args.config
     try:
         settings = config.load(config_file=config_file)
     except ConfigError as exc:
@@ -98,80 +85,13 @@ def check_config(config_file: Path | None) -> int:
         f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
-    if settings.drive_on and settings.google_drive_credentials is not None:
-        note = drive.service_account_note(settings.google_drive_credentials)
-        if note:
-            print(note)
+    drive.service_account_note(settings.drive_on, settings.google_drive_credentials)
     return 0
 
 
-def drive_auth_command(args: argparse.Namespace) -> int:
-    """``drive-auth``: consent, then write the credentials file; 0 when written."""
-    setup_logging(logging.WARNING)
-    output = args.output
-    if output is None:
-        try:
-            output = config.load(config_file=args.config).google_drive_credentials
-        except ConfigError as exc:
-            print(
-                f"drive-auth: give --output (the configuration is unusable: {exc.problems[0]})",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
-        if output is None:
-            print("drive-auth: give --output or set GOOGLE_DRIVE_CREDENTIALS", file=sys.stderr)
-            return EXIT_CONFIG
-    try:
-        drive_auth.run(
-            args.client_secrets,
-            output,
-            scope=args.scope,
-            port=args.port,
-            auth_uri=args.auth_uri,
-            token_uri=args.token_uri,
-        )
-    except drive_auth.DriveAuthError as exc:
-        print(f"drive-auth: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"drive-auth: cannot write {output}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def drive_archive_command(config_file: Path | None, now: float | None = None) -> int:
-    """``drive-archive``: archive now and print what moved; 0 when it completed."""
-    setup_logging(logging.WARNING)
-    try:
-        settings = config.load(config_file=config_file)
-    except ConfigError as exc:
-        print(f"drive-archive: configuration: {exc.problems[0]}", file=sys.stderr)
-        return EXIT_CONFIG
-    if not settings.google_drive_folder or settings.google_drive_credentials is None:
-        print("drive-archive: Drive is not configured (GOOGLE_DRIVE_FOLDER)", file=sys.stderr)
-        return EXIT_CONFIG
-    destination = drive.DriveDestination(
-        settings.google_drive_folder,
-        settings.google_drive_credentials,
-        settings.google_drive_api_url,
-        settings.drive_archive_after_hours,
-    )
-    try:
-        summary = destination.archive(time.time() if now is None else now, create_folder=False)
-    except DriveArchiveError as exc:
-        for line in exc.summary.lines()[:-1]:
-            print(line)
-        print(f"drive-archive: {exc}; run it again to go on", file=sys.stderr)
-        return 1
-    finally:
-        destination.close()
-    for line in summary.lines():
-        print(line)
-    return 0
-
-
-def run(config_file: Path | None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the daemon until it is told to stop; returns the exit code."""
+    config_file: Path | None = args.config
     setup_logging()
     try:
         settings = config.load(config_file=config_file)
@@ -225,16 +145,34 @@ def _check_port(what: str, address: str, port: int) -> None:
         ) from None
 
 
+# The one table of commands, in the order --help lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the daemon in the foreground until SIGTERM or SIGINT", run),
+    Command("check-config", "validate the configuration and list every problem", check_config),
+    Command("snap", snap.HELP, snap.run, snap.add_arguments),
+    Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
+    Command("events", events.HELP, events.run, events.add_arguments),
+    Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
+    Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
+    Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
+    Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return check_config(args.config)
-    if args.command == "drive-auth":
-        return drive_auth_command(args)
-    if args.command == "drive-archive":
-        return drive_archive_command(args.config)
-    return run(args.config)
+    """Entry point of the console script: one command, its exit code; a failure is one
+    line on stderr."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    command = next(command for command in COMMANDS if command.name == args.command)
+    if rest and not command.passes_rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return command.run(args)
+    except CommandError as exc:
+        print(f"snapshot-processor {command.name}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ class Settings(BaseModel):
     camera_queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
     camera_breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
     camera_breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
+    # 0 switches probing off; snapshots still report each camera's health.
+    camera_probe_interval: float = Field(300.0, alias="CAMERA_PROBE_INTERVAL", ge=0, le=86400)
 
     ftp_enabled: bool | None = Field(None, alias="FTP_ENABLED")
     ftp_user: str = Field("camera", alias="FTP_USER", min_length=1, pattern=r"^[^\s:]+$")

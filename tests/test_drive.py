@@ -458,7 +458,7 @@ def test_check_config_explains_a_service_account(
         f'GOOGLE_DRIVE_FOLDER = "{FOLDER}"\n'
         f'GOOGLE_DRIVE_CREDENTIALS = "{key}"\n'
     )
-    assert cli.check_config(settings) == 0
+    assert cli.main(["--config", str(settings), "check-config"]) == 0
     out = capsys.readouterr().out
     assert "configuration OK" in out
     assert "service account" in out

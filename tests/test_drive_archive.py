@@ -207,7 +207,7 @@ def test_drive_archive_command_fails_with_one_clear_line(
     assert cli.main(["--config", str(settings), "drive-archive"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "drive-archive: archive not started: no Drive folder titled 'Snapshots' is visible "
+        "snapshot-processor drive-archive: archive not started: no Drive folder titled 'Snapshots' is visible "
         "to these credentials; run it again to go on"
     ]
     seed(fake, datetime.now(UTC), count=60)  # the last 18 are due

@@ -12,6 +12,11 @@ reolink     ``/cgi-bin/api.cgi?cmd=Snap&channel=0``         ``user``/``password`
 generic     ``/snapshot.jpg``                               basic, digest or none
 ==========  ==============================================  ==============================
 
+Each vendor's cheap status call, which the camera prober uses, is answered too, with the
+same auth: foscam ``CGIProxy.fcgi?cmd=getDevState``, hikvision ``/ISAPI/System/deviceInfo``,
+dahua ``/cgi-bin/magicBox.cgi?action=getSystemInfo``, reolink ``api.cgi?cmd=GetDevInfo``
+(the generic camera has none). ``status_requests`` counts them.
+
 Queries are decoded the way the firmware does: ``%XX`` only, so a ``+`` stays a plus.
 Failure modes, settable while running: ``ok``, ``error`` (the vendor's own error format,
 HTTP 500 where it has none), ``unavailable`` (HTTP 503), ``html`` (200 with an HTML error
@@ -41,6 +46,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -52,7 +58,12 @@ from urllib.parse import unquote_to_bytes
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["MODES", "PATHS", "CameraSimulator", "main"]
+__all__ = ["DESCRIPTION", "MODES", "PATHS", "CameraSimulator", "add_arguments", "main", "serve"]
+
+DESCRIPTION = (
+    "Fake IP camera serving Foscam, Hikvision, Dahua, Reolink and generic snapshot "
+    "endpoints, and their status calls."
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +90,12 @@ PATHS: dict[str, str] = {
     "generic": "/snapshot.jpg",
 }
 _VENDOR_BY_PATH = {path: vendor for vendor, path in PATHS.items()}
+# Status calls on paths of their own (Foscam and Reolink use their snapshot path's CGI).
+STATUS_PATHS: dict[str, str] = {
+    "hikvision": "/ISAPI/System/deviceInfo",
+    "dahua": "/cgi-bin/magicBox.cgi",
+}
+_VENDOR_BY_STATUS_PATH = {path: vendor for vendor, path in STATUS_PATHS.items()}
 
 # Nonces remembered for digest auth; older ones are answered with stale=true.
 _MAX_NONCES = 1024
@@ -308,6 +325,7 @@ class CameraSimulator:
         self._fail_mode = "unavailable"
         self._requests = 0
         self._served = 0
+        self._status_requests = 0
         self._connections = 0
         self._nonces: OrderedDict[str, None] = OrderedDict()
         # A fixed image is served as it is (the benchmark's camera: no encoding per request).
@@ -417,6 +435,12 @@ class CameraSimulator:
             return self._served
 
     @property
+    def status_requests(self) -> int:
+        """Authenticated status calls (``getDevState``, ``deviceInfo``, ...) received."""
+        with self._lock:
+            return self._status_requests
+
+    @property
     def connections(self) -> int:
         """TCP connections accepted."""
         with self._lock:
@@ -426,6 +450,7 @@ class CameraSimulator:
         """Set ``requests``, ``served`` and ``connections`` back to zero."""
         with self._lock:
             self._requests = self._served = self._connections = 0
+            self._status_requests = 0
 
     @property
     def base_url(self) -> str:
@@ -591,20 +616,71 @@ class CameraSimulator:
             handler.close_connection = True
             return
         path, _, query = handler.path.partition("?")
-        vendor = _VENDOR_BY_PATH.get(path)
+        vendor = _VENDOR_BY_PATH.get(path) or _VENDOR_BY_STATUS_PATH.get(path)
         if vendor is None:
             handler.reply(404, b"not found\n", "text/plain")
             return
         params = _decode_query(query)
         if not self._authenticate(handler, vendor, params, user, password, generic_auth):
             return
-        if vendor == "foscam" and params.get("cmd") != "snapPicture2":
-            handler.reply(200, self._foscam_result(-1), "text/plain")
+        status = path in _VENDOR_BY_STATUS_PATH
+        if vendor == "foscam":
+            status = params.get("cmd") == "getDevState"
+            if not status and params.get("cmd") != "snapPicture2":
+                handler.reply(200, self._foscam_result(-1), "text/plain")
+                return
+        if vendor == "reolink":
+            status = params.get("cmd") == "GetDevInfo"
+            if not status and params.get("cmd") != "Snap":
+                handler.reply(200, self._reolink_error(-9, "not support"), "application/json")
+                return
+        if vendor == "dahua" and status and params.get("action") != "getSystemInfo":
+            handler.reply(400, b"Error\r\nBad Request!\r\n", "text/plain")
             return
-        if vendor == "reolink" and params.get("cmd") != "Snap":
-            handler.reply(200, self._reolink_error(-9, "not support"), "application/json")
+        if status:
+            with self._lock:
+                self._status_requests += 1
+            self._answer_status(handler, vendor, self._take_mode())
             return
         self._answer(handler, vendor, self._take_mode())
+
+    def _answer_status(self, handler: _Handler, vendor: str, mode: str) -> None:
+        """Answer a status call: the vendor's success document, or the failure ``mode``
+        asks for (the image-only modes send the document cut in half or under 500/404)."""
+        body, content_type = self._status_document(vendor)
+        if mode == "ok":
+            handler.reply(200, body, content_type)
+        elif mode == "truncated":
+            handler.reply(200, body[: len(body) // 2], content_type)
+        elif mode in _JPEG_ERROR_STATUS:
+            handler.reply(_JPEG_ERROR_STATUS[mode], body, content_type)
+        else:
+            self._answer(handler, vendor, mode)
+
+    def _status_document(self, vendor: str) -> tuple[bytes, str]:
+        if vendor == "foscam":
+            return (
+                b"<CGI_Result>\n    <result>0</result>\n    <IOAlarm>0</IOAlarm>\n"
+                b"    <motionDetectAlarm>1</motionDetectAlarm>\n    <sdState>1</sdState>\n"
+                b"</CGI_Result>\n",
+                "text/plain",
+            )
+        if vendor == "hikvision":
+            return (
+                b'<?xml version="1.0" encoding="UTF-8"?>\n<DeviceInfo version="2.0" '
+                b'xmlns="http://www.hikvision.com/ver20/XMLSchema">'
+                b"<deviceName>" + self.name.encode() + b"</deviceName>"
+                b"<model>DS-SIM</model><firmwareVersion>V5.0.0</firmwareVersion></DeviceInfo>\n",
+                "application/xml",
+            )
+        if vendor == "dahua":
+            return (
+                b"deviceType=IPC-SIM\r\nhardwareVersion=1.00\r\nserialNumber=SIM0001\r\n",
+                "text/plain",
+            )
+        info = {"model": "RLC-SIM", "name": self.name, "firmVer": "v3.0.0"}
+        answer = [{"cmd": "GetDevInfo", "code": 0, "value": {"DevInfo": info}}]
+        return json.dumps(answer).encode(), "application/json"
 
     def _authenticate(
         self,
@@ -705,13 +781,8 @@ class CameraSimulator:
         return json.dumps(answer).encode()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the simulator in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.camera_simulator",
-        description="Fake IP camera serving Foscam, Hikvision, Dahua, Reolink and generic "
-        "snapshot endpoints.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's command-line options (also ``snapshot-processor simulate-cameras``)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument(
         "--port", type=int, default=8088, help="port, 0 for any (default %(default)s)"
@@ -726,9 +797,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--generic-auth", choices=GENERIC_AUTH_MODES, default="digest")
     parser.add_argument("--name", default="simulated camera", help="text drawn on the image")
-    args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the simulator with parsed options in the foreground until Ctrl-C or SIGTERM."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     simulator = CameraSimulator(
         host=args.host,
         port=args.port,
@@ -744,18 +818,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    simulator.start()
-    print(f"camera simulator listening on {simulator.base_url} (user {args.user!r})", flush=True)
-    for vendor, path in PATHS.items():
-        print(f"  {vendor:<10} {simulator.base_url}{path}", flush=True)
+    previous = {
+        signum: signal.signal(signum, _on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
-        while not done.wait(0.5):
-            pass
+        try:
+            simulator.start()
+        except OSError as exc:
+            print(
+                f"camera simulator cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 3
+        print(
+            f"camera simulator listening on {simulator.base_url} (user {args.user!r})", flush=True
+        )
+        for vendor, path in PATHS.items():
+            print(f"  {vendor:<10} {simulator.base_url}{path}", flush=True)
+        try:
+            while not done.wait(0.5):
+                pass
+        finally:
+            simulator.stop()
     finally:
-        simulator.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.camera_simulator",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

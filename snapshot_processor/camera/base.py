@@ -172,6 +172,8 @@ class CameraClient:
     vendor: ClassVar[str] = ""
     path: ClassVar[str] = "/"
     secret_query_keys: ClassVar[frozenset[str]] = frozenset()
+    #: What :meth:`probe` asks of this vendor's cameras, in a few words.
+    status_call: ClassVar[str] = "a snapshot"
 
     def __init__(self, spec: CameraSpec) -> None:
         self._spec = spec
@@ -199,9 +201,21 @@ class CameraClient:
 
     def _request(self) -> Request:
         """The URL to fetch, and how to show it in messages."""
+        return self._build_request(self.path, self._query())
+
+    def _status_request(self) -> Request | None:
+        """The vendor's cheap status call for :meth:`probe`; None: it has none, and a
+        probe takes a snapshot instead."""
+        return None
+
+    def _check_status_body(self, reply: Reply, request: Request) -> None:
+        """Raise the matching CameraError unless a 2xx reply to :meth:`_status_request`
+        is the vendor's success answer."""
+
+    def _build_request(self, path: str, pairs: Sequence[tuple[str, str]]) -> Request:
+        """A request for ``path`` on this camera with the query ``pairs`` (unencoded)."""
         host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
-        base = f"{self._spec.scheme}://{host}:{self._spec.port}{self.path}"
-        pairs = self._query()
+        base = f"{self._spec.scheme}://{host}:{self._spec.port}{path}"
         if not pairs:
             return Request(url=base, shown=base)
         return Request(
@@ -240,6 +254,59 @@ class CameraClient:
         finally:
             if self._closed.is_set():
                 self._close_session_if_idle()  # a close(wait=False) left it to us
+
+    def probe(self) -> None:
+        """One cheap call that shows the camera answers and takes our credentials.
+
+        The vendor's status call where it has one (Foscam ``getDevState``, Hikvision
+        ``/ISAPI/System/deviceInfo``, Dahua ``magicBox.cgi?action=getSystemInfo``, Reolink
+        ``GetDevInfo``), else one snapshot. One attempt, no retry: a probe reports the
+        camera's state as it is. Raises a
+        :class:`~snapshot_processor.camera.errors.CameraError` subclass.
+        """
+        try:
+            outcome = self._probe()
+        finally:
+            if self._closed.is_set():
+                self._close_session_if_idle()
+        if outcome is not None:
+            raise outcome
+
+    def _probe(self) -> CameraError | None:
+        with self._lock:
+            if self._closed.is_set():
+                return CameraConnectionError(
+                    f"{self.key}: client is closed", camera=self.key, retryable=False
+                )
+            request = self._status_request()
+            if request is None:
+                outcome = self._attempt()
+                return outcome if isinstance(outcome, CameraError) else None
+            reply = self._send(request)
+            if isinstance(reply, CameraError):
+                return reply
+            try:
+                self._interpret_status(reply, request)
+            except CameraError as exc:
+                return exc.with_traceback(None)  # its frames hold the URL and credentials
+            return None
+
+    def _interpret_status(self, reply: Reply, request: Request) -> None:
+        """Raise the matching CameraError unless the reply is the vendor's success."""
+        status = reply.status
+        if status in (401, 403):
+            raise CameraAuthError(
+                f"{self.key}: HTTP {status} {_phrase(status)}: user name or password refused "
+                f"(GET {request.shown})",
+                camera=self.key,
+            )
+        if not 200 <= status < 300:
+            raise CameraHTTPError(
+                f"{self.key}: HTTP {status} {_phrase(status)} (GET {request.shown})",
+                status=status,
+                camera=self.key,
+            )
+        self._check_status_body(reply, request)
 
     def _snapshot(self) -> bytes:
         with self._lock:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import requests.auth
@@ -27,6 +27,7 @@ __all__ = [
     "HikvisionClient",
     "ReolinkClient",
     "make_client",
+    "status_call",
 ]
 
 # Foscam CGI result codes (the CGI manual's names).
@@ -47,6 +48,8 @@ _FOSCAM_RESULT = re.compile(rb"<result>\s*(-?\d+)\s*</result>")
 _REOLINK_AUTH_CODES = frozenset({-6, -7})
 _REOLINK_AUTH_WORDS = ("login", "password")
 
+_DAHUA_FIELD = re.compile(rb"(?m)^[A-Za-z][\w.]*=")
+
 
 class FoscamClient(CameraClient):
     """Foscam HD cameras: ``CGIProxy.fcgi?cmd=snapPicture2`` with credentials in the query.
@@ -56,10 +59,29 @@ class FoscamClient(CameraClient):
 
     vendor = "foscam"
     path = "/cgi-bin/CGIProxy.fcgi"
+    status_call = "CGIProxy.fcgi?cmd=getDevState"
     secret_query_keys = frozenset({"pwd"})
 
     def _query(self) -> list[tuple[str, str]]:
         return [("cmd", "snapPicture2"), ("usr", self._spec.user), ("pwd", self._spec.password)]
+
+    def _status_request(self) -> Request:
+        # getDevState: the device's state (alarms, SD card, record), a few hundred bytes.
+        return self._build_request(
+            self.path,
+            [("cmd", "getDevState"), ("usr", self._spec.user), ("pwd", self._spec.password)],
+        )
+
+    def _check_status_body(self, reply: Reply, request: Request) -> None:
+        match = _FOSCAM_RESULT.search(reply.body[:4096])
+        if match is None:
+            raise CameraVendorError(
+                f"{self.key}: answer without a CGI result (GET {request.shown})",
+                camera=self.key,
+            )
+        code = int(match.group(1))
+        if code != 0:
+            self._raise_result(code, request)
 
     def _check_vendor_body(self, reply: Reply, request: Request) -> None:
         if reply.body.startswith(JPEG_SOI):
@@ -73,6 +95,10 @@ class FoscamClient(CameraClient):
                 f"{self.key}: camera reported success but sent no image (GET {request.shown})",
                 camera=self.key,
             )
+        self._raise_result(code, request)
+
+    def _raise_result(self, code: int, request: Request) -> NoReturn:
+        """Raise the error a CGI result code other than 0 stands for."""
         words = FOSCAM_RESULTS.get(code, "unknown error")
         message = f"{self.key}: camera reported {code}: {words} (GET {request.shown})"
         if code in _FOSCAM_AUTH_CODES:
@@ -87,9 +113,20 @@ class HikvisionClient(CameraClient):
 
     vendor = "hikvision"
     path = "/ISAPI/Streaming/channels/101/picture"
+    status_call = "/ISAPI/System/deviceInfo"
 
     def _make_auth(self) -> requests.auth.AuthBase | None:
         return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+
+    def _status_request(self) -> Request:
+        return self._build_request("/ISAPI/System/deviceInfo", [])
+
+    def _check_status_body(self, reply: Reply, request: Request) -> None:
+        if b"<DeviceInfo" not in reply.body[:4096]:
+            raise CameraVendorError(
+                f"{self.key}: answer is no DeviceInfo document (GET {request.shown})",
+                camera=self.key,
+            )
 
 
 class DahuaClient(CameraClient):
@@ -97,12 +134,24 @@ class DahuaClient(CameraClient):
 
     vendor = "dahua"
     path = "/cgi-bin/snapshot.cgi"
+    status_call = "magicBox.cgi?action=getSystemInfo"
 
     def _make_auth(self) -> requests.auth.AuthBase | None:
         return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
 
     def _query(self) -> list[tuple[str, str]]:
         return [("channel", "1")]
+
+    def _status_request(self) -> Request:
+        return self._build_request("/cgi-bin/magicBox.cgi", [("action", "getSystemInfo")])
+
+    def _check_status_body(self, reply: Reply, request: Request) -> None:
+        # key=value lines, e.g. "deviceType=IPC-HDW4631C-A".
+        if _DAHUA_FIELD.search(reply.body[:4096]) is None:
+            raise CameraVendorError(
+                f"{self.key}: answer holds no system info (GET {request.shown})",
+                camera=self.key,
+            )
 
 
 class ReolinkClient(CameraClient):
@@ -114,6 +163,7 @@ class ReolinkClient(CameraClient):
 
     vendor = "reolink"
     path = "/cgi-bin/api.cgi"
+    status_call = "api.cgi?cmd=GetDevInfo"
     secret_query_keys = frozenset({"password"})
 
     def _query(self) -> list[tuple[str, str]]:
@@ -125,6 +175,34 @@ class ReolinkClient(CameraClient):
             ("user", self._spec.user),
             ("password", self._spec.password),
         ]
+
+    def _status_request(self) -> Request:
+        return self._build_request(
+            self.path,
+            [
+                ("cmd", "GetDevInfo"),
+                ("user", self._spec.user),
+                ("password", self._spec.password),
+            ],
+        )
+
+    def _check_status_body(self, reply: Reply, request: Request) -> None:
+        if reply.body.lstrip()[:1] not in (b"[", b"{"):
+            raise CameraVendorError(
+                f"{self.key}: answer is not the API's JSON (GET {request.shown})",
+                camera=self.key,
+            )
+        data: Any = None
+        with contextlib.suppress(ValueError):
+            data = json.loads(reply.body)
+        item = data[0] if isinstance(data, list) and data else data
+        if isinstance(item, dict) and item.get("code") == 0 and "value" in item:
+            return
+        self._check_vendor_body(reply, request)  # raises the camera's error, if it sent one
+        raise CameraVendorError(
+            f"{self.key}: answer is not a GetDevInfo result (GET {request.shown})",
+            camera=self.key,
+        )
 
     def _check_vendor_body(self, reply: Reply, request: Request) -> None:
         if reply.body.lstrip()[:1] not in (b"[", b"{"):
@@ -200,3 +278,11 @@ def make_client(spec: CameraSpec) -> CameraClient:
     except KeyError:
         raise ValueError(f"{spec.key}: unknown camera vendor {spec.vendor!r}") from None
     return cls(spec)
+
+
+def status_call(vendor: str) -> str:
+    """What a probe asks of a camera of ``vendor`` (see :meth:`CameraClient.probe`)."""
+    try:
+        return _CLIENTS[vendor].status_call
+    except KeyError:
+        raise ValueError(f"unknown camera vendor {vendor!r}") from None
