@@ -198,6 +198,15 @@ class UploadQueue:
                 (time.time(), destination, destination),
             ).rowcount
 
+    def all_due_now(self, now: float) -> int:
+        """Every waiting upload (not parked) due at ``now``: at a start, when a person may
+        have mended the cause, they are tried at once rather than after their back-off."""
+        with self._transaction("cannot reschedule uploads in") as conn:
+            return conn.execute(
+                "UPDATE uploads SET next_try = ? WHERE parked IS NULL AND next_try > ?",
+                (now, now),
+            ).rowcount
+
     # --- reading ---------------------------------------------------------------------
     def due(
         self, now: float, limit: int, destinations: Collection[str] | None = None

@@ -193,6 +193,12 @@ class Uploader(Worker):
 
     def work(self) -> None:
         self._report_unknown_destinations()
+        try:
+            waiting = self.queue.all_due_now(self._clock())
+        except UploadQueueError:
+            waiting = 0  # the loop reports the queue's trouble
+        if waiting:
+            log.info("%s: %d upload(s) waiting from before; trying them now", self.name, waiting)
         while self.should_keep_running():
             self._wake.clear()
             self._housekeeping()

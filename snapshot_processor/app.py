@@ -19,20 +19,28 @@ from pylib.chain.sockets import Sender
 from pylib.chain.stage import Relay, Stage
 from pylib.chain.topology import Chain
 from pylib.daemon import Daemon, StartError
+from pylib.destination import Destination
 from pylib.envelope import Envelope, new_id
 from pylib.health import HealthPinger
 from pylib.http_server import HttpServer, TokenAuth
 from pylib.logs import printable
+from pylib.upload_queue import UploadQueue
+from pylib.uploader import Uploader
 from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.activity import RecentEvents
 from snapshot_processor.cameras import CameraRegistry
+from snapshot_processor.cloud.drive import DriveDestination
+from snapshot_processor.cloud.s3 import S3Destination
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
 from snapshot_processor.ftp import FtpOptions, FtpServerThread
 from snapshot_processor.messages import TriggerMessage
+from snapshot_processor.offsite import StorageStage
+from snapshot_processor.probe import CameraProber, CameraStatus
 from snapshot_processor.publication import EventBuilder
+from snapshot_processor.retention import Retention, RetentionPolicy
 from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
 from snapshot_processor.upload import DiskBounds, UploadStage, camera_folder
@@ -86,6 +94,8 @@ class App:
                 problems.extend(troubles)
             else:
                 warnings.extend(troubles)
+        detail["uploads"] = self.uploads()
+        detail["cameras"] = {key: status.as_dict() for key, status in self.camera_status().items()}
         return HealthReport(not problems, problems, warnings, detail)
 
     def health(self) -> tuple[bool, str]:
@@ -158,8 +168,21 @@ class App:
         return Publication(
             settings.rabbitmq_exchange,
             event.heartbeat_routing_key(settings.rabbitmq_device_topic),
-            event.pack(event.heartbeat(settings.inputs.values(), settings.outputs.values())),
+            event.pack(
+                event.heartbeat(
+                    settings.inputs.values(),
+                    settings.outputs.values(),
+                    camera_health={
+                        key: status.as_dict() for key, status in self.camera_status().items()
+                    },
+                )
+            ),
         )
+
+    def camera_status(self) -> dict[str, CameraStatus]:
+        """What the prober knows of each camera (nothing before it exists)."""
+        prober = getattr(self, "prober", None)
+        return prober.status() if prober is not None else {}
 
     # --- the chain's stages, in the order they are declared in build() ------------------
     def ingest(self) -> list[Stage]:
@@ -173,6 +196,15 @@ class App:
             breaker_seconds=settings.camera_breaker_seconds,
         )
         self.cameras = registry
+        prober = CameraProber(
+            "prober",
+            self.stop_event,
+            cameras=registry,
+            interval=settings.camera_probe_interval,
+            on_fatal=self.daemon.on_fatal,
+        )
+        registry.observer = prober
+        self.prober = prober
         stages: list[Stage] = [
             SnapshotStage(
                 "snapshot",
@@ -229,6 +261,80 @@ class App:
                 on_fatal=self.daemon.on_fatal,
             )
         ]
+
+    def storage(self) -> list[Stage]:
+        """Off-site copies, when a destination is configured (otherwise left out).
+
+        The upload queue and the uploader are added to the daemon here, before the
+        chain: they start before it and stop after it, so nothing queued is cut off.
+        """
+        settings = self.settings
+        destinations: dict[str, Destination] = {}
+        if settings.drive_on:
+            assert settings.google_drive_folder
+            assert settings.google_drive_credentials
+            drive = DriveDestination(
+                settings.google_drive_folder,
+                settings.google_drive_credentials,
+                settings.google_drive_api_url,
+                settings.drive_archive_after_hours,
+            )
+            destinations[drive.name] = drive
+        if settings.s3_bucket:
+            s3 = S3Destination(
+                settings.s3_bucket, settings.s3_prefix, region=settings.aws_default_region
+            )
+            destinations[s3.name] = s3
+        if not destinations:
+            return []
+        queue = UploadQueue(settings.upload_queue_path, max_attempts=settings.upload_max_attempts)
+        self.upload_queue = queue
+
+        def close(timeout: float) -> bool:
+            queue.close()
+            return True
+
+        self.daemon.add_step("upload queue", lambda: None, close)
+        uploader = Uploader(queue, destinations, self.stop_event, on_fatal=self.daemon.on_fatal)
+        self.uploader = uploader
+        self.daemon.add(uploader)
+        log.info("cloud storage: %s", ", ".join(destinations))
+        return [
+            StorageStage(
+                "storage",
+                self.stop_event,
+                queue=queue,
+                destinations=destinations,
+                wake_uploader=uploader.wake,
+                on_fatal=self.daemon.on_fatal,
+            )
+        ]
+
+    def uploads(self) -> dict[str, Any] | None:
+        """The upload queue for health and the page (None without cloud storage)."""
+        uploader = getattr(self, "uploader", None)
+        if uploader is None:
+            return None
+        status = uploader.status()
+        return {
+            "depth": status.depth,
+            "oldest_seconds": status.oldest_seconds,
+            "parked": status.parked,
+            "failing": status.failing,
+        }
+
+    def retention(self) -> Worker:
+        """Local retention: never a file the upload queue still holds."""
+        settings = self.settings
+        queue = getattr(self, "upload_queue", None)
+        return Retention(
+            settings.snapshots_root_dir,
+            RetentionPolicy.of(settings.retention_days, settings.retention_max_bytes),
+            self.stop_event,
+            pending=queue.pending_paths if queue is not None else None,
+            interval=settings.retention_interval,
+            on_fatal=self.daemon.on_fatal,
+        )
 
     def events(self) -> Stage:
         """Snapshots (with detections) become image events, and are recorded for the page."""
@@ -341,9 +447,9 @@ class App:
             cameras=[Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras],
             health=self.report,
             recent=self.recent,
-            camera_health=dict,
+            camera_health=self.camera_status,
             take_snapshot=requests.take,
-            uploads=lambda: None,
+            uploads=self.uploads,
         )
         auth = TokenAuth(token)
         return HttpServer(
@@ -369,6 +475,7 @@ class App:
             [
                 self.ingest(),
                 *self.detection(),
+                *self.storage(),
                 self.events(),
                 self.publisher(),
             ],
@@ -379,8 +486,15 @@ class App:
             if source is not None:
                 chain.add_source(source)
         self.chain = chain
-        self.workers = chain.workers
         self.daemon.add(chain)
+        # Beside the chain: they watch cameras and the disk, and stop before it.
+        retention = self.retention()
+        self.daemon.add(self.prober)
+        self.daemon.add(retention)
+        self.workers = [*chain.workers, self.prober, retention]
+        uploader = getattr(self, "uploader", None)
+        if uploader is not None:
+            self.workers.append(uploader)
         return self.daemon
 
 

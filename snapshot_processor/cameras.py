@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -48,6 +49,14 @@ class CameraConfigError(ValueError):
     """Not enough is known to reach a camera (no address configured nor sent)."""
 
 
+class CameraObserver(Protocol):
+    """Told of every snapshot's outcome, on the thread that fetched it."""
+
+    def record_success(self, key: str) -> None: ...
+
+    def record_failure(self, key: str, error: BaseException) -> None: ...
+
+
 class CameraRegistry:
     """The configured camera outputs, and a cache of clients keyed by their full spec.
 
@@ -80,6 +89,8 @@ class CameraRegistry:
         self._clients: dict[str, CameraClient] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Told of each snapshot's outcome (the camera prober keeps one view of health).
+        self.observer: CameraObserver | None = None
         self._breakers = {
             key: CircuitBreaker(
                 failures=breaker_failures,
@@ -224,12 +235,19 @@ class CameraRegistry:
         except Exception as exc:
             # A call cut short by close() says nothing about the camera. Any other
             # failure is recorded, so a probe never stays under way for good.
-            if breaker is not None and not self._closed:
-                breaker.failed(exc.summary if isinstance(exc, CameraError) else type(exc).__name__)
+            if not self._closed:
+                if breaker is not None:
+                    breaker.failed(
+                        exc.summary if isinstance(exc, CameraError) else type(exc).__name__
+                    )
+                if self.observer is not None:
+                    self.observer.record_failure(key, exc)
             raise
         FETCH_SECONDS.labels(key).observe(time.monotonic() - started)
         if breaker is not None:
             breaker.succeeded()
+        if self.observer is not None:
+            self.observer.record_success(key)
         return image
 
     def _breaker_changed(self, key: str, state: BreakerState) -> None:

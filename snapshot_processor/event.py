@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,13 +89,34 @@ def _device_map(device: Device) -> dict[str, str]:
 
 
 def heartbeat(
-    inputs: Iterable[Device], outputs: Iterable[Device], now: datetime | None = None
+    inputs: Iterable[Device],
+    outputs: Iterable[Device],
+    now: datetime | None = None,
+    *,
+    camera_health: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The heartbeat map listing this daemon's inputs and outputs."""
+    """The heartbeat map listing this daemon's inputs and outputs.
+
+    A camera output the prober knows gets an added ``health`` map (``state`` up, down or
+    unknown, ``reason``, ``last_seen`` as ISO-8601 UTC): readers of the original shape
+    ignore fields they do not know.
+    """
+    health = camera_health or {}
+    found = []
+    for device in outputs:
+        entry: dict[str, Any] = _device_map(device)
+        known = health.get(device.key)
+        if known is not None:
+            entry["health"] = {
+                "state": known.get("state"),
+                "reason": known.get("reason"),
+                "last_seen": known.get("last_seen"),
+            }
+        found.append(entry)
     return {
         "timestamp": iso_utc(now),
         "inputs": [_device_map(device) for device in inputs],
-        "outputs": [_device_map(device) for device in outputs],
+        "outputs": found,
     }
 
 

@@ -107,7 +107,7 @@ def _camera_card(camera: dict[str, Any], now: float) -> str:
         found = ""
     health = camera.get("health") or {}
     problem = health.get("last_error") if up is False else None
-    seen = health.get("last_seen")
+    seen = camera.get("last_seen")
     return (
         f'<article class="cam" data-camera="{_e(key)}">{image}<div class="body">'
         f'<h2>{_e(camera["label"])} <span class="badge {state}">{state}</span></h2>'

@@ -33,7 +33,10 @@ class CameraHealth(Protocol):
     @property
     def up(self) -> bool | None: ...
 
-    def as_json(self) -> dict[str, Any]: ...
+    @property
+    def last_seen(self) -> float | None: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ def camera_list(ops: Ops) -> list[dict[str, Any]]:
                 "label": camera.label,
                 "vendor": camera.vendor,
                 "up": probe.up if probe is not None else None,
-                "health": probe.as_json() if probe is not None else None,
+                "health": probe.as_dict() if probe is not None else None,
+                "last_seen": probe.last_seen if probe is not None else None,
                 "last_snapshot": record.taken if record else None,
                 "last_snapshot_age_seconds": round(now - record.taken, 1) if record else None,
                 "last_event": record.as_json() if record else None,

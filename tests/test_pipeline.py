@@ -99,11 +99,15 @@ def test_trigger_yields_documented_event(
     image_props = next(props for key, props, _ in peer.messages if key.endswith(".image"))
     assert image_props.delivery_mode == 2
     assert image_props.message_id == entry["event_id"]
-    heartbeat = next(body for key, _, body in peer.messages if key.startswith("event.heartbeat"))
-    assert heartbeat["outputs"] == [
-        {"type": "camera", "location": "Front Door", "device_key": "Front Door camera"}
-    ]
-    assert heartbeat["inputs"] == []
+    heartbeats = [body for key, _, body in peer.messages if key.startswith("event.heartbeat")]
+    # The original fields, and an added one: the camera's health as the prober sees it.
+    [output] = heartbeats[-1]["outputs"]
+    health = output.pop("health")
+    assert output == {"type": "camera", "location": "Front Door", "device_key": "Front Door camera"}
+    assert heartbeats[-1]["inputs"] == []
+    # The trigger's snapshot showed the camera is up (its address came with the trigger).
+    assert health["state"] == "up"
+    assert health["last_seen"].endswith("Z")
     # One INFO line per event, timed from the trigger's arrival.
     (line,) = [
         r.getMessage()

@@ -236,6 +236,11 @@ class FakeDrive(LoopbackServer):
                 Failure(status, reason, times, skip, after_work, when, plain_body)
             )
 
+    def recover(self) -> None:
+        """Forget every scripted failure still to come: Drive answers normally again."""
+        with self._lock:
+            self._failures.clear()
+
     def corrupt_md5(self, times: int = 1) -> None:
         """The next ``times`` uploads are stored with a wrong ``md5Checksum``."""
         with self._lock:
