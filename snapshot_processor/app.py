@@ -559,6 +559,23 @@ def startup_summary(settings: Settings) -> list[str]:
     detection = "off" if backend == "none" else backend
     if backend == "rekognition":
         detection += f" in {settings.aws_region}"
+    cloud = [
+        name
+        for name, on in (
+            (
+                f'Google Drive folder "{printable(settings.google_drive_folder or "")}"',
+                settings.drive_on,
+            ),
+            (f"S3 bucket {printable(settings.s3_bucket or '')}", bool(settings.s3_bucket)),
+        )
+        if on
+    ]
+    http = (
+        f"http://{settings.http_bind}:{settings.http_port}/ "
+        + ("(token required)" if settings.http_token else "(no HTTP_TOKEN: open to this machine)")
+        if settings.http_port
+        else "off"
+    )
     return [
         f"camera outputs (fetched on trigger): {cameras(settings.cameras)}",
         f"camera inputs (upload images): {inputs}; FTP {ftp}",
@@ -566,4 +583,5 @@ def startup_summary(settings: Settings) -> list[str]:
         f"storage: {printable(settings.snapshots_root_dir.absolute())}, "
         f"uploads in {printable(settings.upload_dir.absolute())}, "
         f"outbox {printable(settings.outbox_path.absolute())}",
+        f"cloud storage: {', '.join(cloud) or 'off'}; status page and API: {http}",
     ]

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         lock.acquire()
         if settings.ftp_on:
             _check_port("FTP", settings.ftp_listen_address, settings.ftp_port)
+        _check_port("HTTP", settings.http_bind, settings.http_port)
     except dataroot.DataRootBusyError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BUSY

@@ -106,7 +106,7 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     )
     lines = startup_summary(settings)
     text = "\n".join(lines)
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert '"Front\\u202eDoor camera" (hikvision), "Garage camera" (foscam)' in lines[0]
     assert '"Yard camera"' in lines[1]
     assert "FTP on at 0.0.0.0:2121" in lines[1]
@@ -115,11 +115,31 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     assert "outbox.sqlite3" in lines[3]
     assert "secretpw" not in text
     assert "\u202e" not in text
+    assert lines[4] == "cloud storage: off; status page and API: off"
 
     plain = startup_summary(config.load(env={"SNAPSHOTS_ROOT_DIR": str(tmp_path)}))
     assert plain[0].endswith(": none")
     assert "FTP off" in plain[1]
     assert plain[2] == "detection: off"
+    assert plain[4] == (
+        "cloud storage: off; status page and API: http://127.0.0.1:8080/ "
+        "(no HTTP_TOKEN: open to this machine)"
+    )
+    cloud = startup_summary(
+        config.load(
+            env={
+                "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+                "SECRETS_DIR": str(tmp_path / "none"),
+                "S3_BUCKET": "house-pictures",
+                "HTTP_TOKEN": "a-token-of-at-least-16-chars",
+            }
+        )
+    )
+    assert cloud[4] == (
+        "cloud storage: S3 bucket house-pictures; status page and API: "
+        "http://127.0.0.1:8080/ (token required)"
+    )
+    assert "a-token-of-at-least" not in cloud[4]
 
 
 def test_outbox_depth_hovering_at_a_threshold_warns_once(
