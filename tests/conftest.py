@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -44,6 +45,20 @@ def _no_leaks() -> Iterator[None]:
                 f"test leaked threads {[t.name for t in threads]} and/or {len(sockets)} socket(s)"
             )
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # Commands set up logging on the stderr of their test; a later test's lines must not
+    # go to that closed stream.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
