@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from pylib.upload_queue import UploadQueue
 
 from pylib.chain.settle import DONE_KIND, done_envelope
 from pylib.chain.stage import Stage
 from pylib.destination import Destination, UploadItem
 from pylib.envelope import Envelope
+from pylib.upload_queue import UploadQueue, UploadQueueError
 from snapshot_processor.messages import MessageError, SnapshotMessage
 from snapshot_processor.storage import WriteTrouble
 
@@ -119,7 +119,7 @@ class StorageStage(Stage):
             return True
         try:
             self.queue.add(entries)
-        except (OSError, sqlite3.Error) as exc:
+        except (UploadQueueError, OSError, sqlite3.Error) as exc:
             UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
             self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
             return False
