@@ -85,6 +85,8 @@ def test_log_in_see_every_camera_take_a_snapshot_and_see_its_event(tmp_path: Pat
                             "new Promise(done => img.onload = () => done(img.naturalWidth))"
                         )
                         assert loaded == 640, key
+                        badge = page.locator(f'article[data-camera="{key}"] .badge.up')
+                        assert badge.inner_text() == "up", key
                     assert page.locator("h2.health").inner_text() == "Daemon healthy"
 
                     # A snapshot from the page: its event shows up without a reload.
