@@ -30,8 +30,6 @@ from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.activity import RecentEvents
 from snapshot_processor.cameras import CameraRegistry
-from snapshot_processor.cloud.drive import DriveDestination
-from snapshot_processor.cloud.s3 import S3Destination
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detectors import make_detector, make_guard
@@ -270,7 +268,10 @@ class App:
         """
         settings = self.settings
         destinations: dict[str, Destination] = {}
+        # The cloud clients are imported only when configured: they cost 30 MB of memory.
         if settings.drive_on:
+            from snapshot_processor.cloud.drive import DriveDestination
+
             assert settings.google_drive_folder
             assert settings.google_drive_credentials
             drive = DriveDestination(
@@ -281,6 +282,8 @@ class App:
             )
             destinations[drive.name] = drive
         if settings.s3_bucket:
+            from snapshot_processor.cloud.s3 import S3Destination
+
             s3 = S3Destination(
                 settings.s3_bucket, settings.s3_prefix, region=settings.aws_default_region
             )

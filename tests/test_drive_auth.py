@@ -186,3 +186,11 @@ def test_a_web_client_file_is_explained(tmp_path: Path) -> None:
     path.write_text(json.dumps({"web": {"client_id": "x", "client_secret": "y"}}))
     with pytest.raises(drive_auth.DriveAuthError, match='type "Desktop app"'):
         drive_auth.read_client(path)
+
+
+def test_the_command_offers_every_scope_drive_auth_knows() -> None:
+    # The command lists them without importing the Google libraries; they must agree.
+    from snapshot_processor.cloud import drive_auth
+    from snapshot_processor.commands.drive import SCOPE_CHOICES
+
+    assert sorted(SCOPE_CHOICES) == sorted(drive_auth.SCOPES)

@@ -251,6 +251,8 @@ class Daemon:
             "FTP_PORT": str(ftp_port),
             "FTP_LOGIN_DELAY": "0",
             "FTP_TLS_REQUIRED": "false",
+            # The HTTP server runs, as it does by default, on a port of its own here.
+            "HTTP_PORT": str(free_port()),
             "LOG_LEVEL": "WARNING",
         }
         for n in range(1, CAMERAS + 1):

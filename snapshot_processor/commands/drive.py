@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 from pylib.logs import setup_logging
-from snapshot_processor.cloud import drive, drive_auth
-from snapshot_processor.cloud.drive_archive import DriveArchiveError
 from snapshot_processor.commands.common import EXIT_CONFIG, EXIT_FAILED, CommandError, load_settings
+
+# drive_auth.SCOPES' keys: the Google client libraries are imported only when a Drive
+# command runs, not for every command (the daemon does without them unless Drive is on).
+SCOPE_CHOICES = ("file", "full")
 
 AUTH_HELP = "consent to Google Drive access (headless) and write the credentials file"
 ARCHIVE_HELP = (
@@ -39,7 +41,7 @@ def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scope",
-        choices=sorted(drive_auth.SCOPES),
+        choices=SCOPE_CHOICES,
         default="file",
         help="file (default): only what the daemon creates; full: all of your Drive",
     )
@@ -56,6 +58,8 @@ def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_auth(args: argparse.Namespace) -> int:
     """Consent, then write the credentials file; 0 when written."""
+    from snapshot_processor.cloud import drive_auth
+
     setup_logging(logging.WARNING)
     output = args.output
     if output is None:
@@ -87,6 +91,9 @@ def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_archive(args: argparse.Namespace, now: float | None = None) -> int:
     """Archive now and print what moved; 0 when it completed."""
+    from snapshot_processor.cloud import drive
+    from snapshot_processor.cloud.drive_archive import DriveArchiveError
+
     setup_logging(logging.WARNING)
     settings = load_settings(args.config)
     if not settings.google_drive_folder or settings.google_drive_credentials is None:
@@ -113,6 +120,8 @@ def run_archive(args: argparse.Namespace, now: float | None = None) -> int:
 def service_account_note(settings_drive_on: bool, credentials: Path | None) -> None:
     """check-config: explain what a service account can and cannot write to."""
     if settings_drive_on and credentials is not None:
+        from snapshot_processor.cloud import drive
+
         note = drive.service_account_note(credentials)
         if note:
             print(note, file=sys.stdout)
