@@ -348,7 +348,7 @@ class App:
             settings.device_name,
             recent=self.recent,
         )
-        return Relay("events", self.stop_event, builder, on_fatal=self.daemon.on_fatal)
+        return Relay("events", self.stop_event, builder, fold=True, on_fatal=self.daemon.on_fatal)
 
     def publisher(self) -> Stage:
         """The publisher: outbox, confirms, heartbeats, acks back up the chain."""

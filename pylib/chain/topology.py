@@ -7,7 +7,8 @@ stage's name under the chain's), every outbox, the start order (from the sink up
 each inbox is bound before anything sends to it), the stop order (sources first, then
 from the head down, so what a stage hands on is taken by one still running) and each
 stage's share of the shutdown time (by its ``stop_weight``). A stage that is switched
-off is simply not in the list.
+off is simply not in the list. A :class:`~pylib.chain.stage.Relay` with a stage after it
+is folded into that stage (it runs on its thread; see ``Relay``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from pylib.chain.sockets import inproc
-from pylib.chain.stage import Stage
+from pylib.chain.stage import Relay, Stage
 from pylib.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,24 @@ class Chain:
         if not stages:
             raise ValueError("a chain needs at least one stage")
         self.name = name
-        self.tiers: list[list[Stage]] = [
+        tiers: list[list[Stage]] = [
             [entry] if isinstance(entry, Stage) else list(entry) for entry in stages
         ]
+        # A relay alone in its tier, with a stage after it, runs on that stage's thread.
+        self.folded: list[Stage] = []
+        self.tiers = []
+        for tier, following in zip(tiers, [*tiers[1:], None], strict=True):
+            relay = tier[0]
+            if (
+                len(tier) == 1
+                and following is not None
+                and isinstance(relay, Relay)
+                and relay.foldable
+            ):
+                following[0].intake.append(relay)
+                self.folded.append(relay)
+                continue
+            self.tiers.append(tier)
         self.shutdown_timeout = shutdown_timeout
         self.sources: list[Worker] = []
         for tier, following in zip(self.tiers, [*self.tiers[1:], None], strict=True):
@@ -64,8 +80,8 @@ class Chain:
         return inproc(f"{self.name}/{stage}")
 
     def stage(self, name: str) -> Stage:
-        """The stage called ``name``."""
-        for stage in self.stages:
+        """The stage called ``name`` (a folded relay too: it is not a thread of its own)."""
+        for stage in [*self.stages, *self.folded]:
             if stage.name == name:
                 return stage
         raise KeyError(name)
