@@ -35,7 +35,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe, explain
-from pylib.chain.settle import PartCounter, Settlement, ack_token
+from pylib.chain.settle import (
+    PartCounter,
+    Settlement,
+    ack_token,
+    stop_taking_acks_directly,
+    take_acks_directly,
+)
 from pylib.chain.sockets import Sender, inproc
 from pylib.chain.stage import Stage
 from pylib.envelope import Envelope
@@ -139,6 +145,9 @@ class AmqpListener(Worker):
 
     def on_thread_open(self) -> None:
         self._sender = Sender(self.forward_to)
+        # Acks from this process come by a direct call (they only wake pika's loop);
+        # the inbox stays for any that come as messages.
+        take_acks_directly(self.ack_inbox, self.ack_from_chain)
         self._acks = _AckInbox(self)
         self._acks.start()
 
@@ -148,6 +157,7 @@ class AmqpListener(Worker):
         self._drop_connection()
 
     def on_thread_close(self) -> None:
+        stop_taking_acks_directly(self.ack_inbox)
         if self._acks is not None:
             self._acks.stop_and_join(5.0)
             self._acks = None

@@ -13,9 +13,12 @@ import pytest
 from pylib.chain.settle import (
     DONE_KIND,
     PartCounter,
+    Replies,
     Settlement,
     ack_token,
     settle_failed,
+    stop_taking_acks_directly,
+    take_acks_directly,
 )
 from pylib.chain.sockets import Sender
 from pylib.chain.stage import Relay, Stage
@@ -409,3 +412,68 @@ def test_prefetch_lets_every_camera_be_in_flight(
     }
     settings = config.load(env={"SECRETS_DIR": str(tmp_path), **env, **cameras})
     assert settings.prefetch == expected
+
+
+def test_an_owner_in_this_process_takes_its_acks_by_a_direct_call(ends: Wire) -> None:
+    taken: list[tuple[dict[str, Any], str]] = []
+    address = "inproc://direct-owner"
+    replies = Replies()
+    take_acks_directly(address, lambda body: taken.append((body, threading.current_thread().name)))
+    try:
+        settlement = Settlement(ack_token(address, tag=7)).split(2)
+        assert replies.send(settlement)
+        assert replies.send(settlement, requeue=True)
+    finally:
+        stop_taking_acks_directly(address)
+        replies.close()
+    assert [body["tag"] for body, _ in taken] == [7, 7]
+    assert [body["parts"] for body, _ in taken] == [2, 2]
+    assert [body["requeue"] for body, _ in taken] == [False, True]
+    assert {name for _, name in taken} == {threading.current_thread().name}
+    # Once it stops taking them so, acks go to its inbox as messages again.
+    replies = Replies()
+    try:
+        assert replies.send(Settlement(ack_token(ends.outbox, tag=8)))
+        [message] = ends.receive(1)
+    finally:
+        replies.close()
+    assert message.body["tag"] == 8
+
+
+def test_a_folded_relay_runs_on_the_next_stage_and_settles_what_it_fails_on(
+    ends: Wire,
+) -> None:
+    stop = threading.Event()
+    threads: set[str] = set()
+
+    def build(envelope: Envelope) -> Envelope:
+        threads.add(threading.current_thread().name)
+        if envelope.body.get("bad"):
+            raise ValueError("a message it cannot build")
+        return Envelope("built", {**envelope.body, "built": True})
+
+    head = Relay("head", stop, lambda e: e)
+    middle = Relay("middle", stop, build, fold=True)
+    sink = Relay("sink", stop, lambda e: e)
+    chain = Chain("fold", [head, middle, sink], shutdown_timeout=5.0)
+    assert [stage.name for stage in chain.stages] == ["head", "sink"]
+    assert chain.stage("middle") is middle
+    assert head.outbox == sink.inbox
+    sink.outbox = ends.outbox
+    chain.start()
+    try:
+        sender = Sender(head.inbox, linger=0)
+        try:
+            sender.send(Envelope("n", {"seq": 1}))
+            sender.send(
+                Envelope("n", {"seq": 2, "bad": True, "ack": ack_token("inproc://x", tag=2)})
+            )
+            sender.send(Envelope("n", {"seq": 3}))
+        finally:
+            sender.close()
+        received = ends.receive(3)
+    finally:
+        assert chain.stop_and_join(10)
+    assert [e.kind for e in received] == ["built", DONE_KIND, "built"]
+    assert received[1].body["ack"]["tag"] == 2
+    assert threads == {"sink"}

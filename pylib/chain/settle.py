@@ -17,7 +17,8 @@ mark goes on in its place, so no delivery ever waits for a part that will not co
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,8 +126,28 @@ def publish_envelope(
     return Envelope(PUBLISH_KIND, body) if msg_id is None else Envelope(PUBLISH_KIND, body, msg_id)
 
 
+# Owners in this process that take acks by a direct call (on the sender's thread) rather
+# than through their inbox: one thread hand-off and one message less per settled work.
+_DIRECT: dict[str, Callable[[dict[str, Any]], None]] = {}
+_DIRECT_LOCK = threading.Lock()
+
+
+def take_acks_directly(address: str, callback: Callable[[dict[str, Any]], None]) -> None:
+    """Acks for ``address`` are handed to ``callback`` (thread-safe, quick, never raising
+    for a bad ack) on the thread that settles the work."""
+    with _DIRECT_LOCK:
+        _DIRECT[address] = callback
+
+
+def stop_taking_acks_directly(address: str) -> None:
+    """Acks for ``address`` go through its inbox again."""
+    with _DIRECT_LOCK:
+        _DIRECT.pop(address, None)
+
+
 class Replies:
-    """Sends acks to their owners' inboxes: one socket per address, made on first use.
+    """Sends acks to their owners: by a direct call to an owner that takes them so
+    (:func:`take_acks_directly`), else to its inbox, one socket per address made on first use.
 
     Acks never block: an owner that is gone gets its work again another way (the broker
     redelivers, the upload dir is scanned at start). Use from one thread; :meth:`close`
@@ -150,6 +171,16 @@ class Replies:
         address = self.address(ack)
         if address is None:
             return False
+        with _DIRECT_LOCK:
+            direct = _DIRECT.get(address)
+        if direct is not None:
+            try:
+                direct(ack_part(ack, settlement.parts, requeue=requeue).body)
+            except Exception:
+                ACKS_UNDELIVERED.labels("owner_failed").inc()
+                log.exception("the owner of %s failed to take an ack", address)
+                return False
+            return True
         sender = self._senders.get(address)
         if sender is None:
             if len(self._senders) >= MAX_REPLY_ADDRESSES:
