@@ -40,7 +40,7 @@ RUN groupadd --system --gid 1000 snapshot \
 
 WORKDIR /app
 COPY --from=build /app /app
-COPY config ./config
+COPY config/snapshot-processor.example.toml ./config/
 COPY docker/entrypoint.sh /usr/local/bin/snapshot-processor-entrypoint
 
 # SNAPSHOT_PROCESSOR_IN_CONTAINER: check-config and the daemon warn about settings that

@@ -74,7 +74,9 @@ def _writable_by_the_runner(path: Path) -> None:
 
 def test_a_data_root_the_user_cannot_write_stops_with_the_fix(world: Path) -> None:
     if IS_ROOT and shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: no way to drop to uid 1000")
+        pytest.skip(
+            "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
+        )
     data = world / "data"
     _not_writable_by_the_runner(data)
     done = _run(world, data, "run", SNAPSHOTS_HOST_DIR="./data")
@@ -89,7 +91,9 @@ def test_a_data_root_the_user_cannot_write_stops_with_the_fix(world: Path) -> No
 
 def test_a_missing_data_root_under_a_folder_the_user_cannot_write(world: Path) -> None:
     if IS_ROOT and shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: no way to drop to uid 1000")
+        pytest.skip(
+            "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
+        )
     parent = world / "mnt"
     _not_writable_by_the_runner(parent)
     done = _run(world, parent / "ftp", "run")
@@ -127,13 +131,18 @@ def test_a_read_only_mount_stops_even_root(world: Path) -> None:
 
 def test_a_writable_data_root_execs_snapshot_processor_with_the_arguments(world: Path) -> None:
     if IS_ROOT and shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: no way to drop to uid 1000")
+        pytest.skip(
+            "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
+        )
     data = world / "data"
     _writable_by_the_runner(data)
     done = _run(world, data, "--config", "/app/config/x.toml", "check-config")
     assert done.returncode == 0, done.stderr
     uid = IMAGE_UID if IS_ROOT else os.geteuid()
-    assert done.stdout == f"snapshot-processor as uid {uid}: --config /app/config/x.toml check-config\n"
+    assert (
+        done.stdout
+        == f"snapshot-processor as uid {uid}: --config /app/config/x.toml check-config\n"
+    )
     assert os.listdir(data) == []  # the write test cleaned up after itself
 
 
