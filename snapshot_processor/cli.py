@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             log.error("configuration: %s", problem)
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.syslog_address)
-    for warning in config.container_warnings(settings):
-        log.warning("%s", warning)
+    for notice in config.container_warnings(settings):
+        log.warning("%s", notice)
     lock = dataroot.DataRootLock(settings.snapshots_root_dir)
     try:
         warning = dataroot.prepare(settings.snapshots_root_dir)
