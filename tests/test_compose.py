@@ -203,3 +203,29 @@ def test_container_warnings() -> None:
     loopback = config.load(env={}, config_file=Path("/dev/null"))
     (warning,) = config.container_warnings(loopback, inside)
     assert warning.startswith("HTTP_BIND is 127.0.0.1 in a container")
+
+
+def test_the_daemon_logs_the_warning_at_start(tmp_path: Path) -> None:
+    # A data root under a file: the daemon ends at once (exit 3), after its warnings.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    environment = {
+        config.CONTAINER_ENV: "1",
+        "FTP_PASS": "camera-password",
+        "HTTP_BIND": "0.0.0.0",
+        "HTTP_TOKEN": "t" * 24,
+        "SNAPSHOTS_ROOT_DIR": str(blocker / "data"),
+        "SECRETS_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", "run"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **environment},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "WARNING" in output
+    assert "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set" in output
