@@ -5,8 +5,17 @@ RUN := $(POETRY) run
 PIDFILE ?= data/snapshot-processor.pid
 LOGFILE ?= data/snapshot-processor.log
 RUND_CHECK_SECONDS ?= 2
+# `make setup`: where docker-compose.yml, .env, data/ and secrets/ go; FORCE=1 rewrites
+# the two files (keeping .env's values); FTP_MASQUERADE_ADDRESS overrides the LAN address found.
+SETUP_DIR ?= .
+FORCE ?=
+FTP_MASQUERADE_ADDRESS ?=
+IMAGE ?= snapshot-processor:latest
+EXTRAS ?=
+# Compose v2 (a docker plugin) where there is one, else Debian's docker-compose 1.29.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: install run rund stop test test-unit lint check-config bench
+.PHONY: install run rund stop test test-unit lint check-config bench setup build up down demo
 
 install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
 	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
@@ -47,6 +56,24 @@ test-unit:  ## only the tests that need no broker
 
 bench:  ## the daemon against the raw and durable floors; report in data/bench/ (needs RabbitMQ)
 	$(RUN) python -m tools.bench --out data/bench
+
+setup:  ## docker-compose.yml and .env (generated passwords, mode 0600) from the template; data/ for uid 1000
+	python3 -m tools.compose_setup --dir $(SETUP_DIR) $(if $(filter 1 yes true,$(FORCE)),--force) \
+		$(if $(FTP_MASQUERADE_ADDRESS),--masquerade $(FTP_MASQUERADE_ADDRESS))
+
+build:  ## the image, $(IMAGE) (EXTRAS=local adds the local detector)
+	docker build -t $(IMAGE) $(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) .
+
+up:  ## start RabbitMQ and the daemon in the background (docker compose), show their state
+	@test -f docker-compose.yml || { echo "no docker-compose.yml: run make setup first" >&2; exit 2; }
+	$(COMPOSE) up -d
+	$(COMPOSE) ps
+
+down:  ## stop and remove the containers (RabbitMQ's volume and data/ stay)
+	$(COMPOSE) down
+
+demo:  ## the whole chain in under a minute: simulated cameras, the daemon, events (needs RabbitMQ)
+	$(RUN) python -m tools.demo $(DEMO_ARGS)
 
 lint:  ## ruff and mypy, as configured in pyproject.toml
 	$(RUN) ruff check .

@@ -85,6 +85,8 @@ def check_config(args: argparse.Namespace) -> int:
         f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
+    for warning in config.container_warnings(settings):
+        print(f"warning: {warning}")
     drive.service_account_note(settings.drive_on, settings.google_drive_credentials)
     return 0
 
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             log.error("configuration: %s", problem)
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.syslog_address)
+    for notice in config.container_warnings(settings):
+        log.warning("%s", notice)
     lock = dataroot.DataRootLock(settings.snapshots_root_dir)
     try:
         warning = dataroot.prepare(settings.snapshots_root_dir)

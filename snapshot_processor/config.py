@@ -16,6 +16,10 @@ from pylib.secrets import DOCKER_SECRETS_DIR, SecretResolver
 from pylib.settings import ConfigError, load_settings, read_config_file, secret
 
 CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
+# Set by the Dockerfile. Not /.dockerenv: marker files differ between engines (Podman,
+# Kubernetes) and exist wherever a build or CI job runs in a container, while this names
+# the image whose ports are published through NAT.
+CONTAINER_ENV = "SNAPSHOT_PROCESSOR_IN_CONTAINER"
 DEFAULT_CONFIG_FILE = Path("config/snapshot-processor.toml")
 # The original read n = 1..8; more are allowed for larger homes.
 MAX_DEVICES = 64
@@ -412,6 +416,29 @@ def _resolver(values: Mapping[str, Any]) -> SecretResolver:
     if host and token and vault:
         store = OnePasswordSource(str(host), str(token), str(vault))
     return SecretResolver({}, secrets_dir, store, store_label=f"1Password vault {vault!r}")
+
+
+def container_warnings(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
+    """Valid settings that will not work as meant inside the container image (empty
+    outside it): check-config prints them and the daemon logs them at start."""
+    env = os.environ if env is None else env
+    if env.get(CONTAINER_ENV, "") in ("", "0"):
+        return []
+    warnings = []
+    if settings.ftp_on and not settings.ftp_masquerade_address:
+        warnings.append(
+            "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set: "
+            "passive replies carry the container's own address, which cameras cannot reach "
+            "through Docker's NAT; set it to the host's LAN address (make setup writes it "
+            "into .env)"
+        )
+    if settings.http_port and _is_loopback(settings.http_bind):
+        warnings.append(
+            f"HTTP_BIND is {settings.http_bind} in a container: a published HTTP port reaches "
+            "nothing (the healthcheck still works); set HTTP_BIND=0.0.0.0 and HTTP_TOKEN, as "
+            "docker-compose.yml does"
+        )
+    return warnings
 
 
 def config_file_path(env: Mapping[str, str], explicit: Path | None = None) -> Path | None:
