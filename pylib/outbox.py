@@ -36,7 +36,7 @@ from types import TracebackType
 
 from prometheus_client import Counter, Gauge
 
-from pylib.sqlite_file import is_damaged, move_aside
+from pylib.sqlite_file import is_damaged, move_aside, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -425,16 +425,9 @@ class Outbox:
     @contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
         """One transaction: committed (one sync to disk) at the end, rolled back on any error."""
-        conn = self._connection()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._connection()) as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _error(f"{doing} outbox {self.path}", exc) from exc
 

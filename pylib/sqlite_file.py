@@ -8,6 +8,8 @@ import itertools
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -73,3 +75,18 @@ def move_aside(path: Path) -> Path:
         if source.exists():
             source.rename(aside.with_name(aside.name + extra))
     return aside
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``conn`` (opened with ``isolation_level=None``): taken at
+    once (``BEGIN IMMEDIATE``), committed at the end (one sync at ``synchronous=FULL``),
+    rolled back on any error, which is raised again for the caller to name."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from prometheus_client import Counter, Gauge
 
 from pylib.destination import UploadItem
-from pylib.sqlite_file import connect_durable, is_damaged, move_aside
+from pylib.sqlite_file import connect_durable, is_damaged, move_aside, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -333,16 +333,9 @@ class UploadQueue:
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
         """One transaction, committed (one sync) at the end, rolled back on any error."""
         with self._lock:
-            conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(self._connection()) as conn:
                     yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise self._failed(doing, exc) from None
 

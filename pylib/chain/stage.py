@@ -60,6 +60,20 @@ MESSAGES_HANDLED = Counter("chain_messages_total", "Messages a stage handled", [
 BATCH = 64
 
 
+def failed(stage: str, envelope: Envelope, exc: Exception) -> None:
+    """Log and count a message ``stage`` failed on (a traceback unless it is bad data)."""
+    MESSAGES_REJECTED.labels(stage, type(exc).__name__).inc()
+    log.error(
+        "%s: failed on %s %s: %s: %s",
+        stage,
+        envelope.kind,
+        envelope.id,
+        type(exc).__name__,
+        exc,
+        exc_info=not isinstance(exc, ValueError | KeyError | TypeError),
+    )
+
+
 class Timer:
     """A callback due on a stage's thread at a time; :meth:`cancel` drops it."""
 
@@ -321,16 +335,7 @@ class Stage(Worker):
 
     def reject(self, envelope: Envelope, exc: Exception) -> None:
         """A message this stage failed on: logged, counted, and settled by a done mark."""
-        MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
-        log.error(
-            "%s: failed on %s %s: %s: %s",
-            self.name,
-            envelope.kind,
-            envelope.id,
-            type(exc).__name__,
-            exc,
-            exc_info=not isinstance(exc, ValueError | KeyError | TypeError),
-        )
+        failed(self.name, envelope, exc)
         done = settle_failed(envelope)
         if done is not None and self._sender is not None:
             self._sender.send(done)
@@ -426,16 +431,7 @@ class Relay(Stage):
             try:
                 result = self.handler(envelope)
             except Exception as exc:
-                MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
-                log.error(
-                    "%s: failed on %s %s: %s: %s",
-                    self.name,
-                    envelope.kind,
-                    envelope.id,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=not isinstance(exc, ValueError | KeyError | TypeError),
-                )
+                failed(self.name, envelope, exc)
                 done = settle_failed(envelope)
                 if done is not None:
                     out.append(done)

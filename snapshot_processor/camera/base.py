@@ -293,6 +293,12 @@ class CameraClient:
 
     def _interpret_status(self, reply: Reply, request: Request) -> None:
         """Raise the matching CameraError unless the reply is the vendor's success."""
+        self._check_http_status(reply, request)
+        self._check_status_body(reply, request)
+
+    def _check_http_status(self, reply: Reply, request: Request) -> None:
+        """Raise :class:`CameraAuthError` for 401/403 and :class:`CameraHTTPError` for any
+        other status outside 2xx."""
         status = reply.status
         if status in (401, 403):
             raise CameraAuthError(
@@ -306,7 +312,6 @@ class CameraClient:
                 status=status,
                 camera=self.key,
             )
-        self._check_status_body(reply, request)
 
     def _snapshot(self) -> bytes:
         with self._lock:
@@ -470,19 +475,7 @@ class CameraClient:
         The status is checked first and for every body: a camera in trouble may answer 500
         or 404 with a whole JPEG (its last frame, a placeholder), which is no snapshot.
         """
-        status = reply.status
-        if status in (401, 403):
-            raise CameraAuthError(
-                f"{self.key}: HTTP {status} {_phrase(status)}: user name or password refused "
-                f"(GET {request.shown})",
-                camera=self.key,
-            )
-        if not 200 <= status < 300:
-            raise CameraHTTPError(
-                f"{self.key}: HTTP {status} {_phrase(status)} (GET {request.shown})",
-                status=status,
-                camera=self.key,
-            )
+        self._check_http_status(reply, request)
         self._check_vendor_body(reply, request)
         problem = jpeg_problem(reply.body, reply.content_type)
         if problem is not None:
