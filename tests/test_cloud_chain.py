@@ -4,10 +4,7 @@ against the loopback Drive fake and moto's S3 server, through the real broker.""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,8 @@ from moto.server import ThreadedMotoServer
 
 from pylib.upload_queue import UploadQueue
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.daemon import spawn_daemon
 from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes.drive import FakeDrive
 from tests.support.wait import wait_for_text, wait_until
@@ -32,14 +31,7 @@ TOP = Path(__file__).resolve().parent.parent
 
 
 def camera_env(port: int) -> dict[str, str]:
-    return {
-        "OUTPUT_1_LOCATION": "Front Door",
-        "OUTPUT_1_TYPE": "camera",
-        "OUTPUT_1_VENDOR": "foscam",
-        "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
-        "OUTPUT_1_USER": "admin",
-        "OUTPUT_1_PASSWORD": PASSWORD,
-    }
+    return daemon_camera_env(port, PASSWORD)
 
 
 @pytest.fixture
@@ -129,16 +121,6 @@ def test_an_outage_queues_uploads_that_a_restart_delivers(
         peer.close()
 
 
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "snapshot_processor", "run"],
-            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(TOP), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def test_sigkill_loses_no_queued_upload(
     tmp_path: Path, camera: CameraSimulator, drive: FakeDrive
 ) -> None:
@@ -156,7 +138,7 @@ def test_sigkill_loses_no_queued_upload(
     peer = Peer(exchange)
     first = second = None
     try:
-        first = _spawn(env, tmp_path / "first.log")
+        first = spawn_daemon(env, tmp_path / "first.log")
         assert wait_for_text(tmp_path / "first.log", "consuming")
         assert wait_until(lambda: len(drive.files(folders=True)) == 1)
         drive.fail(500, "backendError", times=10_000, when=lambda r: r.method == "POST")
@@ -168,7 +150,7 @@ def test_sigkill_loses_no_queued_upload(
         first.wait(10)
         assert not names & set(uploaded(drive))
         drive.recover()
-        second = _spawn(env, tmp_path / "second.log")
+        second = spawn_daemon(env, tmp_path / "second.log")
         assert wait_until(lambda: names <= set(uploaded(drive)), 30), (
             tmp_path / "second.log"
         ).read_text()

@@ -19,6 +19,7 @@ from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env as daemon_camera_env
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 from tests.test_pipeline import PASSWORD, make_settings
@@ -151,14 +152,7 @@ def test_a_bind_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
 
 # --- the daemon's routes, against the real broker -----------------------------------------
 def camera_env(port: int) -> dict[str, str]:
-    return {
-        "OUTPUT_1_LOCATION": "Front Door",
-        "OUTPUT_1_TYPE": "camera",
-        "OUTPUT_1_VENDOR": "foscam",
-        "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
-        "OUTPUT_1_USER": "admin",
-        "OUTPUT_1_PASSWORD": PASSWORD,
-    }
+    return daemon_camera_env(port, PASSWORD)
 
 
 def json_of(answer: tuple[int, dict[str, str], bytes]) -> Any:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +12,11 @@ import pytest
 
 from pylib.outbox import Outbox
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.daemon import spawn_daemon
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_for_text
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
@@ -35,12 +35,7 @@ def proxy() -> Iterator[TcpProxy]:
 
 
 def camera_env(port: int) -> dict[str, str]:
-    return {
-        **foscam_env(),
-        "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
-        "OUTPUT_1_USER": "admin",
-        "OUTPUT_1_PASSWORD": PASSWORD,
-    }
+    return daemon_camera_env(port, PASSWORD)
 
 
 def labels(images: list[dict[str, object]]) -> list[str]:
@@ -89,15 +84,7 @@ def _spawn(
     tmp_path: Path, env: dict[str, str], log_name: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = tmp_path / log_name
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "snapshot_processor", "run"],
-            env={"PATH": os.environ["PATH"], **env},
-            cwd=tmp_path,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, log_path
+    return spawn_daemon(env, log_path), log_path
 
 
 def _wait_for_text(path: Path, text: str, timeout: float = 30) -> None:

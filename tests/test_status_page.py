@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env
 from tests.test_http import TOKEN, free_port
 from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
@@ -26,17 +27,10 @@ pytestmark = [
 
 
 def cameras_env(port: int) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for n, location in ((1, "Front Door"), (2, "Back Yard")):
-        env |= {
-            f"OUTPUT_{n}_LOCATION": location,
-            f"OUTPUT_{n}_TYPE": "camera",
-            f"OUTPUT_{n}_VENDOR": "foscam",
-            f"OUTPUT_{n}_ADDRESS": f"127.0.0.1:{port}",
-            f"OUTPUT_{n}_USER": "admin",
-            f"OUTPUT_{n}_PASSWORD": PASSWORD,
-        }
-    return env
+    return {
+        **camera_env(port, PASSWORD, n=1, location="Front Door"),
+        **camera_env(port, PASSWORD, n=2, location="Back Yard"),
+    }
 
 
 def test_log_in_see_every_camera_take_a_snapshot_and_see_its_event(tmp_path: Path) -> None:
