@@ -18,7 +18,15 @@ from pylib.sentry import close_sentry, init_sentry
 from pylib.settings import ConfigError
 from snapshot_processor import config
 from snapshot_processor.app import App
-from snapshot_processor.commands import drive, events, outbox, simulate, snap, trigger
+from snapshot_processor.commands import (
+    drive,
+    events,
+    outbox,
+    simulate,
+    snap,
+    trigger,
+    uploads,
+)
 from snapshot_processor.commands.common import EXIT_BUSY, EXIT_CONFIG, CommandError
 
 log = logging.getLogger("snapshot_processor")
@@ -158,6 +166,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
     Command("events", events.HELP, events.run, events.add_arguments),
     Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
+    Command("uploads", uploads.HELP, uploads.run, uploads.add_arguments),
     Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
     Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
     Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),

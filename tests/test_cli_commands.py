@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from PIL import Image
 
 from pylib import dataroot
+from pylib.destination import UploadItem
 from pylib.outbox import Outbox
+from pylib.upload_queue import UploadQueue
 from snapshot_processor import cli, config, event
 from snapshot_processor.commands.common import (
     EXIT_BROKER,
@@ -27,6 +30,7 @@ from snapshot_processor.commands.common import (
     EXIT_NO_EVENT,
 )
 from tests.support.broker import BROKER, delete_queue, running_app, unique_exchange
+from tests.support.daemon import camera_env
 from tests.support.wait import wait_for_text
 from tools.camera_simulator import CameraSimulator
 
@@ -64,14 +68,7 @@ def write_config(tmp_path: Path, **values: str) -> Path:
 
 
 def camera_config(port: int, password: str = PASSWORD) -> dict[str, str]:
-    return {
-        "OUTPUT_1_LOCATION": "Front Door",
-        "OUTPUT_1_TYPE": "camera",
-        "OUTPUT_1_VENDOR": "foscam",
-        "OUTPUT_1_ADDRESS": f"127.0.0.1:{port}",
-        "OUTPUT_1_USER": "admin",
-        "OUTPUT_1_PASSWORD": password,
-    }
+    return camera_env(port, password)
 
 
 def cli_main(settings_file: Path, *argv: str) -> int:
@@ -115,7 +112,7 @@ def test_help_lists_every_command_and_each_has_help(capsys: pytest.CaptureFixtur
     assert done.value.code == 0
     listing = capsys.readouterr().out
     names = [command.name for command in cli.COMMANDS]
-    assert {"run", "check-config", "snap", "trigger", "events", "outbox"} <= set(names)
+    assert {"run", "check-config", "snap", "trigger", "events", "outbox", "uploads"} <= set(names)
     assert "simulate-cameras" in names
     for name in names:
         assert name in listing
@@ -382,3 +379,41 @@ def test_trigger_with_no_daemon_says_so(
     finally:
         delete_queue(f"{exchange}.snapshot.garage.triggers")  # none was made; harmless
     assert "no daemon is running on this exchange" in one_line(capsys.readouterr().err)
+
+
+def test_uploads_shows_the_queue_and_retries_parked_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = write_config(tmp_path)
+    assert cli_main(settings, "uploads") == 0
+    assert "none yet" in capsys.readouterr().out
+    path = tmp_path / "data" / "uploads.sqlite3"
+    queue = UploadQueue(path, max_attempts=2)
+    try:
+        items = [
+            UploadItem(tmp_path / f"cam_{n}.jpg", f"cam_{n}.jpg", "Front Door camera", 1e9 + n)
+            for n in range(3)
+        ]
+        queue.add([("drive", item) for item in items] + [("s3", items[0])])
+        [first, *_] = queue.due(time.time(), 10)
+        assert queue.park(first.id, "HTTP 400 badRequest")
+    finally:
+        queue.close()
+    assert cli_main(settings, "uploads", "show") == 0
+    out = capsys.readouterr().out
+    assert "3 upload(s) waiting" in out
+    assert "drive: 3 (parked included)" in out
+    assert "s3: 1 (parked included)" in out
+    assert "parked (refused or out of tries): 1" in out
+    assert "cam_0.jpg for drive" in out
+    assert "HTTP 400 badRequest" in out
+    assert cli_main(settings, "uploads", "retry", "--destination", "s3") == 0
+    assert "0 parked upload(s) put back" in capsys.readouterr().out
+    assert cli_main(settings, "uploads", "retry") == 0
+    assert "1 parked upload(s) put back" in capsys.readouterr().out
+    queue = UploadQueue(path, max_attempts=2)
+    try:
+        assert queue.parked() == 0
+        assert queue.depth() == 4
+    finally:
+        queue.close()
