@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from pylib.worker import Worker
 log = logging.getLogger(__name__)
 
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["route", "status"])
+HTTP_CONNECTION_ERRORS = Counter(
+    "http_connection_errors_total", "Connections that ended in an error", ["kind"]
+)
 
 SESSION_COOKIE = "sp_session"
 SESSION_SECONDS = 7 * 24 * 3600
@@ -171,6 +175,16 @@ def same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def loopback_host(request: Request) -> bool:
+    """Whether the request names this machine by a loopback name (``Host``)."""
+    host = request.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", 1)[0]
+    return name.lower() in LOOPBACK_NAMES
+
+
 class Router:
     """Routes in the order they were added; the first full match answers."""
 
@@ -205,6 +219,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: HttpServer) -> None:
         self.app = app
         self.slots = threading.BoundedSemaphore(app.max_connections)
+        # Connections being served, so a stop can end them (a browser keeps one open).
+        self.open_connections: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, _make_handler(app))
@@ -221,10 +238,28 @@ class _Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open_connections.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self.open_lock:
+                self.open_connections.discard(request)
             self.slots.release()
+
+    def end_connections(self) -> None:
+        """Cut every connection being served: a stop does not wait for idle keep-alives."""
+        with self.open_lock:
+            for connection in self.open_connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up or sent garbage: one line, not a traceback on stderr.
+        kind, exc = sys.exc_info()[:2]
+        log.debug("%s: connection from %s ended: %s", self.app.name, client_address[0], kind)
+        HTTP_CONNECTION_ERRORS.labels(kind.__name__ if kind else "unknown").inc()
+        del exc
 
 
 def _make_handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
@@ -238,8 +273,16 @@ def _make_handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
             pass  # every answer is counted; access lines would only repeat the metrics
 
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                self._answer(Response.text("bad Content-Length\n", 400), "-")
+                return
             if length > MAX_BODY_BYTES:
+                self.close_connection = True
                 self._answer(Response.text("request body too large\n", 413), "-")
                 return
             body = self.rfile.read(length) if length else b""
@@ -335,6 +378,7 @@ class HttpServer(Worker):
 
     def on_thread_close(self) -> None:
         if self._server is not None:
+            self._server.end_connections()
             self._server.server_close()  # joins the request threads
             self._server = None
         if self._on_close is not None:
@@ -347,6 +391,15 @@ class HttpServer(Worker):
             status = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
             return Response.text(f"{status.phrase}\n", status), "-"
         request = Request(**{**request.__dict__, "params": params})
+        # Open routes (no token configured) are for this machine only: a page elsewhere
+        # may neither call them from a browser here (Origin) nor reach them by renaming
+        # us (Host, DNS rebinding).
+        if (
+            route.protected
+            and not self.auth.required
+            and not (loopback_host(request) and (route.method == "GET" or same_origin(request)))
+        ):
+            return Response.text("refused: not from this machine's own pages\n", 403), route.name
         if route.protected:
             how = self.auth.how(request)
             if how is None:

@@ -284,3 +284,53 @@ def test_a_slow_client_cannot_hold_every_connection(server: HttpServer) -> None:
         for sock in idle:
             sock.close()
     assert wait_until(lambda: call(port, "GET", "/open")[0] == 200, 20)
+
+
+def test_a_bad_content_length_is_refused_before_anything_is_read(server: HttpServer) -> None:
+    port = server.bound_port
+    for length in ("-1", "lots"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"POST /change HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 400"), answer
+
+
+def test_without_a_token_only_this_machines_own_pages_get_in() -> None:
+    router = Router()
+    router.add("GET", r"/secret", lambda r: Response.text("secret\n"), protected=True)
+    router.add("POST", r"/change", lambda r: Response.text("changed\n"), protected=True)
+    worker = HttpServer(
+        "http", threading.Event(), address="127.0.0.1", port=0, router=router, auth=TokenAuth(None)
+    )
+    worker.start()
+    try:
+        port = worker.bound_port
+        here = f"127.0.0.1:{port}"
+        assert call(port, "GET", "/secret")[0] == 200
+        assert call(port, "GET", "/secret", headers={"Host": f"localhost:{port}"})[0] == 200
+        # A name that resolves here only by a rebinding trick is not this machine's.
+        assert call(port, "GET", "/secret", headers={"Host": f"evil.example:{port}"})[0] == 403
+        assert call(port, "POST", "/change", headers={"Origin": f"http://{here}"})[0] == 200
+        # Another site's page posting from a browser on this machine is refused.
+        assert call(port, "POST", "/change", headers={"Origin": "http://evil.example"})[0] == 403
+    finally:
+        assert worker.stop_and_join(5)
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_up_the_stop() -> None:
+    router = Router()
+    router.add("GET", r"/open", lambda r: Response.text("open\n"), protected=False)
+    worker = HttpServer(
+        "http", threading.Event(), address="127.0.0.1", port=0, router=router, auth=TokenAuth(None)
+    )
+    worker.start()
+    connection = http.client.HTTPConnection("127.0.0.1", worker.bound_port, timeout=10)
+    try:
+        connection.request("GET", "/open")
+        assert connection.getresponse().read() == b"open\n"
+        # The connection stays open, as a browser's does; the stop must not wait for it.
+        assert worker.stop_and_join(5)
+    finally:
+        connection.close()
