@@ -445,7 +445,9 @@ class App:
         if not settings.http_port:
             return None
         token = settings.http_token.get_secret_value() if settings.http_token else None
-        requests = SnapshotRequests(snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras})
+        requests = SnapshotRequests(
+            snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras}, self.cameras
+        )
         ops = Ops(
             cameras=[Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras],
             health=self.report,
@@ -509,15 +511,22 @@ class SnapshotRequests:
     (which is the memory barrier ZeroMQ asks for when a socket changes threads).
     """
 
-    def __init__(self, inbox: str, labels: dict[str, str]) -> None:
+    def __init__(self, inbox: str, labels: dict[str, str], cameras: CameraRegistry) -> None:
         self.inbox = inbox
         self.labels = labels
+        self.cameras = cameras
         self._lock = threading.Lock()
         self._sender: Sender | None = None
         self._closed = False
 
     def take(self, camera_key: str) -> str:
         """Send a trigger for ``camera_key``; its first event id."""
+        if self.cameras.known_spec(camera_key) is None:
+            raise SnapshotRefusedError(
+                "the camera's address is not known yet: it has no OUTPUT_n_ADDRESS and "
+                "comes with its triggers, of which none has arrived since the start",
+                409,
+            )
         now = time.time()
         trigger = TriggerMessage(
             camera_key=camera_key,

@@ -170,8 +170,19 @@ class CameraRegistry:
         return self._closed
 
     def client(self, key: str, device_params: str | None) -> CameraClient:
-        """A client for the camera, reused while its spec stays the same."""
-        spec = self.spec(key, device_params)
+        """A client for the camera, reused while its spec stays the same. A camera whose
+        address comes only with its triggers, asked without one (a snapshot from the
+        HTTP API), is reached where the last trigger said."""
+        try:
+            spec = self.spec(key, device_params)
+        except CameraConfigError:
+            if device_params:
+                raise
+            with self._lock:
+                last = self._clients.get(key)
+            if last is None or last.closed:
+                raise
+            return last
         with self._lock:
             if self._closed:
                 raise CameraConnectionError(

@@ -64,7 +64,12 @@ class HealthReport:
 
 
 class SnapshotRefusedError(Exception):
-    """A snapshot asked for over HTTP that cannot be taken now (the chain is stopping)."""
+    """A snapshot asked for over HTTP that cannot be taken now: 503 while the daemon is
+    stopping or busy, 409 while the camera's address is not known."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         try:
             event_id = ops.take_snapshot(camera.key)
         except SnapshotRefusedError as exc:
-            return Response.text(f"{exc}\n", 503)
+            return Response.text(f"{exc}\n", exc.status)
         log.info("snapshot of %s asked for over HTTP: event %s", printable(camera.key), event_id)
         return Response.json({"event_id": event_id, "camera": camera.key}, 202)
 

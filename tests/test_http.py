@@ -22,7 +22,7 @@ from tests.support.broker import Peer, running_app, trigger_body, unique_exchang
 from tests.support.daemon import camera_env as daemon_camera_env
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
-from tests.test_pipeline import PASSWORD, make_settings
+from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 TOKEN = "a-token-of-at-least-16-chars"
@@ -334,3 +334,33 @@ def test_an_idle_keep_alive_connection_does_not_hold_up_the_stop() -> None:
         assert worker.stop_and_join(5)
     finally:
         connection.close()
+
+
+@pytest.mark.broker
+def test_a_snapshot_over_http_of_a_camera_whose_address_comes_with_triggers(
+    tmp_path: Path,
+) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    key = quote("Front Door camera", safe="")
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        # No OUTPUT_1_ADDRESS: the event processor's triggers say where the camera is.
+        settings = make_settings(tmp_path, exchange, **foscam_env(), HTTP_PORT=str(port))
+        peer = Peer(exchange)
+        try:
+            with running_app(settings):
+                status, _, body = call(port, "POST", f"/api/cameras/{key}/snapshot")
+                assert status == 409
+                assert b"address is not known yet" in body
+                peer.send_trigger(
+                    trigger_body(
+                        "Front Door camera",
+                        device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}",
+                    )
+                )
+                peer.wait_for_images(1)
+                answer = json_of(call(port, "POST", f"/api/cameras/{key}/snapshot"))
+                [_, second] = peer.wait_for_images(2)
+                assert second["event_id"] == answer["event_id"]
+        finally:
+            peer.close()
