@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from pylib.logs import printable
+from pylib.sqlite_file import is_damaged, move_aside
 from snapshot_processor.messages import SnapshotMessage
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,32 @@ class RecentEvents:
         self.keep = keep
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS events ("
-            " seq INTEGER PRIMARY KEY AUTOINCREMENT, camera TEXT NOT NULL, record TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS events_camera ON events (camera, seq)")
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            # Only a view for people: a damaged file is set aside, never a failed start.
+            if not is_damaged(exc):
+                raise
+            aside = move_aside(path)
+            log.warning("recent events: %s was damaged (%s); set aside as %s", path, exc, aside)
+            self._db = self._open()
         self._added = 0
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " camera TEXT NOT NULL, record TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS events_camera ON events (camera, seq)")
+            db.execute("SELECT COUNT(*) FROM events").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def add(self, record: EventRecord) -> None:
         """Keep one event; never raises (the page is not worth an event)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from pylib.envelope import Envelope, new_id
 from pylib.health import HealthPinger
 from pylib.http_server import HttpServer, TokenAuth
 from pylib.logs import printable
-from pylib.upload_queue import UploadQueue
+from pylib.upload_queue import UploadQueue, UploadQueueError
 from pylib.uploader import Uploader
 from pylib.worker import Worker
 from snapshot_processor import broker, event
@@ -290,7 +291,12 @@ class App:
             destinations[s3.name] = s3
         if not destinations:
             return []
-        queue = UploadQueue(settings.upload_queue_path, max_attempts=settings.upload_max_attempts)
+        try:
+            queue = UploadQueue(
+                settings.upload_queue_path, max_attempts=settings.upload_max_attempts
+            )
+        except (UploadQueueError, OSError) as exc:
+            raise StartError(f"the upload queue cannot be opened: {exc}") from None
         self.upload_queue = queue
 
         def close(timeout: float) -> bool:
@@ -430,7 +436,11 @@ class App:
 
     def init_recent(self) -> None:
         """The recent events the status page and the API show (closed after the chain)."""
-        recent = RecentEvents(self.settings.recent_events_path, keep=self.settings.recent_events)
+        path = self.settings.recent_events_path
+        try:
+            recent = RecentEvents(path, keep=self.settings.recent_events)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartError(f"recent events {path} cannot be opened: {exc}") from None
         self.recent = recent
 
         def close(timeout: float) -> bool:

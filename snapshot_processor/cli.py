@@ -134,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         app = App(settings)
-        daemon = app.build()
+        try:
+            daemon = app.build()
+        except StartError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_START
         daemon.install_signal_handlers()
         return daemon.run()
     finally:

@@ -190,3 +190,34 @@ def test_make_rund_twice_keeps_one_daemon_and_reports_the_second(tmp_path: Path)
         stop = subprocess.run([*make, "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0, stop.stderr
     assert wait_for_text(logfile, "stopped (exit code 0)", 20), logfile.read_text()
+
+
+def test_an_upload_queue_that_cannot_be_opened_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "uploads.sqlite3").mkdir(parents=True)  # a folder where the file belongs
+    code, output = _run_to_end(tmp_path, _env(root, S3_BUCKET="house-pictures"))
+    assert code == EXIT_START, output
+    [line] = _errors(output)
+    assert "the upload queue cannot be opened" in line
+    assert "uploads.sqlite3" in line
+    assert "Traceback" not in output
+
+
+def test_a_damaged_recent_events_file_is_set_aside_and_the_daemon_starts(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "recent-events.sqlite3").write_bytes(b"not a database at all" * 100)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshot_processor", "run"],
+        env=_env(root),
+        cwd=tmp_path,
+        stdout=(tmp_path / "out.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert wait_for_text(tmp_path / "out.log", "running", 30)
+        assert list(root.glob("recent-events.sqlite3.damaged-*"))
+        assert "was damaged" in (tmp_path / "out.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
