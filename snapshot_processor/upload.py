@@ -265,11 +265,11 @@ class UploadStage(Stage):
         except (EnvelopeError, KeyError, TypeError) as exc:
             log.error("upload: dropped a malformed ack: %s", exc)
             return
-        snapshot = self._inflight.pop(inflight, None)
+        self._inflight.pop(inflight, None)
         if body.get("requeue"):
-            # The outbox was full: nothing was stored, so try again in a while.
-            if snapshot is not None:
-                snapshot.unlink(missing_ok=True)
+            # Nothing was stored (the outbox was full), so try again in a while. The copy
+            # in the snapshots dir stays: the storage stage may have queued it for upload
+            # already, and retention removes it once it is old and not queued.
             self.call_later(self._requeue.next(), partial(self._take, inflight))
             return
         self._requeue.reset()

@@ -243,6 +243,12 @@ def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
         [jpeg("one"), jpeg("two")]
     )
     assert list(folder_path.iterdir()) == []
+    # The copy made for the upload that was handed back stays (it may be queued for the
+    # cloud already); the retaken upload made a copy of its own.
+    copies = list((settings.snapshots_root_dir / "snapshots").rglob("*.jpg"))
+    assert len(copies) > len(events)  # one per hand-back, however many there were
+    kept = {event["inputs"][0]["storage_path"] for event in events}
+    assert kept < {str(path) for path in copies}
 
 
 def _upload_app(tmp_path: Path, **env: str) -> tuple[Settings, Peer]:
