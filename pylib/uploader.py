@@ -35,6 +35,7 @@ from prometheus_client import Counter, Histogram
 from pylib.destination import Destination, UploadRefusedError, UploadRetryError
 from pylib.logs import printable
 from pylib.ratelimit import TroubleLog
+from pylib.redact import redact
 from pylib.retry import Backoff, RetryPolicy
 from pylib.upload_queue import QueuedUpload, UploadQueue, UploadQueueError
 from pylib.worker import RestartBudget, Worker
@@ -155,7 +156,8 @@ class Uploader(Worker):
                 lasted = trouble.lasted()
                 if lasted is not None and lasted >= self.trouble_after:
                     found.append(
-                        f"{trouble.what} failing for {_span(lasted)}: {printable(trouble.reason)}"
+                        f"{trouble.what} failing for {_span(lasted)}: "
+                        f"{printable(redact(trouble.reason or ''))}"
                     )
         if self._queue_trouble.reason is not None:
             found.append(f"upload queue cannot be used: {self._queue_trouble.reason}")
@@ -171,17 +173,21 @@ class Uploader(Worker):
         return found
 
     def status(self) -> UploadStatus:
-        """The queue and each destination at a glance, for health and the status page."""
-        return UploadStatus(
-            depth=self.queue.depth(),
-            oldest_seconds=self.queue.oldest_age(self._clock()),
-            parked=self.queue.parked(),
-            failing={
-                name: state.trouble.reason
-                for name, state in self._states.items()
-                if state.trouble.reason is not None
-            },
-        )
+        """The queue and each destination at a glance, for health and the status page
+        (which anyone on the network may read: reasons are redacted). A queue that
+        cannot be read shows as a failing ``queue``, never as an exception."""
+        failing = {
+            name: redact(state.trouble.reason)
+            for name, state in self._states.items()
+            if state.trouble.reason is not None
+        }
+        try:
+            depth = self.queue.depth()
+            oldest = self.queue.oldest_age(self._clock())
+            parked = self.queue.parked()
+        except UploadQueueError as exc:
+            return UploadStatus(0, None, 0, {**failing, "queue": redact(str(exc))})
+        return UploadStatus(depth=depth, oldest_seconds=oldest, parked=parked, failing=failing)
 
     # --- the thread ------------------------------------------------------------------
     def on_thread_close(self) -> None:

@@ -268,3 +268,27 @@ def test_items_of_a_destination_no_longer_configured_are_kept(
     assert queue.by_destination() == {"drive": 1}
     assert queue.holds(item(1).path)
     assert "1 upload(s) queued for drive, which is not configured now" in caplog.text
+
+
+def test_health_and_status_show_no_secret_and_survive_an_unreadable_queue(
+    tmp_path: Path, started: list[Uploader]
+) -> None:
+    from pylib.redact import register_secret
+
+    secret = "s3cr3t-access-key-value"
+    register_secret(secret)
+    queue = UploadQueue(tmp_path / "uploads.sqlite3", max_attempts=3)
+    s3 = ScriptedDestination("s3", always=RuntimeError(f"refused for key {secret}"))
+    queue.add([("s3", item(1))])
+    uploader = start(started, queue, s3)
+    uploader.wake()
+    assert wait_until(lambda: "s3" in uploader.status().failing)
+    shown = [uploader.status().failing["s3"], *uploader.troubles()]
+    assert any("refused for key" in line for line in shown)
+    assert not any(secret in line for line in shown)
+    assert uploader.stop_and_join(10)
+    started.clear()
+    queue.close()  # now it cannot be read: health says so instead of raising
+    status = uploader.status()
+    assert status.depth == 0
+    assert "closed" in status.failing["queue"]
