@@ -338,7 +338,11 @@ class App:
         queue = getattr(self, "upload_queue", None)
         return Retention(
             settings.snapshots_root_dir,
-            RetentionPolicy.of(settings.retention_days, settings.retention_max_bytes),
+            RetentionPolicy.of(
+                settings.retention_days,
+                settings.retention_max_bytes,
+                settings.retention_min_free_bytes,
+            ),
             self.stop_event,
             pending=queue.pending_paths if queue is not None else None,
             interval=settings.retention_interval,

@@ -186,6 +186,7 @@ class Settings(BaseModel):
     upload_max_attempts: int = Field(20, alias="UPLOAD_MAX_ATTEMPTS", ge=1, le=1000)
     retention_days: float = Field(30.0, alias="RETENTION_DAYS", ge=0)
     retention_max_bytes: int = Field(0, alias="RETENTION_MAX_BYTES", ge=0)
+    retention_min_free_bytes: int = Field(1024**3, alias="RETENTION_MIN_FREE_BYTES", ge=0)
     retention_interval: float = Field(600.0, alias="RETENTION_INTERVAL", gt=0)
 
     hc_ping_url: SecretStr | None = Field(None, alias="HC_PING_URL", json_schema_extra=secret())

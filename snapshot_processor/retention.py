@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
@@ -63,16 +64,25 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """``max_age`` seconds and ``max_bytes`` in all; None for either keeps forever."""
+    """``max_age`` seconds and ``max_bytes`` in all; None for either keeps forever.
+    ``min_free`` bytes free on the data root's disk: below it the disk is under
+    pressure, and the oldest files that are safe to remove go first (None: no such
+    bound)."""
 
     max_age: float | None
     max_bytes: int | None
     grace: float = GRACE
+    min_free: int | None = None
 
     @classmethod
-    def of(cls, days: float, max_bytes: int) -> RetentionPolicy:
-        """From ``RETENTION_DAYS`` and ``RETENTION_MAX_BYTES``, where 0 means no bound."""
-        return cls(days * 86_400.0 if days > 0 else None, max_bytes if max_bytes > 0 else None)
+    def of(cls, days: float, max_bytes: int, min_free: int = 0) -> RetentionPolicy:
+        """From ``RETENTION_DAYS``, ``RETENTION_MAX_BYTES`` and
+        ``RETENTION_MIN_FREE_BYTES``, where 0 means no bound."""
+        return cls(
+            days * 86_400.0 if days > 0 else None,
+            max_bytes if max_bytes > 0 else None,
+            min_free=min_free if min_free > 0 else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,17 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
                 continue
             survivors.append(entry)
         kept = survivors
+    free = _free_bytes(root) if policy.min_free is not None else None
+    if free is not None and policy.min_free is not None and free < policy.min_free:
+        # Disk pressure: the oldest files that are safe to remove make room.
+        survivors = []
+        for entry in kept:
+            if free < policy.min_free and removable(entry) and _remove(root, entry, "disk", result):
+                free += entry.size
+                total -= entry.size
+                continue
+            survivors.append(entry)
+        kept = survivors
     pending_bytes = sum(e.size for e in kept if os.path.join(base, *e.relative) in held)
     result.kept, result.kept_bytes, result.pending_bytes = len(kept), total, pending_bytes
     if policy.max_bytes is not None and total > policy.max_bytes and pending_bytes:
@@ -138,8 +159,27 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
             f"local files take {_size(total)}, over RETENTION_MAX_BYTES ({_size(policy.max_bytes)});"
             f" {_size(pending_bytes)} of it not yet uploaded, so not removed"
         )
+    elif (
+        free is not None
+        and policy.min_free is not None
+        and free < policy.min_free
+        and pending_bytes
+    ):
+        result.alarm = (
+            f"the disk has {_size(free)} free, under RETENTION_MIN_FREE_BYTES "
+            f"({_size(policy.min_free)}); {_size(pending_bytes)} of local files not yet "
+            "uploaded, so not removed"
+        )
     _remove_empty_days(root, now, result)
     return result
+
+
+def _free_bytes(root: Path) -> int | None:
+    """Bytes free to us on the data root's disk; None if it cannot be read."""
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:
+        return None
 
 
 class Retention(Worker):

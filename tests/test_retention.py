@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Collection
@@ -17,6 +18,7 @@ from pylib.upload_queue import UploadQueue
 from snapshot_processor.retention import Retention, RetentionPolicy, sweep
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until
+from tests.test_disk_full import disk  # noqa: F401  (the tmpfs fixture)
 
 DAY = 86_400.0
 NOW = time.time()
@@ -199,3 +201,27 @@ def test_an_unreadable_queue_means_nothing_is_removed(tmp_path: Path) -> None:
 def test_a_policy_from_the_settings_treats_zero_as_no_bound() -> None:
     assert RetentionPolicy.of(30, 0) == RetentionPolicy(30 * DAY, None)
     assert RetentionPolicy.of(0, 5000) == RetentionPolicy(None, 5000)
+
+
+def test_a_disk_under_pressure_loses_its_oldest_safe_files_then_alarms(
+    disk: Path,  # noqa: F811  (a small tmpfs of its own: only this test changes its free space)
+) -> None:
+    files = [snapshot(disk, f"d{n}.jpg", (10 - n) * DAY, size=100_000) for n in range(6)]
+    pending = {str(files[0]), str(files[1])}
+    free = shutil.disk_usage(disk).free
+    # 250 kB short of the bound: the three oldest files not waiting for upload make room.
+    policy = RetentionPolicy(None, None, min_free=free + 250_000)
+    result = sweep(disk, policy, pending, NOW)
+    assert [f.name for f in files if f.exists()] == ["d0.jpg", "d1.jpg", "d5.jpg"]
+    assert result.by_reason == {"disk": 3}
+    assert result.alarm is None  # the room was made
+    # Still short of room, with only files to upload left: an alarm, nothing removed.
+    files[5].unlink()
+    squeezed = RetentionPolicy(None, None, min_free=shutil.disk_usage(disk).free + 10**9)
+    result = sweep(disk, squeezed, pending, NOW)
+    assert files[0].exists()
+    assert files[1].exists()
+    assert result.removed == 0
+    assert result.alarm is not None
+    assert "RETENTION_MIN_FREE_BYTES" in result.alarm
+    assert "not yet uploaded" in result.alarm
