@@ -81,24 +81,24 @@ def test_the_demo_shows_the_whole_chain_and_leaves_nothing_behind(tmp_path: Path
     assert done.returncode == 0, out + done.stderr
     assert "status page: http://127.0.0.1:" in out
     assert "token: " in out
-    assert re.search(r"event 3/3 at \+[\d.]+ s: event\.notify\.snapshot\.demo\.image", out)
+    assert re.search(r"event 3/3 at \+[\d.]+ s: event\.notify\.snapshot\.demo\.image", out), out
     summary = out[out.index("demo: summary") :]
-    assert "events: 3 of 3 expected" in summary
+    assert "events: 3 of 3 expected" in summary, summary
     assert re.search(
         r"camera 'Front Door camera' \(answers\): 2 trigger\(s\), 2 event\(s\), "
         r"latency trigger to event p50 \d+ ms, max \d+ ms; health up",
         summary,
-    )
+    ), summary
     assert re.search(
         r"camera 'Garage camera' \(hangs\): 2 trigger\(s\), 0 event\(s\), "
         r"failed snapshots: \d+ timeout; health down \(timeout\)",
         summary,
-    )
+    ), summary
     assert re.search(
         r"camera 'Back Yard camera' \(wrong password\): 2 trigger\(s\), 0 event\(s\), "
         r"failed snapshots: 2 auth; health down \(wrong credentials\)",
         summary,
-    )
+    ), summary
     assert re.search(
         r"'Garden camera' \(FTP upload\): 1 file uploaded, 1 event\(s\), latency", summary
     )
@@ -125,7 +125,7 @@ def test_an_interrupted_demo_stops_every_process(tmp_path: Path) -> None:
             assert wait_for_text(output, "round 1: a trigger", timeout=60), output.read_text()
             assert _processes_of(exchange)  # the daemon and the subscriber run
             demo.send_signal(signal.SIGINT)  # Ctrl-C
-            assert demo.wait(60) == 130
+            assert demo.wait(60) == 130, output.read_text()
         finally:
             if demo.poll() is None:
                 demo.kill()

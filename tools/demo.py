@@ -451,18 +451,28 @@ def say(line: str) -> None:
     print(f"demo: {line}", flush=True)
 
 
+# Set once Ctrl-C or SIGTERM came: a library that turned the interrupt into an error of
+# its own (pika, in the middle of a publish) still ends the demo as interrupted.
+INTERRUPTED = threading.Event()
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    INTERRUPTED.set()
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks stop the children."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    """SIGTERM and Ctrl-C unwind alike, so the ``finally`` blocks stop the children."""
+    previous = {
+        number: signal.signal(number, _raise_interrupt)
+        for number in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def delete_broker_objects(settings: config.Settings) -> None:
@@ -530,9 +540,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("interrupted: every process the demo started is stopped")
         return 130
     except DemoError as exc:
+        if INTERRUPTED.is_set():
+            say("interrupted: every process the demo started is stopped")
+            return 130
         say(f"failed: {exc}; the daemon's log: {demo.workdir / 'daemon.log'}")
         _show_log_tail(demo.workdir / "daemon.log")
         return 1
+    except Exception:
+        if not INTERRUPTED.is_set():
+            raise
+        say("interrupted: every process the demo started is stopped")
+        return 130
     say("summary")
     for line in demo.summary:
         print(f"  {line}")
