@@ -193,6 +193,33 @@ def test_a_lost_answer_makes_no_second_copy(
     assert sample("drive_upload_copies_found_total") == before + 1
 
 
+def test_a_lost_answer_makes_no_second_copy_after_the_archive_moved_the_first(
+    fake: FakeDrive, destination: DriveDestination, tmp_path: Path
+) -> None:
+    item = snapshot(tmp_path, "archived.jpg")
+    destination.upload(snapshot(tmp_path, "first.jpg"))
+    fake.fail(503, after_work=True, when=lambda r: r.method == "PUT")
+    with pytest.raises(UploadRetryError):
+        destination.upload(item)
+    # Before the retry, the daily archive files the landed copy into a dated folder.
+    [landed] = [f for f in fake.files(folders=False) if f.title == "archived.jpg"]
+    top = landed.parents[0]
+    day = fake.add_file("2026", top, folder=True)
+    fake.move(landed.id, day)
+    uploads_before = inserts(fake)
+    destination.upload(item)
+    assert len(copies(fake, "archived.jpg")) == 1
+    assert inserts(fake) == uploads_before
+    # A file of that name elsewhere that is not the same picture is never deleted.
+    fake.add_file("other.jpg", day, content=b"not ours")
+    other = snapshot(tmp_path, "other.jpg")
+    fake.fail(503, after_work=True, when=lambda r: r.method == "PUT")
+    with pytest.raises(UploadRetryError):
+        destination.upload(other)
+    destination.upload(other)
+    assert sorted(copies(fake, "other.jpg")) == sorted([b"not ours", other.path.read_bytes()])
+
+
 def test_an_item_older_than_the_process_is_looked_up_first(
     fake: FakeDrive, credentials: Path, tmp_path: Path
 ) -> None:

@@ -71,6 +71,11 @@ def _local_facts(path: Path) -> _LocalFile:
     return _LocalFile(size, digest.hexdigest())
 
 
+def _parent_ids(copy: GoogleDriveFile) -> set[str]:
+    """The ids of the folders a Drive file is in."""
+    return {str(parent.get("id")) for parent in copy.get("parents") or []}
+
+
 def _matches(remote: GoogleDriveFile, local: _LocalFile) -> bool:
     try:
         size = int(remote.get("fileSize") or -1)
@@ -187,13 +192,15 @@ class DriveDestination:
         log.debug("uploaded %s to Drive (%d bytes)", printable(item.name), local.size)
 
     def _copy_exists(self, item: UploadItem, local: _LocalFile, folder_id: str) -> bool:
-        """True if a good copy is in the folder already; bad copies are deleted."""
-        q = f"title = {quote(item.name)} and {quote(folder_id)} in parents and trashed = false"
+        """True if a good copy is in Drive already, in the folder or wherever the archive
+        moved it since (the daemon's names are unique: they carry the event id); bad
+        copies in the folder itself are deleted, and nothing anywhere else."""
+        q = f"title = {quote(item.name)} and trashed = false"
         good = False
         for copy in self._session.list_files(q, 100):
             if not good and _matches(copy, local):
                 good = True
-            else:
+            elif folder_id in _parent_ids(copy):
                 self._discard_bad_copy(copy, item)
         if good:
             DRIVE_COPIES_FOUND.inc()

@@ -236,6 +236,11 @@ class FakeDrive(LoopbackServer):
                 Failure(status, reason, times, skip, after_work, when, plain_body)
             )
 
+    def move(self, file_id: str, parent: str) -> None:
+        """Put a file in another folder, as a person (or the archive) does in Drive."""
+        with self._lock:
+            self._files[file_id].parents = [parent]
+
     def recover(self) -> None:
         """Forget every scripted failure still to come: Drive answers normally again."""
         with self._lock:
