@@ -69,8 +69,10 @@ def _exchange_exists(name: str) -> bool:
 
 def test_the_demo_shows_the_whole_chain_and_leaves_nothing_behind(tmp_path: Path) -> None:
     exchange = f"snapshot_demo_test_{secrets.token_hex(4)}"
+    # As a user runs it: `make demo` (its arguments through DEMO_ARGS).
+    arguments = _demo(tmp_path, exchange, "--rounds", "2", "--interval", "0.5")[3:]
     done = subprocess.run(
-        _demo(tmp_path, exchange, "--rounds", "2", "--interval", "0.5"),
+        ["make", "--no-print-directory", "demo", f"DEMO_ARGS={' '.join(arguments)}"],
         cwd=CHECKOUT,
         env=_environment(),
         capture_output=True,
