@@ -598,7 +598,11 @@ def startup_summary(settings: Settings) -> list[str]:
     ]
     http = (
         f"http://{settings.http_bind}:{settings.http_port}/ "
-        + ("(token required)" if settings.http_token else "(no HTTP_TOKEN: open to this machine)")
+        + (
+            "(token required)"
+            if settings.http_token
+            else "(open to this machine, as HTTP_TOKEN is not set)"
+        )
         if settings.http_port
         else "off"
     )

@@ -15,6 +15,7 @@ from pylib.chain.settle import PUBLISH_KIND
 from pylib.daemon import EXIT_START
 from pylib.logs import printable
 from pylib.outbox import Outbox
+from pylib.redact import redact
 from snapshot_processor import config
 from snapshot_processor.app import App, startup_summary
 from snapshot_processor.messages import SnapshotMessage
@@ -123,8 +124,10 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     assert plain[2] == "detection: off"
     assert plain[4] == (
         "cloud storage: off; status page and API: http://127.0.0.1:8080/ "
-        "(no HTTP_TOKEN: open to this machine)"
+        "(open to this machine, as HTTP_TOKEN is not set)"
     )
+    # The lines pass the log's redaction unchanged: nothing in them looks like a secret.
+    assert [redact(line) for line in [*lines, *plain]] == [*lines, *plain]
     cloud = startup_summary(
         config.load(
             env={
