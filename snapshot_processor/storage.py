@@ -1,8 +1,9 @@
 """Where snapshots are kept on disk: one file per event, never overwritten.
 
 A write that fails (a full disk, a read-only or vanished mount) is never settled as
-done: its trigger comes back later. :class:`WriteTrouble` keeps the log to one line a
-minute and shows the trouble in health until a write succeeds again.
+done: its trigger comes back later. :class:`WriteTrouble` keeps the log to a line when
+the trouble starts and one a minute at most after, and shows it in health until a
+write succeeds again.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pylib.ratelimit import TroubleLog
 
 log = logging.getLogger(__name__)
 
@@ -52,46 +53,24 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class WriteTrouble:
-    """Writes under a root that fail: one ERROR line a minute at most, health until fixed.
+    """Writes under a root that fail: an ERROR line when the trouble starts or changes, a
+    reminder at most once a minute, a line when it ends; health shows it until then.
 
     Safe to use from several threads (the snapshot stage writes on its pool).
     """
 
     def __init__(self, what: str, interval: float = 60.0) -> None:
         self.what = what
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._trouble: str | None = None
-        self._failures = 0
-        self._log_at = 0.0
+        self._log = TroubleLog(log, f"writes of {what}", interval=interval, level=logging.ERROR)
 
     def failed(self, exc: OSError) -> None:
-        """A write failed: remember it for health, log it unless logged within a minute."""
-        with self._lock:
-            self._trouble = f"cannot write {self.what}: {exc.strerror or exc}"
-            self._failures += 1
-            now = time.monotonic()
-            if now < self._log_at:
-                return
-            self._log_at = now + self.interval
-            failures = self._failures
-        log.error(
-            "cannot write %s (%s); %d failure(s) so far, their triggers come again later;"
-            " next line in %.0f s at most",
-            self.what,
-            exc,
-            failures,
-            self.interval,
-        )
+        """A write failed: remember it for health, log it as :class:`TroubleLog` says."""
+        self._log.failed(f"cannot write {self.what}: {exc.strerror or exc}")
 
     def succeeded(self) -> None:
         """A write went through: the trouble, if any, is over."""
-        with self._lock:
-            if self._trouble is None:
-                return
-            failures, self._trouble, self._failures, self._log_at = self._failures, None, 0, 0.0
-        log.info("%s can be written again after %d failure(s)", self.what, failures)
+        self._log.succeeded()
 
     def current(self) -> str | None:
         """What is wrong now, or None."""
-        return self._trouble
+        return self._log.reason
