@@ -57,6 +57,10 @@ def _kind(event: Event, hint: Hint) -> str:
     return f"message {event.get('message')}"
 
 
+# Kinds of trouble remembered at most, before the quiet ones are forgotten.
+MAX_KINDS = 1024
+
+
 class _RepeatLimit:
     """Lets the first event of a kind through, then one per ``interval`` seconds."""
 
@@ -74,8 +78,20 @@ class _RepeatLimit:
             if last is not None and now - last < self.interval:
                 self._held[kind] = self._held.get(kind, 0) + 1
                 return None
+            if len(self._last) >= MAX_KINDS:
+                self._forget_before(now - self.interval)
             self._last[kind] = now
             return self._held.pop(kind, 0)
+
+    def _forget_before(self, moment: float) -> None:
+        # Kinds quiet for a whole interval would be let through anyway: forgetting them
+        # keeps the table bounded however many kinds of trouble a long run meets.
+        for stale in [kind for kind, last in self._last.items() if last < moment]:
+            del self._last[stale]
+            self._held.pop(stale, None)
+
+    def __len__(self) -> int:
+        return len(self._last)
 
 
 _limit = _RepeatLimit(REPEAT_INTERVAL)

@@ -186,3 +186,16 @@ def test_one_event_per_kind_of_trouble_per_interval(receiver: SentryReceiver) ->
     assert last["extra"]["held_back_since_last"] == 29
     for body in receiver.bodies:
         assert PASSWORD.encode() not in body
+
+
+def test_the_repeat_limit_forgets_quiet_kinds_so_it_stays_bounded() -> None:
+    from pylib.sentry import MAX_KINDS, _RepeatLimit
+
+    limit = _RepeatLimit(interval=0.0)  # every kind is quiet at once
+    for n in range(3 * MAX_KINDS):
+        assert limit.admit(f"kind {n}") == 0
+    assert len(limit) <= MAX_KINDS
+    busy = _RepeatLimit(interval=3600.0)
+    assert busy.admit("same") == 0
+    assert busy.admit("same") is None  # held back within the interval
+    assert busy.admit("same") is None
