@@ -13,6 +13,9 @@ import pytest
 
 from pylib.redact import clear_secrets
 
+# Fixtures shared by test modules: the fake Drive and a user's credentials for it.
+pytest_plugins = ["tests.support.drive_credentials"]
+
 SETTLE_SECONDS = 3.0
 
 

@@ -15,7 +15,6 @@ from pylib.destination import UploadItem, UploadRefusedError, UploadRetryError
 from snapshot_processor import cli
 from snapshot_processor.cloud.drive import DriveDestination, service_account_note
 from tests.support.drive_credentials import (
-    CLIENT_ID,
     CLIENT_SECRET,
     write_service_account,
     write_user_credentials,
@@ -24,20 +23,6 @@ from tests.support.fakes.drive import FOLDER_MIME, FakeDrive
 from tests.support.metrics import sample
 
 FOLDER = "Snapshots"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDrive]:
-    with FakeDrive() as server:
-        server.add_client(CLIENT_ID, CLIENT_SECRET)
-        yield server
-
-
-@pytest.fixture
-def credentials(fake: FakeDrive, tmp_path: Path) -> Path:
-    path = tmp_path / "drive.json"
-    write_user_credentials(fake, path)
-    return path
 
 
 @pytest.fixture

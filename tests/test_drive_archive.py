@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,27 +11,12 @@ import pytest
 from snapshot_processor import cli
 from snapshot_processor.cloud.drive import DriveDestination
 from snapshot_processor.cloud.drive_archive import DriveArchiveError
-from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes import Request
 from tests.support.fakes.drive import FakeDrive
 
 # Six days back from here cross the end of February in a leap year.
 NOW = datetime(2024, 3, 3, 12, 0, tzinfo=UTC)
 FOLDER = "Snapshots"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDrive]:
-    with FakeDrive() as server:
-        server.add_client(CLIENT_ID, CLIENT_SECRET)
-        yield server
-
-
-@pytest.fixture
-def credentials(fake: FakeDrive, tmp_path: Path) -> Path:
-    path = tmp_path / "drive.json"
-    write_user_credentials(fake, path)
-    return path
 
 
 def seed(fake: FakeDrive, now: datetime, count: int = 250) -> tuple[str, dict[str, str]]:

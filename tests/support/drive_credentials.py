@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -56,3 +58,19 @@ def write_service_account(fake: FakeDrive, path: Path) -> str:
     }
     path.write_text(json.dumps(body))
     return SERVICE_ACCOUNT
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDrive]:
+    """The fake Drive, with our OAuth client registered (tests import this fixture)."""
+    with FakeDrive() as server:
+        server.add_client(CLIENT_ID, CLIENT_SECRET)
+        yield server
+
+
+@pytest.fixture
+def credentials(fake: FakeDrive, tmp_path: Path) -> Path:
+    """A user's ``authorized_user`` credentials file for the fake."""
+    path = tmp_path / "drive.json"
+    write_user_credentials(fake, path)
+    return path
