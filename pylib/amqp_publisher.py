@@ -2,20 +2,27 @@
 
 Publish requests that arrive together are written to the SQLite outbox in one
 transaction (one sync to disk: group commit), and only then are their works acked
-(the durable hand-off). Rows are then published oldest first with publisher confirms
-and removed, again a group at a time, once the broker confirmed them. While the broker
-is away the outbox fills and is published, in order, once it is back; it survives a
-restart.
+(the durable hand-off). Rows are then published oldest first with publisher confirms,
+a group at a time with their confirms awaited together (:mod:`pylib.amqp_confirms`),
+and taken out of the outbox once the broker confirmed them; their rows leave the disk
+in the next commit (:meth:`pylib.outbox.Outbox.forget`). The acks go back after that
+first round of publishing, which is bounded, so the broker gets the event before the
+listener's acks compete with it for the process. While the broker is away the outbox
+fills and is published, in order, once it is back; it survives a restart.
 
 Acks go to the inproc address in the ack's ``reply_to`` (the component that made the
 ack), else to ``ack_to``. A full outbox hands a message back (a ``requeue`` ack) to
 whoever can retry it. A broker nack of the oldest message is retried after a growing
 back-off.
 
-A row the broker refuses for a reason that will not pass (its exchange does not exist,
-or it breaks a precondition such as the broker's size limit: a channel closed with 404
-or 406) is tried once more on a fresh channel, after the exchanges are declared again,
-and then *parked*: moved to the outbox's ``parked`` table, counted and logged once,
+A group stops at the first message the broker does not ack; the rest go again one by
+one (a nacked message stays in front, so the order holds; one the broker acked after
+it is sent once more: at least once). A group only holds messages to exchanges the
+broker already took one for on the channel; any other goes alone, so a message it
+refuses (below) never makes the others of its group go twice. A row the broker refuses for a reason that will
+not pass (its exchange does not exist, or it breaks a precondition such as the broker's
+size limit: a channel closed with 404 or 406) is tried once more on a fresh channel,
+after the exchanges are declared again, and then *parked*: moved to the outbox's ``parked`` table, counted and logged once,
 and the rows behind it flow on.
 
 An outbox that cannot be written (a full disk) holds the messages and pauses intake
@@ -33,6 +40,7 @@ by the broker, as the original daemon's were, and the publisher goes on (there i
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import threading
@@ -47,6 +55,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.amqp_confirms import ConfirmedChannel, Outgoing
 from pylib.amqp_listener import RECONNECTS
 from pylib.chain.settle import (
     DONE_KIND,
@@ -69,6 +78,10 @@ PUBLISH_FAILURES = Counter(
 )
 
 FLUSH_BATCH = 100
+# Messages sent before their confirms are awaited together (about 5 MB of snapshots).
+CONFIRM_GROUP = 32
+# How long confirmed rows may stay on disk when no new message comes to commit with.
+REMOVAL_DELAY = 0.05
 # Rows just stored are also kept in memory (at most this many), so publishing them needs
 # no read back from disk; a longer backlog is read from the outbox.
 RECENT_MAX = 64
@@ -154,16 +167,16 @@ class AmqpPublisher(Stage):
         self._outbox: Outbox | None = None
         self._replies: Replies | None = None
         self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._channel: ConfirmedChannel | None = None
         # Requests the outbox could not store: kept here, intake paused, until it can.
         self._held: list[_Request] = []
         # The newest rows of the outbox, in order; the whole outbox when the lengths match.
         self._recent: deque[OutboxEntry] = deque()
         self._flush_at = 0.0
         self._connect_timer: Timer | None = None
-        # Rows the broker confirmed whose removal from the outbox failed: never published
-        # again while the removal is retried.
-        self._removal_pending: set[int] = set()
+        self._removal_timer: Timer | None = None
+        # Exchanges the broker took a message for on the current channel.
+        self._proven: set[str] = set()
         # What is wrong with the outbox now (None: nothing), for health; and log pacing.
         self._outbox_trouble: str | None = None
         self._trouble_failures = 0
@@ -184,8 +197,8 @@ class AmqpPublisher(Stage):
         super().on_thread_start()
         self._outbox = Outbox(self.outbox_path, self.outbox_max)
         self._recent.clear()
-        self._removal_pending.clear()
         self._connect_timer = None
+        self._removal_timer = None
         self._connect_later(0)
         self.call_later(SERVICE_INTERVAL, self._service)
         if self.periodic is not None:
@@ -245,8 +258,9 @@ class AmqpPublisher(Stage):
             # held ones, and finish() stores or hands back all of them in order.
             self._held.extend(requests)
             return
-        self._take(requests)
+        replies = self._take(requests)
         self._flush_soon()
+        self._send_replies(replies)
 
     def _parse(self, envelope: Envelope) -> _Request | None:
         settlement = Settlement.of(envelope.body)
@@ -276,8 +290,9 @@ class AmqpPublisher(Stage):
             return None
         return _Request(envelope, settlement, row)
 
-    def _take(self, requests: list[_Request]) -> None:
-        """Store the publish requests in one commit, then ack them all (and the done marks)."""
+    def _take(self, requests: list[_Request]) -> list[Callable[[], None]]:
+        """Store the publish requests in one commit; return their replies, to send in
+        order: an ack for each stored one (and each done mark), a hand-back for the rest."""
         outbox = self._outbox
         assert outbox is not None
         rows = [request for request in requests if request.row is not None]
@@ -290,18 +305,26 @@ class AmqpPublisher(Stage):
             fits, ids = [], []
         except OutboxError as exc:
             self._hold(requests, exc)
-            return
+            return []
         if stored_rows:
             self._outbox_writable()
         self._remember(in_sync, ids, stored_rows)
         self._store.reset()
         stored = set(map(id, fits))
-        for request in requests:  # acks in the order the requests came
+        replies: list[Callable[[], None]] = []
+        for request in requests:  # replies in the order the requests came
             if request.row is None or id(request) in stored:
-                self._ack(request.settlement)
+                replies.append(functools.partial(self._ack, request.settlement))
             else:
                 PUBLISH_FAILURES.labels("outbox_full").inc()
-                self._give_back(request, f"outbox {outbox.path} is full")
+                why = f"outbox {outbox.path} is full"
+                replies.append(functools.partial(self._give_back, request, why))
+        return replies
+
+    @staticmethod
+    def _send_replies(replies: list[Callable[[], None]]) -> None:
+        for reply in replies:
+            reply()
 
     def _remember(self, in_sync: bool, ids: list[int], rows: list[Row]) -> None:
         if not in_sync or len(self._recent) + len(ids) > RECENT_MAX:
@@ -336,7 +359,6 @@ class AmqpPublisher(Stage):
                 exc = again
             else:
                 self._recent.clear()
-                self._removal_pending.clear()
                 return
         self._outbox_trouble = f"outbox cannot be written: {exc}"
         self._trouble_failures += 1
@@ -370,10 +392,11 @@ class AmqpPublisher(Stage):
         if not self._held:
             return
         held, self._held = self._held, []
-        self._take(held)
+        replies = self._take(held)
         if not self._held:
             self.pause_inbox(False)
             self._flush_soon()
+        self._send_replies(replies)
 
     def _give_back(self, request: _Request, why: str) -> None:
         """A message that cannot be stored: a requeue ack to whoever can retry it, else loud loss."""
@@ -467,56 +490,109 @@ class AmqpPublisher(Stage):
         outbox = self._outbox
         assert outbox is not None
         while True:
-            if self._removal_pending:
-                self._remove_confirmed([])  # raises while the outbox still cannot be written
             entries = self._next_entries(outbox)
             if not entries:
                 return
-            confirmed: list[int] = []
-            try:
-                for entry in entries:
-                    outcome = self._publish_entry(entry)
-                    if outcome is _Outcome.LATER:
-                        return
-                    if outcome is _Outcome.CONFIRMED:
-                        confirmed.append(entry.id)
-                    if time.monotonic() >= deadline:
-                        break
-            finally:
-                PUBLISHED.labels("event").inc(len(confirmed))
-                while self._recent and confirmed and self._recent[0].id <= confirmed[-1]:
-                    self._recent.popleft()
-                # Confirmed rows go in one commit; until then a restart publishes them again.
-                self._remove_confirmed(confirmed)
-            if time.monotonic() >= deadline:
-                if len(outbox) > len(self._removal_pending):
-                    self.call_later(0, self._flush_soon)  # intake gets a turn first
-                return
+            start = 0
+            while start < len(entries):
+                group = self._group(entries, start)
+                start += len(group)
+                if not self._publish_group(group):
+                    return
+                if time.monotonic() >= deadline:
+                    if len(outbox):
+                        self.call_later(0, self._flush_soon)  # intake gets a turn first
+                    return
+
+    def _group(self, entries: list[OutboxEntry], start: int) -> list[OutboxEntry]:
+        """The entries from ``start`` that go out together: a run of messages to exchanges
+        the broker already took a message for on this channel, or one message alone.
+
+        A message the broker refuses closes the channel, and then nothing says which of
+        the group's unconfirmed messages it was; alone, a message to an exchange that
+        may be missing is refused without taking others with it.
+        """
+        group: list[OutboxEntry] = []
+        for entry in entries[start : start + CONFIRM_GROUP]:
+            if entry.exchange not in self._proven:
+                break
+            group.append(entry)
+        return group or [entries[start]]
+
+    def _publish_group(self, entries: list[OutboxEntry]) -> bool:
+        """Publish ``entries`` with their confirms awaited together; False if publishing
+        must pause (a nack). From the first one not acked on, they go one by one."""
+        assert self._channel is not None
+        if len(entries) == 1:
+            return self._publish_alone(entries[0])
+        confirmed = 0
+        try:
+            outcomes = self._channel.publish([self._outgoing(entry) for entry in entries])
+            confirmed = next((n for n, acked in enumerate(outcomes) if not acked), len(entries))
+            closed = None
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            confirmed = self._channel.confirmed_before_close(len(entries))
+            closed = exc
+        finally:
+            self._confirmed(entries[:confirmed])
+        if confirmed == len(entries):
+            self._nack.reset()
+            return True
+        rest = entries[confirmed:]
+        if closed is not None:
+            if closed.reply_code not in REFUSED_FOR_GOOD:
+                raise closed  # a reason that may pass: reconnect and try again
+            self._open_channel()  # the exchanges declared again: the next try is the second
+        for number, entry in enumerate(rest):
+            if not self._publish_alone(entry, tried=closed is not None and number == 0):
+                return False
+        return True
+
+    def _publish_alone(self, entry: OutboxEntry, *, tried: bool = False) -> bool:
+        outcome = self._publish_entry(entry, tried=tried)
+        if outcome is _Outcome.CONFIRMED:
+            self._proven.add(entry.exchange)
+            self._confirmed([entry])
+        return outcome is not _Outcome.LATER
+
+    def _confirmed(self, entries: list[OutboxEntry]) -> None:
+        """Confirmed rows leave the outbox now, and the disk with the next commit."""
+        if not entries:
+            return
+        PUBLISHED.labels("event").inc(len(entries))
+        last = entries[-1].id
+        while self._recent and self._recent[0].id <= last:
+            self._recent.popleft()
+        assert self._outbox is not None
+        self._outbox.forget([entry.id for entry in entries])
+        if self._removal_timer is None:
+            self._removal_timer = self.call_later(REMOVAL_DELAY, self._commit_removals)
+
+    def _commit_removals(self) -> None:
+        """Confirmed rows no new message took off the disk: removed on their own."""
+        self._removal_timer = None
+        outbox = self._outbox
+        if outbox is None or not outbox.removals_pending:
+            return
+        try:
+            outbox.commit_removals()
+        except OutboxError as exc:
+            # Never published again meanwhile: they are out of the outbox already.
+            self._removal_timer = self.call_later(self._store.next(), self._commit_removals)
+            self._outbox_failed(exc, "cannot remove published messages from the outbox")
+            return
+        self._outbox_writable()
 
     def _next_entries(self, outbox: Outbox) -> list[OutboxEntry]:
         """The next rows to publish: from memory when it holds the whole outbox, else disk."""
-        pending = self._removal_pending
-        if not pending and len(self._recent) == len(outbox):
+        if len(self._recent) == len(outbox):
             return list(itertools.islice(self._recent, FLUSH_BATCH))
         self._recent.clear()
-        if len(outbox) <= len(pending):
-            return []  # all published, only their removal waits
-        entries = outbox.peek(FLUSH_BATCH + len(pending))
-        return [entry for entry in entries if entry.id not in pending][:FLUSH_BATCH]
+        return outbox.peek(FLUSH_BATCH)
 
-    def _remove_confirmed(self, confirmed: list[int]) -> None:
-        """Remove confirmed rows, and any whose removal failed before; remember them if it fails."""
-        pending = self._removal_pending
-        pending.update(confirmed)
-        if not pending:
-            return
-        assert self._outbox is not None
-        self._outbox.remove_many(sorted(pending))
-        pending.clear()
-        self._outbox_writable()
-
-    def _publish_entry(self, entry: OutboxEntry) -> _Outcome:
-        for attempt in (1, 2):
+    def _publish_entry(self, entry: OutboxEntry, *, tried: bool = False) -> _Outcome:
+        """One row alone; ``tried``: its first try closed the channel (404 or 406)."""
+        for attempt in (2,) if tried else (1, 2):
             try:
                 self._publish(
                     Publication(entry.exchange, entry.routing_key, entry.body, entry.headers),
@@ -553,9 +629,10 @@ class AmqpPublisher(Stage):
 
     def _open_channel(self) -> None:
         assert self._connection is not None
-        self._channel = self._connection.channel()
-        self.setup(self._channel)
-        self._channel.confirm_delivery()
+        channel = self._connection.channel()
+        self.setup(channel)
+        self._channel = ConfirmedChannel(channel)
+        self._proven.clear()
 
     def _park(self, entry: OutboxEntry, exc: pika.exceptions.ChannelClosedByBroker) -> None:
         """Set a row aside that the broker will never take, so the rest can flow."""
@@ -595,16 +672,24 @@ class AmqpPublisher(Stage):
         self._guarded(publish)
 
     def _publish(self, publication: Publication, *, persistent: bool) -> None:
+        """One message, its confirm awaited; ``NackError`` when the broker refuses it."""
         assert self._channel is not None
-        headers = publication.headers
-        properties = pika.BasicProperties(
-            content_type=headers.get("content_type", "application/msgpack"),
-            message_id=headers.get("message_id"),
-            timestamp=int(time.time()),
-            delivery_mode=pika.DeliveryMode.Persistent
-            if persistent
-            else pika.DeliveryMode.Transient,
-        )
-        self._channel.basic_publish(
-            publication.exchange, publication.routing_key, publication.body, properties
-        )
+        [acked] = self._channel.publish([_outgoing(publication, persistent=persistent)])
+        if not acked:
+            raise pika.exceptions.NackError([])
+
+    @staticmethod
+    def _outgoing(entry: OutboxEntry) -> Outgoing:
+        publication = Publication(entry.exchange, entry.routing_key, entry.body, entry.headers)
+        return _outgoing(publication, persistent=True)
+
+
+def _outgoing(publication: Publication, *, persistent: bool) -> Outgoing:
+    headers = publication.headers
+    properties = pika.BasicProperties(
+        content_type=headers.get("content_type", "application/msgpack"),
+        message_id=headers.get("message_id"),
+        timestamp=int(time.time()),
+        delivery_mode=pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient,
+    )
+    return publication.exchange, publication.routing_key, publication.body, properties

@@ -5,6 +5,13 @@ the rows oldest first, and removes each row once the broker has confirmed it. A 
 is therefore on disk (committed, ``synchronous=FULL``) from the moment :meth:`Outbox.append`
 returns until its confirm arrives, and survives a crash or a restart in between.
 
+Removal is cheap on purpose: :meth:`Outbox.forget` takes confirmed rows out of the
+outbox at once (depth, :meth:`~Outbox.peek`), and their rows leave the disk in the next
+transaction that writes anyway (the next :meth:`~Outbox.append_many`), or in
+:meth:`~Outbox.commit_removals`. So a message costs one sync to disk, not two (measured:
+0.63 -> 0.36 ms of CPU per 166 KB message). A crash before that commit publishes those
+messages once more at the next start: at least once, never lost.
+
 One ``Outbox`` object belongs to one thread (the publisher's). Another ``Outbox`` on the
 same file (say, a test inspecting the depth after a crash) works because the database
 runs in WAL mode with a busy timeout, but each instance caches its own depth, so only
@@ -132,6 +139,8 @@ class Outbox:
         self._warned_above = 0
         self._conn: sqlite3.Connection | None = None
         self._reopen = False
+        # Confirmed rows already out of the outbox (depth, peek) but still on disk.
+        self._forgotten: set[int] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -209,6 +218,7 @@ class Outbox:
 
     def set_aside(self, exc: OutboxError) -> Path:
         """Close the damaged database, move it aside with its data and open a fresh one."""
+        self._forgotten.clear()
         self.close()
         # Should the move or the fresh open fail (a full disk), the next use tries again.
         self._reopen = True
@@ -328,8 +338,10 @@ class Outbox:
     ) -> list[int]:
         """Store several messages in one transaction (one sync to disk); return their ids.
 
-        All or nothing: on an error none is stored. Raises :class:`OutboxFullError` when
-        they do not all fit; store fewer (:attr:`room`) to take what does.
+        The rows :meth:`forget` took out leave the disk in the same transaction. All or
+        nothing: on an error none is stored (and the forgotten rows stay forgotten).
+        Raises :class:`OutboxFullError` when they do not all fit; store fewer
+        (:attr:`room`) to take what does.
         """
         if not messages:
             return []
@@ -340,7 +352,9 @@ class Outbox:
             )
         now = time.time()
         ids: list[int] = []
+        removing = sorted(self._forgotten)
         with self._transaction("cannot append to") as conn:
+            self._delete(conn, removing)
             for exchange, routing_key, body, headers in messages:
                 cursor = conn.execute(
                     "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
@@ -355,6 +369,7 @@ class Outbox:
                 )
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
+        self._forgotten.difference_update(removing)
         self._set_depth(self._depth + len(ids))
         return ids
 
@@ -373,13 +388,13 @@ class Outbox:
                 .execute(
                     "SELECT id, exchange, routing_key, body, headers, created"
                     " FROM outbox ORDER BY id LIMIT ?",
-                    (limit,),
+                    (limit + len(self._forgotten),),
                 )
                 .fetchall()
             )
         except sqlite3.Error as exc:
             raise _error(f"cannot read outbox {self.path}", exc) from exc
-        return [_entry(row) for row in rows]
+        return [_entry(row) for row in rows if row[0] not in self._forgotten][:limit]
 
     def remove(self, entry_id: int) -> None:
         """Delete a message (after its confirm). Removing an unknown id does nothing."""
@@ -387,26 +402,66 @@ class Outbox:
             cursor = self._connection().execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
         except sqlite3.Error as exc:
             raise _error(f"cannot remove {entry_id} from outbox {self.path}", exc) from exc
-        if cursor.rowcount > 0:
+        if entry_id in self._forgotten:
+            self._forgotten.discard(entry_id)  # already out of the depth
+        elif cursor.rowcount > 0:
             self._set_depth(self._depth - cursor.rowcount)
 
     def remove_many(self, entry_ids: list[int]) -> None:
         """Delete several messages in one transaction (after their confirms)."""
-        if not entry_ids:
+        self.forget(entry_ids)
+        self.commit_removals()
+
+    def forget(self, entry_ids: Collection[int]) -> None:
+        """Take stored messages out now (after their confirms); their rows leave the disk
+        with the next write (:meth:`append_many`) or :meth:`commit_removals`.
+
+        Only ids of stored messages (from :meth:`append_many` or :meth:`peek`).
+        """
+        new = set(entry_ids) - self._forgotten
+        if new:
+            self._forgotten.update(new)
+            self._set_depth(self._depth - len(new))
+
+    @property
+    def removals_pending(self) -> int:
+        """Forgotten messages whose rows are still on disk."""
+        return len(self._forgotten)
+
+    def commit_removals(self) -> None:
+        """Delete the forgotten rows from disk now, in one transaction (an
+        :class:`OutboxError` leaves them to the next try)."""
+        if not self._forgotten:
             return
-        removed = 0
+        removing = sorted(self._forgotten)
         with self._transaction("cannot remove from") as conn:
-            for entry_id in entry_ids:
-                removed += conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
-        if removed:
-            self._set_depth(self._depth - removed)
+            self._delete(conn, removing)
+        self._forgotten.difference_update(removing)
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, entry_ids: list[int]) -> None:
+        if entry_ids:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in entry_ids])
 
     def __len__(self) -> int:
         return self._depth
 
     def close(self) -> None:
-        """Close the database. Closing twice is harmless."""
+        """Close the database, with the forgotten rows off the disk if it can be written
+        (if not, the next start publishes them once more). Closing twice is harmless."""
         self._reopen = False
+        if self._conn is not None and self._forgotten:
+            try:
+                self.commit_removals()
+            except OutboxError as exc:
+                logger.warning(
+                    "outbox %s: %d published message(s) stay on disk and go out once more"
+                    " at the next start: %s",
+                    self.path,
+                    len(self._forgotten),
+                    exc,
+                )
+        self._forgotten.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -435,6 +490,7 @@ class Outbox:
         if self._conn is None and self._reopen:
             self._conn, count = self._open()
             self._reopen = False
+            self._forgotten.clear()
             self._set_depth(count)
         if self._conn is None:
             raise OutboxError(f"outbox {self.path} is closed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -271,3 +272,58 @@ def test_depth_gauge_and_sparse_logging(tmp_path: Path, caplog: pytest.LogCaptur
         ]
     finally:
         box.close()
+
+
+def rows_on_disk(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [str(row[0]) for row in db.execute("SELECT routing_key FROM outbox ORDER BY id")]
+
+
+def test_forgotten_rows_leave_at_once_and_the_disk_with_the_next_commit(
+    outbox: Outbox, db_path: Path
+) -> None:
+    ids = outbox.append_many([("events", f"rk.{i}", b"x", None) for i in range(3)])
+    outbox.forget(ids[:2])
+
+    assert len(outbox) == 1
+    assert outbox.room == outbox.max_entries - 1
+    assert [e.routing_key for e in outbox.peek(10)] == ["rk.2"]
+    assert outbox.removals_pending == 2
+    assert rows_on_disk(db_path) == ["rk.0", "rk.1", "rk.2"]  # no commit of their own
+    # The next write takes them off the disk in its own transaction.
+    outbox.append_many([("events", "rk.3", b"x", None)])
+    assert rows_on_disk(db_path) == ["rk.2", "rk.3"]
+    assert outbox.removals_pending == 0
+    outbox.forget([ids[2]])
+    outbox.forget([ids[2]])  # twice is once
+    assert len(outbox) == 1
+    outbox.commit_removals()
+    assert rows_on_disk(db_path) == ["rk.3"]
+
+
+def test_rows_forgotten_but_not_committed_come_back_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite3"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pylib.outbox import Outbox
+        box = Outbox({str(path)!r})
+        ids = box.append_many([("events", "sent", b"x", None), ("events", "next", b"x", None)])
+        box.forget(ids[:1])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=False)
+    assert result.returncode == -signal.SIGKILL
+    # Published but not yet off the disk: published once more, never lost.
+    with Outbox(path) as box:
+        assert [e.routing_key for e in box.peek(10)] == ["sent", "next"]
+
+
+def test_close_takes_forgotten_rows_off_the_disk(db_path: Path) -> None:
+    with Outbox(db_path) as box:
+        ids = box.append_many([("events", "a", b"x", None), ("events", "b", b"x", None)])
+        box.forget(ids[:1])
+    assert rows_on_disk(db_path) == ["b"]
+    with Outbox(db_path) as box:
+        assert len(box) == 1

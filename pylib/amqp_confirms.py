@@ -1,0 +1,86 @@
+"""Publisher confirms, pipelined: send a group of messages, then wait once for all their confirms.
+
+pika's ``BlockingChannel.basic_publish`` in confirm mode waits for each message's confirm
+before the next is sent: a round trip to the broker per message, during which the
+publishing thread gives up the GIL and must win it back. For a group, this sends every
+message first and then waits for their confirms together (measured on 166 KB messages:
+0.47 ms of wall time per message one by one, 0.31 ms in groups of four).
+
+pika has no public API for more than one confirm in flight on a blocking channel, so
+this drives the channel's own ``pika.channel.Channel`` (``BlockingChannel._impl``) and
+waits in the blocking channel's loop (``BlockingChannel._flush_output``), the way
+``basic_publish`` itself does: a channel the broker closes raises
+``ChannelClosedByBroker``, and a lost connection its usual error. pika is pinned in
+``poetry.lock``, and the publisher's tests run this against the real broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+__all__ = ["ConfirmedChannel", "Outgoing"]
+
+# exchange, routing key, body, properties
+Outgoing = tuple[str, str, bytes, pika.BasicProperties]
+
+
+class ConfirmedChannel:
+    """A blocking channel in confirm mode whose publishes may overlap.
+
+    :meth:`publish` sends a group and returns each message's outcome in order: True for
+    an ack, False for a nack. Use one per channel; it puts the channel in confirm mode.
+    """
+
+    def __init__(self, channel: BlockingChannel) -> None:
+        self.channel = channel
+        self._impl = channel._impl  # see the module docstring
+        self._sent = 0  # delivery tags count from 1 on a channel in confirm mode
+        self._waiting: dict[int, None] = {}  # tags sent and not confirmed, in order
+        self._outcomes: dict[int, bool] = {}
+        selected: list[bool] = []
+        self._impl.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
+        )
+        channel._flush_output(lambda: bool(selected))
+
+    def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Send ``messages`` in order, wait for all their confirms; True where acked.
+
+        Raises ``ChannelClosedByBroker`` when the broker closes the channel on one of
+        them (those before it may have been confirmed: :meth:`confirmed_before_close`
+        says how many), and pika's connection errors as ``basic_publish`` does.
+        """
+        first = self._sent + 1
+        for exchange, routing_key, body, properties in messages:
+            self._impl.basic_publish(exchange, routing_key, body, properties)
+            self._sent += 1
+            self._waiting[self._sent] = None
+        self.channel._flush_output(lambda: not self._waiting)
+        return [self._outcomes.pop(tag) for tag in range(first, self._sent + 1)]
+
+    def confirmed_before_close(self, count: int) -> int:
+        """After ``publish`` of ``count`` messages raised: how many of them, from the
+        first, the broker acked before the channel closed."""
+        first = self._sent - count + 1
+        acked = 0
+        for tag in range(first, self._sent + 1):
+            if not self._outcomes.get(tag, False):
+                break
+            acked += 1
+        return acked
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tag = int(method.delivery_tag)
+        if method.multiple:
+            covered = [waiting for waiting in self._waiting if waiting <= tag]
+        else:
+            covered = [tag] if tag in self._waiting else []
+        for waiting in covered:
+            del self._waiting[waiting]
+            self._outcomes[waiting] = acked
