@@ -440,7 +440,7 @@ def test_an_owner_in_this_process_takes_its_acks_by_a_direct_call(ends: Wire) ->
     assert message.body["tag"] == 8
 
 
-def test_a_folded_relay_runs_on_the_next_stage_and_settles_what_it_fails_on(
+def test_a_folded_relay_runs_on_the_stage_before_it_and_settles_what_it_fails_on(
     ends: Wire,
 ) -> None:
     stop = threading.Event()
@@ -476,4 +476,31 @@ def test_a_folded_relay_runs_on_the_next_stage_and_settles_what_it_fails_on(
         assert chain.stop_and_join(10)
     assert [e.kind for e in received] == ["built", DONE_KIND, "built"]
     assert received[1].body["ack"]["tag"] == 2
+    assert threads == {"head"}  # upstream: the last stage is the one all messages wait for
+
+
+def test_a_relay_at_the_head_folds_into_the_stage_after_it(ends: Wire) -> None:
+    stop = threading.Event()
+    threads: set[str] = set()
+
+    def build(envelope: Envelope) -> Envelope:
+        threads.add(threading.current_thread().name)
+        return Envelope("built", envelope.body)
+
+    first = Relay("first", stop, build, fold=True)
+    sink = Relay("sink", stop, lambda e: e)
+    chain = Chain("head-fold", [first, sink], shutdown_timeout=5.0)
+    assert [stage.name for stage in chain.stages] == ["sink"]
+    sink.outbox = ends.outbox
+    chain.start()
+    try:
+        sender = Sender(sink.inbox, linger=0)
+        try:
+            sender.send(Envelope("n", {"seq": 1}))
+        finally:
+            sender.close()
+        [received] = ends.receive(1)
+    finally:
+        assert chain.stop_and_join(10)
+    assert received.kind == "built"
     assert threads == {"sink"}

@@ -132,7 +132,9 @@ class Stage(Worker):
         self._inbox_paused = False
         # Pool work not finished yet, of this and earlier attempts (a crash leaves it running).
         self._futures: set[Future[Any]] = set()
-        # Relays folded into this stage by the chain, applied in order to what arrives.
+        # Relays folded into this stage by the chain, applied in order to what it sends
+        # (outlet) or, at the head of a chain, to what arrives (intake).
+        self.outlet: list[Relay] = []
         self.intake: list[Relay] = []
 
     # --- to override -----------------------------------------------------------------
@@ -160,10 +162,18 @@ class Stage(Worker):
         self._inbox_paused = paused
 
     def send(self, envelope: Envelope) -> None:
-        """Pass one envelope to the next stage (waits while its inbox is full)."""
+        """Pass one envelope to the next stage (waits while its inbox is full), through
+        the relays folded in after this stage."""
         if self._sender is None:
             raise RuntimeError(f"{self.name} has no outbox")
-        self._sender.send(envelope)
+        if not self.outlet:
+            self._sender.send(envelope)
+            return
+        envelopes = [envelope]
+        for relay in self.outlet:
+            envelopes = relay.transform(envelopes, self)
+        for item in envelopes:
+            self._sender.send(item)
 
     def send_all(self, result: HandlerResult) -> None:
         """Pass on a handler's result: one envelope, several, or none."""
@@ -338,7 +348,7 @@ class Stage(Worker):
         failed(self.name, envelope, exc)
         done = settle_failed(envelope)
         if done is not None and self._sender is not None:
-            self._sender.send(done)
+            self.send(done)
 
     def _poll_timeout(self) -> int | None:
         while self._timers and self._timers[0][2].cancelled:
@@ -401,10 +411,14 @@ class Relay(Stage):
     """A stage whose work is one function, run inline: message in, message(s) out.
 
     With ``fold``, a quick function that holds no state of its own, the chain *folds* it
-    into the stage after it (:attr:`Stage.intake`): it runs on that stage's thread as
-    messages arrive, which spares every message a thread hand-off and a copy through
-    ZeroMQ (measured: about 0.3 ms of CPU per 166 KB snapshot). Where nothing follows
-    it, it stays a stage of its own.
+    into the stage before it (:attr:`Stage.outlet`): it runs on that stage's thread as
+    messages leave, which spares every message a thread hand-off and a copy through
+    ZeroMQ (measured: about 0.3 ms of CPU per 166 KB snapshot). Before, not after: the
+    last stage (the publisher) is the one every message waits for, so work is better
+    done upstream (measured: the event build was a tenth of the publisher's time). After
+    a tier it runs on each of the tier's threads, so it must be safe to call at once;
+    at the head of a chain it folds into the stage after it (:attr:`Stage.intake`), and
+    alone it stays a stage of its own.
     """
 
     def __init__(

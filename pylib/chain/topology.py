@@ -7,8 +7,8 @@ stage's name under the chain's), every outbox, the start order (from the sink up
 each inbox is bound before anything sends to it), the stop order (sources first, then
 from the head down, so what a stage hands on is taken by one still running) and each
 stage's share of the shutdown time (by its ``stop_weight``). A stage that is switched
-off is simply not in the list. A :class:`~pylib.chain.stage.Relay` with a stage after it
-is folded into that stage (it runs on its thread; see ``Relay``).
+off is simply not in the list. A foldable :class:`~pylib.chain.stage.Relay` runs on the
+thread of the stage before it (or, at the head, the one after it; see ``Relay``).
 """
 
 from __future__ import annotations
@@ -49,20 +49,22 @@ class Chain:
         tiers: list[list[Stage]] = [
             [entry] if isinstance(entry, Stage) else list(entry) for entry in stages
         ]
-        # A relay alone in its tier, with a stage after it, runs on that stage's thread.
+        # A relay alone in its tier runs on the thread(s) of the stage(s) before it, or at
+        # the head, on the stage after it.
         self.folded: list[Stage] = []
-        self.tiers = []
+        self.tiers: list[list[Stage]] = []
         for tier, following in zip(tiers, [*tiers[1:], None], strict=True):
             relay = tier[0]
-            if (
-                len(tier) == 1
-                and following is not None
-                and isinstance(relay, Relay)
-                and relay.foldable
-            ):
-                following[0].intake.append(relay)
-                self.folded.append(relay)
-                continue
+            if len(tier) == 1 and isinstance(relay, Relay) and relay.foldable:
+                if self.tiers:
+                    for stage in self.tiers[-1]:
+                        stage.outlet.append(relay)
+                    self.folded.append(relay)
+                    continue
+                if following is not None:
+                    following[0].intake.append(relay)
+                    self.folded.append(relay)
+                    continue
             self.tiers.append(tier)
         self.shutdown_timeout = shutdown_timeout
         self.sources: list[Worker] = []
