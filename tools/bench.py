@@ -2,8 +2,10 @@
 
     python -m tools.bench [--quick] [--out DIR]
 
-Everything runs on this machine: one camera simulator serving a fixed ~166 KB JPEG,
-the daemon as a child process (``snapshot-processor run``, detection off, default
+Everything runs on this machine: one camera simulator serving a fixed ~166 KB JPEG (a
+process of its own: in this one it would compete for the GIL with the event subscriber,
+and every GET, the floors' and the daemon's, would wait on the bench itself), the
+daemon as a child process (``snapshot-processor run``, detection off, default
 settings, 32 Foscam cameras and 5 FTP cameras), and this process as the sender of
 triggers and the subscriber of events, as the other services are.
 
@@ -21,9 +23,11 @@ Targets are ratios to the durable floor. The report is written as Markdown and J
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ftplib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -36,7 +40,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import msgpack
@@ -112,6 +118,61 @@ def bench_jpeg(target: int = 166_000) -> bytes:
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# --- the camera, in a process of its own ------------------------------------------------
+def _serve_camera(control: Connection, image: bytes) -> None:
+    with CameraSimulator(user=USER, password=PASSWORD, image=image) as camera:
+        control.send(camera.port)
+        while True:
+            command, value = control.recv()
+            if command == "stop":
+                return
+            camera.latency = value
+            control.send("ok")
+
+
+class RemoteCamera:
+    """The camera simulator in a child process; ``latency`` is set through a pipe."""
+
+    def __init__(self, image: bytes) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._control, child = context.Pipe()
+        self._process = context.Process(target=_serve_camera, args=(child, image), daemon=True)
+        self._latency = 0.0
+        self.port = 0
+        self._image = image
+
+    def __enter__(self) -> RemoteCamera:
+        self._process.start()
+        if not self._control.poll(30):
+            raise RuntimeError("the camera simulator did not start")
+        self.port = int(self._control.recv())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            self._control.send(("stop", None))
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._control.close()
+
+    @property
+    def latency(self) -> float:
+        return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._control.send(("latency", value))
+        self._control.recv()
+        self._latency = value
 
 
 # --- the broker side of the bench ---------------------------------------------------------
@@ -328,7 +389,7 @@ def run(plan: Plan, out: Path) -> Report:
     exchange = f"bench_{uuid.uuid4().hex[:8]}"
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        CameraSimulator(user=USER, password=PASSWORD, image=image) as camera,
+        RemoteCamera(image) as camera,
     ):
         root = Path(tmp)
         url = (
@@ -375,7 +436,7 @@ def delete_queue(name: str) -> None:
 
 
 def measure_daemon(
-    plan: Plan, report: Report, daemon: Daemon, peer: Peer, camera: CameraSimulator, ftp_port: int
+    plan: Plan, report: Report, daemon: Daemon, peer: Peer, camera: RemoteCamera, ftp_port: int
 ) -> None:
     figures = report.figures
     # Idle: nothing happens, only heartbeats.
@@ -402,16 +463,19 @@ def measure_daemon(
     sent = peer.trigger(1)
     peer.wait_events(1, 10)
     figures["one_camera_s"] = peer.events[0][0] - sent
-    peer.events.clear()
-    sent = time.perf_counter()
-    for n in range(1, CAMERAS + 1):
-        peer.trigger(n)
-    peer.wait_events(CAMERAS, 30)
-    figures["burst_32_s"] = peer.events[-1][0] - sent
+    # Twice: the first meets 31 cameras never asked yet (new connections, new pool
+    # threads); the second is what a daemon that has run a while does.
+    for figure in ("burst_32_s", "burst_32_warm_s"):
+        peer.events.clear()
+        sent = time.perf_counter()
+        for n in range(1, CAMERAS + 1):
+            peer.trigger(n)
+        peer.wait_events(CAMERAS, 30)
+        figures[figure] = peer.events[-1][0] - sent
     camera.latency = 0.0
 
     # Warm up to the first 1,000 triggers, then sustained load with a window in flight.
-    sent_total = 1 + CAMERAS + 5 + plan.latency_samples
+    sent_total = 1 + 2 * CAMERAS + 5 + plan.latency_samples
     sustain(peer, plan, max(0, plan.warmup_triggers - sent_total), seconds=None)
     figures["rss_after_warmup_mb"] = daemon.rss_mb()
     figures["triggers_at_warmup"] = plan.warmup_triggers
@@ -524,14 +588,15 @@ def table(report: Report) -> None:
         f"{f['sustained_events_per_s'] / durable['events_per_s']:.2f}×",
         "≥ 1×",
     )
-    report.row(
-        "32 cameras answering after 200 ms, at once",
-        "",
-        "",
-        f"{f['burst_32_s']:.2f} s (one camera: {f['one_camera_s']:.2f} s)",
-        f"{f['burst_32_s'] / f['one_camera_s']:.2f}× one camera",
-        "≤ 1.3×",
-    )
+    for figure, when in (("burst_32_s", "first time"), ("burst_32_warm_s", "again")):
+        report.row(
+            f"32 cameras answering after 200 ms, at once, {when}",
+            "",
+            "",
+            f"{f[figure]:.2f} s (one camera: {f['one_camera_s']:.2f} s)",
+            f"{f[figure] / f['one_camera_s']:.2f}× one camera",
+            "≤ 1.3×",
+        )
     upload = f["upload"]
     report.row(
         f"FTP upload end → event, {UPLOAD_CAMERAS} cameras × {upload['count'] // UPLOAD_CAMERAS}",
