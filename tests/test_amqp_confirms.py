@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pika
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp_confirms import ConfirmedChannel, Outgoing
 from tests.support.broker import BROKER, unique_exchange
@@ -17,83 +16,78 @@ pytestmark = pytest.mark.broker
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
 
+class Bench:
+    """A connection, a channel that sets up and inspects, one exchange and its queues."""
+
+    def __init__(self, connection: pika.BlockingConnection) -> None:
+        self.connection = connection
+        self.setup = connection.channel()
+        self.exchange = unique_exchange()
+        self.setup.exchange_declare(self.exchange, exchange_type="topic")
+        self.queues: list[str] = []
+
+    def queue(self, **arguments: object) -> str:
+        name = f"{self.exchange}.{uuid.uuid4().hex[:6]}"
+        self.setup.queue_declare(name, durable=True, arguments=arguments or None)
+        self.setup.queue_bind(name, self.exchange, "#")
+        self.queues.append(name)
+        return name
+
+    def confirmed(self) -> ConfirmedChannel:
+        return ConfirmedChannel(self.connection.channel())
+
+    def outgoing(self, n: int, exchange: str | None = None) -> Outgoing:
+        return exchange or self.exchange, "event.notify.test", f"message {n}".encode(), PERSISTENT
+
+    def bodies(self, queue: str) -> list[bytes]:
+        found: list[bytes] = []
+        while True:
+            method, _properties, body = self.setup.basic_get(queue, auto_ack=True)
+            if method is None:
+                return found
+            found.append(body)
+
+    def close(self) -> None:
+        for queue in self.queues:
+            self.setup.queue_delete(queue)
+        self.setup.exchange_delete(self.exchange)
+
+
 @pytest.fixture
-def connection() -> Iterator[pika.BlockingConnection]:
+def bench() -> Iterator[Bench]:
     connection = pika.BlockingConnection(BROKER)
+    made = Bench(connection)
     try:
-        yield connection
+        yield made
     finally:
-        if connection.is_open:
-            connection.close()
+        made.close()
+        connection.close()
 
 
-def queue_for(channel: BlockingChannel, exchange: str, **arguments: object) -> str:
-    channel.exchange_declare(exchange, exchange_type="topic")
-    name = f"{exchange}.{uuid.uuid4().hex[:6]}"
-    channel.queue_declare(name, durable=True, arguments=arguments or None)
-    channel.queue_bind(name, exchange, "#")
-    return name
+def test_a_group_is_confirmed_in_order_and_every_message_arrives(bench: Bench) -> None:
+    queue = bench.queue()
+    confirmed = bench.confirmed()
+    assert confirmed.publish([bench.outgoing(n) for n in range(20)]) == [True] * 20
+    assert confirmed.publish([bench.outgoing(20)]) == [True]  # tags go on counting
+    assert bench.bodies(queue) == [f"message {n}".encode() for n in range(21)]
 
 
-def outgoing(exchange: str, n: int) -> Outgoing:
-    return exchange, "event.notify.test", f"message {n}".encode(), PERSISTENT
-
-
-def bodies(channel: BlockingChannel, queue: str) -> list[bytes]:
-    found: list[bytes] = []
-    while True:
-        method, _properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return found
-        found.append(body)
-
-
-def test_a_group_is_confirmed_in_order_and_every_message_arrives(
-    connection: pika.BlockingConnection,
-) -> None:
-    exchange = unique_exchange()
-    setup = connection.channel()
-    queue = queue_for(setup, exchange)
-    try:
-        confirmed = ConfirmedChannel(connection.channel())
-        assert confirmed.publish([outgoing(exchange, n) for n in range(20)]) == [True] * 20
-        assert confirmed.publish([outgoing(exchange, 20)]) == [True]  # tags go on counting
-        assert bodies(setup, queue) == [f"message {n}".encode() for n in range(21)]
-    finally:
-        setup.queue_delete(queue)
-        setup.exchange_delete(exchange)
-
-
-def test_a_queue_that_refuses_makes_every_message_of_the_group_a_nack(
-    connection: pika.BlockingConnection,
-) -> None:
-    exchange = unique_exchange()
-    setup = connection.channel()
-    queue = queue_for(setup, exchange, **{"x-max-length": 0, "x-overflow": "reject-publish"})
-    try:
-        confirmed = ConfirmedChannel(connection.channel())
-        assert confirmed.publish([outgoing(exchange, n) for n in range(3)]) == [False] * 3
-    finally:
-        setup.queue_delete(queue)
-        setup.exchange_delete(exchange)
+def test_a_queue_that_refuses_makes_every_message_of_the_group_a_nack(bench: Bench) -> None:
+    bench.queue(**{"x-max-length": 0, "x-overflow": "reject-publish"})
+    confirmed = bench.confirmed()
+    assert confirmed.publish([bench.outgoing(n) for n in range(3)]) == [False] * 3
 
 
 def test_a_channel_the_broker_closes_mid_group_says_how_many_were_confirmed(
-    connection: pika.BlockingConnection,
+    bench: Bench,
 ) -> None:
-    exchange = unique_exchange()
-    setup = connection.channel()
-    queue = queue_for(setup, exchange)
-    try:
-        confirmed = ConfirmedChannel(connection.channel())
-        assert confirmed.publish([outgoing(exchange, 0)]) == [True]
-        group = [outgoing(exchange, 1), outgoing(unique_exchange(), 2), outgoing(exchange, 3)]
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as raised:
-            confirmed.publish(group)
-        assert raised.value.reply_code == 404
-        # The first may or may not have had its confirm before the close; never the rest.
-        assert confirmed.confirmed_before_close(len(group)) in (0, 1)
-        assert b"message 3" not in bodies(setup, queue)
-    finally:
-        setup.queue_delete(queue)
-        setup.exchange_delete(exchange)
+    queue = bench.queue()
+    confirmed = bench.confirmed()
+    assert confirmed.publish([bench.outgoing(0)]) == [True]
+    group = [bench.outgoing(1), bench.outgoing(2, unique_exchange()), bench.outgoing(3)]
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as raised:
+        confirmed.publish(group)
+    assert raised.value.reply_code == 404
+    # The first may or may not have had its confirm before the close; never the rest.
+    assert confirmed.confirmed_before_close(len(group)) in (0, 1)
+    assert b"message 3" not in bench.bodies(queue)
