@@ -113,8 +113,10 @@ class Demo:
         self.args = args
         self.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="snapshot-demo-"))
         self.data_root = self.workdir / "data"
-        self.http_port = free_port()
-        self.ftp_port = free_port()
+        # Picked in run(), once the camera simulators hold their ports: picked before,
+        # a simulator could be given the same free port.
+        self.http_port = 0
+        self.ftp_port = 0
         self.token = secrets.token_urlsafe(24)
         self.ftp_password = secrets.token_urlsafe(12)
         self.cameras = [
@@ -297,6 +299,8 @@ class Demo:
             say(
                 f"camera '{camera.key}' ({camera.behaviour}) simulated at {camera.simulator.base_url}"
             )
+        self.http_port = free_port()
+        self.ftp_port = free_port()
         self.settings = config.load(env=self.environment(), config_file=Path("/dev/null"))
         with (self.workdir / "daemon.log").open("wb") as daemon_log:
             daemon = self.spawn("daemon", ["run"], daemon_log)
