@@ -175,6 +175,8 @@ class AmqpPublisher(Stage):
         self._flush_at = 0.0
         self._connect_timer: Timer | None = None
         self._removal_timer: Timer | None = None
+        # When the outbox last committed new messages (which take removals along).
+        self._stored_at = 0.0
         # Exchanges the broker took a message for on the current channel.
         self._proven: set[str] = set()
         # What is wrong with the outbox now (None: nothing), for health; and log pacing.
@@ -307,6 +309,7 @@ class AmqpPublisher(Stage):
             self._hold(requests, exc)
             return []
         if stored_rows:
+            self._stored_at = time.monotonic()
             self._outbox_writable()
         self._remember(in_sync, ids, stored_rows)
         self._store.reset()
@@ -569,10 +572,15 @@ class AmqpPublisher(Stage):
             self._removal_timer = self.call_later(REMOVAL_DELAY, self._commit_removals)
 
     def _commit_removals(self) -> None:
-        """Confirmed rows no new message took off the disk: removed on their own."""
+        """Confirmed rows no new message took off the disk: removed on their own once no
+        commit has come for ``REMOVAL_DELAY`` (under load, the next commit takes them)."""
         self._removal_timer = None
         outbox = self._outbox
         if outbox is None or not outbox.removals_pending:
+            return
+        quiet = time.monotonic() - self._stored_at
+        if quiet < REMOVAL_DELAY:
+            self._removal_timer = self.call_later(REMOVAL_DELAY - quiet, self._commit_removals)
             return
         try:
             outbox.commit_removals()

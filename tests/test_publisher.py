@@ -146,6 +146,27 @@ def test_acks_go_to_their_reply_address_with_every_key(make: Make, peer: Peer) -
     assert names(images) == ["one", "two"]
 
 
+def test_confirmed_rows_leave_the_disk_once_no_more_messages_come(
+    make: Make, peer: Peer, tmp_path: Path
+) -> None:
+    publisher = make("pub-removal", peer.exchange)
+    sender = Sender(publisher.inbox)
+    try:
+        for name in (b"one", b"two", b"three"):
+            sender.send(publish_envelope(image(peer.exchange, name), Settlement(None)))
+        assert names(peer.wait_for_images(3)) == ["one", "two", "three"]
+    finally:
+        sender.close()
+
+    def rows_on_disk() -> int:
+        with sqlite3.connect(tmp_path / "pub-removal.sqlite3") as db:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # Confirmed at once, off the disk with the next commit; none comes, so on their own.
+    assert publisher.outbox_depth == 0
+    assert wait_until(lambda: rows_on_disk() == 0, timeout=5)
+
+
 def test_full_outbox_hands_back_or_reports_every_message(
     make: Make, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
