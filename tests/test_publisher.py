@@ -163,7 +163,7 @@ def test_confirmed_rows_leave_the_disk_once_no_more_messages_come(
             return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     # Confirmed at once, off the disk with the next commit; none comes, so on their own.
-    assert publisher.outbox_depth == 0
+    assert wait_until(lambda: publisher.outbox_depth == 0, timeout=5)
     assert wait_until(lambda: rows_on_disk() == 0, timeout=5)
 
 
