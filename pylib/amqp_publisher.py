@@ -57,6 +57,7 @@ from prometheus_client import Counter
 from pylib.amqp import CONNECTION_ERRORS, close_quietly, describe, explain
 from pylib.amqp_confirms import ConfirmedChannel, Outgoing
 from pylib.amqp_listener import RECONNECTS
+from pylib.attachment import Attachment
 from pylib.chain.settle import (
     DONE_KIND,
     PUBLISH_KIND,
@@ -106,7 +107,7 @@ class _Outcome(enum.Enum):
     LATER = "later"  # nacked: stays in front, tried again after a pause
 
 
-Row = tuple[str, str, bytes, Mapping[str, str] | None]
+Row = tuple[str, str, bytes, Mapping[str, str] | None, Attachment | None]
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ class AmqpPublisher(Stage):
                 str(body["routing_key"]),
                 bytes(body["body"]),
                 {"message_id": envelope.id, **headers},
+                Attachment.of(body.get("attachment")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             # Nothing can ever be published from it: settled (acked) so its work is not stuck.
@@ -334,8 +336,12 @@ class AmqpPublisher(Stage):
             self._recent.clear()  # out of step with the outbox: read it from disk
             return
         now = time.time()
-        for entry_id, (exchange, routing_key, body, headers) in zip(ids, rows, strict=True):
-            entry = OutboxEntry(entry_id, exchange, routing_key, body, dict(headers or {}), now)
+        for entry_id, (exchange, routing_key, body, headers, attachment) in zip(
+            ids, rows, strict=True
+        ):
+            entry = OutboxEntry(
+                entry_id, exchange, routing_key, body, dict(headers or {}), now, attachment
+            )
             self._recent.append(entry)
 
     def _hold(self, requests: list[_Request], exc: OutboxError) -> None:
@@ -592,11 +598,21 @@ class AmqpPublisher(Stage):
         self._outbox_writable()
 
     def _next_entries(self, outbox: Outbox) -> list[OutboxEntry]:
-        """The next rows to publish: from memory when it holds the whole outbox, else disk."""
+        """The next rows to publish: from memory when it holds the whole outbox, else disk.
+
+        A row read from disk whose body cannot be made whole (its attached file is gone
+        or changed) is parked, never published without its part.
+        """
         if len(self._recent) == len(outbox):
             return list(itertools.islice(self._recent, FLUSH_BATCH))
         self._recent.clear()
-        return outbox.peek(FLUSH_BATCH)
+        while True:
+            entries = outbox.peek(FLUSH_BATCH)
+            broken = [entry for entry in entries if entry.problem is not None]
+            if not broken:
+                return entries
+            for entry in broken:
+                self._park(entry, f"{entry.problem}")
 
     def _publish_entry(self, entry: OutboxEntry, *, tried: bool = False) -> _Outcome:
         """One row alone; ``tried``: its first try closed the channel (404 or 406)."""
@@ -642,21 +658,25 @@ class AmqpPublisher(Stage):
         self._channel = ConfirmedChannel(channel)
         self._proven.clear()
 
-    def _park(self, entry: OutboxEntry, exc: pika.exceptions.ChannelClosedByBroker) -> None:
-        """Set a row aside that the broker will never take, so the rest can flow."""
+    def _park(self, entry: OutboxEntry, why: pika.exceptions.ChannelClosedByBroker | str) -> None:
+        """Set a row aside that the broker will never take, or that cannot be sent whole,
+        so the rest can flow."""
         assert self._outbox is not None
-        reason = f"{exc.reply_code} {exc.reply_text}"
+        if isinstance(why, str):
+            reason, what = why, "cannot be sent"
+        else:
+            reason = f"{why.reply_code} {why.reply_text}"
+            what = f"is refused for good by the broker (exchange {entry.exchange!r})"
         self._outbox.park(entry.id, reason)
         self._outbox_writable()
         self._recent.clear()  # out of step with the outbox now: read it from disk
         PUBLISH_FAILURES.labels("parked").inc()
         log.error(
-            "%s: broker refuses message %d (%s) to exchange %r for good (%r); parked it in"
-            " the parked table of %s; the rest go on",
+            "%s: message %d (%s) %s: %s; parked it in the parked table of %s; the rest go on",
             self.name,
             entry.id,
             entry.headers.get("message_id", "?"),
-            entry.exchange,
+            what,
             reason,
             self._outbox.path,
         )

@@ -21,6 +21,13 @@ A row the broker will never take (its exchange is gone) is *parked*: moved to th
 ``parked`` table of the same file, kept for a person to look at, and no longer in the
 way of the rows behind it.
 
+A message may keep part of its body in a file (:class:`~pylib.attachment.Attachment`:
+a snapshot already on disk): its row then holds the rest and names the file, and the
+bytes are put back, checked against their CRC-32, when the row is read from disk. A row
+whose file is gone or changed comes back from :meth:`~Outbox.peek` with a ``problem``
+instead (the publisher parks it). :func:`attached_files` names the files rows still
+need, so retention leaves them.
+
 A damaged file (not a database, a bad page, truncated) is never retried in a loop: it
 is renamed to ``<name>.damaged-<UTC time>`` (its ``-wal`` and ``-shm`` with it, so
 nothing in it is lost), one ERROR line names the error and the new name, and a fresh
@@ -35,7 +42,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,7 @@ from types import TracebackType
 
 from prometheus_client import Counter, Gauge
 
+from pylib.attachment import Attachment, AttachmentError
 from pylib.sqlite_file import is_damaged, move_aside, transaction
 
 logger = logging.getLogger(__name__)
@@ -67,7 +75,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     routing_key TEXT NOT NULL,
     body BLOB NOT NULL,
     headers TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    file TEXT,
+    file_offset INTEGER,
+    file_size INTEGER,
+    file_crc INTEGER
 )
 """
 
@@ -80,9 +92,27 @@ CREATE TABLE IF NOT EXISTS parked (
     headers TEXT NOT NULL,
     created REAL NOT NULL,
     parked REAL NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    file TEXT,
+    file_offset INTEGER,
+    file_size INTEGER,
+    file_crc INTEGER
 )
 """
+
+# Added after the first release: an older file gets them on open.
+_FILE_COLUMNS = (
+    ("file", "TEXT"),
+    ("file_offset", "INTEGER"),
+    ("file_size", "INTEGER"),
+    ("file_crc", "INTEGER"),
+)
+_FILE_FIELDS = "file, file_offset, file_size, file_crc"
+_ROW = f"id, exchange, routing_key, body, headers, created, {_FILE_FIELDS}"
+_INSERT = (
+    f"INSERT INTO outbox (exchange, routing_key, body, headers, created, {_FILE_FIELDS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class OutboxError(Exception):
@@ -107,7 +137,11 @@ class OutboxFullError(OutboxError):
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """One stored message. ``id`` grows monotonically and is never reused."""
+    """One stored message. ``id`` grows monotonically and is never reused.
+
+    ``problem`` says why the body could not be made whole again (its attached file is
+    gone or changed); ``body`` is then only what the row holds, and must not be sent.
+    """
 
     id: int
     exchange: str
@@ -115,6 +149,14 @@ class OutboxEntry:
     body: bytes
     headers: dict[str, str]
     created: float
+    attachment: Attachment | None = None
+    problem: str | None = None
+
+
+Message = (
+    tuple[str, str, bytes, Mapping[str, str] | None]
+    | tuple[str, str, bytes, Mapping[str, str] | None, Attachment | None]
+)
 
 
 class Outbox:
@@ -191,6 +233,11 @@ class Outbox:
                 )
             conn.execute(_SCHEMA)
             conn.execute(_PARKED_SCHEMA)
+            for table in ("outbox", "parked"):
+                have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, kind in _FILE_COLUMNS:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             (count,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
         except sqlite3.Error as exc:
             conn.close()
@@ -239,10 +286,8 @@ class Outbox:
         """Move a message the broker will never take to the ``parked`` table; False if absent."""
         with self._transaction("cannot park a message in") as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO parked"
-                " (id, exchange, routing_key, body, headers, created, parked, reason)"
-                " SELECT id, exchange, routing_key, body, headers, created, ?, ?"
-                " FROM outbox WHERE id = ?",
+                f"INSERT OR REPLACE INTO parked ({_ROW}, parked, reason)"
+                f" SELECT {_ROW}, ?, ? FROM outbox WHERE id = ?",
                 (time.time(), reason, entry_id),
             )
             removed = conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
@@ -256,15 +301,12 @@ class Outbox:
         try:
             rows = (
                 self._connection()
-                .execute(
-                    "SELECT id, exchange, routing_key, body, headers, created, reason"
-                    " FROM parked ORDER BY id"
-                )
+                .execute(f"SELECT {_ROW}, reason FROM parked ORDER BY id")
                 .fetchall()
             )
         except sqlite3.Error as exc:
             raise _error(f"cannot read outbox {self.path}", exc) from exc
-        return [(_entry(row), str(row[6])) for row in rows]
+        return [(_entry(row), str(row[10])) for row in rows]
 
     def replay_parked(self, ids: Collection[int] | None = None) -> int:
         """Put parked messages (all, or those with ``ids``) back at the end of the outbox,
@@ -275,18 +317,12 @@ class Outbox:
         """
         wanted = None if ids is None else sorted(set(ids))
         with self._transaction("cannot replay parked messages in") as conn:
-            rows = conn.execute(
-                "SELECT id, exchange, routing_key, body, headers, created FROM parked ORDER BY id"
-            ).fetchall()
+            rows = conn.execute(f"SELECT {_ROW} FROM parked ORDER BY id").fetchall()
             if wanted is not None:
                 rows = [row for row in rows if row[0] in wanted]
             rows = rows[: self.room]
             for row in rows:
-                conn.execute(
-                    "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    row[1:],
-                )
+                conn.execute(_INSERT, row[1:])
                 conn.execute("DELETE FROM parked WHERE id = ?", (row[0],))
         if rows:
             self._set_depth(self._depth + len(rows))
@@ -313,18 +349,16 @@ class Outbox:
         routing_key: str,
         body: bytes,
         headers: Mapping[str, str] | None = None,
+        attachment: Attachment | None = None,
     ) -> int:
         """Store a message durably and return its id; raise :class:`OutboxFullError` when full."""
         if self._depth >= self.max_entries:
             raise OutboxFullError(
                 f"outbox {self.path} is full: {self._depth} of {self.max_entries} messages"
             )
-        headers_json = json.dumps(dict(headers or {}), sort_keys=True)
         try:
             cursor = self._connection().execute(
-                "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (exchange, routing_key, bytes(body), headers_json, time.time()),
+                _INSERT, _row(exchange, routing_key, body, headers, attachment, time.time())
             )
         except sqlite3.Error as exc:
             raise _error(f"cannot append to outbox {self.path}", exc) from exc
@@ -333,10 +367,12 @@ class Outbox:
         self._set_depth(self._depth + 1)
         return entry_id
 
-    def append_many(
-        self, messages: list[tuple[str, str, bytes, Mapping[str, str] | None]]
-    ) -> list[int]:
+    def append_many(self, messages: Sequence[Message]) -> list[int]:
         """Store several messages in one transaction (one sync to disk); return their ids.
+
+        Each is ``(exchange, routing_key, body, headers)``, with an optional fifth item,
+        the :class:`~pylib.attachment.Attachment` whose bytes the row leaves out
+        (``ValueError`` if the body is too short to hold them).
 
         The rows :meth:`forget` took out leave the disk in the same transaction. All or
         nothing: on an error none is stored (and the forgotten rows stay forgotten).
@@ -351,22 +387,16 @@ class Outbox:
                 f" {len(messages)} more do not fit"
             )
         now = time.time()
+        rows = [
+            _row(exchange, routing_key, body, headers, more[0] if more else None, now)
+            for exchange, routing_key, body, headers, *more in messages
+        ]
         ids: list[int] = []
         removing = sorted(self._forgotten)
         with self._transaction("cannot append to") as conn:
             self._delete(conn, removing)
-            for exchange, routing_key, body, headers in messages:
-                cursor = conn.execute(
-                    "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (
-                        exchange,
-                        routing_key,
-                        bytes(body),
-                        json.dumps(dict(headers or {}), sort_keys=True),
-                        now,
-                    ),
-                )
+            for row in rows:
+                cursor = conn.execute(_INSERT, row)
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
         self._forgotten.difference_update(removing)
@@ -386,8 +416,7 @@ class Outbox:
             rows = (
                 self._connection()
                 .execute(
-                    "SELECT id, exchange, routing_key, body, headers, created"
-                    " FROM outbox ORDER BY id LIMIT ?",
+                    f"SELECT {_ROW} FROM outbox ORDER BY id LIMIT ?",
                     (limit + len(self._forgotten),),
                 )
                 .fetchall()
@@ -522,16 +551,76 @@ class Outbox:
                 self._backlog_reported = False
 
 
+def _row(
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    attachment: Attachment | None,
+    created: float,
+) -> tuple[object, ...]:
+    """The values of :data:`_INSERT`: the body without its attached bytes, if any."""
+    headers_json = json.dumps(dict(headers or {}), sort_keys=True)
+    if attachment is None:
+        return (exchange, routing_key, bytes(body), headers_json, created, None, None, None, None)
+    rest, crc = attachment.cut(bytes(body))
+    where = (attachment.path, attachment.offset, attachment.size, crc)
+    return (exchange, routing_key, rest, headers_json, created, *where)
+
+
 def _entry(row: tuple[object, ...]) -> OutboxEntry:
+    """A row as an entry, its body whole again (or with the ``problem`` that prevents it)."""
     headers = json.loads(str(row[4]))
+    body = bytes(row[3])  # type: ignore[call-overload]
+    attachment, problem = None, None
+    if row[6] is not None:
+        try:
+            attachment = Attachment(str(row[6]), int(str(row[7])), int(str(row[8])))
+            body = attachment.splice(body, int(str(row[9])))
+        except (AttachmentError, ValueError) as exc:
+            problem = f"its attached file cannot be read back: {exc}"
     return OutboxEntry(
         id=int(str(row[0])),
         exchange=str(row[1]),
         routing_key=str(row[2]),
-        body=bytes(row[3]),  # type: ignore[call-overload]
+        body=body,
         headers={str(k): str(v) for k, v in headers.items()},
         created=float(str(row[5])),
+        attachment=attachment,
+        problem=problem,
     )
+
+
+def attached_files(path: Path) -> set[str]:
+    """The files that messages in the outbox at ``path`` (waiting or parked) still need.
+
+    Read-only, from any thread or process; an outbox that does not exist needs none.
+    Raises :class:`OutboxError` if the file cannot be read, so a caller that deletes
+    files (retention) deletes nothing rather than something still needed.
+    """
+    if not Path(path).exists():
+        return set()
+    try:
+        conn = sqlite3.connect(
+            f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_SECONDS
+        )
+    except sqlite3.Error as exc:
+        raise _error(f"cannot open outbox {path}", exc) from exc
+    try:
+        tables = {str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master")}
+        found: set[str] = set()
+        for table in ("outbox", "parked"):
+            if table not in tables:
+                continue
+            columns = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+            if "file" in columns:
+                query = f"SELECT file FROM {table} WHERE file IS NOT NULL"
+                found.update(str(name) for (name,) in conn.execute(query))
+        return found
+    except sqlite3.Error as exc:
+        raise _error(f"cannot read outbox {path}", exc) from exc
+    finally:
+        conn.close()
 
 
 def _thresholds(max_entries: int) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ from pylib.envelope import Envelope, new_id
 from pylib.health import HealthPinger
 from pylib.http_server import HttpServer, TokenAuth
 from pylib.logs import printable
+from pylib.outbox import attached_files
 from pylib.upload_queue import UploadQueue, UploadQueueError
 from pylib.uploader import Uploader
 from pylib.worker import Worker
@@ -333,9 +334,17 @@ class App:
         }
 
     def retention(self) -> Worker:
-        """Local retention: never a file the upload queue still holds."""
+        """Local retention: never a file the upload queue or the outbox still needs."""
         settings = self.settings
         queue = getattr(self, "upload_queue", None)
+
+        def pending() -> set[str]:
+            # Read each sweep; a failure to read skips the sweep (nothing removed).
+            needed = attached_files(settings.outbox_path)
+            if queue is not None:
+                needed |= queue.pending_paths()
+            return needed
+
         return Retention(
             settings.snapshots_root_dir,
             RetentionPolicy.of(
@@ -344,7 +353,7 @@ class App:
                 settings.retention_min_free_bytes,
             ),
             self.stop_event,
-            pending=queue.pending_paths if queue is not None else None,
+            pending=pending,
             interval=settings.retention_interval,
             on_fatal=self.daemon.on_fatal,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -124,3 +126,29 @@ def pack(message: dict[str, Any]) -> bytes:
     """msgpack with bytes as bin, as the Java and Python consumers expect."""
     packed: bytes = msgpack.packb(message, use_bin_type=True)
     return packed
+
+
+def _bin_header(size: int) -> bytes:
+    """The msgpack bin header for ``size`` bytes (bin 8, 16 or 32, as the spec has it)."""
+    if size < 1 << 8:
+        return struct.pack(">BB", 0xC4, size)
+    if size < 1 << 16:
+        return struct.pack(">BH", 0xC5, size)
+    return struct.pack(">BI", 0xC6, size)
+
+
+def pack_image_event(event: dict[str, Any]) -> tuple[bytes, int]:
+    """An image event packed as :func:`pack` does, and where its image's bytes start.
+
+    The image is packed as a unique 16-byte marker first, so its place is found without
+    searching the image itself; the marker's bin header is then swapped for the image's.
+    """
+    entry = event["inputs"][0]
+    image: bytes = entry["image"]
+    marker = os.urandom(16)
+    packed = pack({**event, "inputs": [{**entry, "image": marker}, *event["inputs"][1:]]})
+    marked = _bin_header(len(marker)) + marker
+    at = packed.index(marked)
+    head = _bin_header(len(image))
+    body = b"".join((packed[:at], head, image, packed[at + len(marked) :]))
+    return body, at + len(head)

@@ -11,11 +11,12 @@ import time
 from collections import Counter
 from typing import Any
 
+from pylib.attachment import Attachment
 from pylib.chain.settle import DONE_KIND, Publication, publish_envelope
 from pylib.envelope import Envelope
 from pylib.logs import printable
 from snapshot_processor.activity import EventRecord, RecentEvents
-from snapshot_processor.event import image_event, image_routing_key, pack
+from snapshot_processor.event import image_event, image_routing_key, pack_image_event
 from snapshot_processor.messages import SnapshotMessage
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,15 @@ class EventBuilder:
             detections=snap.detections,
             extra=snap.detection_fields(),
         )
+        body, at = pack_image_event(event)
         publication = Publication(
             self.exchange,
             self.routing_key,
-            pack(event),
+            body,
             {"message_id": snap.event_id, "content_type": "application/msgpack"},
+            # The image is the file at storage_path, synced before it came here: the
+            # outbox names the file instead of storing the image a second time.
+            Attachment(snap.storage_path, at, len(snap.image)),
         )
         # From the trigger's arrival; an upload has none, so from the file's arrival.
         since, what = (

@@ -38,18 +38,73 @@ def snapshot_path(root: Path, camera_key: str, taken: float, event_id: str) -> P
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temporary name and rename, so no reader sees half a file.
+
+    Durable on return, name and all (the outbox names this file instead of holding its
+    bytes): the data is synced before the rename, the folder after it, and the parent of
+    any folder made for it.
+    """
+    made = make_folders(path.parent)
     temporary = path.with_name(f".{path.name}.part")
     try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            with memoryview(data) as view:
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)  # a half file only takes the space others need
         raise
+    sync_folders(path.parent, made)
+
+
+def keep_linked(path: Path, source: Path, data: bytes) -> None:
+    """Make ``path`` a durable copy of ``source``, whose bytes are ``data``: a hard link
+    where the file system allows (its data synced), else a written copy."""
+    made = make_folders(path.parent)
+    try:
+        os.link(source, path, follow_symlinks=False)
+    except OSError:
+        write_atomically(path, data)  # another file system: a copy
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_folders(path.parent, made)
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and any missing parents; the ones made, outermost first."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    made = []
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:
+            continue  # another thread made it a moment ago; it syncs its parent
+        made.append(each)
+    return made
+
+
+def sync_folders(folder: Path, made: list[Path]) -> None:
+    """Sync ``folder`` (a name in it changed) and the parent of each folder in ``made``."""
+    for each in dict.fromkeys([*(m.parent for m in made), folder]):
+        fd = os.open(each, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class WriteTrouble:

@@ -44,7 +44,7 @@ from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
 from snapshot_processor.messages import SnapshotMessage
 from snapshot_processor.snapshot import SNAPSHOTS
-from snapshot_processor.storage import slug, snapshot_path
+from snapshot_processor.storage import keep_linked, slug, snapshot_path
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,6 @@ class UploadStage(Stage):
         taken = info.st_mtime
         event_id = new_id()
         target = snapshot_path(self.root, device.key, time.time(), event_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
         # Renamed aside, so a re-upload under the same name is a new file and a new event;
         # kept until the publisher has the event in its outbox.
         inflight = path
@@ -397,10 +396,8 @@ class UploadStage(Stage):
             # Swapped for something else between reading and renaming: not ours to link.
             os.replace(inflight, path)
             raise UploadRejectedError("symlink", "replaced while being taken")
-        try:
-            os.link(inflight, target, follow_symlinks=False)
-        except OSError:
-            target.write_bytes(image)  # another file system: a copy
+        # Durable, name and all: the outbox names this file instead of holding the image.
+        keep_linked(target, inflight, image)
         self._inflight[inflight] = target
         SNAPSHOTS.labels(device.key, "upload").inc()
         log.info("upload: %s from %s -> event %s", printable(path.name), device.key, event_id)

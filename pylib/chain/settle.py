@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from pylib.attachment import Attachment
 from pylib.chain.sockets import Sender
 from pylib.envelope import Envelope
 
@@ -104,12 +105,14 @@ def settle_failed(envelope: Envelope) -> Envelope | None:
 
 @dataclass(frozen=True)
 class Publication:
-    """One message to publish: where to, the bytes, and AMQP properties as headers."""
+    """One message to publish: where to, the bytes, and AMQP properties as headers;
+    ``attachment`` names a file that holds part of the body, so the outbox need not."""
 
     exchange: str
     routing_key: str
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    attachment: Attachment | None = None
 
 
 def publish_envelope(
@@ -123,6 +126,8 @@ def publish_envelope(
         "headers": publication.headers,
         **settlement.fields(),
     }
+    if publication.attachment is not None:
+        body["attachment"] = publication.attachment.fields()
     return Envelope(PUBLISH_KIND, body) if msg_id is None else Envelope(PUBLISH_KIND, body, msg_id)
 
 
