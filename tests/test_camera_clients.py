@@ -6,7 +6,6 @@ import io
 import logging
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from snapshot_processor.camera import (
     make_client,
     parse_device_params,
 )
+from tests.support.net import free_port
 from tools.camera_simulator import CameraSimulator
 
 USER = "admin"
@@ -385,19 +385,12 @@ def test_4xx_is_not_retried(sim: CameraSimulator, client_for: ClientFactory) -> 
     assert sim.requests == 1
 
 
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_connection_refused_is_connection_error() -> None:
     spec = CameraSpec(
         key="gone camera",
         vendor="foscam",
         host="127.0.0.1",
-        port=_unused_port(),
+        port=free_port(),
         user=USER,
         password=PASSWORD,
         timeout=1.0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from snapshot_processor.commands.common import (
 )
 from tests.support.broker import BROKER, delete_queue, running_app, unique_exchange
 from tests.support.daemon import camera_env
+from tests.support.net import free_port
 from tests.support.wait import wait_for_text
 from tools.camera_simulator import CameraSimulator
 
@@ -43,13 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 def camera() -> Iterator[CameraSimulator]:
     with CameraSimulator(user="admin", password=PASSWORD) as simulator:
         yield simulator
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def write_config(tmp_path: Path, **values: str) -> Path:
@@ -191,7 +184,7 @@ def test_snap_with_a_wrong_password_fails_in_one_line(
 def test_snap_of_a_closed_port_fails_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = write_config(tmp_path, **camera_config(closed_port()))
+    settings = write_config(tmp_path, **camera_config(free_port()))
     assert cli_main(settings, "snap", KEY) == EXIT_CAMERA
     assert "connection refused" in one_line(capsys.readouterr().err)
 
@@ -211,9 +204,9 @@ def test_a_configuration_error_is_exit_2_in_one_line(
 def test_an_unreachable_broker_is_one_line(
     tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = closed_port()
+    port = free_port()
     settings = write_config(
-        tmp_path, RABBITMQ_SERVER_ADDRESS=f"127.0.0.1:{port}", **camera_config(closed_port())
+        tmp_path, RABBITMQ_SERVER_ADDRESS=f"127.0.0.1:{port}", **camera_config(free_port())
     )
     assert cli_main(settings, *argv) == EXIT_BROKER
     line = one_line(capsys.readouterr().err)

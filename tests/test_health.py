@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from pylib.health import HealthPinger
 from tests.support.fakes.http_recorder import HTTPRecorder
+from tests.support.net import free_port
 
 CHECK_UUID = "5f2c8a4e-1b7d-4c3a-9e6f-0a1b2c3d4e5f"
 CRONITOR_KEY = "telemetrykey123/snapshot-processor"
@@ -45,12 +45,6 @@ def _pinger(
         timeout=2.0,
         cronitor_base_url=f"{recorder.base_url}/p",
     )
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_healthy_ping_reaches_both_services(recorder: HTTPRecorder) -> None:
@@ -145,7 +139,7 @@ def test_refused_ping_is_logged_counted_and_pinging_continues(
 
 
 def test_unreachable_service_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
-    base = f"http://127.0.0.1:{_closed_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     hc_before, cronitor_before = _failures("healthchecks"), _failures("cronitor")
     pinger = HealthPinger(
         f"{base}/{CHECK_UUID}",

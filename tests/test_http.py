@@ -20,18 +20,13 @@ from snapshot_processor import config
 from snapshot_processor.app import App
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.net import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 TOKEN = "a-token-of-at-least-16-chars"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def call(

@@ -20,6 +20,7 @@ from snapshot_processor import config
 from snapshot_processor.app import App, startup_summary
 from snapshot_processor.messages import SnapshotMessage
 from snapshot_processor.publication import EventBuilder
+from tests.support.net import free_port
 
 
 def _snapshot(**fields: object) -> SnapshotMessage:
@@ -184,17 +185,10 @@ def _listen_addresses(port: int) -> set[str]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_metrics_listen_on_loopback_and_a_taken_port_is_a_clear_start_failure(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {"SNAPSHOTS_ROOT_DIR": str(tmp_path), "METRICS_PORT": str(port)}
     app = App(config.load(env=env))
     app.init_metrics()

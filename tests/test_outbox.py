@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from pylib.outbox import Outbox, OutboxError, OutboxFullError
+from pylib.attachment import Attachment
+from pylib.outbox import Outbox, OutboxError, OutboxFullError, attached_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -327,3 +328,128 @@ def test_close_takes_forgotten_rows_off_the_disk(db_path: Path) -> None:
     assert rows_on_disk(db_path) == ["b"]
     with Outbox(db_path) as box:
         assert len(box) == 1
+
+
+# --- messages whose image stays in its file ------------------------------------------
+def _with_image(tmp_path: Path, image: bytes, name: str = "snap.jpg") -> tuple[bytes, Attachment]:
+    """A body with ``image`` in its middle, and the attachment naming the file holding it."""
+    path = tmp_path / name
+    path.write_bytes(image)
+    body = b"head:" + image + b":tail"
+    return body, Attachment(str(path), 5, len(image))
+
+
+def _stored_body(db_path: Path, entry_id: int) -> bytes:
+    with sqlite3.connect(db_path) as db:
+        return bytes(db.execute("SELECT body FROM outbox WHERE id = ?", (entry_id,)).fetchone()[0])
+
+
+def test_an_attached_file_stays_out_of_the_row_and_comes_back_whole(
+    tmp_path: Path, db_path: Path
+) -> None:
+    image = os.urandom(20_000)
+    body, attachment = _with_image(tmp_path, image)
+    with Outbox(db_path) as box:
+        [entry_id] = box.append_many([("events", "rk", body, {"a": "1"}, attachment)])
+        plain = box.append("events", "rk", b"no file")
+
+    assert _stored_body(db_path, entry_id) == b"head::tail"  # the image is not copied
+    with Outbox(db_path) as box:
+        entry, other = box.peek()
+    assert (entry.id, entry.body, entry.headers, entry.problem) == (
+        entry_id,
+        body,
+        {"a": "1"},
+        None,
+    )
+    assert entry.attachment == attachment
+    assert (other.id, other.body, other.attachment) == (plain, b"no file", None)
+    assert attached_files(db_path) == {attachment.path}
+
+
+def test_a_row_whose_file_went_or_changed_says_so_and_is_not_made_up(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    gone_body, gone = _with_image(tmp_path, os.urandom(1000), "gone.jpg")
+    changed_body, changed = _with_image(tmp_path, os.urandom(1000), "changed.jpg")
+    short_body, short = _with_image(tmp_path, os.urandom(1000), "short.jpg")
+    outbox.append_many(
+        [
+            ("e", "k", gone_body, None, gone),
+            ("e", "k", changed_body, None, changed),
+            ("e", "k", short_body, None, short),
+        ]
+    )
+    os.unlink(gone.path)
+    Path(changed.path).write_bytes(os.urandom(1000))  # same size, other bytes
+    Path(short.path).write_bytes(b"x" * 10)
+
+    problems = [entry.problem or "" for entry in outbox.peek()]
+
+    assert "gone.jpg cannot be read" in problems[0]
+    assert "changed.jpg changed since the message was stored" in problems[1]
+    assert "short.jpg holds 10 bytes, not the 1000 stored" in problems[2]
+
+
+def test_an_attachment_past_the_end_of_its_body_is_refused_and_nothing_stored(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    _, attachment = _with_image(tmp_path, os.urandom(100))
+    with pytest.raises(ValueError, match="past the end"):
+        outbox.append_many([("e", "k", b"ok", None), ("e", "k", b"short", None, attachment)])
+    assert len(outbox) == 0
+    assert outbox.peek() == []
+
+
+def test_parking_and_replaying_keep_the_attachment(tmp_path: Path, db_path: Path) -> None:
+    body, attachment = _with_image(tmp_path, os.urandom(5000))
+    with Outbox(db_path) as box:
+        [entry_id] = box.append_many([("gone", "rk", body, None, attachment)])
+        assert box.park(entry_id, "404 NOT_FOUND")
+        [(parked, reason)] = box.parked()
+        assert (parked.body, parked.attachment, reason) == (body, attachment, "404 NOT_FOUND")
+        # Retention must keep the file of a parked message too: it may be replayed.
+        assert attached_files(db_path) == {attachment.path}
+        assert box.replay_parked() == 1
+        [entry] = box.peek()
+    assert (entry.body, entry.attachment) == (body, attachment)
+
+
+def test_an_outbox_from_before_attachments_gets_the_columns_and_keeps_its_rows(
+    db_path: Path, tmp_path: Path
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, exchange TEXT NOT NULL,"
+            " routing_key TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,"
+            " created REAL NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE parked (id INTEGER PRIMARY KEY, exchange TEXT NOT NULL,"
+            " routing_key TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,"
+            " created REAL NOT NULL, parked REAL NOT NULL, reason TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO outbox (exchange, routing_key, body, headers, created)"
+            " VALUES ('e', 'old', x'0102', '{}', 1.0)"
+        )
+    assert attached_files(db_path) == set()  # readable before the upgrade too
+
+    body, attachment = _with_image(tmp_path, os.urandom(300))
+    with Outbox(db_path) as box:
+        box.append_many([("e", "new", body, None, attachment)])
+        old, new = box.peek()
+    assert (old.routing_key, old.body, old.attachment) == ("old", b"\x01\x02", None)
+    assert (new.routing_key, new.body, new.attachment) == ("new", body, attachment)
+
+
+def test_no_outbox_file_needs_no_files(tmp_path: Path) -> None:
+    assert attached_files(tmp_path / "missing.sqlite3") == set()
+
+
+def test_an_unreadable_outbox_file_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-db.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError):
+        attached_files(path)

@@ -4,6 +4,7 @@ a crash and restart, and the bounded last flush at stop."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp_publisher import AmqpPublisher
+from pylib.attachment import Attachment
 from pylib.chain.settle import (
     ACK_KIND,
     PUBLISH_KIND,
@@ -34,6 +36,7 @@ from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
 from tests.support.broker import BROKER, Peer, unique_exchange
 from tests.support.metrics import sample
+from tests.support.net import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 
@@ -408,17 +411,78 @@ def test_malformed_requests_are_settled_and_the_next_is_published(make: Make, pe
         owed = Settlement({"reply_to": acks, "n": 1})
         sender.send(Envelope(PUBLISH_KIND, {"exchange": peer.exchange, **owed.fields()}))
         sender.send(Envelope("unknown.kind", Settlement({"reply_to": acks, "n": 2}).fields()))
-        sender.send(
-            publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 3}))
+        bad_file = publish_envelope(
+            image(peer.exchange, b"x"), Settlement({"reply_to": acks, "n": 3})
         )
-        returned = receive(ack_pull, 3)
+        bad_file.body["attachment"] = ["/a.jpg", -1, "many"]
+        sender.send(bad_file)
+        sender.send(
+            publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 4}))
+        )
+        returned = receive(ack_pull, 4)
         images = peer.wait_for_images(1)
     finally:
         sender.close()
         ack_pull.close(linger=0)
-    assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, False), (2, False), (3, False)]
+    assert [(ack["n"], ack["requeue"]) for ack in returned] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, False),
+    ]
     assert names(images) == ["next"]
-    assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 2
+    assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 3
+
+
+def test_a_backlog_read_from_disk_gets_its_images_back_from_their_files(
+    make: Make, peer: Peer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored while the broker is away, published by the next start from the outbox file:
+    each image comes back from its snapshot file; one whose file is gone is parked."""
+    outbox_path = tmp_path / "backlog.sqlite3"
+    files = {}
+    for name in ("kept", "lost", "also kept"):
+        files[name] = tmp_path / f"{name}.jpg"
+        files[name].write_bytes(os.urandom(30_000))
+    away = pika.ConnectionParameters("127.0.0.1", free_port(), connection_attempts=1)
+    first = make("pub-backlog-1", peer.exchange, params=away, outbox_path=outbox_path)
+    sender = Sender(first.inbox)
+    try:
+        for name, path in files.items():
+            body = msgpack.packb({"name": name, "image": path.read_bytes()})
+            at = len(body) - len(path.read_bytes())
+            publication = Publication(
+                peer.exchange,
+                "event.notify.snapshot.test.image",
+                body,
+                attachment=Attachment(str(path), at, path.stat().st_size),
+            )
+            sender.send(publish_envelope(publication, Settlement(None)))
+        assert wait_until(lambda: first.outbox_depth == 3)
+    finally:
+        sender.close()
+    assert first.stop_and_join(10)
+    with sqlite3.connect(outbox_path) as db:  # the rows hold no image
+        sizes = [int(n) for (n,) in db.execute("SELECT length(body) FROM outbox")]
+    assert max(sizes) < 100
+    files["lost"].unlink()
+
+    caplog.set_level(logging.ERROR, logger="pylib.amqp_publisher")
+    second = make("pub-backlog-2", peer.exchange, outbox_path=outbox_path)
+    images = peer.wait_for_images(2)
+    assert wait_until(lambda: second.outbox_depth == 0)
+
+    assert [(body["name"], body["image"]) for body in images] == [
+        ("kept", files["kept"].read_bytes()),
+        ("also kept", files["also kept"].read_bytes()),
+    ]
+    with Outbox(outbox_path) as box:
+        [(parked, reason)] = box.parked()
+    assert parked.attachment is not None
+    assert parked.attachment.path == str(files["lost"])
+    assert "lost.jpg cannot be read" in reason
+    assert "lost.jpg cannot be read" in caplog.text
+    assert "parked it" in caplog.text
 
 
 def test_row_for_a_missing_exchange_is_parked_and_the_rest_flow(

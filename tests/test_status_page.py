@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import camera_env
-from tests.test_http import TOKEN, free_port
+from tests.support.net import free_port
+from tests.test_http import TOKEN
 from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
 
