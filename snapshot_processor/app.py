@@ -333,7 +333,7 @@ class App:
             "failing": status.failing,
         }
 
-    def retention(self) -> Worker:
+    def retention(self) -> Retention:
         """Local retention: never a file the upload queue or the outbox still needs."""
         settings = self.settings
         queue = getattr(self, "upload_queue", None)

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from pylib.attachment import Attachment
 from pylib.destination import UploadItem
+from pylib.outbox import Outbox
 from pylib.upload_queue import UploadQueue
+from snapshot_processor import config
+from snapshot_processor.app import App
 from snapshot_processor.retention import Retention, RetentionPolicy, sweep
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until
@@ -225,3 +229,43 @@ def test_a_disk_under_pressure_loses_its_oldest_safe_files_then_alarms(
     assert result.alarm is not None
     assert "RETENTION_MIN_FREE_BYTES" in result.alarm
     assert "not yet uploaded" in result.alarm
+
+
+def test_the_daemons_retention_keeps_the_snapshots_its_outbox_still_names(
+    tmp_path: Path,
+) -> None:
+    """An event waiting in the outbox (broker away for weeks) names its snapshot instead of
+    holding it: that file outlives the age cap until the event is published."""
+    settings = config.load(
+        env={"SNAPSHOTS_ROOT_DIR": str(tmp_path), "RETENTION_MIN_FREE_BYTES": "0"}
+    )
+    named = snapshot(tmp_path, "named.jpg", 40 * DAY)
+    parked = snapshot(tmp_path, "parked.jpg", 40 * DAY)
+    old = snapshot(tmp_path, "old.jpg", 40 * DAY)
+    with Outbox(settings.outbox_path) as box:
+        for path in (named, parked):
+            body = b"<" + path.read_bytes() + b">"
+            box.append("events", "k", body, attachment=Attachment(str(path), 1, 1000))
+        assert box.park(box.peek()[1].id, "404 NOT_FOUND")
+
+    worker = App(settings).retention()
+    assert worker.run_once() is not None
+
+    assert named.exists()
+    assert parked.exists()
+    assert not old.exists()
+
+
+def test_the_daemons_retention_removes_nothing_while_its_outbox_cannot_be_read(
+    tmp_path: Path,
+) -> None:
+    settings = config.load(env={"SNAPSHOTS_ROOT_DIR": str(tmp_path)})
+    old = snapshot(tmp_path, "old.jpg", 40 * DAY)
+    settings.outbox_path.write_bytes(b"not a database" * 200)
+
+    worker = App(settings).retention()
+
+    assert worker.run_once() is None
+    assert old.exists()
+    [trouble] = worker.troubles()
+    assert trouble.startswith("retention: sweep skipped, nothing removed: OutboxError")
