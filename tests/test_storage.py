@@ -1,0 +1,51 @@
+"""Snapshot files: written whole under a new name, durable (name and folders synced)
+before the outbox names them, and a hard link (or a copy) for an upload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from snapshot_processor.storage import keep_linked, make_folders, write_atomically
+
+
+def test_a_write_into_new_folders_makes_them_and_leaves_no_part_file(tmp_path: Path) -> None:
+    path = tmp_path / "snapshots" / "cam" / "2026-11-24" / "one.jpg"
+
+    write_atomically(path, b"jpeg bytes")
+
+    assert path.read_bytes() == b"jpeg bytes"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["one.jpg"]
+
+
+def test_make_folders_names_only_the_folders_it_made_outermost_first(tmp_path: Path) -> None:
+    (tmp_path / "snapshots").mkdir()
+    made = make_folders(tmp_path / "snapshots" / "cam" / "day")
+    assert made == [tmp_path / "snapshots" / "cam", tmp_path / "snapshots" / "cam" / "day"]
+    assert make_folders(tmp_path / "snapshots" / "cam" / "day") == []
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_part(tmp_path: Path) -> None:
+    path = tmp_path / "day" / "one.jpg"
+    (tmp_path / "day").mkdir()
+    (tmp_path / "day" / ".one.jpg.part").symlink_to(tmp_path / "elsewhere")
+
+    with pytest.raises(OSError, match="symbolic link"):
+        write_atomically(path, b"jpeg")  # the part name is a link: never followed
+
+    assert not path.exists()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_upload_is_kept_as_a_hard_link_to_the_same_file(tmp_path: Path) -> None:
+    source = tmp_path / "upload" / "in.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"uploaded")
+    target = tmp_path / "snapshots" / "yard" / "day" / "in.jpg"
+
+    keep_linked(target, source, b"uploaded")
+
+    assert target.read_bytes() == b"uploaded"
+    assert os.path.samefile(target, source)
