@@ -612,7 +612,7 @@ class AmqpPublisher(Stage):
             if not broken:
                 return entries
             for entry in broken:
-                self._park(entry, f"{entry.problem}")
+                self._park(entry, str(entry.problem))
 
     def _publish_entry(self, entry: OutboxEntry, *, tried: bool = False) -> _Outcome:
         """One row alone; ``tried``: its first try closed the channel (404 or 406)."""
