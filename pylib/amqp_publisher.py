@@ -286,6 +286,9 @@ class AmqpPublisher(Stage):
                 {"message_id": envelope.id, **headers},
                 Attachment.of(body.get("attachment")),
             )
+            attachment = row[4]
+            if attachment is not None and attachment.offset + attachment.size > len(row[2]):
+                raise ValueError(f"attachment {attachment.path!r} lies past the end of the body")
         except (KeyError, TypeError, ValueError) as exc:
             # Nothing can ever be published from it: settled (acked) so its work is not stuck.
             PUBLISH_FAILURES.labels("malformed").inc()

@@ -15,6 +15,7 @@ published in its place.
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,14 @@ class Attachment:
             raise ValueError(f"attachment must be [path, offset, size], not {value!r}")
         return cls(path, offset, size)
 
+    def present(self) -> bool:
+        """Whether ``path`` is a regular file of ``size`` bytes now (links not followed)."""
+        try:
+            found = os.lstat(self.path)
+        except OSError:
+            return False
+        return stat.S_ISREG(found.st_mode) and found.st_size == self.size
+
     def cut(self, body: bytes) -> tuple[bytes, int]:
         """The body without the attached bytes, and their CRC-32 (to check them when
         they are read back); ``ValueError`` if the body is too short to hold them."""
@@ -73,10 +82,13 @@ class Attachment:
         stored (its size or CRC-32 differ).
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # Non-blocking, so a FIFO put in its place cannot hang the reader.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise AttachmentError(f"{self.path} cannot be read: {exc.strerror or exc}") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AttachmentError(f"{self.path} is not a regular file")
             chunks, got = [], 0
             while got <= self.size:  # one byte past the size tells a longer file
                 chunk = os.read(fd, self.size + 1 - got)

@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS parked (
 )
 """
 
+SCHEMA_VERSION = 2
 # Added after the first release: an older file gets them on open.
 _FILE_COLUMNS = (
     ("file", "TEXT"),
@@ -233,6 +234,9 @@ class Outbox:
                 )
             conn.execute(_SCHEMA)
             conn.execute(_PARKED_SCHEMA)
+            # 2: rows may name a file holding part of their body (an older release
+            # would publish such a row without it: drain the outbox before going back).
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for table in ("outbox", "parked"):
                 have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
                 for name, kind in _FILE_COLUMNS:
@@ -423,7 +427,9 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise _error(f"cannot read outbox {self.path}", exc) from exc
-        return [_entry(row) for row in rows if row[0] not in self._forgotten][:limit]
+        # Forgotten rows are dropped before their files are read back.
+        kept = [row for row in rows if row[0] not in self._forgotten][:limit]
+        return [_entry(row) for row in kept]
 
     def remove(self, entry_id: int) -> None:
         """Delete a message (after its confirm). Removing an unknown id does nothing."""
@@ -561,6 +567,10 @@ def _row(
 ) -> tuple[object, ...]:
     """The values of :data:`_INSERT`: the body without its attached bytes, if any."""
     headers_json = json.dumps(dict(headers or {}), sort_keys=True)
+    if attachment is not None and not attachment.present():
+        # Not on disk as promised (retention may have taken a file whose event waited
+        # long for a full disk to clear): the row keeps the whole body instead.
+        attachment = None
     if attachment is None:
         return (exchange, routing_key, bytes(body), headers_json, created, None, None, None, None)
     rest, crc = attachment.cut(bytes(body))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     bytes): the data is synced before the rename, the folder after it, and the parent of
     any folder made for it.
     """
-    made = make_folders(path.parent)
+    make_folders(path.parent)
     temporary = path.with_name(f".{path.name}.part")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
@@ -59,52 +60,64 @@ def write_atomically(path: Path, data: bytes) -> None:
     except OSError:
         temporary.unlink(missing_ok=True)  # a half file only takes the space others need
         raise
-    sync_folders(path.parent, made)
+    sync_folder(path.parent)
 
 
 def keep_linked(path: Path, source: Path, data: bytes) -> None:
     """Make ``path`` a durable copy of ``source``, whose bytes are ``data``: a hard link
-    where the file system allows (its data synced), else a written copy."""
-    made = make_folders(path.parent)
+    where the file system allows and the file still holds ``data`` (its size), else a
+    written copy."""
+    make_folders(path.parent)
     try:
         os.link(source, path, follow_symlinks=False)
     except OSError:
         write_atomically(path, data)  # another file system: a copy
         return
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        grown = os.fstat(fd).st_size != len(data)
+        if not grown:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if grown:
+        # Written to after it was read: the event carries what was read, so must the file.
+        os.unlink(path)
+        write_atomically(path, data)
+        return
+    sync_folder(path.parent)
+
+
+# Folders are made and their names synced one thread at a time: a thread that finds a
+# folder must find it durable, not one another thread made but has not synced yet.
+_FOLDERS = threading.Lock()
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and any missing parents, each one's name synced (its parent
+    folder) before this returns; the ones made, outermost first."""
+    with _FOLDERS:
+        missing: list[Path] = []
+        while not folder.is_dir():
+            missing.append(folder)
+            if folder.parent == folder:
+                break
+            folder = folder.parent
+        made = list(reversed(missing))
+        for each in made:
+            each.mkdir(exist_ok=True)
+        for parent in dict.fromkeys(each.parent for each in made):
+            sync_folder(parent)
+        return made
+
+
+def sync_folder(folder: Path) -> None:
+    """Sync ``folder``: the names in it are on disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    sync_folders(path.parent, made)
-
-
-def make_folders(folder: Path) -> list[Path]:
-    """Make ``folder`` and any missing parents; the ones made, outermost first."""
-    missing: list[Path] = []
-    while not folder.is_dir():
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    made = []
-    for each in reversed(missing):
-        try:
-            each.mkdir()
-        except FileExistsError:
-            continue  # another thread made it a moment ago; it syncs its parent
-        made.append(each)
-    return made
-
-
-def sync_folders(folder: Path, made: list[Path]) -> None:
-    """Sync ``folder`` (a name in it changed) and the parent of each folder in ``made``."""
-    for each in dict.fromkeys([*(m.parent for m in made), folder]):
-        fd = os.open(each, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class WriteTrouble:

@@ -453,3 +453,31 @@ def test_an_unreadable_outbox_file_is_an_error_not_an_empty_list(tmp_path: Path)
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError):
         attached_files(path)
+
+
+def test_an_attachment_whose_file_is_not_there_as_promised_is_stored_whole(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """Retention may take the file of an event that waited long for a full disk: the row
+    then keeps the image itself."""
+    body, attachment = _with_image(tmp_path, os.urandom(500))
+    os.unlink(attachment.path)
+
+    [entry_id] = outbox.append_many([("e", "k", body, None, attachment)])
+
+    assert _stored_body(outbox.path, entry_id) == body
+    [entry] = outbox.peek()
+    assert (entry.body, entry.attachment, entry.problem) == (body, None, None)
+
+
+def test_a_fifo_in_place_of_the_file_is_a_problem_not_a_hang(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    body, attachment = _with_image(tmp_path, os.urandom(500))
+    outbox.append_many([("e", "k", body, None, attachment)])
+    os.unlink(attachment.path)
+    os.mkfifo(attachment.path)
+
+    [entry] = outbox.peek()
+
+    assert "snap.jpg is not a regular file" in (entry.problem or "")

@@ -416,22 +416,28 @@ def test_malformed_requests_are_settled_and_the_next_is_published(make: Make, pe
         )
         bad_file.body["attachment"] = ["/a.jpg", -1, "many"]
         sender.send(bad_file)
+        past_end = publish_envelope(
+            image(peer.exchange, b"y"), Settlement({"reply_to": acks, "n": 5})
+        )
+        past_end.body["attachment"] = ["/a.jpg", 2, 10**6]
+        sender.send(past_end)
         sender.send(
             publish_envelope(image(peer.exchange, b"next"), Settlement({"reply_to": acks, "n": 4}))
         )
-        returned = receive(ack_pull, 4)
+        returned = receive(ack_pull, 5)
         images = peer.wait_for_images(1)
     finally:
         sender.close()
         ack_pull.close(linger=0)
-    assert [(ack["n"], ack["requeue"]) for ack in returned] == [
+    assert sorted((ack["n"], ack["requeue"]) for ack in returned) == [
         (1, False),
         (2, False),
         (3, False),
         (4, False),
+        (5, False),
     ]
     assert names(images) == ["next"]
-    assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 3
+    assert sample("amqp_publish_failures_total", reason="malformed") == malformed + 4
 
 
 def test_a_backlog_read_from_disk_gets_its_images_back_from_their_files(

@@ -49,3 +49,17 @@ def test_an_upload_is_kept_as_a_hard_link_to_the_same_file(tmp_path: Path) -> No
 
     assert target.read_bytes() == b"uploaded"
     assert os.path.samefile(target, source)
+
+
+def test_an_upload_written_to_after_it_was_read_is_kept_as_the_bytes_read(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "upload" / "in.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"uploaded, and more written later")
+    target = tmp_path / "snapshots" / "yard" / "day" / "in.jpg"
+
+    keep_linked(target, source, b"uploaded")  # what was read, and what the event carries
+
+    assert target.read_bytes() == b"uploaded"
+    assert not os.path.samefile(target, source)

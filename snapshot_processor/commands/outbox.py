@@ -85,9 +85,12 @@ def read_outbox(path: Path) -> OutboxView:
         oldest = conn.execute(
             "SELECT created, routing_key FROM outbox ORDER BY id LIMIT 1"
         ).fetchone()
+        columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(parked)")}
+        # The size of the message as sent: the row, and the image its file holds.
+        size = "length(body) + coalesce(file_size, 0)" if "file_size" in columns else "length(body)"
         try:
             rows = conn.execute(
-                "SELECT id, routing_key, exchange, length(body), created, parked, reason"
+                f"SELECT id, routing_key, exchange, {size}, created, parked, reason"
                 " FROM parked ORDER BY id"
             ).fetchall()
         except sqlite3.OperationalError:
