@@ -286,9 +286,8 @@ class AmqpPublisher(Stage):
                 {"message_id": envelope.id, **headers},
                 Attachment.of(body.get("attachment")),
             )
-            attachment = row[4]
-            if attachment is not None and attachment.offset + attachment.size > len(row[2]):
-                raise ValueError(f"attachment {attachment.path!r} lies past the end of the body")
+            if row[4] is not None:
+                row[4].check_within(len(row[2]))
         except (KeyError, TypeError, ValueError) as exc:
             # Nothing can ever be published from it: settled (acked) so its work is not stuck.
             PUBLISH_FAILURES.labels("malformed").inc()

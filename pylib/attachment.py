@@ -63,15 +63,19 @@ class Attachment:
             return False
         return stat.S_ISREG(found.st_mode) and found.st_size == self.size
 
+    def check_within(self, length: int) -> None:
+        """``ValueError`` unless a body of ``length`` bytes can hold the attached bytes."""
+        if self.offset + self.size > length:
+            raise ValueError(
+                f"attachment {self.path!r} ({self.offset}+{self.size}) lies past the end of"
+                f" a {length}-byte body"
+            )
+
     def cut(self, body: bytes) -> tuple[bytes, int]:
         """The body without the attached bytes, and their CRC-32 (to check them when
         they are read back); ``ValueError`` if the body is too short to hold them."""
+        self.check_within(len(body))
         end = self.offset + self.size
-        if end > len(body):
-            raise ValueError(
-                f"attachment {self.path!r} ({self.offset}+{self.size}) lies past the end of"
-                f" a {len(body)}-byte body"
-            )
         view = memoryview(body)
         return bytes(view[: self.offset]) + bytes(view[end:]), zlib.crc32(view[self.offset : end])
 

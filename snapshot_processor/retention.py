@@ -4,12 +4,13 @@ Every ``interval`` seconds, and once at start, :class:`Retention` removes from
 ``<root>/snapshots`` and ``<root>/quarantine`` the files older than ``max_age``, then,
 oldest first, as many as it takes to bring the rest under ``max_bytes``. It never removes:
 
-- a file the upload queue still holds (waiting, retried or parked): not yet safe;
+- a file still pending: held by the upload queue (waiting, retried or parked) or named
+  by an event in the outbox (waiting or parked); not yet safe;
 - a file younger than ``grace`` (10 min): it may be on its way to the upload queue;
 - anything that is not a regular file, or lies behind a symbolic link: links are never
   followed, so nothing outside the data root is ever touched.
 
-Under size pressure with only files still to upload left to remove, it raises an alarm
+Under size pressure with only pending files left to remove, it raises an alarm
 instead of deleting them: one ERROR line when raised (one INFO when cleared), the
 ``retention_alarm`` gauge, and a line in health. Each sweep that removed something logs
 one summary line. Empty day folders of past days are removed too.
@@ -111,7 +112,7 @@ class SweepResult:
 
 def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: float) -> SweepResult:
     """One pass over the data root (see the module docstring); ``pending`` holds the
-    absolute paths the upload queue still holds."""
+    absolute paths still pending (the upload queue's, the outbox's)."""
     result = SweepResult()
     files = sorted(_scan(root, result), key=lambda f: f.mtime)
     held = {os.path.abspath(p) for p in pending}
@@ -157,7 +158,7 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
     if policy.max_bytes is not None and total > policy.max_bytes and pending_bytes:
         result.alarm = (
             f"local files take {_size(total)}, over RETENTION_MAX_BYTES ({_size(policy.max_bytes)});"
-            f" {_size(pending_bytes)} of it not yet uploaded, so not removed"
+            f" {_size(pending_bytes)} of it not yet uploaded or published, so not removed"
         )
     elif (
         free is not None
@@ -168,7 +169,7 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
         result.alarm = (
             f"the disk has {_size(free)} free, under RETENTION_MIN_FREE_BYTES "
             f"({_size(policy.min_free)}); {_size(pending_bytes)} of local files not yet "
-            "uploaded, so not removed"
+            "uploaded or published, so not removed"
         )
     _remove_empty_days(root, now, result)
     return result
@@ -185,8 +186,8 @@ def _free_bytes(root: Path) -> int | None:
 class Retention(Worker):
     """Runs :func:`sweep` once at start and every ``interval`` seconds.
 
-    ``pending`` returns the paths the upload queue holds (``UploadQueue.pending_paths``);
-    None when nothing is uploaded. If it fails, the sweep is skipped: nothing is removed
+    ``pending`` returns the paths still pending (the daemon's: those the upload queue
+    holds and those the outbox names); None when there are none. If it fails, the sweep is skipped: nothing is removed
     while it is unknown what is safe.
     """
 

@@ -73,19 +73,23 @@ def keep_linked(path: Path, source: Path, data: bytes) -> None:
     except OSError:
         write_atomically(path, data)  # another file system: a copy
         return
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        grown = os.fstat(fd).st_size != len(data)
-        if not grown:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    if grown:
-        # Written to after it was read: the event carries what was read, so must the file.
-        os.unlink(path)
-        write_atomically(path, data)
-        return
-    sync_folder(path.parent)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            changed = os.fstat(fd).st_size != len(data)
+            if not changed:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not changed:
+            sync_folder(path.parent)
+            return
+    except OSError:
+        path.unlink(missing_ok=True)  # no snapshot file that no event names
+        raise
+    # Written to after it was read: the event carries what was read, so must the file.
+    os.unlink(path)
+    write_atomically(path, data)
 
 
 # Folders are made and their names synced one thread at a time: a thread that finds a
