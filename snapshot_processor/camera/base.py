@@ -1,20 +1,14 @@
-"""What every camera client shares: one HTTP session, a lock, retries, safe errors.
+"""What every camera client shares: one kept-alive connection, a lock, retries, safe errors.
 
 A vendor client says which URL to fetch, which auth to use and how its camera reports
-errors; :class:`CameraClient` does the rest. Exceptions are built from our own words and
-raised outside the ``except`` blocks, so no ``requests`` exception (whose text quotes the
-URL, credentials included for Foscam and Reolink) rides along as ``__context__``.
+errors; :class:`CameraClient` does the rest. Error messages are built from our own words
+and shown URLs (passwords masked), never from the text of a lower layer's exception.
 """
 
 from __future__ import annotations
 
-import errno
 import http
-import http.client
 import logging
-import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -23,11 +17,8 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote
 
-import requests
-import requests.auth
-import urllib3.exceptions
-
 from pylib.redact import register_secret
+from snapshot_processor.camera.auth import Auth
 from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
@@ -38,6 +29,7 @@ from snapshot_processor.camera.errors import (
 )
 from snapshot_processor.camera.jpeg import jpeg_problem
 from snapshot_processor.camera.spec import CameraSpec
+from snapshot_processor.camera.transport import Connection, Reply, TransportError
 
 __all__ = ["MAX_IMAGE_BYTES", "CameraClient", "Reply", "Request", "build_query"]
 
@@ -45,7 +37,6 @@ log = logging.getLogger(__name__)
 
 # A snapshot is a few hundred kB; anything this big is not a snapshot.
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
-_CHUNK_BYTES = 64 * 1024
 USER_AGENT = "snapshot-processor"
 
 
@@ -70,101 +61,12 @@ class Request:
     shown: str
 
 
-@dataclass(frozen=True)
-class Reply:
-    """A camera's complete answer."""
-
-    status: int
-    content_type: str
-    body: bytes = field(repr=False)
-
-
-class _QuerySecretFilter(logging.Filter):
-    """Masks passwords in the request lines urllib3 logs at DEBUG.
-
-    urllib3 logs ``"GET /cgi-bin/CGIProxy.fcgi?...&pwd=..."``; the process's redacting
-    handler catches it too, but this also covers any other handler (tests, embedders).
-    """
-
-    _pattern = re.compile(r"(?i)([?&](?:pwd|passwd|password|pass)=)[^&#\s\"']*")
-
-    def _scrub(self, value: object) -> object:
-        return self._pattern.sub(r"\1***", value) if isinstance(value, str) else value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = self._pattern.sub(r"\1***", record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._scrub(arg) for arg in record.args)
-        return True
-
-
-def _install_urllib3_filter() -> None:
-    logger = logging.getLogger("urllib3.connectionpool")
-    if not any(isinstance(existing, _QuerySecretFilter) for existing in logger.filters):
-        logger.addFilter(_QuerySecretFilter())
-
-
-_install_urllib3_filter()
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    """Every exception wrapped inside ``exc`` (causes, contexts, args, urllib3 reasons)."""
-    found: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack and len(found) < 32:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        found.append(current)
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
-        linked.extend(current.args)
-        stack.extend(item for item in linked if isinstance(item, BaseException))
-    return found
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    # requests reports a read timeout during a streamed body as a ConnectionError.
-    for item in _exception_chain(exc):
-        # urllib3 derives "connection refused" from its connect-timeout class.
-        if isinstance(item, urllib3.exceptions.NewConnectionError):
-            continue
-        if isinstance(item, urllib3.exceptions.TimeoutError | requests.exceptions.Timeout):
-            return True
-        if isinstance(item, TimeoutError):
-            return True
-    return False
-
-
-def _connection_problem(exc: BaseException) -> str:
-    """Name the network problem in plain words, from the type of the root cause."""
-    chain = _exception_chain(exc)
-    checks: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
-        (ConnectionRefusedError, "connection refused"),
-        (socket.gaierror, "host name does not resolve"),
-        (ssl.SSLError, "TLS handshake failed"),
-        (ConnectionResetError, "connection reset by the camera"),
-        (
-            (http.client.RemoteDisconnected, urllib3.exceptions.ProtocolError),
-            "connection closed by the camera",
-        ),
-    )
-    for kinds, words in checks:
-        if any(isinstance(item, kinds) for item in chain):
-            return words
-    for item in chain:
-        if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "host unreachable"
-    return f"connection failed ({type(chain[-1]).__name__})"
-
-
 class CameraClient:
     """Fetches JPEG snapshots from one camera (the base of every vendor's client).
 
-    One ``requests.Session`` per client keeps the connection open between snapshots; a
-    lock makes one client safe to share between threads (calls run one at a time).
+    One kept-alive connection per client (:mod:`~snapshot_processor.camera.transport`)
+    serves every snapshot; a lock makes one client safe to share between threads (calls
+    run one at a time).
     Timeouts, connection errors, 5xx answers and bad images are retried with doubling
     back-off; auth errors, other 4xx answers and most vendor errors are not.
     """
@@ -179,11 +81,14 @@ class CameraClient:
         self._spec = spec
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._session = requests.Session()
         # Cameras sit on the local network: no proxy from the environment (it would see
         # the credentials in Foscam/Reolink URLs) and no ~/.netrc overriding our auth.
-        self._session.trust_env = False
-        self._session.headers["User-Agent"] = USER_AGENT
+        self._http = Connection(
+            timeout=spec.timeout,
+            verify_tls=spec.verify_tls,
+            user_agent=USER_AGENT,
+            limit=MAX_IMAGE_BYTES,
+        )
         self._auth = self._make_auth()
         # The process's log redaction masks this camera's password wherever it appears.
         register_secret(spec.password)
@@ -191,9 +96,9 @@ class CameraClient:
 
     # -- what vendors override ------------------------------------------------------
 
-    def _make_auth(self) -> requests.auth.AuthBase | None:
-        """The HTTP auth to send (None: credentials travel some other way)."""
-        return None
+    def _make_auth(self) -> Auth:
+        """The HTTP auth to send (plain :class:`Auth`: credentials travel some other way)."""
+        return Auth()
 
     def _query(self) -> list[tuple[str, str]]:
         """Query pairs for :attr:`path`, unencoded."""
@@ -352,23 +257,23 @@ class CameraClient:
         raise outcome
 
     def close(self, *, wait: bool = True) -> None:
-        """Close the HTTP session. Idempotent.
+        """Close the HTTP connection. Idempotent.
 
         A snapshot in progress ends its back-off pause at once and finishes its current
         attempt; with ``wait`` this waits for that, without it returns at once and the
-        session is closed when the snapshot ends.
+        connection is closed when the snapshot ends.
         """
         self._closed.set()
         if wait:
             with self._lock:
-                self._session.close()
+                self._http.close()
         else:
             self._close_session_if_idle()
 
     def _close_session_if_idle(self) -> None:
         if self._lock.acquire(blocking=False):
             try:
-                self._session.close()
+                self._http.close()
             finally:
                 self._lock.release()
 
@@ -411,57 +316,18 @@ class CameraClient:
 
     def _send(self, request: Request) -> Reply | CameraError:
         """GET the URL; the complete answer, or the error to raise (never raised here)."""
-        timeout = self._spec.timeout
-        started = time.monotonic()
-        error: CameraError
+        log.debug("%s: GET %s", self.key, request.shown)
         try:
-            with self._session.get(
-                request.url,
-                auth=self._auth,
-                timeout=(timeout, timeout),
-                stream=True,
-                verify=self._spec.verify_tls,
-            ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                # Read the body ourselves: the read timeout applies per socket read, so a
-                # camera trickling bytes needs a deadline of its own, and a size cap.
-                for chunk in response.iter_content(_CHUNK_BYTES):
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        return CameraBadImageError(
-                            f"{self.key}: answer larger than {MAX_IMAGE_BYTES} bytes "
-                            f"(GET {request.shown})",
-                            camera=self.key,
-                            retryable=False,
-                        )
-                    if time.monotonic() - started > timeout:
-                        return self._timeout_error(request)
-                    chunks.append(chunk)
-                return Reply(
-                    status=response.status_code,
-                    content_type=response.headers.get("Content-Type", ""),
-                    body=b"".join(chunks),
-                )
-        except requests.exceptions.Timeout:
-            error = self._timeout_error(request)
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
-            if _is_timeout(exc):
-                error = self._timeout_error(request)
-            else:
-                error = CameraConnectionError(
-                    f"{self.key}: {_connection_problem(exc)} (GET {request.shown})",
-                    camera=self.key,
-                )
-        except requests.exceptions.RequestException as exc:
-            error = CameraConnectionError(
-                f"{self.key}: request failed ({type(exc).__name__}) (GET {request.shown})",
-                camera=self.key,
-            )
-        return error
+            return self._http.get(request.url, self._auth)
+        except TransportError as exc:
+            failure = exc
+        if failure.timed_out:
+            return self._timeout_error(request)
+        return (CameraBadImageError if failure.too_large else CameraConnectionError)(
+            f"{self.key}: {failure} (GET {request.shown})",
+            camera=self.key,
+            retryable=not failure.too_large,
+        )
 
     def _timeout_error(self, request: Request) -> CameraTimeoutError:
         return CameraTimeoutError(

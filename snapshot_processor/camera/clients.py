@@ -9,8 +9,7 @@ import secrets
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-import requests.auth
-
+from snapshot_processor.camera.auth import Auth, BasicAuth, DigestAuth
 from snapshot_processor.camera.base import CameraClient, Reply, Request
 from snapshot_processor.camera.errors import (
     CameraAuthError,
@@ -115,8 +114,8 @@ class HikvisionClient(CameraClient):
     path = "/ISAPI/Streaming/channels/101/picture"
     status_call = "/ISAPI/System/deviceInfo"
 
-    def _make_auth(self) -> requests.auth.AuthBase | None:
-        return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+    def _make_auth(self) -> Auth:
+        return DigestAuth(self._spec.user, self._spec.password)
 
     def _status_request(self) -> Request:
         return self._build_request("/ISAPI/System/deviceInfo", [])
@@ -136,8 +135,8 @@ class DahuaClient(CameraClient):
     path = "/cgi-bin/snapshot.cgi"
     status_call = "magicBox.cgi?action=getSystemInfo"
 
-    def _make_auth(self) -> requests.auth.AuthBase | None:
-        return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
+    def _make_auth(self) -> Auth:
+        return DigestAuth(self._spec.user, self._spec.password)
 
     def _query(self) -> list[tuple[str, str]]:
         return [("channel", "1")]
@@ -242,15 +241,12 @@ class GenericClient(CameraClient):
 
     vendor = "generic"
 
-    def _make_auth(self) -> requests.auth.AuthBase | None:
+    def _make_auth(self) -> Auth:
         if self._spec.auth == "basic":
-            # As bytes: requests would encode str as Latin-1, which fails beyond it.
-            return requests.auth.HTTPBasicAuth(
-                self._spec.user.encode("utf-8"), self._spec.password.encode("utf-8")
-            )
+            return BasicAuth(self._spec.user, self._spec.password)
         if self._spec.auth == "digest":
-            return requests.auth.HTTPDigestAuth(self._spec.user, self._spec.password)
-        return None
+            return DigestAuth(self._spec.user, self._spec.password)
+        return Auth()
 
     def _request(self) -> Request:
         template = self._spec.url or ""

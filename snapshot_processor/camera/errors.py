@@ -1,7 +1,7 @@
 """Errors raised by the camera clients.
 
 Every message names the camera and the problem in words of our own. None carries the
-text of a ``requests`` exception: those quote the full URL, and Foscam and Reolink put
+text of a lower layer's exception: those may quote the full URL, and Foscam and Reolink put
 the user name and password in the query string.
 """
 

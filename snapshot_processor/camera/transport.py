@@ -1,0 +1,268 @@
+"""One camera's HTTP connection: a GET at a time on a kept-alive connection.
+
+Built on the standard library's ``http.client``, not ``requests``: a camera call is one
+GET to a host we know, so what ``requests`` adds (proxies, cookies, redirects, netrc) is
+unused or unwanted here, and it costs CPU on every snapshot. Measured on the 166 KB
+snapshot, a GET costs about 0.55 ms of CPU through a ``requests`` session, 0.25 ms through
+``urllib3`` and 0.15 ms here; with 32 cameras answering at once that is some 13 ms of
+one core, under the GIL, between the first image and the last.
+
+Errors come out as :class:`TransportError`, in our own words and raised outside any
+``except`` block: ``http.client`` quotes the URL in some messages (``InvalidURL``), and a
+Foscam or Reolink URL holds the password.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import select
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from snapshot_processor.camera.auth import Auth, BasicAuth
+
+__all__ = ["Connection", "Reply", "TransportError"]
+
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A camera's complete answer."""
+
+    status: int
+    content_type: str
+    body: bytes = field(repr=False)
+
+
+class TransportError(Exception):
+    """A GET that got no complete answer. The message is ours: no URL, no credentials."""
+
+    def __init__(self, problem: str, *, timed_out: bool = False, too_large: bool = False) -> None:
+        super().__init__(problem)
+        self.timed_out = timed_out
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class _Target:
+    secure: bool
+    host: str
+    port: int
+    path: str = field(repr=False)
+    basic: BasicAuth | None = field(repr=False)  # from user:password@ in the URL
+
+    @classmethod
+    def of(cls, url: str) -> _Target:
+        problem = None
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            problem = "the camera's URL does not parse"
+        if problem is not None:
+            raise TransportError(problem)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TransportError("the camera's URL is not an http(s) URL with a host")
+        secure = parts.scheme == "https"
+        basic = None
+        if parts.username is not None:
+            # As requests did: credentials in the URL are basic auth, unless the
+            # camera's auth mode sends its own.
+            basic = BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(secure, parts.hostname, port or (443 if secure else 80), path, basic)
+
+
+def _describe(exc: BaseException) -> str:
+    """The network problem in plain words, from the exception's type (never its text)."""
+    chain = [exc]
+    for _ in range(8):
+        linked = chain[-1].__cause__ or chain[-1].__context__
+        if linked is None or linked in chain:
+            break
+        chain.append(linked)
+    kinds: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+        (ConnectionRefusedError, "connection refused"),
+        (socket.gaierror, "host name does not resolve"),
+        (ssl.SSLError, "TLS handshake failed"),
+        (ConnectionResetError, "connection reset by the camera"),
+        (
+            (http.client.RemoteDisconnected, http.client.IncompleteRead, BrokenPipeError),
+            "connection closed by the camera",
+        ),
+    )
+    for types, words in kinds:
+        if any(isinstance(item, types) for item in chain):
+            return words
+    for item in chain:
+        if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "host unreachable"
+    return f"connection failed ({type(exc).__name__})"
+
+
+class _DeadlineError(Exception):
+    """The whole answer took longer than the timeout."""
+
+
+class _TooLargeError(Exception):
+    """The answer is larger than the limit."""
+
+
+# A kept-alive connection the camera closed while idle fails before any answer arrives;
+# such a GET is sent once more on a new connection (GET is safe to repeat).
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class Connection:
+    """A kept-alive HTTP(S) connection to one camera, used one GET at a time.
+
+    ``timeout`` bounds connecting and each read, and also the whole answer: a camera
+    trickling bytes does not hold a thread for longer. Not thread-safe: the client's lock
+    makes calls one at a time.
+    """
+
+    def __init__(self, *, timeout: float, verify_tls: bool, user_agent: str, limit: int) -> None:
+        self._timeout = timeout
+        self._verify_tls = verify_tls
+        self._user_agent = user_agent
+        self._limit = limit
+        self._http: http.client.HTTPConnection | None = None
+        self._key: tuple[bool, str, int] | None = None
+        self._context: ssl.SSLContext | None = None
+        # Whether this GET went out on a connection kept from an earlier one, and whether
+        # an answer to it has begun: a reused connection failing before any answer was
+        # closed by the camera while idle.
+        self._reused = False
+        self._answered = False
+
+    def get(self, url: str, auth: Auth) -> Reply:
+        """GET ``url`` and read the whole answer; a 401 with a digest challenge is
+        answered once. Raises :class:`TransportError`."""
+        deadline = time.monotonic() + self._timeout
+        target = _Target.of(url)
+        for first in (True, False):
+            authorization = auth.header("GET", target.path)
+            if authorization is None and target.basic is not None:
+                authorization = target.basic.header("GET", target.path)
+            reply, challenges = self._exchange(target, authorization, deadline)
+            if reply.status == 401 and first and auth.challenged(challenges):
+                continue
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the connection (the next GET opens a new one)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # --- machinery --------------------------------------------------------------------
+    def _exchange(
+        self, target: _Target, authorization: str | None, deadline: float
+    ) -> tuple[Reply, list[str]]:
+        problem: TransportError
+        try:
+            try:
+                return self._round_trip(target, authorization, deadline)
+            except _STALE:
+                if not self._reused or self._answered:
+                    raise
+            self.close()
+            return self._round_trip(target, authorization, deadline)
+        except (_DeadlineError, TimeoutError):
+            problem = TransportError("timed out", timed_out=True)
+        except _TooLargeError:
+            problem = TransportError(f"answer larger than {self._limit} bytes", too_large=True)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problem = TransportError(_describe(exc))
+        self.close()  # in an unknown state: never reused
+        raise problem
+
+    def _round_trip(
+        self, target: _Target, authorization: str | None, deadline: float
+    ) -> tuple[Reply, list[str]]:
+        self._answered = False
+        connection = self._connection(target, deadline)
+        headers = {"User-Agent": self._user_agent, "Accept": "*/*"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        connection.request("GET", target.path, headers=headers)
+        # Kept: http.client drops its own reference when the camera says it will close.
+        sock = connection.sock
+        response = connection.getresponse()
+        self._answered = True
+        length = response.length
+        if length is not None and length > self._limit:
+            raise _TooLargeError
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _DeadlineError
+            if sock is not None:
+                sock.settimeout(min(self._timeout, remaining))
+            chunk = response.read1(_CHUNK_BYTES)  # one read at most: the deadline holds
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self._limit:
+                raise _TooLargeError
+            chunks.append(chunk)
+        if response.length:  # a body cut short (read1 reports no IncompleteRead)
+            raise http.client.IncompleteRead(b"", response.length)
+        response.close()  # the connection stays open for the next GET
+        content_type = response.getheader("Content-Type", "") or ""
+        challenges = response.headers.get_all("WWW-Authenticate") or []
+        return Reply(response.status, content_type, b"".join(chunks)), challenges
+
+    def _connection(self, target: _Target, deadline: float) -> http.client.HTTPConnection:
+        key = (target.secure, target.host, target.port)
+        connection = self._http
+        if connection is not None and (key != self._key or _dropped(connection.sock)):
+            self.close()
+            connection = None
+        timeout = max(0.001, min(self._timeout, deadline - time.monotonic()))
+        if connection is None:
+            self._reused = False
+            if target.secure:
+                connection = http.client.HTTPSConnection(
+                    target.host, target.port, timeout=timeout, context=self._tls()
+                )
+            else:
+                connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+            self._http, self._key = connection, key
+            return connection
+        self._reused = connection.sock is not None
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        else:
+            connection.timeout = timeout  # closed after the last answer: reopens
+        return connection
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._context is None:
+            context = ssl.create_default_context()
+            if not self._verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._context = context
+        return self._context
+
+
+def _dropped(sock: socket.socket | None) -> bool:
+    """Whether an idle kept-alive socket was closed by the camera (it reads as ready: an
+    end of file, or bytes nobody asked for)."""
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
