@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from snapshot_processor.activity import WRITE_AFTER_EVENTS, EventRecord, RecentEvents
 from tests.support.metrics import sample
+from tests.support.wait import wait_until
 
 
 def record(n: int, camera: str = "cam1 camera") -> EventRecord:
@@ -37,8 +39,8 @@ def test_events_in_quick_succession_are_written_together_and_read_in_full(
     path = tmp_path / "recent.sqlite3"
     recent = RecentEvents(path, keep=500)
     try:
-        recent.add(record(0))  # the first after a quiet spell is written at once
-        assert rows_on_disk(path) == 1
+        recent.add(record(0))  # the writer writes it within half a second
+        assert wait_until(lambda: rows_on_disk(path) == 1)
         for n in range(1, 5):
             recent.add(record(n))
         assert rows_on_disk(path) == 1  # waiting in memory, not one write each
@@ -47,7 +49,7 @@ def test_events_in_quick_succession_are_written_together_and_read_in_full(
         assert rows_on_disk(path) == 5
         for n in range(5, 5 + WRITE_AFTER_EVENTS):
             recent.add(record(n))
-        assert rows_on_disk(path) == 5 + WRITE_AFTER_EVENTS  # a full group is written
+        assert wait_until(lambda: rows_on_disk(path) == 5 + WRITE_AFTER_EVENTS)
         recent.add(record(100, camera="cam2 camera"))
         latest = recent.latest_of("cam2 camera")
         assert latest is not None
@@ -63,6 +65,30 @@ def test_events_in_quick_succession_are_written_together_and_read_in_full(
         reopened.close()
 
 
+def test_adding_never_waits_for_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "recent.sqlite3"
+    recent = RecentEvents(path, keep=500)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # the file is locked: no write can go through
+
+        def add_all() -> None:
+            for n in range(WRITE_AFTER_EVENTS + 1):
+                recent.add(record(n))
+
+        adder = threading.Thread(target=add_all)
+        adder.start()
+        adder.join(3)
+        finished = not adder.is_alive()
+        other.execute("COMMIT")
+        adder.join()
+        assert finished, "add() waited for the locked database"
+        assert wait_until(lambda: rows_on_disk(path) == WRITE_AFTER_EVENTS + 1)
+    finally:
+        other.close()
+        recent.close()
+
+
 def test_a_failed_write_is_counted_and_the_next_events_still_recorded(tmp_path: Path) -> None:
     path = tmp_path / "recent.sqlite3"
     recent = RecentEvents(path, keep=500)
@@ -70,8 +96,8 @@ def test_a_failed_write_is_counted_and_the_next_events_still_recorded(tmp_path: 
     try:
         with sqlite3.connect(path) as db:
             db.execute("ALTER TABLE events RENAME TO gone")
-        recent.add(record(1))  # the first after a quiet spell: written at once, and fails
-        assert sample("recent_events_write_failures_total") == failures + 1
+        recent.add(record(1))  # the writer's write fails
+        assert wait_until(lambda: sample("recent_events_write_failures_total") == failures + 1)
         with sqlite3.connect(path) as db:
             db.execute("ALTER TABLE gone RENAME TO events")
         recent.add(record(2))

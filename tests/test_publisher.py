@@ -375,12 +375,22 @@ def test_publisher_restarted_after_a_crash_still_gets_requests(tmp_path: Path, p
 def test_last_flush_at_stop_is_bounded_and_keeps_the_rest(
     make: Make, peer: Peer, tmp_path: Path
 ) -> None:
-    total = 5_000
+    # More than a bounded flush can publish (the stop gives it 0.3 s), on a fast day too.
+    total = 20_000
     outbox_path = tmp_path / "backlog.sqlite3"
-    with Outbox(outbox_path) as outbox:
-        for n in range(total):
-            body = msgpack.packb({"n": n})
-            outbox.append(peer.exchange, "event.notify.x", body, {"message_id": str(n)})
+    with Outbox(outbox_path, max_entries=total) as outbox:
+        for first in range(0, total, 1_000):
+            outbox.append_many(
+                [
+                    (
+                        peer.exchange,
+                        "event.notify.x",
+                        msgpack.packb({"n": n}),
+                        {"message_id": str(n)},
+                    )
+                    for n in range(first, first + 1_000)
+                ]
+            )
     publisher = make("pub-backlog", peer.exchange, outbox_path=outbox_path, stop_timeout=0.3)
     assert publisher.connected.wait(10)
     started = time.monotonic()

@@ -27,6 +27,17 @@ def test_make_folders_names_only_the_folders_it_made_outermost_first(tmp_path: P
     assert make_folders(tmp_path / "snapshots" / "cam" / "day") == []
 
 
+def test_a_folder_removed_after_it_was_made_is_made_again(tmp_path: Path) -> None:
+    day = tmp_path / "cam" / "day"
+    write_atomically(day / "one.jpg", b"first")
+    (day / "one.jpg").unlink()
+    day.rmdir()  # retention emptied and removed it: remembering it made must not skip it
+
+    assert make_folders(day) == [day]
+    write_atomically(day / "two.jpg", b"second")
+    assert (day / "two.jpg").read_bytes() == b"second"
+
+
 def test_a_failed_write_leaves_neither_the_file_nor_a_part(tmp_path: Path) -> None:
     path = tmp_path / "day" / "one.jpg"
     (tmp_path / "day").mkdir()
