@@ -92,37 +92,55 @@ def keep_linked(path: Path, source: Path, data: bytes) -> None:
     write_atomically(path, data)
 
 
-# Folders are made and their names synced one thread at a time: a thread that finds a
-# folder must find it durable, not one another thread made but has not synced yet.
-_FOLDERS = threading.Lock()
-# Folders known durable (made and synced, or found), checked without the lock: with 32
-# cameras writing at once, every writer queueing for the lock cost the last one ~15 ms.
+# Folders known durable (made and synced, or found), checked without a lock.
 _DURABLE: set[Path] = set()
 _DURABLE_MAX = 4096
+# Folders some thread is making whose names may not be synced yet: a thread that finds
+# one syncs its name too, rather than trust a folder another thread made a moment ago.
+# Threads make and sync different folders at once: under one lock for all, 31 cameras'
+# first snapshots of a day (two new folders each) took 90 ms one after the other.
+_UNSYNCED: set[Path] = set()
+_UNSYNCED_LOCK = threading.Lock()
 
 
 def make_folders(folder: Path) -> list[Path]:
     """Make ``folder`` and any missing parents, each one's name synced (its parent
-    folder) before this returns; the ones made, outermost first."""
+    folder) before this returns; the ones this call made, outermost first."""
     if folder in _DURABLE and folder.is_dir():
         return []
-    with _FOLDERS:
-        missing: list[Path] = []
-        walk = folder
-        while not walk.is_dir():
-            missing.append(walk)
-            if walk.parent == walk:
-                break
+    missing: list[Path] = []
+    walk = folder
+    while not walk.is_dir():
+        missing.append(walk)
+        if walk.parent == walk:
+            break
+        walk = walk.parent
+    # Each missing folder is marked before it is made, so no thread finds it unmarked
+    # before its name is on disk.
+    with _UNSYNCED_LOCK:
+        _UNSYNCED.update(missing)
+    _DURABLE.difference_update(missing)  # gone since: no longer known durable
+    made: list[Path] = []
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:
+            continue  # another thread made it: synced below all the same
+        made.append(each)
+    # Found folders another thread made but may not have synced yet count as missing.
+    settled = list(missing)
+    with _UNSYNCED_LOCK:
+        while walk in _UNSYNCED and walk.parent != walk:
+            settled.append(walk)
             walk = walk.parent
-        made = list(reversed(missing))
-        for each in made:
-            each.mkdir(exist_ok=True)
-        for parent in dict.fromkeys(each.parent for each in made):
-            sync_folder(parent)
-        if len(_DURABLE) >= _DURABLE_MAX:
-            _DURABLE.clear()  # folders of days gone by; the ones in use come back
-        _DURABLE.add(folder)
-        return made
+    for parent in dict.fromkeys(each.parent for each in reversed(settled)):
+        sync_folder(parent)
+    with _UNSYNCED_LOCK:
+        _UNSYNCED.difference_update(settled)
+    if len(_DURABLE) >= _DURABLE_MAX:
+        _DURABLE.clear()  # folders of days gone by; the ones in use come back
+    _DURABLE.add(folder)
+    return made
 
 
 def sync_folder(folder: Path) -> None:

@@ -4,6 +4,7 @@ before the outbox names them, and a hard link (or a copy) for an upload."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,33 @@ def test_an_upload_written_to_after_it_was_read_is_kept_as_the_bytes_read(
 
     assert target.read_bytes() == b"uploaded"
     assert not os.path.samefile(target, source)
+
+
+def test_threads_making_the_same_new_folders_each_return_with_them_made(tmp_path: Path) -> None:
+    # Many cameras' first snapshots of a day arrive together: each writer must find every
+    # folder on its path made, whoever made it, and nothing is made twice.
+    root = tmp_path / "snapshots"
+    folders = [root / f"cam{n % 4}" / "2026-11-24" for n in range(16)]
+    made: list[list[Path]] = [[] for _ in folders]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(folders))
+
+    def make(index: int) -> None:
+        start.wait()
+        try:
+            made[index] = make_folders(folders[index])
+            write_atomically(folders[index] / f"{index}.jpg", b"jpeg")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in range(len(folders))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    every = [folder for each in made for folder in each]
+    assert sorted(every) == sorted({root, *(f.parent for f in folders), *folders})
+    assert len(every) == len(set(every))  # each made by exactly one thread
+    assert sorted(p.name for p in root.rglob("*.jpg")) == sorted(f"{n}.jpg" for n in range(16))
