@@ -27,6 +27,10 @@ from snapshot_processor.camera.auth import Auth, BasicAuth
 
 __all__ = ["Connection", "Reply", "TransportError"]
 
+# A body of known length is read in as few calls as the socket allows (each read gives
+# up the GIL and must win it back, which with many cameras answering at once is the
+# cost), up to this much at a time; one of unknown length, in smaller pieces.
+_READ_MAX = 1024 * 1024
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -207,7 +211,8 @@ class Connection:
                 raise _DeadlineError
             if sock is not None:
                 sock.settimeout(min(self._timeout, remaining))
-            chunk = response.read1(_CHUNK_BYTES)  # one read at most: the deadline holds
+            want = min(response.length, _READ_MAX) if response.length else _CHUNK_BYTES
+            chunk = response.read1(want)  # one read at most: the deadline holds
             if not chunk:
                 break
             size += len(chunk)
