@@ -8,9 +8,12 @@ import base64
 import hashlib
 import io
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -24,6 +27,7 @@ from snapshot_processor.camera import (
 )
 from snapshot_processor.camera.auth import DigestAuth, parse_challenges
 from snapshot_processor.camera.transport import Connection, TransportError
+from tests.support.ftp import self_signed
 
 # RFC 7616, section 3.9.1.
 RFC_USER, RFC_PASSWORD = "Mufasa", "Circle of Life"
@@ -125,8 +129,9 @@ class ScriptedServer:
     """HTTP/1.1 on 127.0.0.1: each request's answer (raw bytes) and whether to close the
     connection after it come from ``script(path, headers)``."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
         self.script = script
+        self.tls = tls
         self.connections = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -161,6 +166,13 @@ class ScriptedServer:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            conn.settimeout(5)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()  # the client refused our certificate
+                return
         conn.settimeout(0.05)
         with conn:
             data = b""
@@ -169,6 +181,8 @@ class ScriptedServer:
                     more = conn.recv(65536)
                 except TimeoutError:
                     continue
+                except OSError:
+                    return
                 if not more:
                     return
                 data += more
@@ -193,10 +207,19 @@ def ok(body: bytes = JPEG, extra: str = "") -> bytes:
 
 
 def generic(
-    port: int, path: str, *, auth: str = "none", url: str = "", timeout: float = 2.0
+    port: int,
+    path: str,
+    *,
+    auth: str = "none",
+    url: str = "",
+    timeout: float = 2.0,
+    scheme: str = "http",
+    verify_tls: bool = True,
 ) -> CameraClient:
     return make_client(
         CameraSpec(
+            scheme=scheme,
+            verify_tls=verify_tls,
             key="yard camera",
             vendor="generic",
             host="127.0.0.1",
@@ -204,7 +227,7 @@ def generic(
             user="admin",
             password=PASSWORD,
             auth=auth,
-            url=url or f"http://{{host}}:{{port}}{path}",
+            url=url or f"{scheme}://{{host}}:{{port}}{path}",
             timeout=timeout,
             retries=1,
             backoff=0.01,
@@ -313,3 +336,23 @@ def test_transport_errors_quote_no_url(transport: Connection) -> None:
     with pytest.raises(TransportError) as caught:
         transport.get(f"ftp://cam/a?pwd={secret}", DigestAuth("a", "b"))
     assert str(caught.value) == "the camera's URL is not an http(s) URL with a host"
+
+
+def test_https_checks_the_certificate_unless_told_not_to(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with ScriptedServer(lambda path, headers: (ok(), False), tls=context) as server:
+        with (
+            generic(server.port, "/snap.jpg?pwd={password}", scheme="https") as client,
+            pytest.raises(CameraConnectionError) as caught,
+        ):
+            client.snapshot()  # self-signed: not trusted
+        assert "TLS handshake failed" in str(caught.value)
+        assert PASSWORD not in str(caught.value)
+        assert quote(PASSWORD, safe="") not in str(caught.value)
+        assert caught.value.__context__ is None
+        with generic(server.port, "/snap.jpg", scheme="https", verify_tls=False) as client:
+            assert client.snapshot() == JPEG
+            assert client.snapshot() == JPEG
+        assert len(server.requests) == 2
