@@ -116,6 +116,7 @@ class RecentEvents:
         self._closing = False
         # Started with the first event: a daemon that fails to start leaves no thread.
         self._writer: threading.Thread | None = None
+        self._writer_failed = False
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -138,10 +139,21 @@ class RecentEvents:
         with self._queued:
             self._waiting.append(record)
             if self._writer is None and not self._closing:
-                self._writer = threading.Thread(target=self._write_when_due, name="recent-events")
-                self._writer.start()
+                self._start_writer()
             if len(self._waiting) in (1, WRITE_AFTER_EVENTS):
                 self._queued.notify()
+
+    def _start_writer(self) -> None:
+        # A daemon thread: a view never closed (an embedder's) must not keep the process.
+        writer = threading.Thread(target=self._write_when_due, name="recent-events", daemon=True)
+        try:
+            writer.start()
+        except RuntimeError as exc:  # no thread to be had now: reads and close() still write
+            if not self._writer_failed:
+                log.warning("recent events: no writer thread (%s); written when read", exc)
+            self._writer_failed = True
+            return
+        self._writer = writer
 
     def _write_when_due(self) -> None:
         while True:
@@ -180,7 +192,7 @@ class RecentEvents:
                         "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?",
                         (self.keep,),
                     )
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # the view is never worth the writer thread
             ACTIVITY_FAILURES.inc(len(waiting))
             log.warning(
                 "recent events: could not record %d event(s), %s the first: %s",

@@ -106,8 +106,12 @@ _UNSYNCED_LOCK = threading.Lock()
 def make_folders(folder: Path) -> list[Path]:
     """Make ``folder`` and any missing parents, each one's name synced (its parent
     folder) before this returns; the ones this call made, outermost first."""
-    if folder in _DURABLE and folder.is_dir():
-        return []
+    # In this order: a folder removed and being made again is in _UNSYNCED from before it
+    # exists until its name is synced, so it is never trusted in between.
+    if folder.is_dir() and folder in _DURABLE:
+        with _UNSYNCED_LOCK:
+            if folder not in _UNSYNCED:
+                return []
     missing: list[Path] = []
     walk = folder
     while not walk.is_dir():
@@ -136,6 +140,7 @@ def make_folders(folder: Path) -> list[Path]:
     for parent in dict.fromkeys(each.parent for each in reversed(settled)):
         sync_folder(parent)
     with _UNSYNCED_LOCK:
+        # A folder whose mkdir or sync failed stays marked: whoever finds it syncs again.
         _UNSYNCED.difference_update(settled)
     if len(_DURABLE) >= _DURABLE_MAX:
         _DURABLE.clear()  # folders of days gone by; the ones in use come back

@@ -104,3 +104,26 @@ def test_a_failed_write_is_counted_and_the_next_events_still_recorded(tmp_path: 
         assert [r.event_id for r in recent.latest(5)] == ["e2"]  # e1 is not retried
     finally:
         recent.close()
+
+
+class _Uncopyable:
+    """A detection value that cannot be recorded (asdict deep-copies every value)."""
+
+    def __deepcopy__(self, memo: object) -> _Uncopyable:
+        raise ValueError("cannot be copied")
+
+
+def test_an_event_that_cannot_be_recorded_leaves_the_writer_running(tmp_path: Path) -> None:
+    path = tmp_path / "recent.sqlite3"
+    recent = RecentEvents(path, keep=500)
+    failures = sample("recent_events_write_failures_total")
+    try:
+        bad = record(1)
+        bad.detections.append({"label": _Uncopyable()})
+        recent.add(bad)
+        assert wait_until(lambda: sample("recent_events_write_failures_total") == failures + 1)
+        recent.add(record(2))  # the writer is still there: written without a read
+        assert wait_until(lambda: rows_on_disk(path) == 1)
+    finally:
+        recent.close()
+    assert not [t for t in threading.enumerate() if t.name == "recent-events"]

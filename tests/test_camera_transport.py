@@ -122,7 +122,8 @@ def _jpeg() -> bytes:
 
 
 JPEG = _jpeg()
-Script = Callable[[str, dict[str, str]], tuple[bytes, bool]]
+# An answer is bytes, or a list of parts sent 0.1 s apart (a camera trickling it).
+Script = Callable[[str, dict[str, str]], tuple[bytes | list[bytes], bool]]
 
 
 class ScriptedServer:
@@ -134,6 +135,7 @@ class ScriptedServer:
         self.tls = tls
         self.connections = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.parts_sent = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
@@ -195,7 +197,17 @@ class ScriptedServer:
                     }
                     self.requests.append((path, headers))
                     answer, close = self.script(path, headers)
-                    conn.sendall(answer)
+                    if isinstance(answer, bytes):
+                        conn.sendall(answer)
+                    else:
+                        for part in answer:
+                            if self._stop.wait(0.1):
+                                return
+                            try:
+                                conn.sendall(part)
+                            except OSError:
+                                return  # the client gave up
+                            self.parts_sent += 1
                     if close:
                         return
 
@@ -348,7 +360,7 @@ def test_https_checks_the_certificate_unless_told_not_to(tmp_path: Path) -> None
             pytest.raises(CameraConnectionError) as caught,
         ):
             client.snapshot()  # self-signed: not trusted
-        assert "TLS handshake failed" in str(caught.value)
+        assert "TLS certificate not trusted" in str(caught.value)
         assert PASSWORD not in str(caught.value)
         assert quote(PASSWORD, safe="") not in str(caught.value)
         assert caught.value.__context__ is None
@@ -356,3 +368,54 @@ def test_https_checks_the_certificate_unless_told_not_to(tmp_path: Path) -> None
             assert client.snapshot() == JPEG
             assert client.snapshot() == JPEG
         assert len(server.requests) == 2
+
+
+def test_a_camera_trickling_its_headers_meets_the_deadline() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n" + b"X-Pad: y\r\n" * 40
+    parts = [head[n : n + 8] for n in range(0, len(head), 8)]  # 8 bytes every 0.1 s
+
+    with ScriptedServer(lambda path, headers: (parts, False)) as server:
+        with generic(server.port, "/s", timeout=0.3) as client, pytest.raises(CameraTimeoutError):
+            client.snapshot()
+        # Both attempts gave up long before the camera had sent its headers.
+        assert server.parts_sent < len(parts)
+
+
+def test_url_credentials_never_go_as_basic_before_a_digest_challenge() -> None:
+    def digest_only(path: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        if not headers.get("authorization", "").startswith("Digest "):
+            challenge = 'Digest realm="cam", nonce="n1", qop="auth"'
+            return (
+                f"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(), False
+        return ok(), False
+
+    url = "http://{user}:{password}@{host}:{port}/snap.jpg"
+    with ScriptedServer(digest_only) as server:
+        with generic(server.port, "", url=url, auth="digest") as client:
+            assert client.snapshot() == JPEG
+        sent = [headers.get("authorization", "") for _, headers in server.requests]
+        assert sent[0] == ""  # the first request: no credentials at all
+        assert sent[1].startswith("Digest ")
+        assert not any(value.startswith("Basic") for value in sent)
+
+
+def test_characters_a_request_line_cannot_hold_are_escaped() -> None:
+    with ScriptedServer(lambda path, headers: (ok(), False)) as server:
+        url = "http://{host}:{port}/snap shot/bild\u00e4.jpg?name=a b&x=%41"
+        with generic(server.port, "", url=url) as client:
+            assert client.snapshot() == JPEG
+        assert server.requests[0][0] == "/snap%20shot/bild%C3%A4.jpg?name=a%20b&x=%41"
+
+
+def test_hostile_challenges_are_bounded() -> None:
+    # A run of spaces that ends in no match: linear work, whatever its length.
+    spaces = 'Digest realm="a", nonce="n"' + " " * 4000 + "="
+    assert parse_challenges([spaces]) == [("digest", {"realm": "a", "nonce": "n"})]
+    assert parse_challenges(["Digest nonce=" + "x" * 5000]) == []  # too long: not read
+    auth = DigestAuth("u", "p")
+    assert not auth.challenged(['Digest realm="r", nonce="n", algorithm=MD5-sess'])  # no qop
+    assert auth.challenged(['Digest realm="r", nonce="n", qop="auth"'])
+    params = _params(auth.header("GET", "/") or "")
+    assert "algorithm" not in params  # not named by the camera: not named back

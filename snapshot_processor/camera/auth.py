@@ -20,6 +20,9 @@ __all__ = ["Auth", "BasicAuth", "DigestAuth", "parse_challenges"]
 class Auth:
     """No auth: the base of the others (credentials travel some other way)."""
 
+    #: Whether this sends the camera's credentials itself (else a URL's may be used).
+    sends_credentials = False
+
     def header(self, method: str, uri: str) -> str | None:
         """The ``Authorization`` value for a request, or None to send none."""
         return None
@@ -33,6 +36,8 @@ class Auth:
 class BasicAuth(Auth):
     """``Authorization: Basic``, user and password encoded as UTF-8 (RFC 7617)."""
 
+    sends_credentials = True
+
     def __init__(self, user: str, password: str) -> None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._value = f"Basic {token}"
@@ -44,16 +49,23 @@ class BasicAuth(Auth):
         return "<BasicAuth>"
 
 
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_SCHEME = re.compile(rf"\s*,?\s*({_TOKEN})(?:\s+|$)(?!\s*=)")
-_PARAM = re.compile(rf'\s*,?\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))')
+# Possessive quantifiers: nothing is tried twice, so a hostile header costs linear time
+# (with plain ones, 64 KB of spaces took 48 s of the GIL).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]++"
+_SCHEME = re.compile(rf"\s*+,?\s*+({_TOKEN})(?:\s++|$)(?!\s*+=)")
+_PARAM = re.compile(rf'\s*+,?\s*+({_TOKEN})\s*+=\s*+(?:"((?:[^"\\]|\\.)*+)"|([^\s,"]*+))')
+# A camera's challenge is a few hundred bytes; more is not read.
+_MAX_VALUES = 8
+_MAX_VALUE_LENGTH = 4096
 
 
 def parse_challenges(values: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
     """The challenges in ``WWW-Authenticate`` values: (scheme in lower case, params with
     lower-case names). A value may hold several (``Digest realm=..., Basic realm=...``)."""
     found: list[tuple[str, dict[str, str]]] = []
-    for value in values:
+    for value in values[:_MAX_VALUES]:
+        if len(value) > _MAX_VALUE_LENGTH:
+            continue
         position = 0
         while position < len(value):
             scheme = _SCHEME.match(value, position)
@@ -83,7 +95,7 @@ class _Challenge:
     realm: str
     nonce: str
     opaque: str | None
-    algorithm: str  # as the camera named it, sent back as it came
+    algorithm: str | None  # as the camera named it, sent back as it came (or not at all)
     hash: Callable[[bytes], str]
     session: bool
     qop: str | None  # "auth", or None for an RFC 2069 camera that offers no qop
@@ -93,14 +105,16 @@ def _challenge(params: dict[str, str]) -> _Challenge | None:
     """A digest challenge we can answer, or None (unknown algorithm, auth-int only)."""
     if "nonce" not in params:
         return None
-    algorithm = params.get("algorithm", "MD5")
-    name = algorithm.lower()
+    algorithm = params.get("algorithm")
+    name = (algorithm or "MD5").lower()
     session = name.endswith("-sess")
     hasher = _HASHES.get(name.removesuffix("-sess"))
     if hasher is None:
         return None
     offered = params.get("qop")
     if offered is None:
+        if session:
+            return None  # its answer needs a cnonce, which only goes with a qop
         qop = None
     elif "auth" in (item.strip().lower() for item in offered.split(",")):
         qop = "auth"
@@ -123,6 +137,8 @@ def _quote(text: str) -> str:
 
 class DigestAuth(Auth):
     """HTTP digest auth: MD5 or SHA-256 (also their ``-sess`` forms), qop ``auth`` or none."""
+
+    sends_credentials = True
 
     def __init__(
         self, user: str, password: str, *, cnonce: Callable[[], str] | None = None
@@ -160,9 +176,10 @@ class DigestAuth(Auth):
             f"realm={_quote(challenge.realm)}",
             f"nonce={_quote(challenge.nonce)}",
             f"uri={_quote(uri)}",
-            f"algorithm={challenge.algorithm}",
             f"response={_quote(response)}",
         ]
+        if challenge.algorithm is not None:
+            fields.append(f"algorithm={challenge.algorithm}")
         if challenge.opaque is not None:
             fields.append(f"opaque={_quote(challenge.opaque)}")
         if challenge.qop is not None:
@@ -171,7 +188,7 @@ class DigestAuth(Auth):
 
     def challenged(self, challenges: Sequence[str]) -> bool:
         offered = {
-            params.get("algorithm", "MD5").lower(): params
+            (params.get("algorithm") or "MD5").lower(): params
             for scheme, params in reversed(parse_challenges(challenges))
             if scheme == "digest"
         }

@@ -15,13 +15,15 @@ Foscam or Reolink URL holds the password.
 from __future__ import annotations
 
 import errno
+import functools
 import http.client
+import io
 import select
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from snapshot_processor.camera.auth import Auth, BasicAuth
 
@@ -75,10 +77,13 @@ class _Target:
         secure = parts.scheme == "https"
         basic = None
         if parts.username is not None:
-            # As requests did: credentials in the URL are basic auth, unless the
-            # camera's auth mode sends its own.
+            # As requests did: credentials in the URL are basic auth when the camera's
+            # auth mode sends none of its own (never before a digest challenge).
             basic = BasicAuth(unquote(parts.username), unquote(parts.password or ""))
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Spaces and other characters a request line cannot hold are escaped, as requests
+        # did; what is escaped already stays as it is ("%" is kept).
+        path = quote(path, safe="!#$%&'()*+,/:;=?@[]~")
         return cls(secure, parts.hostname, port or (443 if secure else 80), path, basic)
 
 
@@ -93,6 +98,8 @@ def _describe(exc: BaseException) -> str:
     kinds: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
         (ConnectionRefusedError, "connection refused"),
         (socket.gaierror, "host name does not resolve"),
+        (ssl.SSLCertVerificationError, "TLS certificate not trusted"),
+        ((ssl.SSLEOFError, ssl.SSLZeroReturnError), "connection closed by the camera"),
         (ssl.SSLError, "TLS handshake failed"),
         (ConnectionResetError, "connection reset by the camera"),
         (
@@ -119,14 +126,66 @@ class _TooLargeError(Exception):
 
 # A kept-alive connection the camera closed while idle fails before any answer arrives;
 # such a GET is sent once more on a new connection (GET is safe to repeat).
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as http.client reads it, each read bounded by what is left of the
+    deadline: the status line, headers, chunk sizes and body all together, so a camera
+    trickling any of them does not hold a thread past its timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        super().__init__()
+        # As http.client's own reader: holds the socket open while the answer is read.
+        self._raw = sock.makefile("rb", buffering=0)
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlineError
+        self._sock.settimeout(min(self._timeout, left))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Response(http.client.HTTPResponse):
+    """An answer read through a :class:`_DeadlineReader`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        debuglevel: int = 0,
+        method: str | None = None,
+        url: str | None = None,
+        *,
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        self.fp.close()
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, timeout))
 
 
 class Connection:
     """A kept-alive HTTP(S) connection to one camera, used one GET at a time.
 
-    ``timeout`` bounds connecting and each read, and also the whole answer: a camera
-    trickling bytes does not hold a thread for longer. Not thread-safe: the client's lock
+    ``timeout`` bounds connecting and each read, and also the whole answer (status line,
+    headers and body): a camera trickling bytes does not hold a thread for longer. Not thread-safe: the client's lock
     makes calls one at a time.
     """
 
@@ -149,11 +208,10 @@ class Connection:
         answered once. Raises :class:`TransportError`."""
         deadline = time.monotonic() + self._timeout
         target = _Target.of(url)
+        if not auth.sends_credentials and target.basic is not None:
+            auth = target.basic
         for first in (True, False):
-            authorization = auth.header("GET", target.path)
-            if authorization is None and target.basic is not None:
-                authorization = target.basic.header("GET", target.path)
-            reply, challenges = self._exchange(target, authorization, deadline)
+            reply, challenges = self._exchange(target, auth, deadline)
             if reply.status == 401 and first and auth.challenged(challenges):
                 continue
             return reply
@@ -166,62 +224,60 @@ class Connection:
             self._http = None
 
     # --- machinery --------------------------------------------------------------------
-    def _exchange(
-        self, target: _Target, authorization: str | None, deadline: float
-    ) -> tuple[Reply, list[str]]:
+    def _exchange(self, target: _Target, auth: Auth, deadline: float) -> tuple[Reply, list[str]]:
         problem: TransportError
         try:
             try:
-                return self._round_trip(target, authorization, deadline)
+                return self._round_trip(target, auth, deadline)
             except _STALE:
                 if not self._reused or self._answered:
                     raise
             self.close()
-            return self._round_trip(target, authorization, deadline)
+            return self._round_trip(target, auth, deadline)  # a new answer: a new nonce count
         except (_DeadlineError, TimeoutError):
             problem = TransportError("timed out", timed_out=True)
         except _TooLargeError:
             problem = TransportError(f"answer larger than {self._limit} bytes", too_large=True)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             problem = TransportError(_describe(exc))
+        except BaseException:
+            self.close()  # half a request or answer on it: never reused
+            raise
         self.close()  # in an unknown state: never reused
         raise problem
 
-    def _round_trip(
-        self, target: _Target, authorization: str | None, deadline: float
-    ) -> tuple[Reply, list[str]]:
+    def _round_trip(self, target: _Target, auth: Auth, deadline: float) -> tuple[Reply, list[str]]:
         self._answered = False
         connection = self._connection(target, deadline)
         headers = {"User-Agent": self._user_agent, "Accept": "*/*"}
+        authorization = auth.header("GET", target.path)
         if authorization is not None:
             headers["Authorization"] = authorization
+        connection.response_class = functools.partial(  # type: ignore[assignment]
+            _Response, deadline=deadline, timeout=self._timeout
+        )
         connection.request("GET", target.path, headers=headers)
-        # Kept: http.client drops its own reference when the camera says it will close.
-        sock = connection.sock
         response = connection.getresponse()
         self._answered = True
-        length = response.length
-        if length is not None and length > self._limit:
-            raise _TooLargeError
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _DeadlineError
-            if sock is not None:
-                sock.settimeout(min(self._timeout, remaining))
-            want = min(response.length, _READ_MAX) if response.length else _CHUNK_BYTES
-            chunk = response.read1(want)  # one read at most: the deadline holds
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > self._limit:
+        try:
+            length = response.length
+            if length is not None and length > self._limit:
                 raise _TooLargeError
-            chunks.append(chunk)
-        if response.length:  # a body cut short (read1 reports no IncompleteRead)
-            raise http.client.IncompleteRead(b"", response.length)
-        response.close()  # the connection stays open for the next GET
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                want = min(response.length, _READ_MAX) if response.length else _CHUNK_BYTES
+                chunk = response.read1(want)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self._limit:
+                    raise _TooLargeError
+                chunks.append(chunk)
+            if response.length:  # a body cut short (read1 reports no IncompleteRead)
+                raise http.client.IncompleteRead(b"", response.length)
+        finally:
+            response.close()  # a whole answer read: the connection stays for the next GET
         content_type = response.getheader("Content-Type", "") or ""
         challenges = response.headers.get_all("WWW-Authenticate") or []
         return Reply(response.status, content_type, b"".join(chunks)), challenges
