@@ -132,6 +132,9 @@ class AmqpListener(Worker):
         self._epoch = 0
         self._pending = PartCounter()
         self._requeues: set[int] = set()
+        # Acks from the chain waiting for pika's thread (see ack_from_chain).
+        self._acks_lock = threading.Lock()
+        self._acks_waiting: list[tuple[int, int, int, bool]] = []
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._sender: Sender | None = None
@@ -233,6 +236,9 @@ class AmqpListener(Worker):
 
     def _drop_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        with self._acks_lock:
+            # A wake sent to the old connection may never run: later acks must send anew.
+            self._acks_waiting.clear()
         close_quietly(connection)
         self._cancelled_since = None  # the next connection declares and consumes afresh
         self._pending.clear()
@@ -360,16 +366,31 @@ class AmqpListener(Worker):
             log.error("%s: dropped a malformed ack: %s", self.name, exc)
             return
         requeue = bool(body.get("requeue"))
-        self._call_threadsafe(functools.partial(self._on_ack, epoch, tag, parts, requeue))
+        # Acks that come together wake pika's loop once: each wake is a write to its
+        # pipe and a turn of the loop (a group of 28 events sent 28 before).
+        with self._acks_lock:
+            self._acks_waiting.append((epoch, tag, parts, requeue))
+            if len(self._acks_waiting) > 1:
+                return  # a wake is on its way and takes this one too
+        if not self._call_threadsafe(self._take_acks):
+            with self._acks_lock:
+                self._acks_waiting.clear()  # no connection: its deliveries come again
 
-    def _call_threadsafe(self, callback: Callable[[], None]) -> None:
+    def _take_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks_waiting = self._acks_waiting, []
+        for epoch, tag, parts, requeue in acks:
+            self._on_ack(epoch, tag, parts, requeue)
+
+    def _call_threadsafe(self, callback: Callable[[], None]) -> bool:
         connection = self._connection
         if connection is None:
-            return  # no connection: its deliveries come again anyway
+            return False  # no connection: its deliveries come again anyway
         try:
             connection.add_callback_threadsafe(callback)
         except (pika.exceptions.ConnectionWrongStateError, *CONNECTION_ERRORS):
-            pass  # closing: the broker redelivers what was not acked
+            return False  # closing: the broker redelivers what was not acked
+        return True
 
     def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> None:
         if epoch != self._epoch or self._channel is None or tag not in self._pending:
