@@ -361,6 +361,7 @@ def test_https_checks_the_certificate_unless_told_not_to(tmp_path: Path) -> None
         ):
             client.snapshot()  # self-signed: not trusted
         assert "TLS certificate not trusted" in str(caught.value)
+        assert server.connections == 1  # not retried: another attempt cannot help
         assert PASSWORD not in str(caught.value)
         assert quote(PASSWORD, safe="") not in str(caught.value)
         assert caught.value.__context__ is None

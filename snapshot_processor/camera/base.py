@@ -326,7 +326,7 @@ class CameraClient:
         return (CameraBadImageError if failure.too_large else CameraConnectionError)(
             f"{self.key}: {failure} (GET {request.shown})",
             camera=self.key,
-            retryable=not failure.too_large,
+            retryable=not (failure.too_large or failure.lasting),
         )
 
     def _timeout_error(self, request: Request) -> CameraTimeoutError:

@@ -48,10 +48,19 @@ class Reply:
 class TransportError(Exception):
     """A GET that got no complete answer. The message is ours: no URL, no credentials."""
 
-    def __init__(self, problem: str, *, timed_out: bool = False, too_large: bool = False) -> None:
+    def __init__(
+        self,
+        problem: str,
+        *,
+        timed_out: bool = False,
+        too_large: bool = False,
+        lasting: bool = False,
+    ) -> None:
         super().__init__(problem)
         self.timed_out = timed_out
         self.too_large = too_large
+        # Another attempt cannot help (an untrusted certificate): not retried.
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -239,7 +248,9 @@ class Connection:
         except _TooLargeError:
             problem = TransportError(f"answer larger than {self._limit} bytes", too_large=True)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            problem = TransportError(_describe(exc))
+            problem = TransportError(
+                _describe(exc), lasting=isinstance(exc, ssl.SSLCertVerificationError)
+            )
         except BaseException:
             self.close()  # half a request or answer on it: never reused
             raise
