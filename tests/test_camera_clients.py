@@ -122,7 +122,7 @@ def assert_secret_free(exc: BaseException, *secrets: str) -> None:
         for form in (secret, quote(secret, safe=""), quote_plus(secret)):
             for text in texts:
                 assert form not in text, f"password leaked in {text!r}"
-    # requests' exceptions quote the URL: none may ride along as cause or context.
+    # Lower layers' exceptions may quote the URL: none may ride along as cause or context.
     assert exc.__cause__ is None
     assert exc.__context__ is None
 
