@@ -264,6 +264,15 @@ def test_keep_alive_the_camera_dropped_is_reopened_without_an_error() -> None:
         assert len(server.requests) == 3  # no failed attempt, no retry
 
 
+def test_a_camera_that_says_it_closes_gets_a_new_connection_each_time() -> None:
+    with ScriptedServer(lambda path, headers: (ok(extra="Connection: close\r\n"), True)) as server:
+        with generic(server.port, "/snap.jpg") as client:
+            for _ in range(3):
+                assert client.snapshot() == JPEG
+        assert server.connections == 3
+        assert len(server.requests) == 3
+
+
 def test_one_connection_kept_between_snapshots() -> None:
     with ScriptedServer(lambda path, headers: (ok(), False)) as server:
         with generic(server.port, "/snap.jpg") as client:
