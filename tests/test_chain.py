@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -231,6 +232,43 @@ def test_timers_run_in_time_order_and_cancelled_ones_never(
         received = ends.receive(4, timeout=2)
     assert sorted(e.body["n"] for e in received) == [1, 2, 3]
     assert [e.body["n"] for e in received if e.kind == "later"] == [1, 2]
+
+
+def test_calls_from_many_threads_each_wake_the_loop(stages: list[Worker]) -> None:
+    # Wake-ups are coalesced (one byte in the pipe per turn of the loop); a call queued
+    # while the loop empties the pipe must still run at once, not at the next timer.
+    stage = Stage("woken", threading.Event())
+    stage.start()
+    stages.append(stage)
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def record(n: int) -> None:
+        with lock:
+            ran.append(n)
+
+    def caller(base: int, count: int) -> None:
+        for n in range(count):
+            stage.call_soon_threadsafe(functools.partial(record, base + n))
+            if n % 7 == 0:
+                time.sleep(0)  # let the loop run between some calls
+
+    def all_ran(expected: int) -> bool:
+        return len(ran) == expected
+
+    for round_ in range(200):
+        expected = len(ran) + 4 * 5
+        threads = [
+            threading.Thread(target=caller, args=(round_ * 100 + 10 * t, 5)) for t in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # The loop has no timer and no inbox traffic: only a wake-up runs these.
+        assert wait_until(functools.partial(all_ran, expected), 2, step=0.001), (
+            f"round {round_}: {len(ran)} of {expected} calls ran"
+        )
 
 
 def test_twenty_failing_messages_are_settled_and_the_next_flows(

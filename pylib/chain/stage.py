@@ -126,6 +126,7 @@ class Stage(Worker):
         self._wake_lock = threading.Lock()
         self._wake_read: int | None = None
         self._wake_write: int | None = None
+        self._wake_pending = False  # a byte is in the pipe that the loop has not read yet
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
         self._pool: ThreadPoolExecutor | None = None
@@ -382,8 +383,12 @@ class Stage(Worker):
 
     def _wake(self) -> None:
         with self._wake_lock:
-            if self._wake_write is None:
+            # One byte per turn of the loop is enough: it runs every call queued before it
+            # reads the pipe. Each write is a system call the caller gives up the GIL for,
+            # and a burst of pool results would otherwise make one each.
+            if self._wake_write is None or self._wake_pending:
                 return
+            self._wake_pending = True
             # A full pipe holds wake-ups already: the loop will wake.
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_write, b"\0")
@@ -396,6 +401,10 @@ class Stage(Worker):
                 pass
         except BlockingIOError:
             pass
+        with self._wake_lock:
+            # Cleared after the pipe is empty and before the calls run: a call queued
+            # before this runs next, and one queued after it writes a byte again.
+            self._wake_pending = False
 
     def _wait_for_wake(self, timeout: float) -> None:
         if self._wake_read is None:
