@@ -41,7 +41,13 @@ from pylib.worker import RestartBudget
 from snapshot_processor.camera import CameraError
 from snapshot_processor.cameras import CameraConfigError, CameraRegistry
 from snapshot_processor.messages import SnapshotMessage, TriggerMessage
-from snapshot_processor.storage import WriteTrouble, snapshot_path, write_atomically
+from snapshot_processor.storage import (
+    WriteTrouble,
+    next_preparation,
+    prepare_day_folders,
+    snapshot_path,
+    write_atomically,
+)
 from snapshot_processor.trigger_queue import TriggerQueues
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,10 @@ class SnapshotStage(Stage):
         self.queues = TriggerQueues(waiting)
         # When each camera's fetch under way started (monotonic), on the stage's thread.
         self._fetch_started: dict[str, float] = {}
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        self._prepare_days()
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
@@ -214,6 +224,24 @@ class SnapshotStage(Stage):
             MESSAGES_REJECTED.labels(self.name, type(error).__name__).inc()
             log.error("%s: fetch of %s failed: %s", self.name, key, error, exc_info=error)
         self._start(self.queues.next(key))
+
+    def _prepare_days(self) -> None:
+        """Each camera's folder for today now, and for the next day before it starts
+        (see :func:`~snapshot_processor.storage.prepare_day_folders`), on the pool."""
+        now = time.time()
+        self.call_later(next_preparation(now) + 1.0, self._prepare_days)
+        self.submit(
+            prepare_day_folders, self.root, list(self.cameras.devices), now, then=self._prepared
+        )
+
+    def _prepared(self, finished: Future[list[Path]]) -> None:
+        error = None if finished.cancelled() else finished.exception()
+        if error is not None:
+            # Only a head start lost: each camera's first snapshot makes its own folder.
+            log.warning("%s: could not make the day's snapshot folders: %s", self.name, error)
+            return
+        if not finished.cancelled():
+            log.debug("%s: made %d snapshot folders ahead", self.name, len(finished.result()))
 
     def _coalesce(self, trigger: TriggerMessage) -> None:
         TRIGGERS_COALESCED.labels(trigger.camera_key).inc()

@@ -21,6 +21,7 @@ from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device
 from snapshot_processor.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
 from snapshot_processor.snapshot import SnapshotStage
+from snapshot_processor.storage import day_folder
 from tests.support.crash import CrashesOnce as CrashingWorker
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until
@@ -439,3 +440,18 @@ def test_a_breaker_opened_for_one_address_lets_a_new_address_through(
         assert cameras.breaker(KEY).failures == 0
     finally:
         cameras.close()
+
+
+def test_each_cameras_folder_for_today_is_made_at_start(
+    camera: CameraSimulator, wire: Wire, start: Start, tmp_path: Path
+) -> None:
+    """The day's first snapshot finds its folder made (and its name synced): the stage
+    makes it when it starts, before any trigger, and the next day's before midnight."""
+    today = day_folder(tmp_path, KEY, time.time())
+    assert not today.exists()
+    start(registry(camera))
+    assert wait_until(today.is_dir, 5)
+    with wire.sender() as sender:
+        sender.send(trigger(1))
+        [snapshot] = wire.receive(1)
+    assert Path(snapshot.body["storage_path"]).parent == today

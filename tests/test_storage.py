@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from snapshot_processor.storage import keep_linked, make_folders, write_atomically
+from snapshot_processor.storage import (
+    PREPARE_AHEAD,
+    keep_linked,
+    make_folders,
+    next_preparation,
+    prepare_day_folders,
+    snapshot_path,
+    write_atomically,
+)
 
 
 def test_a_write_into_new_folders_makes_them_and_leaves_no_part_file(tmp_path: Path) -> None:
@@ -105,3 +113,41 @@ def test_threads_making_the_same_new_folders_each_return_with_them_made(tmp_path
     assert sorted(every) == sorted({root, *(f.parent for f in folders), *folders})
     assert len(every) == len(set(every))  # each made by exactly one thread
     assert sorted(p.name for p in root.rglob("*.jpg")) == sorted(f"{n}.jpg" for n in range(16))
+
+
+# --- each camera's day folder, made ahead ---------------------------------------------
+NOON = 1_795_953_600.0  # 2026-11-29 12:00 UTC
+MIDNIGHT = 1_795_996_800.0  # 2026-11-30 00:00 UTC
+
+
+def test_day_folders_are_made_for_every_camera_with_safe_names(tmp_path: Path) -> None:
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+
+    made = prepare_day_folders(tmp_path, ["Front Door camera", "../../etc camera"], NOON)
+
+    assert sorted(p.relative_to(snapshots).as_posix() for p in made) == [
+        "etc-camera",
+        "etc-camera/2026-11-29",
+        "front-door-camera",
+        "front-door-camera/2026-11-29",
+    ]
+    # Where the day's snapshots go, so the first one finds its folder made.
+    assert snapshot_path(tmp_path, "Front Door camera", NOON + 60, "e1").parent in made
+    assert prepare_day_folders(tmp_path, ["Front Door camera"], NOON) == []
+
+
+def test_the_next_days_folders_are_made_only_shortly_before_it(tmp_path: Path) -> None:
+    (tmp_path / "snapshots").mkdir()
+    early = prepare_day_folders(tmp_path, ["Cam"], MIDNIGHT - PREPARE_AHEAD - 1)
+    assert [p.name for p in early] == ["cam", "2026-11-29"]
+    late = prepare_day_folders(tmp_path, ["Cam"], MIDNIGHT - PREPARE_AHEAD + 1)
+    assert [p.name for p in late] == ["2026-11-30"]
+
+
+def test_the_next_preparation_is_due_before_each_midnight() -> None:
+    assert next_preparation(NOON) == MIDNIGHT - PREPARE_AHEAD - NOON
+    # Just past the moment: the next one is a day later.
+    assert next_preparation(MIDNIGHT - PREPARE_AHEAD) == 86_400
+    assert next_preparation(MIDNIGHT - PREPARE_AHEAD + 1) == 86_400 - 1
+    assert next_preparation(MIDNIGHT) == 86_400 - PREPARE_AHEAD
