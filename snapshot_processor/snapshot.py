@@ -90,6 +90,7 @@ class SnapshotStage(Stage):
     """Takes triggers, sends on snapshot messages (or done marks for parts that failed)."""
 
     stop_weight = 3.0
+    prestart_pool = True  # a thread per camera, ready for the first burst
 
     def __init__(
         self,

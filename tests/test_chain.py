@@ -171,6 +171,30 @@ def test_pool_results_go_on_as_each_finishes(ends: Wire, stages: list[Worker]) -
     assert [e.body["n"] for e in rest] == ["slow"]
 
 
+class Prestarted(Pooled):
+    prestart_pool = True
+
+
+def test_a_prestarted_pool_has_every_thread_running_before_work_comes(
+    ends: Wire, stages: list[Worker]
+) -> None:
+    def pool_threads(stage: str) -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith(f"{stage}-pool"))
+
+    lazy = Pooled("lazy", threading.Event(), inbox="inproc://lazy-pool-test", workers=6)
+    lazy.start()
+    stages.append(lazy)
+    eager = Prestarted("eager", threading.Event(), inbox=ends.inbox, outbox=ends.outbox, workers=6)
+    eager.start()
+    stages.append(eager)
+    assert wait_until(lambda: pool_threads("eager") == 6, 5)
+    assert pool_threads("lazy") == 0
+    # Prestarted threads take work as any others do.
+    with ends.sender() as sender:
+        sender.send(Envelope("work", {"n": 1, "delay": 0}))
+        assert [e.body["n"] for e in ends.receive(1)] == [1]
+
+
 def test_failing_pool_work_is_counted_and_the_next_flows(ends: Wire, stages: list[Worker]) -> None:
     stage = Pooled("failing", threading.Event(), inbox=ends.inbox, outbox=ends.outbox, workers=2)
     stage.start()
