@@ -34,7 +34,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from pylib.chain.settle import Settlement, ack_token
-from pylib.chain.sockets import bind_pull, inproc
+from pylib.chain.sockets import Parts, bind_pull, inproc
 from pylib.chain.stage import Stage, Timer
 from pylib.envelope import Envelope, EnvelopeError, new_id
 from pylib.logs import printable
@@ -257,10 +257,10 @@ class UploadStage(Stage):
         del self._pending[path]
         self._take(path)
 
-    def _on_ack(self, data: bytes) -> None:
+    def _on_ack(self, parts: Parts) -> None:
         """The publisher has an upload's event in its outbox: the upload can go."""
         try:
-            body = Envelope.unpack(data).body
+            body = Envelope.unpack(parts).body
             inflight = Path(body["path"])
         except (EnvelopeError, KeyError, TypeError) as exc:
             log.error("upload: dropped a malformed ack: %s", exc)

@@ -30,6 +30,7 @@ from pylib.chain.settle import (
     publish_envelope,
 )
 from pylib.chain.sockets import Sender, bind_pull, inproc
+from pylib.chain.sockets import receive as receive_parts
 from pylib.envelope import Envelope
 from pylib.outbox import Outbox
 from pylib.retry import RetryPolicy
@@ -73,7 +74,7 @@ def receive(pull: zmq.Socket[bytes], count: int, timeout: float = 10.0) -> list[
     deadline = time.monotonic() + timeout
     while len(bodies) < count and time.monotonic() < deadline:
         if pull.poll(50):
-            envelope = Envelope.unpack(pull.recv())
+            envelope = Envelope.unpack(receive_parts(pull))
             assert envelope.kind == ACK_KIND
             bodies.append(envelope.body)
     return bodies

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from pylib.chain.sockets import HWM, Sender, inproc
 from pylib.chain.stage import Relay
-from pylib.envelope import Envelope, EnvelopeError
+from pylib.envelope import BLOB_MIN, Envelope, EnvelopeError
 from pylib.worker import RestartBudget, Worker, WorkerStartError
 from pylib.zmqctx import shared_context
 from tests.support.crash import CrashesOnce as CrashingWorker
@@ -144,6 +144,46 @@ def test_envelope_round_trip_and_rejects() -> None:
         Envelope.unpack(b"\xc1")
     with pytest.raises(EnvelopeError):
         Envelope.unpack(Envelope("x").pack()[:-3])
+
+
+def test_large_values_travel_as_frames_of_their_own() -> None:
+    image, event = b"\xff\xd8" + bytes(BLOB_MIN), b"e" * (BLOB_MIN + 5)
+    original = Envelope("snapshot", {"image": image, "event": event, "small": b"\x01", "n": 1})
+
+    head, *blobs = original.frames()
+
+    assert blobs == [image, event]
+    assert len(head) < 200  # the envelope itself holds neither
+    assert Envelope.unpack([head, *blobs]) == original
+    assert Envelope.unpack([memoryview(head), *map(memoryview, blobs)]) == original
+    assert Envelope.unpack(original.pack()) == original  # one frame still reads
+    # A body with nothing large is one frame, as pack() gives.
+    small = Envelope("n", {"small": b"\x01"})
+    assert small.frames() == [small.pack()]
+
+
+def _bad_reference() -> list[bytes]:
+    head, _ = Envelope("x", {"image": bytes(BLOB_MIN)}).frames()
+    reference = b"\xd6\x01\x00\x00\x00\x00"  # msgpack fixext 4, type 1: frame 0
+    assert head.count(reference) == 1
+    return [head.replace(reference, b"\xd6\x01\x00\x00\x00\x07"), bytes(BLOB_MIN)]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param(lambda head, blobs: [head], id="a frame missing"),
+        pytest.param(lambda head, blobs: [head, *blobs, b"more"], id="a frame too many"),
+        pytest.param(lambda head, blobs: [], id="no frames"),
+        pytest.param(lambda head, blobs: _bad_reference(), id="a reference past the frames"),
+    ],
+)
+def test_frames_that_do_not_match_their_envelope_are_rejected(
+    parts: Callable[[bytes, list[bytes]], list[bytes]],
+) -> None:
+    head, *blobs = Envelope("x", {"image": bytes(BLOB_MIN), "event": bytes(BLOB_MIN)}).frames()
+    with pytest.raises(EnvelopeError):
+        Envelope.unpack(parts(head, blobs))
 
 
 class Crasher(Worker):

@@ -33,24 +33,35 @@ def inproc(name: str) -> str:
     return f"inproc://{name}"
 
 
-def drain(socket: zmq.Socket[bytes], limit: int | None = None) -> Iterator[bytes]:
+# One message off a socket: its frames, as views of what ZeroMQ received (no copy).
+Parts = list[memoryview]
+
+
+def receive(socket: zmq.Socket[bytes], flags: int = 0) -> Parts:
+    """One message, all its frames (an envelope and its large values: see
+    :meth:`~pylib.envelope.Envelope.frames`)."""
+    return [frame.buffer for frame in socket.recv_multipart(flags, copy=False)]
+
+
+def drain(socket: zmq.Socket[bytes], limit: int | None = None) -> Iterator[Parts]:
     """Messages already queued on ``socket`` (at most ``limit``), without waiting for more."""
     taken = 0
     while limit is None or taken < limit:
         try:
-            yield socket.recv(zmq.NOBLOCK)
+            yield receive(socket, zmq.NOBLOCK)
         except zmq.Again:
             return
         taken += 1
 
 
-def unpack_or_reject(data: bytes, stage: str) -> Envelope | None:
-    """The envelope in ``data``; a malformed one is logged, counted and given as None."""
+def unpack_or_reject(parts: Parts, stage: str) -> Envelope | None:
+    """The envelope in ``parts``; a malformed one is logged, counted and given as None."""
     try:
-        return Envelope.unpack(data)
+        return Envelope.unpack(parts)
     except EnvelopeError as exc:
         MESSAGES_REJECTED.labels(stage, "malformed").inc()
-        log.error("%s: dropped a malformed message (%d bytes): %s", stage, len(data), exc)
+        size = sum(len(part) for part in parts)
+        log.error("%s: dropped a malformed message (%d bytes): %s", stage, size, exc)
         return None
 
 
@@ -87,8 +98,15 @@ class Sender:
         Blocking, it waits while the reader's queue is full (back-pressure). Not
         blocking, it returns False instead, and when no reader is there at all.
         """
+        frames = envelope.frames()
+        flags = 0 if block else zmq.NOBLOCK
         try:
-            self.socket.send(envelope.pack(), 0 if block else zmq.NOBLOCK)
+            if len(frames) == 1:
+                self.socket.send(frames[0], flags)
+            else:
+                # Large values go without a copy: ZeroMQ holds them until they are read
+                # (pyzmq lets go of them on a thread of its own). All frames or none.
+                self.socket.send_multipart(frames, flags, copy=False)
         except zmq.Again:
             return False
         return True

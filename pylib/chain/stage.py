@@ -39,6 +39,7 @@ from prometheus_client import Counter
 from pylib.chain.settle import settle_failed
 from pylib.chain.sockets import (
     MESSAGES_REJECTED,
+    Parts,
     Sender,
     bind_pull,
     drain,
@@ -144,7 +145,7 @@ class Stage(Worker):
         self.stop_timeout = stop_timeout
         self._pull: zmq.Socket[bytes] | None = None
         self._sender: Sender | None = None
-        self._watched: list[tuple[zmq.Socket[bytes], Callable[[bytes], None]]] = []
+        self._watched: list[tuple[zmq.Socket[bytes], Callable[[Parts], None]]] = []
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake_lock = threading.Lock()
         self._wake_read: int | None = None
@@ -207,7 +208,7 @@ class Stage(Worker):
         for item in (result,) if isinstance(result, Envelope) else result:
             self.send(item)
 
-    def watch(self, socket: zmq.Socket[bytes], handler: Callable[[bytes], None]) -> None:
+    def watch(self, socket: zmq.Socket[bytes], handler: Callable[[Parts], None]) -> None:
         """Also read ``socket`` (made on this thread, in :meth:`on_thread_open`)."""
         self._watched.append((socket, handler))
 
@@ -357,7 +358,7 @@ class Stage(Worker):
         self.finish(deadline)
         self._run_calls()
 
-    def _receive(self, batch: list[bytes]) -> None:
+    def _receive(self, batch: list[Parts]) -> None:
         envelopes = [e for e in (unpack_or_reject(data, self.name) for data in batch) if e]
         for relay in self.intake:
             envelopes = relay.transform(envelopes, self)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import zmq
 
-from pylib.chain.sockets import Sender, bind_pull
+from pylib.chain.sockets import Sender, bind_pull, receive
 from pylib.envelope import Envelope
 
 
@@ -39,7 +39,7 @@ class Wire:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.pull.poll(int(remaining * 1000) + 1):
                 break
-            received.append(Envelope.unpack(self.pull.recv()))
+            received.append(Envelope.unpack(receive(self.pull)))
         return received
 
     def close(self) -> None:
