@@ -13,9 +13,9 @@ import msgpack
 ENVELOPE_VERSION = 1
 
 # A bytes value at the top of a body at least this large (a snapshot, an event holding
-# one) travels as a frame of its own beside the envelope (:meth:`Envelope.frames`), so
-# ZeroMQ can pass it without a copy. Packed into the envelope instead, it was copied four
-# times per hop: into the envelope, into ZeroMQ, out of it, out of the envelope.
+# one) travels as a frame of its own beside the envelope (:meth:`Envelope.frames`).
+# Packed into the envelope, it was copied four times per hop (into the envelope, into
+# ZeroMQ, out of it, out of the envelope); as a frame, twice.
 BLOB_MIN = 64 * 1024
 # The msgpack extension type that stands for "frame n" in the envelope's body.
 _BLOB_EXT = 1

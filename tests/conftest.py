@@ -10,11 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import zmq
 
-from pylib.envelope import BLOB_MIN
 from pylib.redact import clear_secrets
-from pylib.zmqctx import shared_context
 
 # Fixtures shared by test modules: the fake Drive and a user's credentials for it.
 pytest_plugins = ["tests.support.drive_credentials"]
@@ -32,24 +29,6 @@ def _socket_inodes() -> set[str]:
         if target.startswith("socket:"):
             inodes.add(target)
     return inodes
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _zero_copy_thread() -> None:
-    """pyzmq lets go of a zero-copy frame's bytes on a thread of its own, started by the
-    first such send and kept for the life of the process (as in the daemon): start it
-    before any test, so the test that happens to send first does not count it as leaked."""
-    context = shared_context()
-    pull = context.socket(zmq.PULL)
-    push = context.socket(zmq.PUSH)
-    try:
-        pull.bind("inproc://zero-copy-warm-up")
-        push.connect("inproc://zero-copy-warm-up")
-        push.send(bytes(BLOB_MIN), copy=False)
-        pull.recv(copy=False)
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
 
 
 @pytest.fixture(autouse=True)

@@ -155,7 +155,7 @@ def test_large_values_travel_as_frames_of_their_own() -> None:
     assert blobs == [image, event]
     assert len(head) < 200  # the envelope itself holds neither
     assert Envelope.unpack([head, *blobs]) == original
-    assert Envelope.unpack([memoryview(head), *map(memoryview, blobs)]) == original
+    assert Envelope.unpack([memoryview(head), *(memoryview(blob) for blob in blobs)]) == original
     assert Envelope.unpack(original.pack()) == original  # one frame still reads
     # A body with nothing large is one frame, as pack() gives.
     small = Envelope("n", {"small": b"\x01"})
