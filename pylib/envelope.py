@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +27,22 @@ class EnvelopeError(ValueError):
     """Bytes that are not a well-formed envelope."""
 
 
+# The version (4: random) and variant (RFC 4122) bits of a UUID, as uuid.uuid4() sets them.
+_VERSION_MASK = (0xF000 << 64) | (0xC000 << 48)
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_id() -> str:
-    """A unique id for a message or an event."""
-    return uuid.uuid4().hex
+    """A unique id for a message or an event: a random (version 4) UUID, in hex.
+
+    From the ``random`` module's generator (seeded from the OS, and again in a forked
+    child), not ``uuid.uuid4()``: that reads the OS's random source each time, a system
+    call its thread gives up the GIL for, four times per event. An id needs to be
+    unique, not secret.
+    """
+    bits = random.getrandbits(128)
+    bits = (bits & ~_VERSION_MASK) | _VERSION_4
+    return f"{bits:032x}"
 
 
 @dataclass(frozen=True)

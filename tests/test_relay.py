@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from pylib.chain.sockets import HWM, Sender, inproc
 from pylib.chain.stage import Relay
-from pylib.envelope import BLOB_MIN, Envelope, EnvelopeError
+from pylib.envelope import BLOB_MIN, Envelope, EnvelopeError, new_id
 from pylib.worker import RestartBudget, Worker, WorkerStartError
 from pylib.zmqctx import shared_context
 from tests.support.crash import CrashesOnce as CrashingWorker
@@ -160,6 +162,26 @@ def test_large_values_travel_as_frames_of_their_own() -> None:
     # A body with nothing large is one frame, as pack() gives.
     small = Envelope("n", {"small": b"\x01"})
     assert small.frames() == [small.pack()]
+
+
+def test_ids_are_random_uuids_unique_in_a_forked_child_too() -> None:
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for each in ids[:100]:
+        parsed = uuid.UUID(hex=each)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, each)
+    # A forked child does not repeat its parent's ids.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != new_id()
 
 
 def _bad_reference() -> list[bytes]:
