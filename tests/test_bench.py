@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pika
 import pytest
+
+from tests.support.broker import BROKER
 
 pytestmark = pytest.mark.broker
 
@@ -47,6 +50,15 @@ def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) ->
     assert figures["burst_32_s"] >= figures["one_camera_s"] * 0.9  # all 32 did arrive
     assert figures["burst_32_warm_s"] >= figures["one_camera_s"] * 0.9
     assert figures["upload"]["count"] == 10
+    # The run's exchanges are gone with it.
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        for name in (figures["exchange"], f"{figures['exchange']}_control"):
+            channel = connection.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                channel.exchange_declare(name, passive=True)
+    finally:
+        connection.close()
     table = (tmp_path / "bench.md").read_text()
     for row in ("trigger → event, p50", "sustained events/s", "32 cameras", "RSS idle", "idle CPU"):
         assert row in table

@@ -406,6 +406,7 @@ def run(plan: Plan, out: Path) -> Report:
     image = bench_jpeg()
     report.figures["jpeg_bytes"] = len(image)
     exchange = f"bench_{uuid.uuid4().hex[:8]}"
+    report.figures["exchange"] = exchange
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
         RemoteCamera(image) as camera,
@@ -432,7 +433,7 @@ def run(plan: Plan, out: Path) -> Report:
             peer.close()
             code = daemon.stop()
             report.figures["daemon_exit_code"] = code
-            delete_queue(f"{exchange}.snapshot.bench.triggers")  # the daemon's trigger queue
+            delete_leftovers(exchange)
             if code != 0:
                 print((root / "daemon.log").read_text(errors="replace")[-4000:], file=sys.stderr)
     write(report, out)
@@ -446,10 +447,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def delete_queue(name: str) -> None:
+def delete_leftovers(exchange: str) -> None:
+    """The daemon's trigger queue and the run's exchanges: a broker that many runs left
+    hundreds of exchanges on is not the broker the next run should measure."""
     connection = pika.BlockingConnection(BROKER)
     try:
-        connection.channel().queue_delete(name)
+        channel = connection.channel()
+        channel.queue_delete(f"{exchange}.snapshot.bench.triggers")
+        for name in (exchange, f"{exchange}_control"):
+            channel.exchange_delete(name)
     finally:
         connection.close()
 
