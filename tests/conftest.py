@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pylib.redact import clear_secrets
+from tests.support.broker import delete_named_exchanges
 
 # Fixtures shared by test modules: the fake Drive and a user's credentials for it.
 pytest_plugins = ["tests.support.drive_credentials"]
@@ -29,6 +30,12 @@ def _socket_inodes() -> set[str]:
         if target.startswith("socket:"):
             inodes.add(target)
     return inodes
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _exchanges_removed_at_the_end() -> Iterator[None]:
+    yield
+    delete_named_exchanges()
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,34 @@ from snapshot_processor.config import Settings
 BROKER = pika.ConnectionParameters("127.0.0.1", 5672, heartbeat=30)
 
 
+# Every exchange name handed out, so the session can remove them at its end.
+NAMED: list[str] = []
+
+
 def unique_exchange() -> str:
     """An exchange name no other test uses, so tests never see each other's messages."""
-    return f"test_{uuid.uuid4().hex[:10]}"
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    NAMED.append(name)
+    return name
+
+
+def delete_named_exchanges() -> None:
+    """Remove the exchanges (and their ``_control`` twins) the tests were given names
+    for, so runs do not pile them up on the broker; nothing to do without a broker."""
+    if not NAMED:
+        return
+    try:
+        connection = pika.BlockingConnection(BROKER)
+    except pika.exceptions.AMQPConnectionError:
+        return
+    try:
+        channel = connection.channel()
+        for name in NAMED:
+            for each in (name, f"{name}_control"):
+                channel.exchange_delete(each)
+        NAMED.clear()
+    finally:
+        connection.close()
 
 
 def trigger_body(
