@@ -21,6 +21,7 @@ import io
 import select
 import socket
 import ssl
+import struct
 import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
@@ -144,6 +145,35 @@ _STALE = (
 )
 
 
+def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """Bound ``sock``'s blocking sends or receives (``SO_SNDTIMEO``, ``SO_RCVTIMEO``) in
+    the kernel, and make it blocking.
+
+    Python's own socket timeout waits in ``poll()`` before each send and receive: two
+    system calls, each of which its thread gives up the GIL for and must win back. With
+    32 cameras answering at once that was a tenth of the daemon's context switches. A
+    receive that times out fails with ``EAGAIN`` (:class:`BlockingIOError`). TLS sockets
+    keep Python's timeouts: OpenSSL would read that as "try again".
+    """
+    if sock.gettimeout() is not None:
+        sock.settimeout(None)
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1_000_000)
+    if whole <= 0 and micro <= 0:
+        whole, micro = 0, 1  # zero would mean no bound at all
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@ll", whole, micro))
+
+
+class _Plain(http.client.HTTPConnection):
+    """A plain HTTP connection whose socket's timeouts are kept by the kernel."""
+
+    def connect(self) -> None:
+        super().connect()  # connecting is bounded by Python's timeout, as before
+        assert self.sock is not None
+        assert self.timeout is not None
+        _kernel_timeout(self.sock, socket.SO_SNDTIMEO, self.timeout)
+
+
 class _DeadlineReader(io.RawIOBase):
     """The socket as http.client reads it, each read bounded by what is left of the
     deadline: the status line, headers, chunk sizes and body all together, so a camera
@@ -164,8 +194,15 @@ class _DeadlineReader(io.RawIOBase):
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise _DeadlineError
-        self._sock.settimeout(min(self._timeout, left))
-        return self._raw.readinto(buffer)
+        wait = min(self._timeout, left)
+        if isinstance(self._sock, ssl.SSLSocket):
+            self._sock.settimeout(wait)
+            return self._raw.readinto(buffer)
+        _kernel_timeout(self._sock, socket.SO_RCVTIMEO, wait)
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            raise TimeoutError from None
 
     def close(self) -> None:
         self._raw.close()
@@ -307,12 +344,14 @@ class Connection:
                     target.host, target.port, timeout=timeout, context=self._tls()
                 )
             else:
-                connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+                connection = _Plain(target.host, target.port, timeout=timeout)
             self._http, self._key = connection, key
             return connection
         self._reused = connection.sock is not None
-        if connection.sock is not None:
+        if isinstance(connection.sock, ssl.SSLSocket):
             connection.sock.settimeout(timeout)
+        elif connection.sock is not None:
+            _kernel_timeout(connection.sock, socket.SO_SNDTIMEO, timeout)
         else:
             connection.timeout = timeout  # closed after the last answer: reopens
         return connection
