@@ -34,14 +34,18 @@ def snapshot_path(root: Path, camera_key: str, taken: float, event_id: str) -> P
 
     The event id makes every name unique, so two snapshots in the same second both stay.
     """
-    moment = datetime.fromtimestamp(taken, UTC)
-    name = f"{slug(camera_key)}_{moment:%Y%m%dT%H%M%S.%f}Z_{event_id[:12]}.jpg"
-    return day_folder(root, camera_key, taken) / name
+    moment, camera = datetime.fromtimestamp(taken, UTC), slug(camera_key)
+    name = f"{camera}_{moment:%Y%m%dT%H%M%S.%f}Z_{event_id[:12]}.jpg"
+    return _day_folder(root, camera, moment) / name
 
 
 def day_folder(root: Path, camera_key: str, when: float) -> Path:
     """The folder of a camera's snapshots taken on the (UTC) day of ``when``."""
-    return root / SNAPSHOTS_DIR / slug(camera_key) / f"{datetime.fromtimestamp(when, UTC):%Y-%m-%d}"
+    return _day_folder(root, slug(camera_key), datetime.fromtimestamp(when, UTC))
+
+
+def _day_folder(root: Path, camera: str, moment: datetime) -> Path:
+    return root / SNAPSHOTS_DIR / camera / f"{moment:%Y-%m-%d}"
 
 
 # Each camera's folder for the next day is made this long before it starts.

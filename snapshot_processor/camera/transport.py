@@ -151,7 +151,8 @@ def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
 
     Python's own socket timeout waits in ``poll()`` before each send and receive: two
     system calls, each of which its thread gives up the GIL for and must win back. With
-    32 cameras answering at once that was a tenth of the daemon's context switches. A
+    32 cameras answering at once, dropping the ``poll()`` cut the daemon's context
+    switches by about a sixth (1,800 to 1,450-1,550 per burst). A
     receive that times out fails with ``EAGAIN`` (:class:`BlockingIOError`). TLS sockets
     keep Python's timeouts: OpenSSL would read that as "try again".
     """
