@@ -3,6 +3,7 @@ a stop within its deadline, and camera clients replaced while calls wait for the
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -455,3 +456,27 @@ def test_each_cameras_folder_for_today_is_made_at_start(
         sender.send(trigger(1))
         [snapshot] = wire.receive(1)
     assert Path(snapshot.body["storage_path"]).parent == today
+
+
+def test_folders_that_cannot_be_made_ahead_are_a_warning_not_a_failure(
+    camera: CameraSimulator,
+    wire: Wire,
+    start: Start,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "snapshots").write_bytes(b"not a folder")  # every mkdir under it fails
+    caplog.set_level(logging.WARNING, logger="snapshot_processor.snapshot")
+    stage = start(registry(camera))
+    assert wait_until(
+        lambda: any(
+            "could not make the day's snapshot folders" in r.getMessage() for r in caplog.records
+        ),
+        5,
+    )
+    assert stage.is_alive()
+    # The snapshot itself cannot be kept either: its trigger is handed back, as for a full disk.
+    with wire.sender() as sender:
+        sender.send(trigger(1))
+        [mark] = wire.receive(1)
+    assert (mark.kind, mark.body.get("requeue")) == (DONE_KIND, True)
