@@ -10,6 +10,7 @@ import io
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +26,7 @@ from snapshot_processor.camera import (
     CameraTimeoutError,
     make_client,
 )
-from snapshot_processor.camera.auth import DigestAuth, parse_challenges
+from snapshot_processor.camera.auth import Auth, DigestAuth, parse_challenges
 from snapshot_processor.camera.transport import Connection, TransportError
 from tests.support.ftp import self_signed
 
@@ -429,3 +430,21 @@ def test_hostile_challenges_are_bounded() -> None:
     assert auth.challenged(['Digest realm="r", nonce="n", qop="auth"'])
     params = _params(auth.header("GET", "/") or "")
     assert "algorithm" not in params  # not named by the camera: not named back
+
+
+def test_a_camera_that_takes_no_request_times_out() -> None:
+    # It accepts the connection (the kernel does, from the backlog) and never reads: once
+    # the socket buffers are full, the send waits out its bound and the GET times out.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        connection = Connection(timeout=0.5, verify_tls=True, user_agent="test", limit=1000)
+        path = "/" + "x" * (16 * 1024 * 1024)
+        started = time.monotonic()
+        try:
+            with pytest.raises(TransportError) as caught:
+                connection.get(f"http://127.0.0.1:{port}{path}", Auth())
+        finally:
+            connection.close()
+        assert caught.value.timed_out, caught.value
+        assert str(caught.value) == "timed out"
+        assert time.monotonic() - started < 5

@@ -281,7 +281,7 @@ class Connection:
                     raise
             self.close()
             return self._round_trip(target, auth, deadline)  # a new answer: a new nonce count
-        except (_DeadlineError, TimeoutError):
+        except (_DeadlineError, TimeoutError, BlockingIOError):  # the last: SO_SNDTIMEO
             problem = TransportError("timed out", timed_out=True)
         except _TooLargeError:
             problem = TransportError(f"answer larger than {self._limit} bytes", too_large=True)
