@@ -255,23 +255,23 @@ def transport() -> Iterator[Connection]:
     connection.close()
 
 
-def test_keep_alive_the_camera_dropped_is_reopened_without_an_error() -> None:
-    # Every answer keeps the connection in HTTP/1.1 terms, then the camera closes it.
-    with ScriptedServer(lambda path, headers: (ok(), True)) as server:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # Every answer keeps the connection in HTTP/1.1 terms, then the camera closes it.
+        pytest.param("", id="dropped while kept alive"),
+        pytest.param("Connection: close\r\n", id="says it closes"),
+    ],
+)
+def test_a_camera_closing_after_each_answer_gets_a_new_connection_without_an_error(
+    extra: str,
+) -> None:
+    with ScriptedServer(lambda path, headers: (ok(extra=extra), True)) as server:
         with generic(server.port, "/snap.jpg") as client:
             for _ in range(3):
                 assert client.snapshot() == JPEG
         assert server.connections == 3
         assert len(server.requests) == 3  # no failed attempt, no retry
-
-
-def test_a_camera_that_says_it_closes_gets_a_new_connection_each_time() -> None:
-    with ScriptedServer(lambda path, headers: (ok(extra="Connection: close\r\n"), True)) as server:
-        with generic(server.port, "/snap.jpg") as client:
-            for _ in range(3):
-                assert client.snapshot() == JPEG
-        assert server.connections == 3
-        assert len(server.requests) == 3
 
 
 def test_one_connection_kept_between_snapshots() -> None:
