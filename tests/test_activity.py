@@ -106,11 +106,12 @@ def test_a_failed_write_is_counted_and_the_next_events_still_recorded(tmp_path: 
         recent.close()
 
 
-class _Uncopyable:
-    """A detection value that cannot be recorded (asdict deep-copies every value)."""
+class _Unrecordable:
+    """A detection value that cannot be recorded: JSON has no form for it, and its text
+    (the fallback the record is written with) cannot be had either."""
 
-    def __deepcopy__(self, memo: object) -> _Uncopyable:
-        raise ValueError("cannot be copied")
+    def __str__(self) -> str:
+        raise ValueError("no text")
 
 
 def test_an_event_that_cannot_be_recorded_leaves_the_writer_running(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_an_event_that_cannot_be_recorded_leaves_the_writer_running(tmp_path: Pa
     failures = sample("recent_events_write_failures_total")
     try:
         bad = record(1)
-        bad.detections.append({"label": _Uncopyable()})
+        bad.detections.append({"label": _Unrecordable()})
         recent.add(bad)
         assert wait_until(lambda: sample("recent_events_write_failures_total") == failures + 1)
         recent.add(record(2))  # the writer is still there: written without a read
