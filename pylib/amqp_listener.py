@@ -23,6 +23,7 @@ Deliveries it holds stay on that channel, so their acks still count.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -130,7 +131,7 @@ class AmqpListener(Worker):
         self.queue = ""
         self.consuming = threading.Event()
         self._epoch = 0
-        self._pending = PartCounter()
+        self._pending: PartCounter[int] = PartCounter()
         self._requeues: set[int] = set()
         # Acks from the chain waiting for pika's thread (see ack_from_chain).
         self._acks_lock = threading.Lock()
@@ -379,8 +380,29 @@ class AmqpListener(Worker):
     def _take_acks(self) -> None:
         with self._acks_lock:
             acks, self._acks_waiting = self._acks_waiting, []
-        for epoch, tag, parts, requeue in acks:
-            self._on_ack(epoch, tag, parts, requeue)
+        finished = [tag for tag in itertools.starmap(self._on_ack, acks) if tag is not None]
+        if finished:
+            self._ack_finished(finished)
+
+    def _ack_finished(self, tags: list[int]) -> None:
+        """Ack deliveries whose work is all done: those older than every delivery still
+        under way in one frame (``multiple``), the others one by one.
+
+        A 32-camera burst's events are stored a few groups at a time, and each ack was a
+        frame of its own and a write to the socket (its thread giving up the GIL) while
+        the burst's last events were still on their way. Every delivery on this channel
+        older than the oldest still under way is settled (acked, rejected or handed
+        back), and any not yet seen by ``_on_message`` is newer than all of these.
+        """
+        assert self._channel is not None
+        oldest = min(itertools.chain(self._pending, self._requeues), default=None)
+        older = [tag for tag in tags if oldest is None or tag < oldest]
+        if older:
+            self._channel.basic_ack(max(older), multiple=True)
+        if len(older) < len(tags):
+            for tag in tags:
+                if oldest is not None and tag > oldest:
+                    self._channel.basic_ack(tag)
 
     def _call_threadsafe(self, callback: Callable[[], None]) -> bool:
         connection = self._connection
@@ -392,9 +414,11 @@ class AmqpListener(Worker):
             return False  # closing: the broker redelivers what was not acked
         return True
 
-    def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> None:
+    def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> int | None:
+        """One part done (or handed back); the delivery's tag once it is all done, to be
+        acked (:meth:`_ack_finished`)."""
         if epoch != self._epoch or self._channel is None or tag not in self._pending:
-            return  # from a connection that is gone: the broker redelivers that message
+            return None  # from a connection that is gone: the broker redelivers that message
         if requeue:
             # Not at once: the broker would hand it straight back while nothing can store it.
             self._pending.discard(tag)
@@ -408,10 +432,11 @@ class AmqpListener(Worker):
                 tag,
                 delay,
             )
-            return
+            return None
         if self._pending.done(tag, parts):
             self._requeue_backoff.reset()
-            self._channel.basic_ack(tag)
+            return tag
+        return None
 
     def _requeue(self, epoch: int, tag: int) -> None:
         if epoch != self._epoch or tag not in self._requeues or self._channel is None:

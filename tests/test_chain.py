@@ -98,7 +98,7 @@ def test_camera_back_off_is_capped() -> None:
 
 # --- the ack protocol -------------------------------------------------------------------
 def test_part_counter_settles_after_every_part() -> None:
-    counter = PartCounter()
+    counter: PartCounter[int] = PartCounter()
     counter.add(7)
     assert not counter.done(7, 3)
     assert not counter.done(7, 3)

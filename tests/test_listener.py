@@ -1,6 +1,7 @@
 """The listener with a real publisher over the real broker: acks find their way back by
-``reply_to``, a handed-back delivery is requeued only after a pause, and a listener that
-crashed and restarted still gets the acks of what it forwards."""
+``reply_to``, a handed-back delivery is requeued only after a pause, a listener that
+crashed and restarted still gets the acks of what it forwards, and acks that come
+together go out together without ever covering a delivery still under way."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp_listener import AmqpListener
 from pylib.amqp_publisher import AmqpPublisher
-from pylib.chain.settle import Publication, Settlement, publish_envelope
+from pylib.chain.settle import Publication, Replies, Settlement, publish_envelope
+from pylib.chain.sockets import bind_pull, receive
 from pylib.envelope import Envelope
 from pylib.retry import RetryPolicy
 from pylib.worker import RestartBudget
@@ -230,3 +232,74 @@ def test_delivery_the_chain_cannot_carry_is_acked_and_the_next_flows(
     assert wait_until(lambda: listener.in_flight == 0)
     assert listener.is_alive()
     assert listener.consuming.is_set()
+
+
+# One basic.ack on the wire: frame header (7), method (13: class, method, tag, flags), end (1).
+ACK_FRAME = 21
+
+
+def settled_bytes(proxy: TcpProxy) -> int:
+    """What the clients sent, once nothing more has come for a moment."""
+    seen = -1
+    while seen != proxy.client_bytes:
+        seen = proxy.client_bytes
+        time.sleep(0.3)
+    return seen
+
+
+def test_acks_done_together_go_out_together_and_never_cover_a_delivery_under_way(
+    chain: Chain, peer: Peer, proxy: TcpProxy
+) -> None:
+    inbox = address("forwarded")
+    pull = bind_pull(inbox)
+    replies = Replies()
+    listener = AmqpListener(
+        "chain-listener",
+        threading.Event(),
+        params=proxied(proxy),
+        setup=chain.setup,
+        decode=chain.decode,
+        forward_to=inbox,
+        ack_inbox=address("acks"),
+        retry=QUICK,
+        stop_timeout=0.5,
+        prefetch=32,
+    )
+    try:
+        listener.start()
+        chain.workers.append(listener)
+        assert listener.consuming.wait(10)
+        labels = [f"t{n}" for n in range(17)]
+        for label in labels:
+            peer.send_trigger(trigger_body("front door camera", label=label))
+        settlements: dict[str, Settlement] = {}
+        while len(settlements) < len(labels):
+            assert pull.poll(10_000), f"only {len(settlements)} deliveries forwarded"
+            envelope = Envelope.unpack(receive(pull))
+            name = msgpack.unpackb(envelope.body["body"])["name"]
+            settlements[name] = Settlement.of(envelope.body)
+        before = settled_bytes(proxy)
+        # Every delivery done at once but t8, which is still under way.
+        for label in labels:
+            if label != "t8":
+                assert replies.send(settlements[label])
+        assert wait_until(lambda: listener.in_flight == 1)
+        sent = settled_bytes(proxy) - before
+        # One by one, that was 16 frames. Now t0-t7 go as one (multiple), and t9-t16,
+        # newer than t8, one by one: 9 frames, a few more if the acks came in more rounds.
+        assert sent % ACK_FRAME == 0
+        assert 9 * ACK_FRAME <= sent <= 12 * ACK_FRAME
+        assert listener.stop_and_join(15)
+    finally:
+        replies.close()
+        pull.close(linger=0)
+    # Only t8 was left unacked: the broker has it again, and nothing else.
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        channel = connection.channel()
+        assert channel.queue_declare(chain.queue, passive=True).method.message_count == 1
+        _, _, body = channel.basic_get(chain.queue, auto_ack=True)
+        assert body is not None
+        assert msgpack.unpackb(body)["output_triggered"]["device_label"] == "t8"
+    finally:
+        connection.close()

@@ -283,7 +283,7 @@ def test_every_part_of_every_trigger_is_settled(tmp_path: Path, camera: CameraSi
     devices = [
         Device.model_validate({"LOCATION": "Front Door", "TYPE": "camera", "VENDOR": "foscam"}),
     ]
-    owner = PartCounter()
+    owner: PartCounter[int] = PartCounter()
 
     def owed(tag: int) -> Settlement:
         owner.add(tag)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
@@ -29,6 +29,8 @@ from pylib.chain.sockets import Sender
 from pylib.envelope import Envelope
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 ACK_KIND = "amqp.ack"
 PUBLISH_KIND = "amqp.publish"
@@ -206,17 +208,17 @@ class Replies:
         self._senders.clear()
 
 
-class PartCounter:
+class PartCounter(Generic[K]):
     """The owner's side: work handed out and how many of its parts came back done."""
 
     def __init__(self) -> None:
-        self._done: dict[Hashable, int] = {}
+        self._done: dict[K, int] = {}
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: K) -> None:
         """Work ``key`` was handed down the chain."""
         self._done[key] = 0
 
-    def done(self, key: Hashable, parts: int) -> bool:
+    def done(self, key: K, parts: int) -> bool:
         """One part of ``key`` is done; True once all ``parts`` are (and it is forgotten)."""
         if key not in self._done:
             return False
@@ -227,7 +229,7 @@ class PartCounter:
         self._done[key] = count
         return False
 
-    def discard(self, key: Hashable) -> bool:
+    def discard(self, key: K) -> bool:
         """Forget ``key`` (given back, or its connection is gone); True if it was waiting."""
         return self._done.pop(key, None) is not None
 
@@ -235,8 +237,11 @@ class PartCounter:
         """Forget everything."""
         self._done.clear()
 
-    def __contains__(self, key: Hashable) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._done
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._done)
 
     def __len__(self) -> int:
         return len(self._done)

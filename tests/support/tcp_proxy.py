@@ -59,7 +59,7 @@ class TcpProxy:
 
     ``port`` is known after :meth:`start`. ``connections`` counts the connections being
     forwarded now; ``accepted_total`` counts every accepted connection, including the
-    ones turned away while cut.
+    ones turned away while cut; ``client_bytes`` counts what the clients sent.
     """
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
@@ -69,6 +69,7 @@ class TcpProxy:
         self._refusing = False
         self._connections = 0
         self._accepted_total = 0
+        self._client_bytes = 0
         self._commands: queue.SimpleQueue[tuple[_Command, threading.Event]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -96,6 +97,11 @@ class TcpProxy:
     def accepted_total(self) -> int:
         """Connections accepted since start, including those closed at once while cut."""
         return self._accepted_total
+
+    @property
+    def client_bytes(self) -> int:
+        """Bytes the clients sent (to be forwarded to the target) since start."""
+        return self._client_bytes
 
     def start(self) -> None:
         """Bind to a free port and start forwarding."""
@@ -268,6 +274,8 @@ class TcpProxy:
                     data = sock.recv(_CHUNK)
                     if data:
                         pipe.buf += data
+                        if pipe is conn.up:
+                            self._client_bytes += len(data)
                     else:
                         pipe.eof = True
                 if mask & selectors.EVENT_WRITE:
