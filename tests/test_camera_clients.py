@@ -620,6 +620,35 @@ def test_simulator_stop_is_prompt_while_requests_hang() -> None:
         assert not thread.is_alive()
 
 
+def simulator_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("camera-simulator-conn")}
+
+
+def test_simulator_serves_new_connections_on_spare_threads_and_keeps_them() -> None:
+    """New connections at once start no thread while spares wait (one process stands in
+    for many cameras, each of which would accept its own), and a thread whose
+    connection closed takes the next one."""
+    with CameraSimulator(user=USER, password=PASSWORD, spare_threads=4) as simulator:
+        simulator.generic_auth = "none"
+        spares = simulator_threads()
+        assert len(spares) == 4
+        sessions = [requests.Session() for _ in range(4)]
+        try:
+            for session in sessions:  # four connections open at once
+                assert session.get(simulator.url("generic"), timeout=5).status_code == 200
+            assert simulator.connections == 4
+            assert simulator_threads() == spares
+        finally:
+            for session in sessions:
+                session.close()
+        # A fifth while the four threads may still be on their closing connections:
+        # served either way, and the threads stay few.
+        with requests.Session() as session:
+            assert session.get(simulator.url("generic"), timeout=5).status_code == 200
+        assert len(simulator_threads()) <= 5
+    assert not simulator_threads()
+
+
 def test_simulator_rejects_unknown_mode() -> None:
     simulator = CameraSimulator()
     with pytest.raises(ValueError, match="unknown simulator mode"):

@@ -123,7 +123,9 @@ def percentile(values: list[float], share: float) -> float:
 
 # --- the camera, in a process of its own ------------------------------------------------
 def _serve_camera(control: Connection, image: bytes) -> None:
-    with CameraSimulator(user=USER, password=PASSWORD, image=image) as camera:
+    # A handler thread ready for each camera's first connection (see _Server).
+    spare = CAMERAS + UPLOAD_CAMERAS + 3
+    with CameraSimulator(user=USER, password=PASSWORD, image=image, spare_threads=spare) as camera:
         control.send(camera.port)
         while True:
             command, value = control.recv()
