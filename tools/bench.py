@@ -428,15 +428,17 @@ def run(plan: Plan, out: Path) -> Report:
         ftp_port = free_port()
         daemon = Daemon(root, exchange, camera.port, ftp_port)
         peer = Peer(exchange)
+        measured = False
         try:
             wait_for_queue(exchange)
             measure_daemon(plan, report, daemon, peer, camera, ftp_port)
+            measured = True
         finally:
             peer.close()
             code = daemon.stop()
             report.figures["daemon_exit_code"] = code
             delete_leftovers(exchange)
-            if code != 0:
+            if code != 0 or not measured:  # what the daemon said, for a run that failed
                 print((root / "daemon.log").read_text(errors="replace")[-4000:], file=sys.stderr)
     write(report, out)
     return report
