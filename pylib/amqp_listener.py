@@ -399,10 +399,9 @@ class AmqpListener(Worker):
         older = [tag for tag in tags if oldest is None or tag < oldest]
         if older:
             self._channel.basic_ack(max(older), multiple=True)
-        if len(older) < len(tags):
-            for tag in tags:
-                if oldest is not None and tag > oldest:
-                    self._channel.basic_ack(tag)
+        for tag in tags:
+            if oldest is not None and tag > oldest:
+                self._channel.basic_ack(tag)
 
     def _call_threadsafe(self, callback: Callable[[], None]) -> bool:
         connection = self._connection
