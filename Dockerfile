@@ -60,7 +60,7 @@ USER 1000:1000
 VOLUME ["/data/ftp"]
 
 # 200 only while every thread lives and the broker and outbox are fine; /healthz needs no
-# token. Python's urllib, as the slim image has no curl; a 503 raises, so the check fails.
+# token from 127.0.0.1. Python's urllib, as the slim image has no curl; a 503 raises.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HTTP_PORT', '8080'), timeout=4)"]
 

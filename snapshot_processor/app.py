@@ -23,7 +23,7 @@ from pylib.daemon import Daemon, StartError
 from pylib.destination import Destination
 from pylib.envelope import Envelope, new_id
 from pylib.health import HealthPinger
-from pylib.http_server import HttpServer, TokenAuth
+from pylib.http import HttpServer, TokenAuth
 from pylib.logs import printable
 from pylib.outbox import attached_files
 from pylib.upload_queue import UploadQueue, UploadQueueError
@@ -489,6 +489,7 @@ class App:
             auth=auth,
             on_close=requests.close,
             on_fatal=self.daemon.on_fatal,
+            allowed_hosts=settings.http_allowed_hosts,
         )
 
     def build(self) -> Daemon:

@@ -101,6 +101,8 @@ class Settings(BaseModel):
     rabbitmq_url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
     rabbitmq_exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
     rabbitmq_device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
+    # Host names beside the loopback ones the server answers to (a reverse proxy's).
+    http_allowed_hosts: list[str] = Field(default_factory=list, alias="HTTP_ALLOWED_HOSTS")
     rabbitmq_queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
     # None: follows from the cameras (see ``prefetch``).
     rabbitmq_prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
@@ -213,7 +215,7 @@ class Settings(BaseModel):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("ftp_create_dirs", "onnx_labels", mode="before")
+    @field_validator("ftp_create_dirs", "onnx_labels", "http_allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

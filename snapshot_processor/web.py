@@ -2,7 +2,8 @@
 
 Everything here reads from :class:`Ops`, which the app assembles from its parts, so the
 routes know nothing of threads or sockets. Reads of images and events, and every call
-that changes state, are protected by the token (see :mod:`pylib.http_server`).
+that changes state, are protected by the token; health and metrics by it too, except for
+this machine's own tools (see :mod:`pylib.http.access`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pylib.http_server import SESSION_COOKIE, Request, Response, Router, TokenAuth
+from pylib.http import SESSION_COOKIE, Request, Response, Router, TokenAuth
 from pylib.logs import printable
 from snapshot_processor import status_page
 from snapshot_processor.activity import RecentEvents
@@ -154,16 +155,17 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         if auth.how(request) is None:
             if part:  # the script's refresh: it reloads and shows the login form
                 return Response.text("a valid token is needed\n", 401)
-            return Response(200, status_page.login_page().encode(), "text/html; charset=utf-8")
+            return html(status_page.login_page())
         render = status_page.main_part if part else status_page.status_page
         body = render(camera_list(ops), [r.as_json() for r in ops.recent.latest(20)], ops.health())
-        return Response(200, body.encode(), "text/html; charset=utf-8")
+        return html(body)
 
     def login(request: Request) -> Response:
         if not auth.token_matches(request.form().get("token", "")):
-            log.warning("status page: a login with a wrong token")
-            body = status_page.login_page(error="That token is not right.").encode()
-            return Response(401, body, "text/html; charset=utf-8")
+            # The server delays, counts and logs it for the client's address.
+            answer = html(status_page.login_page(error="That token is not right."), 401)
+            answer.credential_refused = True
+            return answer
         session = auth.login()
         answer = Response.redirect("/")
         answer.headers["Set-Cookie"] = (
@@ -181,17 +183,27 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         )
         return answer
 
-    router.add("GET", r"/healthz", healthz, protected=False)
-    router.add("GET", r"/metrics", metrics, protected=False)
-    router.add("GET", r"/", page, protected=False)
-    router.add("POST", r"/login", login, protected=False)
-    router.add("POST", r"/logout", logout, protected=False)
-    router.add("GET", r"/api/cameras", cameras, protected=True)
+    router.add("GET", r"/healthz", healthz, access="local")
+    router.add("GET", r"/metrics", metrics, access="local")
+    router.add("GET", r"/", page, access="public")
+    router.add("POST", r"/login", login, access="public", checks_credential=True)
+    router.add("POST", r"/logout", logout, access="public")
+    router.add("GET", r"/api/cameras", cameras, access="token")
     cam = r"/api/cameras/(?P<key>[^/]+)"
-    router.add("GET", cam + r"/latest\.jpg", latest_jpg, protected=True, name="latest.jpg")
-    router.add("POST", cam + r"/snapshot", snapshot, protected=True, name="snapshot")
-    router.add("GET", r"/api/events", events, protected=True)
+    router.add("GET", cam + r"/latest\.jpg", latest_jpg, access="token", name="latest.jpg")
+    router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
+    router.add("GET", r"/api/events", events, access="token")
     return router
+
+
+def html(body: str, status: int = 200) -> Response:
+    """A page of ours, with the policy that lets its own style and script run and nothing else."""
+    return Response(
+        status,
+        body.encode(),
+        "text/html; charset=utf-8",
+        {"Content-Security-Policy": status_page.CONTENT_SECURITY_POLICY},
+    )
 
 
 def camera_list(ops: Ops) -> list[dict[str, Any]]:

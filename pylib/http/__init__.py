@@ -1,0 +1,16 @@
+"""The daemon's HTTP server: routes, access rules, and a server that holds against slow and
+hostile clients."""
+
+from pylib.http.access import SESSION_COOKIE, GuessThrottle, TokenAuth
+from pylib.http.routing import Request, Response, Router
+from pylib.http.server import HttpServer
+
+__all__ = [
+    "SESSION_COOKIE",
+    "GuessThrottle",
+    "HttpServer",
+    "Request",
+    "Response",
+    "Router",
+    "TokenAuth",
+]
