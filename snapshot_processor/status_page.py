@@ -70,8 +70,6 @@ setInterval(refresh, REFRESH);
 """.replace("REFRESH_SECONDS", str(REFRESH_SECONDS))
 
 
-
-
 def _digest(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 

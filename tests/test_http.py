@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -208,6 +209,13 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
                 )
                 assert status == 200
                 assert headers["content-type"] == "image/jpeg"
+                # Neither the image nor the page may be framed or sniffed by another site.
+                _, page_headers, _ = call(port, "GET", "/", token=TOKEN)
+                for answer in (headers, page_headers):
+                    assert answer["x-frame-options"] == "DENY"
+                    assert "frame-ancestors 'none'" in answer["content-security-policy"]
+                    assert answer["x-content-type-options"] == "nosniff"
+                    assert answer["referrer-policy"] == "no-referrer"
                 assert image == first["inputs"][0]["image"]
                 cameras = json_of(call(port, "GET", "/api/cameras", token=TOKEN))["cameras"]
                 assert [c["key"] for c in cameras] == ["Front Door camera"]
@@ -235,6 +243,53 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
         assert app.recent.latest(5)[0].event_id == event_id
     finally:
         app.recent.close()
+
+
+def concrete_path(pattern: str, key: str) -> str:
+    """A path that ``pattern`` (a route's) matches, naming camera ``key``."""
+    path = pattern.replace("(?P<key>[^/]+)", quote(key, safe="")).replace("\\.", ".")
+    assert re.fullmatch(pattern, path), f"a route shape this test does not know: {pattern}"
+    return path
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])
+def test_a_foreign_host_gets_nothing_from_any_of_the_daemons_routes(
+    tmp_path: Path, token: str | None
+) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            **camera_env(camera.port),
+            HTTP_PORT=str(port),
+            **({"HTTP_TOKEN": token} if token else {}),
+        )
+        with running_app(settings) as app:
+            [server] = [w for w in app.workers if isinstance(w, HttpServer)]
+            routes = [
+                (r.method, concrete_path(r.pattern.pattern, "Front Door camera"), r.access)
+                for r in server.router.routes
+            ]
+            assert len(routes) >= 9
+            foreign = {"Host": f"evil.example:{port}"}
+            for method, path, access in routes:
+                status, _, body = call(port, method, path, headers=foreign)
+                if token is None:
+                    # The page, health and metrics included: a rebinding page reads nothing.
+                    assert status == 403, (method, path, status)
+                elif access == "public":
+                    # The login form (or a redirect to it), and nothing of the cameras.
+                    assert status in (200, 303, 401), (method, path, status)
+                    assert b'name="token"' in body or status == 303
+                    assert b"Front Door" not in body
+                else:
+                    assert status == 401, (method, path, status)
+            if token is not None:
+                # The token works under any name: a rebinding page has no token to show.
+                assert call(port, "GET", "/api/cameras", token=token, headers=foreign)[0] == 200
 
 
 @pytest.mark.broker

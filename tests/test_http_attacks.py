@@ -62,6 +62,13 @@ def router() -> Router:
 
     routes.add("POST", r"/login", login, access="public", checks_credential=True)
     routes.add("GET", r"/secret", lambda r: Response.text("secret\n"), access="token")
+    # A handler that echoes a query value into a header: h11 refuses to send the line break.
+    routes.add(
+        "GET",
+        r"/echo",
+        lambda r: Response(200, b"", headers={"X-Echo": r.arg("v") or ""}),
+        access="public",
+    )
     return routes
 
 
@@ -247,6 +254,17 @@ def test_malformed_framing_is_answered_and_closed(server: HttpServer, request_by
     assert answer.split(b" ", 2)[1] in (b"400", b"413", b"431"), answer[:80]
     assert server.is_alive()
     assert ask(server.bound_port, "GET", "/")[0] == 200
+
+
+def test_a_header_that_cannot_be_sent_ends_only_its_connection(
+    server: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = server.bound_port
+    assert ask(port, "GET", "/echo?v=fine")[1]["x-echo"] == "fine"
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        ask(port, "GET", "/echo?v=a%0D%0ASet-Cookie:%20sp_session=forged")
+    assert "a connection from 127.0.0.1 failed" in caplog.text
+    assert ask(port, "GET", "/")[0] == 200
 
 
 # --- guessing -----------------------------------------------------------------------------

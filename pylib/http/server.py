@@ -275,6 +275,11 @@ class HttpServer(Worker):
             pass
         except (ConnectionError, OSError) as exc:
             HTTP_CONNECTION_ERRORS.labels(type(exc).__name__).inc()
+        except Exception:
+            # A bug of ours (a handler's header h11 will not send, say): this connection
+            # ends, the server goes on.
+            HTTP_CONNECTION_ERRORS.labels("bug").inc()
+            log.exception("%s: a connection from %s failed", self.name, client)
         finally:
             self.limits.release(client)
             writer.close()
