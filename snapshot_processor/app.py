@@ -31,6 +31,7 @@ from pylib.uploader import Uploader
 from pylib.worker import Worker
 from snapshot_processor import broker, event
 from snapshot_processor.activity import RecentEvents
+from snapshot_processor.camera.networks import CameraNetworks
 from snapshot_processor.cameras import CameraRegistry
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.detection.stage import DetectionStage
@@ -194,6 +195,7 @@ class App:
             retries=settings.camera_retries,
             breaker_failures=settings.camera_breaker_failures,
             breaker_seconds=settings.camera_breaker_seconds,
+            networks=CameraNetworks(settings.camera_networks),
         )
         self.cameras = registry
         prober = CameraProber(

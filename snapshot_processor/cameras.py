@@ -3,6 +3,7 @@ breaker per camera."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -22,6 +23,7 @@ from snapshot_processor.camera import (
     make_client,
     parse_device_params,
 )
+from snapshot_processor.camera.networks import AddressRefusedError, CameraNetworks
 from snapshot_processor.config import Device
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -49,6 +51,12 @@ class CameraConfigError(ValueError):
     """Not enough is known to reach a camera (no address configured nor sent)."""
 
 
+class CameraAddressRefusedError(CameraConfigError):
+    """A trigger named a camera address outside ``CAMERA_NETWORKS``: nothing is sent to it."""
+
+    reason = "address_refused"
+
+
 class CameraObserver(Protocol):
     """Told of every snapshot's outcome, on the thread that fetched it."""
 
@@ -72,6 +80,12 @@ class CameraRegistry:
     the probe that closes it again or opens it for another cool-down. Whoever starts a
     fetch asks :meth:`CircuitBreaker.allow` first (the snapshot stage does, once per
     trigger), which lets the probe through.
+
+    A host that comes from a trigger's ``device_params`` must lie in ``networks``
+    (``CAMERA_NETWORKS``) before a client is made for it, and the client connects to
+    the address checked; a client is only ever made for such an address, so the HTTP
+    API's snapshots and the prober, which reuse the last trigger's, are bounded too.
+    A configured ``OUTPUT_n_ADDRESS`` is the user's own choice and is not bounded.
     """
 
     def __init__(
@@ -82,8 +96,10 @@ class CameraRegistry:
         retries: int = 2,
         breaker_failures: int = 3,
         breaker_seconds: float = 30.0,
+        networks: CameraNetworks | None = None,
     ) -> None:
         self.devices = {device.key: device for device in cameras}
+        self.networks = CameraNetworks.default() if networks is None else networks
         self.timeout = timeout
         self.retries = retries
         self._clients: dict[str, CameraClient] = {}
@@ -183,6 +199,7 @@ class CameraRegistry:
             if last is None or last.closed:
                 raise
             return last
+        spec = self._checked(spec)
         with self._lock:
             if self._closed:
                 raise CameraConnectionError(
@@ -197,6 +214,21 @@ class CameraRegistry:
             # first and its session closes after it.
             old.close(wait=False)
         return client
+
+    def _checked(self, spec: CameraSpec) -> CameraSpec:
+        """``spec`` bound to the address its host resolves to when the host came from a
+        trigger; :class:`CameraAddressRefusedError` if any address is outside."""
+        if self.devices[spec.key].ADDRESS is not None or not spec.host:
+            return spec  # configured (a generic URL without a host too): not bounded
+        try:
+            addresses = self.networks.resolve(spec.host, spec.port)
+        except AddressRefusedError as exc:
+            raise CameraAddressRefusedError(f"{spec.key}: {exc}") from None
+        except (OSError, UnicodeError):
+            raise CameraConnectionError(
+                f"{spec.key}: host name does not resolve", camera=spec.key
+            ) from None
+        return dataclasses.replace(spec, connect_to=addresses)
 
     def breaker(self, key: str) -> CircuitBreaker:
         """The camera's circuit breaker (``KeyError`` for a camera not configured)."""

@@ -9,11 +9,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from pylib.onepassword import OnePasswordSource
 from pylib.secrets import DOCKER_SECRETS_DIR, SecretResolver
 from pylib.settings import ConfigError, load_settings, read_config_file, secret
+from snapshot_processor.camera.networks import DEFAULT_CAMERA_NETWORKS, IPNetwork, parse_networks
 
 CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
 # Set by the Dockerfile. Not /.dockerenv: marker files differ between engines (Podman,
@@ -124,6 +133,10 @@ class Settings(BaseModel):
     camera_breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
     # 0 switches probing off; snapshots still report each camera's health.
     camera_probe_interval: float = Field(300.0, alias="CAMERA_PROBE_INTERVAL", ge=0, le=86400)
+    # Where a trigger's device_params may send the camera GET; OUTPUT_n_ADDRESS is not bounded.
+    camera_networks: Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)] = Field(
+        default_factory=lambda: parse_networks(DEFAULT_CAMERA_NETWORKS), alias="CAMERA_NETWORKS"
+    )
 
     ftp_enabled: bool | None = Field(None, alias="FTP_ENABLED")
     ftp_user: str = Field("camera", alias="FTP_USER", min_length=1, pattern=r"^[^\s:]+$")

@@ -39,7 +39,11 @@ from pylib.chain.stage import Stage
 from pylib.envelope import Envelope, new_id
 from pylib.worker import RestartBudget
 from snapshot_processor.camera import CameraError
-from snapshot_processor.cameras import CameraConfigError, CameraRegistry
+from snapshot_processor.cameras import (
+    CameraAddressRefusedError,
+    CameraConfigError,
+    CameraRegistry,
+)
 from snapshot_processor.messages import SnapshotMessage, TriggerMessage
 from snapshot_processor.storage import (
     WriteTrouble,
@@ -286,6 +290,13 @@ class SnapshotStage(Stage):
                 self.emit(self._fetch_one(trigger, parts, index).envelope())
             except _StoppingError:
                 self._leave(key, parts - index)
+                return
+            except CameraAddressRefusedError as exc:
+                # Asking again cannot help: the trigger's remaining parts settle with it.
+                SNAPSHOT_FAILURES.labels(key, exc.reason).inc()
+                log.error("trigger for %s settled without a snapshot: %s", key, exc)
+                for _ in range(parts - index):
+                    self.emit(done_envelope(trigger.settlement.split(parts)))
                 return
             except _WriteError as exc:
                 # Not a done mark: that would ack a trigger whose event exists nowhere.

@@ -88,6 +88,7 @@ class CameraClient:
             verify_tls=spec.verify_tls,
             user_agent=USER_AGENT,
             limit=MAX_IMAGE_BYTES,
+            pinned=(spec.host, spec.connect_to) if spec.connect_to else None,
         )
         self._auth = self._make_auth()
         # The process's log redaction masks this camera's password wherever it appears.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -40,7 +41,9 @@ class CameraSpec:
     (the last two are URL-quoted when filled in). ``timeout`` bounds each attempt in
     seconds, ``retries`` counts attempts after the first, ``backoff`` is the first
     pause between attempts, doubled after each up to :data:`MAX_BACKOFF` (see
-    :attr:`retry_policy`).
+    :attr:`retry_policy`). ``connect_to``, when not empty, are the IP addresses ``host``
+    was checked at (see :mod:`~snapshot_processor.camera.networks`): connections go
+    there, tried in order, without looking ``host`` up again.
     """
 
     key: str
@@ -56,6 +59,7 @@ class CameraSpec:
     retries: int = 2
     backoff: float = 0.2
     verify_tls: bool = True
+    connect_to: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -70,6 +74,11 @@ class CameraSpec:
             raise ValueError(f"{self.key}: host is empty")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"{self.key}: port {self.port} is out of range 1-65535")
+        for address in self.connect_to:
+            try:
+                ipaddress.ip_address(address)  # never a name to look up again
+            except ValueError:
+                raise ValueError(f"{self.key}: connect_to holds a non-address") from None
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError(f"{self.key}: timeout must be a positive number of seconds")
         if self.retries < 0:
@@ -100,7 +109,7 @@ class CameraSpec:
             f"port={self.port!r}, user={self.user!r}, password='***', url={url!r}, "
             f"auth={self.auth!r}, scheme={self.scheme!r}, timeout={self.timeout!r}, "
             f"retries={self.retries!r}, backoff={self.backoff!r}, "
-            f"verify_tls={self.verify_tls!r})"
+            f"verify_tls={self.verify_tls!r}, connect_to={self.connect_to!r})"
         )
 
     @classmethod

@@ -23,6 +23,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -165,14 +166,55 @@ def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@ll", whole, micro))
 
 
+def _connector(addresses: tuple[str, ...]) -> Callable[..., socket.socket]:
+    """``socket.create_connection`` that goes to ``addresses`` (the first that answers)
+    whatever host it is given: the host name stays in the Host header and TLS checks,
+    and is not looked up."""
+
+    def connect(
+        where: tuple[str, int], timeout: float | None = None, source: tuple[str, int] | None = None
+    ) -> socket.socket:
+        failure = OSError("no address to connect to")
+        for address in addresses:
+            try:
+                return socket.create_connection((address, where[1]), timeout, source)
+            except OSError as exc:
+                failure = exc
+        raise failure
+
+    return connect
+
+
 class _Plain(http.client.HTTPConnection):
     """A plain HTTP connection whose socket's timeouts are kept by the kernel."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, addresses: tuple[str, ...]) -> None:
+        super().__init__(host, port, timeout=timeout)
+        if addresses:
+            self._create_connection = _connector(addresses)
 
     def connect(self) -> None:
         super().connect()  # connecting is bounded by Python's timeout, as before
         assert self.sock is not None
         assert self.timeout is not None
         _kernel_timeout(self.sock, socket.SO_SNDTIMEO, self.timeout)
+
+
+class _Secure(http.client.HTTPSConnection):
+    """An HTTPS connection, to ``addresses`` when there are any."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext,
+        addresses: tuple[str, ...],
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        if addresses:
+            self._create_connection = _connector(addresses)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -233,11 +275,23 @@ class Connection:
 
     ``timeout`` bounds connecting and each read, and also the whole answer (status line,
     headers and body): a camera trickling bytes does not hold a thread for longer. Not thread-safe: the client's lock
-    makes calls one at a time.
+    makes calls one at a time. With ``pinned`` (host, addresses), a URL naming that host
+    connects to those addresses without looking the host up.
     """
 
-    def __init__(self, *, timeout: float, verify_tls: bool, user_agent: str, limit: int) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        verify_tls: bool,
+        user_agent: str,
+        limit: int,
+        pinned: tuple[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self._timeout = timeout
+        # (host, addresses): a URL naming that host is reached at those addresses, checked
+        # against CAMERA_NETWORKS; a second lookup could answer otherwise (DNS rebinding).
+        self._pinned = None if pinned is None else (pinned[0].lower(), pinned[1])
         self._verify_tls = verify_tls
         self._user_agent = user_agent
         self._limit = limit
@@ -340,12 +394,18 @@ class Connection:
         timeout = max(0.001, min(self._timeout, deadline - time.monotonic()))
         if connection is None:
             self._reused = False
+            pinned = self._pinned
+            addresses = pinned[1] if pinned is not None and pinned[0] == target.host else ()
             if target.secure:
-                connection = http.client.HTTPSConnection(
-                    target.host, target.port, timeout=timeout, context=self._tls()
+                connection = _Secure(
+                    target.host,
+                    target.port,
+                    timeout=timeout,
+                    context=self._tls(),
+                    addresses=addresses,
                 )
             else:
-                connection = _Plain(target.host, target.port, timeout=timeout)
+                connection = _Plain(target.host, target.port, timeout=timeout, addresses=addresses)
             self._http, self._key = connection, key
             return connection
         self._reused = connection.sock is not None

@@ -14,7 +14,12 @@ from PIL import Image
 
 from pylib.logs import printable
 from snapshot_processor.camera import CameraError
-from snapshot_processor.cameras import CameraConfigError, CameraRegistry
+from snapshot_processor.camera.networks import CameraNetworks
+from snapshot_processor.cameras import (
+    CameraAddressRefusedError,
+    CameraConfigError,
+    CameraRegistry,
+)
 from snapshot_processor.commands.common import (
     EXIT_CAMERA,
     EXIT_CONFIG,
@@ -74,8 +79,12 @@ def run(args: argparse.Namespace) -> int:
     """Take the snapshot, print what came, write the file."""
     settings = load_settings(args.config)
     device = find_camera(settings, args.camera)
+    # Bounded as the daemon's fetches are: --device-params stands for a trigger's.
     registry = CameraRegistry(
-        settings.cameras, timeout=settings.camera_timeout, retries=settings.camera_retries
+        settings.cameras,
+        timeout=settings.camera_timeout,
+        retries=settings.camera_retries,
+        networks=CameraNetworks(settings.camera_networks),
     )
     try:
         try:
@@ -86,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with command_logging():
                 image = registry.snapshot(device.key, args.device_params)
+        except CameraAddressRefusedError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from None
         except CameraError as exc:
             elapsed = time.monotonic() - started
             raise CommandError(f"{exc} after {elapsed:.2f} s", EXIT_CAMERA) from None
