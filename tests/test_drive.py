@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from pylib.destination import UploadItem, UploadRefusedError, UploadRetryError
+from pylib.retry import RetryPolicy
+from pylib.upload_queue import UploadQueue
+from pylib.uploader import Uploader
 from snapshot_processor import cli
 from snapshot_processor.cloud.drive import DriveDestination, service_account_note
 from tests.support.drive_credentials import (
@@ -21,6 +24,7 @@ from tests.support.drive_credentials import (
 )
 from tests.support.fakes.drive import FOLDER_MIME, FakeDrive
 from tests.support.metrics import sample
+from tests.support.wait import wait_until
 
 FOLDER = "Snapshots"
 
@@ -355,6 +359,45 @@ def test_revoked_access_is_a_clear_error_without_secrets(
     for secret in (refresh_token, CLIENT_SECRET):
         assert secret not in caplog.text
         assert secret not in text
+
+
+def test_a_revoked_consent_is_one_error_line_over_many_retries_and_one_when_it_ends(
+    fake: FakeDrive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "drive.json"
+    fake.revoke(write_user_credentials(fake, path))
+    queue = UploadQueue(tmp_path / "uploads.sqlite3", max_attempts=1000)
+    drive = DriveDestination(FOLDER, path, fake.api_url, timeout=10)
+    item = snapshot(tmp_path, "r.jpg")
+    queue.add([("drive", item)])
+    fast = RetryPolicy(first=0.02, factor=2.0, maximum=0.05)
+    uploader = Uploader(
+        queue,
+        {"drive": drive},
+        threading.Event(),
+        item_retry=fast,
+        destination_retry=fast,
+        housekeeping_every=3600.0,
+    )
+    uploader.start()
+    try:
+        # The destination retried again and again, each time refused by the token endpoint.
+        assert wait_until(lambda: sum(not grant.ok for grant in fake.grants) >= 5)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        write_user_credentials(fake, path)  # a new consent
+        assert wait_until(lambda: copies(fake, "r.jpg") != [])
+        assert wait_until(lambda: queue.depth() == 0)
+    finally:
+        assert uploader.stop_and_join(10)
+        queue.close()
+    assert errors == [
+        "Google Drive failing: Drive access was revoked; run snapshot-processor drive-auth"
+        " (uploads wait until then)"
+    ]
+    ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Google Drive")]
+    assert len(ended) == 2
+    assert ended[1].startswith("Google Drive recovered after ")
 
 
 def test_no_token_or_secret_in_logs_or_errors(

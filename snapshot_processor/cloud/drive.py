@@ -26,6 +26,7 @@ from pydrive2.files import GoogleDriveFile
 
 from pylib.destination import UploadItem, UploadRefusedError, UploadRetryError
 from pylib.logs import printable
+from pylib.ratelimit import TroubleLog
 from snapshot_processor.cloud.drive_archive import ArchiveSummary, DriveArchiveError, DriveArchiver
 from snapshot_processor.cloud.drive_errors import DriveCredentialsError, DriveFailure, classify
 from snapshot_processor.cloud.drive_folders import FolderCache, quote
@@ -113,6 +114,10 @@ class DriveDestination:
         self._maybe_sent: set[str] = set()
         self._rate_limited = 0
         self._folder_link: str | None = None
+        # What a person must mend (a revoked consent, the credentials, the folder) is an
+        # ERROR when it starts or changes, every 10 minutes, and a line when it ends; not
+        # one at every retry.
+        self._access = TroubleLog(log, "Google Drive", level=logging.ERROR)
 
     # --- the folder -------------------------------------------------------------------
 
@@ -154,6 +159,7 @@ class DriveDestination:
         with self._lock:
             self._maybe_sent.discard(item.name)
             self._rate_limited = 0
+        self._access.succeeded()
 
     def _upload(self, item: UploadItem, local: _LocalFile) -> None:
         drive = self._session.ready()
@@ -226,9 +232,9 @@ class DriveDestination:
             self._folders.forget(self.folder_title)
             failure = DriveFailure("not_found", True, failure.text, failure.status)
         if failure.kind == "revoked":
-            log.error("%s (uploads wait until then)", failure.text)
+            self._access.failed(f"{failure.text} (uploads wait until then)", failure.kind)
         elif failure.kind in ("credentials", "folder_missing"):
-            log.error("%s (uploads wait until it is fixed)", failure.text)
+            self._access.failed(f"{failure.text} (uploads wait until it is fixed)", failure.kind)
         else:
             log.warning("Drive upload of %s failed: %s", printable(item.name), failure.text)
         if not failure.retry:
