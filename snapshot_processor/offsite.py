@@ -8,7 +8,8 @@ never waits for an upload.
 
 A queue that cannot be written (a full disk) is never passed over: the snapshot's part
 goes back as a requeue, as when the snapshot itself cannot be written, so no event goes
-out for a file that would never be copied.
+out for a file that would never be copied. Its files are removed first: no event or
+upload will ever name them, and the trigger that comes again makes new ones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pylib.chain.settle import DONE_KIND, done_envelope
 from pylib.chain.stage import Stage
 from pylib.destination import Destination, UploadItem
 from pylib.envelope import Envelope
+from pylib.logs import printable
 from pylib.upload_queue import UploadQueue, UploadQueueError
 from snapshot_processor.messages import MessageError, SnapshotMessage
 from snapshot_processor.storage import WriteTrouble
@@ -105,6 +107,7 @@ class StorageStage(Stage):
                 self.send(self._linked(item).envelope())
             else:
                 # The event would name a copy that is never made: give the part back.
+                self._discard(item)
                 self.send(done_envelope(item.settlement, requeue=True))
 
     def _queue(self, snaps: list[SnapshotMessage]) -> bool:
@@ -128,6 +131,20 @@ class StorageStage(Stage):
             UPLOADS_QUEUED.labels(name).inc()
         self.wake_uploader()
         return True
+
+    def _discard(self, snap: SnapshotMessage) -> None:
+        """Remove the files of a snapshot handed back. An uploaded file's copy goes too:
+        its original stays in the upload dir until its event is out, and is taken again."""
+        for item in upload_items(snap):
+            try:
+                item.path.unlink(missing_ok=True)
+            except OSError as exc:  # retention removes it once it is old and not queued
+                log.warning(
+                    "%s: cannot remove %s, handed back: %s",
+                    self.name,
+                    printable(item.path),
+                    exc.strerror or exc,
+                )
 
     def _linked(self, snap: SnapshotMessage) -> SnapshotMessage:
         """``snap`` with the link a person opens, from the first destination that has one."""

@@ -21,12 +21,17 @@ from pylib.chain.sockets import Sender, bind_pull, inproc
 from pylib.outbox import Outbox
 from pylib.retry import RetryPolicy
 from snapshot_processor.snapshot import SnapshotStage
-from tests.support.broker import Peer, unique_exchange
+from snapshot_processor.storage import SNAPSHOTS_DIR
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env
+from tests.support.drive_credentials import write_user_credentials
+from tests.support.fakes.drive import FakeDrive
 from tests.support.metrics import sample
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 from tests.support.wire import Wire
 from tests.support.wire import wire as wire_for
+from tests.test_pipeline import make_settings
 from tests.test_publisher import declare, image, names, proxied, receive
 from tests.test_snapshot_stage import KEY, PASSWORD, registry, trigger
 from tools.camera_simulator import CameraSimulator
@@ -191,3 +196,61 @@ def test_snapshot_that_cannot_be_written_gives_its_trigger_back(
     assert Path(kept.body["storage_path"]).stat().st_size > 0
     assert not list(disk.rglob("*.part"))  # no half file left to take the space
     assert stage.troubles() == []
+
+
+@pytest.fixture
+def snapshots_disk(disk: Path) -> Iterator[Path]:
+    """A roomy tmpfs of its own for the snapshots under ``disk``, so that they can be
+    written while the rest of the data root (the upload queue) is full."""
+    mount_point = disk / SNAPSHOTS_DIR
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], check=True
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.mark.broker
+def test_a_snapshot_whose_upload_row_cannot_be_written_is_removed_and_its_trigger_comes_again(
+    disk: Path, snapshots_disk: Path, camera: CameraSimulator, fake: FakeDrive, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "drive.json"
+    write_user_credentials(fake, credentials)
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        **camera_env(camera.port, PASSWORD),
+        SNAPSHOTS_ROOT_DIR=str(disk),
+        RETENTION_MIN_FREE_BYTES="0",
+        GOOGLE_DRIVE_FOLDER="Snapshots",
+        GOOGLE_DRIVE_CREDENTIALS=str(credentials),
+        GOOGLE_DRIVE_API_URL=fake.api_url,
+    )
+    refused = sample("upload_queue_write_failures_total")
+    received = sample("amqp_messages_received_total", queue=settings.queue_name)
+
+    def kept() -> list[Path]:
+        return sorted(snapshots_disk.rglob("*.jpg"))
+
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            assert wait_until(lambda: len(fake.files(folders=True)) == 1)  # the uploader is idle
+            filler = fill(disk)
+            peer.send_trigger(trigger_body(KEY, device_params=None))
+            assert wait_until(lambda: sample("upload_queue_write_failures_total") > refused)
+            # Written, then refused its upload row: removed before its trigger goes back.
+            assert wait_until(lambda: kept() == [])
+            assert peer.images() == []
+            filler.unlink()
+            [event] = peer.wait_for_images(1)
+            path = Path(event["inputs"][0]["storage_path"])
+            assert wait_until(lambda: path.name in {f.title for f in fake.files(folders=False)})
+    finally:
+        peer.close()
+    assert sample("amqp_messages_received_total", queue=settings.queue_name) >= received + 2
+    assert kept() == [path]

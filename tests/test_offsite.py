@@ -122,7 +122,7 @@ def test_a_queue_that_cannot_be_written_gives_the_part_back(
     try:
         filler = fill(disk)
         with wire.sender() as sender:
-            sender.send(snapshot(disk.parent, 1).envelope())
+            sender.send(snapshot(disk.parent, 1, annotated=True).envelope())
             [given_back] = wire.receive(1)
             trouble = stage.troubles()
             filler.unlink()
@@ -135,6 +135,9 @@ def test_a_queue_that_cannot_be_written_gives_the_part_back(
         assert given_back.kind == DONE_KIND
         assert given_back.body["requeue"] is True
         assert given_back.body["ack"] == ack_token("inproc://acks", tag=1)
+        # Its files went before it: nothing will ever name them, the trigger makes new ones.
+        assert not (disk.parent / "cam_1.jpg").exists()
+        assert not (disk.parent / "cam_1.annotated.jpg").exists()
         assert sample("upload_queue_write_failures_total") == failures + 1
         assert len(trouble) == 1
         assert "upload queue" in trouble[0]
