@@ -15,7 +15,7 @@ EXTRAS ?=
 # Compose v2 (a docker plugin) where there is one, else Debian's docker-compose 1.29.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: install run rund stop test test-unit lint check-config bench setup build up down demo
+.PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build up down demo
 
 install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
 	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
@@ -56,6 +56,9 @@ test-unit:  ## only the tests that need no broker
 
 bench:  ## the daemon against the raw and durable floors; report in data/bench/ (needs RabbitMQ)
 	$(RUN) python -m tools.bench --out data/bench
+
+bench-http:  ## the health check under 500 trickling clients (needs RabbitMQ)
+	$(RUN) python -m tools.http_siege --clients 500 --seconds 30
 
 setup:  ## docker-compose.yml and .env (generated passwords, mode 0600) from the template; data/ for uid 1000
 	python3 -m tools.compose_setup --dir $(SETUP_DIR) $(if $(filter 1 yes true,$(FORCE)),--force) \

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pylib.http import GuessThrottle, HttpServer, Request, Response, Router, TokenAuth
+from pylib.http.server import ConnectionLimits
 from tests.support.wait import wait_until
 
 TOKEN = "a-token-of-at-least-16-chars"
@@ -147,18 +148,19 @@ def trickle(sockets: list[socket.socket], stop: threading.Event) -> None:
                 sock.sendall(f"X-Slow-{n}: yes\r\n".encode())
 
 
+@pytest.mark.parametrize("addresses", [40, 0], ids=["from-40-addresses", "from-127.0.0.1"])
 def test_five_hundred_trickling_clients_leave_the_health_check_its_200(
-    server: HttpServer,
+    server: HttpServer, addresses: int
 ) -> None:
     port = server.bound_port
     clients: list[socket.socket] = []
     stop = threading.Event()
     feeder = threading.Thread(target=trickle, args=(clients, stop))
     try:
-        # 500 clients over 40 addresses: each under the per-client limit, together over
-        # the limit of all connections.
+        # From other addresses, each under the per-client limit and together over the
+        # limit of all; or from this machine's own address, as a local attacker would.
         for n in range(500):
-            source = f"127.0.0.{2 + n % 40}"
+            source = f"127.0.0.{2 + n % addresses}" if addresses else "127.0.0.1"
             clients.append(
                 socket.create_connection(
                     ("127.0.0.1", port), timeout=10, source_address=(source, 0)
@@ -169,15 +171,15 @@ def test_five_hundred_trickling_clients_leave_the_health_check_its_200(
         for _ in range(10):
             status, _, body = ask(port, "GET", "/healthz", host=f"127.0.0.1:{port}")
             assert status == 200, body
+            # Another client too: a place is made by closing the longest-waiting trickler.
+            assert ask(port, "GET", "/", source="127.0.0.99")[0] == 200
             time.sleep(0.1)
-        # Others are refused at once while every place is taken, not left to hang.
-        assert ask(port, "GET", "/", source="127.0.0.99")[0] == 503
-        assert server.limits.open <= server.limits.max_connections + 1
+        assert server.limits.open <= server.limits.max_connections + server.limits.reserved
     finally:
         stop.set()
         if feeder.is_alive():
             feeder.join()
-    # A request that never ends is cut at its deadline, with a 408 where one can go.
+    # Each trickler was closed: at its deadline with a 408, or earlier to make room.
     answers = []
     for sock in clients:
         try:
@@ -186,11 +188,33 @@ def test_five_hundred_trickling_clients_leave_the_health_check_its_200(
             answers.append(repr(exc).encode())
         sock.close()
     cut = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
-    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
-    assert len(cut) == server.limits.max_connections, answers[:3]
-    assert len(refused) == 500 - len(cut)
+    displaced = [
+        a for a in answers if a in (b"", b"ConnectionResetError(104, 'Connection reset by peer')")
+    ]
+    assert 0 < len(cut) <= server.limits.max_connections + server.limits.reserved
+    assert len(cut) + len(displaced) == 500, [a for a in answers if a not in cut + displaced][:3]
     assert wait_until(lambda: server.limits.open == 0, 5)
-    assert ask(port, "GET", "/", source="127.0.0.99")[0] == 200
+
+
+def test_a_full_house_displaces_the_longest_waiting_and_refuses_when_none_waits() -> None:
+    limits = ConnectionLimits(max_connections=3, max_per_client=2, reserved=1)
+    a, b, c, d, e = (object() for _ in range(5))
+    assert limits.admit(a, "192.0.2.1") == (None, None)
+    assert limits.admit(b, "192.0.2.1") == (None, None)
+    assert limits.admit(c, "192.0.2.1") == ("per_client", None)
+    assert limits.admit(c, "192.0.2.2") == (None, None)
+    for connection in (b, a, c):  # b has waited longest
+        limits.waiting(connection, True)
+    assert limits.admit(d, "192.0.2.3") == (None, b)
+    assert limits.open == 3
+    limits.release(b)  # the displaced one's own release counts nothing twice
+    assert limits.open == 3
+    # This machine's own address has its reserve before it displaces anyone.
+    assert limits.admit(e, "127.0.0.1") == (None, None)
+    for connection in (a, c):
+        limits.waiting(connection, False)  # being answered: never displaced
+    assert limits.admit(object(), "192.0.2.4") == ("all_busy", None)
+    assert limits.admit(object(), "::1") == ("all_busy", None)
 
 
 def test_one_address_holds_only_so_many_connections(server: HttpServer) -> None:

@@ -9,8 +9,9 @@ crowd of trickling clients cannot keep others from being served:
   the connection, for the first request), its body within ``body_seconds`` more, and a
   kept-alive connection may wait ``idle_seconds`` for its next request;
 - one client address holds at most ``max_per_client`` connections, all of them together
-  at most ``max_connections``; this machine's own address has ``reserved`` more that no
-  one else can take, so the container's health check is always answered;
+  at most ``max_connections`` (this machine's own address ``reserved`` more); when every
+  place is taken, a newcomer displaces the connection that has waited longest for its
+  request, so a crowd of trickling clients cannot keep the health check out;
 - every answer carries the headers that keep a browser from framing, sniffing or sending
   on our addresses, and a Content-Security-Policy unless the handler set its own.
 
@@ -57,8 +58,11 @@ HTTP_CONNECTION_ERRORS = Counter(
     "Connections that ended early: a malformed request, a deadline, a client gone",
     ["kind"],
 )
-HTTP_CONNECTIONS_REFUSED = Counter(
-    "http_connections_refused_total", "Connections answered 503 at once", ["reason"]
+HTTP_CONNECTIONS_SHED = Counter(
+    "http_connections_shed_total",
+    "Connections answered 503 at once (per_client, all_busy), or closed while they waited "
+    "for their request to make room for a new one (displaced)",
+    ["reason"],
 )
 HTTP_OPEN_CONNECTIONS = Gauge("http_open_connections", "HTTP connections open now")
 
@@ -80,35 +84,59 @@ REFUSED = (
 
 
 class ConnectionLimits:
-    """Open connections per client and in all (see the module's docstring); the event
-    loop's thread only."""
+    """Open connections per client and in all (see the module's docstring).
+
+    When every place is taken, a new connection takes the place of the one that has waited
+    longest for its request: a trickling client is always waiting, a client being answered
+    never is, so the newcomer is answered and the crowd sheds its oldest. Only when none
+    waits is the newcomer refused. Used from the event loop's thread only.
+    """
 
     def __init__(self, *, max_connections: int, max_per_client: int, reserved: int) -> None:
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.reserved = reserved
-        self.open = 0
+        self._clients: dict[object, str] = {}  # every open connection, by its token
+        self._waiting: dict[object, None] = {}  # those waiting for a request, oldest first
         self._per_client: Tally[str] = Tally()
 
-    def admit(self, client: str) -> str | None:
-        """Count a new connection from ``client``; why it is refused, or None if admitted."""
-        if own_address(client):
-            if self.open >= self.max_connections + self.reserved:
-                return "all_busy"
-        else:
-            if self._per_client[client_key(client)] >= self.max_per_client:
-                return "per_client"
-            if self.open >= self.max_connections:
-                return "all_busy"
-        self.open += 1
-        self._per_client[client_key(client)] += 1
-        HTTP_OPEN_CONNECTIONS.set(self.open)
-        return None
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._clients)
 
-    def release(self, client: str) -> None:
-        """A connection admitted by :meth:`admit` has closed."""
-        self.open -= 1
+    def admit(self, connection: object, client: str) -> tuple[str | None, object | None]:
+        """Count ``connection`` from ``client`` if it may stay: why it may not, or None;
+        and the waiting connection it displaces, which the caller closes, or None."""
         key = client_key(client)
+        own = own_address(client)
+        if not own and self._per_client[key] >= self.max_per_client:
+            return "per_client", None
+        displaced = None
+        if self.open >= self.max_connections + (self.reserved if own else 0):
+            if not self._waiting:
+                return "all_busy", None
+            displaced = next(iter(self._waiting))
+            self.release(displaced)
+        self._clients[connection] = key
+        self._per_client[key] += 1
+        HTTP_OPEN_CONNECTIONS.set(self.open)
+        return None, displaced
+
+    def waiting(self, connection: object, waits: bool) -> None:
+        """``connection`` now waits for its next request (True), or is being answered."""
+        if waits and connection in self._clients:
+            self._waiting.pop(connection, None)
+            self._waiting[connection] = None
+        else:
+            self._waiting.pop(connection, None)
+
+    def release(self, connection: object) -> None:
+        """``connection`` has closed, or was displaced (then its own release does nothing)."""
+        key = self._clients.pop(connection, None)
+        if key is None:
+            return
+        self._waiting.pop(connection, None)
         self._per_client[key] -= 1
         if self._per_client[key] <= 0:
             del self._per_client[key]
@@ -164,8 +192,8 @@ class HttpServer(Worker):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._wake = asyncio.Event()
-        self._refused: Tally[str] = Tally()
-        self._refused_logged_at = 0.0
+        self._shed: Tally[str] = Tally()
+        self._shed_logged_at = 0.0
 
     @property
     def bound_port(self) -> int:
@@ -236,7 +264,7 @@ class HttpServer(Worker):
                     async with asyncio.timeout(10.0):
                         await self._wake.wait()
                 self.throttle.report()
-                self._report_refused()
+                self._report_shed()
         finally:
             server.close()
             for task in list(connections):  # a stop does not wait for idle keep-alives
@@ -248,10 +276,16 @@ class HttpServer(Worker):
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = _plain_address(peer[0] if peer else "")
-        refused = self.limits.admit(client)
+        task = asyncio.current_task()
+        refused, displaced = self.limits.admit(task, client)
+        if displaced is not None:
+            HTTP_CONNECTIONS_SHED.labels("displaced").inc()
+            self._shed["displaced"] += 1
+            assert isinstance(displaced, asyncio.Task)
+            displaced.cancel()
         if refused is not None:
-            HTTP_CONNECTIONS_REFUSED.labels(refused).inc()
-            self._refused[refused] += 1
+            HTTP_CONNECTIONS_SHED.labels(refused).inc()
+            self._shed[refused] += 1
             with contextlib.suppress(OSError):
                 writer.write(REFUSED)
             writer.close()
@@ -260,7 +294,9 @@ class HttpServer(Worker):
             connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
             first = True
             while True:
+                self.limits.waiting(task, True)
                 request = await self._read_request(connection, reader, writer, client, first)
+                self.limits.waiting(task, False)
                 response, route = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self.dispatch, request
                 )
@@ -281,7 +317,7 @@ class HttpServer(Worker):
             HTTP_CONNECTION_ERRORS.labels("bug").inc()
             log.exception("%s: a connection from %s failed", self.name, client)
         finally:
-            self.limits.release(client)
+            self.limits.release(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -412,21 +448,20 @@ class HttpServer(Worker):
         async with asyncio.timeout(self.send_seconds):
             await writer.drain()
 
-    def _report_refused(self) -> None:
-        """One line a minute at most about connections refused for the limits."""
+    def _report_shed(self) -> None:
+        """One line a minute at most about connections shed for the limits."""
         now = time.monotonic()
-        if not self._refused or now - self._refused_logged_at < 60.0:
+        if not self._shed or now - self._shed_logged_at < 60.0:
             return
         log.warning(
-            "%s: connections refused for being too many: %s (HTTP_MAX_CONNECTIONS %d, "
-            "per client %d)",
+            "%s: too many connections: %s (at most %d in all, %d from one address)",
             self.name,
-            ", ".join(f"{n} {reason}" for reason, n in sorted(self._refused.items())),
+            ", ".join(f"{n} {reason}" for reason, n in sorted(self._shed.items())),
             self.limits.max_connections,
             self.limits.max_per_client,
         )
-        self._refused.clear()
-        self._refused_logged_at = now
+        self._shed.clear()
+        self._shed_logged_at = now
 
     # --- access and the handler (on a pool thread) ------------------------------------------
     def dispatch(self, request: Request) -> tuple[Response, str]:
