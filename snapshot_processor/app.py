@@ -10,7 +10,6 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
-from prometheus_client import start_http_server
 
 from pylib.amqp import connection_parameters
 from pylib.amqp_listener import AmqpListener, RejectedMessageError
@@ -28,7 +27,7 @@ from pylib.logs import printable
 from pylib.outbox import attached_files
 from pylib.upload_queue import UploadQueue, UploadQueueError
 from pylib.uploader import Uploader
-from pylib.worker import Worker
+from pylib.worker import Worker, WorkerStartError
 from snapshot_processor import broker, event
 from snapshot_processor.activity import RecentEvents
 from snapshot_processor.camera.networks import CameraNetworks
@@ -45,7 +44,14 @@ from snapshot_processor.retention import Retention, RetentionPolicy
 from snapshot_processor.snapshot import SnapshotStage
 from snapshot_processor.trigger import TriggerError, parse_trigger
 from snapshot_processor.upload import DiskBounds, UploadStage, camera_folder
-from snapshot_processor.web import Camera, HealthReport, Ops, SnapshotRefusedError, build_router
+from snapshot_processor.web import (
+    Camera,
+    HealthReport,
+    Ops,
+    SnapshotRefusedError,
+    build_router,
+    metrics_router,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,29 +114,32 @@ class App:
         return True, f"{len(self.workers)} threads running, broker connected"
 
     def init_metrics(self) -> None:
-        """Serve Prometheus counters when METRICS_PORT is set."""
-        port, address = self.settings.metrics_port, self.settings.metrics_address
+        """Serve Prometheus counters on METRICS_PORT too, when it is set: the same server
+        and rules as HTTP_PORT, with only ``/metrics``."""
+        settings = self.settings
+        port, address = settings.metrics_port, settings.metrics_address
         if not port:
             return
+        token = settings.http_token.get_secret_value() if settings.http_token else None
+        server = HttpServer(
+            "metrics",
+            self.stop_event,
+            address=address,
+            port=port,
+            router=metrics_router(),
+            auth=TokenAuth(token),
+            allowed_hosts=settings.http_allowed_hosts,
+        )
 
         def start() -> None:
             try:
-                server, thread = start_http_server(port, addr=address)
-            except OSError as exc:
-                raise StartError(
-                    f"metrics port {address}:{port} cannot be used: {exc.strerror or exc}"
-                ) from None
-            self._metrics = (server, thread)
+                server.start()
+            except WorkerStartError as exc:
+                server.stop_and_join(5)
+                raise StartError(str(exc)) from None
             log.info("metrics on http://%s:%d/metrics", address, port)
 
-        def stop(timeout: float) -> bool:
-            server, thread = self._metrics
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout)
-            return not thread.is_alive()
-
-        self.daemon.add_step("metrics", start, stop)
+        self.daemon.add_step("metrics", start, server.stop_and_join)
 
     def init_health(self) -> None:
         """Ping healthchecks / Cronitor on a schedule when configured."""
@@ -489,9 +498,9 @@ class App:
             port=settings.http_port,
             router=build_router(ops, auth),
             auth=auth,
+            allowed_hosts=settings.http_allowed_hosts,
             on_close=requests.close,
             on_fatal=self.daemon.on_fatal,
-            allowed_hosts=settings.http_allowed_hosts,
         )
 
     def build(self) -> Daemon:

@@ -106,9 +106,6 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         report = ops.health()
         return Response.json(report.as_json(), 200 if report.ok else 503)
 
-    def metrics(request: Request) -> Response:
-        return Response(200, generate_latest(), CONTENT_TYPE_LATEST)
-
     def cameras(request: Request) -> Response:
         return Response.json({"cameras": camera_list(ops)})
 
@@ -193,6 +190,18 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
     router.add("GET", cam + r"/latest\.jpg", latest_jpg, access="token", name="latest.jpg")
     router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
     router.add("GET", r"/api/events", events, access="token")
+    return router
+
+
+def metrics(request: Request) -> Response:
+    """Prometheus text: every counter of the process."""
+    return Response(200, generate_latest(), CONTENT_TYPE_LATEST)
+
+
+def metrics_router() -> Router:
+    """Only ``/metrics``, for the extra listener on METRICS_PORT."""
+    router = Router()
+    router.add("GET", r"/metrics", metrics, access="local")
     return router
 
 

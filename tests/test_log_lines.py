@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -197,12 +198,20 @@ def test_metrics_listen_on_loopback_and_a_taken_port_is_a_clear_start_failure(
         assert _listen_addresses(port) == {"127.0.0.1"}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             assert b"outbox_depth" in answer.read()
+        # The same Host rule as the main server: a rebinding page reads nothing here either.
+        renamed = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics", headers={"Host": f"evil.example:{port}"}
+        )
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(renamed, timeout=5)
         second = App(config.load(env=env))
         second.init_metrics()
         caplog.set_level(logging.ERROR, logger="pylib.daemon")
         assert second.daemon.run() == EXIT_START
-        [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert f"metrics port 127.0.0.1:{port} cannot be used" in line.getMessage()
+        [line] = [
+            r for r in caplog.records if r.levelno == logging.ERROR and r.name == "pylib.daemon"
+        ]
+        assert f"metrics: HTTP port 127.0.0.1:{port} cannot be used" in line.getMessage()
         assert line.exc_info is None
     finally:
         assert app.daemon.stop()
