@@ -101,6 +101,8 @@ class Settings(BaseModel):
     http_bind: str = Field("127.0.0.1", alias="HTTP_BIND", min_length=1)
     http_port: int = Field(8080, alias="HTTP_PORT", ge=0, le=65535)
     http_token: SecretStr | None = Field(None, alias="HTTP_TOKEN", json_schema_extra=secret())
+    # Host names beside the loopback ones the server answers to (a reverse proxy's).
+    http_allowed_hosts: list[str] = Field(default_factory=list, alias="HTTP_ALLOWED_HOSTS")
     recent_events: int = Field(500, alias="RECENT_EVENTS", ge=10, le=100_000)
     metrics_port: int = Field(0, alias="METRICS_PORT", ge=0, le=65535)
     # Loopback by default: the counters name cameras and are no business of the LAN.
@@ -110,8 +112,6 @@ class Settings(BaseModel):
     rabbitmq_url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
     rabbitmq_exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
     rabbitmq_device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
-    # Host names beside the loopback ones the server answers to (a reverse proxy's).
-    http_allowed_hosts: list[str] = Field(default_factory=list, alias="HTTP_ALLOWED_HOSTS")
     rabbitmq_queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
     # None: follows from the cameras (see ``prefetch``).
     rabbitmq_prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
