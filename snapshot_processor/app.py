@@ -11,40 +11,38 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from pylib.amqp import connection_parameters
-from pylib.amqp_listener import AmqpListener, RejectedMessageError
-from pylib.amqp_publisher import AmqpPublisher
+from pylib.amqp.consumer import AmqpListener, RejectedMessageError
+from pylib.amqp.outbox import attached_files
+from pylib.amqp.params import connection_parameters
+from pylib.amqp.publisher import AmqpPublisher
+from pylib.chain.envelope import Envelope, new_id
 from pylib.chain.settle import Publication
 from pylib.chain.sockets import Sender
 from pylib.chain.stage import Relay, Stage
 from pylib.chain.topology import Chain
-from pylib.daemon import Daemon, StartError
-from pylib.destination import Destination
-from pylib.envelope import Envelope, new_id
-from pylib.health import HealthPinger
 from pylib.http import HttpServer, TokenAuth
-from pylib.logs import printable
-from pylib.outbox import attached_files
-from pylib.upload_queue import UploadQueue, UploadQueueError
-from pylib.uploader import Uploader
-from pylib.worker import Worker, WorkerStartError
-from snapshot_processor import broker, event
-from snapshot_processor.activity import RecentEvents
+from pylib.observe.logs import printable
+from pylib.runtime.daemon import Daemon, StartError
+from pylib.runtime.pings import HealthPinger
+from pylib.runtime.worker import Worker, WorkerStartError
+from pylib.upload.destination import Destination
+from pylib.upload.queue import UploadQueue, UploadQueueError
+from pylib.upload.uploader import Uploader
 from snapshot_processor.camera.networks import CameraNetworks
-from snapshot_processor.cameras import CameraRegistry
+from snapshot_processor.camera.prober import CameraProber, CameraStatus
+from snapshot_processor.camera.registry import CameraRegistry
+from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device, Settings
+from snapshot_processor.contract import event, exchanges
+from snapshot_processor.contract.messages import TriggerMessage
+from snapshot_processor.contract.publication import EventBuilder
+from snapshot_processor.contract.trigger import TriggerError, parse_trigger
+from snapshot_processor.detection.registry import make_detector, make_guard
 from snapshot_processor.detection.stage import DetectionStage
-from snapshot_processor.detectors import make_detector, make_guard
-from snapshot_processor.ftp import FtpOptions, FtpServerThread
-from snapshot_processor.messages import TriggerMessage
-from snapshot_processor.offsite import StorageStage
-from snapshot_processor.probe import CameraProber, CameraStatus
-from snapshot_processor.publication import EventBuilder
-from snapshot_processor.retention import Retention, RetentionPolicy
-from snapshot_processor.snapshot import SnapshotStage
-from snapshot_processor.trigger import TriggerError, parse_trigger
-from snapshot_processor.upload import DiskBounds, UploadStage, camera_folder
-from snapshot_processor.web import (
+from snapshot_processor.ingest.ftp import FtpOptions, FtpServerThread
+from snapshot_processor.ingest.stage import DiskBounds, UploadStage, camera_folder
+from snapshot_processor.ops.recent import RecentEvents
+from snapshot_processor.ops.routes import (
     Camera,
     HealthReport,
     Ops,
@@ -52,6 +50,8 @@ from snapshot_processor.web import (
     build_router,
     metrics_router,
 )
+from snapshot_processor.storage.offsite import StorageStage
+from snapshot_processor.storage.retention import Retention, RetentionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class App:
         destinations: dict[str, Destination] = {}
         # The cloud clients are imported only when configured: they cost 30 MB of memory.
         if settings.drive_on:
-            from snapshot_processor.cloud.drive import DriveDestination
+            from snapshot_processor.storage.drive.destination import DriveDestination
 
             assert settings.google_drive_folder
             assert settings.google_drive_credentials
@@ -295,7 +295,7 @@ class App:
             )
             destinations[drive.name] = drive
         if settings.s3_bucket:
-            from snapshot_processor.cloud.s3 import S3Destination
+            from snapshot_processor.storage.s3 import S3Destination
 
             s3 = S3Destination(
                 settings.s3_bucket, settings.s3_prefix, region=settings.aws_default_region
@@ -385,7 +385,7 @@ class App:
         settings = self.settings
 
         def setup(channel: BlockingChannel) -> None:
-            broker.declare_exchanges(channel, settings)
+            exchanges.declare_exchanges(channel, settings)
 
         return AmqpPublisher(
             "publisher",
@@ -413,7 +413,7 @@ class App:
         settings = self.settings
 
         def setup(channel: BlockingChannel) -> str:
-            return broker.declare_trigger_queue(channel, settings)
+            return exchanges.declare_trigger_queue(channel, settings)
 
         return AmqpListener(
             "listener",

@@ -19,9 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from pylib.onepassword import OnePasswordSource
-from pylib.secrets import DOCKER_SECRETS_DIR, SecretResolver
-from pylib.settings import ConfigError, load_settings, read_config_file, secret
+from pylib.config.onepassword import OnePasswordSource
+from pylib.config.secrets import DOCKER_SECRETS_DIR, SecretResolver
+from pylib.config.settings import ConfigError, load_settings, read_config_file, secret
 from snapshot_processor.camera.networks import DEFAULT_CAMERA_NETWORKS, IPNetwork, parse_networks
 
 CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"

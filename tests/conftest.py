@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pylib.redact import clear_secrets
+from pylib.observe.redact import clear_secrets
 from tests.support.broker import delete_named_exchanges
 
 # Fixtures shared by test modules: the fake Drive and a user's credentials for it.

@@ -11,6 +11,7 @@ import pika
 import pytest
 
 from tests.support.broker import BROKER
+from tests.support.paths import CHECKOUT
 
 pytestmark = pytest.mark.broker
 
@@ -36,7 +37,7 @@ def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) ->
         text=True,
         timeout=240,
         check=False,
-        cwd=Path(__file__).resolve().parent.parent,  # where the tools package is
+        cwd=CHECKOUT,  # where the tools package is
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads((tmp_path / "bench.json").read_text())

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pylib.redact import redact
-from pylib.secrets import MissingSecretError, SecretResolver
-from pylib.settings import ConfigError
+from pylib.config.secrets import MissingSecretError, SecretResolver
+from pylib.config.settings import ConfigError
+from pylib.observe.redact import redact
 from snapshot_processor import config
 from tests.support.fakes.onepassword import FakeConnect, ItemSpec
+from tests.support.paths import CHECKOUT
 
 BAD_ENV = {
     "LOG_LEVEL": "LOUD",
@@ -133,7 +134,7 @@ def test_check_config_command(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_is_valid() -> None:
-    example = Path(__file__).parent.parent / "config" / "snapshot-processor.example.toml"
+    example = CHECKOUT / "config" / "snapshot-processor.example.toml"
     settings = config.load(env={}, config_file=example)
     assert settings.app_name == "snapshot-processor"
 
@@ -255,7 +256,7 @@ def _documented_names() -> list[str]:
 
 
 def test_readme_and_example_list_every_setting() -> None:
-    top = Path(__file__).parent.parent
+    top = CHECKOUT
     readme = (top / "README.md").read_text()
     example = (top / "config" / "snapshot-processor.example.toml").read_text()
     for name in _documented_names():
@@ -302,7 +303,7 @@ def test_metrics_listen_on_loopback_unless_told() -> None:
 def test_check_config_checks_the_data_root(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    top = str(Path(__file__).parent.parent)
+    top = str(CHECKOUT)
     bad = _check_config({"SNAPSHOTS_ROOT_DIR": str(blocker / "data"), "PYTHONPATH": top}, tmp_path)
     assert bad.returncode == 2
     assert f"SNAPSHOTS_ROOT_DIR: {blocker / 'data'} cannot be created" in bad.stderr

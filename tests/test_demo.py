@@ -15,9 +15,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.paths import CHECKOUT
 from tests.support.wait import wait_for_text
-
-CHECKOUT = Path(__file__).parent.parent
 
 pytestmark = pytest.mark.broker
 

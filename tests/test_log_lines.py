@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from pylib.amqp.outbox import Outbox
 from pylib.chain.settle import PUBLISH_KIND
-from pylib.daemon import EXIT_START
-from pylib.logs import printable
-from pylib.outbox import Outbox
-from pylib.redact import redact
+from pylib.observe.logs import printable
+from pylib.observe.redact import redact
+from pylib.runtime.daemon import EXIT_START
 from snapshot_processor import config
 from snapshot_processor.app import App, startup_summary
-from snapshot_processor.messages import SnapshotMessage
-from snapshot_processor.publication import EventBuilder
+from snapshot_processor.contract.messages import SnapshotMessage
+from snapshot_processor.contract.publication import EventBuilder
 from tests.support.net import free_port
 
 
@@ -38,11 +38,11 @@ def _snapshot(**fields: object) -> SnapshotMessage:
 
 
 def _event_line(snap: SnapshotMessage, caplog: pytest.LogCaptureFixture) -> str:
-    caplog.set_level(logging.INFO, logger="snapshot_processor.publication")
+    caplog.set_level(logging.INFO, logger="snapshot_processor.contract.publication")
     caplog.clear()
     out = EventBuilder("home_automation", "snapshot", "garage")(snap.envelope())
     assert out.kind == PUBLISH_KIND
-    [record] = [r for r in caplog.records if r.name == "snapshot_processor.publication"]
+    [record] = [r for r in caplog.records if r.name == "snapshot_processor.contract.publication"]
     assert record.levelno == logging.INFO
     return record.getMessage()
 
@@ -150,7 +150,7 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
 def test_outbox_depth_hovering_at_a_threshold_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pylib.outbox")
+    caplog.set_level(logging.INFO, logger="pylib.amqp.outbox")
     box = Outbox(tmp_path / "outbox.sqlite3", max_entries=5)
     try:
         # One in flight, then events arriving as fast as they are confirmed: the depth
@@ -206,10 +206,12 @@ def test_metrics_listen_on_loopback_and_a_taken_port_is_a_clear_start_failure(
             urllib.request.urlopen(renamed, timeout=5)
         second = App(config.load(env=env))
         second.init_metrics()
-        caplog.set_level(logging.ERROR, logger="pylib.daemon")
+        caplog.set_level(logging.ERROR, logger="pylib.runtime.daemon")
         assert second.daemon.run() == EXIT_START
         [line] = [
-            r for r in caplog.records if r.levelno == logging.ERROR and r.name == "pylib.daemon"
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and r.name == "pylib.runtime.daemon"
         ]
         assert f"metrics: HTTP port 127.0.0.1:{port} cannot be used" in line.getMessage()
         assert line.exc_info is None

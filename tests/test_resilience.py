@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pylib.outbox import Outbox
+from pylib.amqp.outbox import Outbox
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
 from tests.support.daemon import camera_env as daemon_camera_env
 from tests.support.daemon import spawn_daemon

@@ -42,11 +42,11 @@ from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
 from snapshot_processor import config
-from snapshot_processor.broker import control_exchange
-from snapshot_processor.commands.common import broker_channel
-from snapshot_processor.commands.trigger import TRIGGER_EXPIRATION_MS, trigger_message
-from snapshot_processor.event import trigger_routing_key
-from snapshot_processor.upload import camera_folder
+from snapshot_processor.cli.common import broker_channel
+from snapshot_processor.cli.trigger import TRIGGER_EXPIRATION_MS, trigger_message
+from snapshot_processor.contract.event import trigger_routing_key
+from snapshot_processor.contract.exchanges import control_exchange
+from snapshot_processor.ingest.stage import camera_folder
 from tools.camera_simulator import CameraSimulator
 
 CHECKOUT = Path(__file__).resolve().parent.parent

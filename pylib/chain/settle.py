@@ -24,9 +24,9 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
-from pylib.attachment import Attachment
+from pylib.chain.attachment import Attachment
+from pylib.chain.envelope import Envelope
 from pylib.chain.sockets import Sender
-from pylib.envelope import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import zmq
 from prometheus_client import Counter
 
-from pylib.envelope import Envelope, EnvelopeError
-from pylib.zmqctx import shared_context
+from pylib.chain.context import shared_context
+from pylib.chain.envelope import Envelope, EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ Parts = list[bytes]
 
 def receive(socket: zmq.Socket[bytes], flags: int = 0) -> Parts:
     """One message, all its frames (an envelope and its large values: see
-    :meth:`~pylib.envelope.Envelope.frames`)."""
+    :meth:`~pylib.chain.envelope.Envelope.frames`)."""
     return socket.recv_multipart(flags)
 
 
@@ -68,7 +68,7 @@ def unpack_or_reject(parts: Parts, stage: str) -> Envelope | None:
 def bind_pull(address: str, *, hwm: int = HWM) -> zmq.Socket[bytes]:
     """A PULL socket bound to ``address``, queueing at most ``hwm`` messages.
 
-    Bind it once per thread (:meth:`~pylib.worker.Worker.on_thread_open`): a PUSH that
+    Bind it once per thread (:meth:`~pylib.runtime.worker.Worker.on_thread_open`): a PUSH that
     connected to an earlier socket on the address never reaches a new one.
     """
     socket = shared_context().socket(zmq.PULL)

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, TypeVar
 import zmq
 from prometheus_client import Counter
 
+from pylib.chain.envelope import Envelope
 from pylib.chain.settle import settle_failed
 from pylib.chain.sockets import (
     MESSAGES_REJECTED,
@@ -46,8 +47,7 @@ from pylib.chain.sockets import (
     inproc,
     unpack_or_reject,
 )
-from pylib.envelope import Envelope
-from pylib.worker import START_TIMEOUT, RestartBudget, Worker
+from pylib.runtime.worker import START_TIMEOUT, RestartBudget, Worker
 
 log = logging.getLogger(__name__)
 

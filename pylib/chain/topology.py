@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from pylib.chain.sockets import inproc
 from pylib.chain.stage import Relay, Stage
-from pylib.worker import Worker
+from pylib.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 

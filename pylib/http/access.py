@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Counter
 
 from pylib.http.routing import Request
-from pylib.logs import printable
+from pylib.observe.logs import printable
 
 log = logging.getLogger(__name__)
 

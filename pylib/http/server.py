@@ -48,7 +48,7 @@ from pylib.http.access import (
     same_origin,
 )
 from pylib.http.routing import Request, Response, Route, Router
-from pylib.worker import Worker
+from pylib.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 

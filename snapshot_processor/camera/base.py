@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote
 
-from pylib.redact import register_secret
+from pylib.observe.redact import register_secret
 from snapshot_processor.camera.auth import Auth
 from snapshot_processor.camera.errors import (
     CameraAuthError,

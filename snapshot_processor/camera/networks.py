@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pylib.logs import printable
+from pylib.observe.logs import printable
 
 __all__ = [
     "DEFAULT_CAMERA_NETWORKS",

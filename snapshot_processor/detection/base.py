@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from pylib.redact import redact
+from pylib.observe.redact import redact
 
 PERSON = "person"
 

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from prometheus_client import Counter, Histogram
 
+from pylib.chain.envelope import Envelope
 from pylib.chain.stage import Stage
-from pylib.envelope import Envelope
-from pylib.redact import redact
-from pylib.worker import RestartBudget
+from pylib.observe.redact import redact
+from pylib.runtime.worker import RestartBudget
+from snapshot_processor.contract.messages import SNAPSHOT_KIND, SnapshotMessage
 from snapshot_processor.detection.annotate import annotate as draw_annotations
 from snapshot_processor.detection.annotate import annotated_path
 from snapshot_processor.detection.base import Detection, DetectionError, Detector
 from snapshot_processor.detection.guard import DETECTION_CALLS, DETECTION_SKIPPED, CostGuard
-from snapshot_processor.messages import SNAPSHOT_KIND, SnapshotMessage
-from snapshot_processor.storage import write_atomically
+from snapshot_processor.storage.files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from pylib.worker import Worker
+from pylib.runtime.worker import Worker
 
 
 class CrashesOnce(Worker):

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent.parent
+from tests.support.paths import CHECKOUT
+
+TOP = CHECKOUT
 
 
 def camera_env(

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import zmq
 
+from pylib.chain.envelope import Envelope
 from pylib.chain.sockets import Sender, bind_pull, receive
-from pylib.envelope import Envelope
 
 
 class Wire:

@@ -1,0 +1,1 @@
+"""RabbitMQ: connection parameters, the consumer, the publisher with its durable outbox."""

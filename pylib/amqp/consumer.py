@@ -1,0 +1,444 @@
+"""A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
+
+Each delivery is decoded into an :class:`Envelope` and sent down the chain with an ack
+token whose ``reply_to`` is this listener's ack inbox. The last stage sends acks back
+there (:mod:`pylib.chain.settle`); the delivery is acked on the broker only when all
+its parts are done. A part that asks for a requeue (nothing could be stored) is given
+back to the broker only after a pause (``requeue``, growing while hand-backs go on and
+reset by the next delivery that is stored), so a full outbox does not turn into a tight
+redelivery loop.
+
+One thread owns the connection and blocks in pika's loop, so heartbeats keep flowing
+while the chain does slow work elsewhere. Acks reach it without a timed poll: a small
+stage owns the ack inbox and hands each ack to the connection's thread with
+``add_callback_threadsafe``, which wakes pika's loop at once.
+
+The broker may cancel the consumer on its own (basic.cancel: the queue was deleted, or
+a quorum queue's leader moved); pika then just stops delivering. The listener notices,
+counts it, names it in :meth:`AmqpListener.troubles`, and after a short back-off runs
+``setup`` again on the same channel (declaring the queue anew) and consumes again.
+Deliveries it holds stay on that channel, so their acks still count.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import zmq
+from pika.adapters.blocking_connection import BlockingChannel
+from prometheus_client import Counter
+
+from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.chain.envelope import Envelope
+from pylib.chain.settle import (
+    PartCounter,
+    Settlement,
+    ack_token,
+    stop_taking_acks_directly,
+    take_acks_directly,
+)
+from pylib.chain.sockets import Sender, inproc
+from pylib.chain.stage import Stage
+from pylib.retry import RetryPolicy
+from pylib.runtime.worker import RestartBudget, Worker
+
+log = logging.getLogger(__name__)
+
+RECEIVED = Counter("amqp_messages_received_total", "Messages consumed", ["queue"])
+REJECTED = Counter(
+    "amqp_messages_rejected_total", "Messages acked without processing", ["queue", "reason"]
+)
+RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
+CONSUMER_CANCELS = Counter(
+    "amqp_consumer_cancels_total",
+    "Times the broker cancelled our consumer (queue deleted, quorum leader moved)",
+    ["queue"],
+)
+
+RECONNECT = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
+REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
+# How long pika's loop blocks when nothing happens; stop and acks wake it sooner.
+IDLE_SECONDS = 1.0
+
+
+class RejectedMessageError(ValueError):
+    """Raised by a decoder for a message that can never be processed; ``reason`` labels the counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+Decoder = Callable[[bytes, pika.BasicProperties], Envelope]
+Setup = Callable[[BlockingChannel], str]
+
+
+class _AckInbox(Stage):
+    """Owns the listener's ack inbox; passes each ack to the connection's thread."""
+
+    def __init__(self, listener: AmqpListener) -> None:
+        super().__init__(
+            f"{listener.name}-acks",
+            listener.stop_event,
+            inbox=listener.ack_inbox,
+            on_fatal=listener.on_fatal,  # without it no delivery is ever acked again
+        )
+        self.listener = listener
+
+    def on_message(self, envelope: Envelope) -> None:
+        self.listener.ack_from_chain(envelope.body)
+
+
+class AmqpListener(Worker):
+    """Consumes ``queue`` (declared by ``setup``), forwards decoded envelopes to ``forward_to``."""
+
+    stop_weight = 3.0
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        params: pika.ConnectionParameters,
+        setup: Setup,
+        decode: Decoder,
+        forward_to: str,
+        ack_inbox: str | None = None,
+        prefetch: int = 8,
+        retry: RetryPolicy = RECONNECT,
+        stop_timeout: float = 5.0,
+        requeue: RetryPolicy = REQUEUE,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
+        self.params = params
+        self.setup = setup
+        self.decode = decode
+        self.forward_to = forward_to
+        self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
+        self.prefetch = prefetch
+        self.backoff = retry.backoff()
+        self.stop_timeout = stop_timeout
+        self._requeue_backoff = requeue.backoff()
+        self.queue = ""
+        self.consuming = threading.Event()
+        self._epoch = 0
+        self._pending: PartCounter[int] = PartCounter()
+        self._requeues: set[int] = set()
+        # Acks from the chain waiting for pika's thread (see ack_from_chain).
+        self._acks_lock = threading.Lock()
+        self._acks_waiting: list[tuple[int, int, int, bool]] = []
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._sender: Sender | None = None
+        self._acks: _AckInbox | None = None
+        # Set (monotonic time) while the broker has cancelled our consumer.
+        self._cancelled_since: float | None = None
+        self._resume_at = 0.0
+        self._resume_backoff = retry.backoff()
+        # Why the broker refused the queue set-up, until a set-up succeeds.
+        self._setup_refused: str | None = None
+
+    def on_thread_open(self) -> None:
+        self._sender = Sender(self.forward_to)
+        # Acks from this process come by a direct call (they only wake pika's loop);
+        # the inbox stays for any that come as messages.
+        take_acks_directly(self.ack_inbox, self.ack_from_chain)
+        self._acks = _AckInbox(self)
+        self._acks.start()
+
+    def on_thread_stop(self) -> None:
+        # Whatever was unacked on this connection comes again from the broker.
+        self.consuming.clear()
+        self._drop_connection()
+
+    def on_thread_close(self) -> None:
+        stop_taking_acks_directly(self.ack_inbox)
+        if self._acks is not None:
+            self._acks.stop_and_join(5.0)
+            self._acks = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+    def stop(self) -> None:
+        """Ask the thread to end; wakes pika's loop at once."""
+        super().stop()
+        self._call_threadsafe(lambda: None)
+
+    def troubles(self) -> list[str]:
+        """The broker refusing our queue, or a consumer it cancelled and not yet restored."""
+        found = []
+        refused = self._setup_refused
+        if refused is not None:
+            found.append(f"{self.name}: the broker refused the queue set-up: {refused}")
+        since = self._cancelled_since
+        if since is not None:
+            found.append(
+                f"{self.name}: the broker cancelled the consumer of {self.queue} "
+                f"{time.monotonic() - since:.0f} s ago; declaring the queue again"
+            )
+        return found
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed down the chain (or waiting to be requeued) and not yet settled."""
+        return len(self._pending) + len(self._requeues)
+
+    def work(self) -> None:
+        while self.should_keep_running():
+            try:
+                self._connect()
+                self.backoff.reset()
+                while self.should_keep_running():
+                    if self._cancelled_since is None:
+                        self._pump(IDLE_SECONDS)
+                    elif time.monotonic() >= self._resume_at:
+                        self._resume()
+                    else:
+                        self._pump(min(IDLE_SECONDS, self._resume_at - time.monotonic()))
+                self._finish()
+                return
+            except CONNECTION_ERRORS as exc:
+                self.consuming.clear()
+                RECONNECTS.labels("consumer").inc()
+                delay = self.backoff.next()
+                if not isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+                    self._setup_refused = None  # unknown again until the next set-up
+                if self._setup_refused is not None:
+                    log.error(
+                        "%s: the broker refused the queue set-up: %s; retrying in %.1f s",
+                        self.name,
+                        self._setup_refused,
+                        delay,
+                    )
+                    self._drop_connection()
+                    self.wait_for_stop(delay)
+                    continue
+                log.warning(
+                    "%s: broker connection %s lost (%s); %d unacked deliveries will come "
+                    "again; retrying in %.1f s",
+                    self.name,
+                    describe(self.params),
+                    explain(exc),
+                    len(self._pending),
+                    delay,
+                )
+                self._drop_connection()
+                self.wait_for_stop(delay)
+
+    def _drop_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        with self._acks_lock:
+            # A wake sent to the old connection may never run: later acks must send anew.
+            self._acks_waiting.clear()
+        close_quietly(connection)
+        self._cancelled_since = None  # the next connection declares and consumes afresh
+        self._pending.clear()
+        self._requeues.clear()
+
+    def _connect(self) -> None:
+        connection = pika.BlockingConnection(self.params)
+        self._connection = connection
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        self._declare_and_consume(channel)
+        self._channel = channel
+        self._epoch += 1
+        self._pending.clear()
+        self._requeues.clear()
+        self.consuming.set()
+        log.info(
+            "%s: consuming %s on %s (prefetch %d)",
+            self.name,
+            self.queue,
+            describe(self.params),
+            self.prefetch,
+        )
+
+    def _declare_and_consume(self, channel: BlockingChannel) -> None:
+        try:
+            self.queue = self.setup(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # The queue exists with other arguments (PRECONDITION_FAILED) or may not be
+            # used (ACCESS_REFUSED): no reconnect mends that, so say so plainly.
+            self._setup_refused = f"{exc.reply_code} {exc.reply_text}"
+            raise
+        self._setup_refused = None
+        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+
+    def _on_cancelled(self, method_frame: pika.frame.Method[Any]) -> None:
+        """The broker ended our consumer (on the connection's thread): consume again soon."""
+        CONSUMER_CANCELS.labels(self.queue).inc()
+        delay = self._resume_backoff.next()
+        if self._cancelled_since is None:
+            self._cancelled_since = time.monotonic()
+        self._resume_at = time.monotonic() + delay
+        log.warning(
+            "%s: the broker cancelled the consumer of %s (queue deleted, or its leader "
+            "moved); declaring it again in %.1f s",
+            self.name,
+            self.queue,
+            delay,
+        )
+
+    def _resume(self) -> None:
+        """Declare the queue again and consume it, on the channel the cancel came on."""
+        assert self._channel is not None
+        self._declare_and_consume(self._channel)
+        self._cancelled_since = None
+        log.info("%s: consuming %s again", self.name, self.queue)
+
+    def _pump(self, seconds: float) -> None:
+        assert self._connection is not None
+        self._connection.process_data_events(time_limit=seconds)
+
+    def _finish(self) -> None:
+        """On stop: take no new deliveries, wait a while for the acks of those in flight."""
+        if self._channel is not None and self._channel.is_open:
+            for tag in list(self._channel.consumer_tags):
+                self._channel.basic_cancel(tag)
+        # Waiting out a requeue delay would only hold the message back from the next run.
+        for tag in list(self._requeues):
+            self._requeue(self._epoch, tag)
+        deadline = time.monotonic() + self.stop_timeout
+        while self._pending and time.monotonic() < deadline:
+            self._pump(0.05)
+        if self._pending:
+            log.warning(
+                "%s: stopping with %d deliveries unacked; the broker will deliver them again",
+                self.name,
+                len(self._pending),
+            )
+
+    def _on_message(
+        self,
+        channel: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        RECEIVED.labels(self.queue).inc()
+        self._resume_backoff.reset()
+        tag = method.delivery_tag
+        try:
+            envelope = self.decode(body, properties)
+        except RejectedMessageError as exc:
+            self._reject(channel, tag, exc.reason, str(exc))
+            return
+        except Exception as exc:  # a decoder bug must not kill the consumer
+            log.exception("%s: decoder failed", self.name)
+            self._reject(channel, tag, type(exc).__name__, str(exc))
+            return
+        assert self._sender is not None
+        settlement = Settlement(ack_token(self.ack_inbox, epoch=self._epoch, tag=tag))
+        body_out = {**envelope.body, **settlement.fields()}
+        self._pending.add(tag)
+        try:
+            self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+        except zmq.ZMQError:
+            raise  # the chain is going away: the broker delivers it again
+        except Exception as exc:  # a value the chain cannot carry (e.g. an integer past 64 bits)
+            self._pending.discard(tag)
+            self._reject(channel, tag, "unsendable", f"{type(exc).__name__}: {exc}")
+
+    def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
+        REJECTED.labels(self.queue, reason).inc()
+        log.error("%s: rejected message %d (%s): %s", self.name, tag, reason, detail)
+        # Acked, not requeued: a message that cannot be decoded will never succeed.
+        channel.basic_ack(tag)
+
+    # --- acks, from the ack inbox's thread to the connection's ---------------------------
+    def ack_from_chain(self, body: dict[str, Any]) -> None:
+        """An ack from the chain (any thread): settled on the connection's thread."""
+        try:
+            epoch, tag, parts = int(body["epoch"]), int(body["tag"]), int(body.get("parts", 1))
+        except (KeyError, TypeError, ValueError) as exc:
+            REJECTED.labels(self.queue, "malformed_ack").inc()
+            log.error("%s: dropped a malformed ack: %s", self.name, exc)
+            return
+        requeue = bool(body.get("requeue"))
+        # Acks that come together wake pika's loop once: each wake is a write to its
+        # pipe and a turn of the loop (a group of 28 events sent 28 before).
+        with self._acks_lock:
+            self._acks_waiting.append((epoch, tag, parts, requeue))
+            if len(self._acks_waiting) > 1:
+                return  # a wake is on its way and takes this one too
+        if not self._call_threadsafe(self._take_acks):
+            with self._acks_lock:
+                self._acks_waiting.clear()  # no connection: its deliveries come again
+
+    def _take_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks_waiting = self._acks_waiting, []
+        finished = [tag for tag in itertools.starmap(self._on_ack, acks) if tag is not None]
+        if finished:
+            self._ack_finished(finished)
+
+    def _ack_finished(self, tags: list[int]) -> None:
+        """Ack deliveries whose work is all done: those older than every delivery still
+        under way in one frame (``multiple``), the others one by one.
+
+        A 32-camera burst's events are stored a few groups at a time, and each ack was a
+        frame of its own and a write to the socket (its thread giving up the GIL) while
+        the burst's last events were still on their way. Every delivery on this channel
+        older than the oldest still under way is settled (acked, rejected or handed
+        back), and any not yet seen by ``_on_message`` is newer than all of these.
+        """
+        assert self._channel is not None
+        oldest = min(itertools.chain(self._pending, self._requeues), default=None)
+        older = [tag for tag in tags if oldest is None or tag < oldest]
+        if older:
+            self._channel.basic_ack(max(older), multiple=True)
+        for tag in tags:
+            if oldest is not None and tag > oldest:
+                self._channel.basic_ack(tag)
+
+    def _call_threadsafe(self, callback: Callable[[], None]) -> bool:
+        connection = self._connection
+        if connection is None:
+            return False  # no connection: its deliveries come again anyway
+        try:
+            connection.add_callback_threadsafe(callback)
+        except (pika.exceptions.ConnectionWrongStateError, *CONNECTION_ERRORS):
+            return False  # closing: the broker redelivers what was not acked
+        return True
+
+    def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> int | None:
+        """One part done (or handed back); the delivery's tag once it is all done, to be
+        acked (:meth:`_ack_finished`)."""
+        if epoch != self._epoch or self._channel is None or tag not in self._pending:
+            return None  # from a connection that is gone: the broker redelivers that message
+        if requeue:
+            # Not at once: the broker would hand it straight back while nothing can store it.
+            self._pending.discard(tag)
+            self._requeues.add(tag)
+            assert self._connection is not None
+            delay = self._requeue_backoff.next()
+            self._connection.call_later(delay, functools.partial(self._requeue, epoch, tag))
+            log.warning(
+                "%s: delivery %d handed back; giving it to the broker again in %.1f s",
+                self.name,
+                tag,
+                delay,
+            )
+            return None
+        if self._pending.done(tag, parts):
+            self._requeue_backoff.reset()
+            return tag
+        return None
+
+    def _requeue(self, epoch: int, tag: int) -> None:
+        if epoch != self._epoch or tag not in self._requeues or self._channel is None:
+            return
+        self._requeues.discard(tag)
+        self._channel.basic_nack(tag, requeue=True)

@@ -1,0 +1,216 @@
+"""Read secrets from a 1Password Connect server.
+
+The SDK's high-level getters turn every HTTP failure into one exception type whose
+message quotes the server's text, and they crash on a non-JSON error body. So this
+module sends its requests through the SDK client's ``build_request`` and judges the
+status codes itself, and lets the SDK's serializer build its models from the JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import Any
+
+import httpx
+from onepasswordconnectsdk import new_client
+from onepasswordconnectsdk.config import ClientConfig
+from onepasswordconnectsdk.utils import PathBuilder, is_valid_uuid
+
+from pylib.observe.redact import redact, register_secret
+
+logger = logging.getLogger(__name__)
+
+# Labels that mark the secret of an item that has no PASSWORD field (API credentials,
+# passwords saved as plain text fields).
+_SECRET_LABELS = ("password", "credential", "value")
+
+
+class SecretSourceError(RuntimeError):
+    """The secret store could not be asked: unreachable, refused the token, or misconfigured.
+
+    The message names the host and the problem, never the token.
+    """
+
+
+class OnePasswordSource:
+    """Secrets read from one vault of a 1Password Connect server.
+
+    ``vault`` is a vault id (26 lower-case letters and digits, as the SDK defines ids) or
+    a vault name. ``get(name)`` returns the secret of the item titled ``name``. The
+    vault id is resolved once and cached. The token and every secret returned are
+    registered with :mod:`pylib.observe.redact` so they are masked in logs and reports.
+    """
+
+    def __init__(self, host: str, token: str, vault: str, *, timeout: float = 10.0) -> None:
+        register_secret(token)
+        self._host = host.rstrip("/")
+        self._vault = vault
+        self._vault_id: str | None = None
+        self._lock = threading.Lock()
+        # ClientConfig's options override the SDK's defaults, so the timeout is ours.
+        self._client: Any = new_client(self._host, token, config=ClientConfig(timeout=timeout))
+
+    @property
+    def host(self) -> str:
+        """The Connect server's base URL."""
+        return self._host
+
+    def close(self) -> None:
+        """Close the HTTP connections to the Connect server."""
+        self._client.session.close()
+
+    def __enter__(self) -> OnePasswordSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get(self, name: str) -> str | None:
+        """Return the secret of the item titled ``name``, or ``None`` if there is no such item.
+
+        The secret is the item's PASSWORD-purpose field, else its first CONCEALED field,
+        else a field labelled ``password``, ``credential`` or ``value``.
+
+        Raises:
+            SecretSourceError: the server is unreachable, refuses the token, the vault
+                does not exist, or the item holds no secret field.
+        """
+        vault_id = self._resolve_vault_id()
+        summaries = self._get_json(
+            _filtered(PathBuilder().vaults(vault_id).items(), "title", name),
+            "list[SummaryItem]",
+            what=f"items of vault {self._vault!r}",
+        )
+        if summaries is None:
+            # The cached vault is gone (deleted, or access revoked): look it up afresh
+            # next time, and say so now rather than report every item as missing.
+            with self._lock:
+                self._vault_id = None
+            raise self._no_vault_error()
+        # The server filters already; matching again guards against a looser filter.
+        matches = [summary for summary in summaries if summary.title == name]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            logger.warning(
+                "1Password vault %s holds %s items titled %s; using the first",
+                self._vault,
+                len(matches),
+                name,
+            )
+        item = self._get_json(
+            PathBuilder().vaults(vault_id).items(matches[0].id).build(),
+            "Item",
+            what=f"item {name!r}",
+        )
+        if item is None:  # deleted between the two requests
+            return None
+        value = _secret_field_value(item)
+        if value is None:
+            raise SecretSourceError(
+                f"1Password Connect at {redact(self._host)}: item {name!r} in vault "
+                f"{self._vault!r} has no password, concealed or credential field"
+            )
+        register_secret(value)
+        return value
+
+    def _resolve_vault_id(self) -> str:
+        with self._lock:
+            if self._vault_id is None:
+                self._vault_id = self._lookup_vault_id()
+            return self._vault_id
+
+    def _lookup_vault_id(self) -> str:
+        if is_valid_uuid(self._vault):
+            vault = self._get_json(
+                PathBuilder().vaults(self._vault).build(), "Vault", what=f"vault {self._vault!r}"
+            )
+            if vault is not None:
+                return str(vault.id)
+        # Not id-shaped, or an id-shaped name (the SDK falls back the same way for items).
+        vaults = self._get_json(
+            _filtered(PathBuilder().vaults(), "name", self._vault), "list[Vault]", what="vaults"
+        )
+        for vault in vaults or []:
+            if vault.name == self._vault:
+                return str(vault.id)
+        raise self._no_vault_error()
+
+    def _no_vault_error(self) -> SecretSourceError:
+        return SecretSourceError(
+            f"1Password Connect at {redact(self._host)}: no vault {self._vault!r} is "
+            "visible to this token"
+        )
+
+    def _get_json(self, path: str, model: str, *, what: str) -> Any:
+        """GET ``path`` and deserialize it as ``model``; a 404 gives ``None``."""
+        try:
+            response = self._client.build_request("GET", path)
+        except httpx.HTTPError as exc:
+            raise SecretSourceError(
+                f"1Password Connect at {redact(self._host)}: cannot reach the server "
+                f"({type(exc).__name__}: {redact(str(exc))})"
+            ) from exc
+        status = response.status_code
+        if status == 404:
+            return None
+        if status in (401, 403):
+            raise SecretSourceError(
+                f"1Password Connect at {redact(self._host)}: the token was refused "
+                f"(HTTP {status}: {_server_message(response)}) while reading {what}"
+            )
+        if not 200 <= status < 300:
+            raise SecretSourceError(
+                f"1Password Connect at {redact(self._host)}: HTTP {status} "
+                f"({_server_message(response)}) while reading {what}"
+            )
+        try:
+            return self._client.deserialize(response.content, model)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SecretSourceError(
+                f"1Password Connect at {redact(self._host)}: unexpected answer while "
+                f"reading {what} ({type(exc).__name__})"
+            ) from exc
+
+
+def _filtered(path: PathBuilder, attribute: str, value: str) -> str:
+    """``path`` with the Connect filter ``attribute eq "value"``.
+
+    Connect documents no escape for a quote inside the value, so such a value gets the
+    unfiltered list and the caller's exact match picks the entry.
+    """
+    if '"' in value:
+        return str(path.build())
+    return str(path.query("filter", f'{attribute} eq "{value}"').build())
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The ``message`` of a Connect error body, or a short excerpt of a non-JSON one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return redact(response.text[:200].strip()) or "no message"
+    if isinstance(body, dict) and body.get("message"):
+        return redact(str(body["message"]))
+    return "no message"
+
+
+def _secret_field_value(item: Any) -> str | None:
+    fields = [field for field in (item.fields or []) if field.value is not None]
+    for field in fields:
+        if field.purpose == "PASSWORD":
+            return str(field.value)
+    for field in fields:
+        if field.type == "CONCEALED":
+            return str(field.value)
+    for field in fields:
+        if (field.label or "").lower() in _SECRET_LABELS:
+            return str(field.value)
+    return None

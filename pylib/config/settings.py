@@ -1,0 +1,164 @@
+"""Typed settings from environment variables and an optional TOML file, with secrets.
+
+Settings are a pydantic model whose field aliases are the variable names
+(``RABBITMQ_EXCHANGE``). The file uses the same names as top-level keys. Numbered
+groups such as ``OUTPUT_1_LOCATION`` are gathered into ``OUTPUTS = {1: {"LOCATION": ..}}``.
+Precedence: defaults < file < environment < secret stores (for secret fields only,
+and only when the field is not already set).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from pylib.config.secrets import MissingSecretError, SecretResolver
+from pylib.observe.redact import register_secrets
+
+M = TypeVar("M", bound=BaseModel)
+
+_INDEXED = re.compile(r"^(?P<group>[A-Z]+)_(?P<index>\d+)_(?P<key>[A-Z0-9_]+)$")
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, each naming the variable at fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def secret(**kwargs: Any) -> dict[str, Any]:
+    """``json_schema_extra`` marking a field as a secret that secret stores may supply."""
+    return {"secret": True, **kwargs}
+
+
+def secret_names(model: type[BaseModel]) -> list[str]:
+    """Aliases of the model's fields marked as secrets."""
+    names = []
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("secret"):
+            names.append(info.alias or name)
+    return names
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a flat TOML file; a syntax error names the file and line."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+
+
+def group_indexed(values: Mapping[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
+    """Fold ``GROUP_n_KEY`` names of the given groups into ``GROUPS: {n: {KEY: value}}``."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        match = _INDEXED.match(name)
+        if match and match["group"] in groups:
+            bucket = out.setdefault(match["group"] + "S", {})
+            bucket.setdefault(int(match["index"]), {})[match["key"]] = value
+        else:
+            out[name] = value
+    return out
+
+
+def _location_name(loc: tuple[int | str, ...]) -> str:
+    # ("OUTPUTS", 1, "PORT") -> "OUTPUT_1_PORT": the name the user actually wrote.
+    if len(loc) == 2 and isinstance(loc[0], str) and loc[0].endswith("S"):
+        return f"{loc[0][:-1]}_{loc[1]}"
+    if len(loc) == 3 and loc[2] == "[key]":
+        return f"{str(loc[0])[:-1]}_{loc[1]}_*"
+    if len(loc) >= 3 and isinstance(loc[0], str) and loc[0].endswith("S"):
+        return f"{loc[0][:-1]}_{loc[1]}_" + "_".join(str(part) for part in loc[2:])
+    return ".".join(str(part) for part in loc) or "(configuration)"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    name = _location_name(tuple(error["loc"]))
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return f"{name}: unknown setting"
+    # Echo only a plain value of a single, non-secret-looking setting: a model-level
+    # error's input is the whole configuration, secrets included.
+    value = error.get("input")
+    plain = isinstance(value, str | int | float | bool) and not isinstance(value, dict)
+    secretish = re.search(r"PASS|TOKEN|SECRET|DSN|URL|KEY", name)
+    shown = f" (got {value!r})" if error["loc"] and plain and not secretish else ""
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(
+    model: type[M],
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any] | None = None,
+    *,
+    resolver_factory: Callable[[Mapping[str, Any]], SecretResolver] | None = None,
+    groups: tuple[str, ...] = (),
+    group_secrets: tuple[str, ...] = (),
+) -> M:
+    """Build and validate the settings; raises :class:`ConfigError` listing every problem."""
+    known = {info.alias or name for name, info in model.model_fields.items()}
+    merged: dict[str, Any] = dict(file_values or {})
+    for name, value in env.items():
+        # Only variables this model knows (or numbered groups) come from the environment.
+        if name in known or (_INDEXED.match(name) and name.split("_", 1)[0] in groups):
+            merged[name] = value
+    # An empty value is an unset one (compose writes `${X:-}` as ""): never an empty password.
+    merged = {name: value for name, value in merged.items() if value != ""}
+    problems: list[str] = []
+    if resolver_factory is not None:
+        resolver = resolver_factory(merged)
+        # Numbered groups that exist may have secrets too: OUTPUT_1_PASSWORD.
+        matches = [_INDEXED.match(name) for name in merged]
+        present = {f"{m['group']}_{m['index']}" for m in matches if m and m["group"] in groups}
+        indexed = sorted(f"{prefix}_{key}" for prefix in present for key in group_secrets)
+        try:
+            for name in [*secret_names(model), *indexed]:
+                if merged.get(name):
+                    continue
+                try:
+                    found = resolver.get(name)
+                except Exception as exc:  # a secret store that is down is a config problem
+                    problems.append(f"secret store: {exc} (looking up {name})")
+                    break  # one line for a store that is down, not one per secret
+                if found is not None:
+                    merged[name] = found
+        finally:
+            resolver.close()
+    try:
+        settings = model.model_validate(group_indexed(merged, groups))
+    except ValidationError as exc:
+        problems.extend(_describe(error) for error in exc.errors())
+        raise ConfigError(problems) from None
+    except MissingSecretError as exc:
+        problems.append(str(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    register_secrets(_secret_values(settings))
+    return settings
+
+
+def _secret_values(value: Any) -> list[str]:
+    """Every SecretStr inside the settings, however it was supplied, for redaction."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, BaseModel):
+        return [
+            s for name in type(value).model_fields for s in _secret_values(getattr(value, name))
+        ]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _secret_values(item)]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _secret_values(item)]
+    return []

@@ -1,0 +1,1 @@
+"""Running a daemon: supervised workers, start-up and shutdown, the data root, health pings."""

@@ -1,0 +1,348 @@
+"""The snapshot stage: for each trigger, fetch the camera's JPEGs, keep them, pass them on.
+
+Fetches for different cameras run at once on the stage's pool; each snapshot goes on
+the moment it is on disk. Every part of a trigger ends as a snapshot or a done mark,
+whatever fails, so its delivery is always settled. A snapshot that cannot be written
+(a full disk) is not settled as done: a requeue mark gives its trigger back to the
+broker, to come again after a pause, and the trouble shows in health.
+
+One camera's trouble never delays the others: a camera has at most one fetch under way
+(one pool thread) and ``waiting`` triggers behind it; a trigger beyond that is coalesced
+(acked at once and counted, covered by the newer trigger that waits: see
+:mod:`snapshot_processor.camera.queues`). A camera that keeps failing is not asked while
+its circuit breaker is open (see :class:`~snapshot_processor.camera.registry.CameraRegistry`):
+its triggers are settled at once, counted, and the stage's :meth:`troubles` name it.
+
+Stopping takes at most ``stop_timeout``: camera back-off pauses and the pause between a
+trigger's snapshots end at once, fetches in progress get until the deadline, and no new
+fetch starts. A trigger whose snapshots were not all taken is left without its last
+part, so it is never acked: the broker delivers it again (an image already sent for it
+is then sent again; nothing is lost).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from pylib.breaker import BreakerState
+from pylib.chain.envelope import Envelope, new_id
+from pylib.chain.settle import done_envelope
+from pylib.chain.sockets import MESSAGES_REJECTED
+from pylib.chain.stage import Stage
+from pylib.runtime.worker import RestartBudget
+from snapshot_processor.camera import CameraError
+from snapshot_processor.camera.queues import TriggerQueues
+from snapshot_processor.camera.registry import (
+    CameraAddressRefusedError,
+    CameraConfigError,
+    CameraRegistry,
+)
+from snapshot_processor.contract.messages import SnapshotMessage, TriggerMessage
+from snapshot_processor.storage.files import (
+    WriteTrouble,
+    next_preparation,
+    prepare_day_folders,
+    snapshot_path,
+    write_atomically,
+)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOTS = Counter("snapshots_total", "Snapshots fetched and kept", ["camera", "source"])
+SNAPSHOT_FAILURES = Counter(
+    "snapshot_failures_total", "Snapshots that failed", ["camera", "reason"]
+)
+SNAPSHOTS_LEFT = Counter(
+    "snapshots_left_at_stop_total",
+    "Snapshots not taken because the stage stopped (their trigger comes again)",
+    ["camera"],
+)
+TRIGGERS_COALESCED = Counter(
+    "snapshot_triggers_coalesced_total",
+    "Triggers acked without a snapshot of their own: their camera was busy and a newer "
+    "trigger waiting for it covers them",
+    ["camera"],
+)
+TRIGGERS_REFUSED = Counter(
+    "snapshot_triggers_refused_total",
+    "Triggers settled without asking their camera, whose circuit breaker was open",
+    ["camera"],
+)
+
+
+class _StoppingError(Exception):
+    """The stage stops: the trigger's remaining snapshots are not taken."""
+
+
+class _WriteError(Exception):
+    """The snapshot could not be written: its trigger must come again, not be settled."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class SnapshotStage(Stage):
+    """Takes triggers, sends on snapshot messages (or done marks for parts that failed)."""
+
+    stop_weight = 3.0
+    prestart_pool = True  # a thread per camera, ready for the first burst
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        cameras: CameraRegistry,
+        root: Path,
+        inbox: str | None = None,
+        outbox: str | None = None,
+        per_trigger: int = 1,
+        interval: float = 1.0,
+        waiting: int = 3,
+        workers: int = 32,
+        stop_timeout: float = 5.0,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            stop_event,
+            inbox=inbox,
+            outbox=outbox,
+            workers=workers,
+            stop_timeout=stop_timeout,
+            budget=budget,
+            on_fatal=on_fatal,
+        )
+        self.cameras = cameras
+        self.root = root
+        self.per_trigger = per_trigger
+        self.interval = interval
+        self.disk = WriteTrouble(f"snapshots under {root}")
+        self.queues = TriggerQueues(waiting)
+        # When each camera's fetch under way started (monotonic), on the stage's thread.
+        self._fetch_started: dict[str, float] = {}
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        self._prepare_days()
+
+    def on_message(self, envelope: Envelope) -> None:
+        trigger = TriggerMessage.read(envelope)
+        trouble = self._in_trouble(trigger.camera_key)
+        if trouble:
+            self._trim(trigger.camera_key)
+        offer = self.queues.offer(trigger, trouble=trouble)
+        if offer.coalesced is not None:
+            self._coalesce(offer.coalesced)
+        if offer.start is not None:
+            self._start(offer.start)
+
+    def troubles(self) -> list[str]:
+        found = super().troubles()
+        disk = self.disk.current()
+        if disk:
+            found.append(disk)
+        for key, breaker in self.cameras.breakers.items():
+            state = breaker.state
+            if state is BreakerState.OPEN:
+                if breaker.retry_in() <= 0:
+                    continue  # cool-down over: the next trigger probes it; not known bad
+                when = f"retrying in {breaker.retry_in():.0f} s"
+            elif state is BreakerState.HALF_OPEN:
+                when = "trying it again now"
+            else:
+                continue
+            found.append(f"camera {key!r} failing: {breaker.last_error}; {when}")
+        return found
+
+    # --- each camera's turns, on the stage's thread ----------------------------------
+    def _start(self, trigger: TriggerMessage | None) -> None:
+        """Fetch ``trigger`` on the pool, or settle it at once if its camera's breaker is
+        open (and go on with the camera's next waiting trigger)."""
+        while trigger is not None:
+            key = trigger.camera_key
+            if not self.should_keep_running():
+                # Not settled: at stop the broker delivers these again.
+                self._leave(key, self.per_trigger * (1 + self.queues.waiting_for(key)))
+                return
+            try:
+                if self.cameras.admits(key, trigger.device_params):
+                    started = self._fetch_started[key] = time.monotonic()
+                    # A fetch still under way after the time it can take: the camera is
+                    # in trouble, and what waits for it is cut down at once.
+                    self.call_later(
+                        self._overdue_after, functools.partial(self._check_stuck, key, started)
+                    )
+                    self.submit(
+                        self._fetch_all,
+                        trigger,
+                        then=functools.partial(self._fetch_ended, key),
+                    )
+                    return
+                self._refuse(trigger)
+            except Exception as exc:  # a bug must not leave the camera busy for good
+                self._fetch_started.pop(key, None)
+                MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
+                log.exception("%s: could not start a fetch of %s", self.name, key)
+                self._settle(trigger)
+            trigger = self.queues.next(key)
+
+    def _in_trouble(self, key: str) -> bool:
+        """The camera's last snapshot failed, or the one under way is overdue."""
+        breaker = self.cameras.breakers.get(key)
+        if breaker is not None and breaker.failures > 0:
+            return True
+        started = self._fetch_started.get(key)
+        return started is not None and time.monotonic() - started > self._overdue_after
+
+    @property
+    def _overdue_after(self) -> float:
+        """How long a trigger's fetches take at most when the camera answers: one
+        attempt per part up to its timeout, and the pauses between parts (an attempt
+        retried means the camera failed: in trouble anyway)."""
+        return self.cameras.timeout * self.per_trigger + self.interval * (self.per_trigger - 1)
+
+    def _check_stuck(self, key: str, started: float) -> None:
+        if self._fetch_started.get(key) == started:
+            self._trim(key)
+
+    def _trim(self, key: str) -> None:
+        for trigger in self.queues.trim(key):
+            self._coalesce(trigger)
+
+    def _fetch_ended(self, key: str, finished: Future[None]) -> None:
+        self._fetch_started.pop(key, None)
+        if self._in_trouble(key):
+            self._trim(key)
+        error = None if finished.cancelled() else finished.exception()
+        if error is not None:  # _fetch_all settles every part itself; this is a bug
+            MESSAGES_REJECTED.labels(self.name, type(error).__name__).inc()
+            log.error("%s: fetch of %s failed: %s", self.name, key, error, exc_info=error)
+        self._start(self.queues.next(key))
+
+    def _prepare_days(self) -> None:
+        """Each camera's folder for today now, and for the next day before it starts
+        (see :func:`~snapshot_processor.storage.files.prepare_day_folders`), on the pool."""
+        now = time.time()
+        self.call_later(next_preparation(now) + 1.0, self._prepare_days)
+        self.submit(
+            prepare_day_folders, self.root, list(self.cameras.devices), now, then=self._prepared
+        )
+
+    def _prepared(self, finished: Future[list[Path]]) -> None:
+        error = None if finished.cancelled() else finished.exception()
+        if error is not None:
+            # Only a head start lost: each camera's first snapshot makes its own folder.
+            log.warning("%s: could not make the day's snapshot folders: %s", self.name, error)
+            return
+        if not finished.cancelled():
+            log.debug("%s: made %d snapshot folders ahead", self.name, len(finished.result()))
+
+    def _coalesce(self, trigger: TriggerMessage) -> None:
+        TRIGGERS_COALESCED.labels(trigger.camera_key).inc()
+        log.debug("%s: a trigger for %s coalesced into a newer one", self.name, trigger.camera_key)
+        self._settle(trigger)
+
+    def _refuse(self, trigger: TriggerMessage) -> None:
+        TRIGGERS_REFUSED.labels(trigger.camera_key).inc()
+        log.debug("%s: camera %s not asked: its breaker is open", self.name, trigger.camera_key)
+        self._settle(trigger)
+
+    def _settle(self, trigger: TriggerMessage) -> None:
+        """Every part of a trigger that gets no snapshot ends as a done mark."""
+        for _ in range(self.per_trigger):
+            self.send(done_envelope(trigger.settlement.split(self.per_trigger)))
+
+    def finish(self, deadline: float) -> None:
+        # Back-off pauses end now; an attempt on the wire finishes (or times out) first.
+        self.cameras.close(wait=False)
+        if not self.run_until(lambda: not self.pending_work, deadline):
+            log.warning(
+                "%s: %d fetch(es) still under way after %.1f s; their triggers come again",
+                self.name,
+                self.pending_work,
+                self.stop_timeout,
+            )
+
+    def on_thread_close(self) -> None:
+        self.cameras.close(wait=False)
+        super().on_thread_close()
+
+    # --- on the pool's threads ------------------------------------------------------
+    def _fetch_all(self, trigger: TriggerMessage) -> None:
+        key, parts = trigger.camera_key, self.per_trigger
+        for index in range(parts):
+            # At stop the pause ends at once and no further snapshot starts.
+            if self.wait_for_stop(self.interval) if index else not self.should_keep_running():
+                self._leave(key, parts - index)
+                return
+            try:
+                self.emit(self._fetch_one(trigger, parts, index).envelope())
+            except _StoppingError:
+                self._leave(key, parts - index)
+                return
+            except CameraAddressRefusedError as exc:
+                # Asking again cannot help: the trigger's remaining parts settle with it.
+                SNAPSHOT_FAILURES.labels(key, exc.reason).inc()
+                log.error("trigger for %s settled without a snapshot: %s", key, exc)
+                for _ in range(parts - index):
+                    self.emit(done_envelope(trigger.settlement.split(parts)))
+                return
+            except _WriteError as exc:
+                # Not a done mark: that would ack a trigger whose event exists nowhere.
+                SNAPSHOT_FAILURES.labels(key, "write_failed").inc()
+                self.disk.failed(exc.cause)
+                self.emit(done_envelope(trigger.settlement.split(parts), requeue=True))
+                return
+            except Exception as exc:  # never lose the ack bookkeeping to a bug
+                reason = getattr(exc, "reason", type(exc).__name__)
+                SNAPSHOT_FAILURES.labels(key, reason).inc()
+                if isinstance(exc, CameraError | CameraConfigError | OSError):
+                    log.error("snapshot %d/%d of %s failed: %s", index + 1, parts, key, exc)
+                else:
+                    log.exception("snapshot %d/%d of %s failed unexpectedly", index + 1, parts, key)
+                self.emit(done_envelope(trigger.settlement.split(parts)))
+
+    def _leave(self, key: str, count: int) -> None:
+        SNAPSHOTS_LEFT.labels(key).inc(count)
+        log.info("%s: stopping; %d snapshot(s) of %s not taken", self.name, count, key)
+
+    def _fetch_one(self, trigger: TriggerMessage, parts: int, index: int) -> SnapshotMessage:
+        key = trigger.camera_key
+        try:
+            image = self.cameras.snapshot(key, trigger.device_params)
+        except (CameraError, CameraConfigError):
+            # At stop a failure may be the stop itself (a back-off cut short): take it again.
+            if not self.should_keep_running():
+                raise _StoppingError from None
+            raise
+        taken = time.time()
+        event_id = trigger.event_id if index == 0 and trigger.event_id else new_id()
+        path = snapshot_path(self.root, key, taken, event_id)
+        try:
+            write_atomically(path, image)
+        except OSError as exc:
+            raise _WriteError(exc) from exc
+        self.disk.succeeded()
+        SNAPSHOTS.labels(key, "fetch").inc()
+        return SnapshotMessage(
+            event_id=event_id,
+            camera_key=key,
+            device_label=trigger.device_label or key,
+            image=image,
+            taken=taken,
+            storage_path=str(path),
+            source="fetch",
+            settlement=trigger.settlement.split(parts),
+            triggered=trigger.received,
+        )

@@ -1,0 +1,197 @@
+"""Command line: ``snapshot-processor <command>``; every command is one entry of
+:data:`COMMANDS`, its body a small function here or a module in ``commands/``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pylib.config.settings import ConfigError
+from pylib.observe.logs import setup_logging
+from pylib.observe.sentry import close_sentry, init_sentry
+from pylib.runtime import dataroot
+from pylib.runtime.daemon import EXIT_START, StartError
+from snapshot_processor import config
+from snapshot_processor.app import App
+from snapshot_processor.cli import (
+    drive,
+    events,
+    outbox,
+    simulate,
+    snap,
+    trigger,
+    uploads,
+)
+from snapshot_processor.cli.common import EXIT_BUSY, EXIT_CONFIG, CommandError
+
+log = logging.getLogger("snapshot_processor")
+
+# Exit codes: see commands/common.py and the README's "Command line" section.
+__all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_CONFIG", "Command", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its name, one line of help, what it does, and its arguments.
+
+    ``passes_rest``: the arguments after the name go to the command unparsed (in
+    ``args.rest``), its own ``--help`` included.
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    passes_rest: bool = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapshot-processor",
+        description="The snapshot daemon and its everyday commands; "
+        "'snapshot-processor COMMAND --help' describes each.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML settings file (default: ${config.CONFIG_ENV}, else {config.DEFAULT_CONFIG_FILE} if present)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            add_help=not command.passes_rest,
+        )
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
+    return parser
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Print every configuration problem; 0 when there are none."""
+    config_file: Path | None = args.config
+    try:
+        settings = config.load(config_file=config_file)
+    except ConfigError as exc:
+        print(f"configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    unusable = dataroot.check_writable(settings.snapshots_root_dir)
+    if unusable is not None:
+        print(f"SNAPSHOTS_ROOT_DIR: {unusable}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
+        f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
+    )
+    for warning in config.container_warnings(settings):
+        print(f"warning: {warning}")
+    drive.service_account_note(settings.drive_on, settings.google_drive_credentials)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon until it is told to stop; returns the exit code."""
+    config_file: Path | None = args.config
+    setup_logging()
+    try:
+        settings = config.load(config_file=config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("configuration: %s", problem)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level, settings.syslog_address)
+    for notice in config.container_warnings(settings):
+        log.warning("%s", notice)
+    lock = dataroot.DataRootLock(settings.snapshots_root_dir)
+    try:
+        warning = dataroot.prepare(settings.snapshots_root_dir)
+        if warning:
+            log.warning("%s", warning)
+        lock.acquire()
+        if settings.ftp_on:
+            _check_port("FTP", settings.ftp_listen_address, settings.ftp_port)
+        _check_port("HTTP", settings.http_bind, settings.http_port)
+    except dataroot.DataRootBusyError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BUSY
+    except (dataroot.DataRootError, StartError) as exc:
+        log.error("cannot start: %s", exc)
+        lock.release()
+        return EXIT_START
+    init_sentry(
+        settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
+        environment=settings.sentry_environment,
+    )
+    try:
+        app = App(settings)
+        try:
+            daemon = app.build()
+        except StartError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_START
+        daemon.install_signal_handlers()
+        return daemon.run()
+    finally:
+        close_sentry()
+        lock.release()
+
+
+def _check_port(what: str, address: str, port: int) -> None:
+    """Raise :class:`StartError` naming the port if it cannot be listened on now."""
+    if not port:
+        return
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the server will: a port left in TIME_WAIT is free, one with a listener not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as exc:
+        raise StartError(
+            f"{what} port {address}:{port} cannot be used: {exc.strerror or exc}"
+        ) from None
+
+
+# The one table of commands, in the order --help lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the daemon in the foreground until SIGTERM or SIGINT", run),
+    Command("check-config", "validate the configuration and list every problem", check_config),
+    Command("snap", snap.HELP, snap.run, snap.add_arguments),
+    Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
+    Command("events", events.HELP, events.run, events.add_arguments),
+    Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
+    Command("uploads", uploads.HELP, uploads.run, uploads.add_arguments),
+    Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
+    Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
+    Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script: one command, its exit code; a failure is one
+    line on stderr."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    command = next(command for command in COMMANDS if command.name == args.command)
+    if rest and not command.passes_rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return command.run(args)
+    except CommandError as exc:
+        print(f"snapshot-processor {command.name}: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

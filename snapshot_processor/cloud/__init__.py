@@ -1,1 +1,0 @@
-"""Cloud destinations for snapshots (Google Drive, S3), each behind pylib.destination."""

@@ -1,0 +1,176 @@
+"""The messages between the daemon's stages: every kind and body field, defined once.
+
+A trigger (listener -> snapshot stage) and a snapshot (ingest -> detection -> events)
+are typed here; the generic kinds that settle work (publish requests, done marks,
+acks) are :mod:`pylib.chain.settle`'s. Reading a body checks every field, so a
+message of the wrong shape is a :class:`MessageError` that the stage settles, never
+a ``KeyError`` deep in a handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Self
+
+from pylib.chain.envelope import Envelope
+from pylib.chain.settle import Settlement
+
+TRIGGER_KIND = "trigger"
+SNAPSHOT_KIND = "snapshot"
+
+
+class MessageError(ValueError):
+    """A message body that lacks a field or has one of the wrong type."""
+
+
+def _read(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise MessageError(f"field {name!r} is {type(value).__name__}, not {kind}")
+    return value
+
+
+@dataclass(frozen=True)
+class TriggerMessage:
+    """A validated trigger on its way to the snapshot stage."""
+
+    camera_key: str
+    device_label: str
+    timestamp: int
+    device_params: str | None = None
+    trigger_topic: str | None = None
+    settlement: Settlement = field(default_factory=lambda: Settlement(None))
+    # When the daemon received it (unix seconds), for the event's log line.
+    received: float | None = None
+    # The first snapshot's event id, chosen by whoever asked (the HTTP API returns it).
+    event_id: str | None = None
+
+    def envelope(self, msg_id: str | None = None) -> Envelope:
+        """As an envelope for the chain."""
+        body = {
+            "camera_key": self.camera_key,
+            "device_label": self.device_label,
+            "timestamp": self.timestamp,
+            "device_params": self.device_params,
+            "trigger_topic": self.trigger_topic,
+            "received": self.received,
+            "event_id": self.event_id,
+            **self.settlement.fields(),
+        }
+        return (
+            Envelope(TRIGGER_KIND, body) if msg_id is None else Envelope(TRIGGER_KIND, body, msg_id)
+        )
+
+    @classmethod
+    def read(cls, envelope: Envelope) -> Self:
+        """The trigger in an envelope; :class:`MessageError` if it is not one."""
+        if envelope.kind != TRIGGER_KIND:
+            raise MessageError(f"a {envelope.kind!r} message where a trigger belongs")
+        body = envelope.body
+        return cls(
+            camera_key=_read(body, "camera_key", str, optional=False),
+            device_label=_read(body, "device_label", str, optional=False),
+            timestamp=_read(body, "timestamp", int, optional=False),
+            device_params=_read(body, "device_params", str, optional=True),
+            trigger_topic=_read(body, "trigger_topic", str, optional=True),
+            settlement=Settlement.of(body),
+            received=_read(body, "received", (int, float), optional=True),
+            event_id=_read(body, "event_id", str, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotMessage:
+    """One image on its way to becoming an event, and what the stages found out about it.
+
+    The fetch or upload sets the first group of fields; detection adds its verdict
+    (:meth:`with_detection`), storage the link a person opens (``storage_url``).
+    """
+
+    event_id: str
+    camera_key: str
+    device_label: str
+    image: bytes
+    taken: float
+    storage_path: str
+    source: str
+    settlement: Settlement = field(default_factory=lambda: Settlement(None))
+    # Detection's verdict.
+    detections: list[dict[str, Any]] = field(default_factory=list)
+    analysed: bool = False
+    detection_error: str | None = None
+    detection_skipped: str | None = None
+    annotated_path: str | None = None
+    # Storage's link.
+    storage_url: str | None = None
+    # When the daemon received the trigger it answers (None: an upload, no trigger).
+    triggered: float | None = None
+
+    #: The detection fields an event carries as added fields of its input entry.
+    DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
+
+    def envelope(self) -> Envelope:
+        """As an envelope for the chain; its id is the event id."""
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settlement"}
+        return Envelope(SNAPSHOT_KIND, {**body, **self.settlement.fields()}, self.event_id)
+
+    @classmethod
+    def read(cls, envelope: Envelope) -> Self:
+        """The snapshot in an envelope; :class:`MessageError` if it is not one."""
+        if envelope.kind != SNAPSHOT_KIND:
+            raise MessageError(f"a {envelope.kind!r} message where a snapshot belongs")
+        body = envelope.body
+        detections = _read(body, "detections", list, optional=True) or []
+        if not all(isinstance(item, dict) for item in detections):
+            raise MessageError("field 'detections' holds something other than maps")
+        image = _read(body, "image", bytes, optional=False)
+        if not image:
+            raise MessageError("field 'image' is empty")
+        return cls(
+            event_id=_read(body, "event_id", str, optional=False),
+            camera_key=_read(body, "camera_key", str, optional=False),
+            device_label=_read(body, "device_label", str, optional=False),
+            image=image,
+            taken=float(_read(body, "taken", (int, float), optional=False)),
+            storage_path=_read(body, "storage_path", str, optional=False),
+            source=_read(body, "source", str, optional=False),
+            settlement=Settlement.of(body),
+            detections=detections,
+            analysed=bool(body.get("analysed")),
+            detection_error=_read(body, "detection_error", str, optional=True),
+            detection_skipped=_read(body, "detection_skipped", str, optional=True),
+            annotated_path=_read(body, "annotated_path", str, optional=True),
+            storage_url=_read(body, "storage_url", str, optional=True),
+            triggered=_read(body, "triggered", (int, float), optional=True),
+        )
+
+    def with_detection(
+        self,
+        *,
+        detections: list[dict[str, Any]] | None = None,
+        analysed: bool = False,
+        error: str | None = None,
+        skipped: str | None = None,
+        annotated_path: str | None = None,
+    ) -> Self:
+        """This snapshot with detection's verdict."""
+        return replace(
+            self,
+            detections=detections or [],
+            analysed=analysed,
+            detection_error=error,
+            detection_skipped=skipped,
+            annotated_path=annotated_path,
+        )
+
+    def with_storage_url(self, url: str) -> Self:
+        """This snapshot with the link a person opens for its off-site copy."""
+        return replace(self, storage_url=url)
+
+    def detection_fields(self) -> dict[str, Any]:
+        """The detection fields, by name, for the event; none where detection never ran."""
+        if not (self.analysed or self.detection_error or self.detection_skipped):
+            return {}
+        return {name: getattr(self, name) for name in self.DETECTION_FIELDS}

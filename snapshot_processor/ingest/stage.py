@@ -1,0 +1,514 @@
+"""Images pushed by cameras into the upload dir: watched, checked, kept, sent down the chain.
+
+A watchdog observer reports files; this stage's thread takes each one once it is
+complete (closed after writing and left alone for a moment, or, where the observer
+cannot tell, its size stable), maps its folder to an input camera, checks it is a
+whole JPEG of sane size, moves it to the snapshots folder under a unique name and
+sends it on with ``source = upload``. Anything wrong goes to quarantine with a log
+line and a counter; the stage goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from prometheus_client import Counter
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from pylib.chain.envelope import Envelope, EnvelopeError, new_id
+from pylib.chain.settle import Settlement, ack_token
+from pylib.chain.sockets import Parts, bind_pull, inproc
+from pylib.chain.stage import Stage, Timer
+from pylib.observe.logs import printable
+from pylib.retry import RetryPolicy
+from pylib.runtime.worker import RestartBudget
+from snapshot_processor.camera import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.stage import SNAPSHOTS
+from snapshot_processor.config import Device
+from snapshot_processor.contract.messages import SnapshotMessage
+from snapshot_processor.storage.files import keep_linked, slug, snapshot_path
+
+log = logging.getLogger(__name__)
+
+UPLOADS_REJECTED = Counter("uploads_rejected_total", "Uploads put in quarantine", ["reason"])
+UPLOADS_IGNORED = Counter("uploads_ignored_total", "Files in the upload dir left alone", ["reason"])
+UPLOADS_REMOVED = Counter(
+    "uploads_removed_total", "Files removed to bound the upload dir and quarantine", ["reason"]
+)
+
+QUARANTINE_DIR = "quarantine"
+# An upload being published is renamed to this prefix in its folder until the publisher
+# has it in the outbox; then it is removed. Left over at start, it is taken again.
+INFLIGHT_PREFIX = ".inflight-"
+# A full outbox hands an upload back; it is taken again after this (growing) pause.
+REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
+# Open only the entry itself: a symlink fails (ELOOP) and a FIFO does not block.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class DiskBounds:
+    """What files nobody takes may hold: strays (outside camera folders, or hidden in
+    one) are removed after ``stray_max_age`` s or, oldest first, beyond ``stray_max_bytes``;
+    the quarantine is pruned, oldest first, to ``quarantine_max_bytes``."""
+
+    stray_max_age: float = 86_400.0
+    stray_max_bytes: int = 100 * 1024 * 1024
+    quarantine_max_bytes: int = 100 * 1024 * 1024
+    sweep_every: float = 60.0
+
+
+def camera_folder(location: str) -> str:
+    """An input camera's upload folder name: its location, lower case, spaces removed."""
+    return "".join(location.lower().split())
+
+
+class UploadRejectedError(Exception):
+    """An upload that cannot become an event; ``reason`` labels the counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class _Pending:
+    size: int
+    changed: float
+    closed: bool
+
+
+@dataclass(order=True)
+class _Kept:
+    """A file the sweep may remove: oldest first."""
+
+    mtime: float
+    size: int
+    path: Path = field(compare=False)
+
+
+class _Events(FileSystemEventHandler):
+    """Runs on the observer's thread: only hands paths to the stage's thread."""
+
+    def __init__(self, note: Callable[[str, bool], None]) -> None:
+        self.note = note
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        # A symlink, even to a folder, is reported as a file (no IN_ISDIR): it is noted.
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            self.note(os.fsdecode(event.dest_path), True)
+        elif isinstance(event, FileClosedEvent):
+            self.note(os.fsdecode(event.src_path), True)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self.note(os.fsdecode(event.src_path), False)
+
+
+class UploadStage(Stage):
+    """Watches ``upload_dir`` and sends each complete, valid image to ``outbox``."""
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        root: Path,
+        upload_dir: Path,
+        cameras: Iterable[Device],
+        outbox: str | None = None,
+        inbox: str | None = None,
+        ack_inbox: str | None = None,
+        max_bytes: int = 20 * 1024 * 1024,
+        settle: float = 0.1,
+        stable: float = 2.0,
+        create_dirs: Iterable[str] = (),
+        bounds: DiskBounds | None = None,
+        observer_factory: Callable[[], BaseObserver] = Observer,
+        budget: RestartBudget | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__(
+            name, stop_event, inbox=inbox, outbox=outbox, budget=budget, on_fatal=on_fatal
+        )
+        self.root = root
+        self.upload_dir = upload_dir
+        self.cameras = {camera_folder(device.LOCATION): device for device in cameras}
+        self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
+        self.max_bytes = max_bytes
+        self.settle = settle
+        self.stable = stable
+        self.create_dirs = list(create_dirs)
+        self.bounds = bounds or DiskBounds()
+        self._real_upload_dir = upload_dir
+        self._sweep_timer: Timer | None = None
+        self.observer_factory = observer_factory
+        self._pending: dict[Path, _Pending] = {}
+        self._observer: BaseObserver | None = None
+        # In-flight upload -> the snapshot copy its event points to.
+        self._inflight: dict[Path, Path] = {}
+        self._checks: dict[Path, Timer] = {}
+        self._requeue = REQUEUE.backoff()
+
+    def on_thread_open(self) -> None:
+        super().on_thread_open()
+        # Sockets live as long as the thread: a restart must not rebind the ack inbox.
+        self.watch(bind_pull(self.ack_inbox), self._on_ack)
+
+    def _observed(self, path: str, closed: bool) -> None:
+        """From the observer's thread: note the file on the stage's thread."""
+        self.call_soon_threadsafe(partial(self._note, Path(path), closed))
+
+    def on_message(self, envelope: Envelope) -> None:
+        raise ValueError(f"the upload stage takes no {envelope.kind!r} messages")
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        self._checks.clear()  # a crashed attempt's timers are void; the scan below notes all
+        self._sweep_timer = None
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        # Every file taken must lie below this real path, reached through no link.
+        self._real_upload_dir = Path(os.path.realpath(self.upload_dir))
+        for folder in [*self.create_dirs, *self.cameras]:
+            (self.upload_dir / folder).mkdir(parents=True, exist_ok=True)
+        observer = self.observer_factory()
+        observer.schedule(_Events(self._observed), str(self.upload_dir), recursive=True)
+        observer.start()
+        self._observer = observer
+        # Files that arrived while we were not running: taken once their size is stable.
+        # Links are noted (and removed), never followed into.
+        for top, folders, files in os.walk(self.upload_dir, followlinks=False):
+            for name in [*files, *(f for f in folders if os.path.islink(os.path.join(top, f)))]:
+                self._note(Path(top, name), closed=False)
+        self._sweep()
+
+    def on_thread_stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+        super().on_thread_stop()
+
+    # Complete files not yet taken at stop stay in the upload dir and are found at next start.
+
+    def _note(self, path: Path, closed: bool) -> None:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            self._pending.pop(path, None)  # gone already (moved away by us, or removed)
+            return
+        if not stat.S_ISREG(info.st_mode):
+            self._pending.pop(path, None)
+            self._take(path)  # a link or a special file: nothing to wait for
+            return
+        size = info.st_size
+        now = time.monotonic()
+        previous = self._pending.get(path)
+        pending = self._pending[path] = _Pending(
+            size, now, closed or bool(previous and previous.closed and previous.size == size)
+        )
+        # Look again once it may be complete: settled after closing, else stable in size.
+        self._check_later(path, self.settle if pending.closed else self.stable)
+
+    def _check_later(self, path: Path, delay: float) -> None:
+        # One check per file: a busy upload reports thousands of writes.
+        earlier = self._checks.pop(path, None)
+        if earlier is not None:
+            earlier.cancel()
+        self._checks[path] = self.call_later(delay, partial(self._check, path))
+
+    def _check(self, path: Path) -> None:
+        """Take the file if it is complete: closed and settled, or unchanged for ``stable``."""
+        self._checks.pop(path, None)
+        pending = self._pending.get(path)
+        if pending is None:
+            return
+        age = time.monotonic() - pending.changed
+        if not (pending.closed and age >= self.settle) and age < self.stable:
+            self._check_later(path, (self.settle if pending.closed else self.stable) - age)
+            return
+        try:
+            size = os.lstat(path).st_size
+        except OSError:
+            del self._pending[path]  # a partial upload the FTP server removed
+            return
+        if size != pending.size:
+            self._pending[path] = _Pending(size, time.monotonic(), False)
+            self._check_later(path, self.stable)
+            return
+        del self._pending[path]
+        self._take(path)
+
+    def _on_ack(self, parts: Parts) -> None:
+        """The publisher has an upload's event in its outbox: the upload can go."""
+        try:
+            body = Envelope.unpack(parts).body
+            inflight = Path(body["path"])
+        except (EnvelopeError, KeyError, TypeError) as exc:
+            log.error("upload: dropped a malformed ack: %s", exc)
+            return
+        self._inflight.pop(inflight, None)
+        if body.get("requeue"):
+            # Nothing was stored (the outbox was full), so try again in a while. The copy
+            # in the snapshots dir stays: the storage stage may have queued it for upload
+            # already, and retention removes it once it is old and not queued.
+            self.call_later(self._requeue.next(), partial(self._take, inflight))
+            return
+        self._requeue.reset()
+        inflight.unlink(missing_ok=True)
+
+    def _take(self, path: Path) -> None:
+        try:
+            relative = path.relative_to(self.upload_dir)
+        except ValueError:
+            return
+        if path in self._inflight:
+            return  # its event is on its way already
+        shown = printable(str(relative))
+        if not self._reached_directly(relative):
+            # A folder on the way is a link: what lies there is not ours to read or remove.
+            UPLOADS_REJECTED.labels("link").inc()
+            log.warning("upload: %s lies behind a link out of the upload dir; not read", shown)
+            return
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return  # gone meanwhile
+        if not stat.S_ISREG(info.st_mode):
+            self._remove_special(path, shown, info.st_mode)
+            return
+        hidden = [part for part in relative.parts if part.startswith(".")]
+        if hidden and not (len(hidden) == 1 and relative.name.startswith(INFLIGHT_PREFIX)):
+            # Hidden names are how many uploaders write before renaming into place.
+            UPLOADS_IGNORED.labels("hidden").inc()
+            log.info("upload: leaving hidden file %s alone", shown)
+            return
+        device = self.cameras.get(relative.parts[0]) if len(relative.parts) > 1 else None
+        if device is None:
+            UPLOADS_IGNORED.labels("no_camera").inc()
+            log.warning(
+                "upload: %s is in no input camera's folder; left alone (removed after %.0f s)",
+                shown,
+                self.bounds.stray_max_age,
+            )
+            self._sweep_soon()  # strays are bounded in size too
+            return
+        try:
+            self._accept(path, device)
+        except UploadRejectedError as exc:
+            if exc.reason in ("symlink", "not_a_regular_file"):
+                self._remove_special(path, shown, None)
+            else:
+                self._quarantine(path, shown, exc.reason, str(exc))
+        except OSError as exc:
+            UPLOADS_REJECTED.labels("io_error").inc()
+            log.error("upload: cannot take %s: %s", shown, exc.strerror or exc)
+
+    def _reached_directly(self, relative: Path) -> bool:
+        """True if no folder between the upload dir and the file is a link."""
+        real = os.path.realpath(self.upload_dir / relative.parent)
+        return real == os.path.normpath(self._real_upload_dir / relative.parent)
+
+    def _remove_special(self, path: Path, shown: str, mode: int | None) -> None:
+        """A link or special file is never opened: its entry is removed (a link's target
+        is left as it is)."""
+        reason = "symlink" if mode is None or stat.S_ISLNK(mode) else "not_a_regular_file"
+        UPLOADS_REJECTED.labels(reason).inc()
+        try:
+            if mode is not None and stat.S_ISDIR(mode):
+                return  # a real folder (only reached by a race): nothing to do
+            os.unlink(path)
+        except OSError as exc:
+            log.error(
+                "upload: %s is a %s, not read; cannot remove it: %s", shown, reason, exc.strerror
+            )
+            return
+        log.warning("upload: %s is a %s, not read; removed", shown, reason.replace("_", " "))
+
+    def _read(self, path: Path) -> tuple[bytes, os.stat_result]:
+        """The file's bytes, read through the entry itself: never a link, only a regular file."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UploadRejectedError("symlink", "a link") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UploadRejectedError("not_a_regular_file", "not a regular file")
+            if info.st_size == 0:
+                raise UploadRejectedError("empty", "zero bytes")
+            if info.st_size > self.max_bytes:
+                raise UploadRejectedError(
+                    "too_large", f"{info.st_size} bytes, more than {self.max_bytes}"
+                )
+            chunks = []
+            left = self.max_bytes + 1  # a file still growing is caught, not read without end
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        image = b"".join(chunks)
+        if len(image) > self.max_bytes:
+            raise UploadRejectedError("too_large", f"more than {self.max_bytes} bytes")
+        return image, info
+
+    def _accept(self, path: Path, device: Device) -> None:
+        image, info = self._read(path)
+        try:
+            check_jpeg(image)
+        except InvalidJPEGError as exc:
+            raise UploadRejectedError("not_a_jpeg", str(exc)) from None
+        taken = info.st_mtime
+        event_id = new_id()
+        target = snapshot_path(self.root, device.key, time.time(), event_id)
+        # Renamed aside, so a re-upload under the same name is a new file and a new event;
+        # kept until the publisher has the event in its outbox.
+        inflight = path
+        if not path.name.startswith(INFLIGHT_PREFIX):
+            inflight = path.with_name(f"{INFLIGHT_PREFIX}{event_id[:12]}-{path.name}")
+            os.replace(path, inflight)
+        moved = os.lstat(inflight)
+        if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
+            # Swapped for something else between reading and renaming: not ours to link.
+            os.replace(inflight, path)
+            raise UploadRejectedError("symlink", "replaced while being taken")
+        # Durable, name and all: the outbox names this file instead of holding the image.
+        keep_linked(target, inflight, image)
+        self._inflight[inflight] = target
+        SNAPSHOTS.labels(device.key, "upload").inc()
+        log.info("upload: %s from %s -> event %s", printable(path.name), device.key, event_id)
+        self.send(
+            SnapshotMessage(
+                event_id=event_id,
+                camera_key=device.key,
+                device_label=device.LOCATION,
+                image=image,
+                taken=taken,
+                storage_path=str(target),
+                source="upload",
+                settlement=Settlement(ack_token(self.ack_inbox, path=str(inflight))),
+            ).envelope()
+        )
+
+    def _quarantine(self, path: Path, shown: str, reason: str, detail: str) -> None:
+        UPLOADS_REJECTED.labels(reason).inc()
+        target = (
+            self.root
+            / QUARANTINE_DIR
+            / f"{time.strftime('%Y%m%dT%H%M%S')}_{new_id()[:8]}_{slug(path.name)}"
+        )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as exc:
+            log.error(
+                "upload: %s rejected (%s) but could not be quarantined: %s",
+                shown,
+                detail,
+                exc.strerror,
+            )
+            return
+        log.warning("upload: %s rejected (%s: %s); moved to %s", shown, reason, detail, target)
+        self._prune_quarantine()
+
+    # --- bounds on what nobody takes ---------------------------------------------------
+    def _sweep_soon(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = self.call_later(0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Remove strays beyond their age or size bound and prune the quarantine; again
+        every ``sweep_every`` s."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = self.call_later(self.bounds.sweep_every, self._sweep)
+        bounds = self.bounds
+        now = time.time()
+        strays = sorted(self._strays())
+        kept = []
+        for stray in strays:
+            if now - stray.mtime > bounds.stray_max_age:
+                self._remove(stray, "stray_age", f"older than {bounds.stray_max_age:.0f} s")
+            else:
+                kept.append(stray)
+        self._remove_oldest(kept, bounds.stray_max_bytes, "stray_size", "strays")
+        self._prune_quarantine()
+
+    def _strays(self) -> Iterable[_Kept]:
+        """Regular files in the upload dir that no camera folder takes."""
+        # Without followlinks, os.walk never enters a linked folder.
+        for top, _folders, files in os.walk(self.upload_dir, followlinks=False):
+            relative_top = Path(top).relative_to(self.upload_dir)
+            in_camera = bool(relative_top.parts) and relative_top.parts[0] in self.cameras
+            for name in files:
+                hidden = name.startswith(".") and not name.startswith(INFLIGHT_PREFIX)
+                hidden = hidden or any(part.startswith(".") for part in relative_top.parts)
+                if in_camera and not hidden:
+                    continue  # taken by the stage
+                path = Path(top, name)
+                if path in self._inflight:
+                    continue
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    yield _Kept(info.st_mtime, info.st_size, path)
+
+    def _prune_quarantine(self) -> None:
+        files = []
+        try:
+            entries = list(os.scandir(self.root / QUARANTINE_DIR))
+        except OSError:
+            return  # none yet
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            files.append(_Kept(info.st_mtime, info.st_size, Path(entry.path)))
+        self._remove_oldest(
+            sorted(files), self.bounds.quarantine_max_bytes, "quarantine_size", "quarantine"
+        )
+
+    def _remove_oldest(self, files: list[_Kept], max_bytes: int, reason: str, what: str) -> None:
+        total = sum(kept.size for kept in files)
+        for kept in files:  # oldest first
+            if total <= max_bytes:
+                return
+            self._remove(kept, reason, f"{what} over {max_bytes} bytes")
+            total -= kept.size
+
+    def _remove(self, kept: _Kept, reason: str, why: str) -> None:
+        try:
+            os.unlink(kept.path)
+        except OSError as exc:
+            log.error("upload: cannot remove %s: %s", printable(str(kept.path)), exc.strerror)
+            return
+        UPLOADS_REMOVED.labels(reason).inc()
+        log.warning("upload: removed %s (%d bytes): %s", printable(str(kept.path)), kept.size, why)

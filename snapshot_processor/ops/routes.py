@@ -1,0 +1,239 @@
+"""The daemon's HTTP routes: health, metrics, the JSON API and the status page.
+
+Everything here reads from :class:`Ops`, which the app assembles from its parts, so the
+routes know nothing of threads or sockets. Reads of images and events, and every call
+that changes state, are protected by the token; health and metrics by it too, except for
+this machine's own tools (see :mod:`pylib.http.access`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pylib.http import SESSION_COOKIE, Request, Response, Router, TokenAuth
+from pylib.observe.logs import printable
+from snapshot_processor.ops import status_page
+from snapshot_processor.ops.recent import RecentEvents
+
+log = logging.getLogger(__name__)
+
+EVENTS_LIMIT_MAX = 200
+
+
+class CameraHealth(Protocol):
+    """What the prober knows of one camera."""
+
+    @property
+    def up(self) -> bool | None: ...
+
+    @property
+    def last_seen(self) -> float | None: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The daemon's health: ``ok`` decides the status code, the rest is detail.
+
+    ``problems`` make it unhealthy (a dead thread, no broker, an outbox that cannot be
+    written); ``warnings`` are shown but do not (a camera down is not the daemon's fault,
+    and restarting it would not help).
+    """
+
+    ok: bool
+    problems: list[str]
+    warnings: list[str]
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """As ``/healthz`` answers it."""
+        return {
+            "status": "ok" if self.ok else "unhealthy",
+            "problems": self.problems,
+            "warnings": self.warnings,
+            **self.detail,
+        }
+
+
+class SnapshotRefusedError(Exception):
+    """A snapshot asked for over HTTP that cannot be taken now: 503 while the daemon is
+    stopping or busy, 409 while the camera's address is not known."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A configured camera output, as the page lists it."""
+
+    key: str
+    label: str
+    vendor: str
+
+
+@dataclass
+class Ops:
+    """What the HTTP routes read and do, assembled by the app."""
+
+    cameras: Sequence[Camera]
+    health: Callable[[], HealthReport]
+    recent: RecentEvents
+    camera_health: Callable[[], Mapping[str, CameraHealth]]
+    take_snapshot: Callable[[str], str]
+    uploads: Callable[[], dict[str, Any] | None]
+
+
+def build_router(ops: Ops, auth: TokenAuth) -> Router:
+    """Every route, with which of them need the token."""
+    known = {camera.key: camera for camera in ops.cameras}
+    router = Router()
+
+    def camera_of(request: Request) -> Camera | None:
+        return known.get(unquote(request.params["key"]))
+
+    def healthz(request: Request) -> Response:
+        report = ops.health()
+        return Response.json(report.as_json(), 200 if report.ok else 503)
+
+    def cameras(request: Request) -> Response:
+        return Response.json({"cameras": camera_list(ops)})
+
+    def latest_jpg(request: Request) -> Response:
+        camera = camera_of(request)
+        if camera is None:
+            return Response.text("no such camera\n", 404)
+        record = ops.recent.latest_of(camera.key)
+        if record is None:
+            return Response.text("no snapshot of this camera yet\n", 404)
+        annotated = request.arg("annotated") in ("1", "true", "yes")
+        path = record.annotated_path if annotated and record.annotated_path else None
+        for candidate in (path, record.storage_path):
+            if candidate is None:
+                continue
+            try:
+                image = Path(candidate).read_bytes()
+            except OSError:
+                continue
+            return Response(200, image, "image/jpeg", {"X-Event-Id": record.event_id})
+        return Response.text("the latest snapshot is no longer on disk\n", 404)
+
+    def snapshot(request: Request) -> Response:
+        camera = camera_of(request)
+        if camera is None:
+            return Response.text("no such camera\n", 404)
+        try:
+            event_id = ops.take_snapshot(camera.key)
+        except SnapshotRefusedError as exc:
+            return Response.text(f"{exc}\n", exc.status)
+        log.info("snapshot of %s asked for over HTTP: event %s", printable(camera.key), event_id)
+        return Response.json({"event_id": event_id, "camera": camera.key}, 202)
+
+    def events(request: Request) -> Response:
+        try:
+            limit = int(request.arg("limit") or 50)
+        except ValueError:
+            return Response.text("limit must be a whole number\n", 400)
+        limit = max(1, min(limit, EVENTS_LIMIT_MAX))
+        return Response.json({"events": [r.as_json() for r in ops.recent.latest(limit)]})
+
+    def page(request: Request) -> Response:
+        part = request.arg("part") == "main"
+        if auth.how(request) is None:
+            if part:  # the script's refresh: it reloads and shows the login form
+                return Response.text("a valid token is needed\n", 401)
+            return html(status_page.login_page())
+        render = status_page.main_part if part else status_page.status_page
+        body = render(camera_list(ops), [r.as_json() for r in ops.recent.latest(20)], ops.health())
+        return html(body)
+
+    def login(request: Request) -> Response:
+        if not auth.token_matches(request.form().get("token", "")):
+            # The server delays, counts and logs it for the client's address.
+            answer = html(status_page.login_page(error="That token is not right."), 401)
+            answer.credential_refused = True
+            return answer
+        session = auth.login()
+        answer = Response.redirect("/")
+        answer.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800"
+        )
+        return answer
+
+    def logout(request: Request) -> Response:
+        session = request.cookies.get(SESSION_COOKIE)
+        if session:
+            auth.logout(session)
+        answer = Response.redirect("/")
+        answer.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        )
+        return answer
+
+    router.add("GET", r"/healthz", healthz, access="local")
+    router.add("GET", r"/metrics", metrics, access="local")
+    router.add("GET", r"/", page, access="public")
+    router.add("POST", r"/login", login, access="public", checks_credential=True)
+    router.add("POST", r"/logout", logout, access="public")
+    router.add("GET", r"/api/cameras", cameras, access="token")
+    cam = r"/api/cameras/(?P<key>[^/]+)"
+    router.add("GET", cam + r"/latest\.jpg", latest_jpg, access="token", name="latest.jpg")
+    router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
+    router.add("GET", r"/api/events", events, access="token")
+    return router
+
+
+def metrics(request: Request) -> Response:
+    """Prometheus text: every counter of the process."""
+    return Response(200, generate_latest(), CONTENT_TYPE_LATEST)
+
+
+def metrics_router() -> Router:
+    """Only ``/metrics``, for the extra listener on METRICS_PORT."""
+    router = Router()
+    router.add("GET", r"/metrics", metrics, access="local")
+    return router
+
+
+def html(body: str, status: int = 200) -> Response:
+    """A page of ours, with the policy that lets its own style and script run and nothing else."""
+    return Response(
+        status,
+        body.encode(),
+        "text/html; charset=utf-8",
+        {"Content-Security-Policy": status_page.CONTENT_SECURITY_POLICY},
+    )
+
+
+def camera_list(ops: Ops) -> list[dict[str, Any]]:
+    """Each camera with its health, latest snapshot and last error, for the API and page."""
+    health = ops.camera_health()
+    found = []
+    now = time.time()
+    for camera in ops.cameras:
+        record = ops.recent.latest_of(camera.key)
+        probe = health.get(camera.key)
+        found.append(
+            {
+                "key": camera.key,
+                "label": camera.label,
+                "vendor": camera.vendor,
+                "up": probe.up if probe is not None else None,
+                "health": probe.as_dict() if probe is not None else None,
+                "last_seen": probe.last_seen if probe is not None else None,
+                "last_snapshot": record.taken if record else None,
+                "last_snapshot_age_seconds": round(now - record.taken, 1) if record else None,
+                "last_event": record.as_json() if record else None,
+            }
+        )
+    return found

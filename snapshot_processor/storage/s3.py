@@ -1,0 +1,199 @@
+"""S3-compatible storage (AWS S3, MinIO) as an upload destination, through boto3.
+
+Endpoint, region and credentials follow boto3's standard configuration: the
+credentials chain (environment, shared files, container and instance roles),
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and the shared config file (where an
+``addressing_style`` can be set, for instance). Nothing of our own is invented.
+
+Keys are ``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated from the snapshot's time in UTC,
+so a retry writes the same key again and never makes a second copy.
+
+Failures are sorted for the uploader: throttling, 5xx, timeouts and dropped connections
+may pass (:class:`UploadRetryError`); credentials or permissions that are refused or
+missing may be fixed by a person without a restart, and usually hit every file, so they
+are retried after a long pause (:data:`DENIED_PAUSE`) rather than parking the whole
+backlog one item at a time; every other 4xx (a missing bucket, a bad request) and a
+local file that is gone will never pass (:class:`UploadRefusedError`).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from datetime import UTC, datetime
+from typing import Any
+
+# boto3 and botocore ship no type information and pyproject.toml is not ours to extend.
+import boto3  # type: ignore[import-untyped]
+import botocore.exceptions  # type: ignore[import-untyped]
+from boto3.exceptions import S3UploadFailedError  # type: ignore[import-untyped]
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+from botocore import UNSIGNED
+from botocore.config import Config  # type: ignore[import-untyped]
+
+from pylib.observe.redact import register_secrets
+from pylib.upload.destination import UploadItem, UploadRefusedError, UploadRetryError
+from snapshot_processor.storage.files import slug
+
+# Credentials refused or missing: try again this long after (seconds), not at once.
+DENIED_PAUSE = 600.0
+# Snapshots are small: one PUT each, on the uploader's thread (no transfer threads).
+TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, use_threads=False
+)
+
+_THROTTLED = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+    }
+)
+_NO_CREDENTIALS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+)
+
+
+class S3Destination:
+    """Copies files into ``bucket`` under ``prefix``; ``name`` is ``"s3"``.
+
+    ``region`` (None: boto3's own setting) and the timeouts are passed to the client;
+    ``max_attempts`` counts botocore's own quick retries of one upload (standard retry
+    mode), before the uploader's slower back-off takes over.
+    """
+
+    name = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        region: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        transfer: TransferConfig = TRANSFER,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._transfer = transfer
+        # A session of our own: boto3's default session is not safe to share across threads.
+        session = boto3.session.Session()
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "total_max_attempts": max(1, max_attempts)},
+        )
+        # endpoint_url is left to boto3: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, config files.
+        self._client: Any = session.client("s3", region_name=region, config=config)
+        # Addresses objects exactly as the client does, without signing: the links.
+        self._addresser: Any = session.client(
+            "s3", region_name=region, config=Config(signature_version=UNSIGNED)
+        )
+        self.endpoint = str(self._client.meta.endpoint_url)
+        credentials = session.get_credentials()
+        if credentials is not None:
+            # Never in a log line or an error, wherever botocore's text ends up.
+            frozen = credentials.get_frozen_credentials()
+            register_secrets([frozen.access_key, frozen.secret_key, frozen.token])
+
+    def key(self, item: UploadItem) -> str:
+        """``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated by ``item.taken`` in UTC."""
+        day = datetime.fromtimestamp(item.taken, UTC)
+        parts = [self.prefix, slug(item.camera_key), f"{day:%Y/%m/%d}", item.name]
+        return "/".join(part for part in parts if part)
+
+    def link(self, item: UploadItem) -> str:
+        """The object's URL as the client addresses it: path style
+        (``<endpoint>/<bucket>/<key>``) for a custom endpoint such as MinIO, virtual-host
+        style (``https://<bucket>.s3.amazonaws.com/<key>``) for AWS, unless boto3's config
+        says otherwise. No network; it opens for whoever may read the object."""
+        url = self._addresser.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.key(item)}
+        )
+        return str(url)
+
+    def upload(self, item: UploadItem) -> None:
+        """Put the file at its key (again, on a retry: the same key, one object)."""
+        try:
+            info = os.stat(item.path)
+        except FileNotFoundError:
+            raise UploadRefusedError(f"{item.path} is gone") from None
+        except OSError as exc:
+            raise UploadRetryError(f"cannot read {item.path}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise UploadRefusedError(f"{item.path} is not a regular file")
+        content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
+        failure: UploadRetryError | UploadRefusedError | None = None
+        try:
+            self._client.upload_file(
+                str(item.path),
+                self.bucket,
+                self.key(item),
+                ExtraArgs={"ContentType": content_type},
+                Config=self._transfer,
+            )
+        except FileNotFoundError:
+            failure = UploadRefusedError(f"{item.path} is gone")
+        except Exception as exc:
+            failure = sort_error(exc, self.bucket)
+        if failure is not None:
+            # Raised outside the except block: boto's exception does not ride along.
+            raise failure
+
+    def housekeeping(self, now: float) -> None:
+        """Nothing to do between uploads."""
+
+    def close(self) -> None:
+        """Close the clients' connections."""
+        self._client.close()
+        self._addresser.close()
+
+
+def sort_error(exc: Exception, bucket: str) -> UploadRetryError | UploadRefusedError:
+    """The uploader's view of an exception out of boto3 (see the module docstring)."""
+    if isinstance(exc, S3UploadFailedError) and isinstance(
+        exc.__context__, botocore.exceptions.ClientError
+    ):
+        exc = exc.__context__
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error") or {}
+        code = str(error.get("Code") or "Unknown")
+        status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        reason = f"{code} ({status or 'no status'}): {error.get('Message') or 'no message'}"
+        if code in _THROTTLED or status == 429 or status >= 500:
+            return UploadRetryError(reason)
+        if code in _DENIED or status in (401, 403):
+            return UploadRetryError(f"{reason}; bucket {bucket}", after=DENIED_PAUSE)
+        return UploadRefusedError(f"{reason}; bucket {bucket}")
+    if isinstance(exc, _NO_CREDENTIALS):
+        return UploadRetryError(
+            f"no usable AWS credentials ({type(exc).__name__})", after=DENIED_PAUSE
+        )
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return UploadRefusedError(f"refused before sending: {exc}")
+    # Timeouts, dropped connections, an unreadable file mid-way: may pass.
+    return UploadRetryError(f"{type(exc).__name__}: {exc}")

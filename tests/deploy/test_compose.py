@@ -1,0 +1,231 @@
+"""`make setup` and the compose file it writes: generated secrets in a private .env,
+idempotent runs, `docker-compose config` on the result, and the daemon's own
+check-config on the environment compose gives the container."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML comes with moto; it ships no types
+
+from snapshot_processor import config
+from tests.support.paths import CHECKOUT
+
+MASQUERADE = "192.0.2.10"
+GENERATED = ("FTP_PASS", "HTTP_TOKEN", "RABBITMQ_PASSWORD")
+
+
+def _make_setup(target: Path, *variables: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["make", "-s", "-C", str(CHECKOUT), "setup", f"SETUP_DIR={target}", *variables],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _env(target: Path) -> dict[str, str]:
+    values = {}
+    for line in (target / ".env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+def test_setup_writes_the_compose_file_a_private_env_and_the_folders(tmp_path: Path) -> None:
+    target = tmp_path / "server"
+    done = _make_setup(target, f"FTP_MASQUERADE_ADDRESS={MASQUERADE}")
+    assert "wrote" in done.stdout
+    compose = (target / "docker-compose.yml").read_text()
+    assert (CHECKOUT / "docker-compose.template").read_text() in compose
+    env_file = target / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    values = _env(target)
+    for name in GENERATED:
+        assert len(values[name]) >= 24, name
+    assert len({values[name] for name in GENERATED}) == 3
+    assert values["FTP_MASQUERADE_ADDRESS"] == MASQUERADE
+    assert values["DEVICE_NAME"]
+    assert (target / "config" / "snapshot-processor.toml").is_file()
+    for folder in ("data", "secrets"):
+        assert (target / folder).is_dir()
+        if os.geteuid() == 0:
+            owner = (target / folder).stat()
+            assert (owner.st_uid, owner.st_gid) == (1000, 1000), folder
+    if os.geteuid() not in (0, 1000):
+        assert "sudo chown -R 1000:1000" in done.stdout
+
+
+def test_setup_never_overwrites_without_force_and_force_keeps_the_passwords(
+    tmp_path: Path,
+) -> None:
+    _make_setup(tmp_path)
+    first = _env(tmp_path)
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(compose.read_text() + "# my change\n")
+    again = _make_setup(tmp_path)
+    assert "kept" in again.stdout
+    assert compose.read_text().endswith("# my change\n")
+    assert _env(tmp_path) == first
+
+    (tmp_path / ".env").write_text(
+        "\n".join(f"{k}={v}" for k, v in first.items() if k != "HTTP_TOKEN") + "\n"
+    )
+    forced = _make_setup(tmp_path, "FORCE=1")
+    assert "kept (make setup FORCE=1" not in forced.stdout
+    assert not compose.read_text().endswith("# my change\n")
+    rewritten = _env(tmp_path)
+    assert rewritten["FTP_PASS"] == first["FTP_PASS"]  # cameras keep their password
+    assert rewritten["HTTP_TOKEN"] not in ("", first["HTTP_TOKEN"])  # the missing one is new
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def _compose_config(target: Path) -> dict[str, Any]:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs Debian's)")
+    done = subprocess.run(
+        ["docker-compose", "config"], cwd=target, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    rendered: dict[str, Any] = yaml.safe_load(done.stdout)
+    return rendered
+
+
+def test_docker_compose_config_accepts_the_rendered_file(tmp_path: Path) -> None:
+    _make_setup(tmp_path, f"FTP_MASQUERADE_ADDRESS={MASQUERADE}")
+    rendered = _compose_config(tmp_path)
+    broker, daemon = rendered["services"]["rabbitmq"], rendered["services"]["snapshot-processor"]
+
+    # RabbitMQ: healthy before the daemon starts, data on a volume, this machine only.
+    assert broker["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    assert daemon["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert "rabbitmq-data:/var/lib/rabbitmq:rw" in broker["volumes"]
+    assert "rabbitmq-data" in rendered["volumes"]
+    assert all(port.startswith("127.0.0.1:") for port in broker["ports"])
+    assert "guest" not in str(broker["environment"])
+    env = _env(tmp_path)
+    assert broker["environment"]["RABBITMQ_DEFAULT_PASS"] == env["RABBITMQ_PASSWORD"]
+
+    # The daemon: HTTP published with a token, FTP control and passive ports, folders.
+    published = {port["published"] for port in daemon["ports"]}
+    assert {8080, 2121, *range(30000, 30010)} == published
+    environment = daemon["environment"]
+    assert environment["HTTP_BIND"] == "0.0.0.0"
+    assert environment["HTTP_TOKEN"] == env["HTTP_TOKEN"]
+    assert environment["FTP_PASS"] == env["FTP_PASS"]
+    assert environment["FTP_MASQUERADE_ADDRESS"] == MASQUERADE
+    assert environment["FTP_PASSIVE_PORTS"] == "30000-30009"
+    mounts = {volume.split(":")[1]: volume for volume in daemon["volumes"]}
+    assert mounts["/data/ftp"].startswith(f"{tmp_path}/data:")
+    assert mounts["/run/secrets"].endswith(":ro")
+    # Optional secrets are files in the mounted folder, none of them required up front.
+    assert "secrets" not in daemon
+    assert "secrets" not in rendered
+
+
+def test_without_make_setup_compose_names_what_is_missing(tmp_path: Path) -> None:
+    shutil.copy(CHECKOUT / "docker-compose.template", tmp_path / "docker-compose.yml")
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs Debian's)")
+    done = subprocess.run(
+        ["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "run make setup" in done.stderr
+
+
+def _check_config_in_container(
+    environment: dict[str, str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", "check-config"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **environment},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_container_environment_passes_check_config(tmp_path: Path) -> None:
+    target = tmp_path / "server"
+    _make_setup(target, f"FTP_MASQUERADE_ADDRESS={MASQUERADE}")
+    daemon = _compose_config(target)["services"]["snapshot-processor"]
+    # As the image runs it, with the container's paths moved into tmp_path.
+    environment = {
+        **{name: str(value) for name, value in daemon["environment"].items()},
+        config.CONTAINER_ENV: "1",
+        "SNAPSHOTS_ROOT_DIR": str(tmp_path / "ftp"),
+        "SECRETS_DIR": str(target / "secrets"),  # empty: every optional secret unset
+    }
+    good = _check_config_in_container(environment, tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "configuration OK" in good.stdout
+    assert "warning" not in good.stdout
+
+    # Passive mode on behind NAT with no address to give out: said, not refused.
+    environment["FTP_MASQUERADE_ADDRESS"] = ""
+    warned = _check_config_in_container(environment, tmp_path)
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: FTP passive mode is on in a container" in warned.stdout
+    assert "FTP_MASQUERADE_ADDRESS" in warned.stdout
+
+    # Outside the image the same settings are fine: no NAT in the way.
+    del environment[config.CONTAINER_ENV]
+    outside = _check_config_in_container(environment, tmp_path)
+    assert "warning" not in outside.stdout
+
+
+def test_container_warnings() -> None:
+    inside = {config.CONTAINER_ENV: "1"}
+    ftp = {"FTP_PASS": "camera-password", "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": "t" * 20}
+    settings = config.load(env=ftp, config_file=Path("/dev/null"))
+    assert [w.split(":")[0] for w in config.container_warnings(settings, inside)] == [
+        "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set"
+    ]
+    assert config.container_warnings(settings, {}) == []
+    assert config.container_warnings(settings, {config.CONTAINER_ENV: "0"}) == []
+    masqueraded = config.load(
+        env={**ftp, "FTP_MASQUERADE_ADDRESS": MASQUERADE}, config_file=Path("/dev/null")
+    )
+    assert config.container_warnings(masqueraded, inside) == []
+    # FTP off: no passive mode to warn about; a loopback HTTP_BIND is its own warning.
+    loopback = config.load(env={}, config_file=Path("/dev/null"))
+    (warning,) = config.container_warnings(loopback, inside)
+    assert warning.startswith("HTTP_BIND is 127.0.0.1 in a container")
+
+
+def test_the_daemon_logs_the_warning_at_start(tmp_path: Path) -> None:
+    # A data root under a file: the daemon ends at once (exit 3), after its warnings.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    environment = {
+        config.CONTAINER_ENV: "1",
+        "FTP_PASS": "camera-password",
+        "HTTP_BIND": "0.0.0.0",
+        "HTTP_TOKEN": "t" * 24,
+        "SNAPSHOTS_ROOT_DIR": str(blocker / "data"),
+        "SECRETS_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", "run"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **environment},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "WARNING" in output
+    assert "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set" in output

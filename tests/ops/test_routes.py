@@ -1,0 +1,398 @@
+"""The daemon's HTTP server over real HTTP: health, metrics, the API and the token."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from pylib.config.settings import ConfigError
+from pylib.http import HttpServer, Request, Response, Router, TokenAuth
+from snapshot_processor import config
+from snapshot_processor.app import App
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.net import free_port
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
+from tests.test_pipeline import PASSWORD, foscam_env, make_settings
+from tools.camera_simulator import CameraSimulator
+
+TOKEN = "a-token-of-at-least-16-chars"
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        connection.request(method, path, body=body, headers=sent)
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+# --- the server on its own --------------------------------------------------------------
+@pytest.fixture
+def server() -> Iterator[HttpServer]:
+    router = Router()
+    router.add("GET", r"/open", lambda r: Response.text("open\n"), access="public")
+    router.add("GET", r"/secret", lambda r: Response.text("secret\n"), access="token")
+    router.add("POST", r"/change", lambda r: Response.text("changed\n"), access="token")
+
+    def boom(request: Request) -> Response:
+        raise RuntimeError("a bug with a secret inside: " + TOKEN)
+
+    router.add("GET", r"/boom", boom, access="public")
+    auth = TokenAuth(TOKEN)
+    worker = HttpServer(
+        "http", threading.Event(), address="127.0.0.1", port=0, router=router, auth=auth
+    )
+    worker.start()
+    try:
+        yield worker
+    finally:
+        assert worker.stop_and_join(5)
+
+
+def test_the_token_guards_protected_routes(server: HttpServer) -> None:
+    port = server.bound_port
+    assert call(port, "GET", "/open")[0] == 200
+    status, headers, _ = call(port, "GET", "/secret")
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert call(port, "GET", "/secret", token="wrong-token-of-some-length")[0] == 401
+    assert call(port, "GET", "/secret", token=TOKEN)[0] == 200
+    assert call(port, "POST", "/change")[0] == 401
+    assert call(port, "POST", "/change", token=TOKEN)[0] == 200
+    # A session cookie only from the login (set by the app's routes); a forged one is nothing.
+    forged = {"Cookie": "sp_session=made-up"}
+    assert call(port, "GET", "/secret", headers=forged)[0] == 401
+
+
+def test_sessions_and_cross_site_posts(server: HttpServer) -> None:
+    port = server.bound_port
+    session = server.auth.login()
+    cookie = {"Cookie": f"sp_session={session}"}
+    assert call(port, "GET", "/secret", headers=cookie)[0] == 200
+    host = f"127.0.0.1:{port}"
+    mine = {**cookie, "Origin": f"http://{host}", "Host": host}
+    assert call(port, "POST", "/change", headers=mine)[0] == 200
+    # Another site's page posting with the browser's cookie is refused.
+    theirs = {**cookie, "Origin": "http://evil.example"}
+    assert call(port, "POST", "/change", headers=theirs)[0] == 403
+    server.auth.logout(session)
+    assert call(port, "GET", "/secret", headers=cookie)[0] == 401
+
+
+def test_unknown_paths_methods_big_bodies_and_bugs(
+    server: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = server.bound_port
+    assert call(port, "GET", "/nothing")[0] == 404
+    assert call(port, "DELETE", "/open")[0] == 405
+    assert call(port, "POST", "/change", token=TOKEN, body=b"x" * 200_000)[0] == 413
+    status, _, body = call(port, "GET", "/boom")
+    assert status == 500
+    assert TOKEN not in body.decode()
+    assert "internal error" in body.decode()
+
+
+def test_a_taken_port_is_a_clear_start_failure() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        worker = HttpServer(
+            "http",
+            threading.Event(),
+            address="127.0.0.1",
+            port=port,
+            router=Router(),
+            auth=TokenAuth(None),
+        )
+        with pytest.raises(Exception, match=f"HTTP port 127.0.0.1:{port} cannot be used"):
+            worker.start()
+        worker.stop_and_join(5)
+
+
+def test_a_bind_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    base = {"SECRETS_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="HTTP_TOKEN"):
+        config.load(env={**base, "HTTP_BIND": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="at least 16"):
+        config.load(env={**base, "HTTP_TOKEN": "short"})
+    assert config.load(env={**base, "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": TOKEN}).http_port == 8080
+    assert config.load(env={**base, "HTTP_BIND": "::1"}).http_bind == "::1"
+    assert config.load(env={**base, "HTTP_PORT": "0", "HTTP_BIND": "0.0.0.0"}).http_port == 0
+
+
+# --- the daemon's routes, against the real broker -----------------------------------------
+def camera_env(port: int) -> dict[str, str]:
+    return daemon_camera_env(port, PASSWORD)
+
+
+def json_of(answer: tuple[int, dict[str, str], bytes]) -> Any:
+    status, headers, body = answer
+    assert headers["content-type"] == "application/json", (status, body)
+    return json.loads(body)
+
+
+def metric(port: int, name: str) -> float:
+    _, _, body = call(port, "GET", "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.broker
+def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    key = quote("Front Door camera", safe="")
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            **camera_env(camera.port),
+            HTTP_PORT=str(port),
+            HTTP_TOKEN=TOKEN,
+        )
+        peer = Peer(exchange)
+        try:
+            with running_app(settings):
+                health = json_of(call(port, "GET", "/healthz"))
+                assert health["status"] == "ok", health
+                assert health["broker"] == {"publisher": True, "listener": True}
+                assert health["outbox"]["writable"] is True
+                assert all(health["threads"].values())
+                # Every read of images or events, and every change, needs the token.
+                for method, path in [
+                    ("GET", "/api/cameras"),
+                    ("GET", "/api/events"),
+                    ("GET", f"/api/cameras/{key}/latest.jpg"),
+                    ("POST", f"/api/cameras/{key}/snapshot"),
+                ]:
+                    assert call(port, method, path)[0] == 401, path
+                    assert call(port, method, path, token="x" * 20)[0] == 401, path
+                assert call(port, "GET", f"/api/cameras/{key}/latest.jpg", token=TOKEN)[0] == 404
+                triggers = metric(port, "triggers_total")
+                snapshots = metric(port, "snapshots_total")
+
+                peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+                [first] = peer.wait_for_images(1)
+                assert wait_until(lambda: metric(port, "snapshots_total") == snapshots + 1)
+                assert metric(port, "triggers_total") == triggers + 1
+
+                status, headers, image = call(
+                    port, "GET", f"/api/cameras/{key}/latest.jpg", token=TOKEN
+                )
+                assert status == 200
+                assert headers["content-type"] == "image/jpeg"
+                # Neither the image nor the page may be framed or sniffed by another site.
+                _, page_headers, _ = call(port, "GET", "/", token=TOKEN)
+                for answer in (headers, page_headers):
+                    assert answer["x-frame-options"] == "DENY"
+                    assert "frame-ancestors 'none'" in answer["content-security-policy"]
+                    assert answer["x-content-type-options"] == "nosniff"
+                    assert answer["referrer-policy"] == "no-referrer"
+                assert image == first["inputs"][0]["image"]
+                cameras = json_of(call(port, "GET", "/api/cameras", token=TOKEN))["cameras"]
+                assert [c["key"] for c in cameras] == ["Front Door camera"]
+                assert cameras[0]["last_event"]["event_id"] == first["event_id"]
+                assert cameras[0]["last_snapshot"] is not None
+
+                # A snapshot asked for over HTTP goes through the whole chain.
+                answer = json_of(call(port, "POST", f"/api/cameras/{key}/snapshot", token=TOKEN))
+                event_id = answer["event_id"]
+                images = peer.wait_for_images(2)
+                assert images[1]["event_id"] == event_id
+                assert images[1]["inputs"][0]["device_key"] == "Front Door camera"
+                events = json_of(call(port, "GET", "/api/events?limit=5", token=TOKEN))["events"]
+                assert events[0]["event_id"] == event_id
+                assert "image" not in events[0]
+                assert len(events) == 2
+                assert call(port, "GET", "/api/events?limit=x", token=TOKEN)[0] == 400
+                assert call(port, "POST", "/api/cameras/nope/snapshot", token=TOKEN)[0] == 404
+        finally:
+            peer.close()
+    # The recent events survive a restart.
+    app = App(settings)
+    app.init_recent()
+    try:
+        assert app.recent.latest(5)[0].event_id == event_id
+    finally:
+        app.recent.close()
+
+
+def concrete_path(pattern: str, key: str) -> str:
+    """A path that ``pattern`` (a route's) matches, naming camera ``key``."""
+    path = pattern.replace("(?P<key>[^/]+)", quote(key, safe="")).replace("\\.", ".")
+    assert re.fullmatch(pattern, path), f"a route shape this test does not know: {pattern}"
+    return path
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])
+def test_a_foreign_host_gets_nothing_from_any_of_the_daemons_routes(
+    tmp_path: Path, token: str | None
+) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            **camera_env(camera.port),
+            HTTP_PORT=str(port),
+            **({"HTTP_TOKEN": token} if token else {}),
+        )
+        with running_app(settings) as app:
+            [server] = [w for w in app.workers if isinstance(w, HttpServer)]
+            routes = [
+                (r.method, concrete_path(r.pattern.pattern, "Front Door camera"), r.access)
+                for r in server.router.routes
+            ]
+            assert len(routes) >= 9
+            foreign = {"Host": f"evil.example:{port}"}
+            for method, path, access in routes:
+                status, _, body = call(port, method, path, headers=foreign)
+                if token is None:
+                    # The page, health and metrics included: a rebinding page reads nothing.
+                    assert status == 403, (method, path, status)
+                elif access == "public":
+                    # The login form (or a redirect to it), and nothing of the cameras.
+                    assert status in (200, 303, 401), (method, path, status)
+                    assert b'name="token"' in body or status == 303
+                    assert b"Front Door" not in body
+                else:
+                    assert status == 401, (method, path, status)
+            if token is not None:
+                # The token works under any name: a rebinding page has no token to show.
+                assert call(port, "GET", "/api/cameras", token=token, headers=foreign)[0] == 200
+
+
+@pytest.mark.broker
+def test_healthz_turns_503_while_the_broker_is_away(tmp_path: Path) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            HTTP_PORT=str(port),
+            RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F",
+        )
+        with running_app(settings):
+            assert call(port, "GET", "/healthz")[0] == 200
+            proxy.cut()
+
+            def unhealthy() -> bool:
+                return call(port, "GET", "/healthz")[0] == 503
+
+            assert wait_until(unhealthy, 15)
+            report = json_of(call(port, "GET", "/healthz"))
+            assert report["status"] == "unhealthy"
+            assert any("cannot reach the broker" in line for line in report["problems"])
+            proxy.restore()
+            assert wait_until(lambda: call(port, "GET", "/healthz")[0] == 200, 30)
+
+
+def test_a_bad_content_length_is_refused_before_anything_is_read(server: HttpServer) -> None:
+    port = server.bound_port
+    for length in ("-1", "lots"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"POST /change HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 400"), answer
+
+
+def test_without_a_token_only_this_machines_own_pages_get_in() -> None:
+    router = Router()
+    router.add("GET", r"/secret", lambda r: Response.text("secret\n"), access="token")
+    router.add("POST", r"/change", lambda r: Response.text("changed\n"), access="token")
+    worker = HttpServer(
+        "http", threading.Event(), address="127.0.0.1", port=0, router=router, auth=TokenAuth(None)
+    )
+    worker.start()
+    try:
+        port = worker.bound_port
+        here = f"127.0.0.1:{port}"
+        assert call(port, "GET", "/secret")[0] == 200
+        assert call(port, "GET", "/secret", headers={"Host": f"localhost:{port}"})[0] == 200
+        # A name that resolves here only by a rebinding trick is not this machine's.
+        assert call(port, "GET", "/secret", headers={"Host": f"evil.example:{port}"})[0] == 403
+        assert call(port, "POST", "/change", headers={"Origin": f"http://{here}"})[0] == 200
+        # Another site's page posting from a browser on this machine is refused.
+        assert call(port, "POST", "/change", headers={"Origin": "http://evil.example"})[0] == 403
+    finally:
+        assert worker.stop_and_join(5)
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_up_the_stop() -> None:
+    router = Router()
+    router.add("GET", r"/open", lambda r: Response.text("open\n"), access="public")
+    worker = HttpServer(
+        "http", threading.Event(), address="127.0.0.1", port=0, router=router, auth=TokenAuth(None)
+    )
+    worker.start()
+    connection = http.client.HTTPConnection("127.0.0.1", worker.bound_port, timeout=10)
+    try:
+        connection.request("GET", "/open")
+        assert connection.getresponse().read() == b"open\n"
+        # The connection stays open, as a browser's does; the stop must not wait for it.
+        assert worker.stop_and_join(5)
+    finally:
+        connection.close()
+
+
+@pytest.mark.broker
+def test_a_snapshot_over_http_of_a_camera_whose_address_comes_with_triggers(
+    tmp_path: Path,
+) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    key = quote("Front Door camera", safe="")
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        # No OUTPUT_1_ADDRESS: the event processor's triggers say where the camera is.
+        settings = make_settings(tmp_path, exchange, **foscam_env(), HTTP_PORT=str(port))
+        peer = Peer(exchange)
+        try:
+            with running_app(settings):
+                status, _, body = call(port, "POST", f"/api/cameras/{key}/snapshot")
+                assert status == 409
+                assert b"address is not known yet" in body
+                peer.send_trigger(
+                    trigger_body(
+                        "Front Door camera",
+                        device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}",
+                    )
+                )
+                peer.wait_for_images(1)
+                answer = json_of(call(port, "POST", f"/api/cameras/{key}/snapshot"))
+                [_, second] = peer.wait_for_images(2)
+                assert second["event_id"] == answer["event_id"]
+        finally:
+            peer.close()

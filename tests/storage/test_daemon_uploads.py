@@ -1,0 +1,248 @@
+"""Cloud storage in the whole daemon: the storage stage, the upload queue and the uploader,
+against the loopback Drive fake and moto's S3 server, through the real broker."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3  # type: ignore[import-untyped]
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pylib.upload.queue import UploadQueue
+from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.daemon import spawn_daemon
+from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
+from tests.support.fakes.drive import FakeDrive
+from tests.support.paths import CHECKOUT
+from tests.support.wait import wait_for_text, wait_until
+from tests.test_pipeline import PASSWORD, make_settings
+from tools.camera_simulator import CameraSimulator
+
+pytestmark = pytest.mark.broker
+
+FOLDER = "Home snapshots"
+BUCKET = "home-snapshots"
+TOP = CHECKOUT
+
+
+def camera_env(port: int) -> dict[str, str]:
+    return daemon_camera_env(port, PASSWORD)
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def drive() -> Iterator[FakeDrive]:
+    with FakeDrive() as server:
+        server.add_client(CLIENT_ID, CLIENT_SECRET)
+        yield server
+
+
+def drive_env(drive: FakeDrive, tmp_path: Path) -> dict[str, str]:
+    credentials = tmp_path / "drive.json"
+    write_user_credentials(drive, credentials)
+    return {
+        "GOOGLE_DRIVE_FOLDER": FOLDER,
+        "GOOGLE_DRIVE_CREDENTIALS": str(credentials),
+        "GOOGLE_DRIVE_API_URL": drive.api_url,
+    }
+
+
+def uploaded(drive: FakeDrive) -> dict[str, bytes]:
+    return {f.title: f.content for f in drive.files(folders=False)}
+
+
+def test_each_event_links_its_drive_folder_and_the_image_is_uploaded(
+    tmp_path: Path, camera: CameraSimulator, drive: FakeDrive
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path)
+    )
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            # The uploader finds (here: makes) the folder at start, so the first event links it.
+            assert wait_until(lambda: len(drive.files(folders=True)) == 1)
+            [folder] = drive.files(folders=True)
+            peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+            [event] = peer.wait_for_images(1)
+            entry = event["inputs"][0]
+            assert entry["storage_url"] == folder.resource()["alternateLink"]
+            name = Path(entry["storage_path"]).name
+            assert wait_until(lambda: name in uploaded(drive))
+            assert uploaded(drive)[name] == entry["image"]
+            assert drive.files(folders=False)[0].parents == [folder.id]
+            assert wait_until(lambda: (app.uploads() or {}).get("depth") == 0)
+    finally:
+        peer.close()
+
+
+def test_an_outage_queues_uploads_that_a_restart_delivers(
+    tmp_path: Path, camera: CameraSimulator, drive: FakeDrive
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path)
+    )
+    peer = Peer(exchange)
+    try:
+        with running_app(settings) as app:
+            assert wait_until(lambda: len(drive.files(folders=True)) == 1)
+            drive.fail(503, "backendError", times=10_000, when=lambda r: r.method == "POST")
+            for _ in range(3):
+                peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+            events = peer.wait_for_images(3)
+            # The events went out at once; their uploads wait, retried, in the queue.
+            status = app.uploads()
+            assert status is not None
+            assert status["depth"] == 3
+            assert wait_until(lambda: "drive" in (app.uploads() or {}).get("failing", {}), 15)
+        queue = UploadQueue(settings.upload_queue_path, max_attempts=20)
+        try:
+            assert queue.depth() == 3
+        finally:
+            queue.close()
+        drive.recover()
+        with running_app(settings):
+            # Tried at once at the start, not after their back-off.
+            names = {Path(e["inputs"][0]["storage_path"]).name for e in events}
+            assert wait_until(lambda: names <= set(uploaded(drive)), 10)
+    finally:
+        peer.close()
+
+
+def test_sigkill_loses_no_queued_upload(
+    tmp_path: Path, camera: CameraSimulator, drive: FakeDrive
+) -> None:
+    exchange = unique_exchange()
+    data = tmp_path / "data"
+    env = {
+        "RABBITMQ_EXCHANGE": exchange,
+        "DEVICE_NAME": "garage",
+        "SNAPSHOTS_ROOT_DIR": str(data),
+        "SECRETS_DIR": str(tmp_path / "no-secrets"),
+        "HTTP_PORT": "0",
+        **camera_env(camera.port),
+        **drive_env(drive, tmp_path),
+    }
+    peer = Peer(exchange)
+    first = second = None
+    try:
+        first = spawn_daemon(env, tmp_path / "first.log")
+        assert wait_for_text(tmp_path / "first.log", "consuming")
+        assert wait_until(lambda: len(drive.files(folders=True)) == 1)
+        drive.fail(500, "backendError", times=10_000, when=lambda r: r.method == "POST")
+        for _ in range(5):
+            peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+        events = peer.wait_for_images(5)
+        names = {Path(e["inputs"][0]["storage_path"]).name for e in events}
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert not names & set(uploaded(drive))
+        drive.recover()
+        second = spawn_daemon(env, tmp_path / "second.log")
+        assert wait_until(lambda: names <= set(uploaded(drive)), 30), (
+            tmp_path / "second.log"
+        ).read_text()
+        for event in events:
+            entry = event["inputs"][0]
+            content = uploaded(drive)[Path(entry["storage_path"]).name]
+            assert hashlib.md5(content).digest() == hashlib.md5(entry["image"]).digest()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        peer.close()
+        delete_queue(f"{exchange}.snapshot.garage.triggers")
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLETESTING")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-not-real")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
+        client: Any = boto3.session.Session().client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        client.close()
+        yield url
+    finally:
+        server.stop()
+
+
+def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(
+    tmp_path: Path, camera: CameraSimulator, drive: FakeDrive, s3_endpoint: str
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        **camera_env(camera.port),
+        **drive_env(drive, tmp_path),
+        S3_BUCKET=BUCKET,
+        S3_PREFIX="house",
+    )
+    peer = Peer(exchange)
+    client: Any = boto3.session.Session().client("s3")
+    try:
+        with running_app(settings):
+            assert wait_until(lambda: len(drive.files(folders=True)) == 1)
+            peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+            [event] = peer.wait_for_images(1)
+            entry = event["inputs"][0]
+            [folder] = drive.files(folders=True)
+            assert entry["storage_url"] == folder.resource()["alternateLink"]
+            name = Path(entry["storage_path"]).name
+
+            def keys() -> list[str]:
+                listed = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                return [item["Key"] for item in listed]
+
+            assert wait_until(lambda: any(key.endswith(name) for key in keys()))
+            [key] = keys()
+            assert key.startswith("house/front-door-camera/")
+            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert body == entry["image"]
+            assert wait_until(lambda: name in uploaded(drive))
+    finally:
+        client.close()
+        peer.close()
+
+
+def test_s3_alone_links_the_object(
+    tmp_path: Path, camera: CameraSimulator, s3_endpoint: str
+) -> None:
+    exchange = unique_exchange()
+    settings = make_settings(tmp_path, exchange, **camera_env(camera.port), S3_BUCKET=BUCKET)
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+            [event] = peer.wait_for_images(1)
+            entry = event["inputs"][0]
+            name = Path(entry["storage_path"]).name
+            assert entry["storage_url"].startswith(f"{s3_endpoint}/{BUCKET}/front-door-camera/")
+            assert entry["storage_url"].endswith(name)
+    finally:
+        peer.close()
