@@ -117,10 +117,10 @@ class App:
         """Serve Prometheus counters on METRICS_PORT too, when it is set: the same server
         and rules as HTTP_PORT, with only ``/metrics``."""
         settings = self.settings
-        port, address = settings.metrics_port, settings.metrics_address
+        port, address = settings.ops.metrics_port, settings.ops.metrics_address
         if not port:
             return
-        token = settings.http_token.get_secret_value() if settings.http_token else None
+        token = settings.ops.http_token.get_secret_value() if settings.ops.http_token else None
         server = HttpServer(
             "metrics",
             self.stop_event,
@@ -128,7 +128,7 @@ class App:
             port=port,
             router=metrics_router(),
             auth=TokenAuth(token),
-            allowed_hosts=settings.http_allowed_hosts,
+            allowed_hosts=settings.ops.http_allowed_hosts,
         )
 
         def start() -> None:
@@ -144,16 +144,16 @@ class App:
     def init_health(self) -> None:
         """Ping healthchecks / Cronitor on a schedule when configured."""
         settings = self.settings
-        hc_url = settings.hc_ping_url.get_secret_value() if settings.hc_ping_url else None
+        hc_url = settings.ops.hc_ping_url.get_secret_value() if settings.ops.hc_ping_url else None
         cronitor = (
-            settings.cronitor_monitor_key.get_secret_value()
-            if settings.cronitor_monitor_key
+            settings.ops.cronitor_monitor_key.get_secret_value()
+            if settings.ops.cronitor_monitor_key
             else None
         )
         if not (hc_url or cronitor):
             return
         pinger = HealthPinger(
-            hc_url, cronitor, is_healthy=self.health, interval=settings.health_ping_interval
+            hc_url, cronitor, is_healthy=self.health, interval=settings.ops.health_ping_interval
         )
 
         def stop(timeout: float) -> bool:
@@ -165,10 +165,10 @@ class App:
     def params(self, role: str) -> pika.ConnectionParameters:
         """Connection parameters for one of our connections, named for the broker's UI."""
         settings = self.settings
-        url = settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else None
+        url = settings.broker.url.get_secret_value() if settings.broker.url else None
         return connection_parameters(
             url,
-            settings.rabbitmq_server_address,
+            settings.broker.server_address,
             connection_name=f"{settings.app_name} {settings.device_name} {role}",
         )
 
@@ -176,8 +176,8 @@ class App:
         """The periodic heartbeat listing our inputs and outputs."""
         settings = self.settings
         return Publication(
-            settings.rabbitmq_exchange,
-            event.heartbeat_routing_key(settings.rabbitmq_device_topic),
+            settings.broker.exchange,
+            event.heartbeat_routing_key(settings.broker.device_topic),
             event.pack(
                 event.heartbeat(
                     settings.inputs.values(),
@@ -200,18 +200,18 @@ class App:
         settings = self.settings
         registry = CameraRegistry(
             settings.cameras,
-            timeout=settings.camera_timeout,
-            retries=settings.camera_retries,
-            breaker_failures=settings.camera_breaker_failures,
-            breaker_seconds=settings.camera_breaker_seconds,
-            networks=CameraNetworks(settings.camera_networks),
+            timeout=settings.camera.timeout,
+            retries=settings.camera.retries,
+            breaker_failures=settings.camera.breaker_failures,
+            breaker_seconds=settings.camera.breaker_seconds,
+            networks=CameraNetworks(settings.camera.networks),
         )
         self.cameras = registry
         prober = CameraProber(
             "prober",
             self.stop_event,
             cameras=registry,
-            interval=settings.camera_probe_interval,
+            interval=settings.camera.probe_interval,
             on_fatal=self.daemon.on_fatal,
         )
         registry.observer = prober
@@ -222,29 +222,29 @@ class App:
                 self.stop_event,
                 cameras=registry,
                 root=settings.snapshots_root_dir,
-                per_trigger=settings.snapshots_per_trigger,
-                interval=settings.snapshot_interval,
-                waiting=settings.camera_queue,
-                workers=settings.camera_workers,
+                per_trigger=settings.camera.snapshots_per_trigger,
+                interval=settings.camera.snapshot_interval,
+                waiting=settings.camera.queue,
+                workers=settings.camera.workers,
                 on_fatal=self.daemon.on_fatal,
             )
         ]
-        if settings.upload_cameras or settings.ftp_on:
+        if settings.upload_cameras or settings.ingest.ftp_on:
             stages.append(
                 UploadStage(
                     "upload",
                     self.stop_event,
                     root=settings.snapshots_root_dir,
-                    upload_dir=settings.upload_dir,
+                    upload_dir=settings.ingest_dir,
                     cameras=settings.upload_cameras,
-                    max_bytes=settings.upload_max_bytes,
-                    settle=settings.upload_settle_seconds,
-                    stable=settings.upload_stable_seconds,
-                    create_dirs=settings.ftp_create_dirs,
+                    max_bytes=settings.ingest.max_bytes,
+                    settle=settings.ingest.settle_seconds,
+                    stable=settings.ingest.stable_seconds,
+                    create_dirs=settings.ingest.create_dirs,
                     bounds=DiskBounds(
-                        stray_max_age=settings.upload_stray_max_age,
-                        stray_max_bytes=settings.upload_stray_max_bytes,
-                        quarantine_max_bytes=settings.upload_quarantine_max_bytes,
+                        stray_max_age=settings.ingest.stray_max_age,
+                        stray_max_bytes=settings.ingest.stray_max_bytes,
+                        quarantine_max_bytes=settings.ingest.quarantine_max_bytes,
                     ),
                     on_fatal=self.daemon.on_fatal,
                 )
@@ -254,9 +254,9 @@ class App:
     def detection(self) -> list[Stage]:
         """Object detection, when it is on (otherwise left out of the chain)."""
         settings = self.settings
-        if settings.detection_backend == "none":
+        if settings.detection.backend == "none":
             return []
-        detector = make_detector(settings)
+        detector = make_detector(settings.detection)
         log.info("object detection with %s", detector.name)
         close = getattr(detector, "close", None)
         if callable(close):
@@ -267,8 +267,8 @@ class App:
                 "detection",
                 self.stop_event,
                 detector=detector,
-                guard=make_guard(settings),
-                annotate=settings.detection_annotate,
+                guard=make_guard(settings.detection),
+                annotate=settings.detection.annotate,
                 on_fatal=self.daemon.on_fatal,
             )
         ]
@@ -282,30 +282,32 @@ class App:
         settings = self.settings
         destinations: dict[str, Destination] = {}
         # The cloud clients are imported only when configured: they cost 30 MB of memory.
-        if settings.drive_on:
+        if settings.storage.drive_on:
             from snapshot_processor.storage.drive.destination import DriveDestination
 
-            assert settings.google_drive_folder
-            assert settings.google_drive_credentials
+            assert settings.storage.google_drive_folder
+            assert settings.storage.google_drive_credentials
             drive = DriveDestination(
-                settings.google_drive_folder,
-                settings.google_drive_credentials,
-                settings.google_drive_api_url,
-                settings.drive_archive_after_hours,
+                settings.storage.google_drive_folder,
+                settings.storage.google_drive_credentials,
+                settings.storage.google_drive_api_url,
+                settings.storage.drive_archive_after_hours,
             )
             destinations[drive.name] = drive
-        if settings.s3_bucket:
+        if settings.storage.s3_bucket:
             from snapshot_processor.storage.s3 import S3Destination
 
             s3 = S3Destination(
-                settings.s3_bucket, settings.s3_prefix, region=settings.aws_default_region
+                settings.storage.s3_bucket,
+                settings.storage.s3_prefix,
+                region=settings.detection.aws_default_region,
             )
             destinations[s3.name] = s3
         if not destinations:
             return []
         try:
             queue = UploadQueue(
-                settings.upload_queue_path, max_attempts=settings.upload_max_attempts
+                settings.upload_queue_path, max_attempts=settings.storage.upload_max_attempts
             )
         except (UploadQueueError, OSError) as exc:
             raise StartError(f"the upload queue cannot be opened: {exc}") from None
@@ -359,13 +361,13 @@ class App:
         return Retention(
             settings.snapshots_root_dir,
             RetentionPolicy.of(
-                settings.retention_days,
-                settings.retention_max_bytes,
-                settings.retention_min_free_bytes,
+                settings.storage.retention_days,
+                settings.storage.retention_max_bytes,
+                settings.storage.retention_min_free_bytes,
             ),
             self.stop_event,
             pending=pending,
-            interval=settings.retention_interval,
+            interval=settings.storage.retention_interval,
             on_fatal=self.daemon.on_fatal,
         )
 
@@ -373,8 +375,8 @@ class App:
         """Snapshots (with detections) become image events, and are recorded for the page."""
         settings = self.settings
         builder = EventBuilder(
-            settings.rabbitmq_exchange,
-            settings.rabbitmq_device_topic,
+            settings.broker.exchange,
+            settings.broker.device_topic,
             settings.device_name,
             recent=self.recent,
         )
@@ -393,9 +395,9 @@ class App:
             params=self.params("publisher"),
             setup=setup,
             outbox_path=settings.outbox_path,
-            outbox_max=settings.outbox_max_events,
+            outbox_max=settings.broker.outbox_max_events,
             periodic=self.heartbeat,
-            periodic_interval=settings.heartbeat_interval,
+            periodic_interval=settings.broker.heartbeat_interval,
             on_fatal=self.daemon.on_fatal,
         )
 
@@ -403,7 +405,7 @@ class App:
     def decode_trigger(self, body: bytes, properties: pika.BasicProperties) -> Envelope:
         """A trigger body to the envelope the snapshot stage takes; bad ones are rejected."""
         try:
-            trigger = parse_trigger(body, self.cameras.keys, self.settings.trigger_max_bytes)
+            trigger = parse_trigger(body, self.cameras.keys, self.settings.broker.trigger_max_bytes)
         except TriggerError as exc:
             raise RejectedMessageError(exc.reason, str(exc)) from None
         return trigger.message().envelope()
@@ -429,29 +431,29 @@ class App:
     def ftp(self) -> Worker | None:
         """The FTP server, only with a password: never anonymous."""
         settings = self.settings
-        if not settings.ftp_on:
+        if not settings.ingest.ftp_on:
             return None
-        assert settings.ftp_pass is not None
+        assert settings.ingest.ftp_pass is not None
         options = FtpOptions(
             root=settings.snapshots_root_dir,
-            upload_dir=settings.upload_dir,
-            user=settings.ftp_user,
-            password=settings.ftp_pass.get_secret_value(),
-            listen_address=settings.ftp_listen_address,
-            port=settings.ftp_port,
-            passive_ports=settings.ftp_passive_ports,
-            masquerade_address=settings.ftp_masquerade_address,
-            max_connections=settings.ftp_max_connections,
-            max_connections_per_ip=settings.ftp_max_connections_per_ip,
-            tls_cert=settings.ftp_tls_cert,
-            tls_key=settings.ftp_tls_key,
-            tls_required=settings.ftp_tls_required,
-            ban_after=settings.ftp_ban_after,
-            ban_seconds=settings.ftp_ban_seconds,
-            login_delay=settings.ftp_login_delay,
-            reserved_for_sessions=settings.ftp_reserved_sessions,
-            login_timeout=settings.ftp_login_timeout,
-            max_failed_logins_per_minute=settings.ftp_max_failed_logins_per_minute,
+            upload_dir=settings.ingest_dir,
+            user=settings.ingest.ftp_user,
+            password=settings.ingest.ftp_pass.get_secret_value(),
+            listen_address=settings.ingest.ftp_listen_address,
+            port=settings.ingest.ftp_port,
+            passive_ports=settings.ingest.ftp_passive_ports,
+            masquerade_address=settings.ingest.ftp_masquerade_address,
+            max_connections=settings.ingest.ftp_max_connections,
+            max_connections_per_ip=settings.ingest.ftp_max_connections_per_ip,
+            tls_cert=settings.ingest.ftp_tls_cert,
+            tls_key=settings.ingest.ftp_tls_key,
+            tls_required=settings.ingest.ftp_tls_required,
+            ban_after=settings.ingest.ftp_ban_after,
+            ban_seconds=settings.ingest.ftp_ban_seconds,
+            login_delay=settings.ingest.ftp_login_delay,
+            reserved_for_sessions=settings.ingest.ftp_reserved_sessions,
+            login_timeout=settings.ingest.ftp_login_timeout,
+            max_failed_logins_per_minute=settings.ingest.ftp_max_failed_logins_per_minute,
             camera_folders=tuple(
                 (device.key, camera_folder(device.LOCATION)) for device in settings.upload_cameras
             ),
@@ -462,7 +464,7 @@ class App:
         """The recent events the status page and the API show (closed after the chain)."""
         path = self.settings.recent_events_path
         try:
-            recent = RecentEvents(path, keep=self.settings.recent_events)
+            recent = RecentEvents(path, keep=self.settings.ops.recent_events)
         except (OSError, sqlite3.Error) as exc:
             raise StartError(f"recent events {path} cannot be opened: {exc}") from None
         self.recent = recent
@@ -476,9 +478,9 @@ class App:
     def http(self, snapshot_inbox: str) -> Worker | None:
         """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
         settings = self.settings
-        if not settings.http_port:
+        if not settings.ops.http_port:
             return None
-        token = settings.http_token.get_secret_value() if settings.http_token else None
+        token = settings.ops.http_token.get_secret_value() if settings.ops.http_token else None
         requests = SnapshotRequests(
             snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras}, self.cameras
         )
@@ -494,11 +496,11 @@ class App:
         return HttpServer(
             "http",
             self.stop_event,
-            address=settings.http_bind,
-            port=settings.http_port,
+            address=settings.ops.http_bind,
+            port=settings.ops.http_port,
             router=build_router(ops, auth),
             auth=auth,
-            allowed_hosts=settings.http_allowed_hosts,
+            allowed_hosts=settings.ops.http_allowed_hosts,
             on_close=requests.close,
             on_fatal=self.daemon.on_fatal,
         )
@@ -598,33 +600,36 @@ def startup_summary(settings: Settings) -> list[str]:
 
     inputs = ", ".join(f'"{printable(d.key)}"' for d in settings.upload_cameras) or "none"
     ftp = (
-        f"on at {settings.ftp_listen_address}:{settings.ftp_port}"
-        if settings.ftp_on
+        f"on at {settings.ingest.ftp_listen_address}:{settings.ingest.ftp_port}"
+        if settings.ingest.ftp_on
         else "off (no FTP_PASS, or FTP_ENABLED=false)"
     )
-    backend = settings.detection_backend
+    backend = settings.detection.backend
     detection = "off" if backend == "none" else backend
     if backend == "rekognition":
-        detection += f" in {settings.aws_region}"
+        detection += f" in {settings.detection.aws_region}"
     cloud = [
         name
         for name, on in (
             (
-                f'Google Drive folder "{printable(settings.google_drive_folder or "")}"',
-                settings.drive_on,
+                f'Google Drive folder "{printable(settings.storage.google_drive_folder or "")}"',
+                settings.storage.drive_on,
             ),
-            (f"S3 bucket {printable(settings.s3_bucket or '')}", bool(settings.s3_bucket)),
+            (
+                f"S3 bucket {printable(settings.storage.s3_bucket or '')}",
+                bool(settings.storage.s3_bucket),
+            ),
         )
         if on
     ]
     http = (
-        f"http://{settings.http_bind}:{settings.http_port}/ "
+        f"http://{settings.ops.http_bind}:{settings.ops.http_port}/ "
         + (
             "(token required)"
-            if settings.http_token
+            if settings.ops.http_token
             else "(open to this machine, as HTTP_TOKEN is not set)"
         )
-        if settings.http_port
+        if settings.ops.http_port
         else "off"
     )
     return [
@@ -632,7 +637,7 @@ def startup_summary(settings: Settings) -> list[str]:
         f"camera inputs (upload images): {inputs}; FTP {ftp}",
         f"detection: {detection}",
         f"storage: {printable(settings.snapshots_root_dir.absolute())}, "
-        f"uploads in {printable(settings.upload_dir.absolute())}, "
+        f"uploads in {printable(settings.ingest_dir.absolute())}, "
         f"outbox {printable(settings.outbox_path.absolute())}",
         f"cloud storage: {', '.join(cloud) or 'off'}; status page and API: {http}",
     ]

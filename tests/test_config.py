@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pylib.config.secrets import MissingSecretError, SecretResolver
-from pylib.config.settings import ConfigError
+from pylib.config.settings import ConfigError, setting_fields
 from pylib.observe.redact import redact
 from snapshot_processor import config
 from tests.support.fakes.onepassword import FakeConnect, ItemSpec
@@ -58,7 +58,7 @@ def test_defaults_and_devices() -> None:
             "INPUT_1_TYPE": "camera",
         }
     )
-    assert settings.rabbitmq_device_topic == "snapshot"
+    assert settings.broker.device_topic == "snapshot"
     assert settings.shutdown_timeout == 10.0
     assert [camera.key for camera in settings.cameras] == ["Front Door Camera"]
     assert [camera.key for camera in settings.upload_cameras] == ["Back Yard camera"]
@@ -70,7 +70,7 @@ def test_file_values_with_environment_overriding(tmp_path: Path) -> None:
         'RABBITMQ_EXCHANGE = "from_file"\nDEVICE_NAME = "file"\nOUTPUT_1_LOCATION = "porch"\nOUTPUT_1_TYPE = "camera"\n'
     )
     settings = config.load(env={"DEVICE_NAME": "env"}, config_file=path)
-    assert settings.rabbitmq_exchange == "from_file"
+    assert settings.broker.exchange == "from_file"
     assert settings.device_name == "env"
     assert settings.cameras[0].key == "porch camera"
 
@@ -250,7 +250,7 @@ def test_op_connect_token_from_secrets_dir(tmp_path: Path) -> None:
 
 
 def _documented_names() -> list[str]:
-    names = [info.alias or name for name, info in config.Settings.model_fields.items()]
+    names = [name for name, _ in setting_fields(config.Settings)]
     names = [name for name in names if name not in ("INPUTS", "OUTPUTS")]
     return names + [f"OUTPUT_n_{key}" for key in config.Device.model_fields]
 
@@ -296,8 +296,8 @@ def test_camera_keys_differing_only_in_case_are_an_error() -> None:
 
 
 def test_metrics_listen_on_loopback_unless_told() -> None:
-    assert config.load(env={}).metrics_address == "127.0.0.1"
-    assert config.load(env={"METRICS_ADDRESS": "0.0.0.0"}).metrics_address == "0.0.0.0"
+    assert config.load(env={}).ops.metrics_address == "127.0.0.1"
+    assert config.load(env={"METRICS_ADDRESS": "0.0.0.0"}).ops.metrics_address == "0.0.0.0"
 
 
 def test_check_config_checks_the_data_root(tmp_path: Path) -> None:

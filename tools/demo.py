@@ -344,7 +344,7 @@ class Demo:
                     camera.sent.append(time.monotonic())
                     channel.basic_publish(
                         control_exchange(settings),
-                        trigger_routing_key(settings.rabbitmq_device_topic),
+                        trigger_routing_key(settings.broker.device_topic),
                         body,
                         pika.BasicProperties(expiration=TRIGGER_EXPIRATION_MS),
                         mandatory=True,
@@ -358,7 +358,7 @@ class Demo:
         """One JPEG into the upload camera's folder, as a camera pushes it."""
         assert self.settings is not None
         # The FTP home is the data root; each upload camera has its folder in the upload dir.
-        folder = f"{self.settings.ftp_upload_dir.as_posix()}/{camera_folder(UPLOAD_CAMERA)}"
+        folder = f"{self.settings.ingest.folder.as_posix()}/{camera_folder(UPLOAD_CAMERA)}"
         with ftplib.FTP() as ftp:
             ftp.connect("127.0.0.1", self.ftp_port, timeout=10)
             ftp.login("camera", self.ftp_password)
@@ -484,7 +484,7 @@ def delete_broker_objects(settings: config.Settings) -> None:
     with contextlib.suppress(Exception), broker_channel(settings, "demo cleanup") as channel:
         channel.queue_delete(settings.queue_name)
         channel.exchange_delete(control_exchange(settings))
-        channel.exchange_delete(settings.rabbitmq_exchange)
+        channel.exchange_delete(settings.broker.exchange)
 
 
 def broker_reachable(host: str) -> bool:

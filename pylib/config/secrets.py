@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
 from pylib.observe.redact import register_secret
 
 log = logging.getLogger(__name__)
@@ -91,3 +93,25 @@ class SecretResolver:
             # Editors and `echo` add a trailing newline that is not part of the secret.
             return text.rstrip("\r\n")
         return None
+
+
+class SecretStoreSettings(BaseModel):
+    """Where secrets are looked up beside the environment: the Docker secrets folder, and
+    a 1Password Connect vault when all three of its settings are given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op_connect_host: str | None = Field(None, alias="OP_CONNECT_HOST")
+    op_connect_token: SecretStr | None = Field(
+        None, alias="OP_CONNECT_TOKEN", json_schema_extra={"secret": True}
+    )
+    op_vault: str | None = Field(None, alias="OP_VAULT")
+    secrets_dir: Path = Field(DOCKER_SECRETS_DIR, alias="SECRETS_DIR")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecretStoreSettings:
+        if self.op_connect_host and not (self.op_connect_token and self.op_vault):
+            raise ValueError(
+                "OP_CONNECT_HOST is set, so OP_CONNECT_TOKEN and OP_VAULT are needed too"
+            )
+        return self

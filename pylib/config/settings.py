@@ -1,8 +1,11 @@
 """Typed settings from environment variables and an optional TOML file, with secrets.
 
 Settings are a pydantic model whose field aliases are the variable names
-(``RABBITMQ_EXCHANGE``). The file uses the same names as top-level keys. Numbered
-groups such as ``OUTPUT_1_LOCATION`` are gathered into ``OUTPUTS = {1: {"LOCATION": ..}}``.
+(``RABBITMQ_EXCHANGE``). A field without an alias whose type is a model is a *section*:
+its own fields' aliases are variable names too, so the names stay flat for the user while
+each feature holds its own model. The file uses the same names as top-level keys.
+Numbered groups such as ``OUTPUT_1_LOCATION`` are gathered into
+``OUTPUTS = {1: {"LOCATION": ..}}``.
 Precedence: defaults < file < environment < secret stores (for secret fields only,
 and only when the field is not already set).
 """
@@ -11,11 +14,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from pylib.config.secrets import MissingSecretError, SecretResolver
 from pylib.observe.redact import register_secrets
@@ -38,14 +43,62 @@ def secret(**kwargs: Any) -> dict[str, Any]:
     return {"secret": True, **kwargs}
 
 
-def secret_names(model: type[BaseModel]) -> list[str]:
-    """Aliases of the model's fields marked as secrets."""
-    names = []
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list written as ``a, b, c`` in a variable (or as a list in the file).
+CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+
+
+def one_of(value: str, names: Iterable[str]) -> str:
+    """``value`` if it is one of ``names`` (a registry's), else the error a Literal gives."""
+    choices = list(names)
+    if value in choices:
+        return value
+    listed = " or ".join([", ".join(repr(n) for n in choices[:-1]), repr(choices[-1])])
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": listed})
+
+
+def sections(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """The model's sections: fields without an alias whose type is a model."""
+    found = {}
     for name, info in model.model_fields.items():
+        kind = info.annotation
+        if info.alias is None and isinstance(kind, type) and issubclass(kind, BaseModel):
+            found[name] = kind
+    return found
+
+
+def setting_fields(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
+    """Every setting's variable name and field, sections' included."""
+    inner = sections(model)
+    for name, info in model.model_fields.items():
+        if name in inner:
+            yield from setting_fields(inner[name])
+        else:
+            yield info.alias or name, info
+
+
+def secret_names(model: type[BaseModel]) -> list[str]:
+    """Variable names of the fields marked as secrets, sections' included."""
+    names = []
+    for name, info in setting_fields(model):
         extra = info.json_schema_extra
         if isinstance(extra, dict) and extra.get("secret"):
-            names.append(info.alias or name)
+            names.append(name)
     return names
+
+
+def _nest(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat names into the sections that own them; the rest stay at the top."""
+    out = dict(values)
+    for section, kind in sections(model).items():
+        own = {alias for alias, _ in setting_fields(kind)}
+        out[section] = {name: out.pop(name) for name in list(out) if name in own}
+    return out
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -83,8 +136,11 @@ def _location_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(configuration)"
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    name = _location_name(tuple(error["loc"]))
+def _describe(error: Mapping[str, Any], section_names: Iterable[str] = ()) -> str:
+    loc = tuple(error["loc"])
+    if loc and loc[0] in section_names:
+        loc = loc[1:]  # the user wrote the flat name, not the section's
+    name = _location_name(loc)
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return f"{name}: unknown setting"
@@ -93,7 +149,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     value = error.get("input")
     plain = isinstance(value, str | int | float | bool) and not isinstance(value, dict)
     secretish = re.search(r"PASS|TOKEN|SECRET|DSN|URL|KEY", name)
-    shown = f" (got {value!r})" if error["loc"] and plain and not secretish else ""
+    shown = f" (got {value!r})" if loc and plain and not secretish else ""
     return f"{name}: {message}{shown}"
 
 
@@ -107,7 +163,7 @@ def load_settings(
     group_secrets: tuple[str, ...] = (),
 ) -> M:
     """Build and validate the settings; raises :class:`ConfigError` listing every problem."""
-    known = {info.alias or name for name, info in model.model_fields.items()}
+    known = {name for name, _ in setting_fields(model)}
     merged: dict[str, Any] = dict(file_values or {})
     for name, value in env.items():
         # Only variables this model knows (or numbered groups) come from the environment.
@@ -136,9 +192,9 @@ def load_settings(
         finally:
             resolver.close()
     try:
-        settings = model.model_validate(group_indexed(merged, groups))
+        settings = model.model_validate(_nest(model, group_indexed(merged, groups)))
     except ValidationError as exc:
-        problems.extend(_describe(error) for error in exc.errors())
+        problems.extend(_describe(error, sections(model)) for error in exc.errors())
         raise ConfigError(problems) from None
     except MissingSecretError as exc:
         problems.append(str(exc))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from snapshot_processor.camera.address import CameraAddress, parse_device_params
 from snapshot_processor.camera.base import CameraClient
 from snapshot_processor.camera.clients import (
+    VENDORS,
     DahuaClient,
     FoscamClient,
     GenericClient,
@@ -33,7 +34,7 @@ from snapshot_processor.camera.errors import (
     CameraVendorError,
 )
 from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
-from snapshot_processor.camera.spec import VENDORS, CameraSpec
+from snapshot_processor.camera.spec import CameraSpec
 
 __all__ = [
     "VENDORS",

@@ -261,10 +261,12 @@ class GenericClient(CameraClient):
         return Request(url=url, shown=self._scrub(safe_url(url)))
 
 
+# The vendors by name: OUTPUT_n_VENDOR accepts these names and no others.
 _CLIENTS: dict[str, type[CameraClient]] = {
     cls.vendor: cls
     for cls in (FoscamClient, HikvisionClient, DahuaClient, ReolinkClient, GenericClient)
 }
+VENDORS = tuple(_CLIENTS)
 
 
 def make_client(spec: CameraSpec) -> CameraClient:

@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 from pylib.retry import RetryPolicy
 from snapshot_processor.camera.address import CameraAddress
 
-__all__ = ["AUTH_MODES", "SCHEMES", "VENDORS", "CameraSpec", "safe_url"]
+__all__ = ["AUTH_MODES", "SCHEMES", "CameraSpec", "safe_url"]
 
-VENDORS = ("foscam", "hikvision", "dahua", "reolink", "generic")
 AUTH_MODES = ("basic", "digest", "none")
 SCHEMES = ("http", "https")
 
@@ -64,6 +63,8 @@ class CameraSpec:
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("camera spec: key is empty")
+        from snapshot_processor.camera.clients import VENDORS  # the registry imports this module
+
         if self.vendor not in VENDORS:
             raise ValueError(f"{self.key}: unknown camera vendor {self.vendor!r}")
         if self.auth not in AUTH_MODES:

@@ -90,12 +90,12 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"SNAPSHOTS_ROOT_DIR: {unusable}", file=sys.stderr)
         return EXIT_CONFIG
     print(
-        f"configuration OK: device {settings.device_name}, exchange {settings.rabbitmq_exchange}, "
+        f"configuration OK: device {settings.device_name}, exchange {settings.broker.exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
     for warning in config.container_warnings(settings):
         print(f"warning: {warning}")
-    drive.service_account_note(settings.drive_on, settings.google_drive_credentials)
+    drive.service_account_note(settings.storage.drive_on, settings.storage.google_drive_credentials)
     return 0
 
 
@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             log.warning("%s", warning)
         lock.acquire()
-        if settings.ftp_on:
-            _check_port("FTP", settings.ftp_listen_address, settings.ftp_port)
-        _check_port("HTTP", settings.http_bind, settings.http_port)
+        if settings.ingest.ftp_on:
+            _check_port("FTP", settings.ingest.ftp_listen_address, settings.ingest.ftp_port)
+        _check_port("HTTP", settings.ops.http_bind, settings.ops.http_port)
     except dataroot.DataRootBusyError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BUSY

@@ -86,10 +86,10 @@ def command_logging(level: int = logging.WARNING) -> Iterator[None]:
 
 def broker_params(settings: Settings, role: str) -> pika.ConnectionParameters:
     """Connection parameters as the daemon's own, named for the broker's UI."""
-    url = settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else None
+    url = settings.broker.url.get_secret_value() if settings.broker.url else None
     return connection_parameters(
         url,
-        settings.rabbitmq_server_address,
+        settings.broker.server_address,
         connection_name=f"{settings.app_name} {settings.device_name} cli {role}",
     )
 

@@ -63,7 +63,7 @@ def run_auth(args: argparse.Namespace) -> int:
     setup_logging(logging.WARNING)
     output = args.output
     if output is None:
-        output = load_settings(args.config).google_drive_credentials
+        output = load_settings(args.config).storage.google_drive_credentials
         if output is None:
             raise CommandError("give --output or set GOOGLE_DRIVE_CREDENTIALS", EXIT_CONFIG)
     try:
@@ -96,13 +96,16 @@ def run_archive(args: argparse.Namespace, now: float | None = None) -> int:
 
     setup_logging(logging.WARNING)
     settings = load_settings(args.config)
-    if not settings.google_drive_folder or settings.google_drive_credentials is None:
+    if (
+        not settings.storage.google_drive_folder
+        or settings.storage.google_drive_credentials is None
+    ):
         raise CommandError("Drive is not configured (GOOGLE_DRIVE_FOLDER)", EXIT_CONFIG)
     destination = drive.DriveDestination(
-        settings.google_drive_folder,
-        settings.google_drive_credentials,
-        settings.google_drive_api_url,
-        settings.drive_archive_after_hours,
+        settings.storage.google_drive_folder,
+        settings.storage.google_drive_credentials,
+        settings.storage.google_drive_api_url,
+        settings.storage.drive_archive_after_hours,
     )
     try:
         summary = destination.archive(time.time() if now is None else now, create_folder=False)

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def image_key_pattern(settings: Settings) -> str:
     """The binding for every daemon's image events on this topic."""
-    return f"event.notify.{settings.rabbitmq_device_topic}.*.image"
+    return f"event.notify.{settings.broker.device_topic}.*.image"
 
 
 def _detections(entry: dict[str, Any]) -> str:
@@ -124,12 +124,10 @@ class Subscription:
         self.channel = channel
         self._arrived: deque[tuple[str, bytes]] = deque()
         queue: str = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        exchange = settings.rabbitmq_exchange
+        exchange = settings.broker.exchange
         channel.queue_bind(queue, exchange, image_key_pattern(settings))
         if heartbeats:
-            channel.queue_bind(
-                queue, exchange, heartbeat_routing_key(settings.rabbitmq_device_topic)
-            )
+            channel.queue_bind(queue, exchange, heartbeat_routing_key(settings.broker.device_topic))
         # auto_ack: the queue is ours alone and dies with the connection.
         channel.basic_consume(queue, self._on_message, auto_ack=True)
 
@@ -163,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         subscription = Subscription(channel, settings, heartbeats=args.heartbeats)
         print(
-            f"listening on {printable(settings.rabbitmq_exchange)} for "
+            f"listening on {printable(settings.broker.exchange)} for "
             f"{image_key_pattern(settings)} (Ctrl-C ends)",
             flush=True,
         )

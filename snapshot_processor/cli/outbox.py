@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     except dataroot.DataRootError as exc:
         raise CommandError(str(exc), EXIT_START) from None
     try:
-        with command_logging(), Outbox(path, settings.outbox_max_events) as outbox:
+        with command_logging(), Outbox(path, settings.broker.outbox_max_events) as outbox:
             if action == "replay":
                 waiting = len(outbox.parked())
                 done = outbox.replay_parked(args.ids)
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{done} parked message(s) put back for publishing; {left} still parked")
                 if left and args.ids is None and done < waiting:
                     print(
-                        f"the outbox is full ({settings.outbox_max_events}); replay the rest later"
+                        f"the outbox is full ({settings.broker.outbox_max_events}); replay the rest later"
                     )
             else:
                 done = outbox.discard_parked(args.ids)

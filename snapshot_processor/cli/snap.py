@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     # Bounded as the daemon's fetches are: --device-params stands for a trigger's.
     registry = CameraRegistry(
         settings.cameras,
-        timeout=settings.camera_timeout,
-        retries=settings.camera_retries,
-        networks=CameraNetworks(settings.camera_networks),
+        timeout=settings.camera.timeout,
+        retries=settings.camera.retries,
+        networks=CameraNetworks(settings.camera.networks),
     )
     try:
         try:

@@ -63,7 +63,7 @@ def trigger_message(
             "device_type": device.TYPE,
             "device_label": device.LOCATION,
             "device_params": device_params,
-            "trigger_topic": settings.rabbitmq_device_topic,
+            "trigger_topic": settings.broker.device_topic,
             "trigger_interval": 0,
             "device_enabled": True,
         },
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             channel.basic_publish(
                 control_exchange(settings),
-                trigger_routing_key(settings.rabbitmq_device_topic),
+                trigger_routing_key(settings.broker.device_topic),
                 body,
                 pika.BasicProperties(expiration=TRIGGER_EXPIRATION_MS),
                 mandatory=True,
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         except pika.exceptions.UnroutableError:
             raise CommandError(
                 f"no trigger queue is bound to {printable(control_exchange(settings))} with "
-                f"{trigger_routing_key(settings.rabbitmq_device_topic)}: no daemon is running "
+                f"{trigger_routing_key(settings.broker.device_topic)}: no daemon is running "
                 "on this exchange",
                 EXIT_NO_EVENT,
             ) from None

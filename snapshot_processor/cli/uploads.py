@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"upload queue {printable(path)}: none yet (no cloud storage has run here)")
         return 0
     try:
-        queue = UploadQueue(path, max_attempts=settings.upload_max_attempts)
+        queue = UploadQueue(path, max_attempts=settings.storage.upload_max_attempts)
     except UploadQueueError as exc:
         raise CommandError(str(exc), EXIT_START) from None
     try:

@@ -14,20 +14,20 @@ PRECONDITION_FAILED = 406
 
 def control_exchange(settings: Settings) -> str:
     """Where triggers arrive: ``<exchange>_control``."""
-    return f"{settings.rabbitmq_exchange}_control"
+    return f"{settings.broker.exchange}_control"
 
 
 def declare_exchanges(channel: BlockingChannel, settings: Settings) -> None:
     """Both exchanges with the clients' defaults (not durable, no arguments): other
     arguments would fail with PRECONDITION_FAILED where the other services made them."""
-    channel.exchange_declare(settings.rabbitmq_exchange, exchange_type="topic")
+    channel.exchange_declare(settings.broker.exchange, exchange_type="topic")
     channel.exchange_declare(control_exchange(settings), exchange_type="direct")
 
 
 def trigger_queue_arguments(settings: Settings) -> dict[str, str] | None:
     """A quorum queue says so; a classic one is declared with no arguments, as it always
     was, so queues made by earlier versions still match."""
-    if settings.rabbitmq_queue_type == "quorum":
+    if settings.broker.queue_type == "quorum":
         return {"x-queue-type": "quorum"}
     return None
 
@@ -49,11 +49,11 @@ def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
         raise pika.exceptions.ChannelClosedByBroker(
             exc.reply_code,
             f"trigger queue {queue!r} exists with other settings than a durable "
-            f"{settings.rabbitmq_queue_type} queue ({exc.reply_text}); delete it "
+            f"{settings.broker.queue_type} queue ({exc.reply_text}); delete it "
             f"(rabbitmqctl delete_queue {queue!r}, its waiting triggers go with it) or set "
             "RABBITMQ_QUEUE_TYPE / RABBITMQ_QUEUE to match",
         ) from None
     channel.queue_bind(
-        queue, control_exchange(settings), trigger_routing_key(settings.rabbitmq_device_topic)
+        queue, control_exchange(settings), trigger_routing_key(settings.broker.device_topic)
     )
     return queue

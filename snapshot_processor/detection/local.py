@@ -1,7 +1,8 @@
-"""Detection on this machine's CPU: OpenCV's HOG people detector, or a YOLO-style ONNX model.
+"""The ``local`` backend: OpenCV's HOG people detector on this machine's CPU, and the
+image decoding the ONNX backend shares.
 
-OpenCV and onnxruntime come with the ``local`` extra and are imported only when a local
-detector is made, so the rest of the package works without them.
+OpenCV comes with the ``local`` extra and is imported only when a local detector is made,
+so the rest of the package works without it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from snapshot_processor.detection.base import Box, Detection, DetectionError, is_person
+from snapshot_processor.detection.base import Box, Detection, DetectionError
+
+if TYPE_CHECKING:
+    from snapshot_processor.detection.settings import DetectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,88 +28,6 @@ INSTALL_HINT: Final = (
 )
 
 #: The 80 COCO class names in the order YOLO models trained on COCO use; 0 is "person".
-COCO_LABELS: Final[tuple[str, ...]] = (
-    "person",
-    "bicycle",
-    "car",
-    "motorcycle",
-    "airplane",
-    "bus",
-    "train",
-    "truck",
-    "boat",
-    "traffic light",
-    "fire hydrant",
-    "stop sign",
-    "parking meter",
-    "bench",
-    "bird",
-    "cat",
-    "dog",
-    "horse",
-    "sheep",
-    "cow",
-    "elephant",
-    "bear",
-    "zebra",
-    "giraffe",
-    "backpack",
-    "umbrella",
-    "handbag",
-    "tie",
-    "suitcase",
-    "frisbee",
-    "skis",
-    "snowboard",
-    "sports ball",
-    "kite",
-    "baseball bat",
-    "baseball glove",
-    "skateboard",
-    "surfboard",
-    "tennis racket",
-    "bottle",
-    "wine glass",
-    "cup",
-    "fork",
-    "knife",
-    "spoon",
-    "bowl",
-    "banana",
-    "apple",
-    "sandwich",
-    "orange",
-    "broccoli",
-    "carrot",
-    "hot dog",
-    "pizza",
-    "donut",
-    "cake",
-    "chair",
-    "couch",
-    "potted plant",
-    "bed",
-    "dining table",
-    "toilet",
-    "tv",
-    "laptop",
-    "mouse",
-    "remote",
-    "keyboard",
-    "cell phone",
-    "microwave",
-    "oven",
-    "toaster",
-    "sink",
-    "refrigerator",
-    "book",
-    "clock",
-    "vase",
-    "scissors",
-    "teddy bear",
-    "hair drier",
-    "toothbrush",
-)
 
 Image = npt.NDArray[np.uint8]
 
@@ -239,197 +159,6 @@ class HogPeopleDetector:
         return found
 
 
-# --- ONNX ---------------------------------------------------------------------------
-
-LAYOUTS: Final = ("auto", "yolov5", "yolov8")
-
-
-class OnnxDetector:
-    """A user-supplied YOLO-style ONNX model run by onnxruntime on the CPU.
-
-    Input: the model's first input, NCHW float32 RGB scaled to 0..1, the image
-    letterboxed (resized keeping its aspect, padded with grey 114) to
-    ``input_size`` x ``input_size`` (or the model's own fixed height and width).
-
-    Output: the model's first output, in pixels of that input, either
-    ``(1, N, 5 + C)`` rows of ``[cx, cy, w, h, objectness, C class scores]`` (YOLOv5;
-    score = objectness x best class score) or ``(1, 4 + C, N)`` columns of
-    ``[cx, cy, w, h, C class scores]`` (YOLOv8; score = best class score). With
-    ``layout="auto"`` the shape decides, using C = the number of labels; a single
-    class YOLOv5 model may also give ``(1, N, 5)``. Candidates under
-    ``score_threshold`` (0..1) are dropped, overlaps removed per class by non-max
-    suppression. Labels come from ``labels`` (COCO's 80 by default, 0 = ``person``);
-    an index past the list is called ``class_<n>``. ``person`` is the label ``person``
-    at or above ``person_min_confidence`` (0-100; default: the score threshold).
-    """
-
-    name = "onnx"
-
-    def __init__(
-        self,
-        model_path: Path,
-        labels: Sequence[str] | None = None,
-        input_size: int = 640,
-        score_threshold: float = 0.5,
-        *,
-        nms_threshold: float = 0.45,
-        layout: str = "auto",
-        person_min_confidence: float | None = None,
-        threads: int = 0,
-    ) -> None:
-        require("cv2")
-        require("onnxruntime")
-        # onnxruntime ships no type information.
-        import onnxruntime  # type: ignore[import-untyped]
-
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {self.model_path}")
-        self.labels = tuple(labels) if labels is not None else COCO_LABELS
-        self.score_threshold = float(score_threshold)
-        self.nms_threshold = float(nms_threshold)
-        self.layout = layout
-        self.person_min_confidence = (
-            self.score_threshold * 100.0
-            if person_min_confidence is None
-            else float(person_min_confidence)
-        )
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        try:
-            self._session: Any = onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ValueError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
-        model_input = self._session.get_inputs()[0]
-        self._input_name: str = model_input.name
-        shape = list(model_input.shape)
-        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[2:4]]
-        self.input_height = fixed[0] if len(fixed) == 2 and fixed[0] else input_size
-        self.input_width = fixed[1] if len(fixed) == 2 and fixed[1] else input_size
-        log.info(
-            "ONNX model %s: input %r %dx%d, %d labels",
-            self.model_path.name,
-            self._input_name,
-            self.input_width,
-            self.input_height,
-            len(self.labels),
-        )
-
-    def detect(self, image: bytes) -> list[Detection]:
-        """The things the model finds in one image."""
-        frame = decode(image)
-        height, width = frame.shape[:2]
-        tensor, ratio, left, top = self._letterbox(frame)
-        failure: DetectionError | None = None
-        try:
-            outputs = self._session.run(None, {self._input_name: tensor})
-        except Exception as exc:  # onnxruntime's errors are untyped
-            failure = DetectionError("error", f"the ONNX model failed: {type(exc).__name__}")
-        if failure is not None:
-            raise failure
-        centres, scores, classes = self._candidates(np.asarray(outputs[0], dtype=np.float32))
-        found: list[Detection] = []
-        for index in self._suppress(centres, scores, classes):
-            cx, cy, w, h = (float(v) for v in centres[index])
-            box = Box.from_pixels(
-                (cx - w / 2 - left) / ratio,
-                (cy - h / 2 - top) / ratio,
-                (cx + w / 2 - left) / ratio,
-                (cy + h / 2 - top) / ratio,
-                width,
-                height,
-            )
-            if box is None:
-                continue
-            label = self._label(int(classes[index]))
-            confidence = min(max(float(scores[index]) * 100.0, 0.0), 100.0)
-            person = is_person(label, (), confidence, self.person_min_confidence)
-            found.append(Detection(label, confidence, box, person))
-        found.sort(key=lambda d: d.confidence, reverse=True)
-        return found
-
-    def _letterbox(self, frame: Image) -> tuple[npt.NDArray[np.float32], float, int, int]:
-        import cv2
-
-        height, width = frame.shape[:2]
-        ratio = min(self.input_width / width, self.input_height / height)
-        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-        left, top = (self.input_width - new_w) // 2, (self.input_height - new_h) // 2
-        canvas = np.full((self.input_height, self.input_width, 3), 114, dtype=np.uint8)
-        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        canvas[top : top + new_h, left : left + new_w] = resized
-        rgb = canvas[:, :, ::-1]  # OpenCV decodes to BGR; YOLO models take RGB
-        tensor = np.ascontiguousarray(rgb.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
-        tensor /= 255.0
-        return tensor, ratio, left, top
-
-    def _candidates(
-        self, output: npt.NDArray[np.float32]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """``(N, 4)`` centre boxes, ``(N,)`` scores and class indices, over the threshold."""
-        rows = output[0] if output.ndim == 3 and output.shape[0] == 1 else output
-        if rows.ndim != 2:
-            raise DetectionError("error", f"unexpected ONNX output shape {output.shape}")
-        layout = self.layout if self.layout != "auto" else self._guess_layout(rows.shape)
-        if layout == "yolov8":
-            rows = rows.T
-            if rows.shape[1] < 5:
-                raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
-            class_scores = rows[:, 4:]
-            classes = class_scores.argmax(axis=1)
-            scores = class_scores.max(axis=1)
-        else:
-            if rows.shape[1] < 5:
-                raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
-            objectness = rows[:, 4]
-            if rows.shape[1] == 5:  # one class, no separate class score
-                classes = np.zeros(len(rows), dtype=np.int64)
-                scores = objectness
-            else:
-                class_scores = rows[:, 5:]
-                classes = class_scores.argmax(axis=1)
-                scores = objectness * class_scores.max(axis=1)
-        keep = scores >= self.score_threshold
-        return (
-            np.asarray(rows[keep, :4], dtype=np.float32),
-            np.asarray(scores[keep], dtype=np.float32),
-            np.asarray(classes[keep], dtype=np.int64),
-        )
-
-    def _guess_layout(self, shape: tuple[int, ...]) -> str:
-        classes = len(self.labels)
-        if shape[1] == 5 + classes:
-            return "yolov5"
-        if shape[0] == 4 + classes:
-            return "yolov8"
-        # Labels that do not fit: the candidates are the long side (thousands of them).
-        return "yolov5" if shape[0] >= shape[1] else "yolov8"
-
-    def _suppress(
-        self,
-        centres: npt.NDArray[np.float32],
-        scores: npt.NDArray[np.float32],
-        classes: npt.NDArray[np.int64],
-    ) -> list[int]:
-        import cv2
-
-        if len(scores) == 0:
-            return []
-        boxes = [
-            [float(cx - w / 2), float(cy - h / 2), float(w), float(h)] for cx, cy, w, h in centres
-        ]
-        keep = cv2.dnn.NMSBoxesBatched(
-            boxes,
-            [float(s) for s in scores],
-            [int(c) for c in classes],
-            self.score_threshold,
-            self.nms_threshold,
-        )
-        return [int(i) for i in np.ravel(np.asarray(keep, dtype=np.int64))]
-
-    def _label(self, index: int) -> str:
-        return self.labels[index] if 0 <= index < len(self.labels) else f"class_{index}"
+def from_settings(settings: DetectionSettings) -> HogPeopleDetector:
+    """The ``local`` backend: it has no settings of its own."""
+    return HogPeopleDetector()

@@ -1,44 +1,43 @@
-"""Chooses the detection backend the settings ask for."""
+"""The detection backends by name: the names the configuration accepts come from here.
+
+A backend is one module of this folder with a ``from_settings(settings)`` factory; it is
+imported only when chosen, so OpenCV, onnxruntime and boto3 load only where used.
+"""
 
 from __future__ import annotations
 
-from snapshot_processor.config import Settings
-from snapshot_processor.detection import CostGuard, Detector, NoDetector
+import importlib
+from typing import TYPE_CHECKING
+
+from snapshot_processor.detection.base import Detector, NoDetector
+from snapshot_processor.detection.guard import CostGuard
+
+if TYPE_CHECKING:
+    from snapshot_processor.detection.settings import DetectionSettings
+
+# name -> the module whose ``from_settings`` builds it ("none" needs no module).
+BACKENDS: dict[str, str | None] = {
+    "rekognition": "snapshot_processor.detection.rekognition",
+    "local": "snapshot_processor.detection.local",
+    "onnx": "snapshot_processor.detection.onnx",
+    "none": None,
+}
 
 
-def make_detector(settings: Settings) -> Detector:
-    """The configured backend; the local ones import OpenCV / onnxruntime only here."""
-    backend = settings.detection_backend
-    if backend == "rekognition":
-        from snapshot_processor.detection.rekognition import RekognitionDetector
-
-        return RekognitionDetector(
-            settings.aws_region,
-            min_confidence=settings.detection_min_confidence,
-            max_labels=settings.detection_max_labels,
-            person_min_confidence=settings.person_min_confidence,
-        )
-    if backend == "local":
-        from snapshot_processor.detection.local import HogPeopleDetector
-
-        return HogPeopleDetector()
-    if backend == "onnx":
-        from snapshot_processor.detection.local import OnnxDetector
-
-        assert settings.onnx_model_path is not None  # checked by the settings
-        return OnnxDetector(
-            settings.onnx_model_path,
-            labels=settings.onnx_labels or None,
-            score_threshold=settings.detection_min_confidence / 100,
-            person_min_confidence=settings.person_min_confidence,
-        )
-    return NoDetector()
+def make_detector(settings: DetectionSettings) -> Detector:
+    """The configured backend (``none`` unless detection is enabled)."""
+    module = BACKENDS[settings.backend]
+    if module is None:
+        return NoDetector()
+    factory = importlib.import_module(module).from_settings
+    detector: Detector = factory(settings)
+    return detector
 
 
-def make_guard(settings: Settings) -> CostGuard:
+def make_guard(settings: DetectionSettings) -> CostGuard:
     """The dedupe window and call caps."""
     return CostGuard(
-        dedupe_window=settings.detection_dedupe_seconds,
-        max_per_hour=settings.detection_max_per_hour,
-        max_per_day=settings.detection_max_per_day,
+        dedupe_window=settings.dedupe_seconds,
+        max_per_hour=settings.max_per_hour,
+        max_per_day=settings.max_per_day,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 # boto3 and botocore ship no type information and pyproject.toml is not ours to extend.
 import boto3  # type: ignore[import-untyped]
@@ -19,6 +19,9 @@ import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from snapshot_processor.detection.base import Box, Detection, DetectionError, PersonRule
+
+if TYPE_CHECKING:
+    from snapshot_processor.detection.settings import DetectionSettings
 
 _INVALID_IMAGE = frozenset(
     {"InvalidImageFormatException", "ImageTooLargeException", "InvalidParameterException"}
@@ -190,3 +193,13 @@ def error_from(exc: Exception) -> DetectionError:
     if isinstance(exc, _UNREACHABLE):
         return DetectionError("unreachable", f"Rekognition unreachable ({type(exc).__name__})")
     return DetectionError("error", f"Rekognition call failed ({type(exc).__name__})")
+
+
+def from_settings(settings: DetectionSettings) -> RekognitionDetector:
+    """The ``rekognition`` backend as configured."""
+    return RekognitionDetector(
+        settings.aws_region,
+        min_confidence=settings.min_confidence,
+        max_labels=settings.max_labels,
+        person_min_confidence=settings.person_min_confidence,
+    )

@@ -66,7 +66,7 @@ def test_the_default_is_the_private_and_loopback_ranges() -> None:
         "::1/128",
         "fc00::/7",
     }
-    assert config.load(env={}).camera_networks == default.networks
+    assert config.load(env={}).camera.networks == default.networks
     for address in (
         "10.1.2.3",
         "172.16.0.1",
@@ -141,7 +141,7 @@ def test_every_address_a_name_resolves_to_must_be_inside() -> None:
 
 def test_the_setting_is_read_and_checked() -> None:
     settings = config.load(env={"CAMERA_NETWORKS": " 10.0.0.0/8 , 169.254.0.0/16,fe80::/10"})
-    assert [str(network) for network in settings.camera_networks] == [
+    assert [str(network) for network in settings.camera.networks] == [
         "10.0.0.0/8",
         "169.254.0.0/16",
         "fe80::/10",

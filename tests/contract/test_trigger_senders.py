@@ -20,6 +20,7 @@ from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.contract.messages import TRIGGER_KIND, TriggerMessage
+from snapshot_processor.contract.settings import BrokerSettings
 from snapshot_processor.contract.trigger import parse_trigger
 from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
 from tests.support.metrics import sample
@@ -86,7 +87,7 @@ def packed(value: Any) -> bytes:
 def test_java_camera_input_trigger_of_200_kb_is_accepted() -> None:
     body = packed(java_trigger("admin:pw@10.0.0.5:88"))
     assert 200_000 < len(body) < 210_000
-    trigger = parse_trigger(body, CAMERAS, Settings.model_fields["trigger_max_bytes"].default)
+    trigger = parse_trigger(body, CAMERAS, BrokerSettings.model_fields["trigger_max_bytes"].default)
     assert trigger.camera_key == "Front Door camera"
     assert trigger.device_label == "Front Door"
     assert trigger.timestamp == 1_700_000_000
@@ -97,7 +98,7 @@ def test_default_limit_accepts_a_300_kb_trigger() -> None:
     body = packed(java_trigger(None, image_bytes=300_000))
     assert len(body) > 300_000
     assert parse_trigger(body, CAMERAS).camera_key == "Front Door camera"
-    assert Settings.model_fields["trigger_max_bytes"].default >= len(body)
+    assert BrokerSettings.model_fields["trigger_max_bytes"].default >= len(body)
 
 
 ISO_TIMESTAMPS = {

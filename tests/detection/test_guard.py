@@ -86,10 +86,10 @@ def test_dedupe_window_from_the_environment_reaches_the_guard() -> None:
     # A window of 0.3 s instead of the default 60: the same image is a duplicate at
     # once, and may be sent again after the window.
     settings = config.load(env={"DETECTION_DEDUPE_SECONDS": "0.3"})
-    guard = make_guard(settings)
+    guard = make_guard(settings.detection)
     assert guard.check(b"image") is None
     assert guard.check(b"image") == "duplicate"
     assert wait_until(lambda: guard.check(b"image") is None, timeout=5)
     # And a window of 0 turns deduplication off.
-    off = make_guard(config.load(env={"DETECTION_DEDUPE_SECONDS": "0"}))
+    off = make_guard(config.load(env={"DETECTION_DEDUPE_SECONDS": "0"}).detection)
     assert [off.check(b"image") for _ in range(3)] == [None, None, None]

@@ -16,11 +16,11 @@ from skimage import data
 from snapshot_processor.detection.base import Box, DetectionError, Detector
 from snapshot_processor.detection.local import (
     HogPeopleDetector,
-    OnnxDetector,
     hog_confidence,
     hog_weight,
     require,
 )
+from snapshot_processor.detection.onnx import OnnxDetector
 
 
 def jpeg(pixels: npt.NDArray[np.uint8]) -> bytes:

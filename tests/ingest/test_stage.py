@@ -150,7 +150,7 @@ def test_bad_uploads_are_quarantined_and_good_ones_follow(
         client.quit()
     assert _ignored("hidden") == hidden_before + 1
     assert _ignored("no_camera") == stray_before + 1
-    assert (app.settings.upload_dir / "misc" / "stray.jpg").exists()
+    assert (app.settings.ingest_dir / "misc" / "stray.jpg").exists()
     quarantined = list((tmp_path / "quarantine").iterdir())
     assert len(quarantined) == 5
     sources = {event["inputs"][0]["source"] for event in peer.images()}
@@ -173,7 +173,7 @@ def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int])
     assert len({entry["storage_path"] for entry in entries}) == 3
     assert len({entry["event_id"] for entry in entries}) == 3
     # Once each event is in the outbox, its upload is removed: nothing is left behind.
-    folder_path = app.settings.upload_dir / "garage"
+    folder_path = app.settings.ingest_dir / "garage"
     deadline = time.monotonic() + 5
     while any(folder_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -217,7 +217,7 @@ def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
             INPUT_1_LOCATION="Garage",
             INPUT_1_TYPE="camera",
         )
-        folder_path = settings.upload_dir / "garage"
+        folder_path = settings.ingest_dir / "garage"
         folder_path.mkdir(parents=True)
         peer = Peer(exchange)
         app = App(settings)
@@ -309,7 +309,7 @@ def test_hostile_names_are_escaped_in_log_lines(
         with running_app(settings) as app:
             stage = next(w for w in app.workers if isinstance(w, UploadStage))
             assert stage.ready.wait(5)
-            upload_dir = settings.upload_dir
+            upload_dir = settings.ingest_dir
             (upload_dir / "frontdoor" / "two\nlines\u202egpj.jpg").write_bytes(jpeg("odd"))
             (upload_dir / "frontdoor" / "junk\u202e\n.jpg").write_bytes(b"not an image")
             (upload_dir / "misc" / "stray\n\u202e.jpg").write_bytes(jpeg("stray"))

@@ -140,9 +140,11 @@ def test_a_bind_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
         config.load(env={**base, "HTTP_BIND": "0.0.0.0"})
     with pytest.raises(ConfigError, match="at least 16"):
         config.load(env={**base, "HTTP_TOKEN": "short"})
-    assert config.load(env={**base, "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": TOKEN}).http_port == 8080
-    assert config.load(env={**base, "HTTP_BIND": "::1"}).http_bind == "::1"
-    assert config.load(env={**base, "HTTP_PORT": "0", "HTTP_BIND": "0.0.0.0"}).http_port == 0
+    assert (
+        config.load(env={**base, "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": TOKEN}).ops.http_port == 8080
+    )
+    assert config.load(env={**base, "HTTP_BIND": "::1"}).ops.http_bind == "::1"
+    assert config.load(env={**base, "HTTP_PORT": "0", "HTTP_BIND": "0.0.0.0"}).ops.http_port == 0
 
 
 # --- the daemon's routes, against the real broker -----------------------------------------

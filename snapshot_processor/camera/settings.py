@@ -1,0 +1,30 @@
+"""The cameras' settings section: how snapshots are fetched, retried, queued and probed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from snapshot_processor.camera.networks import DEFAULT_CAMERA_NETWORKS, IPNetwork, parse_networks
+
+
+class CameraSettings(BaseModel):
+    """``CAMERA_*`` and the snapshots a trigger takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = Field(5.0, alias="CAMERA_TIMEOUT", gt=0, le=120)
+    retries: int = Field(2, alias="CAMERA_RETRIES", ge=0, le=10)
+    workers: int = Field(32, alias="CAMERA_WORKERS", ge=1, le=256)
+    snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
+    snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
+    queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
+    breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
+    breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
+    # 0 switches probing off; snapshots still report each camera's health.
+    probe_interval: float = Field(300.0, alias="CAMERA_PROBE_INTERVAL", ge=0, le=86400)
+    # Where a trigger's device_params may send the camera GET; OUTPUT_n_ADDRESS is not bounded.
+    networks: Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)] = Field(
+        default_factory=lambda: parse_networks(DEFAULT_CAMERA_NETWORKS), alias="CAMERA_NETWORKS"
+    )

@@ -1,0 +1,35 @@
+"""The broker's settings section: where triggers come from and events go, and their bounds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from pylib.config.settings import secret
+
+
+class BrokerSettings(BaseModel):
+    """``RABBITMQ_*``, the heartbeat, the outbox's bound and a trigger's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_address: str = Field("127.0.0.1", alias="RABBITMQ_SERVER_ADDRESS", min_length=1)
+    url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
+    exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
+    device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
+    queue: str | None = Field(None, alias="RABBITMQ_QUEUE", min_length=1)
+    # None: follows from the cameras (see ``Settings.prefetch``).
+    prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
+    # quorum: replicated on a cluster, so the trigger queue outlives a node.
+    queue_type: Literal["classic", "quorum"] = Field("classic", alias="RABBITMQ_QUEUE_TYPE")
+    heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
+    outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
+    trigger_max_bytes: int = Field(1_048_576, alias="TRIGGER_MAX_BYTES", ge=256)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value

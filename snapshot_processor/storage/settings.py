@@ -1,0 +1,57 @@
+"""The storage settings section: Google Drive, S3, the upload queue and local retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StorageSettings(BaseModel):
+    """``GOOGLE_DRIVE_*``, ``DRIVE_ARCHIVE_AFTER_HOURS``, ``S3_*``, ``UPLOAD_MAX_ATTEMPTS``
+    and ``RETENTION_*``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Google Drive: on when GOOGLE_DRIVE_FOLDER (the top folder's title) is set.
+    google_drive_folder: str | None = Field(None, alias="GOOGLE_DRIVE_FOLDER", min_length=1)
+    google_drive_credentials: Path | None = Field(None, alias="GOOGLE_DRIVE_CREDENTIALS")
+    google_drive_api_url: str = Field(
+        "https://www.googleapis.com/", alias="GOOGLE_DRIVE_API_URL", pattern=r"^https?://\S+$"
+    )
+    drive_archive_after_hours: float = Field(24.0, alias="DRIVE_ARCHIVE_AFTER_HOURS", gt=0)
+    # S3-compatible storage: on when S3_BUCKET is set.
+    s3_bucket: str | None = Field(
+        None, alias="S3_BUCKET", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
+    s3_prefix: str = Field("", alias="S3_PREFIX")
+    upload_max_attempts: int = Field(20, alias="UPLOAD_MAX_ATTEMPTS", ge=1, le=1000)
+    retention_days: float = Field(30.0, alias="RETENTION_DAYS", ge=0)
+    retention_max_bytes: int = Field(0, alias="RETENTION_MAX_BYTES", ge=0)
+    retention_min_free_bytes: int = Field(1024**3, alias="RETENTION_MIN_FREE_BYTES", ge=0)
+    retention_interval: float = Field(600.0, alias="RETENTION_INTERVAL", gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StorageSettings:
+        problems = []
+        if self.google_drive_folder and self.google_drive_credentials is None:
+            problems.append(
+                "GOOGLE_DRIVE_FOLDER is set, so GOOGLE_DRIVE_CREDENTIALS is needed "
+                "(the JSON file snapshot-processor drive-auth writes, or a service-account key)"
+            )
+        if (
+            self.google_drive_credentials is not None
+            and not self.google_drive_credentials.is_file()
+        ):
+            problems.append(
+                f"GOOGLE_DRIVE_CREDENTIALS: no such file {self.google_drive_credentials}"
+                " (snapshot-processor drive-auth writes it)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def drive_on(self) -> bool:
+        """Google Drive uploads are configured."""
+        return bool(self.google_drive_folder)
