@@ -30,6 +30,9 @@ HEALTH_PING_FAILURES = Counter(
 # Cronitor's telemetry URL is https://cronitor.link/p/<api key>/<monitor key>.
 CRONITOR_BASE_URL = "https://cronitor.link/p"
 
+# How long stop() waits, by default, for a ping in flight to end.
+STOP_TIMEOUT = 5.0
+
 # healthchecks.io keeps the first 100 kB of a ping body, Cronitor a short message.
 _MAX_MESSAGE = 1000
 
@@ -86,13 +89,24 @@ class HealthPinger:
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (at most one ping in flight delays it) and close the session."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop pinging; True once the thread has ended, False if it is still running after
+        ``timeout`` seconds.
+
+        Only a ping in flight delays the end, until its requests answer or time out; a
+        service that hangs must not hold up the daemon's stop, so this waits no longer
+        than ``timeout``. A thread still running ends by itself once its ping returns
+        and closes the session then; otherwise it is closed here.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
             self._thread = None
         self._session.close()
+        return True
 
     def ping_once(self) -> None:
         """Ask ``is_healthy`` and send one ping to each configured service."""
@@ -111,10 +125,13 @@ class HealthPinger:
                 self._send("cronitor", "GET", self._cronitor_url, params=params)
 
     def _run(self) -> None:
-        while True:
-            self.ping_once()
-            if self._stop.wait(self._interval):
-                return
+        try:
+            while True:
+                self.ping_once()
+                if self._stop.wait(self._interval):
+                    return
+        finally:
+            self._session.close()  # also when stop() gave up waiting for this thread
 
     def _check(self) -> tuple[bool, str]:
         try:

@@ -11,8 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pylib.runtime.pings import HealthPinger
+from tests.support.fakes import Reply, Request
 from tests.support.fakes.http_recorder import HTTPRecorder
 from tests.support.net import free_port
+from tests.support.wait import wait_until
 
 CHECK_UUID = "5f2c8a4e-1b7d-4c3a-9e6f-0a1b2c3d4e5f"
 CRONITOR_KEY = "telemetrykey123/snapshot-processor"
@@ -112,8 +114,47 @@ def test_stop_is_prompt_between_pings(recorder: HTTPRecorder) -> None:
     pinger.start()
     recorder.wait_for(2)  # the pings sent at start
     started = time.monotonic()
-    pinger.stop()
+    assert pinger.stop() is True
     assert time.monotonic() - started < 1.0
+
+
+class HangingServer(HTTPRecorder):
+    """Takes each request and answers nothing until :meth:`release` (a service that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def handle(self, request: Request) -> Reply:
+        reply = super().handle(request)
+        self.released.wait(30)
+        return reply
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_stop_is_bounded_while_a_ping_hangs() -> None:
+    with HangingServer() as server:
+        pinger = HealthPinger(
+            f"{server.base_url}/{CHECK_UUID}",
+            None,
+            is_healthy=_healthy,
+            timeout=30.0,  # the request itself would wait this long for an answer
+        )
+        pinger.start()
+        try:
+            server.wait_for(1)  # the first ping is in flight, and will hang
+            started = time.monotonic()
+            assert pinger.stop(timeout=0.3) is False
+            assert time.monotonic() - started < 2.0
+            assert any(t.name == "health" for t in threading.enumerate())
+        finally:
+            server.release()
+        # Once the ping returns, the thread ends by itself; stop() as callers call it is True.
+        assert wait_until(lambda: not any(t.name == "health" for t in threading.enumerate()), 10)
+        assert pinger.stop() is True
+    assert len(server.requests) == 1
 
 
 def test_refused_ping_is_logged_counted_and_pinging_continues(
