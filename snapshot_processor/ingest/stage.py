@@ -382,9 +382,14 @@ class UploadStage(Stage):
             check_jpeg(image)
         except InvalidJPEGError as exc:
             raise UploadRejectedError("not_a_jpeg", str(exc)) from None
-        taken = info.st_mtime
+        # One instant dates the event, the file's name and its day folder: the upload's
+        # mtime, when the camera finished writing it (by this machine's clock, as the FTP
+        # server writes the file), not when this stage got to it: an upload found at start
+        # after a stop keeps the time it came. A mtime ahead of the clock (set by a client)
+        # is taken as now: nothing is dated in the future.
+        taken = min(info.st_mtime, time.time())
         event_id = new_id()
-        target = snapshot_path(self.root, device.key, time.time(), event_id)
+        target = snapshot_path(self.root, device.key, taken, event_id)
         # Renamed aside, so a re-upload under the same name is a new file and a new event;
         # kept until the publisher has the event in its outbox.
         inflight = path

@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,39 @@ def _upload_app(tmp_path: Path, **env: str) -> tuple[Settings, Peer]:
         **env,
     )
     return settings, Peer(exchange)
+
+
+def test_an_uploads_event_time_and_its_folder_come_from_one_instant(tmp_path: Path) -> None:
+    # Uploads that came while the daemon was down: one a day ago, one whose mtime a client
+    # set a day ahead. Each event's time, file name and day folder must tell one time.
+    folder_path = tmp_path / "upload" / "frontdoor"
+    folder_path.mkdir(parents=True)
+    now = int(time.time())  # whole seconds: the name's time is then exact
+    yesterday, tomorrow = float(now - 86_400), float(now + 86_400)
+    for name, when in (("yesterday.jpg", yesterday), ("tomorrow.jpg", tomorrow)):
+        (folder_path / name).write_bytes(jpeg(name))
+        os.utime(folder_path / name, (when, when))
+    settings, peer = _upload_app(tmp_path)
+    try:
+        with running_app(settings):
+            events = peer.wait_for_images(2)
+            started = time.time()
+    finally:
+        peer.close()
+    assert len(events) == 2
+    by_image = {event["inputs"][0]["image"]: event["inputs"][0] for event in events}
+
+    def day(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
+
+    old = by_image[jpeg("yesterday.jpg")]
+    assert old["image_timestamp"] == str(int(yesterday))
+    assert Path(old["storage_path"]).parent.name == day(yesterday)
+    stamp = datetime.fromtimestamp(yesterday, UTC).strftime("%Y%m%dT%H%M%S")
+    assert f"_{stamp}." in Path(old["storage_path"]).name
+    ahead = by_image[jpeg("tomorrow.jpg")]
+    assert int(ahead["image_timestamp"]) <= started
+    assert Path(ahead["storage_path"]).parent.name == day(int(ahead["image_timestamp"]))
 
 
 def test_links_and_special_files_are_never_read(tmp_path: Path) -> None:
