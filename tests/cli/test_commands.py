@@ -55,6 +55,9 @@ def write_config(tmp_path: Path, **values: str) -> Path:
         "DEVICE_NAME": "garage",
         "CAMERA_TIMEOUT": "2",
         "CAMERA_RETRIES": "0",
+        # No HTTP server: a daemon started from this file must not need the default port
+        # 8080, which another process may hold.
+        "HTTP_PORT": "0",
         **values,
     }
     path = tmp_path / "settings.toml"
