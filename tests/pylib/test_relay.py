@@ -306,9 +306,11 @@ def test_relay_restarted_after_a_crash_still_gets_what_upstream_sends(
 def test_inproc_queues_hold_few_messages(stop_event: threading.Event) -> None:
     """A stalled stage makes its upstream wait after a few dozen messages, not thousands."""
     gate = threading.Event()
+    entered = threading.Event()
     handled: list[int] = []
 
     def stalled(envelope: Envelope) -> None:
+        entered.set()
         gate.wait(10)
         handled.append(envelope.body["seq"])
 
@@ -318,6 +320,13 @@ def test_inproc_queues_hold_few_messages(stop_event: threading.Event) -> None:
     sender = Sender(inproc("stalled"))
     queued = 0
     try:
+        # The stage takes up to a batch of what is queued before handling the first: a
+        # thread woken late on a busy machine would take dozens into memory, and the
+        # queue would refill behind them (150 seen). Stalled on one message first, only
+        # the sockets' queues are left to count.
+        assert sender.send(Envelope("n", {"seq": queued}), block=False)
+        queued += 1
+        assert entered.wait(5)
         while queued < 5_000 and sender.send(Envelope("n", {"seq": queued}), block=False):
             queued += 1
     finally:
