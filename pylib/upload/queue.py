@@ -239,6 +239,13 @@ class UploadQueue:
         ((added,),) = self._read("SELECT MIN(added) FROM uploads WHERE parked IS NULL")
         return None if added is None else max(0.0, now - float(added))
 
+    @property
+    def synchronous(self) -> int:
+        """This connection's ``PRAGMA synchronous`` (2 is FULL): what durability ``add`` and
+        the other writes get."""
+        ((level,),) = self._read("PRAGMA synchronous")
+        return int(level)
+
     def parked(self, since: float | None = None) -> int:
         """Parked uploads (those parked at or after ``since``, when given)."""
         ((count,),) = self._read(

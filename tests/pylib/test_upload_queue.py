@@ -180,6 +180,30 @@ def test_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> None:
         again.close()
 
 
+def test_every_connection_syncs_fully(db_path: Path, tmp_path: Path) -> None:
+    """An upload is on disk when add returns only with synchronous=FULL (2) or EXTRA (3):
+    in WAL mode, NORMAL leaves the last commits to a power cut. A fresh file, a reopened
+    one and the fresh one that replaces a damaged file each get it."""
+    fresh = UploadQueue(db_path, max_attempts=3)
+    try:
+        assert fresh.synchronous >= 2
+        fresh.add([("drive", item(tmp_path, 1))])
+    finally:
+        fresh.close()
+    reopened = UploadQueue(db_path, max_attempts=3)
+    try:
+        assert reopened.synchronous >= 2
+    finally:
+        reopened.close()
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"this is not a database, " * 400)
+    replaced = UploadQueue(damaged, max_attempts=3)
+    try:
+        assert replaced.synchronous >= 2
+    finally:
+        replaced.close()
+
+
 def test_sigkill_loses_nothing_add_returned_for(db_path: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
