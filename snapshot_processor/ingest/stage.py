@@ -89,6 +89,41 @@ class UploadRejectedError(Exception):
         self.reason = reason
 
 
+def read_upload(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of the file at ``path`` and its ``fstat``, read through the entry itself:
+    never a link (even one swapped in after an ``lstat`` said a regular file), only a
+    regular file of 1 to ``max_bytes`` bytes; anything else raises
+    :class:`UploadRejectedError`."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UploadRejectedError("symlink", "a link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UploadRejectedError("not_a_regular_file", "not a regular file")
+        if info.st_size == 0:
+            raise UploadRejectedError("empty", "zero bytes")
+        if info.st_size > max_bytes:
+            raise UploadRejectedError("too_large", f"{info.st_size} bytes, more than {max_bytes}")
+        chunks = []
+        left = max_bytes + 1  # a file still growing is caught, not read without end
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    image = b"".join(chunks)
+    if len(image) > max_bytes:
+        raise UploadRejectedError("too_large", f"more than {max_bytes} bytes")
+    return image, info
+
+
 @dataclass
 class _Pending:
     size: int
@@ -343,41 +378,8 @@ class UploadStage(Stage):
             return
         log.warning("upload: %s is a %s, not read; removed", shown, reason.replace("_", " "))
 
-    def _read(self, path: Path) -> tuple[bytes, os.stat_result]:
-        """The file's bytes, read through the entry itself: never a link, only a regular file."""
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UploadRejectedError("symlink", "a link") from None
-            raise
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise UploadRejectedError("not_a_regular_file", "not a regular file")
-            if info.st_size == 0:
-                raise UploadRejectedError("empty", "zero bytes")
-            if info.st_size > self.max_bytes:
-                raise UploadRejectedError(
-                    "too_large", f"{info.st_size} bytes, more than {self.max_bytes}"
-                )
-            chunks = []
-            left = self.max_bytes + 1  # a file still growing is caught, not read without end
-            while left > 0:
-                chunk = os.read(fd, min(left, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
-        finally:
-            os.close(fd)
-        image = b"".join(chunks)
-        if len(image) > self.max_bytes:
-            raise UploadRejectedError("too_large", f"more than {self.max_bytes} bytes")
-        return image, info
-
     def _accept(self, path: Path, device: Device) -> None:
-        image, info = self._read(path)
+        image, info = read_upload(path, self.max_bytes)
         try:
             check_jpeg(image)
         except InvalidJPEGError as exc:
