@@ -93,3 +93,15 @@ def test_dedupe_window_from_the_environment_reaches_the_guard() -> None:
     # And a window of 0 turns deduplication off.
     off = make_guard(config.load(env={"DETECTION_DEDUPE_SECONDS": "0"}).detection)
     assert [off.check(b"image") for _ in range(3)] == [None, None, None]
+
+
+def test_call_caps_from_the_environment_reach_the_guard() -> None:
+    # Distinct images, so only the caps can refuse them.
+    images = [f"image {n}".encode() for n in range(4)]
+    hourly = make_guard(config.load(env={"DETECTION_MAX_PER_HOUR": "2"}).detection)
+    assert [hourly.check(image) for image in images[:3]] == [None, None, "hourly_cap"]
+    daily = make_guard(config.load(env={"DETECTION_MAX_PER_DAY": "3"}).detection)
+    assert [daily.check(image) for image in images] == [None, None, None, "daily_cap"]
+    # Unset: no cap.
+    free = make_guard(config.load(env={}).detection)
+    assert [free.check(f"free {n}".encode()) for n in range(50)] == [None] * 50
