@@ -613,3 +613,27 @@ def test_done_mark_asking_for_requeue_hands_the_work_back(make: Make, peer: Peer
         sender.close()
         ack_pull.close(linger=0)
     assert [(ack["n"], ack["requeue"]) for ack in returned] == [(1, True), (2, False)]
+
+
+def test_events_are_published_persistent(make: Make, peer: Peer, tmp_path: Path) -> None:
+    """delivery_mode 2 on every event, however it goes out: a backlog found in the outbox
+    (the first message to an exchange alone, the rest together), then one sent live."""
+    outbox_path = tmp_path / "persistent.sqlite3"
+    with Outbox(outbox_path) as outbox:
+        outbox.append_many(
+            [
+                (peer.exchange, "event.notify.snapshot.test.image", msgpack.packb({"name": n}), {})
+                for n in ("one", "two", "three", "four")
+            ]
+        )
+    publisher = make("pub-persistent", peer.exchange, outbox_path=outbox_path)
+    sender = Sender(publisher.inbox)
+    try:
+        assert len(peer.wait_for_images(4)) == 4
+        sender.send(publish_envelope(image(peer.exchange, b"live"), Settlement(None)))
+        images = peer.wait_for_images(5)
+    finally:
+        sender.close()
+    assert names(images) == ["one", "two", "three", "four", "live"]
+    modes = [props.delivery_mode for key, props, _ in peer.messages if key.endswith(".image")]
+    assert modes == [pika.DeliveryMode.Persistent.value] * 5
