@@ -22,6 +22,8 @@ from snapshot_processor.detection.local import (
 )
 from snapshot_processor.detection.onnx import OnnxDetector
 
+pytestmark = pytest.mark.local_extra
+
 
 def jpeg(pixels: npt.NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()

@@ -26,6 +26,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [
     pytest.mark.broker,
+    pytest.mark.browser,
     pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
 ]
 
