@@ -18,9 +18,11 @@ from pylib.observe.logs import printable
 from pylib.observe.redact import redact
 from pylib.runtime.daemon import EXIT_START
 from snapshot_processor import config
-from snapshot_processor.app import App, startup_summary
+from snapshot_processor.app import App
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.contract.publication import EventBuilder
+from snapshot_processor.ops.feature import metrics_listener
+from snapshot_processor.ops.summary import startup_summary
 from tests.support.net import free_port
 
 
@@ -192,7 +194,7 @@ def test_metrics_listen_on_loopback_and_a_taken_port_is_a_clear_start_failure(
     port = free_port()
     env = {"SNAPSHOTS_ROOT_DIR": str(tmp_path), "METRICS_PORT": str(port)}
     app = App(config.load(env=env))
-    app.init_metrics()
+    metrics_listener(app.settings, app.daemon)
     app.daemon.start()
     try:
         assert _listen_addresses(port) == {"127.0.0.1"}
@@ -205,7 +207,7 @@ def test_metrics_listen_on_loopback_and_a_taken_port_is_a_clear_start_failure(
         with pytest.raises(urllib.error.HTTPError, match="403"):
             urllib.request.urlopen(renamed, timeout=5)
         second = App(config.load(env=env))
-        second.init_metrics()
+        metrics_listener(second.settings, second.daemon)
         caplog.set_level(logging.ERROR, logger="pylib.runtime.daemon")
         assert second.daemon.run() == EXIT_START
         [line] = [

@@ -47,6 +47,7 @@ from pylib.chain.settle import (
 from pylib.chain.sockets import Sender, inproc
 from pylib.chain.stage import Stage
 from pylib.retry import RetryPolicy
+from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget, Worker
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,21 @@ class AmqpListener(Worker):
                 f"{time.monotonic() - since:.0f} s ago; declaring the queue again"
             )
         return found
+
+    def health(self) -> Health:
+        """Without a consumer no trigger arrives: a problem, said once."""
+        health = super().health()
+        consuming = self.consuming.is_set()
+        if not consuming and not health.warnings:
+            health.problems.append("listener cannot reach the broker; no triggers arrive")
+        health.problems.extend(health.warnings)
+        health.warnings = []
+        health.detail["broker"] = {"listener": consuming}
+        acks = self._acks
+        if acks is not None and not acks.healthy:
+            # Without it no delivery is acked again: the listener's own problem.
+            health.problems.append(f"thread {acks.name} is dead")
+        return health
 
     @property
     def in_flight(self) -> int:

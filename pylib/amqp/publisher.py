@@ -69,6 +69,7 @@ from pylib.chain.settle import (
 )
 from pylib.chain.stage import Stage, Timer
 from pylib.retry import RetryPolicy
+from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,18 @@ class AmqpPublisher(Stage):
         """The outbox cannot be written (a full disk, say), while that lasts."""
         trouble = self._outbox_trouble
         return [trouble] if trouble else []
+
+    def health(self) -> Health:
+        """Without the broker or a writable outbox no event goes out: problems."""
+        health = super().health()
+        connected = self.connected.is_set()
+        if not connected:
+            health.problems.append("publisher cannot reach the broker; events wait in the outbox")
+        health.problems.extend(health.warnings)
+        health.warnings = []
+        health.detail["broker"] = {"publisher": connected}
+        health.detail["outbox"] = {"depth": self.outbox_depth, "writable": self.outbox_writable}
+        return health
 
     def finish(self, deadline: float) -> None:
         """At stop: store what is held if it can be, else hand it back; publish until ``deadline``."""

@@ -86,6 +86,8 @@ class HealthPinger:
         if not self.enabled or self._thread is not None:
             return
         self._stop.clear()
+        # Not a Worker: if this thread died, the pings would stop, and a missed ping is what
+        # the service on the other side reports: the switch watches its own thread.
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._thread.start()
 

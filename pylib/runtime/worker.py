@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from pylib.observe.sentry import capture_exception
+from pylib.runtime.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ class Worker(threading.Thread):
         """What is wrong outside the thread right now (a broker away, a disk full), each
         a short line for health; empty when all is well. Subclasses add their own."""
         return []
+
+    def health(self) -> Health:
+        """A dead thread is a problem; its troubles are warnings (a restart would not mend
+        them). Parts whose troubles stop the daemon's work override this."""
+        problems = [] if self.healthy else [f"thread {self.name} is dead"]
+        return Health(problems, self.troubles(), {"threads": {self.name: self.healthy}})
 
     def run(self) -> None:
         try:

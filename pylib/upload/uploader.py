@@ -36,6 +36,7 @@ from pylib.observe.logs import printable
 from pylib.observe.redact import redact
 from pylib.observe.trouble import TroubleLog
 from pylib.retry import Backoff, RetryPolicy
+from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget, Worker
 from pylib.upload.destination import Destination, UploadRefusedError, UploadRetryError
 from pylib.upload.queue import QueuedUpload, UploadQueue, UploadQueueError
@@ -188,6 +189,18 @@ class Uploader(Worker):
         except UploadQueueError as exc:
             return UploadStatus(0, None, 0, {**failing, "queue": redact(str(exc))})
         return UploadStatus(depth=depth, oldest_seconds=oldest, parked=parked, failing=failing)
+
+    def health(self) -> Health:
+        """The queue at a glance beside the troubles (warnings: a restart would not help)."""
+        health = super().health()
+        status = self.status()
+        health.detail["uploads"] = {
+            "depth": status.depth,
+            "oldest_seconds": status.oldest_seconds,
+            "parked": status.parked,
+            "failing": status.failing,
+        }
+        return health
 
     # --- the thread ------------------------------------------------------------------
     def on_thread_close(self) -> None:

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge
 
 from pylib.observe.logs import printable
 from pylib.observe.redact import redact
+from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget, Worker
 from snapshot_processor.camera import (
     CameraAuthError,
@@ -224,6 +225,12 @@ class CameraProber(Worker):
         self._due = 0.0
 
     # --- what others call ---------------------------------------------------------------
+    def health(self) -> Health:
+        """Cameras down are warnings (not the daemon's fault); each camera's state."""
+        health = super().health()
+        health.detail["cameras"] = {key: status.as_dict() for key, status in self.status().items()}
+        return health
+
     def status(self) -> dict[str, CameraStatus]:
         """Every configured camera's status, by key (a consistent copy)."""
         with self._lock:
@@ -279,6 +286,8 @@ class CameraProber(Worker):
     # --- the thread ---------------------------------------------------------------------
     def on_thread_open(self) -> None:
         self._closing.clear()
+        # The prober's own pool, not Workers: each probe's failure is caught and counted in
+        # _probe_loop, so a pool thread ends only at close.
         for number in range(1, self._workers + 1):
             thread = threading.Thread(
                 target=self._probe_loop, name=f"{self.name}-{number}", daemon=True

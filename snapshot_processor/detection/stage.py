@@ -112,6 +112,8 @@ class DetectionStage(Stage):
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._closing = threading.Event()
+        # Not a Worker: it lives and dies with this stage's attempt (started here, joined in
+        # on_thread_stop), and a failed analysis is caught in _detect_loop.
         self._detector_thread = threading.Thread(
             target=self._detect_loop,
             args=(self._closing,),

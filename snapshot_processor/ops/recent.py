@@ -148,6 +148,8 @@ class RecentEvents:
 
     def _start_writer(self) -> None:
         # A daemon thread: a view never closed (an embedder's) must not keep the process.
+        # Not a Worker: reads and close() write whatever it has not, so losing it costs
+        # no event, only the batching.
         writer = threading.Thread(target=self._write_when_due, name="recent-events", daemon=True)
         try:
             writer.start()

@@ -91,7 +91,6 @@ class Ops:
     recent: RecentEvents
     camera_health: Callable[[], Mapping[str, CameraHealth]]
     take_snapshot: Callable[[str], str]
-    uploads: Callable[[], dict[str, Any] | None]
 
 
 def build_router(ops: Ops, auth: TokenAuth) -> Router:

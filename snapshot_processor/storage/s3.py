@@ -22,7 +22,7 @@ import mimetypes
 import os
 import stat
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # boto3 and botocore ship no type information and pyproject.toml is not ours to extend.
 import boto3  # type: ignore[import-untyped]
@@ -35,6 +35,9 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from pylib.observe.redact import register_secrets
 from pylib.upload.destination import UploadItem, UploadRefusedError, UploadRetryError
 from snapshot_processor.storage.files import slug
+
+if TYPE_CHECKING:
+    from snapshot_processor.storage.settings import StorageSettings
 
 # Credentials refused or missing: try again this long after (seconds), not at once.
 DENIED_PAUSE = 600.0
@@ -197,3 +200,9 @@ def sort_error(exc: Exception, bucket: str) -> UploadRetryError | UploadRefusedE
         return UploadRefusedError(f"refused before sending: {exc}")
     # Timeouts, dropped connections, an unreadable file mid-way: may pass.
     return UploadRetryError(f"{type(exc).__name__}: {exc}")
+
+
+def from_settings(settings: StorageSettings, aws_region: str | None) -> S3Destination:
+    """The S3 bucket as configured (S3_BUCKET set), in AWS_DEFAULT_REGION."""
+    assert settings.s3_bucket
+    return S3Destination(settings.s3_bucket, settings.s3_prefix, region=aws_region)

@@ -74,7 +74,7 @@ def test_a_hanging_camera_holds_neither_threads_nor_the_prefetch_window(tmp_path
                     assert len(peer.wait_for_images(n, timeout=10)) == n
                 elapsed = time.monotonic() - started
                 # Its first fetch still hangs meanwhile.
-                assert app.cameras.breaker("Hung camera").failures == 0
+                assert app.cameras.registry.breaker("Hung camera").failures == 0
                 # Overdue: one fetching and CAMERA_QUEUE (3) waiting hold their deliveries;
                 # the other 26 were coalesced and acked, so nothing piles up in the broker.
                 assert wait_until(lambda: queue_depth(settings.queue_name) == 0, 10)

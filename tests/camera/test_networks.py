@@ -292,7 +292,9 @@ def test_a_trigger_outside_camera_networks_is_settled_and_the_camera_never_asked
                 received + 1
             )
             assert queue_depth(settings.queue_name) == 0
-            assert app.cameras.known_spec(KEY) is None  # nothing for "snapshot now" to reuse
+            assert (
+                app.cameras.registry.known_spec(KEY) is None
+            )  # nothing for "snapshot now" to reuse
     finally:
         peer.close()
     assert camera.connections == 0

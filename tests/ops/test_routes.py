@@ -16,8 +16,9 @@ import pytest
 
 from pylib.config.settings import ConfigError
 from pylib.http import HttpServer, Request, Response, Router, TokenAuth
+from pylib.runtime.daemon import Daemon
 from snapshot_processor import config
-from snapshot_processor.app import App
+from snapshot_processor.ops.feature import recent_events
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import camera_env as daemon_camera_env
 from tests.support.net import free_port
@@ -239,12 +240,11 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
         finally:
             peer.close()
     # The recent events survive a restart.
-    app = App(settings)
-    app.init_recent()
+    recent = recent_events(settings, Daemon("test", shutdown_timeout=5))
     try:
-        assert app.recent.latest(5)[0].event_id == event_id
+        assert recent.latest(5)[0].event_id == event_id
     finally:
-        app.recent.close()
+        recent.close()
 
 
 def concrete_path(pattern: str, key: str) -> str:

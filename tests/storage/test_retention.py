@@ -15,10 +15,11 @@ import pytest
 
 from pylib.amqp.outbox import Outbox
 from pylib.chain.attachment import Attachment
+from pylib.runtime.daemon import Daemon
 from pylib.upload.destination import UploadItem
 from pylib.upload.queue import UploadQueue
 from snapshot_processor import config
-from snapshot_processor.app import App
+from snapshot_processor.storage.feature import build as build_storage
 from snapshot_processor.storage.retention import Retention, RetentionPolicy, sweep
 from tests.storage.test_disk_full import disk  # noqa: F401  (the tmpfs fixture)
 from tests.support.metrics import sample, sample_gauge
@@ -248,7 +249,7 @@ def test_the_daemons_retention_keeps_the_snapshots_its_outbox_still_names(
             box.append("events", "k", body, attachment=Attachment(str(path), 1, 1000))
         assert box.park(box.peek()[1].id, "404 NOT_FOUND")
 
-    worker = App(settings).retention()
+    worker = build_storage(settings, Daemon("test", shutdown_timeout=5)).retention
     assert worker.run_once() is not None
 
     assert named.exists()
@@ -263,7 +264,7 @@ def test_the_daemons_retention_removes_nothing_while_its_outbox_cannot_be_read(
     old = snapshot(tmp_path, "old.jpg", 40 * DAY)
     settings.outbox_path.write_bytes(b"not a database" * 200)
 
-    worker = App(settings).retention()
+    worker = build_storage(settings, Daemon("test", shutdown_timeout=5)).retention
 
     assert worker.run_once() is None
     assert old.exists()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from pydrive2.files import GoogleDriveFile
@@ -39,6 +40,9 @@ from snapshot_processor.storage.drive.session import (
     DriveSession,
     read_credentials_file,
 )
+
+if TYPE_CHECKING:
+    from snapshot_processor.storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -327,4 +331,16 @@ def service_account_note(credentials_file: Path) -> str | None:
         "Workspace) it is a member of.\n"
         "A folder in a personal My Drive, even shared with it, refuses its uploads "
         "(403 storageQuotaExceeded); with a personal account use snapshot-processor drive-auth."
+    )
+
+
+def from_settings(settings: StorageSettings, aws_region: str | None) -> DriveDestination:
+    """Google Drive as configured (GOOGLE_DRIVE_FOLDER set, checked by the settings)."""
+    assert settings.google_drive_folder
+    assert settings.google_drive_credentials
+    return DriveDestination(
+        settings.google_drive_folder,
+        settings.google_drive_credentials,
+        settings.google_drive_api_url,
+        settings.drive_archive_after_hours,
     )

@@ -1,0 +1,109 @@
+"""The broker's side of the chain: triggers in (the listener), image events built and
+published with heartbeats (the events relay and the publisher)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from pylib.amqp.consumer import AmqpListener, RejectedMessageError
+from pylib.amqp.params import connection_parameters
+from pylib.amqp.publisher import AmqpPublisher
+from pylib.chain.envelope import Envelope
+from pylib.chain.settle import Publication
+from pylib.chain.stage import Relay, Stage
+from pylib.runtime.daemon import Daemon
+from pylib.runtime.worker import Worker
+from snapshot_processor.config import Settings
+from snapshot_processor.contract import event, exchanges
+from snapshot_processor.contract.publication import EventBuilder
+from snapshot_processor.contract.trigger import TriggerError, parse_trigger
+from snapshot_processor.ops.recent import RecentEvents
+
+
+def params(settings: Settings, role: str) -> pika.ConnectionParameters:
+    """Connection parameters for one of our connections, named for the broker's UI."""
+    url = settings.broker.url.get_secret_value() if settings.broker.url else None
+    return connection_parameters(
+        url,
+        settings.broker.server_address,
+        connection_name=f"{settings.app_name} {settings.device_name} {role}",
+    )
+
+
+def heartbeat(
+    settings: Settings, camera_health: Callable[[], Mapping[str, dict[str, Any]]]
+) -> Callable[[], Publication]:
+    """The periodic heartbeat listing our inputs and outputs (and each camera's health)."""
+
+    def publication() -> Publication:
+        return Publication(
+            settings.broker.exchange,
+            event.heartbeat_routing_key(settings.broker.device_topic),
+            event.pack(
+                event.heartbeat(
+                    settings.inputs.values(),
+                    settings.outputs.values(),
+                    camera_health=camera_health(),
+                )
+            ),
+        )
+
+    return publication
+
+
+def events(settings: Settings, daemon: Daemon, recent: RecentEvents) -> Stage:
+    """Snapshots (with detections) become image events, and are recorded for the page."""
+    builder = EventBuilder(
+        settings.broker.exchange, settings.broker.device_topic, settings.device_name, recent=recent
+    )
+    return Relay("events", daemon.stop_event, builder, fold=True, on_fatal=daemon.on_fatal)
+
+
+def publisher(settings: Settings, daemon: Daemon, periodic: Callable[[], Publication]) -> Stage:
+    """The publisher: outbox, confirms, heartbeats, acks back up the chain."""
+
+    def setup(channel: BlockingChannel) -> None:
+        exchanges.declare_exchanges(channel, settings)
+
+    return AmqpPublisher(
+        "publisher",
+        daemon.stop_event,
+        params=params(settings, "publisher"),
+        setup=setup,
+        outbox_path=settings.outbox_path,
+        outbox_max=settings.broker.outbox_max_events,
+        periodic=periodic,
+        periodic_interval=settings.broker.heartbeat_interval,
+        on_fatal=daemon.on_fatal,
+    )
+
+
+def listener(
+    settings: Settings, daemon: Daemon, camera_keys: Mapping[str, str], forward_to: str
+) -> Worker:
+    """The trigger consumer, feeding the snapshot stage; bad triggers are rejected."""
+
+    def setup(channel: BlockingChannel) -> str:
+        return exchanges.declare_trigger_queue(channel, settings)
+
+    def decode(body: bytes, properties: pika.BasicProperties) -> Envelope:
+        try:
+            trigger = parse_trigger(body, camera_keys, settings.broker.trigger_max_bytes)
+        except TriggerError as exc:
+            raise RejectedMessageError(exc.reason, str(exc)) from None
+        return trigger.message().envelope()
+
+    return AmqpListener(
+        "listener",
+        daemon.stop_event,
+        params=params(settings, "listener"),
+        setup=setup,
+        decode=decode,
+        forward_to=forward_to,
+        prefetch=settings.prefetch,
+        on_fatal=daemon.on_fatal,
+    )

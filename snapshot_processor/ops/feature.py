@@ -1,0 +1,118 @@
+"""Operations as the daemon runs them: the recent events, the HTTP server (and the metrics
+listener), and the health pings."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from pylib.http import HttpServer, TokenAuth
+from pylib.runtime.daemon import Daemon, StartError
+from pylib.runtime.pings import HealthPinger
+from pylib.runtime.worker import Worker, WorkerStartError
+from snapshot_processor.camera.feature import Cameras
+from snapshot_processor.config import Settings
+from snapshot_processor.ops.recent import RecentEvents
+from snapshot_processor.ops.routes import Camera, HealthReport, Ops, build_router, metrics_router
+from snapshot_processor.ops.snapshot_requests import SnapshotRequests
+
+
+def recent_events(settings: Settings, daemon: Daemon) -> RecentEvents:
+    """The recent events the status page and the API show (closed after the chain)."""
+    path = settings.recent_events_path
+    try:
+        recent = RecentEvents(path, keep=settings.ops.recent_events)
+    except (OSError, sqlite3.Error) as exc:
+        raise StartError(f"recent events {path} cannot be opened: {exc}") from None
+
+    def close(timeout: float) -> bool:
+        recent.close()
+        return True
+
+    daemon.add_step("recent events", lambda: None, close)
+    return recent
+
+
+def metrics_listener(settings: Settings, daemon: Daemon) -> None:
+    """Prometheus counters on METRICS_PORT too, when it is set: the same server and rules
+    as HTTP_PORT, with only ``/metrics``."""
+    port, address = settings.ops.metrics_port, settings.ops.metrics_address
+    if not port:
+        return
+    server = HttpServer(
+        "metrics",
+        daemon.stop_event,
+        address=address,
+        port=port,
+        router=metrics_router(),
+        auth=TokenAuth(settings.ops.http_token_value),
+        allowed_hosts=settings.ops.http_allowed_hosts,
+    )
+
+    def start() -> None:
+        try:
+            server.start()
+        except WorkerStartError as exc:
+            server.stop_and_join(5)
+            raise StartError(str(exc)) from None
+
+    daemon.add_step("metrics", start, server.stop_and_join)
+
+
+def health_pings(
+    settings: Settings, daemon: Daemon, health: Callable[[], tuple[bool, str]]
+) -> None:
+    """Ping healthchecks / Cronitor on a schedule, when configured."""
+    section = settings.ops
+    hc_url = section.hc_ping_url.get_secret_value() if section.hc_ping_url else None
+    cronitor = (
+        section.cronitor_monitor_key.get_secret_value() if section.cronitor_monitor_key else None
+    )
+    if not (hc_url or cronitor):
+        return
+    pinger = HealthPinger(
+        hc_url, cronitor, is_healthy=health, interval=section.health_ping_interval
+    )
+
+    def stop(timeout: float) -> bool:
+        return pinger.stop(timeout)
+
+    daemon.add_step("health", pinger.start, stop)
+
+
+def http_server(
+    settings: Settings,
+    daemon: Daemon,
+    *,
+    cameras: Cameras,
+    recent: RecentEvents,
+    report: Callable[[], HealthReport],
+    snapshot_inbox: str,
+) -> Worker | None:
+    """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
+    section = settings.ops
+    if not section.http_port:
+        return None
+    requests = SnapshotRequests(
+        snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras}, cameras.registry
+    )
+
+    ops = Ops(
+        cameras=[Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras],
+        health=report,
+        recent=recent,
+        camera_health=cameras.prober.status,
+        take_snapshot=requests.take,
+    )
+    auth = TokenAuth(section.http_token_value)
+    return HttpServer(
+        "http",
+        daemon.stop_event,
+        address=section.http_bind,
+        port=section.http_port,
+        router=build_router(ops, auth),
+        auth=auth,
+        allowed_hosts=section.http_allowed_hosts,
+        on_close=requests.close,
+        on_fatal=daemon.on_fatal,
+    )

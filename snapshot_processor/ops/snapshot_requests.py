@@ -1,0 +1,63 @@
+"""Snapshots asked for over HTTP ("take a snapshot now"): triggers sent into the chain."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pylib.chain.envelope import new_id
+from pylib.chain.sockets import Sender
+from snapshot_processor.camera.registry import CameraRegistry
+from snapshot_processor.contract.messages import TriggerMessage
+from snapshot_processor.ops.routes import SnapshotRefusedError
+
+
+class SnapshotRequests:
+    """Snapshots asked for over HTTP: triggers sent into the chain from request threads.
+
+    They carry no ack (nothing to settle with the broker) and their first event id is
+    chosen here, so the caller learns it at once. The one socket is used under a lock
+    (which is the memory barrier ZeroMQ asks for when a socket changes threads).
+    """
+
+    def __init__(self, inbox: str, labels: dict[str, str], cameras: CameraRegistry) -> None:
+        self.inbox = inbox
+        self.labels = labels
+        self.cameras = cameras
+        self._lock = threading.Lock()
+        self._sender: Sender | None = None
+        self._closed = False
+
+    def take(self, camera_key: str) -> str:
+        """Send a trigger for ``camera_key``; its first event id."""
+        if self.cameras.known_spec(camera_key) is None:
+            raise SnapshotRefusedError(
+                "the camera's address is not known yet: it has no OUTPUT_n_ADDRESS and "
+                "comes with its triggers, of which none has arrived since the start",
+                409,
+            )
+        now = time.time()
+        trigger = TriggerMessage(
+            camera_key=camera_key,
+            device_label=self.labels.get(camera_key, camera_key),
+            timestamp=int(now),
+            received=now,
+            event_id=new_id(),
+        )
+        with self._lock:
+            if self._closed:
+                raise SnapshotRefusedError("the daemon is stopping")
+            if self._sender is None:
+                self._sender = Sender(self.inbox, linger=0)
+            if not self._sender.send(trigger.envelope(), block=False):
+                raise SnapshotRefusedError("the snapshot stage is busy; try again")
+        assert trigger.event_id is not None
+        return trigger.event_id
+
+    def close(self) -> None:
+        """Close the socket (the HTTP server has stopped: no request comes any more)."""
+        with self._lock:
+            self._closed = True
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None

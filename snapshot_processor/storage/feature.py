@@ -1,0 +1,88 @@
+"""Storage as the daemon runs it: the upload stage with its queue and uploader when a cloud
+destination is configured, and local retention always."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pylib.amqp.outbox import attached_files
+from pylib.chain.stage import Stage
+from pylib.runtime.daemon import Daemon, StartError
+from pylib.upload.queue import UploadQueue, UploadQueueError
+from pylib.upload.uploader import Uploader
+from snapshot_processor.config import Settings
+from snapshot_processor.storage.destinations import configured
+from snapshot_processor.storage.offsite import StorageStage
+from snapshot_processor.storage.retention import Retention, RetentionPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The chain's storage stage and the uploader (both absent without a destination), and
+    retention beside the chain."""
+
+    stages: list[Stage]
+    uploader: Uploader | None
+    retention: Retention
+
+
+def build(settings: Settings, daemon: Daemon) -> Storage:
+    """Storage from its settings section.
+
+    The upload queue and the uploader are added to the daemon here, before the chain:
+    they start before it and stop after it, so nothing queued is cut off.
+    """
+    section = settings.storage
+    destinations = configured(section, settings.detection.aws_default_region)
+    queue = uploader = None
+    stages: list[Stage] = []
+    if destinations:
+        try:
+            queue = UploadQueue(
+                settings.upload_queue_path, max_attempts=section.upload_max_attempts
+            )
+        except (UploadQueueError, OSError) as exc:
+            raise StartError(f"the upload queue cannot be opened: {exc}") from None
+        opened = queue
+
+        def close(timeout: float) -> bool:
+            opened.close()
+            return True
+
+        daemon.add_step("upload queue", lambda: None, close)
+        uploader = Uploader(queue, destinations, daemon.stop_event, on_fatal=daemon.on_fatal)
+        daemon.add(uploader)
+        log.info("cloud storage: %s", ", ".join(destinations))
+        stages.append(
+            StorageStage(
+                "storage",
+                daemon.stop_event,
+                queue=queue,
+                destinations=destinations,
+                wake_uploader=uploader.wake,
+                on_fatal=daemon.on_fatal,
+            )
+        )
+
+    def pending() -> set[str]:
+        # Never a file the outbox or the upload queue still needs; read at each sweep (a
+        # failure to read skips the sweep: nothing is removed).
+        needed = attached_files(settings.outbox_path)
+        if queue is not None:
+            needed |= queue.pending_paths()
+        return needed
+
+    retention = Retention(
+        settings.snapshots_root_dir,
+        RetentionPolicy.of(
+            section.retention_days, section.retention_max_bytes, section.retention_min_free_bytes
+        ),
+        daemon.stop_event,
+        pending=pending,
+        interval=section.retention_interval,
+        on_fatal=daemon.on_fatal,
+    )
+    return Storage(stages, uploader, retention)
