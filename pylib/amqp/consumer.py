@@ -35,7 +35,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
-from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.amqp.params import CONNECTION_ERRORS, RECONNECTS, close_quietly, describe, explain
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
     PartCounter,
@@ -56,7 +56,6 @@ RECEIVED = Counter("amqp_messages_received_total", "Messages consumed", ["queue"
 REJECTED = Counter(
     "amqp_messages_rejected_total", "Messages acked without processing", ["queue", "reason"]
 )
-RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
 CONSUMER_CANCELS = Counter(
     "amqp_consumer_cancels_total",
     "Times the broker cancelled our consumer (queue deleted, quorum leader moved)",

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pika
+from prometheus_client import Counter
 
 from pylib.observe.redact import redact, register_secret
 
 # Errors that mean "the broker or the connection is gone": reconnect, don't crash.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
+
+
+# Both connections count here, by role: publisher or listener.
+RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
 
 
 def connection_parameters(

@@ -55,9 +55,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from pylib.amqp.confirms import ConfirmedChannel, Outgoing
-from pylib.amqp.consumer import RECONNECTS
 from pylib.amqp.outbox import Outbox, OutboxEntry, OutboxError, OutboxFullError
-from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.amqp.params import CONNECTION_ERRORS, RECONNECTS, close_quietly, describe, explain
 from pylib.chain.attachment import Attachment
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (

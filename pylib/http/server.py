@@ -169,6 +169,7 @@ class HttpServer(Worker):
         send_seconds: float = 30.0,
         handler_threads: int = 4,
         throttle: GuessThrottle | None = None,
+        realm: str = "api",
         on_close: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -183,6 +184,7 @@ class HttpServer(Worker):
             max_connections=max_connections, max_per_client=max_per_client, reserved=reserved
         )
         self.throttle = throttle or GuessThrottle()
+        self.realm = realm
         self.head_seconds = head_seconds
         self.body_seconds = body_seconds
         self.idle_seconds = idle_seconds
@@ -515,7 +517,7 @@ class HttpServer(Worker):
         how = self.auth.how(request)
         if how is None:
             answer = Response.text("a valid token is needed\n", 401)
-            answer.headers["WWW-Authenticate"] = 'Bearer realm="snapshot-processor"'
+            answer.headers["WWW-Authenticate"] = f'Bearer realm="{self.realm}"'
             answer.credential_refused = offers_credential(request)
             return answer
         if how == "cookie" and route.method != "GET" and not same_origin(request):

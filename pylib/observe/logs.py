@@ -13,8 +13,8 @@ from pylib.observe.redact import redact
 LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
 SYSLOG_FORMAT = "%(name)s[%(process)d]: %(levelname)s [%(threadName)s] %(message)s"
 
-_HANDLER_ATTR = "_snapshot_processor_handler"
-_FACTORY_ATTR = "_snapshot_processor_factory"
+_HANDLER_ATTR = "_pylib_handler"
+_FACTORY_ATTR = "_pylib_factory"
 
 # Control characters (Cc), format characters such as the bidi overrides U+202E and
 # U+2066-2069 (Cf), line and paragraph separators (Zl, Zp), unassigned and surrogates
@@ -48,7 +48,7 @@ def printable(text: object) -> str:
 
 
 _EXC_FORMATTER = logging.Formatter()
-_REDACTED_ATTR = "_snapshot_processor_redacted"
+_REDACTED_ATTR = "_pylib_redacted"
 # Where a redacted record keeps its message template (the message is formatted by then).
 TEMPLATE_ATTR = "_msg_template"
 

@@ -21,12 +21,13 @@ class UploadItem:
     """One local file to copy to a destination.
 
     ``name`` is its file name there (unique: the daemon's names carry the event id);
+    ``folder`` keeps it beside its kind (the application's choice: a camera's key);
     ``taken`` (unix seconds, UTC) dates it, for year/month/day folders and keys.
     """
 
     path: Path
     name: str
-    camera_key: str
+    folder: str
     taken: float
 
 

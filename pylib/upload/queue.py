@@ -59,7 +59,7 @@ _SCHEMA = (
         destination TEXT NOT NULL,
         path TEXT NOT NULL,
         name TEXT NOT NULL,
-        camera_key TEXT NOT NULL,
+        folder TEXT NOT NULL,
         taken REAL NOT NULL,
         added REAL NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -71,9 +71,9 @@ _SCHEMA = (
     """,
     "CREATE INDEX IF NOT EXISTS uploads_due ON uploads (parked, next_try)",
 )
-_COLUMNS = (
-    "id, destination, path, name, camera_key, taken, added, attempts, next_try, parked, reason"
-)
+# The ``folder`` column's name in queues written before it had its general one.
+_OLD_FOLDER_COLUMN = "camera_key"
+_COLUMNS = "id, destination, path, name, folder, taken, added, attempts, next_try, parked, reason"
 
 
 class UploadQueueError(Exception):
@@ -145,7 +145,7 @@ class UploadQueue:
                 destination,
                 _key(item.path),
                 item.name,
-                item.camera_key,
+                item.folder,
                 float(item.taken),
                 now,
                 now,
@@ -157,7 +157,7 @@ class UploadQueue:
         with self._transaction("cannot add to") as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO uploads"
-                " (destination, path, name, camera_key, taken, added, next_try)"
+                " (destination, path, name, folder, taken, added, next_try)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
@@ -289,6 +289,9 @@ class UploadQueue:
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            if _OLD_FOLDER_COLUMN in _columns(conn):
+                # A queue written before the column had its general name keeps its rows.
+                conn.execute(f"ALTER TABLE uploads RENAME COLUMN {_OLD_FOLDER_COLUMN} TO folder")
         except BaseException:
             conn.close()
             raise
@@ -385,7 +388,7 @@ def _upload(row: tuple[object, ...]) -> QueuedUpload:
         item=UploadItem(
             path=Path(str(row[2])),
             name=str(row[3]),
-            camera_key=str(row[4]),
+            folder=str(row[4]),
             taken=float(str(row[5])),
         ),
         attempts=int(str(row[7])),
@@ -393,11 +396,18 @@ def _upload(row: tuple[object, ...]) -> QueuedUpload:
     )
 
 
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {str(row[1]) for row in conn.execute("PRAGMA table_info(uploads)")}
+
+
 def _salvage(aside: Path, fresh: sqlite3.Connection) -> int:
     """Copy the rows that can still be read from a damaged file; how many."""
     try:
         with closing(sqlite3.connect(f"file:{quote(str(aside))}?mode=ro", uri=True)) as old:
-            rows = old.execute(f"SELECT {_COLUMNS} FROM uploads ORDER BY id").fetchall()
+            columns = _COLUMNS
+            if _OLD_FOLDER_COLUMN in _columns(old):
+                columns = columns.replace("folder", f"{_OLD_FOLDER_COLUMN} AS folder")
+            rows = old.execute(f"SELECT {columns} FROM uploads ORDER BY id").fetchall()
     except sqlite3.Error as exc:
         logger.warning("nothing could be read back from the damaged %s: %s", aside, exc)
         return 0

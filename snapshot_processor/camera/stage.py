@@ -47,6 +47,7 @@ from snapshot_processor.camera.registry import (
 )
 from snapshot_processor.contract.messages import SnapshotMessage, TriggerMessage
 from snapshot_processor.storage.files import (
+    SNAPSHOTS,
     WriteTrouble,
     next_preparation,
     prepare_day_folders,
@@ -56,7 +57,6 @@ from snapshot_processor.storage.files import (
 
 log = logging.getLogger(__name__)
 
-SNAPSHOTS = Counter("snapshots_total", "Snapshots fetched and kept", ["camera", "source"])
 SNAPSHOT_FAILURES = Counter(
     "snapshot_failures_total", "Snapshots that failed", ["camera", "reason"]
 )

@@ -41,10 +41,15 @@ from pylib.observe.logs import printable
 from pylib.retry import RetryPolicy
 from pylib.runtime.worker import RestartBudget
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
-from snapshot_processor.camera.stage import SNAPSHOTS
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SnapshotMessage
-from snapshot_processor.storage.files import keep_linked, slug, snapshot_path
+from snapshot_processor.storage.files import (
+    QUARANTINE_DIR,
+    SNAPSHOTS,
+    keep_linked,
+    slug,
+    snapshot_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,6 @@ UPLOADS_REMOVED = Counter(
     "uploads_removed_total", "Files removed to bound the upload dir and quarantine", ["reason"]
 )
 
-QUARANTINE_DIR = "quarantine"
 # An upload being published is renamed to this prefix in its folder until the publisher
 # has it in the outbox; then it is removed. Left over at start, it is taken again.
 INFLIGHT_PREFIX = ".inflight-"

@@ -113,6 +113,7 @@ def http_server(
         router=build_router(ops, auth),
         auth=auth,
         allowed_hosts=section.http_allowed_hosts,
+        realm=settings.app_name,
         on_close=requests.close,
         on_fatal=daemon.on_fatal,
     )

@@ -16,11 +16,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from pylib.observe.trouble import TroubleLog
 
 log = logging.getLogger(__name__)
 
 SNAPSHOTS_DIR = "snapshots"
+# Uploads refused by ingest (too large, not a whole JPEG), kept for a person to look at.
+QUARANTINE_DIR = "quarantine"
+
+# Every snapshot kept, whoever took it: a camera fetch or a camera's push.
+SNAPSHOTS = Counter("snapshots_total", "Snapshots fetched and kept", ["camera", "source"])
 
 
 def slug(text: str) -> str:

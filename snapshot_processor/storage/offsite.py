@@ -49,7 +49,7 @@ def upload_items(snap: SnapshotMessage) -> list[UploadItem]:
     if snap.annotated_path:
         paths.append(Path(snap.annotated_path))
     return [
-        UploadItem(path=path, name=path.name, camera_key=snap.camera_key, taken=snap.taken)
+        UploadItem(path=path, name=path.name, folder=snap.camera_key, taken=snap.taken)
         for path in paths
     ]
 

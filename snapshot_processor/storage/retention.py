@@ -36,8 +36,7 @@ from prometheus_client import Counter, Gauge
 from pylib.observe.logs import printable
 from pylib.observe.trouble import TroubleLog
 from pylib.runtime.worker import RestartBudget, Worker
-from snapshot_processor.ingest.stage import QUARANTINE_DIR
-from snapshot_processor.storage.files import SNAPSHOTS_DIR
+from snapshot_processor.storage.files import QUARANTINE_DIR, SNAPSHOTS_DIR
 
 log = logging.getLogger(__name__)
 

@@ -126,7 +126,7 @@ class S3Destination:
     def key(self, item: UploadItem) -> str:
         """``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated by ``item.taken`` in UTC."""
         day = datetime.fromtimestamp(item.taken, UTC)
-        parts = [self.prefix, slug(item.camera_key), f"{day:%Y/%m/%d}", item.name]
+        parts = [self.prefix, slug(item.folder), f"{day:%Y/%m/%d}", item.name]
         return "/".join(part for part in parts if part)
 
     def link(self, item: UploadItem) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -178,6 +179,33 @@ def test_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> None:
         assert again.retry(due[0].id, "timeout", 0) is True
     finally:
         again.close()
+
+
+def test_a_queue_written_before_the_folder_column_was_renamed_keeps_its_rows(
+    db_path: Path, tmp_path: Path
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as old:  # the schema as an earlier version wrote it
+        old.execute(
+            "CREATE TABLE uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT"
+            " NULL, path TEXT NOT NULL, name TEXT NOT NULL, camera_key TEXT NOT NULL, taken"
+            " REAL NOT NULL, added REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try"
+            " REAL NOT NULL, parked REAL, reason TEXT, UNIQUE (destination, path))"
+        )
+        old.execute(
+            "INSERT INTO uploads (destination, path, name, camera_key, taken, added, next_try)"
+            " VALUES ('drive', ?, 'snap-0.jpg', 'front door', 1700000000.0, 1.0, 0.0)",
+            (str(tmp_path / "snap-0.jpg"),),
+        )
+    old.close()
+    queue = UploadQueue(db_path, max_attempts=3)
+    try:
+        [due] = queue.due(time.time(), 10)
+        assert due.item == item(tmp_path, 0)
+        queue.add([("drive", item(tmp_path, 1))])
+        assert queue.depth() == 2
+    finally:
+        queue.close()
 
 
 def test_every_connection_syncs_fully(db_path: Path, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def snapshot(tmp_path: Path, name: str, data: bytes | None = None) -> UploadItem
     """A local file to upload, taken now."""
     path = tmp_path / name
     path.write_bytes(data if data is not None else b"\xff\xd8" + name.encode() * 50 + b"\xff\xd9")
-    return UploadItem(path=path, name=name, camera_key="porch camera", taken=time.time())
+    return UploadItem(path=path, name=name, folder="porch camera", taken=time.time())
 
 
 def top_folder(fake: FakeDrive) -> str:
