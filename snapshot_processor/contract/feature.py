@@ -78,6 +78,9 @@ def publisher(settings: Settings, daemon: Daemon, periodic: Callable[[], Publica
         outbox_max=settings.broker.outbox_max_events,
         periodic=periodic,
         periodic_interval=settings.broker.heartbeat_interval,
+        retry=settings.broker.RECONNECT,
+        nack_retry=settings.broker.NACK_RETRY,
+        store_retry=settings.broker.OUTBOX_RETRY,
         on_fatal=daemon.on_fatal,
     )
 
@@ -105,5 +108,7 @@ def listener(
         decode=decode,
         forward_to=forward_to,
         prefetch=settings.prefetch,
+        retry=settings.broker.RECONNECT,
+        requeue=settings.broker.REQUEUE,
         on_fatal=daemon.on_fatal,
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from pylib.config.settings import secret
+from pylib.retry import RetryPolicy
 
 
 class BrokerSettings(BaseModel):
@@ -26,6 +27,16 @@ class BrokerSettings(BaseModel):
     heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
     outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
     trigger_max_bytes: int = Field(1_048_576, alias="TRIGGER_MAX_BYTES", ge=256)
+
+    # The broker's retry policies, declared once here (docs/retries.md lists them).
+    # Both connections, after a loss: jittered, so two daemons do not come back in step.
+    RECONNECT: ClassVar[RetryPolicy] = RetryPolicy(first=0.5, maximum=30.0, jitter=0.2)
+    # A trigger the chain handed back (a full outbox, a stop) is requeued after this.
+    REQUEUE: ClassVar[RetryPolicy] = RetryPolicy(first=2.0, maximum=30.0)
+    # An event the broker nacked is published again after this.
+    NACK_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.5, maximum=30.0)
+    # The outbox that cannot be written (a full disk) is tried again after this.
+    OUTBOX_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.2, maximum=10.0)
 
     @field_validator("url")
     @classmethod

@@ -39,6 +39,7 @@ def build(settings: Settings, daemon: Daemon) -> Ingest:
                 stray_max_bytes=section.stray_max_bytes,
                 quarantine_max_bytes=section.quarantine_max_bytes,
             ),
+            requeue=section.REQUEUE,
             on_fatal=daemon.on_fatal,
         )
     ftp = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pylib.config.settings import CommaList, secret
+from pylib.retry import RetryPolicy
 
 
 class IngestSettings(BaseModel):
@@ -44,6 +45,9 @@ class IngestSettings(BaseModel):
     stray_max_age: float = Field(86_400.0, alias="UPLOAD_STRAY_MAX_AGE", gt=0)
     stray_max_bytes: int = Field(100 * 1024 * 1024, alias="UPLOAD_STRAY_MAX_BYTES", ge=0)
     quarantine_max_bytes: int = Field(100 * 1024 * 1024, alias="UPLOAD_QUARANTINE_MAX_BYTES", ge=0)
+
+    # A pushed image the chain handed back is offered again after this (docs/retries.md).
+    REQUEUE: ClassVar[RetryPolicy] = RetryPolicy(first=2.0, maximum=30.0)
 
     @field_validator("create_dirs")
     @classmethod

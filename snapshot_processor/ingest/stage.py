@@ -43,6 +43,7 @@ from pylib.runtime.worker import RestartBudget
 from snapshot_processor.camera import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SnapshotMessage
+from snapshot_processor.ingest.settings import IngestSettings
 from snapshot_processor.storage.files import (
     QUARANTINE_DIR,
     SNAPSHOTS,
@@ -63,7 +64,6 @@ UPLOADS_REMOVED = Counter(
 # has it in the outbox; then it is removed. Left over at start, it is taken again.
 INFLIGHT_PREFIX = ".inflight-"
 # A full outbox hands an upload back; it is taken again after this (growing) pause.
-REQUEUE = RetryPolicy(first=2.0, maximum=30.0)
 # Open only the entry itself: a symlink fails (ELOOP) and a FIFO does not block.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -181,6 +181,7 @@ class UploadStage(Stage):
         stable: float = 2.0,
         create_dirs: Iterable[str] = (),
         bounds: DiskBounds | None = None,
+        requeue: RetryPolicy = IngestSettings.REQUEUE,
         observer_factory: Callable[[], BaseObserver] = Observer,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
@@ -205,7 +206,7 @@ class UploadStage(Stage):
         # In-flight upload -> the snapshot copy its event points to.
         self._inflight: dict[Path, Path] = {}
         self._checks: dict[Path, Timer] = {}
-        self._requeue = REQUEUE.backoff()
+        self._requeue = requeue.backoff()
 
     def on_thread_open(self) -> None:
         super().on_thread_open()

@@ -53,7 +53,14 @@ def build(settings: Settings, daemon: Daemon) -> Storage:
             return True
 
         daemon.add_step("upload queue", lambda: None, close)
-        uploader = Uploader(queue, destinations, daemon.stop_event, on_fatal=daemon.on_fatal)
+        uploader = Uploader(
+            queue,
+            destinations,
+            daemon.stop_event,
+            item_retry=section.UPLOAD_ITEM_RETRY,
+            destination_retry=section.UPLOAD_DESTINATION_RETRY,
+            on_fatal=daemon.on_fatal,
+        )
         daemon.add(uploader)
         log.info("cloud storage: %s", ", ".join(destinations))
         stages.append(

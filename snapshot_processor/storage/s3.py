@@ -205,4 +205,9 @@ def sort_error(exc: Exception, bucket: str) -> UploadRetryError | UploadRefusedE
 def from_settings(settings: StorageSettings, aws_region: str | None) -> S3Destination:
     """The S3 bucket as configured (S3_BUCKET set), in AWS_DEFAULT_REGION."""
     assert settings.s3_bucket
-    return S3Destination(settings.s3_bucket, settings.s3_prefix, region=aws_region)
+    return S3Destination(
+        settings.s3_bucket,
+        settings.s3_prefix,
+        region=aws_region,
+        max_attempts=settings.S3_RETRY.attempts or 1,
+    )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pylib.retry import RetryPolicy
 
 
 class StorageSettings(BaseModel):
@@ -30,6 +33,18 @@ class StorageSettings(BaseModel):
     retention_max_bytes: int = Field(0, alias="RETENTION_MAX_BYTES", ge=0)
     retention_min_free_bytes: int = Field(1024**3, alias="RETENTION_MIN_FREE_BYTES", ge=0)
     retention_interval: float = Field(600.0, alias="RETENTION_INTERVAL", gt=0)
+
+    # The upload's retry policies, declared once here (docs/retries.md lists them).
+    # One file that failed: about half a day over UPLOAD_MAX_ATTEMPTS, then parked.
+    UPLOAD_ITEM_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=10.0, maximum=3600.0, jitter=0.2)
+    # A destination failing as a whole (the network, credentials): all its files wait.
+    UPLOAD_DESTINATION_RETRY: ClassVar[RetryPolicy] = RetryPolicy(
+        first=2.0, maximum=300.0, jitter=0.2
+    )
+    # Drive answering "rate limit" without a Retry-After: doubled per refusal in a row.
+    DRIVE_RATE_LIMIT: ClassVar[RetryPolicy] = RetryPolicy(first=2.0, maximum=300.0, jitter=0.5)
+    # botocore's own quick retries of one S3 upload (its "standard" mode), attempts in all.
+    S3_RETRY: ClassVar[RetryPolicy] = RetryPolicy(attempts=3)
 
     @model_validator(mode="after")
     def _consistent(self) -> StorageSettings:

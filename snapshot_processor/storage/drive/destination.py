@@ -14,19 +14,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from pydrive2.files import GoogleDriveFile
 
 from pylib.observe.logs import printable
 from pylib.observe.trouble import TroubleLog
+from pylib.retry import RetryPolicy
 from pylib.upload.destination import UploadItem, UploadRefusedError, UploadRetryError
 from snapshot_processor.storage.drive.archive import (
     ArchiveSummary,
@@ -40,9 +39,7 @@ from snapshot_processor.storage.drive.session import (
     DriveSession,
     read_credentials_file,
 )
-
-if TYPE_CHECKING:
-    from snapshot_processor.storage.settings import StorageSettings
+from snapshot_processor.storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +53,6 @@ DRIVE_COPIES_FOUND = Counter(
 )
 
 # Back-off after a rate limit: 2 s doubling per limit in a row, at most 5 minutes.
-_BACKOFF_BASE = 2.0
-_BACKOFF_MAX = 300.0
 # An archive that failed is tried again after this long (or the interval, if shorter).
 _ARCHIVE_RETRY = 3600.0
 # Moves per housekeeping call, so a large backlog never holds up uploads for long.
@@ -108,9 +103,11 @@ class DriveDestination:
         *,
         timeout: float = 60.0,
         archive_page_size: int = 100,
+        rate_limit: RetryPolicy = StorageSettings.DRIVE_RATE_LIMIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.folder_title = folder_title
+        self._rate_limit = rate_limit
         self._session = DriveSession(credentials_file, api_url, timeout)
         self._folders = FolderCache(self._session)
         self._archive_after_hours = archive_after_hours
@@ -259,8 +256,7 @@ class DriveDestination:
             streak = self._rate_limited
         if failure.retry_after is not None:
             return failure.retry_after
-        ceiling = min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (streak - 1))
-        return float(ceiling * random.uniform(0.5, 1.0))
+        return self._rate_limit.delay(streak)
 
     # --- the archive ------------------------------------------------------------------
 
@@ -343,4 +339,5 @@ def from_settings(settings: StorageSettings, aws_region: str | None) -> DriveDes
         settings.google_drive_credentials,
         settings.google_drive_api_url,
         settings.drive_archive_after_hours,
+        rate_limit=settings.DRIVE_RATE_LIMIT,
     )
