@@ -17,7 +17,7 @@ SECTIONS: list[type[BaseModel]] = [BrokerSettings, CameraSettings, IngestSetting
 def row(owner: str, name: str, policy: RetryPolicy) -> str:
     attempts = "no bound" if policy.attempts is None else str(policy.attempts)
     return (
-        f"| `{owner}.{name}` | {policy.first:g} s | ×{policy.factor:g} | {policy.maximum:g} s "
+        f"| `{owner}.{name}` | {policy.first:g} s | {policy.factor:g} | {policy.maximum:g} s "
         f"| {policy.jitter:.0%} | {attempts} |"
     )
 

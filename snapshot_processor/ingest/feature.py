@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pylib.runtime.daemon import Daemon
 from snapshot_processor.config import Settings
 from snapshot_processor.ingest.ftp import FtpOptions, FtpServerThread
-from snapshot_processor.ingest.stage import DiskBounds, UploadStage, camera_folder
+from snapshot_processor.ingest.stage import DiskBounds, IngestStage, camera_folder
 
 
 @dataclass(frozen=True)
 class Ingest:
     """The stage (when cameras push at all) and the FTP server (when it is on)."""
 
-    stage: UploadStage | None
+    stage: IngestStage | None
     ftp: FtpServerThread | None
 
 
@@ -24,8 +24,8 @@ def build(settings: Settings, daemon: Daemon) -> Ingest:
     section = settings.ingest
     stage = None
     if settings.upload_cameras or section.ftp_on:
-        stage = UploadStage(
-            "upload",
+        stage = IngestStage(
+            "ingest",
             daemon.stop_event,
             root=settings.snapshots_root_dir,
             upload_dir=settings.ingest_dir,

@@ -162,7 +162,7 @@ class _Events(FileSystemEventHandler):
             self.note(os.fsdecode(event.src_path), False)
 
 
-class UploadStage(Stage):
+class IngestStage(Stage):
     """Watches ``upload_dir`` and sends each complete, valid image to ``outbox``."""
 
     def __init__(

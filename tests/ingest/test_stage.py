@@ -16,7 +16,7 @@ import pytest
 from snapshot_processor.app import App
 from snapshot_processor.config import Settings
 from snapshot_processor.ingest.ftp import FtpServerThread
-from snapshot_processor.ingest.stage import UploadStage
+from snapshot_processor.ingest.stage import IngestStage
 from tests.support.broker import Peer, delete_queue, running_app, unique_exchange
 from tests.support.ftp import connect, jpeg, upload
 from tests.support.metrics import sample
@@ -43,7 +43,7 @@ def ftp_app(tmp_path: Path) -> Iterator[tuple[App, Peer, int]]:
     try:
         with running_app(settings) as app:
             ftp = next(w for w in app.workers if isinstance(w, FtpServerThread))
-            upload_stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            upload_stage = next(w for w in app.workers if isinstance(w, IngestStage))
             assert ftp.ready.wait(5)
             assert upload_stage.ready.wait(5)
             assert ftp.bound is not None
@@ -156,7 +156,7 @@ def test_bad_uploads_are_quarantined_and_good_ones_follow(
     assert len(quarantined) == 5
     sources = {event["inputs"][0]["source"] for event in peer.images()}
     assert sources == {"upload"}
-    upload_stage = next(w for w in app.workers if w.name == "upload")
+    upload_stage = next(w for w in app.workers if w.name == "ingest")
     assert upload_stage.is_alive()
 
 
@@ -225,7 +225,7 @@ def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
         daemon = app.build()
         daemon.start()
         try:
-            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            stage = next(w for w in app.workers if isinstance(w, IngestStage))
             assert stage.ready.wait(5)
             full_before = sample("amqp_publish_failures_total", reason="outbox_full")
             (folder_path / "one.jpg").write_bytes(jpeg("one"))
@@ -309,7 +309,7 @@ def test_links_and_special_files_are_never_read(tmp_path: Path) -> None:
     symlinks, specials = _counter("symlink"), _counter("not_a_regular_file")
     try:
         with running_app(settings) as app:
-            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            stage = next(w for w in app.workers if isinstance(w, IngestStage))
             assert stage.ready.wait(5)
             (folder_path / "passwd.jpg").symlink_to("/etc/passwd")
             (folder_path / "linked").symlink_to(outside, target_is_directory=True)
@@ -341,7 +341,7 @@ def test_hostile_names_are_escaped_in_log_lines(
     settings, peer = _upload_app(tmp_path, FTP_CREATE_DIRS="misc")
     try:
         with running_app(settings) as app:
-            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            stage = next(w for w in app.workers if isinstance(w, IngestStage))
             assert stage.ready.wait(5)
             upload_dir = settings.ingest_dir
             (upload_dir / "frontdoor" / "two\nlines\u202egpj.jpg").write_bytes(jpeg("odd"))
@@ -382,7 +382,7 @@ def test_strays_and_quarantine_are_bounded(tmp_path: Path) -> None:
     frontdoor = tmp_path / "upload" / "frontdoor"
     try:
         with running_app(settings) as app:
-            stage = next(w for w in app.workers if isinstance(w, UploadStage))
+            stage = next(w for w in app.workers if isinstance(w, IngestStage))
             assert stage.ready.wait(5)
             assert wait_until(lambda: not (misc / "old.bin").exists())  # too old at start
             (misc / "first.bin").write_bytes(b"1" * 60_000)
