@@ -12,45 +12,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from snapshot_processor import config
-from snapshot_processor.config import Settings
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
-
-PASSWORD = "p@ss:w0rd with space"
 
 
 @pytest.fixture
 def camera() -> Iterator[CameraSimulator]:
     with CameraSimulator(user="admin", password=PASSWORD) as simulator:
         yield simulator
-
-
-def make_settings(tmp_path: Path, exchange: str, **env: str) -> Settings:
-    return config.load(
-        env={
-            "RABBITMQ_EXCHANGE": exchange,
-            "DEVICE_NAME": "garage",
-            "SNAPSHOTS_ROOT_DIR": str(tmp_path),
-            "HTTP_PORT": "0",
-            "HEARTBEAT_INTERVAL": "0.5",
-            "CAMERA_TIMEOUT": "2",
-            "CAMERA_RETRIES": "0",
-            "SECRETS_DIR": str(tmp_path / "no-secrets"),
-            **env,
-        }
-    )
-
-
-def foscam_env(n: int = 1, location: str = "Front Door") -> dict[str, str]:
-    """A Foscam camera output; its address comes from the trigger unless the test adds one."""
-    return {
-        f"OUTPUT_{n}_LOCATION": location,
-        f"OUTPUT_{n}_TYPE": "camera",
-        f"OUTPUT_{n}_VENDOR": "foscam",
-    }
 
 
 def test_trigger_yields_documented_event(

@@ -12,11 +12,9 @@ import pytest
 
 from pylib.amqp.outbox import Outbox
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
-from tests.support.daemon import camera_env as daemon_camera_env
-from tests.support.daemon import spawn_daemon
+from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_for_text
-from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
@@ -32,10 +30,6 @@ def camera() -> Iterator[CameraSimulator]:
 def proxy() -> Iterator[TcpProxy]:
     with TcpProxy("127.0.0.1", 5672) as running:
         yield running
-
-
-def camera_env(port: int) -> dict[str, str]:
-    return daemon_camera_env(port, PASSWORD)
 
 
 def labels(images: list[dict[str, object]]) -> list[str]:

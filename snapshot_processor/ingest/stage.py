@@ -218,7 +218,7 @@ class IngestStage(Stage):
         self.call_soon_threadsafe(partial(self._note, Path(path), closed))
 
     def on_message(self, envelope: Envelope) -> None:
-        raise ValueError(f"the upload stage takes no {envelope.kind!r} messages")
+        raise ValueError(f"the ingest stage takes no {envelope.kind!r} messages")
 
     def on_thread_start(self) -> None:
         super().on_thread_start()

@@ -29,11 +29,11 @@ from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SNAPSHOT_KIND, TriggerMessage
 from tests.support.broker import BROKER, Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import foscam_env, make_settings
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tests.support.wire import Wire
 from tests.support.wire import wire as wire_for
-from tests.test_pipeline import foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 PASSWORD = "n0t:for@logs w0rd"

@@ -24,9 +24,9 @@ from tests.support.broker import (
     trigger_body,
     unique_exchange,
 )
+from tests.support.daemon import PASSWORD, foscam_env, make_settings
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker

@@ -13,8 +13,8 @@ import pytest
 from pylib.observe.redact import redact
 from snapshot_processor.contract.trigger import Trigger, TriggerError, parse_trigger
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import PASSWORD, foscam_env, make_settings
 from tests.support.metrics import sample
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 CAMERAS = {"front door camera": "Front Door camera"}

@@ -23,10 +23,10 @@ from snapshot_processor.contract.messages import TRIGGER_KIND, TriggerMessage
 from snapshot_processor.contract.settings import BrokerSettings
 from snapshot_processor.contract.trigger import parse_trigger
 from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
+from tests.support.daemon import PASSWORD, foscam_env, make_settings
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tests.support.wire import wire
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 CAMERAS = {"front door camera": "Front Door camera"}

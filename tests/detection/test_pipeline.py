@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import PASSWORD, foscam_env, make_settings
 from tests.support.fakes.rekognition import FakeRekognition, label
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker

@@ -18,11 +18,11 @@ from snapshot_processor.config import Settings
 from snapshot_processor.ingest.ftp import FtpServerThread
 from snapshot_processor.ingest.stage import IngestStage
 from tests.support.broker import Peer, delete_queue, running_app, unique_exchange
+from tests.support.daemon import make_settings
 from tests.support.ftp import connect, jpeg, upload
 from tests.support.metrics import sample
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
-from tests.test_pipeline import make_settings
 
 pytestmark = pytest.mark.broker
 

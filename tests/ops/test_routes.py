@@ -20,11 +20,10 @@ from pylib.runtime.daemon import Daemon
 from snapshot_processor import config
 from snapshot_processor.ops.feature import recent_events
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
-from tests.support.daemon import camera_env as daemon_camera_env
+from tests.support.daemon import PASSWORD, camera_env, foscam_env, make_settings
 from tests.support.net import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
-from tests.test_pipeline import PASSWORD, foscam_env, make_settings
 from tools.camera_simulator import CameraSimulator
 
 TOKEN = "a-token-of-at-least-16-chars"
@@ -149,10 +148,6 @@ def test_a_bind_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
 
 
 # --- the daemon's routes, against the real broker -----------------------------------------
-def camera_env(port: int) -> dict[str, str]:
-    return daemon_camera_env(port, PASSWORD)
-
-
 def json_of(answer: tuple[int, dict[str, str], bytes]) -> Any:
     status, headers, body = answer
     assert headers["content-type"] == "application/json", (status, body)

@@ -13,10 +13,9 @@ import pytest
 
 from tests.ops.test_routes import TOKEN
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
-from tests.support.daemon import camera_env
+from tests.support.daemon import PASSWORD, camera_env, make_settings
 from tests.support.net import free_port
 from tests.support.paths import CHECKOUT
-from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
 
 CHROMIUM = "/usr/bin/chromium"

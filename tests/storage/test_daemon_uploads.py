@@ -15,13 +15,11 @@ from moto.server import ThreadedMotoServer
 
 from pylib.upload.queue import UploadQueue
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
-from tests.support.daemon import camera_env as daemon_camera_env
-from tests.support.daemon import spawn_daemon
+from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes.drive import FakeDrive
 from tests.support.paths import CHECKOUT
 from tests.support.wait import wait_for_text, wait_until
-from tests.test_pipeline import PASSWORD, make_settings
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
@@ -29,10 +27,6 @@ pytestmark = pytest.mark.broker
 FOLDER = "Home snapshots"
 BUCKET = "home-snapshots"
 TOP = CHECKOUT
-
-
-def camera_env(port: int) -> dict[str, str]:
-    return daemon_camera_env(port, PASSWORD)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from snapshot_processor.storage.files import SNAPSHOTS_DIR
 from tests.camera.test_stage import KEY, PASSWORD, registry, trigger
 from tests.pylib.test_amqp_publisher import declare, image, names, proxied, receive
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
-from tests.support.daemon import camera_env
+from tests.support.daemon import camera_env, make_settings
 from tests.support.drive_credentials import write_user_credentials
 from tests.support.fakes.drive import FakeDrive
 from tests.support.metrics import sample
@@ -33,7 +33,6 @@ from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 from tests.support.wire import Wire
 from tests.support.wire import wire as wire_for
-from tests.test_pipeline import make_settings
 from tools.camera_simulator import CameraSimulator
 
 
