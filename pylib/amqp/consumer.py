@@ -403,9 +403,8 @@ class AmqpListener(Worker):
         """Ack deliveries whose work is all done: those older than every delivery still
         under way in one frame (``multiple``), the others one by one.
 
-        A 32-camera burst's events are stored a few groups at a time, and each ack was a
-        frame of its own and a write to the socket (its thread giving up the GIL) while
-        the burst's last events were still on their way. Every delivery on this channel
+        One frame for many acks, not a socket write each while a burst's last events are
+        still on their way (docs/benchmarks.md). Every delivery on this channel
         older than the oldest still under way is settled (acked, rejected or handed
         back), and any not yet seen by ``_on_message`` is newer than all of these.
         """

@@ -36,8 +36,7 @@ def new_id() -> str:
     """A unique id for a message or an event: a random (version 4) UUID, in hex.
 
     From the ``random`` module's generator (seeded from the OS, and again in a forked
-    child), not ``uuid.uuid4()``: that reads the OS's random source each time, a system
-    call its thread gives up the GIL for, four times per event. An id needs to be
+    child), not ``uuid.uuid4()``, which makes a system call each time: an id needs to be
     unique, not secret.
     """
     bits = random.getrandbits(128)

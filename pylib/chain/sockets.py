@@ -104,9 +104,8 @@ class Sender:
             if len(frames) == 1:
                 self.socket.send(frames[0], flags)
             else:
-                # Copied into ZeroMQ as they are: zero-copy frames are let go of on a
-                # thread of pyzmq's, one more thread wanting the GIL for every message
-                # (measured: no gain, and the p99 latency worse). All frames or none.
+                # Copied into ZeroMQ: zero-copy frames are let go of on a thread of
+                # pyzmq's, which did not pay (docs/benchmarks.md). All frames or none.
                 self.socket.send_multipart(frames, flags)
         except zmq.Again:
             return False

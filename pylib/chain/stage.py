@@ -79,11 +79,10 @@ def _prestart(pool: ThreadPoolExecutor, count: int) -> threading.Barrier:
     """Have ``pool`` start all ``count`` threads now.
 
     A ThreadPoolExecutor starts a thread for each submit that finds none idle, and
-    ``Thread.start`` waits until the new thread runs: when 32 cameras fired at once for
-    the first time, 32 thread starts one after another on the stage's thread spread the
-    GETs over 19 ms instead of 11. Each task here waits for all the
-    others, so no thread is idle until every one has started. Abort the barrier returned
-    to release them early (a stop before all started).
+    ``Thread.start`` waits until the new thread runs, so a first burst would start them
+    one after another on the stage's thread. Each task here waits for all the others, so
+    no thread is idle until every one has started. Abort the barrier returned to release
+    them early (a stop before all started).
     """
     barrier = threading.Barrier(count)
 
@@ -414,8 +413,7 @@ class Stage(Worker):
     def _wake(self) -> None:
         with self._wake_lock:
             # One byte per turn of the loop is enough: it runs every call queued before it
-            # reads the pipe. Each write is a system call the caller gives up the GIL for,
-            # and a burst of pool results would otherwise make one each.
+            # reads the pipe, and a burst of pool results would otherwise write one each.
             if self._wake_write is None or self._wake_pending:
                 return
             self._wake_pending = True
@@ -452,9 +450,8 @@ class Relay(Stage):
     With ``fold``, a quick function that holds no state of its own, the chain *folds* it
     into the stage before it (:attr:`Stage.outlet`): it runs on that stage's thread as
     messages leave, which spares every message a thread hand-off and a copy through
-    ZeroMQ (measured: about 0.3 ms of CPU per 166 KB snapshot). Before, not after: the
-    last stage (the publisher) is the one every message waits for, so work is better
-    done upstream (measured: the event build was a tenth of the publisher's time). After
+    ZeroMQ. Before, not after: the last stage (the publisher) is the one every message
+    waits for, so work is better done upstream. After
     a tier it runs on each of the tier's threads, so it must be safe to call at once;
     at the head of a chain it folds into the stage after it (:attr:`Stage.intake`), and
     alone it stays a stage of its own.

@@ -78,12 +78,9 @@ class EventRecord:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-# Events are written together, on a thread of this view's own: at most this many wait in
-# memory, or this long after the first of them. Written on the chain's thread instead, one
-# write (a few syscalls, each waiting for the GIL while 32 camera threads want it) held
-# the first event of a 32-camera burst for 20 ms. The count is well above the cameras a
-# burst has: at 32 the write of a 32-camera burst's events began as its last ones were
-# still on their way, and its few milliseconds under the GIL came before them.
+# Events are written together, on a thread of this view's own, not on the chain's: at
+# most this many wait in memory, or this long after the first of them. The count is well
+# above the cameras a burst has, so a burst's write comes after its last events.
 WRITE_AFTER_EVENTS = 256
 WRITE_AFTER_SECONDS = 0.5
 

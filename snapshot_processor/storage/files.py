@@ -65,9 +65,7 @@ def prepare_day_folders(root: Path, camera_keys: Iterable[str], when: float) -> 
     starts within :data:`PREPARE_AHEAD`; the folders this call made.
 
     A day's first snapshot of a camera otherwise makes its folder and syncs the names of
-    the new folders on the way to its event: with 32 cameras firing at once on a fresh
-    start (or after midnight), some 60 more syncs in the same burst, measured at 15-20 ms
-    more for the last event. Retention removes day folders left empty.
+    the new folders on the way to its event. Retention removes day folders left empty.
     """
     days = dict.fromkeys([when, when + PREPARE_AHEAD])
     made: list[Path] = []
@@ -145,8 +143,7 @@ _DURABLE: set[Path] = set()
 _DURABLE_MAX = 4096
 # Folders some thread is making whose names may not be synced yet: a thread that finds
 # one syncs its name too, rather than trust a folder another thread made a moment ago.
-# Threads make and sync different folders at once: under one lock for all, 31 cameras'
-# first snapshots of a day (two new folders each) took 90 ms one after the other.
+# Threads make and sync different folders at once, not one after another under one lock.
 _UNSYNCED: set[Path] = set()
 _UNSYNCED_LOCK = threading.Lock()
 
