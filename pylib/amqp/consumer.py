@@ -38,11 +38,10 @@ from prometheus_client import Counter
 from pylib.amqp.params import CONNECTION_ERRORS, RECONNECTS, close_quietly, describe, explain
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
+    AckInbox,
     PartCounter,
     Settlement,
     ack_token,
-    stop_taking_acks_directly,
-    take_acks_directly,
 )
 from pylib.chain.sockets import Sender, inproc
 from pylib.chain.stage import Stage
@@ -81,7 +80,8 @@ Setup = Callable[[BlockingChannel], str]
 
 
 class _AckInbox(Stage):
-    """Owns the listener's ack inbox; passes each ack to the connection's thread."""
+    """Reads the listener's ack inbox, for acks that come as messages: the listener's
+    own thread is pika's loop, which cannot poll a ZeroMQ socket."""
 
     def __init__(self, listener: AmqpListener) -> None:
         super().__init__(
@@ -90,10 +90,10 @@ class _AckInbox(Stage):
             inbox=listener.ack_inbox,
             on_fatal=listener.on_fatal,  # without it no delivery is ever acked again
         )
-        self.listener = listener
+        self.acks = listener.acks
 
     def on_message(self, envelope: Envelope) -> None:
-        self.listener.ack_from_chain(envelope.body)
+        self.acks.on_ack(envelope.body)
 
 
 class AmqpListener(Worker):
@@ -124,6 +124,7 @@ class AmqpListener(Worker):
         self.decode = decode
         self.forward_to = forward_to
         self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
+        self.acks = AckInbox(self.ack_inbox, self.ack_from_chain)
         self.prefetch = prefetch
         self.backoff = retry.backoff()
         self.stop_timeout = stop_timeout
@@ -151,7 +152,7 @@ class AmqpListener(Worker):
         self._sender = Sender(self.forward_to)
         # Acks from this process come by a direct call (they only wake pika's loop);
         # the inbox stays for any that come as messages.
-        take_acks_directly(self.ack_inbox, self.ack_from_chain)
+        self.acks.open()
         self._acks = _AckInbox(self)
         self._acks.start()
 
@@ -161,7 +162,7 @@ class AmqpListener(Worker):
         self._drop_connection()
 
     def on_thread_close(self) -> None:
-        stop_taking_acks_directly(self.ack_inbox)
+        self.acks.close()
         if self._acks is not None:
             self._acks.stop_and_join(5.0)
             self._acks = None

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter
 
 from pylib.chain.attachment import Attachment
-from pylib.chain.envelope import Envelope
+from pylib.chain.envelope import Envelope, EnvelopeError
 from pylib.chain.sockets import Sender
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,38 @@ def stop_taking_acks_directly(address: str) -> None:
     """Acks for ``address`` go through its inbox again."""
     with _DIRECT_LOCK:
         _DIRECT.pop(address, None)
+
+
+class AckInbox:
+    """The owner side of acks, one helper for every owner (the listener, the ingest stage).
+
+    While open, acks for ``address`` from this process reach ``on_ack`` by a direct call
+    on the thread that settles the work (``on_ack`` must be thread-safe, quick, and never
+    raise for a bad ack); acks that come as messages on the inbox are handed to
+    :meth:`take` by whichever thread reads it, a malformed one logged and counted.
+    """
+
+    def __init__(self, address: str, on_ack: Callable[[Ack], None]) -> None:
+        self.address = address
+        self.on_ack = on_ack
+
+    def open(self) -> None:
+        """Take this process's acks by a direct call."""
+        take_acks_directly(self.address, self.on_ack)
+
+    def close(self) -> None:
+        """Acks go to the inbox again (read by nobody once its reader has stopped)."""
+        stop_taking_acks_directly(self.address)
+
+    def take(self, parts: list[bytes]) -> None:
+        """One ack that came as a message on the inbox."""
+        try:
+            envelope = Envelope.unpack(parts)
+        except EnvelopeError as exc:
+            ACKS_UNDELIVERED.labels("malformed").inc()
+            log.error("%s: dropped a malformed ack: %s", self.address, exc)
+            return
+        self.on_ack(envelope.body)
 
 
 class Replies:

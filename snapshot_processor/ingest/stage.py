@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter
 from watchdog.events import (
@@ -33,9 +34,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from pylib.chain.envelope import Envelope, EnvelopeError, new_id
-from pylib.chain.settle import Settlement, ack_token
-from pylib.chain.sockets import Parts, bind_pull, inproc
+from pylib.chain.envelope import Envelope, new_id
+from pylib.chain.settle import AckInbox, Settlement, ack_token
+from pylib.chain.sockets import bind_pull, inproc
 from pylib.chain.stage import Stage, Timer
 from pylib.observe.logs import printable
 from pylib.retry import RetryPolicy
@@ -193,6 +194,10 @@ class IngestStage(Stage):
         self.upload_dir = upload_dir
         self.cameras = {camera_folder(device.LOCATION): device for device in cameras}
         self.ack_inbox = ack_inbox or inproc(f"{name}-acks")
+        # Acks come back on the publisher's thread; each is handled on this stage's.
+        self.acks = AckInbox(
+            self.ack_inbox, lambda body: self.call_soon_threadsafe(partial(self._on_ack, body))
+        )
         self.max_bytes = max_bytes
         self.settle = settle
         self.stable = stable
@@ -211,7 +216,12 @@ class IngestStage(Stage):
     def on_thread_open(self) -> None:
         super().on_thread_open()
         # Sockets live as long as the thread: a restart must not rebind the ack inbox.
-        self.watch(bind_pull(self.ack_inbox), self._on_ack)
+        self.acks.open()
+        self.watch(bind_pull(self.ack_inbox), self.acks.take)
+
+    def on_thread_close(self) -> None:
+        self.acks.close()
+        super().on_thread_close()
 
     def _observed(self, path: str, closed: bool) -> None:
         """From the observer's thread: note the file on the stage's thread."""
@@ -297,13 +307,12 @@ class IngestStage(Stage):
         del self._pending[path]
         self._take(path)
 
-    def _on_ack(self, parts: Parts) -> None:
+    def _on_ack(self, body: dict[str, Any]) -> None:
         """The publisher has an upload's event in its outbox: the upload can go."""
         try:
-            body = Envelope.unpack(parts).body
             inflight = Path(body["path"])
-        except (EnvelopeError, KeyError, TypeError) as exc:
-            log.error("upload: dropped a malformed ack: %s", exc)
+        except (KeyError, TypeError) as exc:
+            log.error("ingest: dropped a malformed ack: %s", exc)
             return
         self._inflight.pop(inflight, None)
         if body.get("requeue"):

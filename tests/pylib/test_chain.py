@@ -14,6 +14,7 @@ import pytest
 from pylib.amqp.outbox import Outbox, OutboxFullError
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
+    AckInbox,
     DONE_KIND,
     PartCounter,
     Replies,
@@ -566,3 +567,26 @@ def test_a_relay_at_the_head_folds_into_the_stage_after_it(ends: Wire) -> None:
         assert chain.stop_and_join(10)
     assert received.kind == "built"
     assert threads == {"sink"}
+
+
+def test_an_ack_owner_takes_direct_acks_and_drops_a_malformed_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    taken: list[dict[str, Any]] = []
+    owner = AckInbox("inproc://test-ack-owner", taken.append)
+    replies = Replies()
+    owner.open()
+    try:
+        settlement = Settlement(ack_token(owner.address, path="/x"))
+        assert replies.send(settlement)  # a direct call: no socket in between
+        assert taken == [{"path": "/x", "reply_to": owner.address, "parts": 1, "requeue": False}]
+    finally:
+        owner.close()
+        replies.close()
+    before = sample("chain_acks_undelivered_total", reason="malformed")
+    owner.take([b"not an envelope"])
+    assert len(taken) == 1
+    assert sample("chain_acks_undelivered_total", reason="malformed") == before + 1
+    assert "dropped a malformed ack" in caplog.text
+    owner.take(Envelope("amqp.ack", {"reply_to": owner.address, "path": "/y"}).frames())
+    assert taken[-1]["path"] == "/y"
