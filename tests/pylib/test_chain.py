@@ -14,8 +14,8 @@ import pytest
 from pylib.amqp.outbox import Outbox, OutboxFullError
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
-    AckInbox,
     DONE_KIND,
+    AckInbox,
     PartCounter,
     Replies,
     Settlement,
