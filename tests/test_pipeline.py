@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pylib.amqp.consumer import AmqpListener
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, foscam_env, make_settings
+from tests.support.wait import wait_until
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
@@ -150,11 +152,10 @@ def test_camera_failure_acks_and_next_trigger_flows(
                 )
             )
             images = peer.wait_for_images(1)
-            deadline = time.monotonic() + 5
-            listener = next(w for w in app.workers if w.name == "listener")
-            while listener.in_flight and time.monotonic() < deadline:  # type: ignore[attr-defined]
-                time.sleep(0.05)
-            assert listener.in_flight == 0  # type: ignore[attr-defined]
+            listener = next(w for w in app.workers if isinstance(w, AmqpListener))
+            assert wait_until(lambda: listener.in_flight == 0, 5, step=0.05), (
+                f"{listener.in_flight} trigger(s) still in flight"
+            )
     finally:
         peer.close()
     assert len(images) == 1

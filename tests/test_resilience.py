@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from pylib.amqp.outbox import Outbox
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.wait import wait_for_text
+from tests.support.wait import wait_for_text, wait_until
 from tools.camera_simulator import CameraSimulator
 
 pytestmark = pytest.mark.broker
@@ -63,9 +62,7 @@ def test_connection_cut_mid_stream_loses_nothing(
                     trigger_body("Front Door camera", label=label, device_params=None)
                 )
                 peer.pump(0.1)
-            deadline = time.monotonic() + 60
-            while set(sent) - set(labels(peer.images())) and time.monotonic() < deadline:
-                peer.pump(0.2)
+            peer.pump_until(lambda: set(sent) <= set(labels(peer.images())), 60, each=0.2)
             assert app.health()[0], app.health()[1]
     finally:
         peer.close()
@@ -85,6 +82,11 @@ def _wait_for_text(path: Path, text: str, timeout: float = 30) -> None:
     assert wait_for_text(path, text, timeout), (
         f"{text!r} not in {path}:\n{path.read_text(errors='replace')}"
     )
+
+
+def image_ids(peer: Peer) -> set[str]:
+    """Message ids of the image events the peer received."""
+    return {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
 
 
 def held_ids(path: Path) -> list[str]:
@@ -124,24 +126,21 @@ def test_sigkill_then_restart_publishes_the_outbox(
             )
         peer.pump(0.5)
         proxy.cut()
-        deadline = time.monotonic() + 20
-        held = held_ids(data / "outbox.sqlite3")
-        while len(held) < 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            held = held_ids(data / "outbox.sqlite3")
+        held: list[str] = []
+
+        def all_held() -> bool:
+            held[:] = held_ids(data / "outbox.sqlite3")
+            return len(held) >= 5
+
+        wait_until(all_held, 20, step=0.1)
         assert len(held) == 5, first_log.read_text()
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         camera.latency = 0
         second, second_log = _spawn(tmp_path, base_env, "second.log")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            got = {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
-            if set(held) <= got:
-                break
-            peer.pump(0.2)
-        got = {props.message_id for key, props, _ in peer.messages if key.endswith(".image")}
-        assert set(held) <= got, second_log.read_text()
+        assert peer.pump_until(lambda: set(held) <= image_ids(peer), 30, each=0.2), (
+            second_log.read_text()
+        )
         assert "opened with 5 message(s) waiting" in second_log.read_text()
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0
@@ -180,10 +179,7 @@ def test_sigkill_during_slow_fetches_loses_no_trigger(
         camera.latency = 3.0  # every fetch is still on the wire when the kill comes
         for label in wanted:
             peer.send_trigger(trigger_body("Front Door camera", label=label, device_params=None))
-        deadline = time.monotonic() + 10
-        while camera.requests < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert camera.requests >= 1, first_log.read_text()
+        assert wait_until(lambda: camera.requests >= 1, 10, step=0.05), first_log.read_text()
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert peer.images() == [], "an event got out before the kill: the fetch was not slow"

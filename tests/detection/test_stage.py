@@ -27,6 +27,7 @@ from snapshot_processor.detection.base import (
 )
 from snapshot_processor.detection.guard import CostGuard
 from snapshot_processor.detection.stage import DetectionStage
+from tests.support.wait import wait_until
 from tests.support.wire import Wire as BaseWire
 
 PERSON = Detection("Person", 97.0, Box(0.25, 0.25, 0.25, 0.5), True)
@@ -294,9 +295,7 @@ def test_stop_gives_up_on_a_stuck_detector_without_losing_its_snapshot(
     detector = ScriptedDetector(delay=1.0)
     stage = start(detector, stop_timeout=0.2)
     sent = wire.snapshot()
-    deadline = time.monotonic() + 5
-    while not detector.calls and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: detector.calls, 5, step=0.01)
     assert stage.stop_and_join(5)
     (out,) = wire.receive(1, timeout=2)
     assert out.id == sent.id

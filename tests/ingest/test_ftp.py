@@ -20,6 +20,7 @@ from snapshot_processor import config
 from snapshot_processor.ingest.ftp import FtpOptions, FtpServerThread
 from tests.support.ftp import connect, jpeg, self_signed, upload
 from tests.support.metrics import sample
+from tests.support.wait import wait_until
 
 PASSWORD = "ftp p@ss:1"
 
@@ -115,10 +116,8 @@ def test_partial_upload_is_removed(server: FtpServerThread, tmp_path: Path) -> N
     finally:
         client.close()
         data.close()
-    deadline = time.monotonic() + 5
-    while (tmp_path / "upload" / "half.jpg").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not (tmp_path / "upload" / "half.jpg").exists()
+    half = tmp_path / "upload" / "half.jpg"
+    assert wait_until(lambda: not half.exists(), 5, step=0.05), f"{half} was left behind"
 
 
 def test_ftps_with_a_self_signed_certificate(tmp_path: Path) -> None:

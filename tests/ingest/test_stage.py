@@ -74,11 +74,13 @@ def test_five_cameras_upload_twenty_each_at_once(ftp_app: tuple[App, Peer, int])
     with ThreadPoolExecutor(len(LOCATIONS)) as pool:
         list(pool.map(camera, LOCATIONS))
     arrived: dict[bytes, float] = {}
-    deadline = time.monotonic() + 60
-    while len(arrived) < 100 and time.monotonic() < deadline:
-        peer.connection.process_data_events(time_limit=0.02)
+
+    def all_arrived() -> bool:
         for event in peer.images():
             arrived.setdefault(event["inputs"][0]["image"], time.monotonic())
+        return len(arrived) >= 100
+
+    peer.pump_until(all_arrived, 60, each=0.02)
     events = peer.images()
     assert len(events) == 100
     by_image = {event["inputs"][0]["image"]: event["inputs"][0] for event in events}
@@ -141,9 +143,7 @@ def test_bad_uploads_are_quarantined_and_good_ones_follow(
         hidden_before, stray_before = _ignored("hidden"), _ignored("no_camera")
         upload(client, "frontdoor/.partial.jpg", jpeg("hidden"))
         upload(client, "misc/stray.jpg", jpeg("stray"))
-        deadline = time.monotonic() + 10
-        while _ignored("hidden") == hidden_before and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: _ignored("hidden") != hidden_before, 10, step=0.05)
         client.rename("frontdoor/.partial.jpg", "frontdoor/renamed.jpg")
         published += 1
         assert len(peer.wait_for_images(published)) == published
@@ -175,10 +175,9 @@ def test_same_name_uploaded_again_is_a_new_event(ftp_app: tuple[App, Peer, int])
     assert len({entry["event_id"] for entry in entries}) == 3
     # Once each event is in the outbox, its upload is removed: nothing is left behind.
     folder_path = app.settings.ingest_dir / "garage"
-    deadline = time.monotonic() + 5
-    while any(folder_path.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(folder_path.iterdir()) == []
+    assert wait_until(lambda: not any(folder_path.iterdir()), 5, step=0.05), (
+        f"left behind: {sorted(p.name for p in folder_path.iterdir())}"
+    )
 
 
 def test_uploads_left_from_before_are_taken_at_start(tmp_path: Path) -> None:
@@ -230,10 +229,11 @@ def test_upload_waits_while_the_outbox_is_full(tmp_path: Path) -> None:
             full_before = sample("amqp_publish_failures_total", reason="outbox_full")
             (folder_path / "one.jpg").write_bytes(jpeg("one"))
             (folder_path / "two.jpg").write_bytes(jpeg("two"))
-            deadline = time.monotonic() + 10
-            while sample("amqp_publish_failures_total", reason="outbox_full") == full_before:
-                assert time.monotonic() < deadline, "the outbox never filled"
-                time.sleep(0.05)
+            assert wait_until(
+                lambda: sample("amqp_publish_failures_total", reason="outbox_full") != full_before,
+                10,
+                step=0.05,
+            ), "the outbox never filled"
             proxy.restore()
             events = peer.wait_for_images(2, timeout=30)
         finally:

@@ -99,9 +99,7 @@ class Chain:
         return [image["name"] for image in self.peer.images()]
 
     def wait_for(self, wanted: set[str], timeout: float = 20.0) -> set[str]:
-        deadline = time.monotonic() + timeout
-        while not wanted <= set(self.names()) and time.monotonic() < deadline:
-            self.peer.pump(0.1)
+        self.peer.pump_until(lambda: wanted <= set(self.names()), timeout)
         return set(self.names())
 
 

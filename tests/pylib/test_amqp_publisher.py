@@ -71,12 +71,15 @@ def names(images: list[dict[str, Any]]) -> list[str]:
 def receive(pull: zmq.Socket[bytes], count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Bodies of up to ``count`` envelopes arriving at ``pull`` within ``timeout``."""
     bodies: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(bodies) < count and time.monotonic() < deadline:
-        if pull.poll(50):
+
+    def received_all() -> bool:
+        if len(bodies) < count and pull.poll(50):
             envelope = Envelope.unpack(receive_parts(pull))
             assert envelope.kind == ACK_KIND
             bodies.append(envelope.body)
+        return len(bodies) >= count
+
+    wait_until(received_all, timeout, step=0)
     return bodies
 
 
@@ -237,9 +240,7 @@ def test_broker_nack_is_retried_after_a_growing_pause(
         channel = peer.connection.channel()
         channel.queue_delete(refusing)
         channel.close()
-        deadline = time.monotonic() + 10
-        while "next" not in names(peer.images()) and time.monotonic() < deadline:
-            peer.pump(0.1)
+        peer.pump_until(lambda: "next" in names(peer.images()), 10)
     finally:
         sender.close()
         ack_pull.close(linger=0)
@@ -399,9 +400,7 @@ def test_last_flush_at_stop_is_bounded_and_keeps_the_rest(
     elapsed = time.monotonic() - started
     with Outbox(outbox_path) as outbox:
         left = {entry.headers["message_id"] for entry in outbox.peek(total)}
-    deadline = time.monotonic() + 30
-    while len(peer.messages) < total - len(left) and time.monotonic() < deadline:
-        peer.pump(0.2)
+    peer.pump_until(lambda: len(peer.messages) >= total - len(left), 30, each=0.2)
     published = [props.message_id for _, props, _ in peer.messages]
     assert left, "everything was published: the flush had no deadline"
     assert elapsed < 3.0

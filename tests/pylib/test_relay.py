@@ -32,9 +32,7 @@ class Sink:
             self.items.append(envelope)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(self.items) >= count, timeout, step=0.01)
 
 
 def tag(stage: str):  # type: ignore[no-untyped-def]
@@ -238,9 +236,7 @@ def test_worker_restarts_within_budget(stop_event: threading.Event) -> None:
     fatal: list[str] = []
     worker = Crasher(stop_event, crashes=2, fatal=fatal)
     worker.start()
-    deadline = time.monotonic() + 5
-    while worker.starts < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: worker.starts >= 3, 5, step=0.01), f"{worker.starts} start(s)"
     assert worker.starts == 3
     assert worker.healthy
     assert worker.stop_and_join(5)

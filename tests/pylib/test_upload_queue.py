@@ -20,6 +20,7 @@ from pylib.upload.destination import UploadItem
 from pylib.upload.queue import UploadQueue, UploadQueueError
 from tests.support.metrics import sample, sample_gauge
 from tests.support.paths import CHECKOUT
+from tests.support.wait import wait_until
 
 REPO_ROOT = CHECKOUT
 
@@ -323,15 +324,18 @@ def test_several_threads_add_and_take_at_once(queue: UploadQueue, tmp_path: Path
         except BaseException as exc:
             errors.append(exc)
 
+    def took_all() -> bool:
+        """Take what is due, as the uploader does, while the others add: all 150 taken?"""
+        for upload in queue.due(time.time(), 10):
+            if queue.done(upload.id):
+                finished.add(int(upload.item.name.split("-")[1].split(".")[0]))
+        queue.oldest_age(time.time())
+        queue.pending_paths()
+        return len(finished) >= 150
+
     def take() -> None:
         try:
-            deadline = time.monotonic() + 30
-            while len(finished) < 150 and time.monotonic() < deadline:
-                for upload in queue.due(time.time(), 10):
-                    if queue.done(upload.id):
-                        finished.add(int(upload.item.name.split("-")[1].split(".")[0]))
-                queue.oldest_age(time.time())
-                queue.pending_paths()
+            wait_until(took_all, 30, step=0)
         except BaseException as exc:
             errors.append(exc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from snapshot_processor.app import App
 from snapshot_processor.config import Settings
+from tests.support.wait import wait_until
 
 BROKER = pika.ConnectionParameters("127.0.0.1", 5672, heartbeat=30)
 
@@ -110,11 +111,23 @@ class Peer:
         """Image events received so far."""
         return [body for key, _, body in self.messages if key.endswith(".image")]
 
+    def pump_until(
+        self, condition: Callable[[], object], timeout: float = 30.0, each: float = 0.1
+    ) -> bool:
+        """Receive, ``each`` s at a time, until ``condition()`` holds: False if it does not
+        within ``timeout`` s. The condition sees what arrived; nothing arrives unless pumped."""
+
+        def pumped() -> bool:
+            if condition():
+                return True
+            self.connection.process_data_events(time_limit=each)
+            return bool(condition())
+
+        return wait_until(pumped, timeout, step=0)
+
     def wait_for_images(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Pump the connection until ``count`` image events arrived or the time is up."""
-        deadline = time.monotonic() + timeout
-        while len(self.images()) < count and time.monotonic() < deadline:
-            self.connection.process_data_events(time_limit=0.1)
+        self.pump_until(lambda: len(self.images()) >= count, timeout)
         return self.images()
 
     def pump(self, seconds: float) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from tests.support.fakes import LoopbackServer, Reply, Request
+from tests.support.wait import wait_until
 
 
 class HTTPRecorder(LoopbackServer):
@@ -18,18 +18,17 @@ class HTTPRecorder(LoopbackServer):
         super().__init__("http-recorder")
         self.status = status
         self._requests: list[Request] = []
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def handle(self, request: Request) -> Reply:
-        with self._changed:
+        with self._lock:
             self._requests.append(request)
-            self._changed.notify_all()
         return Reply(self.status, b"OK" if 200 <= self.status < 300 else b"error")
 
     @property
     def requests(self) -> list[Request]:
         """A copy of the requests seen so far, oldest first."""
-        with self._changed:
+        with self._lock:
             return list(self._requests)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Request]:
@@ -38,14 +37,10 @@ class HTTPRecorder(LoopbackServer):
         Raises:
             AssertionError: fewer arrived within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self._requests) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"expected {count} request(s), got {len(self._requests)}: "
-                        f"{[(r.method, r.path) for r in self._requests]}"
-                    )
-                self._changed.wait(remaining)
-            return list(self._requests)
+        if not wait_until(lambda: len(self.requests) >= count, timeout):
+            seen = self.requests
+            raise AssertionError(
+                f"expected {count} request(s), got {len(seen)}: "
+                f"{[(r.method, r.path) for r in seen]}"
+            )
+        return self.requests

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import threading
-import time
 from typing import Any
 
 from tests.support.fakes import LoopbackServer, Reply, Request
+from tests.support.wait import wait_until
 
 PUBLIC_KEY = "0123456789abcdef0123456789abcdef"
 
@@ -49,7 +49,7 @@ class SentryReceiver(LoopbackServer):
         self.public_key = public_key
         self._events: list[dict[str, Any]] = []
         self._bodies: list[bytes] = []
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     @property
     def dsn(self) -> str:
@@ -59,13 +59,13 @@ class SentryReceiver(LoopbackServer):
     @property
     def events(self) -> list[dict[str, Any]]:
         """A copy of the events received so far."""
-        with self._changed:
+        with self._lock:
             return list(self._events)
 
     @property
     def bodies(self) -> list[bytes]:
         """Every envelope received, decompressed."""
-        with self._changed:
+        with self._lock:
             return list(self._bodies)
 
     def wait_for_events(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -74,16 +74,9 @@ class SentryReceiver(LoopbackServer):
         Raises:
             AssertionError: fewer arrived within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self._events) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"expected {count} Sentry event(s), got {len(self._events)}"
-                    )
-                self._changed.wait(remaining)
-            return list(self._events)
+        if not wait_until(lambda: len(self.events) >= count, timeout):
+            raise AssertionError(f"expected {count} Sentry event(s), got {len(self.events)}")
+        return self.events
 
     def handle(self, request: Request) -> Reply:
         if request.method != "POST" or request.path != f"/api/{self.project}/envelope/":
@@ -99,10 +92,9 @@ class SentryReceiver(LoopbackServer):
             return _json_reply(415, {"detail": f"unsupported Content-Encoding {encoding}"})
         header, items = parse_envelope(body)
         events = [json.loads(payload) for item, payload in items if item.get("type") == "event"]
-        with self._changed:
+        with self._lock:
             self._bodies.append(body)
             self._events.extend(events)
-            self._changed.notify_all()
         return _json_reply(200, {"id": header.get("event_id")})
 
     def _authorised(self, request: Request) -> bool:
