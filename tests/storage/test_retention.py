@@ -22,6 +22,8 @@ from snapshot_processor import config
 from snapshot_processor.storage.feature import build as build_storage
 from snapshot_processor.storage.retention import Retention, RetentionPolicy, sweep
 from tests.storage.test_disk_full import disk  # noqa: F401  (the tmpfs fixture)
+from tests.storage.test_s3 import aws_env  # noqa: F401  (fake credentials, no shared files)
+from tests.support.fakes.s3 import FailingS3
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until
 
@@ -254,6 +256,49 @@ def test_the_daemons_retention_keeps_the_snapshots_its_outbox_still_names(
 
     assert named.exists()
     assert parked.exists()
+    assert not old.exists()
+
+
+def test_the_daemons_retention_keeps_the_snapshots_its_upload_queue_still_holds(
+    tmp_path: Path,
+    aws_env: None,  # noqa: F811  (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 refusing for weeks (credentials revoked): a snapshot still queued for upload
+    outlives the age cap, an equally old one that is not queued does not."""
+    queued = snapshot(tmp_path, "queued.jpg", 40 * DAY)
+    old = snapshot(tmp_path, "old.jpg", 40 * DAY)
+    with FailingS3(403, "AccessDenied") as s3:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.base_url)
+        settings = config.load(
+            env={
+                "SNAPSHOTS_ROOT_DIR": str(tmp_path),
+                "RETENTION_MIN_FREE_BYTES": "0",
+                "S3_BUCKET": "snapshots",
+            }
+        )
+        # Queued by an earlier run of the daemon, in the queue file it opens.
+        earlier = UploadQueue(
+            settings.upload_queue_path, max_attempts=settings.storage.upload_max_attempts
+        )
+        try:
+            earlier.add([("s3", UploadItem(queued, queued.name, "cam", NOW - 40 * DAY))])
+        finally:
+            earlier.close()
+        daemon = Daemon("test", shutdown_timeout=5)
+        storage = build_storage(settings, daemon)
+        uploader = storage.uploader
+        assert uploader is not None
+        daemon.start()  # the upload queue and the uploader, as the daemon starts them
+        try:
+            # The uploader tried, S3 refused, and the upload waits for its next try.
+            assert wait_until(lambda: "s3" in uploader.status().failing), uploader.status()
+            assert uploader.status().depth == 1
+            assert storage.retention.run_once() is not None
+        finally:
+            assert daemon.stop()
+    assert [r.method for r in s3.requests] == ["PUT"]
+    assert queued.exists()
     assert not old.exists()
 
 
