@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from pylib.retry import RetryPolicy
 from snapshot_processor.camera.networks import DEFAULT_CAMERA_NETWORKS, IPNetwork, parse_networks
 
 
@@ -28,3 +29,7 @@ class CameraSettings(BaseModel):
     networks: Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)] = Field(
         default_factory=lambda: parse_networks(DEFAULT_CAMERA_NETWORKS), alias="CAMERA_NETWORKS"
     )
+
+    # One snapshot's attempts (CAMERA_RETRIES retries after the first), declared once here
+    # (docs/retries.md): short and capped, as a trigger's snapshot is worth little later.
+    SNAPSHOT_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.2, maximum=2.0, jitter=0.1)

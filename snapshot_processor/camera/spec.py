@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from pylib.retry import RetryPolicy
 from snapshot_processor.camera.address import CameraAddress
+from snapshot_processor.camera.settings import CameraSettings
 
 __all__ = ["AUTH_MODES", "SCHEMES", "CameraSpec", "safe_url"]
 
@@ -27,8 +28,8 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-# The longest pause between two attempts at one snapshot: a trigger is worth little later.
-MAX_BACKOFF = 2.0
+# The longest pause between two attempts at one snapshot.
+MAX_BACKOFF = CameraSettings.SNAPSHOT_RETRY.maximum
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class CameraSpec:
     scheme: str = "http"
     timeout: float = 5.0
     retries: int = 2
-    backoff: float = 0.2
+    backoff: float = CameraSettings.SNAPSHOT_RETRY.first
     verify_tls: bool = True
     connect_to: tuple[str, ...] = ()
 
@@ -95,11 +96,12 @@ class CameraSpec:
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        """How this camera's attempts are paced: doubling from ``backoff``, capped."""
-        return RetryPolicy(
+        """How this camera's attempts are paced: the section's ``SNAPSHOT_RETRY`` from
+        ``backoff``, with ``retries`` retries."""
+        return replace(
+            CameraSettings.SNAPSHOT_RETRY,
             first=self.backoff,
             maximum=max(self.backoff, MAX_BACKOFF),
-            jitter=0.1,
             attempts=self.retries + 1,
         )
 
