@@ -1,4 +1,4 @@
-"""What every camera client shares: one kept-alive connection, a lock, retries, safe errors.
+"""What every camera client shares: one HTTP session, a lock, retries, safe errors.
 
 A vendor client says which URL to fetch, which auth to use and how its camera reports
 errors; :class:`CameraClient` does the rest. Error messages are built from our own words
@@ -17,8 +17,9 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote
 
+from requests.auth import AuthBase
+
 from pylib.observe.redact import register_secret
-from snapshot_processor.camera.auth import Auth
 from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
@@ -29,14 +30,12 @@ from snapshot_processor.camera.errors import (
 )
 from snapshot_processor.camera.jpeg import jpeg_problem
 from snapshot_processor.camera.spec import CameraSpec
-from snapshot_processor.camera.transport import Connection, Reply, TransportError
+from snapshot_processor.camera.transport import CameraSession, Reply, TransportError
 
-__all__ = ["MAX_IMAGE_BYTES", "CameraClient", "Reply", "Request", "build_query"]
+__all__ = ["CameraClient", "Reply", "Request", "build_query"]
 
 log = logging.getLogger(__name__)
 
-# A snapshot is a few hundred kB; anything this big is not a snapshot.
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
 USER_AGENT = "snapshot-processor"
 
 
@@ -64,9 +63,9 @@ class Request:
 class CameraClient:
     """Fetches JPEG snapshots from one camera (the base of every vendor's client).
 
-    One kept-alive connection per client (:mod:`~snapshot_processor.camera.transport`)
-    serves every snapshot; a lock makes one client safe to share between threads (calls
-    run one at a time).
+    One HTTP session per client (:mod:`~snapshot_processor.camera.transport`), its
+    connection kept alive, serves every snapshot; a lock makes one client safe to share
+    between threads (calls run one at a time).
     Timeouts, connection errors, 5xx answers and bad images are retried with doubling
     back-off; auth errors, other 4xx answers and most vendor errors are not.
     """
@@ -81,13 +80,10 @@ class CameraClient:
         self._spec = spec
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        # Cameras sit on the local network: no proxy from the environment (it would see
-        # the credentials in Foscam/Reolink URLs) and no ~/.netrc overriding our auth.
-        self._http = Connection(
+        self._http = CameraSession(
             timeout=spec.timeout,
             verify_tls=spec.verify_tls,
             user_agent=USER_AGENT,
-            limit=MAX_IMAGE_BYTES,
             pinned=(spec.host, spec.connect_to) if spec.connect_to else None,
         )
         self._auth = self._make_auth()
@@ -97,9 +93,9 @@ class CameraClient:
 
     # -- what vendors override ------------------------------------------------------
 
-    def _make_auth(self) -> Auth:
-        """The HTTP auth to send (plain :class:`Auth`: credentials travel some other way)."""
-        return Auth()
+    def _make_auth(self) -> AuthBase | None:
+        """The HTTP auth to send (None: credentials travel some other way)."""
+        return None
 
     def _query(self) -> list[tuple[str, str]]:
         """Query pairs for :attr:`path`, unencoded."""
@@ -258,7 +254,7 @@ class CameraClient:
         raise outcome
 
     def close(self, *, wait: bool = True) -> None:
-        """Close the HTTP connection. Idempotent.
+        """Close the HTTP session and its connection. Idempotent.
 
         A snapshot in progress ends its back-off pause at once and finishes its current
         attempt; with ``wait`` this waits for that, without it returns at once and the

@@ -9,7 +9,8 @@ import secrets
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from snapshot_processor.camera.auth import Auth, BasicAuth, DigestAuth
+from requests.auth import AuthBase
+
 from snapshot_processor.camera.base import CameraClient, Reply, Request
 from snapshot_processor.camera.errors import (
     CameraAuthError,
@@ -18,6 +19,7 @@ from snapshot_processor.camera.errors import (
 )
 from snapshot_processor.camera.jpeg import JPEG_SOI
 from snapshot_processor.camera.spec import CameraSpec, safe_url
+from snapshot_processor.camera.transport import basic_auth, digest_auth
 
 __all__ = [
     "DahuaClient",
@@ -114,8 +116,8 @@ class HikvisionClient(CameraClient):
     path = "/ISAPI/Streaming/channels/101/picture"
     status_call = "/ISAPI/System/deviceInfo"
 
-    def _make_auth(self) -> Auth:
-        return DigestAuth(self._spec.user, self._spec.password)
+    def _make_auth(self) -> AuthBase | None:
+        return digest_auth(self._spec.user, self._spec.password)
 
     def _status_request(self) -> Request:
         return self._build_request("/ISAPI/System/deviceInfo", [])
@@ -135,8 +137,8 @@ class DahuaClient(CameraClient):
     path = "/cgi-bin/snapshot.cgi"
     status_call = "magicBox.cgi?action=getSystemInfo"
 
-    def _make_auth(self) -> Auth:
-        return DigestAuth(self._spec.user, self._spec.password)
+    def _make_auth(self) -> AuthBase | None:
+        return digest_auth(self._spec.user, self._spec.password)
 
     def _query(self) -> list[tuple[str, str]]:
         return [("channel", "1")]
@@ -241,12 +243,12 @@ class GenericClient(CameraClient):
 
     vendor = "generic"
 
-    def _make_auth(self) -> Auth:
+    def _make_auth(self) -> AuthBase | None:
         if self._spec.auth == "basic":
-            return BasicAuth(self._spec.user, self._spec.password)
+            return basic_auth(self._spec.user, self._spec.password)
         if self._spec.auth == "digest":
-            return DigestAuth(self._spec.user, self._spec.password)
-        return Auth()
+            return digest_auth(self._spec.user, self._spec.password)
+        return None
 
     def _request(self) -> Request:
         template = self._spec.url or ""

@@ -1,15 +1,18 @@
-"""One camera's HTTP connection: a GET at a time on a kept-alive connection.
+"""One camera's HTTP: a ``requests`` session, a GET at a time, bounded in time and size.
 
-Built on the standard library's ``http.client``, not ``requests``: a camera call is one
-GET to a host we know, so what ``requests`` adds (proxies, cookies, redirects, netrc) is
-unused or unwanted here, and it costs CPU on every snapshot. Measured on the 166 KB
-snapshot, a GET costs about 0.55 ms of CPU through a ``requests`` session, 0.25 ms through
-``urllib3`` and 0.15 ms here; with 32 cameras answering at once that is some 13 ms of
-one core, under the GIL, between the first image and the last.
+requests does the HTTP: connections kept alive in its pool, basic and digest auth, no
+redirects followed, nothing taken from the environment. What a camera needs beyond that
+is added here:
 
-Errors come out as :class:`TransportError`, in our own words and raised outside any
-``except`` block: ``http.client`` quotes the URL in some messages (``InvalidURL``), and a
-Foscam or Reolink URL holds the password.
+- a deadline for the whole answer: ``timeout=`` bounds each socket operation, so a camera
+  trickling its headers or body a few bytes at a time would hold a thread for as long as
+  it likes; here every connect, send and read waits at most what is left of the timeout;
+- a limit on the size of an answer;
+- ``CAMERA_NETWORKS``' pinning: a host checked at some addresses is connected to at those,
+  never looked up again, while the Host header and TLS (SNI, verification) keep its name;
+- errors in our own words (:class:`TransportError`), raised outside any ``except`` block:
+  requests' and urllib3's messages quote the URL, and a Foscam or Reolink URL holds the
+  password.
 """
 
 from __future__ import annotations
@@ -18,24 +21,46 @@ import errno
 import functools
 import http.client
 import io
-import select
+import logging
 import socket
 import ssl
-import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from snapshot_processor.camera.auth import Auth, BasicAuth
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
+from requests.utils import parse_dict_header
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import create_connection
 
-__all__ = ["Connection", "Reply", "TransportError"]
+from pylib.observe.logs import RedactingFilter
 
-# A body of known length is read in as few calls as the socket allows (each read gives
-# up the GIL and must win it back, which with many cameras answering at once is the
-# cost), up to this much at a time; one of unknown length, in smaller pieces.
-_READ_MAX = 1024 * 1024
-_CHUNK_BYTES = 64 * 1024
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "CameraSession",
+    "Reply",
+    "TransportError",
+    "basic_auth",
+    "digest_auth",
+]
+
+# A snapshot is a few hundred kB; an answer this big is not a snapshot.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+_CHUNK_BYTES = 1024 * 1024
+
+# urllib3 logs each request line (DEBUG) and, on a malformed answer, the URL (WARNING):
+# a Foscam or Reolink URL holds the password.
+for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(RedactingFilter())
 
 
 @dataclass(frozen=True)
@@ -65,195 +90,111 @@ class TransportError(Exception):
         self.lasting = lasting
 
 
-@dataclass(frozen=True)
-class _Target:
-    secure: bool
-    host: str
-    port: int
-    path: str = field(repr=False)
-    basic: BasicAuth | None = field(repr=False)  # from user:password@ in the URL
-
-    @classmethod
-    def of(cls, url: str) -> _Target:
-        problem = None
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            problem = "the camera's URL does not parse"
-        if problem is not None:
-            raise TransportError(problem)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TransportError("the camera's URL is not an http(s) URL with a host")
-        secure = parts.scheme == "https"
-        basic = None
-        if parts.username is not None:
-            # As requests did: credentials in the URL are basic auth when the camera's
-            # auth mode sends none of its own (never before a digest challenge).
-            basic = BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        # Spaces and other characters a request line cannot hold are escaped, as requests
-        # did; what is escaped already stays as it is ("%" is kept).
-        path = quote(path, safe="!#$%&'()*+,/:;=?@[]~")
-        return cls(secure, parts.hostname, port or (443 if secure else 80), path, basic)
+# --- auth -----------------------------------------------------------------------------
+def basic_auth(user: str, password: str) -> AuthBase:
+    """``Authorization: Basic``, user and password as UTF-8 (RFC 7617; requests would
+    encode a ``str`` as Latin-1)."""
+    return HTTPBasicAuth(user.encode(), password.encode())
 
 
-def _describe(exc: BaseException) -> str:
-    """The network problem in plain words, from the exception's type (never its text)."""
-    chain = [exc]
-    for _ in range(8):
-        linked = chain[-1].__cause__ or chain[-1].__context__
-        if linked is None or linked in chain:
-            break
-        chain.append(linked)
-    kinds: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
-        (ConnectionRefusedError, "connection refused"),
-        (socket.gaierror, "host name does not resolve"),
-        (ssl.SSLCertVerificationError, "TLS certificate not trusted"),
-        ((ssl.SSLEOFError, ssl.SSLZeroReturnError), "connection closed by the camera"),
-        (ssl.SSLError, "TLS handshake failed"),
-        (ConnectionResetError, "connection reset by the camera"),
-        (
-            (http.client.RemoteDisconnected, http.client.IncompleteRead, BrokenPipeError),
-            "connection closed by the camera",
-        ),
-    )
-    for types, words in kinds:
-        if any(isinstance(item, types) for item in chain):
-            return words
-    for item in chain:
-        if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "host unreachable"
-    return f"connection failed ({type(exc).__name__})"
+def digest_auth(user: str, password: str) -> AuthBase:
+    """HTTP digest auth (requests'): the challenge a thread answered is kept, so its later
+    snapshots carry the answer at once, with a rising nonce count."""
+    return _DigestAuth(user, password)
 
 
-class _DeadlineError(Exception):
-    """The whole answer took longer than the timeout."""
+# Digest algorithms answered, best first: a camera may offer several (RFC 7616, 3.7).
+_ALGORITHMS = ("SHA-256", "MD5", "MD5-SESS")
+# A camera's challenge is a few hundred bytes; more is not read (nor parsed).
+_MAX_CHALLENGES = 8
+_MAX_CHALLENGE_LENGTH = 4096
 
 
-class _TooLargeError(Exception):
-    """The answer is larger than the limit."""
+def _best_challenge(values: list[str]) -> str | None:
+    """The digest challenge to answer among ``WWW-Authenticate`` values, or None."""
+    best: tuple[int, str] | None = None
+    for value in values[:_MAX_CHALLENGES]:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() != "digest" or len(value) > _MAX_CHALLENGE_LENGTH:
+            continue
+        params: dict[str, str] = parse_dict_header(rest)  # type: ignore[no-untyped-call]
+        algorithm = (params.get("algorithm") or "MD5").upper()
+        qop = params.get("qop")
+        offers_auth = qop is None or "auth" in (item.strip().lower() for item in qop.split(","))
+        if (
+            "realm" not in params
+            or "nonce" not in params
+            or algorithm not in _ALGORITHMS
+            or not offers_auth  # auth-int alone would need the body hashed
+            or (qop is None and algorithm.endswith("-SESS"))  # needs a cnonce, sent with qop
+        ):
+            continue
+        rank = _ALGORITHMS.index(algorithm)
+        if best is None or rank < best[0]:
+            best = (rank, value)
+    return None if best is None else best[1]
 
 
-# A kept-alive connection the camera closed while idle fails before any answer arrives;
-# such a GET is sent once more on a new connection (GET is safe to repeat).
-_STALE = (
-    http.client.RemoteDisconnected,
-    BrokenPipeError,
-    ConnectionResetError,
-    ssl.SSLEOFError,
-    ssl.SSLZeroReturnError,
-)
+class _DigestAuth(HTTPDigestAuth):
+    """requests' digest auth answering only the best challenge it can, after reading the
+    401's body within the size limit (requests would read any amount)."""
+
+    def handle_401(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        if r.status_code != 401:
+            return r
+        challenge = _best_challenge(r.raw.headers.getlist("WWW-Authenticate"))
+        if challenge is None:
+            return r  # nothing we can answer: the 401 stands
+        r.headers["WWW-Authenticate"] = challenge
+        _read_body(r)
+        answer: requests.Response = super().handle_401(r, **kwargs)  # type: ignore[no-untyped-call]
+        return answer
+
+    def build_digest_header(self, method: str, url: str) -> str | None:
+        # The challenge offers "auth" (see _best_challenge), maybe beside "auth-int";
+        # requests misses it after a space ("auth-int, auth").
+        challenge = self._thread_local.chal  # type: ignore[attr-defined]  # not in the stubs
+        if challenge.get("qop"):
+            challenge["qop"] = "auth"
+        header: str | None = super().build_digest_header(method, url)  # type: ignore[no-untyped-call]
+        return header
 
 
-def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """Bound ``sock``'s blocking sends or receives (``SO_SNDTIMEO``, ``SO_RCVTIMEO``) in
-    the kernel, and make it blocking.
+# --- the deadline, down to the socket -------------------------------------------------
+class _Clock:
+    """The deadline of the GET under way (a session makes one at a time)."""
 
-    Python's own socket timeout waits in ``poll()`` before each send and receive: two
-    system calls, each of which its thread gives up the GIL for and must win back. With
-    32 cameras answering at once, dropping the ``poll()`` cut the daemon's context
-    switches by about a sixth (1,800 to 1,450-1,550 per burst). A
-    receive that times out fails with ``EAGAIN`` (:class:`BlockingIOError`). TLS sockets
-    keep Python's timeouts: OpenSSL would read that as "try again".
-    """
-    if sock.gettimeout() is not None:
-        sock.settimeout(None)
-    whole = int(seconds)
-    micro = int((seconds - whole) * 1_000_000)
-    if whole <= 0 and micro <= 0:
-        whole, micro = 0, 1  # zero would mean no bound at all
-    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@ll", whole, micro))
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._deadline = 0.0
 
+    def start(self) -> None:
+        self._deadline = time.monotonic() + self.timeout
 
-def _connector(addresses: tuple[str, ...]) -> Callable[..., socket.socket]:
-    """``socket.create_connection`` that goes to ``addresses`` (the first that answers)
-    whatever host it is given: the host name stays in the Host header and TLS checks,
-    and is not looked up."""
-
-    def connect(
-        where: tuple[str, int], timeout: float | None = None, source: tuple[str, int] | None = None
-    ) -> socket.socket:
-        failure = OSError("no address to connect to")
-        for address in addresses:
-            try:
-                return socket.create_connection((address, where[1]), timeout, source)
-            except OSError as exc:
-                failure = exc
-        raise failure
-
-    return connect
-
-
-class _Plain(http.client.HTTPConnection):
-    """A plain HTTP connection whose socket's timeouts are kept by the kernel."""
-
-    def __init__(self, host: str, port: int, *, timeout: float, addresses: tuple[str, ...]) -> None:
-        super().__init__(host, port, timeout=timeout)
-        if addresses:
-            self._create_connection = _connector(addresses)
-
-    def connect(self) -> None:
-        super().connect()  # connecting is bounded by Python's timeout, as before
-        assert self.sock is not None
-        assert self.timeout is not None
-        _kernel_timeout(self.sock, socket.SO_SNDTIMEO, self.timeout)
-
-
-class _Secure(http.client.HTTPSConnection):
-    """An HTTPS connection, to ``addresses`` when there are any."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        timeout: float,
-        context: ssl.SSLContext,
-        addresses: tuple[str, ...],
-    ) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        if addresses:
-            self._create_connection = _connector(addresses)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """The socket as http.client reads it, each read bounded by what is left of the
-    deadline: the status line, headers, chunk sizes and body all together, so a camera
-    trickling any of them does not hold a thread past its timeout."""
-
-    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
-        super().__init__()
-        # As http.client's own reader: holds the socket open while the answer is read.
-        self._raw = sock.makefile("rb", buffering=0)
-        self._sock = sock
-        self._deadline = deadline
-        self._timeout = timeout
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+    def left(self) -> float:
+        """How long the next connect, send or read may wait."""
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise _DeadlineError
-        wait = min(self._timeout, left)
-        if isinstance(self._sock, ssl.SSLSocket):
-            self._sock.settimeout(wait)
-            return self._raw.readinto(buffer)
-        _kernel_timeout(self._sock, socket.SO_RCVTIMEO, wait)
-        try:
-            return self._sock.recv_into(buffer)
-        except BlockingIOError:
-            raise TimeoutError from None
+            raise TimeoutError("the answer took longer than the timeout")
+        return left
 
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
+
+class _DeadlineIO(socket.SocketIO):
+    """The socket as http.client reads an answer from it (status line, headers, chunk
+    sizes, body), each read bounded by what is left of the deadline."""
+
+    def __init__(self, sock: socket.socket, clock: _Clock) -> None:
+        super().__init__(sock, "rb")
+        self._socket = sock
+        self._clock = clock
+
+    def readinto(self, b: WriteableBuffer) -> int | None:
+        self._socket.settimeout(self._clock.left())
+        return super().readinto(b)
 
 
 class _Response(http.client.HTTPResponse):
-    """An answer read through a :class:`_DeadlineReader`."""
+    """http.client's answer, read through a :class:`_DeadlineIO`."""
 
     def __init__(
         self,
@@ -262,21 +203,137 @@ class _Response(http.client.HTTPResponse):
         method: str | None = None,
         url: str | None = None,
         *,
-        deadline: float,
-        timeout: float,
+        clock: _Clock,
     ) -> None:
         super().__init__(sock, debuglevel, method, url)
         self.fp.close()
-        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, timeout))
+        self.fp = io.BufferedReader(_DeadlineIO(sock, clock))
 
 
-class Connection:
-    """A kept-alive HTTP(S) connection to one camera, used one GET at a time.
+_Pinned = tuple[str, tuple[str, ...]]
 
-    ``timeout`` bounds connecting and each read, and also the whole answer (status line,
-    headers and body): a camera trickling bytes does not hold a thread for longer. Not thread-safe: the client's lock
-    makes calls one at a time. With ``pinned`` (host, addresses), a URL naming that host
-    connects to those addresses without looking the host up.
+
+class _Connection(HTTPConnection):
+    """urllib3's connection, bounded by the session's clock, connecting to the pinned
+    addresses of its host, if it has any."""
+
+    def __init__(self, *args: Any, clock: _Clock, pinned: _Pinned | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+        self._addresses = pinned[1] if pinned is not None and pinned[0] == self.host else ()
+        self.response_class = functools.partial(_Response, clock=clock)  # type: ignore[assignment]
+
+    def _new_conn(self) -> socket.socket:
+        self.timeout = self._clock.left()
+        if not self._addresses:
+            return super()._new_conn()
+        # The first address that answers, as create_connection would take the first a
+        # lookup gave; the host name is not looked up (a second answer could differ).
+        failure: OSError = OSError("no address to connect to")
+        for address in self._addresses:
+            try:
+                return create_connection(
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except OSError as exc:
+                failure = exc
+        if isinstance(failure, TimeoutError):
+            raise ConnectTimeoutError(self, "connect timed out") from failure
+        raise NewConnectionError(self, "connect failed") from failure
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(self._clock.left())
+        super().send(data)
+
+
+class _TLSConnection(_Connection, HTTPSConnection):
+    """The same over TLS: SNI and the certificate's check use the host name."""
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with our connections, and TLS as ``ssl.create_default_context``
+    makes it: the system's trust store (and ``SSL_CERT_FILE``), not certifi's bundle."""
+
+    def __init__(self, clock: _Clock, pinned: _Pinned | None, verify_tls: bool) -> None:
+        self._clock = clock
+        self._pinned = pinned
+        self._verify_tls = verify_tls
+        self._tls: ssl.SSLContext | None = None
+        # One GET at a time: one connection per host.
+        super().__init__(pool_connections=1, pool_maxsize=1)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": functools.partial(_Pool, clock=self._clock, pinned=self._pinned),
+            "https": self._tls_pool,
+        }
+
+    def _tls_pool(self, host: str, port: int | None, **options: Any) -> _TLSPool:
+        # The context is made for the first https pool only: loading the trust store
+        # costs about 25 ms and 0.8 MB, which a plain-HTTP camera need not pay.
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            if not self._verify_tls:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
+        options["ssl_context"] = self._tls
+        return _TLSPool(host, port, clock=self._clock, pinned=self._pinned, **options)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        conn.cert_reqs = "CERT_REQUIRED" if verify else "CERT_NONE"
+
+
+# --- the session ----------------------------------------------------------------------
+class _TooLargeError(Exception):
+    """The answer is larger than the limit."""
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body as it came (each read within the deadline), or
+    :class:`_TooLargeError`; the connection is closed on any failure."""
+    try:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_ANSWER_BYTES:
+            raise _TooLargeError
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.raw.stream(_CHUNK_BYTES, decode_content=False):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _TooLargeError
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
+    return b"".join(chunks)
+
+
+# Escaped in a request's path and query: what a request line cannot hold. requests would
+# also decode escapes of unreserved characters (%41 to A) and drop dot segments.
+_SAFE_IN_TARGET = "!#$%&'()*+,/:;=?@[]~"
+
+
+class CameraSession:
+    """HTTP(S) to one camera, a GET at a time (the client's lock sees to that).
+
+    ``timeout`` bounds connecting and each read, and also the whole answer, a digest
+    challenge and its answer included. With ``pinned`` (host, addresses), a URL naming
+    that host connects to those addresses without looking the host up.
     """
 
     def __init__(
@@ -285,156 +342,120 @@ class Connection:
         timeout: float,
         verify_tls: bool,
         user_agent: str,
-        limit: int,
-        pinned: tuple[str, tuple[str, ...]] | None = None,
+        pinned: _Pinned | None = None,
     ) -> None:
-        self._timeout = timeout
-        # (host, addresses): a URL naming that host is reached at those addresses, checked
-        # against CAMERA_NETWORKS; a second lookup could answer otherwise (DNS rebinding).
-        self._pinned = None if pinned is None else (pinned[0].lower(), pinned[1])
-        self._verify_tls = verify_tls
-        self._user_agent = user_agent
-        self._limit = limit
-        self._http: http.client.HTTPConnection | None = None
-        self._key: tuple[bool, str, int] | None = None
-        self._context: ssl.SSLContext | None = None
-        # Whether this GET went out on a connection kept from an earlier one, and whether
-        # an answer to it has begun: a reused connection failing before any answer was
-        # closed by the camera while idle.
-        self._reused = False
-        self._answered = False
+        self._clock = _Clock(timeout)
+        session = requests.Session()
+        # Cameras sit on the local network: no proxy from the environment (it would see
+        # the passwords in Foscam and Reolink URLs), no ~/.netrc overriding our auth.
+        session.trust_env = False
+        session.verify = verify_tls
+        # (host, addresses) checked against CAMERA_NETWORKS; the host as urllib3 has it.
+        pinned = None if pinned is None else (pinned[0].lower(), pinned[1])
+        adapter = _Adapter(self._clock, pinned, verify_tls)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        # The size limit counts the bytes as they come; a JPEG gains nothing compressed.
+        self._headers = {"User-Agent": user_agent, "Accept": "*/*", "Accept-Encoding": "identity"}
 
-    def get(self, url: str, auth: Auth) -> Reply:
+    def get(self, url: str, auth: AuthBase | None) -> Reply:
         """GET ``url`` and read the whole answer; a 401 with a digest challenge is
         answered once. Raises :class:`TransportError`."""
-        deadline = time.monotonic() + self._timeout
-        target = _Target.of(url)
-        if not auth.sends_credentials and target.basic is not None:
-            auth = target.basic
-        for first in (True, False):
-            reply, challenges = self._exchange(target, auth, deadline)
-            if reply.status == 401 and first and auth.challenged(challenges):
-                continue
-            return reply
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def close(self) -> None:
-        """Close the connection (the next GET opens a new one)."""
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
-    # --- machinery --------------------------------------------------------------------
-    def _exchange(self, target: _Target, auth: Auth, deadline: float) -> tuple[Reply, list[str]]:
+        self._clock.start()
         problem: TransportError
         try:
-            try:
-                return self._round_trip(target, auth, deadline)
-            except _STALE:
-                if not self._reused or self._answered:
-                    raise
-            self.close()
-            return self._round_trip(target, auth, deadline)  # a new answer: a new nonce count
-        except (_DeadlineError, TimeoutError, BlockingIOError):  # the last: SO_SNDTIMEO
-            problem = TransportError("timed out", timed_out=True)
-        except _TooLargeError:
-            problem = TransportError(f"answer larger than {self._limit} bytes", too_large=True)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            problem = TransportError(
-                _describe(exc), lasting=isinstance(exc, ssl.SSLCertVerificationError)
+            response = self._session.send(
+                self._prepare(url, auth),
+                stream=True,
+                allow_redirects=False,
+                timeout=self._clock.timeout,
             )
-        except BaseException:
-            self.close()  # half a request or answer on it: never reused
-            raise
-        self.close()  # in an unknown state: never reused
+            body = _read_body(response)
+        except _TooLargeError:
+            problem = TransportError(f"answer larger than {MAX_ANSWER_BYTES} bytes", too_large=True)
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+            ValueError,
+        ) as exc:
+            problem = _problem(exc)
+        else:
+            return Reply(response.status_code, response.headers.get("Content-Type", ""), body)
         raise problem
 
-    def _round_trip(self, target: _Target, auth: Auth, deadline: float) -> tuple[Reply, list[str]]:
-        self._answered = False
-        connection = self._connection(target, deadline)
-        headers = {"User-Agent": self._user_agent, "Accept": "*/*"}
-        authorization = auth.header("GET", target.path)
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        connection.response_class = functools.partial(  # type: ignore[assignment]
-            _Response, deadline=deadline, timeout=self._timeout
+    def close(self) -> None:
+        """Close the kept-alive connections (the next GET opens a new one)."""
+        self._session.close()
+
+    def _prepare(self, url: str, auth: AuthBase | None) -> requests.PreparedRequest:
+        parts = urlsplit(url)
+        if auth is None and parts.username is not None:
+            # Credentials in the URL are basic auth when the camera's auth mode sends
+            # none of its own (never before a digest challenge: then never at all).
+            auth = basic_auth(unquote(parts.username), unquote(parts.password or ""))
+        origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        target = quote(
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _SAFE_IN_TARGET
         )
-        connection.request("GET", target.path, headers=headers)
-        response = connection.getresponse()
-        self._answered = True
-        try:
-            length = response.length
-            if length is not None and length > self._limit:
-                raise _TooLargeError
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                want = min(response.length, _READ_MAX) if response.length else _CHUNK_BYTES
-                chunk = response.read1(want)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self._limit:
-                    raise _TooLargeError
-                chunks.append(chunk)
-            if response.length:  # a body cut short (read1 reports no IncompleteRead)
-                raise http.client.IncompleteRead(b"", response.length)
-        finally:
-            response.close()  # a whole answer read: the connection stays for the next GET
-        content_type = response.getheader("Content-Type", "") or ""
-        challenges = response.headers.get_all("WWW-Authenticate") or []
-        return Reply(response.status, content_type, b"".join(chunks)), challenges
-
-    def _connection(self, target: _Target, deadline: float) -> http.client.HTTPConnection:
-        key = (target.secure, target.host, target.port)
-        connection = self._http
-        if connection is not None and (key != self._key or _dropped(connection.sock)):
-            self.close()
-            connection = None
-        timeout = max(0.001, min(self._timeout, deadline - time.monotonic()))
-        if connection is None:
-            self._reused = False
-            pinned = self._pinned
-            addresses = pinned[1] if pinned is not None and pinned[0] == target.host else ()
-            if target.secure:
-                connection = _Secure(
-                    target.host,
-                    target.port,
-                    timeout=timeout,
-                    context=self._tls(),
-                    addresses=addresses,
-                )
-            else:
-                connection = _Plain(target.host, target.port, timeout=timeout, addresses=addresses)
-            self._http, self._key = connection, key
-            return connection
-        self._reused = connection.sock is not None
-        if isinstance(connection.sock, ssl.SSLSocket):
-            connection.sock.settimeout(timeout)
-        elif connection.sock is not None:
-            _kernel_timeout(connection.sock, socket.SO_SNDTIMEO, timeout)
-        else:
-            connection.timeout = timeout  # closed after the last answer: reopens
-        return connection
-
-    def _tls(self) -> ssl.SSLContext:
-        if self._context is None:
-            context = ssl.create_default_context()
-            if not self._verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._context = context
-        return self._context
+        # Prepared alone, not by the session: nothing of its state (cookies, headers) to
+        # merge in, and that merging would double what requests costs a GET in CPU.
+        prepared = requests.Request("GET", origin + target, headers=self._headers).prepare()
+        normalized = urlsplit(prepared.url or "")
+        prepared.url = f"{normalized.scheme}://{normalized.netloc}{target}"
+        prepared.prepare_auth(auth)
+        return prepared
 
 
-def _dropped(sock: socket.socket | None) -> bool:
-    """Whether an idle kept-alive socket was closed by the camera (it reads as ready: an
-    end of file, or bytes nobody asked for)."""
-    if sock is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
+# --- errors in our words --------------------------------------------------------------
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, urllib3's reasons, requests' args."""
+    found = [exc]
+    for item in found:
+        linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+        for other in linked:
+            if isinstance(other, BaseException) and other not in found and len(found) < 16:
+                found.append(other)
+    return found
+
+
+_WORDS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    ((socket.gaierror, NameResolutionError), "host name does not resolve"),
+    (ssl.SSLCertVerificationError, "TLS certificate not trusted"),
+    ((ssl.SSLEOFError, ssl.SSLZeroReturnError), "connection closed by the camera"),
+    (ssl.SSLError, "TLS handshake failed"),
+    (ConnectionResetError, "connection reset by the camera"),
+    (
+        (http.client.RemoteDisconnected, http.client.IncompleteRead, BrokenPipeError),
+        "connection closed by the camera",
+    ),
+    (
+        (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+            urllib3.exceptions.LocationValueError,
+            UnicodeError,  # a host name IDNA cannot encode
+        ),
+        "the camera's URL is not an http(s) URL with a host",
+    ),
+)
+
+
+def _problem(exc: BaseException) -> TransportError:
+    """The network problem in plain words, from the exceptions' types (never their text)."""
+    chain = _chain(exc)
+    # The socket's own (urllib3's NewConnectionError is one of its TimeoutErrors).
+    if any(isinstance(item, TimeoutError) for item in chain):
+        return TransportError("timed out", timed_out=True)
+    for types, words in _WORDS:
+        if any(isinstance(item, types) for item in chain):
+            lasting = types is ssl.SSLCertVerificationError
+            return TransportError(words, lasting=lasting)
+    for item in chain:
+        if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return TransportError("host unreachable")
+    return TransportError(f"connection failed ({type(exc).__name__})")

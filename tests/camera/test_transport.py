@@ -1,116 +1,57 @@
-"""The camera HTTP transport and its auth: digest answers checked against RFC 7616's
-examples, and the wire against a scripted HTTP/1.1 server on 127.0.0.1 (keep-alive the
-camera drops, chunked and cut-short bodies, credentials in the URL)."""
+"""The camera HTTP transport (requests, bounded) and its auth, on the wire against a
+scripted HTTP/1.1 server on 127.0.0.1: digest answers checked by an independent
+computation that reproduces RFC 7616's examples, keep-alive the camera drops, chunked and
+cut-short bodies, credentials in the URL, deadlines, size limit, pinning over TLS."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import io
+import ipaddress
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from PIL import Image
 
 from snapshot_processor.camera import (
+    CameraAuthError,
+    CameraBadImageError,
     CameraClient,
     CameraConnectionError,
+    CameraHTTPError,
     CameraSpec,
     CameraTimeoutError,
     make_client,
 )
-from snapshot_processor.camera.auth import Auth, DigestAuth, parse_challenges
-from snapshot_processor.camera.transport import Connection, TransportError
+from snapshot_processor.camera.transport import MAX_ANSWER_BYTES
 from tests.support.ftp import self_signed
 
 # RFC 7616, section 3.9.1.
 RFC_USER, RFC_PASSWORD = "Mufasa", "Circle of Life"
+RFC_REALM = "http-auth@example.org"
+RFC_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
+RFC_OPAQUE = "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"
 RFC_CHALLENGE = (
-    'realm="http-auth@example.org", qop="auth, auth-int", '
-    'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
-    'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+    f'realm="{RFC_REALM}", qop="auth, auth-int", nonce="{RFC_NONCE}", opaque="{RFC_OPAQUE}"'
 )
 RFC_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
 RFC_MD5 = "8ca523f5e9506fed4657c9700eebdbec"
 RFC_SHA256 = "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
 PASSWORD = "pa:ss wörd@x"
-
-
-def _params(header: str) -> dict[str, str]:
-    scheme, params = parse_challenges([header])[0]
-    assert scheme == "digest"
-    return params
-
-
-# -- digest ----------------------------------------------------------------------------
-
-
-def test_parse_challenges_several_per_value_and_quoted_commas() -> None:
-    found = parse_challenges(
-        [
-            'Digest realm="a, \\"b\\"", nonce=abc, qop="auth,auth-int", Basic realm="x"',
-            "Negotiate",
-            'Digest algorithm=SHA-256, nonce="n2"',
-        ]
-    )
-    assert found == [
-        ("digest", {"realm": 'a, "b"', "nonce": "abc", "qop": "auth,auth-int"}),
-        ("basic", {"realm": "x"}),
-        ("negotiate", {}),
-        ("digest", {"algorithm": "SHA-256", "nonce": "n2"}),
-    ]
-
-
-@pytest.mark.parametrize(("algorithm", "expected"), [("MD5", RFC_MD5), ("SHA-256", RFC_SHA256)])
-def test_digest_answer_matches_rfc_7616(algorithm: str, expected: str) -> None:
-    auth = DigestAuth(RFC_USER, RFC_PASSWORD, cnonce=lambda: RFC_CNONCE)
-    assert auth.header("GET", "/dir/index.html") is None  # nothing to answer yet
-    assert auth.challenged([f"Digest {RFC_CHALLENGE}, algorithm={algorithm}"])
-    params = _params(auth.header("GET", "/dir/index.html") or "")
-    assert params["response"] == expected
-    assert params["nc"] == "00000001"
-    assert params["qop"] == "auth"
-    assert params["opaque"].startswith("FQhe/")
-    # The nonce is reused, its count rising.
-    assert _params(auth.header("GET", "/dir/index.html") or "")["nc"] == "00000002"
-
-
-def test_digest_prefers_sha256_and_refuses_what_it_cannot_answer() -> None:
-    auth = DigestAuth(RFC_USER, RFC_PASSWORD)
-    md5 = f"Digest {RFC_CHALLENGE}, algorithm=MD5"
-    sha = f"Digest {RFC_CHALLENGE}, algorithm=SHA-256"
-    assert auth.challenged([md5, sha])
-    assert _params(auth.header("GET", "/") or "")["algorithm"] == "SHA-256"
-    fresh = DigestAuth(RFC_USER, RFC_PASSWORD)
-    assert not fresh.challenged(['Digest nonce="n", qop="auth-int"'])
-    assert not fresh.challenged(['Digest nonce="n", algorithm=SHA-512-256'])
-    assert not fresh.challenged(['Basic realm="cam"'])
-    assert fresh.header("GET", "/") is None
-
-
-def test_digest_session_and_legacy_forms() -> None:
-    auth = DigestAuth("u", "p", cnonce=lambda: "c")
-    assert auth.challenged(['Digest realm="r", nonce="n", qop=auth, algorithm=MD5-sess'])
-    params = _params(auth.header("GET", "/x") or "")
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    secret = md5(f"{md5('u:r:p')}:n:c")
-    assert params["response"] == md5(f"{secret}:n:00000001:c:auth:{md5('GET:/x')}")
-    legacy = DigestAuth("u", "p")
-    assert legacy.challenged(['Digest realm="r", nonce="n"'])  # RFC 2069: no qop
-    params = _params(legacy.header("GET", "/x") or "")
-    assert params["response"] == md5(f"{md5('u:r:p')}:n:{md5('GET:/x')}")
-    assert "nc" not in params
-    assert "qop" not in params
 
 
 # -- the wire --------------------------------------------------------------------------
@@ -131,13 +72,15 @@ class ScriptedServer:
     """HTTP/1.1 on 127.0.0.1: each request's answer (raw bytes) and whether to close the
     connection after it come from ``script(path, headers)``."""
 
-    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, script: Script, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.script = script
         self.tls = tls
         self.connections = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.parts_sent = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((host, 0))
         self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -228,6 +171,10 @@ def generic(
     timeout: float = 2.0,
     scheme: str = "http",
     verify_tls: bool = True,
+    user: str = "admin",
+    password: str = PASSWORD,
+    host: str = "127.0.0.1",
+    connect_to: tuple[str, ...] = (),
 ) -> CameraClient:
     return make_client(
         CameraSpec(
@@ -235,24 +182,18 @@ def generic(
             verify_tls=verify_tls,
             key="yard camera",
             vendor="generic",
-            host="127.0.0.1",
+            host=host,
             port=port,
-            user="admin",
-            password=PASSWORD,
+            user=user,
+            password=password,
             auth=auth,
             url=url or f"{scheme}://{{host}}:{{port}}{path}",
             timeout=timeout,
             retries=1,
             backoff=0.01,
+            connect_to=connect_to,
         )
     )
-
-
-@pytest.fixture
-def transport() -> Iterator[Connection]:
-    connection = Connection(timeout=2.0, verify_tls=True, user_agent="test", limit=1000)
-    yield connection
-    connection.close()
 
 
 @pytest.mark.parametrize(
@@ -325,13 +266,15 @@ def test_credentials_in_the_url_are_basic_auth() -> None:
         assert [request[0] for request in server.requests] == ["/snap.jpg", "/snap.jpg"]
 
 
-def test_too_large_is_refused_before_reading(transport: Connection) -> None:
-    big = b"HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n"
+def test_too_large_is_refused_before_reading() -> None:
+    big = f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_ANSWER_BYTES + 1}\r\n\r\n".encode()
+    # No body follows: a client that began reading it would time out instead.
     with ScriptedServer(lambda path, headers: (big, False)) as server:
-        with pytest.raises(TransportError) as caught:
-            transport.get(f"http://127.0.0.1:{server.port}/x", DigestAuth("a", "b"))
-        assert caught.value.too_large
-        assert str(caught.value) == "answer larger than 1000 bytes"
+        with generic(server.port, "/x") as client, pytest.raises(CameraBadImageError) as caught:
+            client.snapshot()
+        assert f"answer larger than {MAX_ANSWER_BYTES} bytes" in str(caught.value)
+        assert not caught.value.retryable
+        assert len(server.requests) == 1
         assert caught.value.__context__ is None
 
 
@@ -348,16 +291,20 @@ def test_a_trickling_camera_meets_the_deadline() -> None:
         client.snapshot()
 
 
-def test_transport_errors_quote_no_url(transport: Connection) -> None:
+def test_transport_errors_quote_no_url() -> None:
     secret = "s3cr%20t"
-    with pytest.raises(TransportError) as caught:
-        transport.get(f"http://127.0.0.1:1/a?pwd={secret}\n", DigestAuth("a", "b"))
+    with (
+        generic(1, "", url=f"http://127.0.0.1:1/a?pwd={secret}\n") as client,
+        pytest.raises(CameraConnectionError) as caught,
+    ):
+        client.snapshot()
+    assert "connection refused" in str(caught.value)
     assert secret not in str(caught.value)
     assert caught.value.__context__ is None
     assert caught.value.__cause__ is None
-    with pytest.raises(TransportError) as caught:
-        transport.get(f"ftp://cam/a?pwd={secret}", DigestAuth("a", "b"))
-    assert str(caught.value) == "the camera's URL is not an http(s) URL with a host"
+    with pytest.raises(ValueError, match="must be http") as refused:
+        generic(1, "", url=f"ftp://cam/a?pwd={secret}")
+    assert secret not in str(refused.value)
 
 
 def test_https_checks_the_certificate_unless_told_not_to(tmp_path: Path) -> None:
@@ -421,15 +368,27 @@ def test_characters_a_request_line_cannot_hold_are_escaped() -> None:
 
 
 def test_hostile_challenges_are_bounded() -> None:
-    # A run of spaces that ends in no match: linear work, whatever its length.
+    # A run of spaces that ends in no match: linear work, whatever its length; one answer.
     spaces = 'Digest realm="a", nonce="n"' + " " * 4000 + "="
-    assert parse_challenges([spaces]) == [("digest", {"realm": "a", "nonce": "n"})]
-    assert parse_challenges(["Digest nonce=" + "x" * 5000]) == []  # too long: not read
-    auth = DigestAuth("u", "p")
-    assert not auth.challenged(['Digest realm="r", nonce="n", algorithm=MD5-sess'])  # no qop
-    assert auth.challenged(['Digest realm="r", nonce="n", qop="auth"'])
-    params = _params(auth.header("GET", "/") or "")
-    assert "algorithm" not in params  # not named by the camera: not named back
+    with DigestCamera([spaces]) as camera, camera.client() as client:
+        with pytest.raises(CameraAuthError):
+            client.snapshot()
+        # Answered once (with what it read of the nonce); an auth error is not retried.
+        assert len(camera.answers) == 1
+        assert len(camera.server.requests) == 2
+    # Too long: not read, so not answered; nor MD5-sess without a qop (needs a cnonce).
+    for refused in [
+        "Digest nonce=" + "x" * 5000,
+        'Digest realm="r", nonce="n", algorithm=MD5-sess',
+    ]:
+        with DigestCamera([refused]) as camera, camera.client() as client:
+            with pytest.raises(CameraAuthError):
+                client.snapshot()
+            assert camera.answers == []
+    with DigestCamera(['Digest realm="r", nonce="n", qop="auth"']) as camera:
+        with camera.client() as client:
+            assert client.snapshot() == JPEG
+        assert "algorithm" not in camera.answers[0]  # not named by the camera: not named back
 
 
 def test_a_camera_that_takes_no_request_times_out() -> None:
@@ -437,14 +396,294 @@ def test_a_camera_that_takes_no_request_times_out() -> None:
     # the socket buffers are full, the send waits out its bound and the GET times out.
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        connection = Connection(timeout=0.5, verify_tls=True, user_agent="test", limit=1000)
         path = "/" + "x" * (16 * 1024 * 1024)
         started = time.monotonic()
-        try:
-            with pytest.raises(TransportError) as caught:
-                connection.get(f"http://127.0.0.1:{port}{path}", Auth())
-        finally:
-            connection.close()
-        assert caught.value.timed_out, caught.value
-        assert str(caught.value) == "timed out"
+        with (
+            generic(port, path, timeout=0.5) as client,
+            pytest.raises(CameraTimeoutError) as caught,
+        ):
+            client.snapshot()
+        assert "timed out after 0.5 s" in str(caught.value)
         assert time.monotonic() - started < 5
+
+
+# -- digest ------------------------------------------------------------------------------
+def _hash(algorithm: str) -> Callable[[str], str]:
+    function = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[
+        algorithm.upper().removesuffix("-SESS")
+    ]
+    return lambda text: function(text.encode()).hexdigest()
+
+
+def digest_response(
+    params: dict[str, str], *, user: str, password: str, realm: str, nonce: str
+) -> str:
+    """The answer RFC 7616 asks of a GET with ``params`` (RFC 2069's without a qop)."""
+    algorithm = params.get("algorithm") or "MD5"
+    digest = _hash(algorithm)
+    secret = digest(f"{user}:{realm}:{password}")
+    if algorithm.upper().endswith("-SESS"):
+        secret = digest(f"{secret}:{nonce}:{params['cnonce']}")
+    target = digest(f"GET:{params['uri']}")
+    if "qop" not in params:
+        return digest(f"{secret}:{nonce}:{target}")
+    return digest(f"{secret}:{nonce}:{params['nc']}:{params['cnonce']}:{params['qop']}:{target}")
+
+
+@pytest.mark.parametrize(("algorithm", "expected"), [("MD5", RFC_MD5), ("SHA-256", RFC_SHA256)])
+def test_the_checker_reproduces_rfc_7616(algorithm: str, expected: str) -> None:
+    params = {
+        "algorithm": algorithm,
+        "uri": "/dir/index.html",
+        "nc": "00000001",
+        "cnonce": RFC_CNONCE,
+        "qop": "auth",
+    }
+    answer = digest_response(
+        params, user=RFC_USER, password=RFC_PASSWORD, realm=RFC_REALM, nonce=RFC_NONCE
+    )
+    assert answer == expected
+
+
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def auth_params(value: str) -> dict[str, str]:
+    """The parameters of a digest challenge or answer, names in lower case."""
+    found: dict[str, str] = {}
+    for match in _PARAM.finditer(value.partition(" ")[2]):
+        quoted, bare = match.group(2), match.group(3)
+        # The first of a name: a later one belongs to another challenge (", Basic realm=").
+        found.setdefault(
+            match.group(1).lower(), re.sub(r"\\(.)", r"\1", quoted) if quoted else bare
+        )
+    return found
+
+
+class DigestCamera:
+    """A scripted camera that asks for digest auth with ``challenges`` (one
+    ``WWW-Authenticate`` header each, in order) and serves the JPEG to a right answer to
+    one of them; ``answers`` holds the parameters of each ``Authorization`` it got."""
+
+    def __init__(
+        self, challenges: list[str], *, user: str = "admin", password: str = PASSWORD
+    ) -> None:
+        self.challenges = challenges
+        self.user, self.password = user, password
+        self.answers: list[dict[str, str]] = []
+        self.offered: dict[str, tuple[str, str]] = {}  # nonce: (realm, algorithm)
+        for challenge in challenges:
+            params = auth_params(challenge) if challenge.lower().startswith("digest ") else {}
+            if "nonce" in params:
+                algorithm = (params.get("algorithm") or "MD5").upper()
+                self.offered[params["nonce"]] = (params.get("realm", ""), algorithm)
+        self.server = ScriptedServer(self._script)
+
+    def __enter__(self) -> DigestCamera:
+        self.server.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server.__exit__(kind, exc, tb)
+
+    def client(self, path: str = "/snap.jpg") -> CameraClient:
+        port = self.server.port
+        return generic(port, path, auth="digest", user=self.user, password=self.password)
+
+    def _script(self, path: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        value = headers.get("authorization", "")
+        if value.startswith("Digest "):
+            params = auth_params(value)
+            self.answers.append(params)
+            realm, algorithm = self.offered.get(params.get("nonce", ""), ("", ""))
+            expected = (
+                digest_response(
+                    params,
+                    user=self.user,
+                    password=self.password,
+                    realm=realm,
+                    nonce=params["nonce"],
+                )
+                if algorithm
+                else ""
+            )
+            if (params.get("algorithm") or "MD5").upper() == algorithm and (
+                params.get("response") == expected
+            ):
+                return ok(), False
+        offers = "".join(f"WWW-Authenticate: {challenge}\r\n" for challenge in self.challenges)
+        return f"HTTP/1.1 401 Unauthorized\r\n{offers}Content-Length: 0\r\n\r\n".encode(), False
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_digest_answer_matches_rfc_7616(algorithm: str) -> None:
+    challenge = f"Digest {RFC_CHALLENGE}, algorithm={algorithm}"
+    with DigestCamera([challenge], user=RFC_USER, password=RFC_PASSWORD) as camera:
+        with camera.client("/dir/index.html") as client:
+            assert client.snapshot() == JPEG
+            assert client.snapshot() == JPEG
+        first, second = camera.answers
+        assert first["algorithm"] == algorithm
+        assert first["uri"] == "/dir/index.html"
+        assert first["nc"] == "00000001"
+        assert first["qop"] == "auth"
+        assert first["opaque"] == RFC_OPAQUE
+        # The nonce is reused, its count rising: no second challenge.
+        assert (second["nonce"], second["nc"]) == (RFC_NONCE, "00000002")
+        assert len(camera.server.requests) == 3
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["md5 first", "sha-256 first"])
+def test_digest_prefers_sha256_and_refuses_what_it_cannot_answer(order: int) -> None:
+    md5 = 'Digest realm="cam", qop="auth", nonce="n-md5", algorithm=MD5'
+    sha = 'Digest realm="cam", qop="auth", nonce="n-sha", algorithm=SHA-256'
+    with DigestCamera([md5, sha][::order]) as camera:
+        with camera.client() as client:
+            assert client.snapshot() == JPEG
+        assert [(a["algorithm"], a["nonce"]) for a in camera.answers] == [("SHA-256", "n-sha")]
+    for refused in [
+        'Digest realm="cam", nonce="n", qop="auth-int"',
+        'Digest realm="cam", nonce="n", algorithm=SHA-512-256',
+        'Basic realm="cam"',
+    ]:
+        with DigestCamera([refused]) as camera, camera.client() as client:
+            with pytest.raises(CameraAuthError):
+                client.snapshot()
+            assert camera.answers == []  # nothing sent that the camera did not ask for
+            assert len(camera.server.requests) == 1
+
+
+def test_several_challenges_in_one_value_quoted_commas_and_qop_order() -> None:
+    challenges = [
+        'Digest realm="a, \\"b\\"", nonce=abc, qop="auth-int, auth", Basic realm="x"',
+        "Negotiate",
+    ]
+    with DigestCamera(challenges) as camera:
+        with camera.client() as client:
+            assert client.snapshot() == JPEG  # answered with realm 'a, "b"'
+        assert camera.answers[0]["nonce"] == "abc"
+        assert camera.answers[0]["qop"] == "auth"
+
+
+def test_digest_session_and_legacy_forms() -> None:
+    with DigestCamera(['Digest realm="r", nonce="n", qop=auth, algorithm=MD5-sess']) as camera:
+        with camera.client("/x") as client:
+            assert client.snapshot() == JPEG
+        assert camera.answers[0]["algorithm"] == "MD5-sess"
+    with DigestCamera(['Digest realm="r", nonce="n"']) as camera:  # RFC 2069: no qop
+        with camera.client("/x") as client:
+            assert client.snapshot() == JPEG
+        assert "nc" not in camera.answers[0]
+        assert "qop" not in camera.answers[0]
+
+
+def test_a_challenge_too_large_to_read_is_refused() -> None:
+    head = (
+        'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm="r", nonce="n", qop=auth\r\n'
+        f"Content-Length: {MAX_ANSWER_BYTES + 1}\r\n\r\n"
+    )
+    with ScriptedServer(lambda path, headers: (head.encode(), False)) as server:
+        with (
+            generic(server.port, "/s", auth="digest") as client,
+            pytest.raises(CameraBadImageError, match="answer larger than"),
+        ):
+            client.snapshot()
+        assert len(server.requests) == 1  # not answered, not retried
+
+
+def test_a_challenge_trickling_its_body_meets_the_deadline() -> None:
+    head = (
+        'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm="r", nonce="n", qop=auth\r\n'
+        "Content-Length: 100\r\n\r\n"
+    )
+    parts = [head.encode(), *[b"x"] * 100]  # a byte every 0.1 s
+    with ScriptedServer(lambda path, headers: (parts, False)) as server:
+        with (
+            generic(server.port, "/s", auth="digest", timeout=0.3) as client,
+            pytest.raises(CameraTimeoutError),
+        ):
+            client.snapshot()
+        assert server.parts_sent < 20  # both attempts gave up long before
+
+
+# -- no redirects, nothing from the environment, pinning ---------------------------------
+def test_a_redirect_is_not_followed() -> None:
+    moved = b"HTTP/1.1 302 Found\r\nLocation: /elsewhere.jpg\r\nContent-Length: 0\r\n\r\n"
+    with ScriptedServer(lambda path, headers: (moved, False)) as server:
+        with generic(server.port, "/s") as client, pytest.raises(CameraHTTPError) as caught:
+            client.snapshot()
+        assert caught.value.status == 302
+        assert [path for path, _ in server.requests] == ["/s"]
+
+
+def test_proxies_and_netrc_from_the_environment_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with ScriptedServer(lambda path, headers: (ok(), False)) as server:
+        with generic(server.port, "/snap.jpg") as client:
+            assert client.snapshot() == JPEG
+        assert "authorization" not in server.requests[0][1]
+
+
+def _certificate_for(name: str, folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for the host ``name`` (its only subject name), and key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "camera.crt", folder / "camera.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_pinned_host_keeps_its_name_in_tls_and_the_host_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _certificate_for("localhost", tmp_path)
+    # The trust store the client reads, as ssl.create_default_context() does: this alone.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    # "localhost" means 127.0.0.1 (and ::1); the camera answers on 127.0.0.2 only.
+    assert ipaddress.ip_address("127.0.0.2") not in {
+        ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo("localhost", 443)
+    }
+    with ScriptedServer(
+        lambda path, headers: (ok(), False), tls=context, host="127.0.0.2"
+    ) as server:
+        with generic(
+            server.port, "/snap.jpg", scheme="https", host="localhost", connect_to=("127.0.0.2",)
+        ) as client:
+            assert client.snapshot() == JPEG  # the certificate checked against "localhost"
+        assert names == ["localhost"]
+        assert server.requests[0][1]["host"] == f"localhost:{server.port}"
