@@ -11,6 +11,7 @@ import pytest
 
 from snapshot_processor import config
 from tests.support.broker import BROKER, Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import camera_env
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tools.camera_simulator import CameraSimulator
@@ -18,17 +19,6 @@ from tools.camera_simulator import CameraSimulator
 pytestmark = pytest.mark.broker
 
 PASSWORD = "s3cret pass"
-
-
-def camera_env(n: int, location: str, simulator: CameraSimulator) -> dict[str, str]:
-    return {
-        f"OUTPUT_{n}_LOCATION": location,
-        f"OUTPUT_{n}_TYPE": "camera",
-        f"OUTPUT_{n}_VENDOR": "foscam",
-        f"OUTPUT_{n}_ADDRESS": f"127.0.0.1:{simulator.port}",
-        f"OUTPUT_{n}_USER": "admin",
-        f"OUTPUT_{n}_PASSWORD": PASSWORD,
-    }
 
 
 def queue_depth(name: str) -> int:
@@ -58,8 +48,8 @@ def test_a_hanging_camera_holds_neither_threads_nor_the_prefetch_window(tmp_path
                 "CAMERA_WORKERS": "4",
                 "CAMERA_BREAKER_FAILURES": "2",
                 "CAMERA_BREAKER_SECONDS": "60",
-                **camera_env(1, "Hung", hung),
-                **camera_env(2, "Front Door", healthy),
+                **camera_env(hung.port, PASSWORD, n=1, location="Hung"),
+                **camera_env(healthy.port, PASSWORD, n=2, location="Front Door"),
             }
         )
         peer = Peer(exchange)
