@@ -21,7 +21,7 @@ from snapshot_processor.detection import feature as detection
 from snapshot_processor.ingest import feature as ingest
 from snapshot_processor.ops import feature as ops
 from snapshot_processor.ops.routes import HealthReport
-from snapshot_processor.ops.summary import startup_summary
+from snapshot_processor.ops.summary import no_camera_hint, startup_summary
 from snapshot_processor.storage import feature as storage
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class App:
         settings, daemon = self.settings, self.daemon
         for line in startup_summary(settings):
             log.info("%s", line)
+        hint = no_camera_hint(settings)
+        if hint is not None:
+            log.warning("%s", hint)
         ops.metrics_listener(settings, daemon)
         ops.health_pings(settings, daemon, self.health)
         self.recent = ops.recent_events(settings, daemon)

@@ -22,7 +22,7 @@ from snapshot_processor.app import App
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.contract.publication import EventBuilder
 from snapshot_processor.ops.feature import metrics_listener
-from snapshot_processor.ops.summary import startup_summary
+from snapshot_processor.ops.summary import no_camera_hint, startup_summary
 from tests.support.net import free_port
 
 
@@ -122,6 +122,14 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     assert "\u202e" not in text
     assert lines[4] == "cloud storage: off; status page and API: off"
 
+    # A camera output or a pushing camera is enough; with neither, one line says where to start.
+    assert no_camera_hint(settings) is None
+    pushing = {"SNAPSHOTS_ROOT_DIR": str(tmp_path), "INPUT_1_LOCATION": "Yard"}
+    assert no_camera_hint(config.load(env={**pushing, "INPUT_1_TYPE": "camera"})) is None
+    hint = no_camera_hint(config.load(env={"SNAPSHOTS_ROOT_DIR": str(tmp_path)}))
+    assert hint is not None
+    assert "no camera is configured" in hint
+    assert "OUTPUT_1_TYPE=camera" in hint
     plain = startup_summary(config.load(env={"SNAPSHOTS_ROOT_DIR": str(tmp_path)}))
     assert plain[0].endswith(": none")
     assert "FTP off" in plain[1]

@@ -56,3 +56,15 @@ def startup_summary(settings: Settings) -> list[str]:
         f"outbox {printable(settings.outbox_path.absolute())}",
         f"cloud storage: {', '.join(cloud) or 'off'}; status page and API: {http}",
     ]
+
+
+def no_camera_hint(settings: Settings) -> str | None:
+    """On a configuration with no camera at all, the one line that says where to start."""
+    if settings.cameras or settings.upload_cameras:
+        return None
+    return (
+        "no camera is configured, so no trigger has anything to fetch: add a camera output "
+        "(OUTPUT_1_LOCATION, OUTPUT_1_TYPE=camera, OUTPUT_1_VENDOR, OUTPUT_1_ADDRESS and the "
+        "OUTPUT_1_PASSWORD secret) or a camera that pushes by FTP (INPUT_1_LOCATION, "
+        "INPUT_1_TYPE=camera and FTP_PASS); see the README's Configuration"
+    )

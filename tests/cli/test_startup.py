@@ -144,6 +144,17 @@ def test_second_daemon_on_one_data_root_is_refused(
         pass
 
 
+def test_a_daemon_with_no_camera_says_so_in_one_line(
+    running: tuple[subprocess.Popen[bytes], Path, Path],
+) -> None:
+    _, _, log_path = running
+    assert wait_for_text(log_path, "no camera is configured", 15), log_path.read_text()
+    said = [line for line in log_path.read_text().splitlines() if "no camera is" in line]
+    assert len(said) == 1
+    assert " WARNING " in said[0]
+    assert "OUTPUT_1_TYPE=camera" in said[0]
+
+
 def test_reconnect_warning_says_why(running: tuple[subprocess.Popen[bytes], Path, Path]) -> None:
     _, _, log_path = running
     for who in ("publisher: broker", "listener: broker connection"):
