@@ -15,7 +15,7 @@ EXTRAS ?=
 # Compose v2 (a docker plugin) where there is one, else Debian's docker-compose 1.29.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build up down demo
+.PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build up down demo docs
 
 install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
 	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
@@ -26,7 +26,7 @@ run:  ## run the daemon in the foreground (Ctrl-C stops it)
 	$(RUN) snapshot-processor run
 
 rund:  ## run the daemon in the background; logs to $(LOGFILE), `make stop` ends it
-	@mkdir -p $(dir $(PIDFILE)) $(dir $(LOGFILE))
+	@mkdir -p $(dir $(PIDFILE)) $(dir $(LOGFILE)) && touch $(LOGFILE)
 	@# A daemon that ends within its first seconds failed to start (a second one on the
 	@# same data root, a port in use, bad settings): say so, and keep the pid file of
 	@# the one that runs. Why it stopped is on a main-thread line; other threads' lines
@@ -67,16 +67,18 @@ setup:  ## docker-compose.yml and .env (generated passwords, mode 0600) from the
 build:  ## the image, $(IMAGE) (EXTRAS=local adds the local detector)
 	docker build -t $(IMAGE) $(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) .
 
-up:  ## start RabbitMQ and the daemon in the background (docker compose), show their state
-	@test -f docker-compose.yml || { echo "no docker-compose.yml: run make setup first" >&2; exit 2; }
-	$(COMPOSE) up -d
-	$(COMPOSE) ps
+up:  ## start RabbitMQ and the daemon in the background (docker compose, in SETUP_DIR), show their state
+	@test -f $(SETUP_DIR)/docker-compose.yml || { echo "no $(SETUP_DIR)/docker-compose.yml: run make setup first" >&2; exit 2; }
+	cd $(SETUP_DIR) && $(COMPOSE) up -d && $(COMPOSE) ps
 
 down:  ## stop and remove the containers (RabbitMQ's volume and data/ stay)
-	$(COMPOSE) down
+	cd $(SETUP_DIR) && $(COMPOSE) down
 
-demo:  ## the whole chain in under a minute: simulated cameras, the daemon, events (needs RabbitMQ)
-	$(RUN) python -m tools.demo $(DEMO_ARGS)
+demo:  ## the whole chain in under a minute: simulated cameras, the daemon, events (needs RabbitMQ); KEEP=1 keeps it up until Ctrl-C
+	$(RUN) python -m tools.demo $(if $(filter 1 yes true,$(KEEP)),--keep) $(DEMO_ARGS)
+
+docs:  ## docs/configuration.md from the settings models and the example file's comments
+	$(RUN) python -m tools.settings_doc
 
 lint:  ## ruff and mypy, as configured in pyproject.toml
 	$(RUN) ruff check .

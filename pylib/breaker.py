@@ -1,11 +1,6 @@
-"""A circuit breaker: stop calling something that keeps failing, and try it again later.
-
-States: *closed* (calls go ahead), *open* (after ``failures`` failures in a row: calls are
-refused at once for ``cool_down`` seconds), *half-open* (the cool-down is over: one call
-goes ahead as a probe; its success closes the breaker, its failure opens it again for
-another cool-down). Thread-safe: the caller's threads record outcomes while health reads
-the state from another thread.
-"""
+"""A circuit breaker: after ``failures`` failures in a row, refuse calls for ``cool_down``
+seconds, then let one probe through (half-open): its success closes the breaker, its
+failure opens it again. Thread-safe."""
 
 from __future__ import annotations
 
@@ -24,11 +19,8 @@ class BreakerState(IntEnum):
 
 
 class CircuitBreaker:
-    """Counts failures in a row of one outside thing and says whether to call it now.
-
-    ``on_change(state)`` runs (under no lock of ours) after every change of state, for a
-    gauge or a log line.
-    """
+    """Counts failures in a row of one outside thing and says whether to call it now;
+    ``on_change(state)`` runs (under no lock of ours) after every change of state."""
 
     def __init__(
         self,
@@ -55,8 +47,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
-        """The state now (an open breaker whose cool-down is over still reads open until
-        :meth:`allow` lets its probe through)."""
+        """The state now (open, cool-down over or not, until :meth:`allow` lets a probe through)."""
         with self._lock:
             return self._state
 
@@ -80,9 +71,8 @@ class CircuitBreaker:
             return max(0.0, self._opened_at + self.cool_down - self._clock())
 
     def allow(self) -> bool:
-        """Whether to make a call now. Once an open breaker's cool-down is over, the first
-        call to ask is the probe (the breaker turns half-open); others are refused until
-        the probe's outcome is recorded."""
+        """Whether to make a call now. After the cool-down the first caller is the probe (the
+        breaker turns half-open); others are refused until its outcome is recorded."""
         with self._lock:
             if self._state is BreakerState.CLOSED:
                 return True
@@ -108,8 +98,7 @@ class CircuitBreaker:
         self._changed(changed)
 
     def reset(self) -> None:
-        """Forget the failures without calling it a success (what is called changed, such
-        as a new address): closed, counting from zero, no change reported."""
+        """Forget the failures without calling it a success: closed, no change reported."""
         with self._lock:
             self._state, self._failures, self._probing = BreakerState.CLOSED, 0, False
             self._last_error = ""

@@ -1,10 +1,4 @@
-"""Retry policy as data: one frozen type for every retry in the daemon, and its running state.
-
-A :class:`RetryPolicy` says how long to wait before each retry (a capped exponential with
-optional jitter) and, optionally, how many attempts there are in all. Camera clients,
-broker connections, the outbox and requeues each hold a policy; :meth:`RetryPolicy.backoff`
-gives the mutable :class:`Backoff` that one loop steps through and resets on success.
-"""
+"""Retry policy as data (:class:`RetryPolicy`) and one loop's running :class:`Backoff`."""
 
 from __future__ import annotations
 
@@ -15,13 +9,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Wait ``first``, ``first*factor``, ... at most ``maximum`` seconds between attempts.
-
-    ``jitter`` is the fraction of each delay that is random (0.1 = up to 10 % less), so
-    many clients that failed together do not retry together. ``attempts`` bounds the
-    attempts in all (the first included); ``None`` retries for as long as the caller
-    loops.
-    """
+    """Wait ``first``, ``first*factor``, ... at most ``maximum`` seconds between attempts;
+    ``jitter`` is the random fraction of each delay (0.1 = up to 10 % less), ``attempts``
+    counts the first one too (None: no bound)."""
 
     first: float = 0.5
     factor: float = 2.0

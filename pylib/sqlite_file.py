@@ -1,6 +1,4 @@
-"""What the daemon's SQLite files (the outbox, the upload queue) share: durable
-connections, telling a damaged file from a busy or unreadable one, and moving a damaged
-file aside with its data instead of retrying it in a loop."""
+"""Durable SQLite connections, and telling and moving aside a damaged file (not retrying it)."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# SQLite's primary result codes that mean the file itself is damaged.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -34,14 +31,8 @@ def is_damaged(exc: sqlite3.Error) -> bool:
 
 
 def connect_durable(path: Path, what: str) -> sqlite3.Connection:
-    """A connection in autocommit mode (each statement, or each explicit ``BEGIN`` ...
-    ``COMMIT``, is on disk when it returns: WAL where the file system can, and
-    ``synchronous=FULL``), its file checked with ``quick_check``.
-
-    Usable from any thread (``check_same_thread=False``): callers that share it hold a
-    lock. Raises :class:`sqlite3.Error`; :func:`is_damaged` tells whether the file is
-    damaged.
-    """
+    """An autocommit connection (each statement or transaction on disk when it returns), its
+    file checked with ``quick_check``; share across threads under a lock. Raises sqlite3.Error."""
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
     )
@@ -62,8 +53,8 @@ def connect_durable(path: Path, what: str) -> sqlite3.Connection:
 
 
 def move_aside(path: Path) -> Path:
-    """Rename a damaged database (with its ``-wal`` and ``-shm``, so nothing in it is
-    lost) to ``<name>.damaged-<UTC time>``; return the new path. Raises :class:`OSError`."""
+    """Rename a damaged database with its ``-wal`` and ``-shm`` to ``<name>.damaged-<UTC time>``;
+    return the new path. Raises :class:`OSError`."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.damaged-{stamp}")
     for n in itertools.count(1):  # never over an earlier one from the same second
@@ -79,9 +70,7 @@ def move_aside(path: Path) -> Path:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction on ``conn`` (opened with ``isolation_level=None``): taken at
-    once (``BEGIN IMMEDIATE``), committed at the end (one sync at ``synchronous=FULL``),
-    rolled back on any error, which is raised again for the caller to name."""
+    """One ``BEGIN IMMEDIATE`` transaction, committed at the end, rolled back on any error."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

@@ -1,8 +1,5 @@
-"""The daemon: the chain in order, its sources, and what runs beside it. Nothing else.
-
-Each feature builds its own parts from its settings section (``<feature>/feature.py``);
-every long-lived part reports its health in one shape (:class:`pylib.runtime.health.Health`).
-"""
+"""The daemon: the chain in order, its sources, and what runs beside it; each feature builds
+its own parts from its settings section (``<feature>/feature.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,6 @@ from pylib.runtime.daemon import Daemon
 from pylib.runtime.health import Health
 from pylib.runtime.worker import Worker
 from snapshot_processor.camera import feature as camera
-from snapshot_processor.camera.feature import Cameras
 from snapshot_processor.config import Settings
 from snapshot_processor.contract import feature as contract
 from snapshot_processor.detection import feature as detection
@@ -89,11 +85,9 @@ class App:
             self.workers.append(kept.uploader)
         return daemon
 
-    # --- health ---------------------------------------------------------------------------
     def report(self) -> HealthReport:
-        """Healthy while every thread is alive, both broker connections are up and the
-        outbox can be written; other troubles (a camera down, uploads failing) are
-        warnings: shown everywhere, but a restart would not mend them."""
+        """Healthy while every thread is alive, both broker connections are up and the outbox
+        can be written; other troubles are warnings, as a restart would not mend them."""
         whole = Health.combine(worker.health() for worker in self.workers)
         detail = {"threads": {}, "broker": {}, "uploads": None, "cameras": {}, **whole.detail}
         return HealthReport(whole.ok, whole.problems, whole.warnings, detail)
@@ -113,5 +107,4 @@ class App:
 
     def camera_health(self) -> dict[str, dict[str, object]]:
         """Each camera's state, for the heartbeat."""
-        cameras: Cameras = self.cameras
-        return {key: status.as_dict() for key, status in cameras.prober.status().items()}
+        return {key: status.as_dict() for key, status in self.cameras.prober.status().items()}

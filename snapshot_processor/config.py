@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from pylib.config import settings as settings_module
 from pylib.config.onepassword import OnePasswordSource
 from pylib.config.secrets import DOCKER_SECRETS_DIR, SecretResolver, SecretStoreSettings
 from pylib.config.settings import ConfigError, load_settings, one_of, read_config_file, secret
@@ -29,10 +30,11 @@ from snapshot_processor.ops.settings import OpsSettings, is_loopback
 from snapshot_processor.storage.settings import StorageSettings
 
 CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
-# Set by the Dockerfile. Not /.dockerenv: marker files differ between engines (Podman,
-# Kubernetes) and exist wherever a build or CI job runs in a container, while this names
-# the image whose ports are published through NAT.
+# Set by the Dockerfile. Not /.dockerenv: marker files differ between engines and exist in
+# any container a build runs in, while this names the image whose ports go through NAT.
 CONTAINER_ENV = "SNAPSHOT_PROCESSOR_IN_CONTAINER"
+# Numbered groups of settings: INPUT_1_LOCATION, OUTPUT_2_VENDOR.
+GROUPS = ("INPUT", "OUTPUT")
 DEFAULT_CONFIG_FILE = Path("config/snapshot-processor.toml")
 # The original read n = 1..8; more are allowed for larger homes.
 MAX_DEVICES = 64
@@ -91,8 +93,7 @@ class Device(BaseModel):
 
 
 class Settings(BaseModel):
-    """Every setting, validated: the daemon's own here, each feature's in its section.
-    Aliases are the environment variable names, flat whatever the section."""
+    """Every setting, validated; aliases are the environment variable names, flat."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
@@ -145,23 +146,20 @@ class Settings(BaseModel):
 
     @property
     def ingest_dir(self) -> Path:
-        """Where cameras push images: FTP_UPLOAD_DIR, relative to SNAPSHOTS_ROOT_DIR unless
-        absolute."""
+        """Where cameras push images: FTP_UPLOAD_DIR, under SNAPSHOTS_ROOT_DIR unless absolute."""
         return self.snapshots_root_dir / self.ingest.folder
 
     @property
     def queue_name(self) -> str:
-        """The durable trigger queue, one per daemon by default (each sees every trigger,
-        as with the original); daemons given the same RABBITMQ_QUEUE share the work."""
+        """The trigger queue: RABBITMQ_QUEUE (shared work), else this daemon's own."""
         return self.broker.queue or (
             f"{self.broker.exchange}.{self.broker.device_topic}.{self.device_name}.triggers"
         )
 
     @property
     def prefetch(self) -> int:
-        """Triggers the broker hands over before their acks: ``RABBITMQ_PREFETCH``, else
-        what every camera may hold at once (one fetching, ``CAMERA_QUEUE`` waiting, one on
-        its way to the outbox), at least 8: cameras that hang never fill the window."""
+        """Triggers handed over before their acks: ``RABBITMQ_PREFETCH``, else what every camera
+        may hold at once (at least 8: cameras that hang never fill the window)."""
         if self.broker.prefetch is not None:
             return self.broker.prefetch
         return max(8, (self.camera.queue + 2) * len(self.cameras))
@@ -193,8 +191,6 @@ class Settings(BaseModel):
 
 
 def _duplicate_cameras(group: str, devices: Mapping[int, Device]) -> list[str]:
-    """Camera keys that differ only in case (or not at all): a trigger or an upload
-    folder could not tell them apart."""
     seen: dict[str, int] = {}
     problems = []
     for number, device in sorted(devices.items()):
@@ -225,8 +221,7 @@ def _resolver(values: Mapping[str, Any]) -> SecretResolver:
 
 
 def container_warnings(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
-    """Valid settings that will not work as meant inside the container image (empty
-    outside it): check-config prints them and the daemon logs them at start."""
+    """Valid settings that will not work as meant inside the container image (none outside)."""
     env = os.environ if env is None else env
     if env.get(CONTAINER_ENV, "") in ("", "0"):
         return []
@@ -248,12 +243,29 @@ def container_warnings(settings: Settings, env: Mapping[str, str] | None = None)
 
 
 def config_file_path(env: Mapping[str, str], explicit: Path | None = None) -> Path | None:
-    """The config file to read: ``--config``, else ``$SNAPSHOT_PROCESSOR_CONFIG``, else the default if present."""
+    """``--config``, else ``$SNAPSHOT_PROCESSOR_CONFIG``, else the default file if present."""
     if explicit is not None:
         return explicit
     if env.get(CONFIG_ENV):
         return Path(env[CONFIG_ENV])
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+# Prefixes the libraries read too (boto3, google-auth, 1Password's SDK, sentry-sdk, proxies):
+# their variables are named only when they are close to one of ours.
+SHARED_PREFIXES = ("AWS_", "GOOGLE_", "OP_", "SENTRY_", "HTTP_")
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """Variables that look like settings but are none, each with the nearest known name."""
+    return settings_module.unknown_variables(
+        Settings,
+        os.environ if env is None else env,
+        groups=GROUPS,
+        # The entry point's own, and boto3's region (ours is AWS_DEFAULT_REGION).
+        ignore=(CONFIG_ENV, CONTAINER_ENV, "SNAPSHOTS_HOST_DIR", "AWS_REGION"),
+        shared_prefixes=SHARED_PREFIXES,
+    )
 
 
 def load(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -273,6 +285,6 @@ def load(env: Mapping[str, str] | None = None, config_file: Path | None = None) 
         env,
         file_values,
         resolver_factory=_resolver,
-        groups=("INPUT", "OUTPUT"),
+        groups=GROUPS,
         group_secrets=("PASSWORD",),
     )

@@ -14,6 +14,7 @@ from pylib.observe.redact import redact
 from snapshot_processor import config
 from tests.support.fakes.onepassword import FakeConnect, ItemSpec
 from tests.support.paths import CHECKOUT
+from tools import settings_doc
 
 BAD_ENV = {
     "LOG_LEVEL": "LOUD",
@@ -255,13 +256,23 @@ def _documented_names() -> list[str]:
     return names + [f"OUTPUT_n_{key}" for key in config.Device.model_fields]
 
 
-def test_readme_and_example_list_every_setting() -> None:
-    top = CHECKOUT
-    readme = (top / "README.md").read_text()
-    example = (top / "config" / "snapshot-processor.example.toml").read_text()
+def test_the_configuration_page_and_example_list_every_setting() -> None:
+    page = (CHECKOUT / "docs" / "configuration.md").read_text()
+    example = (CHECKOUT / "config" / "snapshot-processor.example.toml").read_text()
     for name in _documented_names():
-        assert f"`{name}`" in readme or f"`{name}`," in readme, f"README lacks {name}"
+        assert f"| `{name}`" in page, f"docs/configuration.md lacks {name}"
         assert name.replace("OUTPUT_n_", "OUTPUT_1_") in example, f"example lacks {name}"
+
+
+def test_the_configuration_page_is_what_make_docs_writes() -> None:
+    assert settings_doc.PAGE.read_text(encoding="utf-8") == settings_doc.render(), (
+        "docs/configuration.md is stale: run make docs"
+    )
+    # Every setting has words, and a default that matches the model's.
+    rows = [line for line in settings_doc.PAGE.read_text().splitlines() if line.startswith("| `")]
+    assert all(not line.endswith("| — |") for line in rows)
+    assert "| `CAMERA_TIMEOUT` | 5.0 | number, > 0, ≤ 120 | seconds per request |" in rows
+    assert any(line.startswith("| `OUTPUT_n_PASSWORD` *(secret)* | unset |") for line in rows)
 
 
 def test_camera_keys_differing_only_in_case_are_an_error() -> None:
@@ -312,3 +323,83 @@ def test_check_config_checks_the_data_root(tmp_path: Path) -> None:
     )
     assert good.returncode == 0, good.stderr
     assert not (tmp_path / "new").exists()  # checked, not created
+
+
+def test_unknown_variables_with_our_prefixes_are_named_with_the_nearest_setting() -> None:
+    found = config.unknown_variables(
+        {
+            "FTP_PASSWORD": "x",
+            "CAMERA_TIMOUT": "3",
+            "OUTPUT_CAMERA": "porch",
+            "SENTRY_DNS": "http://k@127.0.0.1:9/2",
+            # Read by libraries or by other programs: not ours to judge.
+            "AWS_CA_BUNDLE": "/etc/ca.pem",
+            "HTTP_PROXY": "http://proxy:3128",
+            "SNAPSHOT_PROCESSOR_CONFIG": "x.toml",
+            "PATH": "/usr/bin",
+            # Known names, numbered ones included.
+            "FTP_PASS": "x",
+            "OUTPUT_1_LOCATION": "porch",
+        }
+    )
+    assert found == [
+        "CAMERA_TIMOUT: unknown setting; did you mean CAMERA_TIMEOUT?",
+        "FTP_PASSWORD: unknown setting; did you mean FTP_PASS?",
+        "OUTPUT_CAMERA: unknown setting; numbered settings are OUTPUT_<n>_<KEY>",
+        "SENTRY_DNS: unknown setting; did you mean SENTRY_DSN?",
+    ]
+
+
+def test_check_config_and_the_daemon_name_a_mistyped_variable(tmp_path: Path) -> None:
+    env = {
+        "CAMERA_TIMOUT": "3",
+        "SNAPSHOTS_ROOT_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(CHECKOUT),
+    }
+    checked = _check_config(env, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "warning: CAMERA_TIMOUT: unknown setting; did you mean CAMERA_TIMEOUT?" in checked.stdout
+    # Beside a real problem, it is listed with the problems: it may be their cause.
+    broken = _check_config({**env, "LOG_LEVEL": "LOUD"}, tmp_path)
+    assert broken.returncode == 2
+    assert "CAMERA_TIMOUT: unknown setting; did you mean CAMERA_TIMEOUT?" in broken.stderr
+    # The daemon says the same at start.
+    ran = subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", "run"],
+        env={"PATH": "/usr/bin:/bin", **env, "LOG_LEVEL": "LOUD"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 2
+    assert "configuration: CAMERA_TIMOUT: unknown setting; did you mean CAMERA_TIMEOUT?" in (
+        ran.stdout + ran.stderr
+    )
+
+
+def test_a_drive_credentials_file_of_the_wrong_kind_is_named(tmp_path: Path) -> None:
+    client = tmp_path / "client_secret.json"
+    client.write_text('{"installed": {"client_id": "x", "client_secret": "y"}}')
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"type": "external_account"}')
+    for path, said in (
+        (
+            client,
+            "is an OAuth client-secrets file, not credentials: make credentials from it "
+            "with snapshot-processor drive-auth --client-secrets FILE",
+        ),
+        (odd, "has type 'external_account'; expected authorized_user"),
+    ):
+        env = {"GOOGLE_DRIVE_FOLDER": "cams", "GOOGLE_DRIVE_CREDENTIALS": str(path)}
+        with pytest.raises(ConfigError) as caught:
+            config.load(env=env)
+        assert any(f"GOOGLE_DRIVE_CREDENTIALS: {path} {said}" in p for p in caught.value.problems)
+
+
+def test_the_ftp_masquerade_address_must_be_an_address() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(env={"FTP_MASQUERADE_ADDRESS": "${FTP_MASQUERADE_ADDRESS:-}"})
+    [problem] = caught.value.problems
+    assert problem.startswith("FTP_MASQUERADE_ADDRESS: Value error, must be the IPv4 address")
+    assert config.load(env={"FTP_MASQUERADE_ADDRESS": "192.168.1.10"}).ingest

@@ -196,3 +196,38 @@ def test_sigkill_during_slow_fetches_loses_no_trigger(
                 proc.wait()
         peer.close()
         delete_queue(f"{exchange}.snapshot.garage.triggers")
+
+
+def test_a_broker_away_at_start_costs_one_line_per_connection_and_change(
+    tmp_path: Path, proxy: TcpProxy
+) -> None:
+    proxy.cut()
+    env = {
+        "RABBITMQ_SERVER_ADDRESS": f"127.0.0.1:{proxy.port}",
+        "RABBITMQ_EXCHANGE": unique_exchange(),
+        "SNAPSHOTS_ROOT_DIR": str(tmp_path / "data"),
+        "HTTP_PORT": "0",
+    }
+    daemon, log_path = _spawn(tmp_path, env, "daemon.log")
+    try:
+        # Several attempts each (0.5 s, 1 s, 2 s...), then the broker comes back.
+        wait_until(lambda: proxy.accepted_total >= 6, 30)
+        proxy.restore()
+        _wait_for_text(log_path, "publisher: connected to")
+        _wait_for_text(log_path, "listener: consuming")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    lines = log_path.read_text().splitlines()
+    assert not [line for line in lines if " pika." in line or "Traceback" in line], lines
+    for role in ("publisher", "listener"):
+        down = [line for line in lines if f"{role}: broker" in line and "unavailable" in line]
+        back = [line for line in lines if f"[{role}]" in line and "back after" in line]
+        # One line when it went down, one more only for a new kind of reason (a cut proxy
+        # closes some attempts at once, resets others): never one per attempt.
+        assert 1 <= len(down) <= 2, lines
+        kinds = [line.split("(", 1)[1].split(":", 1)[0].rsplit(" <- ", 1)[-1] for line in down]
+        assert len(set(kinds)) == len(kinds), down
+        assert "retrying in" in down[0]
+        assert "at most every 30 s" in down[0]
+        assert len(back) == 1, lines

@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for line in lines:
         print(line)
-    print("next: add cameras to the config file, then `make build` and `make up`")
+    where = "" if args.dir == Path(".") else f" SETUP_DIR={args.dir}"
+    print(f"next: add cameras to the config file, then `make build` and `make up{where}`")
     return 0
 
 

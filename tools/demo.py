@@ -313,7 +313,25 @@ class Demo:
         self.send(expected)
         self.collect(expected, self.args.timeout)
         results = self.outcomes()
+        if self.args.keep:
+            self.keep_running()
         return results
+
+    def keep_running(self) -> None:
+        """KEEP=1: the daemon and cameras stay up for a visit to the page, until Ctrl-C."""
+        say("summary so far")
+        for line in self.summary:
+            print(f"  {line}")
+        say(
+            f"still running: status page http://127.0.0.1:{self.http_port}/  token: "
+            f"{self.token}; Ctrl-C ends the demo"
+        )
+        try:
+            while not INTERRUPTED.is_set():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        INTERRUPTED.clear()  # the end asked for, not an interruption of the demo
 
     def wait_listening(self, events: Child) -> None:
         """Until the subscriber has bound its queue, so no event slips past it."""
@@ -507,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout", type=float, default=15.0, help="seconds to wait for the last events"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the summary, keep the daemon and cameras running until Ctrl-C",
     )
     parser.add_argument("--broker", default="127.0.0.1", help="RabbitMQ host (default %(default)s)")
     parser.add_argument(

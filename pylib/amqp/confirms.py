@@ -1,16 +1,8 @@
 """Publisher confirms, pipelined: send a group of messages, then wait once for all their confirms.
 
-pika's ``BlockingChannel.basic_publish`` in confirm mode waits for each message's confirm
-before the next is sent: a round trip to the broker per message, during which the
-publishing thread gives up the GIL and must win it back. For a group, this sends every
-message first and then waits for their confirms together (docs/benchmarks.md).
-
-pika has no public API for more than one confirm in flight on a blocking channel, so
-this drives the channel's own ``pika.channel.Channel`` (``BlockingChannel._impl``) and
-waits in the blocking channel's loop (``BlockingChannel._flush_output``), the way
-``basic_publish`` itself does: a channel the broker closes raises
-``ChannelClosedByBroker``, and a lost connection its usual error. pika is pinned in
-``poetry.lock``, and the publisher's tests run this against the real broker.
+pika has no public API for more than one confirm in flight on a blocking channel, so this
+drives ``BlockingChannel._impl`` and waits in ``BlockingChannel._flush_output``, as
+``basic_publish`` does. pika is pinned in ``poetry.lock``; tests run this on a real broker.
 """
 
 from __future__ import annotations
@@ -29,10 +21,7 @@ Outgoing = tuple[str, str, bytes, pika.BasicProperties]
 
 class ConfirmedChannel:
     """A blocking channel in confirm mode whose publishes may overlap.
-
-    :meth:`publish` sends a group and returns each message's outcome in order: True for
-    an ack, False for a nack. Use one per channel; it puts the channel in confirm mode.
-    """
+    Use one per channel; it puts the channel in confirm mode."""
 
     def __init__(self, channel: BlockingChannel) -> None:
         self.channel = channel
@@ -48,11 +37,8 @@ class ConfirmedChannel:
 
     def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Send ``messages`` in order, wait for all their confirms; True where acked.
-
-        Raises ``ChannelClosedByBroker`` when the broker closes the channel on one of
-        them (those before it may have been confirmed: :meth:`confirmed_before_close`
-        says how many), and pika's connection errors as ``basic_publish`` does.
-        """
+        ``ChannelClosedByBroker`` if the broker closes the channel on one (how many before
+        it were acked: :meth:`confirmed_before_close`); connection errors as ``basic_publish``."""
         first = self._sent + 1
         for exchange, routing_key, body, properties in messages:
             self._impl.basic_publish(exchange, routing_key, body, properties)
@@ -62,8 +48,7 @@ class ConfirmedChannel:
         return [self._outcomes.pop(tag) for tag in range(first, self._sent + 1)]
 
     def confirmed_before_close(self, count: int) -> int:
-        """After ``publish`` of ``count`` messages raised: how many of them, from the
-        first, the broker acked before the channel closed."""
+        """After ``publish`` of ``count`` messages raised: how many, from the first, were acked."""
         first = self._sent - count + 1
         acked = 0
         for tag in range(first, self._sent + 1):

@@ -1,23 +1,10 @@
 """A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
 
-Each delivery is decoded into an :class:`Envelope` and sent down the chain with an ack
-token whose ``reply_to`` is this listener's ack inbox. The last stage sends acks back
-there (:mod:`pylib.chain.settle`); the delivery is acked on the broker only when all
-its parts are done. A part that asks for a requeue (nothing could be stored) is given
-back to the broker only after a pause (``requeue``, growing while hand-backs go on and
-reset by the next delivery that is stored), so a full outbox does not turn into a tight
-redelivery loop.
-
-One thread owns the connection and blocks in pika's loop, so heartbeats keep flowing
-while the chain does slow work elsewhere. Acks reach it without a timed poll: a small
-stage owns the ack inbox and hands each ack to the connection's thread with
-``add_callback_threadsafe``, which wakes pika's loop at once.
-
-The broker may cancel the consumer on its own (basic.cancel: the queue was deleted, or
-a quorum queue's leader moved); pika then just stops delivering. The listener notices,
-counts it, names it in :meth:`AmqpListener.troubles`, and after a short back-off runs
-``setup`` again on the same channel (declaring the queue anew) and consumes again.
-Deliveries it holds stay on that channel, so their acks still count.
+Each delivery goes down the chain with an ack token (:mod:`pylib.chain.settle`) and is
+acked once all its parts are done; one handed back returns to the broker after a growing
+pause (``requeue``), not in a tight loop. One thread blocks in pika's loop (heartbeats
+flow); acks wake it through ``add_callback_threadsafe``. A consumer the broker cancels is
+declared again on the same channel after a back-off, so held deliveries' acks still count.
 """
 
 from __future__ import annotations
@@ -35,7 +22,14 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
-from pylib.amqp.params import CONNECTION_ERRORS, RECONNECTS, close_quietly, describe, explain
+from pylib.amqp.params import (
+    CONNECTION_ERRORS,
+    RECONNECTS,
+    LinkLog,
+    close_quietly,
+    describe,
+    explain,
+)
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
     AckInbox,
@@ -80,8 +74,7 @@ Setup = Callable[[BlockingChannel], str]
 
 
 class _AckInbox(Stage):
-    """Reads the listener's ack inbox, for acks that come as messages: the listener's
-    own thread is pika's loop, which cannot poll a ZeroMQ socket."""
+    """Reads the ack inbox for acks sent as messages (pika's loop cannot poll ZeroMQ)."""
 
     def __init__(self, listener: AmqpListener) -> None:
         super().__init__(
@@ -127,6 +120,7 @@ class AmqpListener(Worker):
         self.acks = AckInbox(self.ack_inbox, self.ack_from_chain)
         self.prefetch = prefetch
         self.backoff = retry.backoff()
+        self._link = LinkLog(log, name, describe(params), retry.maximum)
         self.stop_timeout = stop_timeout
         self._requeue_backoff = requeue.backoff()
         self.queue = ""
@@ -141,17 +135,14 @@ class AmqpListener(Worker):
         self._channel: BlockingChannel | None = None
         self._sender: Sender | None = None
         self._acks: _AckInbox | None = None
-        # Set (monotonic time) while the broker has cancelled our consumer.
-        self._cancelled_since: float | None = None
+        self._cancelled_since: float | None = None  # monotonic, while the broker cancelled us
         self._resume_at = 0.0
         self._resume_backoff = retry.backoff()
-        # Why the broker refused the queue set-up, until a set-up succeeds.
-        self._setup_refused: str | None = None
+        self._setup_refused: str | None = None  # the broker's refusal, until a set-up succeeds
 
     def on_thread_open(self) -> None:
         self._sender = Sender(self.forward_to)
-        # Acks from this process come by a direct call (they only wake pika's loop);
-        # the inbox stays for any that come as messages.
+        # Acks from this process come by a direct call; the inbox is for those sent as messages.
         self.acks.open()
         self._acks = _AckInbox(self)
         self._acks.start()
@@ -200,7 +191,6 @@ class AmqpListener(Worker):
         health.detail["broker"] = {"listener": consuming}
         acks = self._acks
         if acks is not None and not acks.healthy:
-            # Without it no delivery is acked again: the listener's own problem.
             health.problems.append(f"thread {acks.name} is dead")
         return health
 
@@ -236,18 +226,13 @@ class AmqpListener(Worker):
                         self._setup_refused,
                         delay,
                     )
-                    self._drop_connection()
-                    self.wait_for_stop(delay)
-                    continue
-                log.warning(
-                    "%s: broker connection %s lost (%s); %d unacked deliveries will come "
-                    "again; retrying in %.1f s",
-                    self.name,
-                    describe(self.params),
-                    explain(exc),
-                    len(self._pending),
-                    delay,
-                )
+                else:
+                    unacked = len(self._pending)
+                    self._link.failed(
+                        explain(exc),
+                        delay,
+                        f"{unacked} unacked deliveries will come again" if unacked else "",
+                    )
                 self._drop_connection()
                 self.wait_for_stop(delay)
 
@@ -273,20 +258,15 @@ class AmqpListener(Worker):
         self._pending.clear()
         self._requeues.clear()
         self.consuming.set()
-        log.info(
-            "%s: consuming %s on %s (prefetch %d)",
-            self.name,
-            self.queue,
-            describe(self.params),
-            self.prefetch,
+        self._link.up(
+            f"consuming {self.queue} on {describe(self.params)} (prefetch {self.prefetch})"
         )
 
     def _declare_and_consume(self, channel: BlockingChannel) -> None:
         try:
             self.queue = self.setup(channel)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            # The queue exists with other arguments (PRECONDITION_FAILED) or may not be
-            # used (ACCESS_REFUSED): no reconnect mends that, so say so plainly.
+            # PRECONDITION_FAILED or ACCESS_REFUSED: no reconnect mends that, so say so.
             self._setup_refused = f"{exc.reply_code} {exc.reply_text}"
             raise
         self._setup_refused = None
@@ -373,7 +353,6 @@ class AmqpListener(Worker):
         # Acked, not requeued: a message that cannot be decoded will never succeed.
         channel.basic_ack(tag)
 
-    # --- acks, from the ack inbox's thread to the connection's ---------------------------
     def ack_from_chain(self, body: dict[str, Any]) -> None:
         """An ack from the chain (any thread): settled on the connection's thread."""
         try:
@@ -383,8 +362,7 @@ class AmqpListener(Worker):
             log.error("%s: dropped a malformed ack: %s", self.name, exc)
             return
         requeue = bool(body.get("requeue"))
-        # Acks that come together wake pika's loop once: each wake is a write to its
-        # pipe and a turn of the loop (a group of 28 events sent 28 before).
+        # Acks that come together wake pika's loop once (each wake is a pipe write and a turn).
         with self._acks_lock:
             self._acks_waiting.append((epoch, tag, parts, requeue))
             if len(self._acks_waiting) > 1:
@@ -401,14 +379,8 @@ class AmqpListener(Worker):
             self._ack_finished(finished)
 
     def _ack_finished(self, tags: list[int]) -> None:
-        """Ack deliveries whose work is all done: those older than every delivery still
-        under way in one frame (``multiple``), the others one by one.
-
-        One frame for many acks, not a socket write each while a burst's last events are
-        still on their way (docs/benchmarks.md). Every delivery on this channel
-        older than the oldest still under way is settled (acked, rejected or handed
-        back), and any not yet seen by ``_on_message`` is newer than all of these.
-        """
+        """Ack finished deliveries: in one frame (``multiple``) those older than every one still
+        under way (all older are settled, unseen ones newer), the others one by one."""
         assert self._channel is not None
         oldest = min(itertools.chain(self._pending, self._requeues), default=None)
         older = [tag for tag in tags if oldest is None or tag < oldest]
@@ -429,8 +401,7 @@ class AmqpListener(Worker):
         return True
 
     def _on_ack(self, epoch: int, tag: int, parts: int, requeue: bool) -> int | None:
-        """One part done (or handed back); the delivery's tag once it is all done, to be
-        acked (:meth:`_ack_finished`)."""
+        """One part done (or handed back); the delivery's tag once it is all done."""
         if epoch != self._epoch or self._channel is None or tag not in self._pending:
             return None  # from a connection that is gone: the broker redelivers that message
         if requeue:

@@ -1,38 +1,11 @@
 """A durable, ordered, bounded on-disk outbox for outgoing messages.
 
-The publisher appends every outgoing message here before it tries the broker, publishes
-the rows oldest first, and removes each row once the broker has confirmed it. A message
-is therefore on disk (committed, ``synchronous=FULL``) from the moment :meth:`Outbox.append`
-returns until its confirm arrives, and survives a crash or a restart in between.
-
-Removal is cheap on purpose: :meth:`Outbox.forget` takes confirmed rows out of the
-outbox at once (depth, :meth:`~Outbox.peek`), and their rows leave the disk in the next
-transaction that writes anyway (the next :meth:`~Outbox.append_many`), or in
-:meth:`~Outbox.commit_removals`. So a message costs one sync to disk, not two. A crash
-before that commit publishes those
-messages once more at the next start: at least once, never lost.
-
-One ``Outbox`` object belongs to one thread (the publisher's). Another ``Outbox`` on the
-same file (say, a test inspecting the depth after a crash) works because the database
-runs in WAL mode with a busy timeout, but each instance caches its own depth, so only
-one of them should write.
-
-A row the broker will never take (its exchange is gone) is *parked*: moved to the
-``parked`` table of the same file, kept for a person to look at, and no longer in the
-way of the rows behind it.
-
-A message may keep part of its body in a file (:class:`~pylib.chain.attachment.Attachment`:
-a snapshot already on disk): its row then holds the rest and names the file, and the
-bytes are put back, checked against their CRC-32, when the row is read from disk. A row
-whose file is gone or changed comes back from :meth:`~Outbox.peek` with a ``problem``
-instead (the publisher parks it). :func:`attached_files` names the files rows still
-need, so retention leaves them.
-
-A damaged file (not a database, a bad page, truncated) is never retried in a loop: it
-is renamed to ``<name>.damaged-<UTC time>`` (its ``-wal`` and ``-shm`` with it, so
-nothing in it is lost), one ERROR line names the error and the new name, and a fresh
-outbox starts in its place. The messages in the damaged file are not published; they
-stay in the renamed file.
+A message is on disk (committed, ``synchronous=FULL``) from :meth:`Outbox.append` until the
+broker confirms it. Confirmed rows leave the outbox at once (:meth:`Outbox.forget`) and the
+disk with the next write, so a message costs one sync; a crash in between publishes them
+once more: at least once, never lost. One instance writes (each caches its depth); others
+may read the file (WAL mode). A damaged file is moved to ``<name>.damaged-<UTC time>``
+(with its ``-wal`` and ``-shm``; its messages stay there, unpublished) and replaced.
 """
 
 from __future__ import annotations
@@ -63,10 +36,8 @@ OUTBOX_DAMAGED = Counter(
     "outbox_damaged_total", "Damaged outbox files moved aside and replaced by a fresh one"
 )
 
-# Depths that are worth a WARNING on the way up, besides every 10% of the limit. Not a
-# depth of 1 or a few: events that arrive together are stored and confirmed as a group,
-# so an outbox going from empty to a few dozen and back is a daemon at work (warning
-# above 1 wrote some 100 lines a second under a steady load).
+# Depths worth a WARNING on the way up, besides every 10% of the limit. Not a few: events
+# are stored and confirmed in groups, so a few dozen waiting is a daemon at work.
 _FIXED_THRESHOLDS = (100, 1000)
 
 _BUSY_TIMEOUT_SECONDS = 5.0
@@ -121,10 +92,7 @@ _INSERT = (
 
 class OutboxError(Exception):
     """The outbox database cannot be opened, read or written.
-
-    ``damaged`` is true when SQLite says the file itself is corrupt or not a database:
-    no retry will help, :meth:`Outbox.set_aside` will.
-    """
+    ``damaged``: the file is corrupt or not a database; only :meth:`Outbox.set_aside` helps."""
 
     def __init__(self, message: str, *, damaged: bool = False) -> None:
         super().__init__(message)
@@ -142,10 +110,7 @@ class OutboxFullError(OutboxError):
 @dataclass(frozen=True)
 class OutboxEntry:
     """One stored message. ``id`` grows monotonically and is never reused.
-
-    ``problem`` says why the body could not be made whole again (its attached file is
-    gone or changed); ``body`` is then only what the row holds, and must not be sent.
-    """
+    With a ``problem`` (its attached file gone or changed) ``body`` is incomplete: never send it."""
 
     id: int
     exchange: str
@@ -165,12 +130,7 @@ Message = (
 
 class Outbox:
     """An on-disk FIFO of outgoing messages, at most ``max_entries`` deep.
-
-    Opening creates the parent directories and the tables if needed. A damaged file is
-    moved aside and replaced by a fresh one (see the module docstring); a file that cannot
-    be opened for another reason (permissions, locked) raises :class:`OutboxError` naming
-    the path.
-    """
+    Opening replaces a damaged file; :class:`OutboxError` for one it cannot open (permissions)."""
 
     def __init__(self, path: Path, max_entries: int = 10_000) -> None:
         if max_entries < 1:
@@ -178,15 +138,12 @@ class Outbox:
         self.path = Path(path)
         self.max_entries = max_entries
         self._thresholds = _thresholds(max_entries)
-        # Set once a WARNING about the depth went out, so the INFO on draining pairs with
-        # it instead of firing after every single message in normal operation.
+        # Set by a depth WARNING: only then does draining log an INFO (not after every message).
         self._backlog_reported = False
-        # Thresholds below this were warned about since the outbox was last empty.
-        self._warned_above = 0
+        self._warned_above = 0  # thresholds below it warned about since last empty
         self._conn: sqlite3.Connection | None = None
         self._reopen = False
-        # Confirmed rows already out of the outbox (depth, peek) but still on disk.
-        self._forgotten: set[int] = set()
+        self._forgotten: set[int] = set()  # confirmed, out of depth and peek, still on disk
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -215,8 +172,7 @@ class Outbox:
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
         """Connect, set the pragmas, check the file and create the tables; return the depth."""
-        # isolation_level=None: every statement is its own transaction, committed (and,
-        # with synchronous=FULL, synced) before execute() returns.
+        # isolation_level=None: each statement is committed (and synced) when execute() returns.
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
         except sqlite3.Error as exc:
@@ -224,8 +180,7 @@ class Outbox:
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                # Some filesystems cannot do WAL; the outbox still works, readers just
-                # block the writer for a moment.
+                # Some filesystems cannot do WAL; readers then just block the writer a moment.
                 logger.warning("outbox %s runs in journal mode %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
             # A bad page found now is set aside at once, not met later in a retry loop.
@@ -237,8 +192,7 @@ class Outbox:
                 )
             conn.execute(_SCHEMA)
             conn.execute(_PARKED_SCHEMA)
-            # 2: rows may name a file holding part of their body (an older release
-            # would publish such a row without it: drain the outbox before going back).
+            # 2: rows may name an attached file (drain the outbox before a downgrade).
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for table in ("outbox", "parked"):
                 have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -274,7 +228,7 @@ class Outbox:
         """Close the damaged database, move it aside with its data and open a fresh one."""
         self._forgotten.clear()
         self.close()
-        # Should the move or the fresh open fail (a full disk), the next use tries again.
+        # If the move or the open fails (a full disk), the next use tries again.
         self._reopen = True
         aside = self._move_aside(exc)
         self._connection()
@@ -316,12 +270,8 @@ class Outbox:
         return [(_entry(row), str(row[10])) for row in rows]
 
     def replay_parked(self, ids: Collection[int] | None = None) -> int:
-        """Put parked messages (all, or those with ``ids``) back at the end of the outbox,
-        oldest first and as many as fit, in one transaction; returns how many.
-
-        Only while no publisher has this file open: a publisher counts its rows in memory
-        and would not see these until its next message.
-        """
+        """Put parked messages (all, or those with ``ids``) back at the end, as many as fit;
+        returns how many. Only while no publisher has this file open (it caches the depth)."""
         wanted = None if ids is None else sorted(set(ids))
         with self._transaction("cannot replay parked messages in") as conn:
             rows = conn.execute(f"SELECT {_ROW} FROM parked ORDER BY id").fetchall()
@@ -376,16 +326,9 @@ class Outbox:
 
     def append_many(self, messages: Sequence[Message]) -> list[int]:
         """Store several messages in one transaction (one sync to disk); return their ids.
-
-        Each is ``(exchange, routing_key, body, headers)``, with an optional fifth item,
-        the :class:`~pylib.chain.attachment.Attachment` whose bytes the row leaves out
-        (``ValueError`` if the body is too short to hold them).
-
-        The rows :meth:`forget` took out leave the disk in the same transaction. All or
-        nothing: on an error none is stored (and the forgotten rows stay forgotten).
-        Raises :class:`OutboxFullError` when they do not all fit; store fewer
-        (:attr:`room`) to take what does.
-        """
+        Each is ``(exchange, routing_key, body, headers[, attachment])``; forgotten rows leave
+        the disk in the same transaction. All or nothing: :class:`OutboxFullError` unless all
+        fit (:attr:`room`), ``ValueError`` if a body cannot hold its attachment."""
         if not messages:
             return []
         if self._depth + len(messages) > self.max_entries:
@@ -430,7 +373,6 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise _error(f"cannot read outbox {self.path}", exc) from exc
-        # Forgotten rows are dropped before their files are read back.
         kept = [row for row in rows if row[0] not in self._forgotten][:limit]
         return [_entry(row) for row in kept]
 
@@ -451,11 +393,8 @@ class Outbox:
         self.commit_removals()
 
     def forget(self, entry_ids: Collection[int]) -> None:
-        """Take stored messages out now (after their confirms); their rows leave the disk
-        with the next write (:meth:`append_many`) or :meth:`commit_removals`.
-
-        Only ids of stored messages (from :meth:`append_many` or :meth:`peek`).
-        """
+        """Take stored messages (ids from :meth:`append_many` or :meth:`peek`) out now,
+        after their confirms; their rows leave the disk with the next write."""
         new = set(entry_ids) - self._forgotten
         if new:
             self._forgotten.update(new)
@@ -467,8 +406,7 @@ class Outbox:
         return len(self._forgotten)
 
     def commit_removals(self) -> None:
-        """Delete the forgotten rows from disk now, in one transaction (an
-        :class:`OutboxError` leaves them to the next try)."""
+        """Delete the forgotten rows from disk now, in one transaction; on OutboxError they stay."""
         if not self._forgotten:
             return
         removing = sorted(self._forgotten)
@@ -546,8 +484,7 @@ class Outbox:
                 self._warned_above = self.max_entries + 1
                 self._backlog_reported = True
             elif any(max(old, self._warned_above) <= t < depth for t in self._thresholds):
-                # Once per threshold until drained: a depth hovering around one must not
-                # warn at every crossing.
+                # Once per threshold until drained, not at every crossing.
                 self._warned_above = max(t for t in self._thresholds if t < depth) + 1
                 logger.warning(
                     "outbox %s holds %s message(s) (limit %s)", self.path, depth, self.max_entries
@@ -571,8 +508,7 @@ def _row(
     """The values of :data:`_INSERT`: the body without its attached bytes, if any."""
     headers_json = json.dumps(dict(headers or {}), sort_keys=True)
     if attachment is not None and not attachment.present():
-        # Not on disk as promised (retention may have taken a file whose event waited
-        # long for a full disk to clear): the row keeps the whole body instead.
+        # Not on disk as promised (retention may have taken it): the row keeps the whole body.
         attachment = None
     if attachment is None:
         return (exchange, routing_key, bytes(body), headers_json, created, None, None, None, None)
@@ -606,11 +542,8 @@ def _entry(row: tuple[object, ...]) -> OutboxEntry:
 
 def attached_files(path: Path) -> set[str]:
     """The files that messages in the outbox at ``path`` (waiting or parked) still need.
-
-    Read-only, from any thread or process; an outbox that does not exist needs none.
-    Raises :class:`OutboxError` if the file cannot be read, so a caller that deletes
-    files (retention) deletes nothing rather than something still needed.
-    """
+    Read-only, any thread or process; none for a missing outbox. :class:`OutboxError` if it
+    cannot be read, so retention deletes nothing rather than too much."""
     if not Path(path).exists():
         return set()
     try:
@@ -637,11 +570,6 @@ def attached_files(path: Path) -> set[str]:
 
 
 def _thresholds(max_entries: int) -> tuple[int, ...]:
-    """Depths whose crossing (going above them) deserves a WARNING.
-
-    A depth of 1 is the normal state while one message waits for its confirm, so a
-    threshold warns when the depth goes *above* it; reaching the limit itself is
-    reported separately.
-    """
+    """Depths whose crossing (going above them) deserves a WARNING; the limit is reported apart."""
     tenths = {math.ceil(max_entries * k / 10) for k in range(1, 10)}
     return tuple(sorted(t for t in {*_FIXED_THRESHOLDS, *tenths} if 0 < t < max_entries))

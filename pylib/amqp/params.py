@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pika
 from prometheus_client import Counter
 
@@ -9,7 +12,6 @@ from pylib.observe.redact import redact, register_secret
 
 # Errors that mean "the broker or the connection is gone": reconnect, don't crash.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
-
 
 # Both connections count here, by role: publisher or listener.
 RECONNECTS = Counter("amqp_reconnects_total", "Times a connection to the broker was lost", ["role"])
@@ -24,10 +26,7 @@ def connection_parameters(
     timeout: float = 5.0,
 ) -> pika.ConnectionParameters:
     """Parameters for pika: ``url`` (amqp:// or amqps://, with user, password, vhost) wins.
-
-    ``address`` is ``host`` or ``host:port`` with the default guest account, as the
-    original daemon's ``RABBITMQ_SERVER_ADDRESS`` was.
-    """
+    ``address`` is ``host`` or ``host:port`` with the default guest account."""
     params: pika.ConnectionParameters
     if url:
         parsed = pika.URLParameters(url)
@@ -51,9 +50,7 @@ def describe(params: pika.ConnectionParameters) -> str:
 
 
 def explain(exc: BaseException) -> str:
-    """Why a connection failed, in words: pika wraps the real cause in ``args``, or in
-    ``exception`` / ``exceptions`` attributes, and its own exceptions often have no text
-    (``AMQPConnectionError(AMQPConnectorSocketConnectError())`` prints as nothing)."""
+    """Why a connection failed, in words: pika nests the cause, and its errors often print empty."""
     names = [type(exc).__name__]
     current = exc
     for _ in range(5):  # pika nests two or three deep; a cycle must not loop
@@ -86,3 +83,68 @@ def close_quietly(connection: pika.BlockingConnection | None) -> None:
             connection.close()
     except CONNECTION_ERRORS:
         pass
+
+
+class LinkLog:
+    """One log line per change of a connection's state: down (with why, and the retry
+    pace), each new kind of reason while down (refused, then a wrong password), and back
+    (after how long). Other retries are DEBUG: a broker away for an hour costs two lines.
+    """
+
+    def __init__(self, logger: logging.Logger, name: str, target: str, ceiling: float) -> None:
+        self._log = logger
+        self._name = name
+        self._target = target
+        self._ceiling = ceiling
+        self._down_since: float | None = None
+        self._kinds: set[str] = set()  # kinds of reason logged while down
+        self._attempts = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, reason: str, delay: float, consequence: str = "") -> None:
+        """An attempt failed or the connection was lost; the next try is in ``delay`` s."""
+        self._attempts += 1
+        kind = reason.split(":", 1)[0].rsplit(" <- ", 1)[-1]  # the innermost error's type
+        if kind in self._kinds:
+            self._log.debug(
+                "%s: broker %s still unavailable (%s); attempt %d, next in %.1f s",
+                self._name,
+                self._target,
+                reason,
+                self._attempts,
+                delay,
+            )
+            return
+        first = self._down_since is None
+        if first:
+            self._down_since = time.monotonic()
+        self._kinds.add(kind)
+        self._log.warning(
+            "%s: broker %s %s (%s)%s; retrying in %.1f s, then at most every %.0f s",
+            self._name,
+            self._target,
+            "unavailable" if first else "still unavailable, now",
+            reason,
+            f"; {consequence}" if consequence else "",
+            delay,
+            self._ceiling,
+        )
+
+    def up(self, what: str) -> None:
+        """Connected: ``what`` says to what; logged with the time it was down, if it was."""
+        if self._down_since is None:
+            self._log.info("%s: %s", self._name, what)
+            return
+        self._log.info(
+            "%s: %s, back after %.0f s down and %d failed attempt(s)",
+            self._name,
+            what,
+            time.monotonic() - self._down_since,
+            self._attempts,
+        )
+        self._down_since = None
+        self._kinds.clear()
+        self._attempts = 0

@@ -1,51 +1,26 @@
 """A RabbitMQ publisher stage: durable outbox first, then persistent messages with confirms.
 
-Publish requests that arrive together are written to the SQLite outbox in one
-transaction (one sync to disk: group commit), and only then are their works acked
-(the durable hand-off). Rows are then published oldest first with publisher confirms,
-a group at a time with their confirms awaited together (:mod:`pylib.amqp.confirms`),
-and taken out of the outbox once the broker confirmed them; their rows leave the disk
-in the next commit (:meth:`pylib.amqp.outbox.Outbox.forget`). The acks go back after that
-first round of publishing, which is bounded, so the broker gets the event before the
-listener's acks compete with it for the process. While the broker is away the outbox
-fills and is published, in order, once it is back; it survives a restart.
-
-Acks go to the inproc address in the ack's ``reply_to`` (the component that made the
-ack), else to ``ack_to``. A full outbox hands a message back (a ``requeue`` ack) to
-whoever can retry it. A broker nack of the oldest message is retried after a growing
-back-off.
-
-A group stops at the first message the broker does not ack; the rest go again one by
-one (a nacked message stays in front, so the order holds; one the broker acked after
-it is sent once more: at least once). A group only holds messages to exchanges the
-broker already took one for on the channel; any other goes alone, so a message it
-refuses (below) never makes the others of its group go twice. A row the broker refuses for a reason that will
-not pass (its exchange does not exist, or it breaks a precondition such as the broker's
-size limit: a channel closed with 404 or 406) is tried once more on a fresh channel,
-after the exchanges are declared again, and then *parked*: moved to the outbox's ``parked`` table, counted and logged once,
-and the rows behind it flow on.
-
-An outbox that cannot be written (a full disk) holds the messages and pauses intake
-until it can, so nothing is acked that is not on disk. A row the broker confirmed but
-that cannot be removed is remembered in memory and never published again while the
-removal is retried. Either shows in :meth:`AmqpPublisher.troubles`, is counted, and is
-logged at most once a minute; it all recovers on its own once the disk has room. A
-damaged outbox file is moved aside and a fresh one started (:mod:`pylib.amqp.outbox`).
-
-Events are published without ``mandatory``: one that no queue is bound to is dropped
-by the broker, as the original daemon's were, and the publisher goes on (there is no
-``UnroutableError`` to handle: pika raises it only for mandatory publishes).
+- Requests that arrive together are stored in the SQLite outbox in one transaction (group
+  commit); only then are their works acked (the durable hand-off). A full outbox hands a
+  message back (a ``requeue`` ack); one that cannot be written (a full disk) holds them and
+  pauses intake, so nothing is acked that is not on disk.
+- Rows are published oldest first, in groups whose confirms are awaited together, and
+  leave the outbox once confirmed; their rows leave the disk with the next commit, or after
+  ``REMOVAL_DELAY`` of quiet (one sync fewer per group: measured, docs/benchmarks.md).
+- A nack keeps the row in front, retried after a back-off; a group stops at the first
+  message not acked and the rest go one by one (at least once). A row refused for good
+  (404 or 406 closing the channel) is tried once more on a fresh channel, then *parked*.
+- Events go without ``mandatory``: one no queue is bound to is dropped by the broker, as
+  the original daemon's were.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +31,14 @@ from prometheus_client import Counter
 
 from pylib.amqp.confirms import ConfirmedChannel, Outgoing
 from pylib.amqp.outbox import Outbox, OutboxEntry, OutboxError, OutboxFullError
-from pylib.amqp.params import CONNECTION_ERRORS, RECONNECTS, close_quietly, describe, explain
+from pylib.amqp.params import (
+    CONNECTION_ERRORS,
+    RECONNECTS,
+    LinkLog,
+    close_quietly,
+    describe,
+    explain,
+)
 from pylib.chain.attachment import Attachment
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import (
@@ -83,9 +65,6 @@ FLUSH_BATCH = 100
 CONFIRM_GROUP = 32
 # How long confirmed rows may stay on disk when no new message comes to commit with.
 REMOVAL_DELAY = 0.05
-# Rows just stored are also kept in memory (at most this many), so publishing them needs
-# no read back from disk; a longer backlog is read from the outbox.
-RECENT_MAX = 64
 # How long one round of publishing from the outbox may take before intake gets a turn.
 FLUSH_ROUND_SECONDS = 0.2
 # How often an idle connection is serviced (heartbeats, a broker that went away).
@@ -163,6 +142,7 @@ class AmqpPublisher(Stage):
         self.periodic_interval = periodic_interval
         self.connected = threading.Event()
         self._reconnect = retry.backoff()
+        self._link = LinkLog(log, name, describe(params), retry.maximum)
         self._nack = nack_retry.backoff()
         self._store = store_retry.backoff()
         self._outbox: Outbox | None = None
@@ -171,8 +151,6 @@ class AmqpPublisher(Stage):
         self._channel: ConfirmedChannel | None = None
         # Requests the outbox could not store: kept here, intake paused, until it can.
         self._held: list[_Request] = []
-        # The newest rows of the outbox, in order; the whole outbox when the lengths match.
-        self._recent: deque[OutboxEntry] = deque()
         self._flush_at = 0.0
         self._connect_timer: Timer | None = None
         self._removal_timer: Timer | None = None
@@ -199,7 +177,6 @@ class AmqpPublisher(Stage):
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._outbox = Outbox(self.outbox_path, self.outbox_max)
-        self._recent.clear()
         self._connect_timer = None
         self._removal_timer = None
         self._connect_later(0)
@@ -315,19 +292,17 @@ class AmqpPublisher(Stage):
         assert outbox is not None
         rows = [request for request in requests if request.row is not None]
         fits = rows[: outbox.room]
-        in_sync = len(outbox) == len(self._recent)
         stored_rows = [request.row for request in fits if request.row is not None]
         try:
-            ids = outbox.append_many(stored_rows)
+            outbox.append_many(stored_rows)
         except OutboxFullError:  # pragma: no cover - room was checked just above
-            fits, ids = [], []
+            fits = []
         except OutboxError as exc:
             self._hold(requests, exc)
             return []
         if stored_rows:
             self._stored_at = time.monotonic()
             self._outbox_writable()
-        self._remember(in_sync, ids, stored_rows)
         self._store.reset()
         stored = set(map(id, fits))
         replies: list[Callable[[], None]] = []
@@ -344,19 +319,6 @@ class AmqpPublisher(Stage):
     def _send_replies(replies: list[Callable[[], None]]) -> None:
         for reply in replies:
             reply()
-
-    def _remember(self, in_sync: bool, ids: list[int], rows: list[Row]) -> None:
-        if not in_sync or len(self._recent) + len(ids) > RECENT_MAX:
-            self._recent.clear()  # out of step with the outbox: read it from disk
-            return
-        now = time.time()
-        for entry_id, (exchange, routing_key, body, headers, attachment) in zip(
-            ids, rows, strict=True
-        ):
-            entry = OutboxEntry(
-                entry_id, exchange, routing_key, body, dict(headers or {}), now, attachment
-            )
-            self._recent.append(entry)
 
     def _hold(self, requests: list[_Request], exc: OutboxError) -> None:
         """Keep requests the outbox refused for a reason other than being full; retry later."""
@@ -381,7 +343,6 @@ class AmqpPublisher(Stage):
             except OutboxError as again:
                 exc = again
             else:
-                self._recent.clear()
                 return
         self._outbox_trouble = f"outbox cannot be written: {exc}"
         self._trouble_failures += 1
@@ -478,7 +439,7 @@ class AmqpPublisher(Stage):
         self._reconnect.reset()
         self._flush_at = 0.0
         self.connected.set()
-        log.info("%s: connected to %s", self.name, describe(self.params))
+        self._link.up(f"connected to {describe(self.params)}")
         self._flush_soon()
 
     def _lost(self, exc: BaseException) -> None:
@@ -488,15 +449,7 @@ class AmqpPublisher(Stage):
         self._connect_later(delay)
         if was_connected:
             RECONNECTS.labels("publisher").inc()
-        depth = len(self._outbox) if self._outbox is not None else 0
-        log.warning(
-            "%s: broker %s unavailable (%s); %d messages wait in the outbox; retrying in %.1f s",
-            self.name,
-            describe(self.params),
-            explain(exc),
-            depth,
-            delay,
-        )
+        self._link.failed(explain(exc), delay, "events wait in the outbox")
 
     def _connect_later(self, delay: float) -> None:
         # One reconnect at a time, however many paths noticed the loss.
@@ -583,9 +536,6 @@ class AmqpPublisher(Stage):
         if not entries:
             return
         PUBLISHED.labels("event").inc(len(entries))
-        last = entries[-1].id
-        while self._recent and self._recent[0].id <= last:
-            self._recent.popleft()
         assert self._outbox is not None
         self._outbox.forget([entry.id for entry in entries])
         if self._removal_timer is None:
@@ -617,9 +567,6 @@ class AmqpPublisher(Stage):
         A row read from disk whose body cannot be made whole (its attached file is gone
         or changed) is parked, never published without its part.
         """
-        if len(self._recent) == len(outbox):
-            return list(itertools.islice(self._recent, FLUSH_BATCH))
-        self._recent.clear()
         while True:
             entries = outbox.peek(FLUSH_BATCH)
             broken = [entry for entry in entries if entry.problem is not None]
@@ -683,7 +630,6 @@ class AmqpPublisher(Stage):
             what = f"is refused for good by the broker (exchange {entry.exchange!r})"
         self._outbox.park(entry.id, reason)
         self._outbox_writable()
-        self._recent.clear()  # out of step with the outbox now: read it from disk
         PUBLISH_FAILURES.labels("parked").inc()
         log.error(
             "%s: message %d (%s) %s: %s; parked it in the parked table of %s; the rest go on",

@@ -1,15 +1,8 @@
 """Bytes of a message body that are kept in a file, so a store of messages need not copy them.
 
-A snapshot is already on disk, synced, before its event is stored; with an
-:class:`Attachment` the outbox row names the file instead of holding the image again
-(half the bytes written per event, and none of them through SQLite's journal). The row
-keeps the body without those bytes; they go back in when it is read from disk.
-
-The producer promises that ``path`` holds exactly ``body[offset:offset + size]``, durably
-(file and name synced) before the message is stored, and unchanged until it is
-published. The store records a CRC-32 of those bytes, so a file that changed or went
-missing is found when it is read back (:meth:`Attachment.splice` says why), never
-published in its place.
+A snapshot is already on disk when its event is stored. The producer promises that ``path``
+holds exactly ``body[offset:offset + size]``, synced (file and name) before the message is
+stored and unchanged until published; a CRC-32 catches a file that changed or went missing.
 """
 
 from __future__ import annotations
@@ -72,8 +65,7 @@ class Attachment:
             )
 
     def cut(self, body: bytes) -> tuple[bytes, int]:
-        """The body without the attached bytes, and their CRC-32 (to check them when
-        they are read back); ``ValueError`` if the body is too short to hold them."""
+        """The body without the attached bytes, and their CRC-32; ``ValueError`` if too short."""
         self.check_within(len(body))
         end = self.offset + self.size
         view = memoryview(body)
@@ -81,10 +73,7 @@ class Attachment:
 
     def splice(self, rest: bytes, crc32: int) -> bytes:
         """The whole body again: ``rest`` with the file's bytes put back at ``offset``.
-
-        Raises :class:`AttachmentError` if the file cannot be read, or is not the one
-        stored (its size or CRC-32 differ).
-        """
+        :class:`AttachmentError` if the file cannot be read or its size or CRC-32 differ."""
         try:
             # Non-blocking, so a FIFO put in its place cannot hang the reader.
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -12,10 +12,8 @@ import msgpack
 
 ENVELOPE_VERSION = 1
 
-# A bytes value at the top of a body at least this large (a snapshot, an event holding
-# one) travels as a frame of its own beside the envelope (:meth:`Envelope.frames`).
-# Packed into the envelope, it was copied four times per hop (into the envelope, into
-# ZeroMQ, out of it, out of the envelope); as a frame, twice.
+# A top-level bytes value at least this large (a snapshot) travels as a frame of its own
+# (:meth:`Envelope.frames`): copied twice per hop instead of four times.
 BLOB_MIN = 64 * 1024
 # The msgpack extension type that stands for "frame n" in the envelope's body.
 _BLOB_EXT = 1
@@ -34,11 +32,8 @@ _VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
 
 def new_id() -> str:
     """A unique id for a message or an event: a random (version 4) UUID, in hex.
-
-    From the ``random`` module's generator (seeded from the OS, and again in a forked
-    child), not ``uuid.uuid4()``, which makes a system call each time: an id needs to be
-    unique, not secret.
-    """
+    ``random`` (seeded from the OS, again in a forked child), not ``uuid.uuid4()``, which
+    makes a system call each time: an id must be unique, not secret."""
     bits = random.getrandbits(128)
     bits = (bits & ~_VERSION_MASK) | _VERSION_4
     return f"{bits:032x}"
@@ -58,8 +53,7 @@ class Envelope:
         return self._pack(self.body)
 
     def frames(self) -> list[bytes]:
-        """Serialise as frames: the envelope, then each large bytes value of the body
-        (:data:`BLOB_MIN`), which the envelope refers to by its place."""
+        """Serialise as frames: the envelope, then each large bytes value (:data:`BLOB_MIN`)."""
         blobs: list[bytes] = []
         body = self.body
         for key, value in body.items():
@@ -85,8 +79,7 @@ class Envelope:
 
     @classmethod
     def unpack(cls, data: BytesLike | Sequence[BytesLike]) -> Envelope:
-        """Parse one frame (:meth:`pack`) or several (:meth:`frames`); raises
-        :class:`EnvelopeError` on anything malformed."""
+        """Parse :meth:`pack` or :meth:`frames` output; :class:`EnvelopeError` if malformed."""
         if isinstance(data, bytes | bytearray | memoryview):
             head, blobs = data, []
         elif data:
@@ -112,12 +105,7 @@ class Envelope:
             raise EnvelopeError(f"{len(blobs) - len(used)} frame(s) that nothing refers to")
         if not isinstance(raw, dict) or raw.get("v") != ENVELOPE_VERSION:
             raise EnvelopeError(f"not an envelope of version {ENVELOPE_VERSION}")
-        kind, body, ident, created = (
-            raw.get("kind"),
-            raw.get("body"),
-            raw.get("id"),
-            raw.get("created"),
-        )
+        kind, body, ident, created = map(raw.get, ("kind", "body", "id", "created"))
         if not isinstance(kind, str) or not isinstance(body, dict) or not isinstance(ident, str):
             raise EnvelopeError("envelope lacks kind, body or id")
         if not isinstance(created, int | float):

@@ -1,17 +1,10 @@
 """The ack protocol: how work handed down the chain is reported done, in one place.
 
-Whoever owns a piece of work that must be settled (the broker listener owns deliveries,
-the upload stage owns uploaded files) puts an *ack token* on the message it sends down
-the chain: a map with ``reply_to`` (its inproc ack inbox) and keys of its own. A message
-may be split into ``parts`` (several snapshots for one trigger); every part ends as
-either a publish request or a *done* mark, each carrying the token and the part count.
-The publisher, once a request is on disk (or at once for a done mark), sends
-:func:`ack_part` back to ``reply_to``; the owner counts parts with :class:`PartCounter`
-and settles the work when all are in. A ``requeue`` ack means nothing could be stored:
-the owner tries again later.
-
-A stage that cannot handle a message still settles it (:func:`settle_failed`): a done
-mark goes on in its place, so no delivery ever waits for a part that will not come.
+The owner of work puts an *ack token* (``reply_to``, its ack inbox, and keys of its own)
+on what it sends down the chain. Each of its ``parts`` ends as a publish request or a done
+mark; the publisher sends :func:`ack_part` back for each once it is stored (a done mark at
+once), and the owner settles the work when all are in. A stage that fails on a message
+still settles it (:func:`settle_failed`).
 """
 
 from __future__ import annotations
@@ -53,10 +46,7 @@ def ack_token(reply_to: str, **keys: Any) -> Ack:
 
 
 def ack_part(ack: Ack, parts: int = 1, *, requeue: bool = False) -> Envelope:
-    """The message telling the ack's owner that one of ``parts`` parts of its work is done.
-
-    ``requeue`` gives the work back instead (nothing was stored).
-    """
+    """Tells the ack's owner one of ``parts`` parts is done (``requeue``: given back instead)."""
     return Envelope(ACK_KIND, {**ack, "parts": parts, "requeue": requeue})
 
 
@@ -91,10 +81,7 @@ class Settlement:
 
 def done_envelope(settlement: Settlement, *, requeue: bool = False) -> Envelope:
     """A part that produced nothing to publish: it still counts towards its work's ack.
-
-    ``requeue``: the part could not be kept (say, a full disk), so the publisher hands
-    the work back to its owner, to come again later, instead of settling it.
-    """
+    ``requeue``: the part could not be kept (a full disk); the work goes back to its owner."""
     body = settlement.fields()
     return Envelope(DONE_KIND, {**body, "requeue": True} if requeue else body)
 
@@ -107,8 +94,7 @@ def settle_failed(envelope: Envelope) -> Envelope | None:
 
 @dataclass(frozen=True)
 class Publication:
-    """One message to publish: where to, the bytes, and AMQP properties as headers;
-    ``attachment`` names a file that holds part of the body, so the outbox need not."""
+    """One message to publish; ``attachment`` names a file that holds part of the body."""
 
     exchange: str
     routing_key: str
@@ -154,12 +140,8 @@ def stop_taking_acks_directly(address: str) -> None:
 
 class AckInbox:
     """The owner side of acks, one helper for every owner (the listener, the ingest stage).
-
-    While open, acks for ``address`` from this process reach ``on_ack`` by a direct call
-    on the thread that settles the work (``on_ack`` must be thread-safe, quick, and never
-    raise for a bad ack); acks that come as messages on the inbox are handed to
-    :meth:`take` by whichever thread reads it, a malformed one logged and counted.
-    """
+    While open, this process's acks reach ``on_ack`` directly (:func:`take_acks_directly`);
+    those that come as messages go through :meth:`take`, on whichever thread reads the inbox."""
 
     def __init__(self, address: str, on_ack: Callable[[Ack], None]) -> None:
         self.address = address
@@ -185,13 +167,9 @@ class AckInbox:
 
 
 class Replies:
-    """Sends acks to their owners: by a direct call to an owner that takes them so
-    (:func:`take_acks_directly`), else to its inbox, one socket per address made on first use.
-
-    Acks never block: an owner that is gone gets its work again another way (the broker
-    redelivers, the upload dir is scanned at start). Use from one thread; :meth:`close`
-    there too.
-    """
+    """Sends acks to their owners: directly (:func:`take_acks_directly`) or to their inbox.
+    Never blocks: an owner that is gone gets its work again another way (the broker
+    redelivers, the upload dir is scanned at start). Use and close from one thread."""
 
     def __init__(self, default: str | None = None) -> None:
         self.default = default

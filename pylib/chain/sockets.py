@@ -1,7 +1,5 @@
 """The inproc sockets that link the chain's threads, and reading envelopes off them safely.
-
-Every socket here belongs to the thread that made it: create, use and close it there.
-"""
+Each socket belongs to the thread that made it: create, use and close it there."""
 
 from __future__ import annotations
 
@@ -22,9 +20,8 @@ MESSAGES_REJECTED = Counter(
     ["stage", "reason"],
 )
 
-# Messages an inproc socket queues, per end, before a sender waits (or, not blocking, gets
-# False). ZeroMQ's default of 1000 a side lets one link hold some 2000 JPEGs; stages never
-# drop, so a small queue only turns a burst into back-pressure on the stage upstream.
+# Messages an inproc socket queues, per end, before a sender waits. ZeroMQ's default of
+# 1000 lets one link hold some 2000 JPEGs; a small queue turns a burst into back-pressure.
 HWM = 50
 
 
@@ -33,13 +30,11 @@ def inproc(name: str) -> str:
     return f"inproc://{name}"
 
 
-# One message off a socket: its frames.
 Parts = list[bytes]
 
 
 def receive(socket: zmq.Socket[bytes], flags: int = 0) -> Parts:
-    """One message, all its frames (an envelope and its large values: see
-    :meth:`~pylib.chain.envelope.Envelope.frames`)."""
+    """One message, all its frames (:meth:`~pylib.chain.envelope.Envelope.frames`)."""
     return socket.recv_multipart(flags)
 
 
@@ -66,11 +61,9 @@ def unpack_or_reject(parts: Parts, stage: str) -> Envelope | None:
 
 
 def bind_pull(address: str, *, hwm: int = HWM) -> zmq.Socket[bytes]:
-    """A PULL socket bound to ``address``, queueing at most ``hwm`` messages.
-
-    Bind it once per thread (:meth:`~pylib.runtime.worker.Worker.on_thread_open`): a PUSH that
-    connected to an earlier socket on the address never reaches a new one.
-    """
+    """A PULL socket bound to ``address``, queueing at most ``hwm`` messages. Bind it once per
+    thread (:meth:`~pylib.runtime.worker.Worker.on_thread_open`): a PUSH connected to an
+    earlier socket on the address never reaches a new one."""
     socket = shared_context().socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, hwm)
     try:
@@ -93,19 +86,15 @@ class Sender:
         self.socket.connect(address)
 
     def send(self, envelope: Envelope, *, block: bool = True) -> bool:
-        """Send one envelope; True if it was queued.
-
-        Blocking, it waits while the reader's queue is full (back-pressure). Not
-        blocking, it returns False instead, and when no reader is there at all.
-        """
+        """Send one envelope; True if queued. Blocking, it waits while the reader's queue is
+        full; not blocking, it returns False then, and when there is no reader."""
         frames = envelope.frames()
         flags = 0 if block else zmq.NOBLOCK
         try:
             if len(frames) == 1:
                 self.socket.send(frames[0], flags)
             else:
-                # Copied into ZeroMQ: zero-copy frames are let go of on a thread of
-                # pyzmq's, which did not pay (docs/benchmarks.md). All frames or none.
+                # Copied, not zero-copy, which did not pay (docs/benchmarks.md). All or none.
                 self.socket.send_multipart(frames, flags)
         except zmq.Again:
             return False

@@ -1,22 +1,8 @@
 """The one stage shape: a thread that owns its sockets and moves each result on at once.
 
-A :class:`Stage` is a small event loop on its own thread. It blocks in one ``zmq.Poller``
-over its inbox, any extra sockets it watches, and a *wake pipe*; there is no timed poll.
-Work done elsewhere comes back to the loop through :meth:`Stage.call_soon_threadsafe`,
-which queues a callable and writes a byte to the pipe, so the loop runs it (and sends
-its result on) the moment it is ready:
-
-- work on the stage's pool (:meth:`Stage.submit`) hands its result back this way;
-- a helper thread (a detector, a file-system observer) calls it directly;
-- :meth:`Stage.call_later` sets a timer; the poll sleeps exactly until the next one.
-
-Why a pipe and not a socket per pool thread: every ZeroMQ socket stays created, used and
-closed by one thread (the stage's), pool threads need no socket lifetime of their own,
-and a stop request wakes the loop the same way, so an idle stage uses no CPU at all.
-
-A message the stage fails on is logged, counted and *settled*: a done mark carrying its
-ack goes on in its place (:func:`~pylib.chain.settle.settle_failed`), so the delivery it
-belongs to is acked and the next message flows.
+A :class:`Stage` is an event loop on its own thread, blocked in one ``zmq.Poller`` over its
+inbox, watched sockets and a *wake pipe* (no timed poll); other threads hand it work with
+:meth:`Stage.call_soon_threadsafe`, so every ZeroMQ socket belongs to the stage's thread.
 """
 
 from __future__ import annotations
@@ -76,14 +62,8 @@ def failed(stage: str, envelope: Envelope, exc: Exception) -> None:
 
 
 def _prestart(pool: ThreadPoolExecutor, count: int) -> threading.Barrier:
-    """Have ``pool`` start all ``count`` threads now.
-
-    A ThreadPoolExecutor starts a thread for each submit that finds none idle, and
-    ``Thread.start`` waits until the new thread runs, so a first burst would start them
-    one after another on the stage's thread. Each task here waits for all the others, so
-    no thread is idle until every one has started. Abort the barrier returned to release
-    them early (a stop before all started).
-    """
+    """Have ``pool`` start all ``count`` threads now, not one by one in a first burst.
+    Each task waits for all the others; abort the barrier returned to release them early."""
     barrier = threading.Barrier(count)
 
     def arrive() -> None:
@@ -112,14 +92,8 @@ class Timer:
 
 class Stage(Worker):
     """One stage of the chain: inbox (bound PULL), outbox (PUSH to the next stage), a loop.
-
-    Subclasses implement :meth:`on_message` (or :meth:`handle`, whose results are sent
-    on), and may watch more sockets (:meth:`watch`), run work on a pool of ``workers``
-    threads (:meth:`submit`), and override :meth:`finish` to bound what happens at stop.
-
-    ``stop_weight`` is the stage's share, relative to the others in its chain, of the
-    daemon's ``SHUTDOWN_TIMEOUT``; the chain sets :attr:`stop_timeout` from it.
-    """
+    Subclasses implement :meth:`on_message` (or :meth:`handle`, whose results are sent on);
+    ``stop_weight`` is its relative share of ``SHUTDOWN_TIMEOUT`` (sets :attr:`stop_timeout`)."""
 
     stop_weight: ClassVar[float] = 1.0
     # Start every pool thread with the stage, not one by one as work first comes.
@@ -157,15 +131,12 @@ class Stage(Worker):
         self._inbox_paused = False
         # Pool work not finished yet, of this and earlier attempts (a crash leaves it running).
         self._futures: set[Future[Any]] = set()
-        # Relays folded into this stage by the chain, applied in order to what it sends
-        # (outlet) or, at the head of a chain, to what arrives (intake).
+        # Relays the chain folded in: applied to what it sends, or (head) to what arrives.
         self.outlet: list[Relay] = []
         self.intake: list[Relay] = []
 
-    # --- to override -----------------------------------------------------------------
     def on_messages(self, envelopes: list[Envelope]) -> None:
-        """Handle the messages that arrived together (default: one by one, each settled
-        if it fails). Override to treat them as a group, such as one disk commit."""
+        """Handle messages that arrived together (default: one by one, each settled if it fails)."""
         for envelope in envelopes:
             self.handle_one(envelope)
 
@@ -187,8 +158,7 @@ class Stage(Worker):
         self._inbox_paused = paused
 
     def send(self, envelope: Envelope) -> None:
-        """Pass one envelope to the next stage (waits while its inbox is full), through
-        the relays folded in after this stage."""
+        """Pass one envelope on, through the folded relays (waits while the next inbox is full)."""
         if self._sender is None:
             raise RuntimeError(f"{self.name} has no outbox")
         if not self.outlet:
@@ -221,9 +191,7 @@ class Stage(Worker):
         self, fn: Callable[..., T], *args: Any, then: Callable[[Future[T]], None] | None = None
     ) -> Future[T]:
         """Run ``fn(*args)`` on the pool; ``then(future)`` runs on this thread once it ends.
-
-        Without ``then``, what ``fn`` returns (envelopes, or None) is sent on.
-        """
+        Without ``then``, what ``fn`` returns (envelopes, or None) is sent on."""
         if self._pool is None:
             raise RuntimeError(f"{self.name} has no pool")
         future = self._pool.submit(fn, *args)
@@ -275,7 +243,6 @@ class Stage(Worker):
         super().stop()
         self._wake()
 
-    # --- the loop --------------------------------------------------------------------
     def on_thread_open(self) -> None:
         # Sockets live as long as the thread: a restart must not rebind the inbox.
         read, write = os.pipe()
@@ -412,8 +379,7 @@ class Stage(Worker):
 
     def _wake(self) -> None:
         with self._wake_lock:
-            # One byte per turn of the loop is enough: it runs every call queued before it
-            # reads the pipe, and a burst of pool results would otherwise write one each.
+            # One byte per turn of the loop is enough: it runs every call queued before it.
             if self._wake_write is None or self._wake_pending:
                 return
             self._wake_pending = True
@@ -424,14 +390,11 @@ class Stage(Worker):
     def _read_wake(self) -> None:
         if self._wake_read is None:
             return
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 4096):
                 pass
-        except BlockingIOError:
-            pass
         with self._wake_lock:
-            # Cleared after the pipe is empty and before the calls run: a call queued
-            # before this runs next, and one queued after it writes a byte again.
+            # After emptying the pipe, before the calls run: a later call writes a byte again.
             self._wake_pending = False
 
     def _wait_for_wake(self, timeout: float) -> None:
@@ -446,16 +409,10 @@ class Stage(Worker):
 
 class Relay(Stage):
     """A stage whose work is one function, run inline: message in, message(s) out.
-
-    With ``fold``, a quick function that holds no state of its own, the chain *folds* it
-    into the stage before it (:attr:`Stage.outlet`): it runs on that stage's thread as
-    messages leave, which spares every message a thread hand-off and a copy through
-    ZeroMQ. Before, not after: the last stage (the publisher) is the one every message
-    waits for, so work is better done upstream. After
-    a tier it runs on each of the tier's threads, so it must be safe to call at once;
-    at the head of a chain it folds into the stage after it (:attr:`Stage.intake`), and
-    alone it stays a stage of its own.
-    """
+    With ``fold`` (quick, stateless), the chain runs it on the thread(s) of the stage before
+    it (:attr:`Stage.outlet`), sparing each message a hand-off; upstream because every message
+    waits for the last stage. After a tier it must be safe to call at once; at the head it
+    folds into the stage after it (:attr:`Stage.intake`); alone it stays a stage."""
 
     def __init__(
         self,
@@ -474,8 +431,7 @@ class Relay(Stage):
         return self.handler(envelope)
 
     def transform(self, envelopes: list[Envelope], host: Stage) -> list[Envelope]:
-        """The handler applied on ``host``'s thread. A message it fails on becomes the done
-        mark the relay would have sent on, so ``host`` settles it as it arrives."""
+        """The handler applied on ``host``'s thread; a message it fails on becomes a done mark."""
         out: list[Envelope] = []
         for envelope in envelopes:
             try:

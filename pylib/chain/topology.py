@@ -1,14 +1,8 @@
 """The chain declared once: an ordered list of stages, wired, started and stopped from it.
 
-``Chain(name, [ingest, detection, events, publisher], sources=[listener])``: each entry
-is a stage or a tier of stages side by side (ingest: camera fetches and uploads) that
-all send to the entry after it. From that list follow every inproc address (the
-stage's name under the chain's), every outbox, the start order (from the sink up, so
-each inbox is bound before anything sends to it), the stop order (sources first, then
-from the head down, so what a stage hands on is taken by one still running) and each
-stage's share of the shutdown time (by its ``stop_weight``). A stage that is switched
-off is simply not in the list. A foldable :class:`~pylib.chain.stage.Relay` runs on the
-thread of the stage before it (or, at the head, the one after it; see ``Relay``).
+Each entry is a stage or a tier of stages side by side, all sending to the entry after it.
+Start is from the sink up (each inbox bound before anything sends to it); stop is sources
+first, then from the head down (what a stage hands on is taken by one still running).
 """
 
 from __future__ import annotations
@@ -29,12 +23,8 @@ STOP_SHARE = 0.9
 
 class Chain:
     """Stages in order, and the sources (a broker consumer, a server) that feed its head.
-
-    Sources are started last and stopped first; give each one its stage's
-    :attr:`~pylib.chain.stage.Stage.inbox` as where it sends. A source's ``stop_weight``
-    (default 1) counts in the shutdown split too; it is told its share through
-    ``stop_timeout`` where it has one.
-    """
+    Give each source its stage's :attr:`~pylib.chain.stage.Stage.inbox`; its ``stop_weight``
+    (default 1) counts in the shutdown split too."""
 
     def __init__(
         self,
@@ -49,8 +39,7 @@ class Chain:
         tiers: list[list[Stage]] = [
             [entry] if isinstance(entry, Stage) else list(entry) for entry in stages
         ]
-        # A relay alone in its tier runs on the thread(s) of the stage(s) before it, or at
-        # the head, on the stage after it.
+        # A foldable relay alone in its tier runs on a neighbour's thread (see Relay).
         self.folded: list[Stage] = []
         self.tiers: list[list[Stage]] = []
         for tier, following in zip(tiers, [*tiers[1:], None], strict=True):

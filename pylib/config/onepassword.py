@@ -1,10 +1,5 @@
-"""Read secrets from a 1Password Connect server.
-
-The SDK's high-level getters turn every HTTP failure into one exception type whose
-message quotes the server's text, and they crash on a non-JSON error body. So this
-module sends its requests through the SDK client's ``build_request`` and judges the
-status codes itself, and lets the SDK's serializer build its models from the JSON.
-"""
+"""Read secrets from a 1Password Connect server, judging HTTP status codes here: the SDK's
+getters hide them in one exception quoting the server, and crash on a non-JSON error body."""
 
 from __future__ import annotations
 
@@ -22,26 +17,16 @@ from pylib.observe.redact import redact, register_secret
 
 logger = logging.getLogger(__name__)
 
-# Labels that mark the secret of an item that has no PASSWORD field (API credentials,
-# passwords saved as plain text fields).
+# Labels that mark the secret of an item that has no PASSWORD field.
 _SECRET_LABELS = ("password", "credential", "value")
 
 
 class SecretSourceError(RuntimeError):
-    """The secret store could not be asked: unreachable, refused the token, or misconfigured.
-
-    The message names the host and the problem, never the token.
-    """
+    """The secret store could not be asked; the message names the host, never the token."""
 
 
 class OnePasswordSource:
-    """Secrets read from one vault of a 1Password Connect server.
-
-    ``vault`` is a vault id (26 lower-case letters and digits, as the SDK defines ids) or
-    a vault name. ``get(name)`` returns the secret of the item titled ``name``. The
-    vault id is resolved once and cached. The token and every secret returned are
-    registered with :mod:`pylib.observe.redact` so they are masked in logs and reports.
-    """
+    """Secrets from one vault (an id or a name) of a Connect server, registered for redaction."""
 
     def __init__(self, host: str, token: str, vault: str, *, timeout: float = 10.0) -> None:
         register_secret(token)
@@ -51,11 +36,6 @@ class OnePasswordSource:
         self._lock = threading.Lock()
         # ClientConfig's options override the SDK's defaults, so the timeout is ours.
         self._client: Any = new_client(self._host, token, config=ClientConfig(timeout=timeout))
-
-    @property
-    def host(self) -> str:
-        """The Connect server's base URL."""
-        return self._host
 
     def close(self) -> None:
         """Close the HTTP connections to the Connect server."""
@@ -73,15 +53,9 @@ class OnePasswordSource:
         self.close()
 
     def get(self, name: str) -> str | None:
-        """Return the secret of the item titled ``name``, or ``None`` if there is no such item.
-
-        The secret is the item's PASSWORD-purpose field, else its first CONCEALED field,
-        else a field labelled ``password``, ``credential`` or ``value``.
-
-        Raises:
-            SecretSourceError: the server is unreachable, refuses the token, the vault
-                does not exist, or the item holds no secret field.
-        """
+        """The secret (PASSWORD field, else CONCEALED, else labelled password, credential or
+        value) of the item titled ``name``, or ``None`` if there is no such item. Raises
+        :class:`SecretSourceError`: unreachable, token refused, no such vault, no secret field."""
         vault_id = self._resolve_vault_id()
         summaries = self._get_json(
             _filtered(PathBuilder().vaults(vault_id).items(), "title", name),
@@ -89,8 +63,7 @@ class OnePasswordSource:
             what=f"items of vault {self._vault!r}",
         )
         if summaries is None:
-            # The cached vault is gone (deleted, or access revoked): look it up afresh
-            # next time, and say so now rather than report every item as missing.
+            # The cached vault is gone: look it up afresh next time, and say so now.
             with self._lock:
                 self._vault_id = None
             raise self._no_vault_error()
@@ -181,11 +154,8 @@ class OnePasswordSource:
 
 
 def _filtered(path: PathBuilder, attribute: str, value: str) -> str:
-    """``path`` with the Connect filter ``attribute eq "value"``.
-
-    Connect documents no escape for a quote inside the value, so such a value gets the
-    unfiltered list and the caller's exact match picks the entry.
-    """
+    """``path`` filtered by ``attribute eq "value"``; unfiltered if the value holds a quote
+    (Connect documents no escape): the caller's exact match picks the entry."""
     if '"' in value:
         return str(path.build())
     return str(path.query("filter", f'{attribute} eq "{value}"').build())

@@ -32,10 +32,7 @@ class MissingSecretError(LookupError):
 
 
 class SecretResolver:
-    """Looks a secret up by its configuration name in each place, first hit wins.
-
-    Every value found is registered for redaction, so it cannot reach a log line.
-    """
+    """Looks a secret up by name in each place, first hit wins; registers it for redaction."""
 
     def __init__(
         self,

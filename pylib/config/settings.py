@@ -1,17 +1,10 @@
-"""Typed settings from environment variables and an optional TOML file, with secrets.
-
-Settings are a pydantic model whose field aliases are the variable names
-(``RABBITMQ_EXCHANGE``). A field without an alias whose type is a model is a *section*:
-its own fields' aliases are variable names too, so the names stay flat for the user while
-each feature holds its own model. The file uses the same names as top-level keys.
-Numbered groups such as ``OUTPUT_1_LOCATION`` are gathered into
-``OUTPUTS = {1: {"LOCATION": ..}}``.
-Precedence: defaults < file < environment < secret stores (for secret fields only,
-and only when the field is not already set).
-"""
+"""Typed settings from environment variables and an optional TOML file, with secrets. Field
+aliases are the variable names; a field without an alias whose type is a model is a
+*section*. Precedence: defaults < file < environment < secret stores (unset secrets only)."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -144,13 +137,49 @@ def _describe(error: Mapping[str, Any], section_names: Iterable[str] = ()) -> st
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return f"{name}: unknown setting"
-    # Echo only a plain value of a single, non-secret-looking setting: a model-level
-    # error's input is the whole configuration, secrets included.
+    # Echo only a plain, non-secret-looking value: a model-level error's input is everything.
     value = error.get("input")
     plain = isinstance(value, str | int | float | bool) and not isinstance(value, dict)
     secretish = re.search(r"PASS|TOKEN|SECRET|DSN|URL|KEY", name)
     shown = f" (got {value!r})" if loc and plain and not secretish else ""
     return f"{name}: {message}{shown}"
+
+
+def unknown_variables(
+    model: type[BaseModel],
+    env: Mapping[str, str],
+    *,
+    groups: tuple[str, ...] = (),
+    ignore: Iterable[str] = (),
+    shared_prefixes: Iterable[str] = (),
+) -> list[str]:
+    """Variables that begin like the model's settings (``FTP_``, ``OUTPUT_``) but are none
+    of them, each with the nearest known name: a typo would otherwise pass silently.
+
+    A prefix in ``shared_prefixes`` is also read by a library (``AWS_``): its variables
+    are named only when they are close to one of ours. ``ignore``: names used elsewhere.
+    """
+    known = [name for name, _ in setting_fields(model)]
+    own = set(known) | set(ignore)
+    prefixes = {name.split("_", 1)[0] for name in known if "_" in name} | set(groups)
+    shared = {prefix.rstrip("_") for prefix in shared_prefixes}
+    lines = []
+    for name in sorted(env):
+        prefix = name.split("_", 1)[0]
+        if name in own or "_" not in name or prefix not in prefixes:
+            continue
+        if prefix in groups:
+            if not _INDEXED.match(name):
+                lines.append(f"{name}: unknown setting; numbered settings are {prefix}_<n>_<KEY>")
+            continue
+        nearest = difflib.get_close_matches(
+            name, known, n=1, cutoff=0.8 if prefix in shared else 0.6
+        )
+        if prefix in shared and not nearest:
+            continue
+        hint = f"; did you mean {nearest[0]}?" if nearest else ""
+        lines.append(f"{name}: unknown setting{hint}")
+    return lines
 
 
 def load_settings(
@@ -166,7 +195,6 @@ def load_settings(
     known = {name for name, _ in setting_fields(model)}
     merged: dict[str, Any] = dict(file_values or {})
     for name, value in env.items():
-        # Only variables this model knows (or numbered groups) come from the environment.
         if name in known or (_INDEXED.match(name) and name.split("_", 1)[0] in groups):
             merged[name] = value
     # An empty value is an unset one (compose writes `${X:-}` as ""): never an empty password.

@@ -1,5 +1,4 @@
-"""The daemon's HTTP server: routes, access rules, and a server that holds against slow and
-hostile clients."""
+"""The daemon's HTTP server: routes, access rules, a server that holds against slow clients."""
 
 from pylib.http.access import SESSION_COOKIE, GuessThrottle, TokenAuth
 from pylib.http.routing import Request, Response, Router

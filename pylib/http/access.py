@@ -1,18 +1,9 @@
 """Who may ask what: the token and its sessions, the names the server answers to, and a
-throttle on guessing.
-
-- **Host.** A browser sends the name it used in ``Host``. A page of another site that
-  renamed itself to this machine's address (DNS rebinding) sends its own name, so answering
-  only our own names keeps such a page from reading anything. Without a token the server
-  answers loopback names and the names listed for a reverse proxy; with a token and no list,
-  any name (a rebinding page has no token to show).
-- **This machine's own tools.** A request from ``127.0.0.1`` or ``::1`` naming a loopback
-  host is the container's health check or a local scraper: ``local`` routes answer it
-  without the token.
-- **Guessing.** Every wrong token or login costs its address a delay, and past a limit in
-  a minute the address is answered 429 without the credential being looked at; one log
-  line per address and minute says how many.
-"""
+throttle on guessing. Only our own names are answered, so a DNS-rebinding page (which
+sends its own) reads nothing: loopback names and those listed for a reverse proxy, or with
+a token and no list, any name. ``local`` routes answer this machine's own tools (from and
+naming loopback) without the token. Each wrong credential costs its address a delay, and
+past a limit in a minute it is answered 429."""
 
 from __future__ import annotations
 
@@ -46,11 +37,7 @@ OWN_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 
 
 class TokenAuth:
-    """The token and the sessions the login form hands out for it.
-
-    Without a token every route is open to the names the server answers to: the
-    configuration allows that only on a loopback address.
-    """
+    """The token and the sessions the login form hands out (no token: every route is open)."""
 
     def __init__(self, token: str | None) -> None:
         self.token = token
@@ -83,8 +70,7 @@ class TokenAuth:
             self._sessions.pop(session, None)
 
     def how(self, request: Request) -> str | None:
-        """``"open"`` without a token, ``"bearer"`` or ``"cookie"`` if the request carries
-        the token, else None."""
+        """``"open"`` (no token), ``"bearer"`` or ``"cookie"`` (carries the token), else None."""
         if not self.required:
             return "open"
         header = request.headers.get("authorization", "")
@@ -166,13 +152,9 @@ class _Guesses:
 
 
 class GuessThrottle:
-    """Wrong credentials per client address (see the module's docstring).
-
-    ``limit`` failures within ``window`` seconds put an address over its limit until the
-    window ends; each failure is answered after ``delay`` seconds. Attempts already being
-    answered when the limit is reached still count, so a few more than ``limit`` (at most
-    one per handler thread) may be answered 401. Safe to use from several threads.
-    """
+    """Wrong credentials per client address; thread-safe. ``limit`` failures within ``window``
+    seconds put an address over its limit until the window ends (attempts in flight still
+    count: a few more 401s, one per handler thread)."""
 
     def __init__(
         self,

@@ -1,9 +1,4 @@
-"""Requests, responses and the routes that turn one into the other.
-
-A route is ``(method, pattern)`` with a handler taking a :class:`Request` and giving a
-:class:`Response`, and the access it needs (:data:`Access`). The server applies the access
-rules before a handler runs; handlers only do their work.
-"""
+"""Requests, responses and the routes that turn one into the other."""
 
 from __future__ import annotations
 
@@ -14,17 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-# "public": anyone the server answers at all (the login form, login, logout).
-# "local": this machine's own tools without the token (the container's health check, a
-#   local Prometheus); others need the token when one is set.
-# "token": the token, whoever asks (when one is set).
+# "public": anyone the server answers at all (the login form, login, logout); "local": this
+# machine's own tools without the token (others need it when one is set); "token": the
+# token, whoever asks (when one is set).
 Access = Literal["public", "local", "token"]
 
 
 @dataclass(frozen=True)
 class Request:
-    """One request, parsed. Header names are lower case; ``params`` are the route's groups;
-    ``client`` is the peer's address."""
+    """One request, parsed: lower-case header names, the route's ``params``, the peer ``client``."""
 
     method: str
     path: str
@@ -48,8 +41,7 @@ class Request:
 
 @dataclass
 class Response:
-    """What a handler answers. ``credential_refused`` marks an answer to a wrong token or
-    password, which the server delays and counts against the client's address."""
+    """What a handler answers; a ``credential_refused`` one is delayed and counted (throttled)."""
 
     status: int = 200
     body: bytes = b""
@@ -79,8 +71,7 @@ Handler = Callable[[Request], Response]
 
 @dataclass(frozen=True)
 class Route:
-    """One route: a method, a full-match path pattern, the access it needs, and whether its
-    handler checks a credential itself (a login form), so guessing there is throttled."""
+    """One route; a handler that ``checks_credential`` (a login form) is throttled on guessing."""
 
     method: str
     pattern: re.Pattern[str]

@@ -1,23 +1,5 @@
-"""The daemon's one HTTP server: an event loop reads requests, a small pool answers them.
-
-Why this shape: a client that sends its request slowly must cost an open socket, not a
-thread. The event loop holds every connection while its request arrives (parsed by
-``h11``), and only a whole request goes to one of a few threads for its handler. So a
-crowd of trickling clients cannot keep others from being served:
-
-- a request's line and headers must arrive within ``head_seconds`` of its first byte (of
-  the connection, for the first request), its body within ``body_seconds`` more, and a
-  kept-alive connection may wait ``idle_seconds`` for its next request;
-- one client address holds at most ``max_per_client`` connections, all of them together
-  at most ``max_connections`` (this machine's own address ``reserved`` more); when every
-  place is taken, a newcomer displaces the connection that has waited longest for its
-  request, so a crowd of trickling clients cannot keep the health check out;
-- every answer carries the headers that keep a browser from framing, sniffing or sending
-  on our addresses, and a Content-Security-Policy unless the handler set its own.
-
-Access (the Host rule, the token, guessing) is :mod:`pylib.http.access`'s; the server
-applies it to every route before the handler runs.
-"""
+"""The daemon's one HTTP server: an event loop reads requests, a small pool answers them, so
+a slow client costs an open socket, not a thread (only whole requests reach the pool)."""
 
 from __future__ import annotations
 
@@ -84,13 +66,9 @@ REFUSED = (
 
 
 class ConnectionLimits:
-    """Open connections per client and in all (see the module's docstring).
-
-    When every place is taken, a new connection takes the place of the one that has waited
-    longest for its request: a trickling client is always waiting, a client being answered
-    never is, so the newcomer is answered and the crowd sheds its oldest. Only when none
-    waits is the newcomer refused. Used from the event loop's thread only.
-    """
+    """At most ``max_per_client`` connections per client, ``max_connections`` in all (this
+    machine's own address ``reserved`` more); event loop thread only. When all are taken, a
+    newcomer displaces the one waiting longest for its request; if none waits, it is refused."""
 
     def __init__(self, *, max_connections: int, max_per_client: int, reserved: int) -> None:
         self.max_connections = max_connections
@@ -106,8 +84,8 @@ class ConnectionLimits:
         return len(self._clients)
 
     def admit(self, connection: object, client: str) -> tuple[str | None, object | None]:
-        """Count ``connection`` from ``client`` if it may stay: why it may not, or None;
-        and the waiting connection it displaces, which the caller closes, or None."""
+        """Count ``connection`` if it may stay: why it may not (or None), and the waiting
+        connection it displaces, which the caller closes (or None)."""
         key = client_key(client)
         own = own_address(client)
         if not own and self._per_client[key] >= self.max_per_client:
@@ -125,11 +103,9 @@ class ConnectionLimits:
 
     def waiting(self, connection: object, waits: bool) -> None:
         """``connection`` now waits for its next request (True), or is being answered."""
+        self._waiting.pop(connection, None)
         if waits and connection in self._clients:
-            self._waiting.pop(connection, None)
             self._waiting[connection] = None
-        else:
-            self._waiting.pop(connection, None)
 
     def release(self, connection: object) -> None:
         """``connection`` has closed, or was displaced (then its own release does nothing)."""
@@ -203,7 +179,6 @@ class HttpServer(Worker):
         assert self._socket is not None
         return int(self._socket.getsockname()[1])
 
-    # --- the thread -------------------------------------------------------------------
     def on_thread_open(self) -> None:
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -253,8 +228,7 @@ class HttpServer(Worker):
             assert task is not None
             connections.add(task)
             task.add_done_callback(connections.discard)
-            # Cancelled at a stop: ending quietly here keeps asyncio's stream callback (3.11)
-            # from logging the cancellation as an error.
+            # Cancelled at a stop: ending quietly keeps asyncio (3.11) from logging an error.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connection(reader, writer)
 
@@ -274,7 +248,6 @@ class HttpServer(Worker):
             await asyncio.gather(*connections, return_exceptions=True)
             await server.wait_closed()
 
-    # --- one connection -----------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = _plain_address(peer[0] if peer else "")
@@ -314,8 +287,7 @@ class HttpServer(Worker):
         except (ConnectionError, OSError) as exc:
             HTTP_CONNECTION_ERRORS.labels(type(exc).__name__).inc()
         except Exception:
-            # A bug of ours (a handler's header h11 will not send, say): this connection
-            # ends, the server goes on.
+            # A bug of ours: this connection ends, the server goes on.
             HTTP_CONNECTION_ERRORS.labels("bug").inc()
             log.exception("%s: a connection from %s failed", self.name, client)
         finally:
@@ -451,7 +423,6 @@ class HttpServer(Worker):
             await writer.drain()
 
     def _report_shed(self) -> None:
-        """One line a minute at most about connections shed for the limits."""
         now = time.monotonic()
         if not self._shed or now - self._shed_logged_at < 60.0:
             return
@@ -465,7 +436,6 @@ class HttpServer(Worker):
         self._shed.clear()
         self._shed_logged_at = now
 
-    # --- access and the handler (on a pool thread) ------------------------------------------
     def dispatch(self, request: Request) -> tuple[Response, str]:
         """The answer to one request, and the route name it is counted under."""
         if not self.hosts.allows(request):

@@ -16,20 +16,14 @@ SYSLOG_FORMAT = "%(name)s[%(process)d]: %(levelname)s [%(threadName)s] %(message
 _HANDLER_ATTR = "_pylib_handler"
 _FACTORY_ATTR = "_pylib_factory"
 
-# Control characters (Cc), format characters such as the bidi overrides U+202E and
-# U+2066-2069 (Cf), line and paragraph separators (Zl, Zp), unassigned and surrogates
-# (Cn, Cs: names decoded with surrogateescape) and private use (Co).
+# Controls, format characters (bidi overrides), line and paragraph separators, unassigned,
+# surrogates (names decoded with surrogateescape) and private use.
 _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Cs", "Co"})
 
 
 def printable(text: object) -> str:
-    """``text`` safe for one log line: every character that could split a line, reorder
-    it or hide itself is written as a Python escape (``\\n``, ``\\x00``, ``\\u202e``),
-    and a backslash is doubled, so what is shown reads back unambiguously.
-
-    For anything that comes from outside (trigger fields, camera keys, labels, file
-    names), so it can neither split a line nor disguise itself.
-    """
+    """``text`` safe for one log line: what could split, reorder or hide is written as a Python
+    escape (``\\n``, ``\\u202e``), a backslash doubled, so it reads back unambiguously."""
     text = str(text)
     if text.isprintable() and "\\" not in text:
         return text  # the common case: nothing to do
@@ -77,11 +71,7 @@ def _redact_record(record: logging.LogRecord) -> None:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts a record's message and exception text in place.
-
-    The record factory that :func:`setup_logging` installs has done so already for
-    records made since; this covers records made before, or by another factory.
-    """
+    """Redacts a record in place (for records not made by :func:`setup_logging`'s factory)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         _redact_record(record)
@@ -124,8 +114,10 @@ def setup_logging(
     setattr(handler, _HANDLER_ATTR, True)
     root.addHandler(handler)
     root.setLevel(level)
-    # pika narrates every connection step at INFO; our own lines say what matters.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika narrates every connection step, and logs each failed attempt as several ERROR
+    # lines with a traceback; the connection's owner logs one line per change instead.
+    pika_level = logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL
+    logging.getLogger("pika").setLevel(pika_level)
     return handler
 
 

@@ -1,10 +1,4 @@
-"""Remove secrets from text before it reaches a log line, an exception report or an event.
-
-Two layers: patterns catch credentials wherever they appear (URL user-info, query
-parameters, ``key=value`` and JSON-ish pairs, the ``user:password@host:port`` camera
-address), and every secret the process resolved is registered so its literal value is
-masked even where no pattern would spot it.
-"""
+"""Mask secrets in text (by pattern, and every registered value) before it is logged or sent."""
 
 from __future__ import annotations
 

@@ -1,15 +1,4 @@
-"""Error reporting to Sentry, with every event redacted before it leaves the process.
-
-Sentry is optional: without a DSN nothing is initialised and ``capture_exception`` is a
-no-op. Events and breadcrumbs pass whole through :func:`pylib.observe.redact.redact_data`, so
-exception values, log messages, breadcrumbs, extra data and frame variables lose their
-credentials; an event whose redaction fails is dropped by the SDK, not sent raw.
-
-One kind of trouble is one event per :data:`REPEAT_INTERVAL` (a broker outage or a
-stream of bad triggers would otherwise send one per log line); the next event of that
-kind says how many were held back. pika's own log lines never become events: our
-reconnect lines say what matters.
-"""
+"""Error reporting to Sentry, every event redacted, one per kind of trouble per interval."""
 
 from __future__ import annotations
 
@@ -29,8 +18,8 @@ from pylib.observe.redact import redact_data, register_secret
 
 logger = logging.getLogger(__name__)
 
-#: Seconds during which a second event of the same kind is held back.
 REPEAT_INTERVAL = 600.0
+MAX_KINDS = 1024
 # Libraries whose log lines are noise to Sentry (pika logs every failed connect at ERROR).
 QUIET_LOGGERS = ("pika", "pika.*")
 
@@ -40,8 +29,7 @@ SENTRY_HELD_BACK = Counter(
 
 
 def _kind(event: Event, hint: Hint) -> str:
-    """What makes two events "the same trouble": a log line's logger and template, else
-    the exception's type and the place it was raised."""
+    """The same trouble: a log line's logger and template, else exception type and place."""
     record = hint.get("log_record")
     if isinstance(record, logging.LogRecord):
         template = getattr(record, TEMPLATE_ATTR, record.msg)
@@ -55,10 +43,6 @@ def _kind(event: Event, hint: Hint) -> str:
             tb = tb.tb_next
         return f"exception {exc_type.__module__}.{exc_type.__qualname__} {where}"
     return f"message {event.get('message')}"
-
-
-# Kinds of trouble remembered at most, before the quiet ones are forgotten.
-MAX_KINDS = 1024
 
 
 class _RepeatLimit:
@@ -84,8 +68,7 @@ class _RepeatLimit:
             return self._held.pop(kind, 0)
 
     def _forget_before(self, moment: float) -> None:
-        # Kinds quiet for a whole interval would be let through anyway: forgetting them
-        # keeps the table bounded however many kinds of trouble a long run meets.
+        # Kinds quiet for a whole interval would be let through anyway: forget them.
         for stale in [kind for kind, last in self._last.items() if last < moment]:
             del self._last[stale]
             self._held.pop(stale, None)
@@ -126,13 +109,8 @@ def init_sentry(
     environment: str | None = None,
     repeat_interval: float = REPEAT_INTERVAL,
 ) -> bool:
-    """Start reporting to Sentry at ``dsn``; return whether Sentry is now on.
-
-    A falsy ``dsn`` leaves Sentry off (the SDK is not even asked, so a stray
-    ``SENTRY_DSN`` in the environment cannot switch it on). A second call replaces the
-    first client after closing it. ``repeat_interval``: seconds before a second event of
-    the same kind is sent.
-    """
+    """Start reporting to Sentry at ``dsn``; return whether Sentry is now on. A falsy ``dsn``
+    leaves it off (a stray ``SENTRY_DSN`` cannot switch it on); a second call replaces it."""
     global _limit
     if not dsn:
         return False
@@ -147,23 +125,19 @@ def init_sentry(
         dsn=dsn,
         release=release,
         environment=environment,
-        # No PII by leaving send_default_pii at its default (off): sentry-sdk 2.7x warns
-        # that passing it is deprecated, and its replacement, data_collection, would
-        # switch off the SDK's own EventScrubber (it drops "password" etc. keys).
+        # send_default_pii stays off by default: passing it is deprecated, and data_collection
+        # would switch off the SDK's own EventScrubber.
         before_send=_before_send,
         # Frame locals can hold a trigger with a camera password in it; keep them home.
         include_local_variables=False,
         before_breadcrumb=_before_breadcrumb,
-        # Redaction covers transactions too, should tracing ever be switched on.
         before_send_transaction=_before_send_transaction,
-        # Default integrations (logging, excepthook, threading, stdlib, atexit, dedupe)
-        # suit a daemon; auto-enabled ones would patch unrelated libraries on import.
+        # Auto-enabled integrations would patch unrelated libraries on import.
         default_integrations=True,
         auto_enabling_integrations=False,
         # No sentry-trace/baggage headers on requests to cameras and third parties.
         trace_propagation_targets=[],
-        # Its monitor thread sleeps 10 s between checks, so close() could not join it
-        # promptly; it only throttles tracing, which this toolkit does not use.
+        # Its monitor thread (for tracing, unused) sleeps 10 s: close() could not join it.
         enable_backpressure_handling=False,
     )
     logger.info("Sentry reporting on (environment %s, release %s)", environment, release)
@@ -187,12 +161,8 @@ def flush_sentry(timeout: float = 2.0) -> None:
 
 
 def close_sentry(timeout: float = 2.0) -> None:
-    """Send what is queued (up to ``timeout`` s), stop the SDK's threads and switch Sentry off.
-
-    The SDK's ``close()`` only signals its worker threads and leaves the HTTP pool to
-    the garbage collector; this also joins the threads and closes the pool, so a
-    shutdown (or a test) leaves nothing running.
-    """
+    """Send what is queued (up to ``timeout`` s), stop the SDK's threads and switch Sentry off
+    (unlike the SDK's ``close()``, this joins its threads and closes its HTTP pool)."""
     client = sentry_sdk.get_client()
     if not client.is_active():
         return
@@ -221,9 +191,5 @@ def _sdk_threads(client: Any) -> list[threading.Thread]:
     ]
     for name in ("log_batcher", "metrics_batcher", "span_batcher"):
         holders.append((getattr(client, name, None), "_flusher"))
-    threads = []
-    for holder, attribute in holders:
-        thread = getattr(holder, attribute, None)
-        if isinstance(thread, threading.Thread) and thread.is_alive():
-            threads.append(thread)
-    return threads
+    threads = [getattr(holder, attribute, None) for holder, attribute in holders]
+    return [t for t in threads if isinstance(t, threading.Thread) and t.is_alive()]

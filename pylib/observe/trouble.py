@@ -1,10 +1,4 @@
-"""Log lines for a trouble that repeats: one when it starts, one when its kind changes,
-a reminder at most every ``interval`` while it lasts, one when it ends.
-
-Every failure is still counted (by the caller's metrics and :attr:`TroubleLog.failures`);
-only the log is kept to what a person needs to read. The current trouble is kept for
-health.
-"""
+"""Log lines for a trouble that repeats: at its start, change of kind, every ``interval``, end."""
 
 from __future__ import annotations
 
@@ -17,10 +11,7 @@ from pylib.observe.logs import printable
 
 
 class TroubleLog:
-    """The log of one repeating trouble of ``what`` (e.g. ``"uploads to drive"``).
-
-    Safe to use from several threads.
-    """
+    """The log of one repeating trouble of ``what`` (``"uploads to drive"``); thread-safe."""
 
     def __init__(
         self,
@@ -44,8 +35,7 @@ class TroubleLog:
         self._remind_at = 0.0
 
     def failed(self, reason: str, kind: str | None = None) -> None:
-        """Count a failure; log it if the trouble is new, of a new ``kind`` (default: the
-        reason itself), or last logged more than ``interval`` ago."""
+        """Count a failure; log it if new, of a new ``kind`` (default: the reason), or due again."""
         kind = reason if kind is None else kind
         with self._lock:
             now = self._clock()
@@ -84,11 +74,6 @@ class TroubleLog:
     def reason(self) -> str | None:
         """The last failure's reason while the trouble lasts, else None."""
         return self._reason
-
-    @property
-    def failures(self) -> int:
-        """Failures since the trouble began (0 when there is none)."""
-        return self._failures
 
     def lasted(self) -> float | None:
         """Seconds since the trouble began, or None when there is none."""

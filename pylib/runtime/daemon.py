@@ -17,8 +17,7 @@ from pylib.runtime.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
 
-# Exit codes (the README lists them): 0 stopped as asked, 1 failed while running,
-# 3 could not start because something it needs is missing or in use.
+# Exit codes (the README lists them): 1 failed while running, 3 could not start.
 EXIT_FAILED = 1
 EXIT_START = 3
 
@@ -49,11 +48,8 @@ class Step:
 
 
 class Daemon:
-    """Runs components until a signal or a fatal failure, then stops them in reverse order.
-
-    ``stop_event`` is shared with every thread: it is set when the process begins to stop,
-    so back-off waits anywhere end early.
-    """
+    """Runs components until a signal or a fatal failure, then stops them in reverse order;
+    ``stop_event``, shared with every thread, is set when the process begins to stop."""
 
     def __init__(self, name: str, shutdown_timeout: float = 10.0) -> None:
         self.name = name
@@ -149,8 +145,7 @@ class Daemon:
             log.info("%s did not start (exit code %d)", self.name, EXIT_FAILED)
             return EXIT_FAILED
         log.info("%s running", self.name)
-        # What start-up made (modules, clients, settings) lives as long as the process:
-        # moved out of the collector's way, a full collection no longer walks it.
+        # What start-up made lives as long as the process: full collections need not walk it.
         gc.freeze()
         # Wake up now and then so signal handlers run promptly on the main thread.
         while not self.stop_event.wait(0.5):

@@ -1,10 +1,5 @@
-"""The data root: a folder this process can write, held by one daemon at a time.
-
-Checked before anything starts, so a missing or read-only folder is one clear line at
-start instead of failures deep inside the stages. The lock is an ``flock`` on a file in
-the folder: the kernel releases it when the process ends, however it ends, so a stale
-lock file never keeps the next daemon out.
-"""
+"""The data root: a folder this process can write, held by one daemon at a time (an ``flock``
+the kernel releases however the process ends, so a stale lock never keeps the next out)."""
 
 from __future__ import annotations
 
@@ -26,13 +21,6 @@ class DataRootBusyError(Exception):
     """Another process holds the data root's lock; the message names the path and its pid."""
 
 
-def _nearest_existing(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path("/")
-
-
 def check_writable(path: Path) -> str | None:
     """Why ``path`` could not be created or written, or None; changes nothing on disk."""
     path = path.absolute()
@@ -42,7 +30,7 @@ def check_writable(path: Path) -> str | None:
         if not os.access(path, os.W_OK | os.X_OK):
             return f"{path} is not writable by this user"
         return None
-    existing = _nearest_existing(path.parent)
+    existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
     if not existing.is_dir():
         return f"{path} cannot be created: {existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -50,17 +38,12 @@ def check_writable(path: Path) -> str | None:
     return None
 
 
-# A full disk is a fault the daemon reports and survives (the outbox says so, and
-# health), not a reason to refuse to start.
+# A full disk is a fault the daemon reports and survives, not a reason to refuse to start.
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def prepare(path: Path) -> str | None:
-    """Create ``path`` if needed and prove a file can be written in it.
-
-    Returns a warning when the folder is writable but full; raises :class:`DataRootError`
-    when it cannot be created or written at all.
-    """
+    """Create ``path`` and prove it writable: a warning if full; :class:`DataRootError` if not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,16 +1,11 @@
-"""Health: what each long-lived part of the daemon says of itself, in one shape.
-
-``problems`` make the daemon unhealthy (a dead thread, no broker): a restart may mend
-them. ``warnings`` are shown but do not (a camera down, uploads failing): a restart would
-not help. ``detail`` is what a person reading ``/healthz`` wants to see, merged one level
-deep across the parts (each part adds its own keys to ``broker``, ``threads``...).
-"""
+"""Health in one shape: ``problems`` make the daemon unhealthy (a restart may mend them: a
+dead thread); ``warnings`` are shown but do not (a restart would not help: a camera down)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass
@@ -40,10 +35,3 @@ class Health:
                 else:
                     whole.detail[key] = dict(value) if isinstance(value, dict) else value
         return whole
-
-
-class Reporting(Protocol):
-    """A part that reports its health."""
-
-    def health(self) -> Health:
-        """What is wrong now, and the detail to show."""

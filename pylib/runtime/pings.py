@@ -1,11 +1,4 @@
-"""Dead-man's-switch pings to healthchecks.io and Cronitor.
-
-A ``HealthPinger`` asks the process whether it is healthy and reports the answer:
-healthchecks.io gets ``POST <url>`` (or ``<url>/fail``) with the reason as body, Cronitor
-gets its telemetry URL with ``state=complete`` (or ``state=fail`` and a message). A
-failed ping is logged and counted, never raised: monitoring must not take the daemon
-down, and a missed ping is what the services alert on anyway.
-"""
+"""Dead-man's-switch pings to healthchecks.io and Cronitor; failures are logged, never raised."""
 
 from __future__ import annotations
 
@@ -27,10 +20,8 @@ HEALTH_PING_FAILURES = Counter(
     ["target"],
 )
 
-# Cronitor's telemetry URL is https://cronitor.link/p/<api key>/<monitor key>.
 CRONITOR_BASE_URL = "https://cronitor.link/p"
 
-# How long stop() waits, by default, for a ping in flight to end.
 STOP_TIMEOUT = 5.0
 
 # healthchecks.io keeps the first 100 kB of a ping body, Cronitor a short message.
@@ -38,13 +29,8 @@ _MAX_MESSAGE = 1000
 
 
 class HealthPinger:
-    """Report ``is_healthy()`` to healthchecks.io and/or Cronitor every ``interval`` seconds.
-
-    ``hc_ping_url`` is the check's ping URL (``HC_PING_URL``). ``cronitor_key`` is the
-    part of the Cronitor telemetry URL after ``cronitor_base_url``, i.e.
-    ``<api key>/<monitor key>`` (``CRONITOR_MONITOR_KEY``). Either may be ``None``;
-    with neither, :meth:`start` does nothing. ``is_healthy`` returns ``(ok, reason)``.
-    """
+    """Report ``is_healthy()`` (``(ok, reason)``) to healthchecks.io and/or Cronitor every
+    ``interval`` seconds; ``cronitor_key`` is ``<api key>/<monitor key>``. Either may be None."""
 
     def __init__(
         self,
@@ -62,8 +48,7 @@ class HealthPinger:
             if cronitor_key
             else None
         )
-        # The check uuid and the Cronitor API key let anyone ping (or fail) the check:
-        # mask them wherever they turn up, such as in requests' error messages.
+        # The check uuid and the Cronitor API key let anyone ping (or fail) the check.
         if self._hc_url:
             register_secret(urlsplit(self._hc_url).path.strip("/"))
         if cronitor_key:
@@ -86,20 +71,13 @@ class HealthPinger:
         if not self.enabled or self._thread is not None:
             return
         self._stop.clear()
-        # Not a Worker: if this thread died, the pings would stop, and a missed ping is what
-        # the service on the other side reports: the switch watches its own thread.
+        # Not a Worker: if this thread died, the pings would stop, which the service reports.
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """Stop pinging; True once the thread has ended, False if it is still running after
-        ``timeout`` seconds.
-
-        Only a ping in flight delays the end, until its requests answer or time out; a
-        service that hangs must not hold up the daemon's stop, so this waits no longer
-        than ``timeout``. A thread still running ends by itself once its ping returns
-        and closes the session then; otherwise it is closed here.
-        """
+        """Stop pinging; True once the thread has ended, False if a ping in flight still
+        runs after ``timeout`` seconds (it then ends by itself and closes the session)."""
         self._stop.set()
         thread = self._thread
         if thread is not None:
@@ -139,7 +117,6 @@ class HealthPinger:
         try:
             healthy, reason = self._is_healthy()
         except Exception as exc:
-            # A broken health check is itself a failure worth reporting.
             logger.warning("Health check raised %s: %s", type(exc).__name__, redact(str(exc)))
             return False, f"health check raised {type(exc).__name__}"
         return bool(healthy), str(reason or "")

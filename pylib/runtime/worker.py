@@ -16,7 +16,6 @@ from pylib.runtime.health import Health
 
 log = logging.getLogger(__name__)
 
-# How long start() waits for a thread to bind its sockets and say it is ready.
 START_TIMEOUT = 30.0
 
 THREAD_CRASHES = Counter(
@@ -38,30 +37,10 @@ class RestartBudget:
 
 
 class Worker(threading.Thread):
-    """Base class for the daemon's threads.
-
-    Subclasses implement :meth:`work`, which runs until :meth:`should_keep_running`
-    turns false. Two pairs of hooks, all run on this thread, hold its resources:
-
-    - :meth:`on_thread_open` runs once, before the first start, and :meth:`on_thread_close`
-      once, when the thread finally ends. Sockets belong here: a restart happens on the
-      same thread, and an inproc PULL bound again is not reached by an upstream PUSH
-      that connected to the first one, so rebinding would cut the chain silently.
-    - :meth:`on_thread_start` runs before each start of :meth:`work` and
-      :meth:`on_thread_stop` after each end of it, crash or not: per-attempt resources
-      (broker connections, executors) that a crash may have left broken.
-
-    :meth:`start` returns once the first attempt has opened and started (its sockets are
-    bound, :attr:`ready` is set), and raises :class:`WorkerStartError` if that attempt
-    failed: a thread that cannot get going at start is a failed start, not a restart loop.
-
-    An exception out of :meth:`work` is logged with the thread's name and reported to
-    Sentry; the thread then starts over after ``budget.delay``. When it has died more
-    often than the budget allows, ``on_fatal`` is called (the daemon stops the process
-    with a non-zero exit) and the thread ends: never a silently dead thread. An
-    exception out of :meth:`on_thread_open` counts as a crash too; :meth:`on_thread_close`
-    then runs at once to release what was opened, and the next attempt opens again.
-    """
+    """Base class for the daemon's threads: :meth:`work` runs until :meth:`should_keep_running`
+    turns false, and starts over after a crash within ``budget``; past it, ``on_fatal``.
+    Sockets belong in :meth:`on_thread_open`: a restart happens on the same thread, and an
+    inproc PULL bound again is not reached by an upstream PUSH connected to the first one."""
 
     def __init__(
         self,
@@ -85,16 +64,11 @@ class Worker(threading.Thread):
         self._first_attempt = threading.Event()
         self._start_error: BaseException | None = None
 
-    # --- to override -------------------------------------------------------------
     def on_thread_open(self) -> None:
         """Create what lives as long as the thread (runs on it, once, before the first start)."""
 
     def on_thread_close(self) -> None:
-        """Release what :meth:`on_thread_open` created (runs on the thread, once, at its end).
-
-        Also runs at once when :meth:`on_thread_open` fails, so it must cope with a
-        half-opened state.
-        """
+        """Release what :meth:`on_thread_open` created (once, at the end, or when it failed)."""
 
     def on_thread_start(self) -> None:
         """Create per-attempt resources (runs on the thread, before each start of work)."""
@@ -106,7 +80,6 @@ class Worker(threading.Thread):
     def on_thread_stop(self) -> None:
         """Release per-attempt resources (runs on the thread after each end of work, crash or not)."""
 
-    # --- control -------------------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the thread; return once it is ready, or raise :class:`WorkerStartError`."""
         super().start()
@@ -142,13 +115,11 @@ class Worker(threading.Thread):
         return self.failure is None and (self.is_alive() or self._halt.is_set())
 
     def troubles(self) -> list[str]:
-        """What is wrong outside the thread right now (a broker away, a disk full), each
-        a short line for health; empty when all is well. Subclasses add their own."""
+        """What is wrong outside the thread now (a broker away), a short line each, for health."""
         return []
 
     def health(self) -> Health:
-        """A dead thread is a problem; its troubles are warnings (a restart would not mend
-        them). Parts whose troubles stop the daemon's work override this."""
+        """A dead thread is a problem; its troubles are warnings (a restart would not mend them)."""
         problems = [] if self.healthy else [f"thread {self.name} is dead"]
         return Health(problems, self.troubles(), {"threads": {self.name: self.healthy}})
 
@@ -196,7 +167,11 @@ class Worker(threading.Thread):
         THREAD_CRASHES.labels(self.name).inc()
         log.error("thread %s died: %s", self.name, exc, exc_info=exc)
         capture_exception(exc, thread=self.name)
-        if not self._may_restart():
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.budget.window:
+            self._crashes.popleft()
+        if len(self._crashes) > self.budget.restarts:
             self.failure = exc
             log.critical(
                 "thread %s died %d times within %.0f s; giving up",
@@ -210,13 +185,6 @@ class Worker(threading.Thread):
         self._halt.wait(self.budget.delay)
         log.warning("restarting thread %s", self.name)
         return True
-
-    def _may_restart(self) -> bool:
-        now = time.monotonic()
-        self._crashes.append(now)
-        while self._crashes and now - self._crashes[0] > self.budget.window:
-            self._crashes.popleft()
-        return len(self._crashes) <= self.budget.restarts
 
     def _safe_call(self, hook: Callable[[], None]) -> None:
         try:

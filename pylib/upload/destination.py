@@ -1,13 +1,4 @@
-"""What a cloud destination promises the uploader: one file in, a link out, errors sorted.
-
-The storage stage queues an :class:`UploadItem` for each configured destination and asks
-the destination for the :meth:`Destination.link` a person opens (no network: a link the
-destination already knows, or ``None``). The uploader thread later calls
-:meth:`Destination.upload`, which raises :class:`UploadRetryError` for what may pass
-(a 5xx, a rate limit, a dropped connection) and :class:`UploadRefusedError` for what never
-will (a 400, a file that is gone), so an item is retried or parked, never retried
-forever. Any other exception is treated as a retry.
-"""
+"""What a cloud destination promises the uploader: one file in, a link out, errors sorted."""
 
 from __future__ import annotations
 
@@ -18,12 +9,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class UploadItem:
-    """One local file to copy to a destination.
-
-    ``name`` is its file name there (unique: the daemon's names carry the event id);
-    ``folder`` keeps it beside its kind (the application's choice: a camera's key);
-    ``taken`` (unix seconds, UTC) dates it, for year/month/day folders and keys.
-    """
+    """One local file to copy: its unique ``name`` there, a ``folder`` beside its kind (a
+    camera's key), and when it was ``taken`` (unix seconds, UTC)."""
 
     path: Path
     name: str

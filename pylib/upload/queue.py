@@ -1,21 +1,6 @@
 """A durable queue of files to copy to cloud destinations, shared by the daemon's threads.
-
-The storage stage adds ``(destination, UploadItem)`` pairs; the uploader takes the items
-that are due, oldest first, and marks each done, retried later or parked. Every change is
-one SQLite transaction committed with ``synchronous=FULL``: an item is on disk when
-:meth:`UploadQueue.add` returns, and survives a restart or a SIGKILL.
-
-An item that failed ``max_attempts`` times, or that its destination refused, is *parked*:
-kept in the file with its reason, counted, never tried again on its own, and still
-reported by :meth:`UploadQueue.holds` so that local retention never removes a file that
-is not safely copied.
-
-A damaged file (not a database, a bad page) is renamed to ``<name>.damaged-<UTC time>``
-with its data, the rows that can still be read are copied into a fresh queue, and one
-ERROR line says so (see :mod:`pylib.sqlite_file`).
-
-One ``UploadQueue`` is shared by several threads: one connection, guarded by a lock.
-"""
+A *parked* item (out of attempts, or refused) is never tried again on its own, but still
+:meth:`UploadQueue.holds` its file, so local retention never removes one not safely copied."""
 
 from __future__ import annotations
 
@@ -77,11 +62,8 @@ _COLUMNS = "id, destination, path, name, folder, taken, added, attempts, next_tr
 
 
 class UploadQueueError(Exception):
-    """The queue file cannot be opened, read or written; the message names it.
-
-    ``damaged`` is true when the file was found damaged; it has been moved aside by then
-    and a fresh queue opened, so trying again works.
-    """
+    """The queue file cannot be opened, read or written; the message names it. ``damaged``:
+    the file was replaced by a fresh one, so trying again works."""
 
     def __init__(self, message: str, *, damaged: bool = False) -> None:
         super().__init__(message)
@@ -100,11 +82,7 @@ class QueuedUpload:
 
 
 class UploadQueue:
-    """The on-disk queue of uploads; see the module docstring.
-
-    Opening creates the parent folders and the table. Raises :class:`UploadQueueError`
-    when the file cannot be opened (a damaged one is replaced instead).
-    """
+    """The on-disk queue of uploads; thread-safe. Raises :class:`UploadQueueError` if unopenable."""
 
     def __init__(self, path: Path, *, max_attempts: int) -> None:
         if max_attempts < 1:
@@ -134,11 +112,8 @@ class UploadQueue:
         UPLOAD_QUEUE_OLDEST.set_function(lambda: self._stats()[1])
         UPLOAD_QUEUE_PARKED.set_function(lambda: self._stats()[2])
 
-    # --- writing ---------------------------------------------------------------------
     def add(self, entries: Iterable[tuple[str, UploadItem]]) -> None:
-        """Queue each ``(destination, item)`` in one transaction, due at once; on disk
-        when this returns. An item already queued for that destination (same path) is
-        left as it is."""
+        """Queue each ``(destination, item)``, due now, durably; one already queued stays as is."""
         now = time.time()
         rows = [
             (
@@ -168,8 +143,7 @@ class UploadQueue:
             return conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount > 0
 
     def retry(self, upload_id: int, reason: str, at: float) -> bool:
-        """Count a failed attempt and try again at ``at`` (unix seconds); once
-        ``max_attempts`` have failed, park it instead. True if it is parked now."""
+        """Count a failed attempt, due again at ``at``; parked (True) after ``max_attempts``."""
         with self._transaction("cannot reschedule an upload in") as conn:
             row = conn.execute(
                 "UPDATE uploads SET attempts = attempts + 1, reason = ?, next_try = ?,"
@@ -189,8 +163,7 @@ class UploadQueue:
         return changed > 0
 
     def requeue_parked(self, destination: str | None = None) -> int:
-        """Give parked uploads (of one destination, or all) their attempts back, due at
-        once (after a person fixed the cause); how many."""
+        """Give parked uploads (of one destination, or all) their attempts back; how many."""
         with self._transaction("cannot requeue parked uploads in") as conn:
             return conn.execute(
                 "UPDATE uploads SET parked = NULL, attempts = 0, next_try = ?"
@@ -199,20 +172,17 @@ class UploadQueue:
             ).rowcount
 
     def all_due_now(self, now: float) -> int:
-        """Every waiting upload (not parked) due at ``now``: at a start, when a person may
-        have mended the cause, they are tried at once rather than after their back-off."""
+        """Every waiting upload due at ``now`` (at a start, a person may have mended the cause)."""
         with self._transaction("cannot reschedule uploads in") as conn:
             return conn.execute(
                 "UPDATE uploads SET next_try = ? WHERE parked IS NULL AND next_try > ?",
                 (now, now),
             ).rowcount
 
-    # --- reading ---------------------------------------------------------------------
     def due(
         self, now: float, limit: int, destinations: Collection[str] | None = None
     ) -> list[QueuedUpload]:
-        """Up to ``limit`` uploads due by ``now``, not parked, oldest first; only those of
-        ``destinations`` when given."""
+        """Up to ``limit`` uploads (of ``destinations``) due by ``now``, oldest first."""
         where, args = _among(destinations)
         rows = self._read(
             f"SELECT {_COLUMNS} FROM uploads WHERE parked IS NULL AND next_try <= ?{where}"
@@ -241,8 +211,7 @@ class UploadQueue:
 
     @property
     def synchronous(self) -> int:
-        """This connection's ``PRAGMA synchronous`` (2 is FULL): what durability ``add`` and
-        the other writes get."""
+        """This connection's ``PRAGMA synchronous`` (2 is FULL)."""
         ((level,),) = self._read("PRAGMA synchronous")
         return int(level)
 
@@ -283,14 +252,12 @@ class UploadQueue:
                 self._conn.close()
                 self._conn = None
 
-    # --- inside ----------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         conn = connect_durable(self.path, "upload queue")
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
             if _OLD_FOLDER_COLUMN in _columns(conn):
-                # A queue written before the column had its general name keeps its rows.
                 conn.execute(f"ALTER TABLE uploads RENAME COLUMN {_OLD_FOLDER_COLUMN} TO folder")
         except BaseException:
             conn.close()
@@ -298,7 +265,6 @@ class UploadQueue:
         return conn
 
     def _replace_damaged(self, exc: sqlite3.Error) -> sqlite3.Connection:
-        """Move the damaged file aside, open a fresh one, copy in what can still be read."""
         try:
             aside = move_aside(self.path)
         except OSError as move_exc:
@@ -341,7 +307,6 @@ class UploadQueue:
 
     @contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """One transaction, committed (one sync) at the end, rolled back on any error."""
         with self._lock:
             try:
                 with transaction(self._connection()) as conn:
@@ -367,8 +332,7 @@ class UploadQueue:
 
 
 def _key(path: Path | str) -> str:
-    # Absolute, links not resolved: the same file named from another folder still matches,
-    # and a link is never followed to somewhere it should not lead.
+    # Absolute, links not resolved: a link is never followed to somewhere it should not lead.
     return os.path.abspath(path)
 
 

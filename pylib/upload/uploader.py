@@ -1,26 +1,6 @@
-"""The uploader thread: drains the upload queue into the cloud destinations.
-
-One item at a time, oldest first, on its own thread (Drive wants its folders created
-from one thread). Each outcome is written back to the queue at once:
-
-- success: the item is done;
-- :class:`~pylib.upload.destination.UploadRetryError` or any unexpected exception: the item is
-  tried again after a growing back-off with jitter (at least the error's ``after``), and
-  parked once it has failed ``max_attempts`` times;
-- :class:`~pylib.upload.destination.UploadRefusedError`: the item is parked at once.
-
-A destination that fails is also held back as a whole (a growing pause, reset by its
-next success), so a destination that is down costs one probe per pause instead of
-burning every item's attempts, while the items of other destinations flow on. A file
-that one destination refuses is parked alone; the next one goes through.
-
-Logs stay readable: a trouble is logged when it starts, when it changes and when it ends
-(:class:`~pylib.observe.trouble.TroubleLog`), each parked item once; every outcome is counted
-in ``uploads_total{destination,result}``. Health (:meth:`Uploader.troubles`) names a
-destination failing for longer than ``trouble_after`` and the items parked in the last
-day. The queue's depth and oldest age are gauges computed on each scrape
-(:mod:`pylib.upload.queue`), so they are right even while this thread sleeps.
-"""
+"""The uploader thread: drains the upload queue into the cloud destinations, one item at a
+time (Drive wants its folders created from one thread). A failing destination is held back
+as a whole, so it costs one probe per pause instead of every item's attempts."""
 
 from __future__ import annotations
 
@@ -28,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from prometheus_client import Counter, Histogram
 
@@ -55,29 +35,22 @@ UPLOAD_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
 
-# An item's pauses: 10 s, 20 s, ... up to an hour; with 20 attempts about half a day of
-# trying before it is parked (longer while its destination is held back).
+# With 20 attempts, about half a day of trying before an item is parked.
 ITEM_RETRY = RetryPolicy(first=10.0, factor=2.0, maximum=3600.0, jitter=0.2)
-# A failing destination is held back 2 s, 4 s, ... up to 5 min between probes.
 DESTINATION_RETRY = RetryPolicy(first=2.0, factor=2.0, maximum=300.0, jitter=0.2)
-# A queue that cannot be read or written is tried again after these pauses.
 QUEUE_RETRY = RetryPolicy(first=1.0, factor=2.0, maximum=60.0)
-# Items taken from the queue per round; the queue is asked again after each round.
 BATCH = 20
-# Destinations' housekeeping (Drive's daily archive) is called at most this often.
 HOUSEKEEPING_EVERY = 5.0
 # A destination failing for this long shows in health (a single 503 does not).
 TROUBLE_AFTER = 60.0
 # Parked items show in health for this long after they were parked.
 PARKED_WINDOW = 86_400.0
-# Reasons are kept this short in the queue file.
 _REASON_MAX = 500
 
 
 @dataclass(frozen=True)
 class UploadStatus:
-    """Uploads waiting, the oldest one's age, uploads parked, destinations failing now
-    (name -> the last reason)."""
+    """Uploads waiting, the oldest one's age, parked, failing destinations (name -> reason)."""
 
     depth: int
     oldest_seconds: float | None
@@ -87,8 +60,6 @@ class UploadStatus:
 
 @dataclass
 class _DestinationState:
-    """What the uploader knows about one destination's health."""
-
     backoff: Backoff
     trouble: TroubleLog
     housekeeping: TroubleLog
@@ -96,12 +67,7 @@ class _DestinationState:
 
 
 class Uploader(Worker):
-    """Drains ``queue`` into ``destinations`` (name -> destination); see the module docstring.
-
-    Call :meth:`wake` after adding to the queue so the items go out at once; the thread
-    sleeps otherwise until the next item is due or housekeeping is needed. Destinations
-    are closed on this thread when it ends.
-    """
+    """Drains ``queue`` into ``destinations`` (by name); :meth:`wake` it after adding to it."""
 
     def __init__(
         self,
@@ -138,7 +104,6 @@ class Uploader(Worker):
         self._queue_trouble = TroubleLog(log, f"upload queue {queue.path}", level=logging.ERROR)
         self._housekeeping_at = 0.0
 
-    # --- control ---------------------------------------------------------------------
     def wake(self) -> None:
         """New items are queued: look at once (callable from any thread)."""
         self._wake.set()
@@ -149,8 +114,7 @@ class Uploader(Worker):
         self._wake.set()
 
     def troubles(self) -> list[str]:
-        """Destinations failing for longer than ``trouble_after``, a queue that cannot be
-        used, items parked in the last day."""
+        """Destinations failing past ``trouble_after``, an unusable queue, recently parked items."""
         found = super().troubles()
         for state in self._states.values():
             for trouble in (state.trouble, state.housekeeping):
@@ -174,9 +138,8 @@ class Uploader(Worker):
         return found
 
     def status(self) -> UploadStatus:
-        """The queue and each destination at a glance, for health and the status page
-        (which anyone on the network may read: reasons are redacted). A queue that
-        cannot be read shows as a failing ``queue``, never as an exception."""
+        """The queue and each destination at a glance, reasons redacted (anyone may read the
+        status page); an unreadable queue shows as a failing ``queue``, never raises."""
         failing = {
             name: redact(state.trouble.reason)
             for name, state in self._states.items()
@@ -193,16 +156,9 @@ class Uploader(Worker):
     def health(self) -> Health:
         """The queue at a glance beside the troubles (warnings: a restart would not help)."""
         health = super().health()
-        status = self.status()
-        health.detail["uploads"] = {
-            "depth": status.depth,
-            "oldest_seconds": status.oldest_seconds,
-            "parked": status.parked,
-            "failing": status.failing,
-        }
+        health.detail["uploads"] = asdict(self.status())
         return health
 
-    # --- the thread ------------------------------------------------------------------
     def on_thread_close(self) -> None:
         for name, destination in self.destinations.items():
             try:
@@ -285,8 +241,7 @@ class Uploader(Worker):
         except UploadRetryError as exc:
             self._failed(entry, exc.reason, exc.after, kind=exc.reason.partition(":")[0])
         except Exception as exc:
-            # Not sorted by the destination: retried like a passing failure, logged by
-            # its type (a traceback per failure would bury the log).
+            # Unsorted: retried like a passing failure, logged by type (no traceback each time).
             kind = type(exc).__name__
             self._failed(entry, f"{kind}: {exc}", None, kind=kind)
         else:
@@ -341,7 +296,6 @@ class Uploader(Worker):
         )
 
     def _housekeeping(self) -> None:
-        """Each destination's periodic work, at most every ``housekeeping_every`` s."""
         if time.monotonic() < self._housekeeping_at:
             return
         self._housekeeping_at = time.monotonic() + self.housekeeping_every

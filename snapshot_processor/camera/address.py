@@ -1,9 +1,5 @@
-"""Parse the camera address that triggers carry in ``device_params``.
-
-Wire format: ``user:password@host:port[,rtsp_port]``. The password may itself contain
-``@`` and ``:``, so the user name ends at the first ``:`` and the host part starts after
-the last ``@``. No error message quotes the input: any piece of it may be the password.
-"""
+"""Parse the camera address in ``device_params``; the password may contain ``@`` and ``:``,
+so the user name ends at the first ``:`` and the host part starts after the last ``@``."""
 
 from __future__ import annotations
 
@@ -37,8 +33,7 @@ class CameraAddress:
 def _parse_port(text: str, what: str) -> int:
     if not text:
         raise ValueError(f"camera address: {what} is missing")
-    # isdigit() accepts non-ASCII digits that int() reads; keep to ASCII.
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()):  # isdigit() alone takes non-ASCII digits
         raise ValueError(f"camera address: {what} is not a number")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -47,11 +42,8 @@ def _parse_port(text: str, what: str) -> int:
 
 
 def parse_device_params(text: str) -> CameraAddress:
-    """Parse ``user:password@host:port[,rtsp_port]`` into a :class:`CameraAddress`.
-
-    Raises ``ValueError`` naming the part that is wrong; the message never contains
-    the input, since any part of a malformed address may be the password.
-    """
+    """Parse ``user:password@host:port[,rtsp_port]``; ``ValueError`` names the wrong part,
+    never quoting the input (any part of a malformed address may be the password)."""
     if not isinstance(text, str):
         raise ValueError("camera address: expected a string")
     text = text.strip()
@@ -70,7 +62,6 @@ def parse_device_params(text: str) -> CameraAddress:
     rtsp_port = _parse_port(rtsp_text.strip(), "RTSP port") if comma else None
     hostport = hostport.strip()
     if hostport.startswith("["):
-        # IPv6 literal: [::1]:88
         host, bracket, rest = hostport[1:].partition("]")
         if not bracket or not rest.startswith(":"):
             raise ValueError("camera address: malformed [IPv6]:port")

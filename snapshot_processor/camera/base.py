@@ -1,9 +1,4 @@
-"""What every camera client shares: one HTTP session, a lock, retries, safe errors.
-
-A vendor client says which URL to fetch, which auth to use and how its camera reports
-errors; :class:`CameraClient` does the rest. Error messages are built from our own words
-and shown URLs (passwords masked), never from the text of a lower layer's exception.
-"""
+"""What every camera client shares: one HTTP session, a lock, retries, and safe errors."""
 
 from __future__ import annotations
 
@@ -45,13 +40,6 @@ def build_query(pairs: Sequence[tuple[str, str]]) -> str:
     return "&".join(f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in pairs)
 
 
-def _show_query(pairs: Sequence[tuple[str, str]], secret_keys: frozenset[str]) -> str:
-    return "&".join(
-        f"{quote(key, safe='')}={'***' if key in secret_keys else quote(value, safe='')}"
-        for key, value in pairs
-    )
-
-
 @dataclass(frozen=True)
 class Request:
     """One snapshot request: the real URL (may hold credentials) and a safe description."""
@@ -63,17 +51,12 @@ class Request:
 class CameraClient:
     """Fetches JPEG snapshots from one camera (the base of every vendor's client).
 
-    One HTTP session per client (:mod:`~snapshot_processor.camera.transport`), its
-    connection kept alive, serves every snapshot; a lock makes one client safe to share
-    between threads (calls run one at a time).
-    Timeouts, connection errors, 5xx answers and bad images are retried with doubling
-    back-off; auth errors, other 4xx answers and most vendor errors are not.
-    """
+    Thread-safe. Timeouts, connection errors, 5xx and bad images are retried with doubling
+    back-off; auth errors, other 4xx and most vendor errors are not."""
 
     vendor: ClassVar[str] = ""
     path: ClassVar[str] = "/"
     secret_query_keys: ClassVar[frozenset[str]] = frozenset()
-    #: What :meth:`probe` asks of this vendor's cameras, in a few words.
     status_call: ClassVar[str] = "a snapshot"
 
     def __init__(self, spec: CameraSpec) -> None:
@@ -87,11 +70,8 @@ class CameraClient:
             pinned=(spec.host, spec.connect_to) if spec.connect_to else None,
         )
         self._auth = self._make_auth()
-        # The process's log redaction masks this camera's password wherever it appears.
-        register_secret(spec.password)
+        register_secret(spec.password)  # log redaction masks it wherever it appears
         register_secret(quote(spec.password, safe=""))
-
-    # -- what vendors override ------------------------------------------------------
 
     def _make_auth(self) -> AuthBase | None:
         """The HTTP auth to send (None: credentials travel some other way)."""
@@ -106,29 +86,26 @@ class CameraClient:
         return self._build_request(self.path, self._query())
 
     def _status_request(self) -> Request | None:
-        """The vendor's cheap status call for :meth:`probe`; None: it has none, and a
-        probe takes a snapshot instead."""
+        """The vendor's cheap status call for :meth:`probe` (None: a probe takes a snapshot)."""
         return None
 
     def _check_status_body(self, reply: Reply, request: Request) -> None:
-        """Raise the matching CameraError unless a 2xx reply to :meth:`_status_request`
-        is the vendor's success answer."""
+        """Raise the matching CameraError unless a 2xx status reply is the vendor's success."""
 
     def _build_request(self, path: str, pairs: Sequence[tuple[str, str]]) -> Request:
-        """A request for ``path`` on this camera with the query ``pairs`` (unencoded)."""
         host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
         base = f"{self._spec.scheme}://{host}:{self._spec.port}{path}"
         if not pairs:
             return Request(url=base, shown=base)
-        return Request(
-            url=f"{base}?{build_query(pairs)}",
-            shown=f"{base}?{_show_query(pairs, self.secret_query_keys)}",
+        secret = self.secret_query_keys
+        shown = "&".join(
+            f"{quote(key, safe='')}={'***' if key in secret else quote(value, safe='')}"
+            for key, value in pairs
         )
+        return Request(url=f"{base}?{build_query(pairs)}", shown=f"{base}?{shown}")
 
     def _check_vendor_body(self, reply: Reply, request: Request) -> None:
         """Raise the vendor's error if the body is an error report rather than an image."""
-
-    # -- public API ------------------------------------------------------------------
 
     @property
     def spec(self) -> CameraSpec:
@@ -146,11 +123,8 @@ class CameraClient:
         return self._closed.is_set()
 
     def snapshot(self) -> bytes:
-        """Fetch one snapshot and return its JPEG bytes, checked to decode.
-
-        Raises a :class:`~snapshot_processor.camera.errors.CameraError` subclass once the
-        attempts are used up or the error is not worth retrying.
-        """
+        """Fetch one snapshot and return its JPEG bytes, checked to decode; raises a
+        :class:`CameraError` once the attempts are used up or the error is not worth retrying."""
         try:
             return self._snapshot()
         finally:
@@ -158,14 +132,8 @@ class CameraClient:
                 self._close_session_if_idle()  # a close(wait=False) left it to us
 
     def probe(self) -> None:
-        """One cheap call that shows the camera answers and takes our credentials.
-
-        The vendor's status call where it has one (Foscam ``getDevState``, Hikvision
-        ``/ISAPI/System/deviceInfo``, Dahua ``magicBox.cgi?action=getSystemInfo``, Reolink
-        ``GetDevInfo``), else one snapshot. One attempt, no retry: a probe reports the
-        camera's state as it is. Raises a
-        :class:`~snapshot_processor.camera.errors.CameraError` subclass.
-        """
+        """One cheap call (the vendor's status call, else a snapshot) that shows the camera
+        answers and takes our credentials. One attempt, no retry; raises a :class:`CameraError`."""
         try:
             outcome = self._probe()
         finally:
@@ -188,19 +156,14 @@ class CameraClient:
             if isinstance(reply, CameraError):
                 return reply
             try:
-                self._interpret_status(reply, request)
+                self._check_http_status(reply, request)
+                self._check_status_body(reply, request)
             except CameraError as exc:
                 return exc.with_traceback(None)  # its frames hold the URL and credentials
             return None
 
-    def _interpret_status(self, reply: Reply, request: Request) -> None:
-        """Raise the matching CameraError unless the reply is the vendor's success."""
-        self._check_http_status(reply, request)
-        self._check_status_body(reply, request)
-
     def _check_http_status(self, reply: Reply, request: Request) -> None:
-        """Raise :class:`CameraAuthError` for 401/403 and :class:`CameraHTTPError` for any
-        other status outside 2xx."""
+        """Raise :class:`CameraAuthError` for 401/403, :class:`CameraHTTPError` for any non-2xx."""
         status = reply.status
         if status in (401, 403):
             raise CameraAuthError(
@@ -254,12 +217,8 @@ class CameraClient:
         raise outcome
 
     def close(self, *, wait: bool = True) -> None:
-        """Close the HTTP session and its connection. Idempotent.
-
-        A snapshot in progress ends its back-off pause at once and finishes its current
-        attempt; with ``wait`` this waits for that, without it returns at once and the
-        connection is closed when the snapshot ends.
-        """
+        """Close the HTTP session. Idempotent. A snapshot in progress ends its back-off at once
+        and finishes its attempt; ``wait`` waits for that, else the session closes after it."""
         self._closed.set()
         if wait:
             with self._lock:
@@ -291,8 +250,6 @@ class CameraClient:
             f"{self._spec.scheme}://{self._spec.host}:{self._spec.port}>"
         )
 
-    # -- machinery -------------------------------------------------------------------
-
     def _scrub(self, text: str) -> str:
         """Mask this camera's password in text the camera sent us (error details)."""
         password = self._spec.password
@@ -306,10 +263,18 @@ class CameraClient:
         if isinstance(reply, CameraError):
             return reply
         try:
-            return self._interpret(reply, request)
+            # Checked for every body: a camera in trouble may answer 500 or 404 with a JPEG.
+            self._check_http_status(reply, request)
+            self._check_vendor_body(reply, request)
+            problem = jpeg_problem(reply.body, reply.content_type)
+            if problem is not None:
+                raise CameraBadImageError(
+                    f"{self.key}: {problem} (GET {request.shown})", camera=self.key
+                )
         except CameraError as exc:
             # Drop the traceback: its frames hold the request, URL and credentials.
             return exc.with_traceback(None)
+        return reply.body
 
     def _send(self, request: Request) -> Reply | CameraError:
         """GET the URL; the complete answer, or the error to raise (never raised here)."""
@@ -319,33 +284,15 @@ class CameraClient:
         except TransportError as exc:
             failure = exc
         if failure.timed_out:
-            return self._timeout_error(request)
+            return CameraTimeoutError(
+                f"{self.key}: timed out after {self._spec.timeout} s (GET {request.shown})",
+                camera=self.key,
+            )
         return (CameraBadImageError if failure.too_large else CameraConnectionError)(
             f"{self.key}: {failure} (GET {request.shown})",
             camera=self.key,
             retryable=not (failure.too_large or failure.lasting),
         )
-
-    def _timeout_error(self, request: Request) -> CameraTimeoutError:
-        return CameraTimeoutError(
-            f"{self.key}: timed out after {self._spec.timeout} s (GET {request.shown})",
-            camera=self.key,
-        )
-
-    def _interpret(self, reply: Reply, request: Request) -> bytes:
-        """The JPEG in a reply, or raise the matching CameraError.
-
-        The status is checked first and for every body: a camera in trouble may answer 500
-        or 404 with a whole JPEG (its last frame, a placeholder), which is no snapshot.
-        """
-        self._check_http_status(reply, request)
-        self._check_vendor_body(reply, request)
-        problem = jpeg_problem(reply.body, reply.content_type)
-        if problem is not None:
-            raise CameraBadImageError(
-                f"{self.key}: {problem} (GET {request.shown})", camera=self.key
-            )
-        return reply.body
 
 
 def _phrase(status: int) -> str:

@@ -31,7 +31,6 @@ __all__ = [
     "status_call",
 ]
 
-# Foscam CGI result codes (the CGI manual's names).
 FOSCAM_RESULTS: dict[int, str] = {
     0: "success",
     -1: "bad request (malformed command or parameters)",
@@ -41,22 +40,18 @@ FOSCAM_RESULTS: dict[int, str] = {
     -5: "camera timed out",
 }
 _FOSCAM_AUTH_CODES = frozenset({-2, -3})
-# Busy or slow camera: worth another try, unlike a bad request.
-_FOSCAM_TRANSIENT_CODES = frozenset({-4, -5})
+_FOSCAM_TRANSIENT_CODES = frozenset({-4, -5})  # busy or slow: worth another try
 _FOSCAM_RESULT = re.compile(rb"<result>\s*(-?\d+)\s*</result>")
 
-# Reolink rspCodes that mean "log in" / "login failed".
-_REOLINK_AUTH_CODES = frozenset({-6, -7})
+_REOLINK_AUTH_CODES = frozenset({-6, -7})  # rspCodes for "log in" / "login failed"
 _REOLINK_AUTH_WORDS = ("login", "password")
 
 _DAHUA_FIELD = re.compile(rb"(?m)^[A-Za-z][\w.]*=")
 
 
 class FoscamClient(CameraClient):
-    """Foscam HD cameras: ``CGIProxy.fcgi?cmd=snapPicture2`` with credentials in the query.
-
-    Errors come back as ``<CGI_Result><result>N</result>`` with HTTP 200.
-    """
+    """Foscam HD: ``CGIProxy.fcgi?cmd=snapPicture2``, credentials in the query; errors come
+    back as ``<CGI_Result><result>N</result>`` with HTTP 200."""
 
     vendor = "foscam"
     path = "/cgi-bin/CGIProxy.fcgi"
@@ -67,7 +62,6 @@ class FoscamClient(CameraClient):
         return [("cmd", "snapPicture2"), ("usr", self._spec.user), ("pwd", self._spec.password)]
 
     def _status_request(self) -> Request:
-        # getDevState: the device's state (alarms, SD card, record), a few hundred bytes.
         return self._build_request(
             self.path,
             [("cmd", "getDevState"), ("usr", self._spec.user), ("pwd", self._spec.password)],
@@ -147,7 +141,6 @@ class DahuaClient(CameraClient):
         return self._build_request("/cgi-bin/magicBox.cgi", [("action", "getSystemInfo")])
 
     def _check_status_body(self, reply: Reply, request: Request) -> None:
-        # key=value lines, e.g. "deviceType=IPC-HDW4631C-A".
         if _DAHUA_FIELD.search(reply.body[:4096]) is None:
             raise CameraVendorError(
                 f"{self.key}: answer holds no system info (GET {request.shown})",
@@ -156,11 +149,8 @@ class DahuaClient(CameraClient):
 
 
 class ReolinkClient(CameraClient):
-    """Reolink: ``/cgi-bin/api.cgi?cmd=Snap`` with credentials in the query.
-
-    Errors come back as JSON, ``[{"cmd": "Snap", "code": 1, "error": {"rspCode": -6,
-    "detail": "please login first"}}]``, usually with HTTP 200.
-    """
+    """Reolink: ``/cgi-bin/api.cgi?cmd=Snap``, credentials in the query; errors come back
+    as JSON (``[{"code": 1, "error": {"rspCode": -6, "detail": ...}}]``), usually HTTP 200."""
 
     vendor = "reolink"
     path = "/cgi-bin/api.cgi"
@@ -168,11 +158,10 @@ class ReolinkClient(CameraClient):
     secret_query_keys = frozenset({"password"})
 
     def _query(self) -> list[tuple[str, str]]:
-        # rs: a random string the firmware wants, so no cache answers with an old frame.
         return [
             ("cmd", "Snap"),
             ("channel", "0"),
-            ("rs", secrets.token_hex(8)),
+            ("rs", secrets.token_hex(8)),  # so no cache answers with an old frame
             ("user", self._spec.user),
             ("password", self._spec.password),
         ]
@@ -209,8 +198,7 @@ class ReolinkClient(CameraClient):
         if reply.body.lstrip()[:1] not in (b"[", b"{"):
             return
         data: Any = None
-        # Raised below, outside the handler, so no JSON error rides along as context.
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):  # raised below: no JSON error as context
             data = json.loads(reply.body)
         if data is None:
             raise CameraBadImageError(
@@ -236,10 +224,7 @@ class ReolinkClient(CameraClient):
 
 
 class GenericClient(CameraClient):
-    """Any camera with a snapshot URL, using basic, digest or no HTTP auth.
-
-    The URL may contain ``{host}``, ``{port}``, ``{user}`` and ``{password}``.
-    """
+    """Any camera by URL, ``{host}``, ``{port}``, ``{user}`` and ``{password}`` filled in."""
 
     vendor = "generic"
 
@@ -253,8 +238,7 @@ class GenericClient(CameraClient):
     def _request(self) -> Request:
         template = self._spec.url or ""
         host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
-        # str.replace, not str.format: a URL may contain other braces.
-        url = (
+        url = (  # str.replace, not str.format: a URL may contain other braces
             template.replace("{host}", host)
             .replace("{port}", str(self._spec.port))
             .replace("{user}", quote(self._spec.user, safe=""))

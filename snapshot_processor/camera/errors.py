@@ -1,23 +1,13 @@
-"""Errors raised by the camera clients.
-
-Every message names the camera and the problem in words of our own. None carries the
-text of a lower layer's exception: those may quote the full URL, and Foscam and Reolink put
-the user name and password in the query string.
-"""
+"""Camera client errors: messages in our own words, never a lower layer's (URLs hold passwords)."""
 
 from __future__ import annotations
 
 
 class CameraError(Exception):
-    """A snapshot could not be fetched from a camera.
-
-    ``reason`` is a short machine-friendly word (for counters and log fields),
-    ``camera`` the camera's key, ``retryable`` whether another attempt may succeed.
-    """
+    """A snapshot failed: ``reason`` labels counters, ``retryable`` says if a retry may help."""
 
     reason: str = "camera"
     default_retryable: bool = False
-    #: The problem in a few words, for health ("camera 'X' failing: timed out").
     words: str = "failed"
 
     def __init__(self, message: str, *, camera: str = "", retryable: bool | None = None) -> None:
@@ -85,10 +75,7 @@ class CameraConnectionError(CameraError):
 
 
 class CameraVendorError(CameraError):
-    """The camera reported an error in its own format (Foscam XML, Reolink JSON).
-
-    Not retried unless the vendor's code says the failure is transient.
-    """
+    """The camera reported an error in its own format (retried only if its code is transient)."""
 
     reason = "vendor"
 
@@ -109,8 +96,7 @@ class CameraVendorError(CameraError):
 
 
 class CameraUnavailableError(CameraError):
-    """Not asked at all: the camera failed too often in a row and its circuit breaker is
-    open (see :class:`~pylib.breaker.CircuitBreaker`)."""
+    """Not asked at all: the camera failed too often in a row and its breaker is open."""
 
     reason = "breaker_open"
     words = "not asked while its breaker is open"

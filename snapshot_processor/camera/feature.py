@@ -1,5 +1,4 @@
-"""The cameras as the daemon runs them: the registry, the prober beside the chain, and the
-snapshot stage that heads it."""
+"""The cameras as the daemon runs them: the registry, the prober and the snapshot stage."""
 
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
 """Which addresses a trigger may send the daemon's camera GET to (``CAMERA_NETWORKS``).
 
-Whoever may publish to the control exchange chooses the host in ``device_params``;
-unbounded, the daemon would GET any address for them: another service's port on this
-machine, or a cloud metadata service. A host name is resolved here, every address it
-resolves to must be inside, and the connection then goes to the address checked (see
-:attr:`~snapshot_processor.camera.spec.CameraSpec.connect_to`): a second lookup, which
-DNS rebinding could answer otherwise, never happens.
-
-Link-local addresses (``169.254.0.0/16``, the metadata address ``169.254.169.254``
-among them, and ``fe80::/10``) pass only through a listed network that lies inside a
-link-local range: a broad entry such as ``0.0.0.0/0`` does not open them.
-"""
+Whoever may publish picks a trigger's host: every address it resolves to must be inside,
+and the connection goes to the address checked (no second lookup for DNS rebinding).
+Link-local addresses pass only through a listed link-local network, never ``0.0.0.0/0``."""
 
 from __future__ import annotations
 
@@ -32,19 +24,13 @@ __all__ = [
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# The private and loopback ranges. CGNAT's 100.64.0.0/10 is left out: those addresses
-# are the carrier's side of its NAT, not the home's, and Alibaba Cloud's metadata
-# service answers at 100.100.100.200; a camera reached over Tailscale (which uses the
-# range) is listed explicitly.
+# Private and loopback ranges; not CGNAT's 100.64.0.0/10 (the carrier's side of its NAT,
+# and Alibaba Cloud's metadata service): a camera over Tailscale is listed explicitly.
 DEFAULT_CAMERA_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,::1/128,fc00::/7"
 
 
 class AddressRefusedError(ValueError):
-    """A camera host that is, or resolves to, an address outside the networks.
-
-    ``refused`` holds the addresses outside. The message names the host and addresses,
-    never the credentials that came with them.
-    """
+    """A camera host outside the networks (``refused``: its addresses); no credentials in it."""
 
     def __init__(self, message: str, *, refused: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -52,8 +38,7 @@ class AddressRefusedError(ValueError):
 
 
 def parse_networks(value: object) -> tuple[IPNetwork, ...]:
-    """``CAMERA_NETWORKS`` as networks: a comma-separated string or a list of CIDR
-    networks. Host bits set (``10.0.0.1/8``) are refused: likely a typo."""
+    """``CAMERA_NETWORKS`` (comma-separated or a list) as networks; host bits set are refused."""
     if isinstance(value, str):
         parts: Iterable[object] = value.split(",")
     elif isinstance(value, list | tuple):
@@ -73,13 +58,6 @@ def parse_networks(value: object) -> tuple[IPNetwork, ...]:
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a CIDR network ({exc})") from None
     return tuple(networks)
-
-
-def _plain(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address (``::ffff:169.254.169.254``) as the IPv4 it reaches."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _link_local_network(network: IPNetwork) -> bool:
@@ -102,7 +80,9 @@ class CameraNetworks:
 
     def allows(self, address: str | IPAddress) -> bool:
         """Whether ``address`` (an IP address, not a name) is inside; no network used."""
-        ip = _plain(ipaddress.ip_address(address) if isinstance(address, str) else address)
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches the IPv4 address
         link_local = ip.is_link_local
         return any(
             ip.version == network.version
@@ -117,8 +97,7 @@ class CameraNetworks:
         found = tuple(dict.fromkeys(addresses))
         refused = tuple(address for address in found if not self.allows(address))
         if refused or not found:
-            # The host comes from a trigger: escaped, so it cannot split a log line.
-            shown = printable(host)
+            shown = printable(host)  # from a trigger: it must not split a log line
             if refused != (host,):
                 shown += f" ({', '.join(refused)})"
             raise AddressRefusedError(
@@ -127,16 +106,14 @@ class CameraNetworks:
         return found
 
     def resolve(self, host: str, port: int) -> tuple[str, ...]:
-        """Look ``host`` up (a literal takes no lookup) and :meth:`check` its addresses.
-        Raises :class:`OSError` (``socket.gaierror``) or :class:`UnicodeError` (a name
-        IDNA cannot encode) for a name that does not resolve."""
+        """Look ``host`` up and :meth:`check` its addresses; a name that does not resolve
+        raises :class:`OSError` (``socket.gaierror``) or :class:`UnicodeError` (bad IDNA)."""
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return self.check(host, [_address(info[4]) for info in found])
 
 
 def _address(sockaddr: tuple[Any, ...]) -> str:
-    """The address of a ``getaddrinfo`` answer, an IPv6 link's scope kept (``fe80::1%2``):
-    without it a link-local address cannot be connected to."""
+    """A ``getaddrinfo`` answer's address, an IPv6 link's scope kept (``fe80::1%2``) to connect."""
     address = str(sockaddr[0])
     if len(sockaddr) == 4 and sockaddr[3] and "%" not in address:
         address = f"{address}%{sockaddr[3]}"

@@ -1,22 +1,7 @@
-"""Camera health: each configured camera probed on a schedule with a cheap call for its
-vendor, and the snapshot path's outcomes, kept as one status per camera.
-
-Typical use (the app wires it)::
-
-    prober = CameraProber("camera-prober", stop_event, cameras=registry, interval=300)
-    prober.start()
-    prober.record_failure("front door camera", exc)   # from the snapshot path
-    prober.status()["front door camera"].up
-
-The probe per vendor is :meth:`CameraClient.probe
-<snapshot_processor.camera.base.CameraClient.probe>`: Foscam ``getDevState``, Hikvision
-``/ISAPI/System/deviceInfo``, Dahua ``magicBox.cgi?action=getSystemInfo``, Reolink
-``GetDevInfo``, and one snapshot for a generic camera, which has no status call. Probes
-run on a small pool of their own threads with their own clients (never the snapshot
-path's, whose per-camera lock a hanging probe would hold), at most one per camera at a
-time, each bounded by ``CAMERA_TIMEOUT``. A camera going down, coming back, or failing
-for another reason is one log line; repeated probes with the same outcome say nothing.
-"""
+"""Camera health: each configured camera probed on a schedule with its vendor's cheap call,
+plus the snapshot path's outcomes, one status per camera. Probes use their own threads and
+clients (a hanging probe must not hold the snapshot path's per-camera lock), at most one
+per camera at a time; only changes are logged."""
 
 from __future__ import annotations
 
@@ -37,17 +22,15 @@ from pylib.observe.logs import printable
 from pylib.observe.redact import redact
 from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget, Worker
-from snapshot_processor.camera import (
+from snapshot_processor.camera.base import CameraClient
+from snapshot_processor.camera.clients import make_client, status_call
+from snapshot_processor.camera.errors import (
     CameraAuthError,
-    CameraClient,
     CameraConnectionError,
     CameraError,
-    CameraSpec,
     CameraTimeoutError,
     CameraUnavailableError,
-    make_client,
 )
-from snapshot_processor.camera.clients import status_call
 from snapshot_processor.camera.registry import CameraRegistry
 
 __all__ = [
@@ -62,12 +45,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Probes at once, at most: each camera has at most one under way, each bounded by its
-# timeout, so a few threads keep a round of hanging cameras well inside the interval.
-MAX_PROBE_WORKERS = 8
-# How long stop waits for the probe threads; one stuck in a camera's read ends by itself
-# within CAMERA_TIMEOUT, and the thread is a daemon thread.
-STOP_JOIN_SECONDS = 0.5
+MAX_PROBE_WORKERS = 8  # probes at once, each bounded by its timeout: a round fits the interval
+STOP_JOIN_SECONDS = 0.5  # for the (daemon) probe threads; a stuck one ends within its timeout
 
 CAMERA_UP = Gauge(
     "camera_up", "1 while a camera answers (last probe or snapshot), 0 while not", ["camera"]
@@ -102,8 +81,7 @@ class Reason(enum.StrEnum):
 
 
 def classify(error: BaseException) -> Reason | None:
-    """Why ``error`` says a camera is down; None when it says nothing about the camera
-    (its breaker is open and it was not asked, the address is unknown, a bug of ours)."""
+    """Why ``error`` says a camera is down; None when it says nothing about the camera."""
     if isinstance(error, CameraUnavailableError) or not isinstance(error, CameraError):
         return None
     if isinstance(error, CameraAuthError):
@@ -130,14 +108,9 @@ def _duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class CameraStatus:
-    """One camera's health as last observed. Times are unix seconds.
-
-    ``up`` is None until the camera was probed or fetched from once. ``reason`` and
-    ``last_error`` say why it is down (``last_error`` stays after it comes back, for the
-    record); ``since`` is when the current state began; ``probe_call`` what a probe asks
-    of it, None while its address is unknown (it comes with the triggers) or probing is
-    off.
-    """
+    """One camera's health as last observed (times in unix seconds). ``up`` is None until
+    first probed or fetched from; ``last_error`` stays after it comes back; ``since`` is
+    when the state began; ``probe_call`` is None while the address is unknown or probing off."""
 
     key: str
     up: bool | None
@@ -185,14 +158,9 @@ class _Record:
 
 
 class CameraProber(Worker):
-    """Probes every configured camera each ``interval`` seconds (0: never; reports from
-    the snapshot path still count) and keeps each one's :class:`CameraStatus`.
-
-    The first round runs at start. :meth:`status`, :meth:`record_success`,
-    :meth:`record_failure`, :meth:`probe_now` and :meth:`troubles` are safe from any
-    thread. Stopping returns within about :data:`STOP_JOIN_SECONDS` even while probes
-    hang; those end by themselves within the camera timeout.
-    """
+    """Probes every configured camera each ``interval`` seconds (0: never; the first round
+    at start) and keeps each one's :class:`CameraStatus`. The public methods are safe from
+    any thread; stopping returns within about :data:`STOP_JOIN_SECONDS` even while probes hang."""
 
     def __init__(
         self,
@@ -224,7 +192,6 @@ class CameraProber(Worker):
         self._closing = threading.Event()
         self._due = 0.0
 
-    # --- what others call ---------------------------------------------------------------
     def health(self) -> Health:
         """Cameras down are warnings (not the daemon's fault); each camera's state."""
         health = super().health()
@@ -236,16 +203,7 @@ class CameraProber(Worker):
         with self._lock:
             records = {key: _Record(**vars(record)) for key, record in self._records.items()}
         return {
-            key: CameraStatus(
-                key=key,
-                up=record.up,
-                reason=record.reason,
-                last_error=record.last_error,
-                last_seen=record.last_seen,
-                last_probe=record.last_probe,
-                since=record.since,
-                probe_call=self._probe_call(key),
-            )
+            key: CameraStatus(key=key, probe_call=self._probe_call(key), **vars(record))
             for key, record in records.items()
         }
 
@@ -254,9 +212,8 @@ class CameraProber(Worker):
         self._record(key, None, None, probed=False)
 
     def record_failure(self, key: str, error: BaseException | Reason, detail: str = "") -> None:
-        """The snapshot path failed to get an image: a camera error (classified, its text
-        kept), or a :class:`Reason` with ``detail``. An error that says nothing about the
-        camera (breaker open, address unknown) changes nothing."""
+        """The snapshot path failed: a camera error (classified, its text kept), or a
+        :class:`Reason` with ``detail``; an error saying nothing about the camera is ignored."""
         if isinstance(error, Reason):
             self._record(key, error, detail or error.value, probed=False)
             return
@@ -283,11 +240,9 @@ class CameraProber(Worker):
         super().stop()
         self._wake.set()
 
-    # --- the thread ---------------------------------------------------------------------
     def on_thread_open(self) -> None:
         self._closing.clear()
-        # The prober's own pool, not Workers: each probe's failure is caught and counted in
-        # _probe_loop, so a pool thread ends only at close.
+        # Plain threads, not Workers: _probe_loop catches every failure, so they end at close.
         for number in range(1, self._workers + 1):
             thread = threading.Thread(
                 target=self._probe_loop, name=f"{self.name}-{number}", daemon=True
@@ -306,7 +261,11 @@ class CameraProber(Worker):
             if forced or (self.interval and now >= self._due):
                 if self.interval:
                     self._due = now + self.interval
-                self._enqueue_all()
+                with self._lock:
+                    due = [key for key in self._keys if key not in self._in_flight]
+                    self._in_flight.update(due)
+                for key in due:
+                    self._jobs.put(key)
             timeout = max(0.0, self._due - time.monotonic()) if self.interval else None
             self._wake.wait(timeout)
 
@@ -329,14 +288,6 @@ class CameraProber(Worker):
             )
         self._pool.clear()
 
-    # --- probing ------------------------------------------------------------------------
-    def _enqueue_all(self) -> None:
-        with self._lock:
-            due = [key for key in self._keys if key not in self._in_flight]
-            self._in_flight.update(due)
-        for key in due:
-            self._jobs.put(key)
-
     def _probe_loop(self) -> None:
         while True:
             key = self._jobs.get()
@@ -344,8 +295,7 @@ class CameraProber(Worker):
                 return
             try:
                 self._probe(key)
-            except Exception:
-                # A bug of ours, not the camera's state: logged, counted, and the next flows.
+            except Exception:  # a bug of ours, not the camera's state
                 CAMERA_PROBES.labels(key, "error").inc()
                 log.exception("probing camera %r failed", printable(key))
             finally:
@@ -375,7 +325,7 @@ class CameraProber(Worker):
         known = self.cameras.known_spec(key)
         if known is None:
             return None
-        spec = _probe_spec(known)
+        spec = dataclasses.replace(known, retries=0)  # one attempt: the state as it is
         with self._lock:
             if self._closing.is_set():
                 return None
@@ -388,14 +338,9 @@ class CameraProber(Worker):
         return client
 
     def _probe_call(self, key: str) -> str | None:
-        if not self.interval:
-            return None
-        spec = self.cameras.known_spec(key)
-        if spec is None:
-            return None
-        return status_call(spec.vendor)
+        spec = self.cameras.known_spec(key) if self.interval else None
+        return None if spec is None else status_call(spec.vendor)
 
-    # --- the record and its log lines -----------------------------------------------------
     def _record(self, key: str, reason: Reason | None, error: str | None, *, probed: bool) -> None:
         """Note an outcome (``reason`` None: the camera answered); log a change of state."""
         now = self._clock()
@@ -429,19 +374,9 @@ class CameraProber(Worker):
         if was_up is False and was_reason == reason:
             return  # still down for the same reason: said already
         CAMERA_DOWN.labels(key).inc()
-        if was_up is False:
-            log.warning(
-                "camera %r still down, now: %s (%s)",
-                printable(key),
-                reason.value,
-                printable(last_error),
-            )
-        else:
-            log.warning(
-                "camera %r down: %s (%s)", printable(key), reason.value, printable(last_error)
-            )
-
-
-def _probe_spec(spec: CameraSpec) -> CameraSpec:
-    """The camera's spec for probing: one attempt (a probe reports the state as it is)."""
-    return dataclasses.replace(spec, retries=0)
+        log.warning(
+            "camera %r still down, now: %s (%s)" if was_up is False else "camera %r down: %s (%s)",
+            printable(key),
+            reason.value,
+            printable(last_error),
+        )

@@ -1,21 +1,8 @@
-"""Each camera's triggers take turns: one fetching, the rest waiting, and a camera in
-trouble keeps only a few of them.
+"""Each camera's triggers take turns: one fetching, the rest waiting behind it in order.
 
-The policy, per camera: at most one trigger is being fetched; the others wait behind it
-in order. While the camera is *in trouble* (the caller says when: its last snapshot
-failed, or the one under way has run longer than one attempt may), at most ``waiting``
-wait: a trigger beyond them takes the last place, and the trigger it displaces is
-*coalesced*: it gets no snapshot of its own, and its delivery is acked at once
-(counted), because the trigger now waiting for the same camera is newer, is still
-unacked, and its snapshot is taken after both came. If the daemon stops first, that
-waiting trigger is delivered again, so a coalesced trigger is always covered by a later
-snapshot of its camera or by a redelivery. A camera that answers keeps every trigger
-(a backlog after a broker outage included); the prefetch window bounds them.
-
-So a camera in trouble holds at most ``1 + waiting`` unacked triggers and one pool
-thread, and never takes the pool or the broker's prefetch window from the others.
-Pure bookkeeping, used from the snapshot stage's thread only.
-"""
+While the camera is *in trouble*, at most ``waiting`` wait: a newer trigger takes the last
+place and the one displaced is *coalesced* (acked at once, covered by the newer one's
+snapshot or redelivery). Pure bookkeeping, used from the snapshot stage's thread only."""
 
 from __future__ import annotations
 
@@ -27,8 +14,7 @@ from snapshot_processor.contract.messages import TriggerMessage
 
 @dataclass(frozen=True)
 class Offer:
-    """What to do with a trigger just offered: start it now, and/or settle one as
-    coalesced (either may be None: the trigger waits its turn)."""
+    """What to do with a trigger just offered: start it now and/or settle one as coalesced."""
 
     start: TriggerMessage | None = None
     coalesced: TriggerMessage | None = None
@@ -50,8 +36,7 @@ class TriggerQueues:
         self._cameras: dict[str, _Camera] = {}
 
     def offer(self, trigger: TriggerMessage, *, trouble: bool = True) -> Offer:
-        """A trigger came for its camera; ``trouble``: the camera is in trouble (see the
-        module's docstring; call :meth:`trim` first then)."""
+        """A trigger came for its camera; ``trouble``: it is in trouble (:meth:`trim` first)."""
         camera = self._cameras.setdefault(trigger.camera_key, _Camera())
         if not camera.busy:
             camera.busy = True
@@ -59,15 +44,13 @@ class TriggerQueues:
         if not trouble or len(camera.waiting) < self.waiting:
             camera.waiting.append(trigger)
             return Offer()
-        # The newest trigger waits (its device_params are the newest too); the one it
-        # displaces is covered by it.
+        # The newest waits (its device_params are the newest too) and covers the one displaced.
         displaced = camera.waiting.pop()
         camera.waiting.append(trigger)
         return Offer(coalesced=displaced)
 
     def trim(self, key: str) -> list[TriggerMessage]:
-        """The camera is in trouble: the triggers beyond ``waiting``, now coalesced (the
-        oldest ``waiting - 1`` and the newest keep their places)."""
+        """The camera is in trouble: the triggers beyond ``waiting`` (not the newest), coalesced."""
         camera = self._cameras.get(key)
         if camera is None or len(camera.waiting) <= self.waiting:
             return []

@@ -1,5 +1,4 @@
-"""Which camera a trigger names, how to reach it, one reusable client and one circuit
-breaker per camera."""
+"""Which camera a trigger names, how to reach it, one client and one breaker per camera."""
 
 from __future__ import annotations
 
@@ -14,16 +13,16 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge, Histogram
 
 from pylib.breaker import BreakerState, CircuitBreaker
-from snapshot_processor.camera import (
-    CameraClient,
+from snapshot_processor.camera.address import parse_device_params
+from snapshot_processor.camera.base import CameraClient
+from snapshot_processor.camera.clients import make_client
+from snapshot_processor.camera.errors import (
     CameraConnectionError,
     CameraError,
-    CameraSpec,
     CameraUnavailableError,
-    make_client,
-    parse_device_params,
 )
 from snapshot_processor.camera.networks import AddressRefusedError, CameraNetworks
+from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.config import Device
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -66,27 +65,11 @@ class CameraObserver(Protocol):
 
 
 class CameraRegistry:
-    """The configured camera outputs, and a cache of clients keyed by their full spec.
+    """The configured camera outputs, a cache of clients keyed by their full spec, and a
+    circuit breaker per camera. Thread-safe; after :meth:`close` it makes no new clients.
 
-    A spec that changes (a trigger sends a new password) gets a new client; the old one
-    is closed once its call in progress ends, never while holding the registry's lock,
-    and a call that was waiting for the old one is made again with the new one (see
-    :meth:`snapshot`). Thread-safe: fetches for several cameras run at once. After
-    :meth:`close` it makes no new clients.
-
-    Each camera has a circuit breaker (:meth:`breaker`): after ``breaker_failures``
-    failed snapshots in a row it opens for ``breaker_seconds``, and :meth:`snapshot`
-    fails at once with :class:`CameraUnavailableError` meanwhile; then one snapshot is
-    the probe that closes it again or opens it for another cool-down. Whoever starts a
-    fetch asks :meth:`CircuitBreaker.allow` first (the snapshot stage does, once per
-    trigger), which lets the probe through.
-
-    A host that comes from a trigger's ``device_params`` must lie in ``networks``
-    (``CAMERA_NETWORKS``) before a client is made for it, and the client connects to
-    the address checked; a client is only ever made for such an address, so the HTTP
-    API's snapshots and the prober, which reuse the last trigger's, are bounded too.
-    A configured ``OUTPUT_n_ADDRESS`` is the user's own choice and is not bounded.
-    """
+    A changed spec gets a new client (the old one closes once its call ends); whoever starts
+    a fetch asks :meth:`admits` first. A host from a trigger must lie in ``networks``."""
 
     def __init__(
         self,
@@ -105,7 +88,6 @@ class CameraRegistry:
         self._clients: dict[str, CameraClient] = {}
         self._lock = threading.Lock()
         self._closed = False
-        # Told of each snapshot's outcome (the camera prober keeps one view of health).
         self.observer: CameraObserver | None = None
         self._breakers = {
             key: CircuitBreaker(
@@ -115,8 +97,7 @@ class CameraRegistry:
             )
             for key in self.devices
         }
-        # What each breaker counts failures of: a new address or password starts afresh.
-        self._breaker_specs: dict[str, CameraSpec] = {}
+        self._breaker_specs: dict[str, CameraSpec] = {}  # what each breaker counts failures of
         for key in self.devices:
             BREAKER_STATE.labels(key).set(BreakerState.CLOSED)
 
@@ -166,8 +147,7 @@ class CameraRegistry:
         )
 
     def known_spec(self, key: str) -> CameraSpec | None:
-        """How to reach the camera as far as is known now: its configuration, else the
-        address and credentials the last trigger sent; None while neither says."""
+        """How to reach the camera: its configuration, else the last trigger's (None: unknown)."""
         try:
             return self.spec(key, None)
         except CameraConfigError:
@@ -180,15 +160,8 @@ class CameraRegistry:
     def _default_port(device: Device) -> int:
         return FOSCAM_PORT if device.VENDOR == "foscam" else DEFAULT_PORTS[device.SCHEME]
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
-
     def client(self, key: str, device_params: str | None) -> CameraClient:
-        """A client for the camera, reused while its spec stays the same. A camera whose
-        address comes only with its triggers, asked without one (a snapshot from the
-        HTTP API), is reached where the last trigger said."""
+        """The camera's client, reused while its spec stays; with no address sent, the last one."""
         try:
             spec = self.spec(key, device_params)
         except CameraConfigError:
@@ -210,14 +183,11 @@ class CameraRegistry:
                 return old
             client = self._clients[key] = make_client(spec)
         if old is not None:
-            # Outside the lock, and not waiting: the old client's call in progress finishes
-            # first and its session closes after it.
-            old.close(wait=False)
+            old.close(wait=False)  # outside the lock; its call in progress finishes first
         return client
 
     def _checked(self, spec: CameraSpec) -> CameraSpec:
-        """``spec`` bound to the address its host resolves to when the host came from a
-        trigger; :class:`CameraAddressRefusedError` if any address is outside."""
+        """``spec`` bound to its trigger host's checked addresses, or CameraAddressRefusedError."""
         if self.devices[spec.key].ADDRESS is not None or not spec.host:
             return spec  # configured (a generic URL without a host too): not bounded
         try:
@@ -261,8 +231,7 @@ class CameraRegistry:
         return breaker.allow()
 
     def snapshot(self, key: str, device_params: str | None) -> bytes:
-        """One JPEG from the camera, its outcome recorded by the camera's breaker;
-        :class:`CameraUnavailableError` at once while the breaker is open."""
+        """One JPEG, its outcome told to the breaker; :class:`CameraUnavailableError` if open."""
         breaker = self._breakers.get(key)
         if breaker is not None and breaker.state is BreakerState.OPEN:
             raise CameraUnavailableError(
@@ -276,9 +245,7 @@ class CameraRegistry:
         except CameraConfigError:
             raise  # not the camera's failure: nothing was asked of it
         except Exception as exc:
-            # A call cut short by close() says nothing about the camera. Any other
-            # failure is recorded, so a probe never stays under way for good.
-            if not self._closed:
+            if not self._closed:  # a call cut short by close() says nothing
                 if breaker is not None:
                     breaker.failed(
                         exc.summary if isinstance(exc, CameraError) else type(exc).__name__
@@ -312,8 +279,7 @@ class CameraRegistry:
             log.info("camera %r answers again", key)
 
     def _snapshot(self, key: str, device_params: str | None) -> bytes:
-        """One JPEG from the camera; made again once with the new client if the one this
-        call got was replaced (closed) by a newer spec before or during the call."""
+        """One JPEG from the camera, asked again once if its client was replaced meanwhile."""
         client = self.client(key, device_params)
         try:
             return client.snapshot()
@@ -324,11 +290,7 @@ class CameraRegistry:
         return self.client(key, device_params).snapshot()
 
     def close(self, *, wait: bool = True) -> None:
-        """Close every client's connections; back-off pauses end at once.
-
-        With ``wait`` this waits for the calls in progress; without, each client's session
-        closes when its call ends.
-        """
+        """Close every client; back-off pauses end at once; ``wait`` waits for calls in progress."""
         with self._lock:
             self._closed = True
             clients = list(self._clients.values())

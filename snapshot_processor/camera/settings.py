@@ -23,13 +23,11 @@ class CameraSettings(BaseModel):
     queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
     breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
     breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)
-    # 0 switches probing off; snapshots still report each camera's health.
-    probe_interval: float = Field(300.0, alias="CAMERA_PROBE_INTERVAL", ge=0, le=86400)
+    probe_interval: float = Field(300.0, alias="CAMERA_PROBE_INTERVAL", ge=0, le=86400)  # 0: off
     # Where a trigger's device_params may send the camera GET; OUTPUT_n_ADDRESS is not bounded.
     networks: Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)] = Field(
         default_factory=lambda: parse_networks(DEFAULT_CAMERA_NETWORKS), alias="CAMERA_NETWORKS"
     )
 
-    # One snapshot's attempts (CAMERA_RETRIES retries after the first), declared once here
-    # (docs/retries.md): short and capped, as a trigger's snapshot is worth little later.
+    # One snapshot's attempts (docs/retries.md): short, as a snapshot is worth little later.
     SNAPSHOT_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.2, maximum=2.0, jitter=0.1)

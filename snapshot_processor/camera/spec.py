@@ -28,23 +28,15 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-# The longest pause between two attempts at one snapshot.
 MAX_BACKOFF = CameraSettings.SNAPSHOT_RETRY.maximum
 
 
 @dataclass(frozen=True)
 class CameraSpec:
-    """One camera: vendor, address, credentials and fetch policy.
-
-    ``url`` and ``auth`` matter only for the ``generic`` vendor: ``url`` is the full
-    snapshot URL and may contain ``{host}``, ``{port}``, ``{user}`` and ``{password}``
-    (the last two are URL-quoted when filled in). ``timeout`` bounds each attempt in
-    seconds, ``retries`` counts attempts after the first, ``backoff`` is the first
-    pause between attempts, doubled after each up to :data:`MAX_BACKOFF` (see
-    :attr:`retry_policy`). ``connect_to``, when not empty, are the IP addresses ``host``
-    was checked at (see :mod:`~snapshot_processor.camera.networks`): connections go
-    there, tried in order, without looking ``host`` up again.
-    """
+    """One camera: vendor, address, credentials and fetch policy. ``url`` and ``auth`` are for
+    the ``generic`` vendor only; ``timeout`` bounds each attempt in seconds; ``retries`` counts
+    attempts after the first; ``connect_to`` are the addresses ``host`` was checked at:
+    connections go there, in order, never looking ``host`` up."""
 
     key: str
     vendor: str
@@ -96,8 +88,7 @@ class CameraSpec:
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        """How this camera's attempts are paced: the section's ``SNAPSHOT_RETRY`` from
-        ``backoff``, with ``retries`` retries."""
+        """This camera's attempts: ``SNAPSHOT_RETRY`` from ``backoff``, ``retries`` retries."""
         return replace(
             CameraSettings.SNAPSHOT_RETRY,
             first=self.backoff,

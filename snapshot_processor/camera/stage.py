@@ -1,24 +1,8 @@
 """The snapshot stage: for each trigger, fetch the camera's JPEGs, keep them, pass them on.
 
-Fetches for different cameras run at once on the stage's pool; each snapshot goes on
-the moment it is on disk. Every part of a trigger ends as a snapshot or a done mark,
-whatever fails, so its delivery is always settled. A snapshot that cannot be written
-(a full disk) is not settled as done: a requeue mark gives its trigger back to the
-broker, to come again after a pause, and the trouble shows in health.
-
-One camera's trouble never delays the others: a camera has at most one fetch under way
-(one pool thread) and ``waiting`` triggers behind it; a trigger beyond that is coalesced
-(acked at once and counted, covered by the newer trigger that waits: see
-:mod:`snapshot_processor.camera.queues`). A camera that keeps failing is not asked while
-its circuit breaker is open (see :class:`~snapshot_processor.camera.registry.CameraRegistry`):
-its triggers are settled at once, counted, and the stage's :meth:`troubles` name it.
-
-Stopping takes at most ``stop_timeout``: camera back-off pauses and the pause between a
-trigger's snapshots end at once, fetches in progress get until the deadline, and no new
-fetch starts. A trigger whose snapshots were not all taken is left without its last
-part, so it is never acked: the broker delivers it again (an image already sent for it
-is then sent again; nothing is lost).
-"""
+Every part of a trigger ends as a snapshot or a done mark (a requeue mark when it cannot
+be written), so its delivery is always settled; one camera's trouble never delays the
+others. A trigger whose snapshots were not all taken at stop is never acked: it comes again."""
 
 from __future__ import annotations
 
@@ -38,7 +22,7 @@ from pylib.chain.settle import done_envelope
 from pylib.chain.sockets import MESSAGES_REJECTED
 from pylib.chain.stage import Stage
 from pylib.runtime.worker import RestartBudget
-from snapshot_processor.camera import CameraError
+from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.queues import TriggerQueues
 from snapshot_processor.camera.registry import (
     CameraAddressRefusedError,
@@ -129,8 +113,7 @@ class SnapshotStage(Stage):
         self.interval = interval
         self.disk = WriteTrouble(f"snapshots under {root}")
         self.queues = TriggerQueues(waiting)
-        # When each camera's fetch under way started (monotonic), on the stage's thread.
-        self._fetch_started: dict[str, float] = {}
+        self._fetch_started: dict[str, float] = {}  # monotonic; on the stage's thread
 
     def on_thread_start(self) -> None:
         super().on_thread_start()
@@ -167,8 +150,7 @@ class SnapshotStage(Stage):
 
     # --- each camera's turns, on the stage's thread ----------------------------------
     def _start(self, trigger: TriggerMessage | None) -> None:
-        """Fetch ``trigger`` on the pool, or settle it at once if its camera's breaker is
-        open (and go on with the camera's next waiting trigger)."""
+        """Fetch ``trigger`` on the pool, or settle it at once if its camera's breaker is open."""
         while trigger is not None:
             key = trigger.camera_key
             if not self.should_keep_running():
@@ -178,8 +160,7 @@ class SnapshotStage(Stage):
             try:
                 if self.cameras.admits(key, trigger.device_params):
                     started = self._fetch_started[key] = time.monotonic()
-                    # A fetch still under way after the time it can take: the camera is
-                    # in trouble, and what waits for it is cut down at once.
+                    # Overdue, the camera is in trouble: what waits for it is cut down.
                     self.call_later(
                         self._overdue_after, functools.partial(self._check_stuck, key, started)
                     )
@@ -189,7 +170,9 @@ class SnapshotStage(Stage):
                         then=functools.partial(self._fetch_ended, key),
                     )
                     return
-                self._refuse(trigger)
+                TRIGGERS_REFUSED.labels(key).inc()
+                log.debug("%s: camera %s not asked: its breaker is open", self.name, key)
+                self._settle(trigger)
             except Exception as exc:  # a bug must not leave the camera busy for good
                 self._fetch_started.pop(key, None)
                 MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
@@ -207,9 +190,8 @@ class SnapshotStage(Stage):
 
     @property
     def _overdue_after(self) -> float:
-        """How long a trigger's fetches take at most when the camera answers: one
-        attempt per part up to its timeout, and the pauses between parts (an attempt
-        retried means the camera failed: in trouble anyway)."""
+        """How long a trigger's fetches take at most when the camera answers: one attempt
+        per part and the pauses between (a retry means the camera is in trouble anyway)."""
         return self.cameras.timeout * self.per_trigger + self.interval * (self.per_trigger - 1)
 
     def _check_stuck(self, key: str, started: float) -> None:
@@ -231,8 +213,7 @@ class SnapshotStage(Stage):
         self._start(self.queues.next(key))
 
     def _prepare_days(self) -> None:
-        """Each camera's folder for today now, and for the next day before it starts
-        (see :func:`~snapshot_processor.storage.files.prepare_day_folders`), on the pool."""
+        """Each camera's folder for today now and for the next day before it starts, on the pool."""
         now = time.time()
         self.call_later(next_preparation(now) + 1.0, self._prepare_days)
         self.submit(
@@ -253,19 +234,13 @@ class SnapshotStage(Stage):
         log.debug("%s: a trigger for %s coalesced into a newer one", self.name, trigger.camera_key)
         self._settle(trigger)
 
-    def _refuse(self, trigger: TriggerMessage) -> None:
-        TRIGGERS_REFUSED.labels(trigger.camera_key).inc()
-        log.debug("%s: camera %s not asked: its breaker is open", self.name, trigger.camera_key)
-        self._settle(trigger)
-
     def _settle(self, trigger: TriggerMessage) -> None:
         """Every part of a trigger that gets no snapshot ends as a done mark."""
         for _ in range(self.per_trigger):
             self.send(done_envelope(trigger.settlement.split(self.per_trigger)))
 
     def finish(self, deadline: float) -> None:
-        # Back-off pauses end now; an attempt on the wire finishes (or times out) first.
-        self.cameras.close(wait=False)
+        self.cameras.close(wait=False)  # back-off pauses end; attempts on the wire finish
         if not self.run_until(lambda: not self.pending_work, deadline):
             log.warning(
                 "%s: %d fetch(es) still under way after %.1f s; their triggers come again",
@@ -282,7 +257,6 @@ class SnapshotStage(Stage):
     def _fetch_all(self, trigger: TriggerMessage) -> None:
         key, parts = trigger.camera_key, self.per_trigger
         for index in range(parts):
-            # At stop the pause ends at once and no further snapshot starts.
             if self.wait_for_stop(self.interval) if index else not self.should_keep_running():
                 self._leave(key, parts - index)
                 return

@@ -1,19 +1,8 @@
 """One camera's HTTP: a ``requests`` session, a GET at a time, bounded in time and size.
 
-requests does the HTTP: connections kept alive in its pool, basic and digest auth, no
-redirects followed, nothing taken from the environment. What a camera needs beyond that
-is added here:
-
-- a deadline for the whole answer: ``timeout=`` bounds each socket operation, so a camera
-  trickling its headers or body a few bytes at a time would hold a thread for as long as
-  it likes; here every connect, send and read waits at most what is left of the timeout;
-- a limit on the size of an answer;
-- ``CAMERA_NETWORKS``' pinning: a host checked at some addresses is connected to at those,
-  never looked up again, while the Host header and TLS (SNI, verification) keep its name;
-- errors in our own words (:class:`TransportError`), raised outside any ``except`` block:
-  requests' and urllib3's messages quote the URL, and a Foscam or Reolink URL holds the
-  password.
-"""
+Beyond requests: a deadline for the whole answer (``timeout=`` bounds each socket
+operation only), a size limit, ``CAMERA_NETWORKS``' pinning, and errors in our own words
+raised outside any ``except`` (requests' messages quote the URL, which may hold a password)."""
 
 from __future__ import annotations
 
@@ -53,12 +42,10 @@ __all__ = [
     "digest_auth",
 ]
 
-# A snapshot is a few hundred kB; an answer this big is not a snapshot.
-MAX_ANSWER_BYTES = 32 * 1024 * 1024
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a snapshot is a few hundred kB
 _CHUNK_BYTES = 1024 * 1024
 
-# urllib3 logs each request line (DEBUG) and, on a malformed answer, the URL (WARNING):
-# a Foscam or Reolink URL holds the password.
+# urllib3 logs request lines and URLs, and a Foscam or Reolink URL holds the password.
 for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
     logging.getLogger(_name).addFilter(RedactingFilter())
 
@@ -86,25 +73,20 @@ class TransportError(Exception):
         super().__init__(problem)
         self.timed_out = timed_out
         self.too_large = too_large
-        # Another attempt cannot help (an untrusted certificate): not retried.
-        self.lasting = lasting
+        self.lasting = lasting  # another attempt cannot help (an untrusted certificate)
 
 
-# --- auth -----------------------------------------------------------------------------
 def basic_auth(user: str, password: str) -> AuthBase:
-    """``Authorization: Basic``, user and password as UTF-8 (RFC 7617; requests would
-    encode a ``str`` as Latin-1)."""
+    """``Authorization: Basic`` in UTF-8 (RFC 7617; requests would encode a str as Latin-1)."""
     return HTTPBasicAuth(user.encode(), password.encode())
 
 
 def digest_auth(user: str, password: str) -> AuthBase:
-    """HTTP digest auth (requests'): the challenge a thread answered is kept, so its later
-    snapshots carry the answer at once, with a rising nonce count."""
+    """HTTP digest auth: a thread's later snapshots answer its kept challenge at once."""
     return _DigestAuth(user, password)
 
 
-# Digest algorithms answered, best first: a camera may offer several (RFC 7616, 3.7).
-_ALGORITHMS = ("SHA-256", "MD5", "MD5-SESS")
+_ALGORITHMS = ("SHA-256", "MD5", "MD5-SESS")  # answered best first (RFC 7616, 3.7)
 # A camera's challenge is a few hundred bytes; more is not read (nor parsed).
 _MAX_CHALLENGES = 8
 _MAX_CHALLENGE_LENGTH = 4096
@@ -136,8 +118,7 @@ def _best_challenge(values: list[str]) -> str | None:
 
 
 class _DigestAuth(HTTPDigestAuth):
-    """requests' digest auth answering only the best challenge it can, after reading the
-    401's body within the size limit (requests would read any amount)."""
+    """requests' digest auth answering only the best challenge, the 401's body read in limits."""
 
     def handle_401(self, r: requests.Response, **kwargs: Any) -> requests.Response:
         if r.status_code != 401:
@@ -151,8 +132,7 @@ class _DigestAuth(HTTPDigestAuth):
         return answer
 
     def build_digest_header(self, method: str, url: str) -> str | None:
-        # The challenge offers "auth" (see _best_challenge), maybe beside "auth-int";
-        # requests misses it after a space ("auth-int, auth").
+        # The challenge offers "auth"; requests misses it after a space ("auth-int, auth").
         challenge = self._thread_local.chal  # type: ignore[attr-defined]  # not in the stubs
         if challenge.get("qop"):
             challenge["qop"] = "auth"
@@ -160,7 +140,6 @@ class _DigestAuth(HTTPDigestAuth):
         return header
 
 
-# --- the deadline, down to the socket -------------------------------------------------
 class _Clock:
     """The deadline of the GET under way (a session makes one at a time)."""
 
@@ -180,8 +159,7 @@ class _Clock:
 
 
 class _DeadlineIO(socket.SocketIO):
-    """The socket as http.client reads an answer from it (status line, headers, chunk
-    sizes, body), each read bounded by what is left of the deadline."""
+    """The socket as http.client reads an answer, each read bounded by the deadline."""
 
     def __init__(self, sock: socket.socket, clock: _Clock) -> None:
         super().__init__(sock, "rb")
@@ -194,8 +172,6 @@ class _DeadlineIO(socket.SocketIO):
 
 
 class _Response(http.client.HTTPResponse):
-    """http.client's answer, read through a :class:`_DeadlineIO`."""
-
     def __init__(
         self,
         sock: socket.socket,
@@ -214,8 +190,7 @@ _Pinned = tuple[str, tuple[str, ...]]
 
 
 class _Connection(HTTPConnection):
-    """urllib3's connection, bounded by the session's clock, connecting to the pinned
-    addresses of its host, if it has any."""
+    """urllib3's connection, bounded by the clock, connecting to its host's pinned addresses."""
 
     def __init__(self, *args: Any, clock: _Clock, pinned: _Pinned | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -227,8 +202,7 @@ class _Connection(HTTPConnection):
         self.timeout = self._clock.left()
         if not self._addresses:
             return super()._new_conn()
-        # The first address that answers, as create_connection would take the first a
-        # lookup gave; the host name is not looked up (a second answer could differ).
+        # The host name is not looked up again: a second answer could differ.
         failure: OSError = OSError("no address to connect to")
         for address in self._addresses:
             try:
@@ -263,16 +237,14 @@ class _TLSPool(HTTPSConnectionPool):
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter with our connections, and TLS as ``ssl.create_default_context``
-    makes it: the system's trust store (and ``SSL_CERT_FILE``), not certifi's bundle."""
+    """requests' adapter with our connections, and TLS from the system's trust store."""
 
     def __init__(self, clock: _Clock, pinned: _Pinned | None, verify_tls: bool) -> None:
         self._clock = clock
         self._pinned = pinned
         self._verify_tls = verify_tls
         self._tls: ssl.SSLContext | None = None
-        # One GET at a time: one connection per host.
-        super().__init__(pool_connections=1, pool_maxsize=1)
+        super().__init__(pool_connections=1, pool_maxsize=1)  # one GET at a time
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
@@ -284,9 +256,7 @@ class _Adapter(HTTPAdapter):
         }
 
     def _tls_pool(self, host: str, port: int | None, **options: Any) -> _TLSPool:
-        # The context is made for the first https pool only: loading the trust store
-        # costs about 25 ms and 0.8 MB, which a plain-HTTP camera need not pay.
-        if self._tls is None:
+        if self._tls is None:  # lazily: a plain-HTTP camera need not load the trust store
             self._tls = ssl.create_default_context()
             if not self._verify_tls:
                 self._tls.check_hostname = False
@@ -298,14 +268,12 @@ class _Adapter(HTTPAdapter):
         conn.cert_reqs = "CERT_REQUIRED" if verify else "CERT_NONE"
 
 
-# --- the session ----------------------------------------------------------------------
 class _TooLargeError(Exception):
     """The answer is larger than the limit."""
 
 
 def _read_body(response: requests.Response) -> bytes:
-    """The whole body as it came (each read within the deadline), or
-    :class:`_TooLargeError`; the connection is closed on any failure."""
+    """The whole body as it came, or :class:`_TooLargeError`; closes the connection on failure."""
     try:
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > MAX_ANSWER_BYTES:
@@ -323,18 +291,13 @@ def _read_body(response: requests.Response) -> bytes:
     return b"".join(chunks)
 
 
-# Escaped in a request's path and query: what a request line cannot hold. requests would
-# also decode escapes of unreserved characters (%41 to A) and drop dot segments.
+# Only what a request line cannot hold is escaped (requests would decode %41, drop dot segments).
 _SAFE_IN_TARGET = "!#$%&'()*+,/:;=?@[]~"
 
 
 class CameraSession:
-    """HTTP(S) to one camera, a GET at a time (the client's lock sees to that).
-
-    ``timeout`` bounds connecting and each read, and also the whole answer, a digest
-    challenge and its answer included. With ``pinned`` (host, addresses), a URL naming
-    that host connects to those addresses without looking the host up.
-    """
+    """HTTP(S) to one camera, a GET at a time; ``timeout`` bounds the whole answer. With
+    ``pinned`` (host, addresses), that host is connected to at those, never looked up."""
 
     def __init__(
         self,
@@ -346,9 +309,7 @@ class CameraSession:
     ) -> None:
         self._clock = _Clock(timeout)
         session = requests.Session()
-        # Cameras sit on the local network: no proxy from the environment (it would see
-        # the passwords in Foscam and Reolink URLs), no ~/.netrc overriding our auth.
-        session.trust_env = False
+        session.trust_env = False  # no proxy (it would see URL passwords), no ~/.netrc auth
         session.verify = verify_tls
         # (host, addresses) checked against CAMERA_NETWORKS; the host as urllib3 has it.
         pinned = None if pinned is None else (pinned[0].lower(), pinned[1])
@@ -360,8 +321,8 @@ class CameraSession:
         self._headers = {"User-Agent": user_agent, "Accept": "*/*", "Accept-Encoding": "identity"}
 
     def get(self, url: str, auth: AuthBase | None) -> Reply:
-        """GET ``url`` and read the whole answer; a 401 with a digest challenge is
-        answered once. Raises :class:`TransportError`."""
+        """GET ``url`` and read the whole answer (a digest 401 answered once); raises
+        :class:`TransportError`."""
         self._clock.start()
         problem: TransportError
         try:
@@ -393,15 +354,13 @@ class CameraSession:
     def _prepare(self, url: str, auth: AuthBase | None) -> requests.PreparedRequest:
         parts = urlsplit(url)
         if auth is None and parts.username is not None:
-            # Credentials in the URL are basic auth when the camera's auth mode sends
-            # none of its own (never before a digest challenge: then never at all).
+            # Credentials in the URL are basic auth when the auth mode sends none of its own.
             auth = basic_auth(unquote(parts.username), unquote(parts.password or ""))
         origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         target = quote(
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _SAFE_IN_TARGET
         )
-        # Prepared alone, not by the session: nothing of its state (cookies, headers) to
-        # merge in, and that merging would double what requests costs a GET in CPU.
+        # Prepared alone: no session state to merge, and merging would double a GET's CPU.
         prepared = requests.Request("GET", origin + target, headers=self._headers).prepare()
         normalized = urlsplit(prepared.url or "")
         prepared.url = f"{normalized.scheme}://{normalized.netloc}{target}"
@@ -409,7 +368,6 @@ class CameraSession:
         return prepared
 
 
-# --- errors in our words --------------------------------------------------------------
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it wraps: causes, contexts, urllib3's reasons, requests' args."""
     found = [exc]
@@ -453,8 +411,7 @@ def _problem(exc: BaseException) -> TransportError:
         return TransportError("timed out", timed_out=True)
     for types, words in _WORDS:
         if any(isinstance(item, types) for item in chain):
-            lasting = types is ssl.SSLCertVerificationError
-            return TransportError(words, lasting=lasting)
+            return TransportError(words, lasting=types is ssl.SSLCertVerificationError)
     for item in chain:
         if isinstance(item, OSError) and item.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return TransportError("host unreachable")

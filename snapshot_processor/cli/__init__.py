@@ -1,5 +1,4 @@
-"""Command line: ``snapshot-processor <command>``; every command is one entry of
-:data:`COMMANDS`, its body a small function here or a module in ``commands/``."""
+"""Command line: ``snapshot-processor <command>``, each one entry of :data:`COMMANDS`."""
 
 from __future__ import annotations
 
@@ -31,17 +30,14 @@ from snapshot_processor.cli.common import EXIT_BUSY, EXIT_CONFIG, CommandError
 
 log = logging.getLogger("snapshot_processor")
 
-# Exit codes: see commands/common.py and the README's "Command line" section.
+# Exit codes: see common.py and the README's "Command line" section.
 __all__ = ["COMMANDS", "EXIT_BUSY", "EXIT_CONFIG", "Command", "main"]
 
 
 @dataclass(frozen=True)
 class Command:
-    """One command: its name, one line of help, what it does, and its arguments.
-
-    ``passes_rest``: the arguments after the name go to the command unparsed (in
-    ``args.rest``), its own ``--help`` included.
-    """
+    """One command; ``passes_rest``: the arguments after its name go unparsed to ``args.rest``
+    (its own ``--help`` included)."""
 
     name: str
     help: str
@@ -78,11 +74,12 @@ def _parser() -> argparse.ArgumentParser:
 def check_config(args: argparse.Namespace) -> int:
     """Print every configuration problem; 0 when there are none."""
     config_file: Path | None = args.config
+    unknown = config.unknown_variables()
     try:
         settings = config.load(config_file=config_file)
     except ConfigError as exc:
         print(f"configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in [*exc.problems, *unknown]:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     unusable = dataroot.check_writable(settings.snapshots_root_dir)
@@ -93,7 +90,7 @@ def check_config(args: argparse.Namespace) -> int:
         f"configuration OK: device {settings.device_name}, exchange {settings.broker.exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
-    for warning in config.container_warnings(settings):
+    for warning in [*unknown, *config.container_warnings(settings)]:
         print(f"warning: {warning}")
     drive.service_account_note(settings.storage.drive_on, settings.storage.google_drive_credentials)
     return 0
@@ -106,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = config.load(config_file=config_file)
     except ConfigError as exc:
-        for problem in exc.problems:
+        for problem in [*exc.problems, *config.unknown_variables()]:
             log.error("configuration: %s", problem)
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.syslog_address)
-    for notice in config.container_warnings(settings):
+    for notice in [*config.unknown_variables(), *config.container_warnings(settings)]:
         log.warning("%s", notice)
     lock = dataroot.DataRootLock(settings.snapshots_root_dir)
     try:
@@ -147,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_port(what: str, address: str, port: int) -> None:
-    """Raise :class:`StartError` naming the port if it cannot be listened on now."""
     if not port:
         return
     try:
@@ -162,7 +158,7 @@ def _check_port(what: str, address: str, port: int) -> None:
         ) from None
 
 
-# The one table of commands, in the order --help lists them.
+# In the order --help lists them.
 COMMANDS: tuple[Command, ...] = (
     Command("run", "run the daemon in the foreground until SIGTERM or SIGINT", run),
     Command("check-config", "validate the configuration and list every problem", check_config),
@@ -178,8 +174,7 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script: one command, its exit code; a failure is one
-    line on stderr."""
+    """Entry point of the console script: its exit code; a failure is one line on stderr."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     command = next(command for command in COMMANDS if command.name == args.command)
@@ -191,7 +186,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"snapshot-processor {command.name}: {exc}", file=sys.stderr)
         return exc.code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,6 @@ from snapshot_processor.config import Device, Settings
 from snapshot_processor.contract import exchanges
 
 # Exit codes, as the README's "Command line" section lists them.
-EXIT_OK = 0
 EXIT_FAILED = 1  # run: failed while running; others: a file could not be written
 EXIT_CONFIG = 2  # the configuration or the arguments are invalid (unknown camera too)
 EXIT_START = 3  # run: something needed at start is missing or in use

@@ -11,8 +11,7 @@ from pathlib import Path
 from pylib.observe.logs import setup_logging
 from snapshot_processor.cli.common import EXIT_CONFIG, EXIT_FAILED, CommandError, load_settings
 
-# drive_auth.SCOPES' keys: the Google client libraries are imported only when a Drive
-# command runs, not for every command (the daemon does without them unless Drive is on).
+# drive_auth.SCOPES' keys, copied: the Google libraries are imported only by Drive commands.
 SCOPE_CHOICES = ("file", "full")
 
 AUTH_HELP = "consent to Google Drive access (headless) and write the credentials file"

@@ -66,8 +66,7 @@ def _detections(entry: dict[str, Any]) -> str:
 
 
 def describe_event(routing_key: str, body: bytes) -> str:
-    """One line for a message on the event exchange: key, camera, bytes, detections,
-    storage; or what is wrong with it."""
+    """One line for a message on the event exchange, or what is wrong with it."""
     try:
         message = msgpack.unpackb(body, raw=False)
     except Exception as exc:  # msgpack raises several kinds for bad input
@@ -117,8 +116,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 class Subscription:
-    """A server-named queue on the event exchange that goes away with us, bound before
-    anything is awaited, its messages handed over one at a time."""
+    """Our own queue on the event exchange, bound before anything is awaited."""
 
     def __init__(self, channel: BlockingChannel, settings: Settings, *, heartbeats: bool) -> None:
         self.channel = channel

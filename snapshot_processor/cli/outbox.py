@@ -1,12 +1,7 @@
-"""``outbox``: the outbox's depth, its oldest entry and the parked (set-aside) rows;
-``outbox replay`` puts parked rows back for publishing, ``outbox discard`` removes them.
+"""``outbox``: depth, oldest entry and parked rows; ``outbox replay`` / ``discard`` parked rows.
 
-Looking is safe while the daemon runs: a few short reads on its SQLite file (WAL mode,
-readers never block its writer). Replay and discard refuse while a daemon holds the data
-root: its publisher counts the outbox's rows in memory and reads them back only when
-that count says so, so rows put back behind its back would wait for the next event and
-leave its count (and the full/empty decisions made on it) wrong. Stop the daemon, run
-the command, start it: the publisher then reads the outbox from the start.
+Looking is safe while the daemon runs; replay and discard refuse, as its publisher keeps the
+outbox's row count in memory.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""``simulate-cameras``: the camera simulator (``tools/camera_simulator.py``).
-
-The simulator stays in ``tools/``: it is a development tool (tests, the demo, the
-benchmark), so the package and the container image carry none of it. This command
-imports it only when run, and says so in one line where ``tools/`` is not installed.
-"""
+"""``simulate-cameras``: the camera simulator, a development tool that stays in ``tools/``
+(the package and the image carry none of it), so it is imported only when run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""``snap CAMERA [-o FILE]``: one snapshot through the daemon's camera clients, what the
-camera answered, and how long it took."""
+"""``snap CAMERA [-o FILE]``: one snapshot through the daemon's camera clients, timed."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from pylib.observe.logs import printable
-from snapshot_processor.camera import CameraError
+from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.networks import CameraNetworks
 from snapshot_processor.camera.registry import (
     CameraAddressRefusedError,

@@ -1,18 +1,20 @@
-"""``trigger CAMERA``: publish a trigger exactly as the event processor does, wait for the
-image event it causes, and print it with the latency."""
+"""``trigger CAMERA``: send a trigger as the event processor does, print its event and latency."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from datetime import datetime
 from typing import Any
 
 import msgpack
 import pika
 import pika.exceptions
+import requests
 
 from pylib.observe.logs import printable
 from snapshot_processor.cli.common import (
+    EXIT_CAMERA,
     EXIT_CONFIG,
     EXIT_NO_EVENT,
     CommandError,
@@ -106,19 +108,59 @@ def run(args: argparse.Namespace) -> int:
                 "on this exchange",
                 EXIT_NO_EVENT,
             ) from None
+        sent_at = time.time()
         deadline = sent + args.timeout
+        # A camera already down fails again within its attempts: told after them, not at the end.
+        attempts = settings.camera.timeout * (settings.camera.retries + 1) + 2.0
         while (remaining := deadline - time.monotonic()) > 0:
             message = subscription.next(min(remaining, 0.5))
-            if message is None or _camera_of(message[1]) != wanted:
-                continue
-            latency = time.monotonic() - sent
-            print(f"event after {latency * 1000:.0f} ms: {describe_event(*message)}")
-            return 0
+            if message is not None and _camera_of(message[1]) == wanted:
+                latency = time.monotonic() - sent
+                print(f"event after {latency * 1000:.0f} ms: {describe_event(*message)}")
+                return 0
+            waited = time.monotonic() - sent
+            failure = _camera_failure(settings, wanted, sent_at if waited < attempts else 0.0)
+            if failure is not None:
+                raise CommandError(
+                    f"camera '{printable(device.key)}' failed: {printable(failure)}", EXIT_CAMERA
+                )
+    failure = _camera_failure(settings, wanted, 0.0)
     raise CommandError(
         f"no event from camera '{printable(device.key)}' within {args.timeout:g} s "
-        "(the daemon's log says why)",
+        + (
+            f"(the camera is down: {printable(failure)})"
+            if failure
+            else "(the daemon's log says why)"
+        ),
         EXIT_NO_EVENT,
     )
+
+
+def _camera_failure(settings: Settings, key: str, after: float) -> str | None:
+    """Why the daemon finds the camera down, if it went down at or after ``after`` (unix
+    s), from the daemon's own HTTP API; None when it is not down or there is no API."""
+    port, host = settings.ops.http_port, settings.ops.http_bind
+    if not port:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/api/cameras"
+    token = settings.ops.http_token_value
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with requests.Session() as session:
+            session.trust_env = False  # the daemon is local: no proxy from the environment
+            reply = session.get(url, headers=headers, timeout=2, allow_redirects=False)
+        cameras = reply.json()["cameras"] if reply.status_code == 200 else []
+        for camera in cameras:
+            health = camera.get("health") or {}
+            if str(camera.get("key", "")).strip().lower() != key or health.get("state") != "down":
+                continue
+            since = datetime.fromisoformat(health["since"]).timestamp()
+            if since >= after:
+                return str(health.get("last_error") or health.get("reason") or "down")
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no API to ask: the timeout's message says where to look
+    return None
 
 
 def _camera_of(body: bytes) -> str | None:

@@ -1,9 +1,5 @@
-"""``uploads``: the cloud upload queue (waiting per destination, the oldest, the parked
-uploads and why); ``uploads retry`` gives parked uploads their attempts back.
-
-Both are safe while the daemon runs: its uploader reads the queue from the file each
-round, so uploads put back are tried within seconds.
-"""
+"""``uploads``: the cloud upload queue; ``uploads retry`` gives parked uploads their attempts
+back. Both are safe while the daemon runs: its uploader reads the file each round."""
 
 from __future__ import annotations
 

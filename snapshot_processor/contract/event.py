@@ -37,12 +37,7 @@ def heartbeat_routing_key(topic: str) -> str:
 
 
 def person_detail(detections: Iterable[dict[str, Any]]) -> str | None:
-    """``"2 person(s) and 5 things"`` when a person was found, else None.
-
-    As the original counted: the persons found (each located one, or one per person
-    label without a location), and every label the detector returned, persons included.
-    A detection is one located instance, so a label is counted once however many it has.
-    """
+    """``"2 person(s) and 5 things"`` (person detections, distinct labels) if any, else None."""
     people = 0
     labels: set[str] = set()
     for detection in detections:
@@ -97,12 +92,8 @@ def heartbeat(
     *,
     camera_health: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The heartbeat map listing this daemon's inputs and outputs.
-
-    A camera output the prober knows gets an added ``health`` map (``state`` up, down or
-    unknown, ``reason``, ``last_seen`` as ISO-8601 UTC): readers of the original shape
-    ignore fields they do not know.
-    """
+    """The heartbeat map listing this daemon's inputs and outputs; a camera output the prober
+    knows gets an added ``health`` map (``state``, ``reason``, ``last_seen`` in ISO-8601 UTC)."""
     health = camera_health or {}
     found = []
     for device in outputs:
@@ -129,7 +120,6 @@ def pack(message: dict[str, Any]) -> bytes:
 
 
 def _bin_header(size: int) -> bytes:
-    """The msgpack bin header for ``size`` bytes (bin 8, 16 or 32, as the spec has it)."""
     if size < 1 << 8:
         return struct.pack(">BB", 0xC4, size)
     if size < 1 << 16:
@@ -140,11 +130,7 @@ def _bin_header(size: int) -> bytes:
 def pack_image_event(event: dict[str, Any]) -> tuple[bytes, int]:
     """An image event packed as :func:`pack` does, and where its image's bytes start.
 
-    The image is packed as a unique 16-byte marker first, so its place is found without
-    searching the image itself; the marker's bin header is then swapped for the image's.
-    The marker comes from the ``random`` module (as :func:`~pylib.chain.envelope.new_id`),
-    not ``os.urandom``: one system call less on the thread every event passes through.
-    """
+    A random marker stands in for the image, so its place is found without searching the image."""
     entry = event["inputs"][0]
     image: bytes = entry["image"]
     marker = random.randbytes(16)

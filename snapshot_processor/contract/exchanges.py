@@ -8,7 +8,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from snapshot_processor.config import Settings
 from snapshot_processor.contract.event import trigger_routing_key
 
-# AMQP reply code: a queue or exchange exists with other arguments.
+# A queue or exchange exists with other arguments.
 PRECONDITION_FAILED = 406
 
 
@@ -33,11 +33,7 @@ def trigger_queue_arguments(settings: Settings) -> dict[str, str] | None:
 
 
 def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
-    """The durable, shared trigger queue bound to the control exchange; returns its name.
-
-    Durable, not exclusive, not auto-deleted: triggers wait in it while the daemon is
-    away, and a quorum queue allows nothing else.
-    """
+    """The durable trigger queue (triggers wait while the daemon is away), bound; its name."""
     declare_exchanges(channel, settings)
     queue = settings.queue_name
     try:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pika
-from pika.adapters.blocking_connection import BlockingChannel
 
 from pylib.amqp.consumer import AmqpListener, RejectedMessageError
 from pylib.amqp.params import connection_parameters
@@ -65,15 +64,11 @@ def events(settings: Settings, daemon: Daemon, recent: RecentEvents) -> Stage:
 
 def publisher(settings: Settings, daemon: Daemon, periodic: Callable[[], Publication]) -> Stage:
     """The publisher: outbox, confirms, heartbeats, acks back up the chain."""
-
-    def setup(channel: BlockingChannel) -> None:
-        exchanges.declare_exchanges(channel, settings)
-
     return AmqpPublisher(
         "publisher",
         daemon.stop_event,
         params=params(settings, "publisher"),
-        setup=setup,
+        setup=lambda channel: exchanges.declare_exchanges(channel, settings),
         outbox_path=settings.outbox_path,
         outbox_max=settings.broker.outbox_max_events,
         periodic=periodic,
@@ -90,9 +85,6 @@ def listener(
 ) -> Worker:
     """The trigger consumer, feeding the snapshot stage; bad triggers are rejected."""
 
-    def setup(channel: BlockingChannel) -> str:
-        return exchanges.declare_trigger_queue(channel, settings)
-
     def decode(body: bytes, properties: pika.BasicProperties) -> Envelope:
         try:
             trigger = parse_trigger(body, camera_keys, settings.broker.trigger_max_bytes)
@@ -104,7 +96,7 @@ def listener(
         "listener",
         daemon.stop_event,
         params=params(settings, "listener"),
-        setup=setup,
+        setup=lambda channel: exchanges.declare_trigger_queue(channel, settings),
         decode=decode,
         forward_to=forward_to,
         prefetch=settings.prefetch,

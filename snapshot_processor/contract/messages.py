@@ -1,10 +1,6 @@
 """The messages between the daemon's stages: every kind and body field, defined once.
 
-A trigger (listener -> snapshot stage) and a snapshot (ingest -> detection -> events)
-are typed here; the generic kinds that settle work (publish requests, done marks,
-acks) are :mod:`pylib.chain.settle`'s. Reading a body checks every field, so a
-message of the wrong shape is a :class:`MessageError` that the stage settles, never
-a ``KeyError`` deep in a handler.
+Reading a body checks every field: a wrong shape is a :class:`MessageError`, never a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -83,11 +79,7 @@ class TriggerMessage:
 
 @dataclass(frozen=True)
 class SnapshotMessage:
-    """One image on its way to becoming an event, and what the stages found out about it.
-
-    The fetch or upload sets the first group of fields; detection adds its verdict
-    (:meth:`with_detection`), storage the link a person opens (``storage_url``).
-    """
+    """One image on its way to becoming an event, and what the stages found out about it."""
 
     event_id: str
     camera_key: str
@@ -97,13 +89,11 @@ class SnapshotMessage:
     storage_path: str
     source: str
     settlement: Settlement = field(default_factory=lambda: Settlement(None))
-    # Detection's verdict.
     detections: list[dict[str, Any]] = field(default_factory=list)
     analysed: bool = False
     detection_error: str | None = None
     detection_skipped: str | None = None
     annotated_path: str | None = None
-    # Storage's link.
     storage_url: str | None = None
     # When the daemon received the trigger it answers (None: an upload, no trigger).
     triggered: float | None = None

@@ -1,8 +1,5 @@
-"""Turns a snapshot (with its detections, once there are any) into the image event to publish.
-
-Each event gets one INFO line here, where its content is known: it is handed to the
-publisher, which stores it in the outbox and publishes it (and logs only trouble).
-"""
+"""Turns a snapshot (with its detections) into the image event to publish, and logs it: the one
+INFO line of each event is here, where its content is known."""
 
 from __future__ import annotations
 
@@ -56,7 +53,6 @@ class EventBuilder:
     ) -> None:
         self.exchange = exchange
         self.routing_key = image_routing_key(topic, device_name)
-        # Where the status page and the API read what happened lately.
         self.recent = recent
 
     def __call__(self, envelope: Envelope) -> Envelope:

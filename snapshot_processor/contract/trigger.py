@@ -1,13 +1,7 @@
 """Triggers as the existing services send them: msgpack maps, validated into a Trigger.
 
-What is read, as the original read it: ``timestamp`` (unix seconds, or an ISO-8601
-string as Python senders write it) and ``output_triggered``'s ``device_key`` and
-``device_params``. Everything else is optional and, where present, only looked at:
-``active_input`` (the Java event processor puts its whole input device there, a camera
-input's image included), ``device_type``, ``device_label``, camelCase copies, a
-``traceparent``. Map keys that are not strings are tolerated, as nothing from the body
-but the fields above goes down the chain; a map or a list as a key (which Python cannot
-hold) is refused here as ``bad_map_key``.
+As the original, only ``timestamp`` and ``output_triggered``'s ``device_key`` and
+``device_params`` are read; the rest is optional. Map keys need not be strings.
 """
 
 from __future__ import annotations
@@ -28,11 +22,8 @@ from snapshot_processor.contract.messages import TriggerMessage
 
 TRIGGERS = Counter("triggers_total", "Valid triggers received", ["camera"])
 
-#: Default of ``TRIGGER_MAX_BYTES``. Real triggers are small, except the Java event
-#: processor's for a camera input: its ``active_input`` carries the image (100-200 KB).
-#: The bound is for the decoder: a body is decoded whole, which costs about its own size
-#: again in memory and well under 1 ms per MB, while the broker accepts messages of 16 MB
-#: or more.
+#: Default of ``TRIGGER_MAX_BYTES``: the Java event processor's trigger for a camera input
+#: carries the image (100-200 KB); a body is decoded whole, about its own size in memory.
 DEFAULT_MAX_BYTES = 1_048_576
 
 #: The last second of year 9999, the latest ``timestamp`` taken.
@@ -110,9 +101,7 @@ def parse_trigger(
 ) -> Trigger:
     """Validate a trigger body; ``cameras`` maps lower-cased keys to configured camera keys.
 
-    Raises :class:`TriggerError` naming what is wrong; never echoes ``device_params``,
-    which holds a password.
-    """
+    Raises :class:`TriggerError` naming what is wrong, never echoing ``device_params``."""
     if len(body) > max_bytes:
         raise TriggerError("too_large", f"{len(body)} bytes, more than {max_bytes}")
     try:

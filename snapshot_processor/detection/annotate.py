@@ -21,16 +21,8 @@ def annotated_path(original: Path) -> Path:
     return original.with_name(original.stem + ANNOTATED_SUFFIX)
 
 
-def is_annotated(path: Path) -> bool:
-    """Whether ``path`` is an annotated copy (watchers and uploaders may want to skip it)."""
-    return path.name.endswith(ANNOTATED_SUFFIX)
-
-
 def annotate(image: bytes, detections: Sequence[Detection], *, quality: int = 85) -> bytes:
-    """JPEG bytes of ``image`` with a box and ``label NN%`` for each detection that has a box.
-
-    People are drawn in red, everything else in yellow.
-    """
+    """JPEG bytes of ``image`` with a box and ``label NN%`` for each detection that has a box."""
     failure: DetectionError | None = None
     try:
         with Image.open(io.BytesIO(image)) as opened:

@@ -49,12 +49,7 @@ def _clip(value: float, limit: int) -> float:
 
 @dataclass(frozen=True)
 class Detection:
-    """One thing found in an image.
-
-    ``confidence`` is on a 0-100 scale whatever the backend's own scale; ``box`` is
-    None when the backend names the thing without locating it; ``person`` is the
-    verdict of the person rule (:func:`is_person`).
-    """
+    """One thing found in an image: ``confidence`` is 0-100, ``box`` None if not located."""
 
     label: str
     confidence: float
@@ -72,11 +67,8 @@ class Detection:
 
 
 class Detector(Protocol):
-    """The port every detection backend implements.
-
-    ``detect`` is called from one thread at a time; it raises :class:`DetectionError`
-    for every failure it can name.
-    """
+    """The port every detection backend implements: ``detect`` is called from one thread at
+    a time and raises :class:`DetectionError` for every failure it can name."""
 
     name: str
 
@@ -114,11 +106,8 @@ class NoDetector:
 
 @dataclass(frozen=True)
 class PersonRule:
-    """Minimum confidence (0-100) at which a person label counts, with per-label overrides.
-
-    ``overrides`` maps a label name (any case) to its own minimum, e.g. a stricter one
-    for ``Face`` than for ``Person``.
-    """
+    """Minimum confidence (0-100) at which a person label counts; ``overrides`` maps a
+    label (any case) to its own minimum."""
 
     default: float = 80.0
     overrides: Mapping[str, float] = field(default_factory=dict)
@@ -137,11 +126,7 @@ class PersonRule:
 
 
 def is_person(label: str, parents: Iterable[str], confidence: float, min_confidence: float) -> bool:
-    """The person rule: ``Person`` itself or among the parents, at or above the minimum.
-
-    Names compare without regard to case (Rekognition says ``Person``, COCO ``person``);
-    both confidences are on the 0-100 scale.
-    """
+    """The person rule: ``Person`` (any case) as the label or a parent, at or above the minimum."""
     if confidence < min_confidence:
         return False
     return label.casefold() == PERSON or any(p.casefold() == PERSON for p in parents)

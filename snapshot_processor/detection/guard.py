@@ -1,8 +1,4 @@
-"""The cost guard: no paid detection call for an image already sent, nor past the caps.
-
-Pure bookkeeping with an injectable clock; the stage asks it before each call.
-Windows roll: "hourly" is the last 3600 s, "daily" the last 86400 s.
-"""
+"""The cost guard: no paid detection call for an image already sent, nor past the caps."""
 
 from __future__ import annotations
 
@@ -29,14 +25,9 @@ MAX_REMEMBERED = 10_000
 
 
 class CostGuard:
-    """Decides whether one more detection call may go ahead.
-
-    ``dedupe_window`` seconds: the same bytes (by SHA-256) are never sent twice within
-    it. ``max_per_hour``/``max_per_day``: call caps (None: no cap). Only calls that
-    were allowed are recorded. Memory stays bounded: hashes older than the window are
-    pruned (and at most :data:`MAX_REMEMBERED` kept), call times are kept only up to
-    the caps.
-    """
+    """Decides whether one more detection call may go ahead: the same bytes (SHA-256) not
+    twice within ``dedupe_window`` seconds, nor past ``max_per_hour``/``max_per_day`` in
+    rolling windows (None: no cap). Memory is bounded by ``max_remembered`` and the caps."""
 
     def __init__(
         self,
@@ -58,10 +49,8 @@ class CostGuard:
         self._lock = threading.Lock()
 
     def check(self, image: bytes) -> str | None:
-        """None if the call may go ahead (and it is recorded), else why not.
-
-        Reasons: ``"duplicate"``, ``"hourly_cap"``, ``"daily_cap"``.
-        """
+        """None if the call may go ahead (it is then recorded), else why not:
+        ``"duplicate"``, ``"hourly_cap"`` or ``"daily_cap"``."""
         digest = hashlib.sha256(image).digest()
         with self._lock:
             now = self.clock()

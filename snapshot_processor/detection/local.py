@@ -1,14 +1,9 @@
-"""The ``local`` backend: OpenCV's HOG people detector on this machine's CPU, and the
-image decoding the ONNX backend shares.
-
-OpenCV comes with the ``local`` extra and is imported only when a local detector is made,
-so the rest of the package works without it.
-"""
+"""The ``local`` backend (OpenCV's HOG people detector) and the image decoding the ONNX
+backend shares; OpenCV (the ``local`` extra) is imported only when a detector is made."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 import math
 from typing import TYPE_CHECKING, Final
 
@@ -20,14 +15,10 @@ from snapshot_processor.detection.base import Box, Detection, DetectionError
 if TYPE_CHECKING:
     from snapshot_processor.detection.settings import DetectionSettings
 
-log = logging.getLogger(__name__)
-
 INSTALL_HINT: Final = (
     "the local detector needs the 'local' extra: run `poetry install -E local` "
     "(or `pip install 'snapshot-processor[local]'`)"
 )
-
-#: The 80 COCO class names in the order YOLO models trained on COCO use; 0 is "person".
 
 Image = npt.NDArray[np.uint8]
 
@@ -60,15 +51,9 @@ def decode(image: bytes) -> Image:
     return np.asarray(frame, dtype=np.uint8)
 
 
-# --- HOG ----------------------------------------------------------------------------
-
-
 def hog_confidence(weight: float) -> float:
-    """Map a HOG hit's SVM weight (its signed distance from the plane) to 0-100.
-
-    A logistic: ``100 / (1 + exp(-2 * weight))``. The plane itself (weight 0) is 50,
-    weight 0.2 is 60 (the default minimum), 0.5 is 73, 1.0 is 88, 2.0 is 98.
-    """
+    """Map a HOG hit's SVM weight (signed distance from the plane) to 0-100 by a logistic:
+    weight 0 is 50, 0.2 is 60 (the default minimum), 1.0 is 88."""
     return 100.0 / (1.0 + math.exp(-2.0 * weight))
 
 
@@ -79,18 +64,9 @@ def hog_weight(confidence: float) -> float:
 
 
 class HogPeopleDetector:
-    """OpenCV's HOG + linear SVM pedestrian detector (``HOGDescriptor.getDefaultPeopleDetector``).
-
-    Finds upright people, label ``Person``. The image is scaled down to ``max_width``
-    pixels wide, then framed with a neutral grey ``margin`` (a fraction of each side):
-    the detector's 64x128 window only fires on a whole body, and the margin lets it hang
-    over the edge of the frame, so a person close to the camera with their legs cut off
-    is still found. Window hits above the SVM plane (``hit_threshold``) are grouped by
-    OpenCV (a group needs more than ``group_threshold`` overlapping hits, which keeps
-    lone texture hits out), groups below ``min_confidence`` (see
-    :func:`hog_confidence`) are dropped, and overlapping groups are de-duplicated with
-    non-max suppression.
-    """
+    """OpenCV's HOG + linear SVM pedestrian detector; finds upright people, label ``Person``.
+    A grey ``margin`` lets the 64x128 whole-body window hang over the edge (legs cut off);
+    a group needs more than ``group_threshold`` hits (no lone texture hits)."""
 
     name = "hog"
 

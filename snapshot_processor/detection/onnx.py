@@ -1,8 +1,4 @@
-"""A YOLO-style ONNX model of the user's, run by onnxruntime on this machine's CPU.
-
-onnxruntime comes with the ``local`` extra and is imported only when the detector is
-made, so the rest of the package works without it.
-"""
+"""A user's YOLO-style ONNX model on the CPU; onnxruntime (``local`` extra) loads lazily."""
 
 from __future__ import annotations
 
@@ -22,88 +18,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The 80 COCO class names in the order YOLO models trained on COCO use; 0 is "person".
+# fmt: off
 COCO_LABELS: Final[tuple[str, ...]] = (
-    "person",
-    "bicycle",
-    "car",
-    "motorcycle",
-    "airplane",
-    "bus",
-    "train",
-    "truck",
-    "boat",
-    "traffic light",
-    "fire hydrant",
-    "stop sign",
-    "parking meter",
-    "bench",
-    "bird",
-    "cat",
-    "dog",
-    "horse",
-    "sheep",
-    "cow",
-    "elephant",
-    "bear",
-    "zebra",
-    "giraffe",
-    "backpack",
-    "umbrella",
-    "handbag",
-    "tie",
-    "suitcase",
-    "frisbee",
-    "skis",
-    "snowboard",
-    "sports ball",
-    "kite",
-    "baseball bat",
-    "baseball glove",
-    "skateboard",
-    "surfboard",
-    "tennis racket",
-    "bottle",
-    "wine glass",
-    "cup",
-    "fork",
-    "knife",
-    "spoon",
-    "bowl",
-    "banana",
-    "apple",
-    "sandwich",
-    "orange",
-    "broccoli",
-    "carrot",
-    "hot dog",
-    "pizza",
-    "donut",
-    "cake",
-    "chair",
-    "couch",
-    "potted plant",
-    "bed",
-    "dining table",
-    "toilet",
-    "tv",
-    "laptop",
-    "mouse",
-    "remote",
-    "keyboard",
-    "cell phone",
-    "microwave",
-    "oven",
-    "toaster",
-    "sink",
-    "refrigerator",
-    "book",
-    "clock",
-    "vase",
-    "scissors",
-    "teddy bear",
-    "hair drier",
-    "toothbrush",
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
+# fmt: on
 
 LAYOUTS: Final = ("auto", "yolov5", "yolov8")
 
@@ -111,21 +40,12 @@ LAYOUTS: Final = ("auto", "yolov5", "yolov8")
 class OnnxDetector:
     """A user-supplied YOLO-style ONNX model run by onnxruntime on the CPU.
 
-    Input: the model's first input, NCHW float32 RGB scaled to 0..1, the image
-    letterboxed (resized keeping its aspect, padded with grey 114) to
-    ``input_size`` x ``input_size`` (or the model's own fixed height and width).
-
-    Output: the model's first output, in pixels of that input, either
-    ``(1, N, 5 + C)`` rows of ``[cx, cy, w, h, objectness, C class scores]`` (YOLOv5;
-    score = objectness x best class score) or ``(1, 4 + C, N)`` columns of
-    ``[cx, cy, w, h, C class scores]`` (YOLOv8; score = best class score). With
-    ``layout="auto"`` the shape decides, using C = the number of labels; a single
-    class YOLOv5 model may also give ``(1, N, 5)``. Candidates under
-    ``score_threshold`` (0..1) are dropped, overlaps removed per class by non-max
-    suppression. Labels come from ``labels`` (COCO's 80 by default, 0 = ``person``);
-    an index past the list is called ``class_<n>``. ``person`` is the label ``person``
-    at or above ``person_min_confidence`` (0-100; default: the score threshold).
-    """
+    Input: NCHW float32 RGB in 0..1, letterboxed (grey 114) to ``input_size`` square or
+    the model's own fixed size. Output, in input pixels: ``(1, N, 5 + C)`` YOLOv5 rows
+    ``[cx, cy, w, h, objectness, C scores]`` or ``(1, 4 + C, N)`` YOLOv8 columns
+    ``[cx, cy, w, h, C scores]``; ``layout="auto"`` decides by shape with C = len(labels),
+    and ``(1, N, 5)`` is a one-class YOLOv5. ``score_threshold`` is 0..1,
+    ``person_min_confidence`` 0-100; a class index past ``labels`` is ``class_<n>``."""
 
     name = "onnx"
 
@@ -143,7 +63,6 @@ class OnnxDetector:
     ) -> None:
         require("cv2")
         require("onnxruntime")
-        # onnxruntime ships no type information.
         import onnxruntime  # type: ignore[import-untyped]
 
         if layout not in LAYOUTS:
@@ -209,7 +128,8 @@ class OnnxDetector:
             )
             if box is None:
                 continue
-            label = self._label(int(classes[index]))
+            n = int(classes[index])
+            label = self.labels[n] if 0 <= n < len(self.labels) else f"class_{n}"
             confidence = min(max(float(scores[index]) * 100.0, 0.0), 100.0)
             person = is_person(label, (), confidence, self.person_min_confidence)
             found.append(Detection(label, confidence, box, person))
@@ -294,9 +214,6 @@ class OnnxDetector:
             self.nms_threshold,
         )
         return [int(i) for i in np.ravel(np.asarray(keep, dtype=np.int64))]
-
-    def _label(self, index: int) -> str:
-        return self.labels[index] if 0 <= index < len(self.labels) else f"class_{index}"
 
 
 def from_settings(settings: DetectionSettings) -> OnnxDetector:

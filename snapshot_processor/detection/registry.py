@@ -1,8 +1,5 @@
-"""The detection backends by name: the names the configuration accepts come from here.
-
-A backend is one module of this folder with a ``from_settings(settings)`` factory; it is
-imported only when chosen, so OpenCV, onnxruntime and boto3 load only where used.
-"""
+"""The detection backends by name, each a module here with ``from_settings(settings)``,
+imported only when chosen so OpenCV, onnxruntime and boto3 load only where used."""
 
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ from snapshot_processor.detection.guard import CostGuard
 if TYPE_CHECKING:
     from snapshot_processor.detection.settings import DetectionSettings
 
-# name -> the module whose ``from_settings`` builds it ("none" needs no module).
 BACKENDS: dict[str, str | None] = {
     "rekognition": "snapshot_processor.detection.rekognition",
     "local": "snapshot_processor.detection.local",

@@ -1,11 +1,5 @@
-"""Amazon Rekognition DetectLabels as a detector.
-
-The boto3 client is made once and honours boto3's standard configuration: the
-credentials chain (environment, shared files, container and instance roles, refreshed
-when they expire) and, when no ``endpoint_url`` is given, ``AWS_ENDPOINT_URL_REKOGNITION``
-or ``AWS_ENDPOINT_URL``. Every failure becomes a :class:`DetectionError` whose message is
-built from the error code and the service's own words, never from a request.
-"""
+"""Amazon Rekognition DetectLabels as a detector, configured the standard boto3 way; failure
+messages come from the error code and the service's own words, never a request."""
 
 from __future__ import annotations
 
@@ -57,12 +51,7 @@ _UNREACHABLE = (
 
 class RekognitionDetector:
     """Labels from Rekognition DetectLabels; ``Person`` (or a child of it) is a person.
-
-    ``min_confidence`` and ``max_labels`` go to the API (fewer labels cost no less);
-    ``person_min_confidence`` is the person rule's default, ``person_overrides`` its
-    per-label minimums. ``connect_timeout``/``read_timeout`` are seconds and
-    ``max_attempts`` counts the first call (botocore's standard retry mode).
-    """
+    Timeouts are in seconds; ``max_attempts`` counts the first call."""
 
     name = "rekognition"
 
@@ -89,7 +78,6 @@ class RekognitionDetector:
         )
         # A session of our own: boto3's default session is not safe to share across threads.
         session = boto3.session.Session()
-        # endpoint_url=None leaves boto3 to read AWS_ENDPOINT_URL_REKOGNITION / config files.
         try:
             self._client: Any = session.client(
                 "rekognition", region_name=region, endpoint_url=endpoint_url, config=config

@@ -1,11 +1,5 @@
-"""The detection stage: snapshots in, the same snapshots with their detections out.
-
-The stage's own thread never waits for the detector: it keeps taking messages, queues
-at most one snapshot per camera for the detector thread (a newer one for the same
-camera sends the waiting one on at once, marked ``busy``), passes other messages
-straight through, and sends each verdict on the moment the detector hands it back.
-Every snapshot that comes in goes out, analysed or with the reason it was not.
-"""
+"""The detection stage: snapshots in, the same snapshots with their detections out. At most
+one snapshot per camera waits for the detector (a newer one sends it on, marked ``busy``)."""
 
 from __future__ import annotations
 
@@ -63,14 +57,8 @@ def verdict(
 
 
 class DetectionStage(Stage):
-    """Takes snapshots, sends them on with detections.
-
-    ``detector`` runs on one thread of the stage's own; ``guard`` is asked before each
-    call. With ``annotate``, a copy with boxes drawn is written beside the snapshot's
-    ``storage_path`` when something was located. On stop the inbox is drained, the
-    detector finishes its current call (waiting at most ``stop_timeout`` seconds) and
-    everything still waiting is sent on unanalysed, marked ``stopping``.
-    """
+    """Takes snapshots, sends them on with detections (with ``annotate``, a boxed copy beside
+    ``storage_path``); on stop, whatever still waits goes on unanalysed, marked ``stopping``."""
 
     stop_weight = 1.5
 
@@ -108,12 +96,10 @@ class DetectionStage(Stage):
         # One per detector thread, so a thread given up on at stop never serves a restart.
         self._closing = threading.Event()
 
-    # --- the stage's thread ---------------------------------------------------------
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._closing = threading.Event()
-        # Not a Worker: it lives and dies with this stage's attempt (started here, joined in
-        # on_thread_stop), and a failed analysis is caught in _detect_loop.
+        # Not a Worker: it lives and dies with this stage's attempt (joined in on_thread_stop).
         self._detector_thread = threading.Thread(
             target=self._detect_loop,
             args=(self._closing,),
@@ -178,7 +164,6 @@ class DetectionStage(Stage):
             )
             self.send(verdict(older, skipped=BUSY).envelope())
 
-    # --- the detector's thread ------------------------------------------------------
     def _detect_loop(self, closing: threading.Event) -> None:
         while True:
             with self._changed:

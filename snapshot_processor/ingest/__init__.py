@@ -1,2 +1,1 @@
-"""Ingest: images that cameras push to the daemon (its FTP server and the watched upload
-folder), checked and sent down the chain."""
+"""Ingest: images cameras push to the daemon (FTP server, watched folder), sent down the chain."""

@@ -1,5 +1,4 @@
-"""Ingest as the daemon runs it: the watched folder's stage, and the FTP server that fills
-it when a password is set."""
+"""Ingest as the daemon runs it: the watched folder's stage, and the FTP server that fills it."""
 
 from __future__ import annotations
 

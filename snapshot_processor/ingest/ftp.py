@@ -39,18 +39,18 @@ FTP_LOGIN_TIMEOUTS = Counter(
     "ftp_login_timeouts_total", "Connections closed for not logging in within FTP_LOGIN_TIMEOUT"
 )
 FTP_BAD_NAMES = Counter("ftp_names_refused_total", "FTP commands refused for a NUL in a name")
+FTP_MISPLACED = Counter(
+    "ftp_uploads_misplaced_total", "FTP uploads refused for going outside the upload folder"
+)
 FTP_CONNECTIONS = Gauge("ftp_connections", "FTP control connections", ["state"])
 FTP_LOCKDOWN = Gauge(
     "ftp_login_lockdown", "1 while failed logins are over FTP_MAX_FAILED_LOGINS_PER_MINUTE"
 )
 
-# Cameras change into folders, make them, store and rename files; they need not read,
-# list the home, delete or chmod.
+# Cameras need not read, list the home, delete or chmod.
 ROOT_PERMISSIONS = "e"
 UPLOAD_PERMISSIONS = "elmwf"
-# The global failed-login limit counts over this window.
 FAILURE_WINDOW = 60.0
-# Floods of refusals are told once a minute, with their number.
 NOTICE_EVERY = 60.0
 
 
@@ -161,8 +161,7 @@ class FtpOptions:
     ban_seconds: float = 600.0
     max_failed_logins_per_minute: int = 30
     login_delay: float = 2.0
-    # (camera key, its folder in the upload dir), for the start-up lines saying where to upload.
-    camera_folders: tuple[tuple[str, str], ...] = ()
+    camera_folders: tuple[tuple[str, str], ...] = ()  # (camera key, its upload folder), logged
 
 
 def _handler_class(
@@ -171,7 +170,8 @@ def _handler_class(
     """A handler class of our own per server: pyftpdlib configures handlers by class attributes."""
     base: type[FTPHandler] = TLS_FTPHandler if options.tls_cert else FTPHandler
     notices = {
-        reason: _Notice() for reason in ("evicted", "full", "per_address", "lockdown", "late")
+        reason: _Notice()
+        for reason in ("evicted", "full", "per_address", "lockdown", "late", "misplaced")
     }
 
     def count_connections() -> None:
@@ -264,8 +264,7 @@ def _handler_class(
             super().close()
 
         def ftp_PASS(self, line: str) -> None:  # noqa: N802 (pyftpdlib names commands so)
-            # Connections opened before a lockdown began get no more guesses either.
-            if not guard.admits(self.remote_ip):
+            if not guard.admits(self.remote_ip):  # opened before the lockdown: no more guesses
                 FTP_REFUSED.labels("lockdown").inc()
                 self.respond("421 Too many failed logins; try again later.")
                 self.close_when_done()
@@ -300,8 +299,7 @@ def _handler_class(
                 )
 
         def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-            # No file name holds a NUL; os calls would raise on it, deep in pyftpdlib.
-            if "\x00" in line:
+            if "\x00" in line:  # no name holds one; os calls would raise deep in pyftpdlib
                 FTP_BAD_NAMES.inc()
                 log.warning(
                     "ftp: refused %s from %s: a NUL in its argument",
@@ -310,11 +308,32 @@ def _handler_class(
                 )
                 self.respond("501 A name may not hold a NUL character.")
                 return
+            if self.authenticated and cmd in ("STOR", "APPE", "STOU"):
+                target = self.fs.ftp2fs(self.fs.cwd if cmd == "STOU" else arg or self.fs.cwd)
+                if self.fs.validpath(target) and not self.authorizer.has_perm(
+                    self.username, "w", target
+                ):
+                    self._misplaced(cmd, target)
+                    return
             super().pre_process_command(line, cmd, arg)
 
-        # pyftpdlib's own lines carry client names and commands: escaped, one line each.
+        def _misplaced(self, cmd: str, target: str) -> None:
+            # pyftpdlib would answer a bare "550 Not enough privileges."; say where to upload.
+            FTP_MISPLACED.inc()
+            folder = "/" + options.upload_dir.relative_to(options.root).as_posix()
+            examples = [f"{folder}/{name}/" for _, name in options.camera_folders[:1]]
+            hint = examples[0] if examples else f"{folder}/<camera folder>/"
+            notices["misplaced"](
+                "ftp: refused %s of %s from %s: uploads go into %s (set the camera's FTP path)",
+                cmd,
+                printable(self.fs.fs2ftp(target)),
+                self.remote_ip,
+                hint,
+            )
+            self.respond(f"550 Uploads go into {folder}/<camera folder>/, e.g. {hint}")
+
+        # pyftpdlib's own lines (the prefix too) carry client names: escaped, one line each.
         def _line(self, msg: str) -> str:
-            # The prefix holds the user name the client gave: escaped with the rest.
             return printable(f"{self.log_prefix % self.__dict__} {msg}")
 
         def log(self, msg: str, logfun: Callable[[str], None] = pyftpdlib_log.info) -> None:
@@ -328,8 +347,7 @@ def _handler_class(
             pyftpdlib_log.error(self._line(msg))
 
         def on_incomplete_file_received(self, file: str) -> None:
-            # A dropped connection leaves half a file: remove it before the watcher takes it.
-            FTP_INCOMPLETE.inc()
+            FTP_INCOMPLETE.inc()  # removed before the watcher takes half a file
             log.warning("ftp: removing partial upload %s", printable(file))
             try:
                 os.remove(file)
@@ -376,7 +394,6 @@ class FtpServerThread(Worker):
             options.ban_after, options.ban_seconds, options.max_failed_logins_per_minute
         )
         self.server: FTPServer | None = None
-        self.ready = threading.Event()
         self.bound: tuple[str, int] | None = None
 
     def on_thread_start(self) -> None:
@@ -387,9 +404,7 @@ class FtpServerThread(Worker):
         )
         handler = _handler_class(options, self.guard, slots)
         server = FTPServer((options.listen_address, options.port), handler)
-        # The slots above decide who holds a control connection; pyftpdlib's own limit
-        # counts every socket (data channels, passive listeners too), so it only guards
-        # against running out of file descriptors.
+        # Our slots decide; pyftpdlib's limit counts every socket, so it only guards the fds.
         server.max_cons = 4 * options.max_connections + 8
         server.max_cons_per_ip = options.max_connections_per_ip
         self.server = server
@@ -417,7 +432,6 @@ class FtpServerThread(Worker):
         )
         for key, folder in options.camera_folders:
             log.info("ftp: camera '%s' uploads to %s", printable(key), self.camera_url(folder))
-        self.ready.set()
 
     def camera_url(self, folder: str) -> str:
         """The FTP URL a camera uploads into: its folder, as the FTP user sees it."""
@@ -442,11 +456,9 @@ class FtpServerThread(Worker):
     def work(self) -> None:
         assert self.server is not None
         while self.should_keep_running():
-            # One poll of the server's I/O loop at a time, so a stop request is seen quickly.
-            self.server.ioloop.loop(timeout=0.2, blocking=False)
+            self.server.ioloop.loop(timeout=0.2, blocking=False)  # so a stop is seen quickly
 
     def on_thread_stop(self) -> None:
-        self.ready.clear()
         if self.server is not None:
             self.server.close_all()
             self.server = None

@@ -1,12 +1,6 @@
 """Who may hold an FTP control connection: the policy that keeps a camera able to log in.
-
-Connections not yet logged in may hold at most ``total - reserved`` slots; when they
-are all taken, a new connection closes the *oldest* one not logged in instead of being
-refused. Holding idle connections therefore gains an attacker nothing: a camera's new
-connection always gets a slot, and it logs in long before enough newer connections
-arrive to push it out. The ``reserved`` slots are only ever used by logged-in sessions.
-Only when every slot is a logged-in session is a new connection refused.
-"""
+Connections not logged in hold at most ``total - reserved`` slots; beyond, a new one evicts
+the *oldest* (idle connections gain an attacker nothing); refused only when all are sessions."""
 
 from __future__ import annotations
 

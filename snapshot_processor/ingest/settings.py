@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,8 +20,7 @@ class IngestSettings(BaseModel):
     ftp_enabled: bool | None = Field(None, alias="FTP_ENABLED")
     ftp_user: str = Field("camera", alias="FTP_USER", min_length=1, pattern=r"^[^\s:]+$")
     ftp_pass: SecretStr | None = Field(None, alias="FTP_PASS", json_schema_extra=secret())
-    # The folder cameras push into, relative to SNAPSHOTS_ROOT_DIR (``Settings.ingest_dir``).
-    folder: Path = Field(Path("upload"), alias="FTP_UPLOAD_DIR")
+    folder: Path = Field(Path("upload"), alias="FTP_UPLOAD_DIR")  # below SNAPSHOTS_ROOT_DIR
     create_dirs: CommaList = Field(default_factory=list, alias="FTP_CREATE_DIRS")
     ftp_listen_address: str = Field("0.0.0.0", alias="FTP_LISTEN_ADDRESS", min_length=1)
     ftp_port: int = Field(2121, alias="FTP_PORT", ge=0, le=65535)
@@ -72,6 +72,19 @@ class IngestSettings(BaseModel):
     def _ordered_ports(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
         if value is not None and not 1024 <= value[0] <= value[1] <= 65535:
             raise ValueError("passive ports must be LOW-HIGH within 1024-65535")
+        return value
+
+    @field_validator("ftp_masquerade_address")
+    @classmethod
+    def _ipv4(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError(
+                    "must be the IPv4 address cameras reach this host at (passive replies "
+                    "carry it), e.g. 192.168.1.10"
+                ) from None
         return value
 
     @model_validator(mode="after")

@@ -1,12 +1,7 @@
 """Images pushed by cameras into the upload dir: watched, checked, kept, sent down the chain.
 
-A watchdog observer reports files; this stage's thread takes each one once it is
-complete (closed after writing and left alone for a moment, or, where the observer
-cannot tell, its size stable), maps its folder to an input camera, checks it is a
-whole JPEG of sane size, moves it to the snapshots folder under a unique name and
-sends it on with ``source = upload``. Anything wrong goes to quarantine with a log
-line and a counter; the stage goes on.
-"""
+Each file is taken once complete (closed and settled, or its size stable), mapped to a
+camera by its folder and sent on; anything wrong goes to quarantine, logged and counted."""
 
 from __future__ import annotations
 
@@ -41,7 +36,7 @@ from pylib.chain.stage import Stage, Timer
 from pylib.observe.logs import printable
 from pylib.retry import RetryPolicy
 from pylib.runtime.worker import RestartBudget
-from snapshot_processor.camera import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.ingest.settings import IngestSettings
@@ -61,19 +56,16 @@ UPLOADS_REMOVED = Counter(
     "uploads_removed_total", "Files removed to bound the upload dir and quarantine", ["reason"]
 )
 
-# An upload being published is renamed to this prefix in its folder until the publisher
-# has it in the outbox; then it is removed. Left over at start, it is taken again.
+# An upload is renamed to this prefix until its event is in the outbox (taken again at start).
 INFLIGHT_PREFIX = ".inflight-"
-# A full outbox hands an upload back; it is taken again after this (growing) pause.
 # Open only the entry itself: a symlink fails (ELOOP) and a FIFO does not block.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class DiskBounds:
-    """What files nobody takes may hold: strays (outside camera folders, or hidden in
-    one) are removed after ``stray_max_age`` s or, oldest first, beyond ``stray_max_bytes``;
-    the quarantine is pruned, oldest first, to ``quarantine_max_bytes``."""
+    """Bounds on files nobody takes: strays (outside camera folders, or hidden) go after
+    ``stray_max_age`` s or, oldest first, beyond ``stray_max_bytes``; likewise the quarantine."""
 
     stray_max_age: float = 86_400.0
     stray_max_bytes: int = 100 * 1024 * 1024
@@ -96,9 +88,8 @@ class UploadRejectedError(Exception):
 
 def read_upload(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
     """The bytes of the file at ``path`` and its ``fstat``, read through the entry itself:
-    never a link (even one swapped in after an ``lstat`` said a regular file), only a
-    regular file of 1 to ``max_bytes`` bytes; anything else raises
-    :class:`UploadRejectedError`."""
+    never a link (even one swapped in after an ``lstat``), only a regular file of 1 to
+    ``max_bytes`` bytes; anything else raises :class:`UploadRejectedError`."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -208,8 +199,7 @@ class IngestStage(Stage):
         self.observer_factory = observer_factory
         self._pending: dict[Path, _Pending] = {}
         self._observer: BaseObserver | None = None
-        # In-flight upload -> the snapshot copy its event points to.
-        self._inflight: dict[Path, Path] = {}
+        self._inflight: dict[Path, Path] = {}  # in-flight upload -> its event's snapshot copy
         self._checks: dict[Path, Timer] = {}
         self._requeue = requeue.backoff()
 
@@ -243,8 +233,7 @@ class IngestStage(Stage):
         observer.schedule(_Events(self._observed), str(self.upload_dir), recursive=True)
         observer.start()
         self._observer = observer
-        # Files that arrived while we were not running: taken once their size is stable.
-        # Links are noted (and removed), never followed into.
+        # Files that came while we were not running (links noted and removed, never followed).
         for top, folders, files in os.walk(self.upload_dir, followlinks=False):
             for name in [*files, *(f for f in folders if os.path.islink(os.path.join(top, f)))]:
                 self._note(Path(top, name), closed=False)
@@ -256,8 +245,6 @@ class IngestStage(Stage):
             self._observer.join(5)
             self._observer = None
         super().on_thread_stop()
-
-    # Complete files not yet taken at stop stay in the upload dir and are found at next start.
 
     def _note(self, path: Path, closed: bool) -> None:
         try:
@@ -275,7 +262,6 @@ class IngestStage(Stage):
         pending = self._pending[path] = _Pending(
             size, now, closed or bool(previous and previous.closed and previous.size == size)
         )
-        # Look again once it may be complete: settled after closing, else stable in size.
         self._check_later(path, self.settle if pending.closed else self.stable)
 
     def _check_later(self, path: Path, delay: float) -> None:
@@ -316,9 +302,7 @@ class IngestStage(Stage):
             return
         self._inflight.pop(inflight, None)
         if body.get("requeue"):
-            # Nothing was stored (the outbox was full), so try again in a while. The copy
-            # in the snapshots dir stays: the storage stage may have queued it for upload
-            # already, and retention removes it once it is old and not queued.
+            # The outbox was full: try again later; the snapshot copy stays for retention.
             self.call_later(self._requeue.next(), partial(self._take, inflight))
             return
         self._requeue.reset()
@@ -332,8 +316,8 @@ class IngestStage(Stage):
         if path in self._inflight:
             return  # its event is on its way already
         shown = printable(str(relative))
-        if not self._reached_directly(relative):
-            # A folder on the way is a link: what lies there is not ours to read or remove.
+        real = os.path.realpath(self.upload_dir / relative.parent)
+        if real != os.path.normpath(self._real_upload_dir / relative.parent):  # through a link
             UPLOADS_REJECTED.labels("link").inc()
             log.warning("upload: %s lies behind a link out of the upload dir; not read", shown)
             return
@@ -346,8 +330,7 @@ class IngestStage(Stage):
             return
         hidden = [part for part in relative.parts if part.startswith(".")]
         if hidden and not (len(hidden) == 1 and relative.name.startswith(INFLIGHT_PREFIX)):
-            # Hidden names are how many uploaders write before renaming into place.
-            UPLOADS_IGNORED.labels("hidden").inc()
+            UPLOADS_IGNORED.labels("hidden").inc()  # how many uploaders write before renaming
             log.info("upload: leaving hidden file %s alone", shown)
             return
         device = self.cameras.get(relative.parts[0]) if len(relative.parts) > 1 else None
@@ -371,14 +354,8 @@ class IngestStage(Stage):
             UPLOADS_REJECTED.labels("io_error").inc()
             log.error("upload: cannot take %s: %s", shown, exc.strerror or exc)
 
-    def _reached_directly(self, relative: Path) -> bool:
-        """True if no folder between the upload dir and the file is a link."""
-        real = os.path.realpath(self.upload_dir / relative.parent)
-        return real == os.path.normpath(self._real_upload_dir / relative.parent)
-
     def _remove_special(self, path: Path, shown: str, mode: int | None) -> None:
-        """A link or special file is never opened: its entry is removed (a link's target
-        is left as it is)."""
+        """A link or special file is never opened: its entry is removed, a link's target kept."""
         reason = "symlink" if mode is None or stat.S_ISLNK(mode) else "not_a_regular_file"
         UPLOADS_REJECTED.labels(reason).inc()
         try:
@@ -398,27 +375,20 @@ class IngestStage(Stage):
             check_jpeg(image)
         except InvalidJPEGError as exc:
             raise UploadRejectedError("not_a_jpeg", str(exc)) from None
-        # One instant dates the event, the file's name and its day folder: the upload's
-        # mtime, when the camera finished writing it (by this machine's clock, as the FTP
-        # server writes the file), not when this stage got to it: an upload found at start
-        # after a stop keeps the time it came. A mtime ahead of the clock (set by a client)
-        # is taken as now: nothing is dated in the future.
+        # When it came (its mtime), never in the future (a client may set the mtime ahead).
         taken = min(info.st_mtime, time.time())
         event_id = new_id()
         target = snapshot_path(self.root, device.key, taken, event_id)
-        # Renamed aside, so a re-upload under the same name is a new file and a new event;
-        # kept until the publisher has the event in its outbox.
+        # Renamed aside (a re-upload is a new event), kept until the event is in the outbox.
         inflight = path
         if not path.name.startswith(INFLIGHT_PREFIX):
             inflight = path.with_name(f"{INFLIGHT_PREFIX}{event_id[:12]}-{path.name}")
             os.replace(path, inflight)
         moved = os.lstat(inflight)
         if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
-            # Swapped for something else between reading and renaming: not ours to link.
-            os.replace(inflight, path)
+            os.replace(inflight, path)  # swapped since it was read: not ours to link
             raise UploadRejectedError("symlink", "replaced while being taken")
-        # Durable, name and all: the outbox names this file instead of holding the image.
-        keep_linked(target, inflight, image)
+        keep_linked(target, inflight, image)  # durable: the outbox names this file
         self._inflight[inflight] = target
         SNAPSHOTS.labels(device.key, "upload").inc()
         log.info("upload: %s from %s -> event %s", printable(path.name), device.key, event_id)
@@ -456,23 +426,20 @@ class IngestStage(Stage):
         log.warning("upload: %s rejected (%s: %s); moved to %s", shown, reason, detail, target)
         self._prune_quarantine()
 
-    # --- bounds on what nobody takes ---------------------------------------------------
     def _sweep_soon(self) -> None:
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
         self._sweep_timer = self.call_later(0, self._sweep)
 
     def _sweep(self) -> None:
-        """Remove strays beyond their age or size bound and prune the quarantine; again
-        every ``sweep_every`` s."""
+        """Remove strays beyond their bounds, prune the quarantine; again each ``sweep_every`` s."""
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
         self._sweep_timer = self.call_later(self.bounds.sweep_every, self._sweep)
         bounds = self.bounds
         now = time.time()
-        strays = sorted(self._strays())
         kept = []
-        for stray in strays:
+        for stray in sorted(self._strays()):
             if now - stray.mtime > bounds.stray_max_age:
                 self._remove(stray, "stray_age", f"older than {bounds.stray_max_age:.0f} s")
             else:
@@ -482,7 +449,6 @@ class IngestStage(Stage):
 
     def _strays(self) -> Iterable[_Kept]:
         """Regular files in the upload dir that no camera folder takes."""
-        # Without followlinks, os.walk never enters a linked folder.
         for top, _folders, files in os.walk(self.upload_dir, followlinks=False):
             relative_top = Path(top).relative_to(self.upload_dir)
             in_camera = bool(relative_top.parts) and relative_top.parts[0] in self.cameras

@@ -1,5 +1,4 @@
-"""Operations as the daemon runs them: the recent events, the HTTP server (and the metrics
-listener), and the health pings."""
+"""Operations as the daemon runs them: recent events, HTTP and metrics servers, health pings."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def recent_events(settings: Settings, daemon: Daemon) -> RecentEvents:
 
 
 def metrics_listener(settings: Settings, daemon: Daemon) -> None:
-    """Prometheus counters on METRICS_PORT too, when it is set: the same server and rules
-    as HTTP_PORT, with only ``/metrics``."""
+    """Prometheus counters on METRICS_PORT too, when set: HTTP_PORT's rules, only ``/metrics``."""
     port, address = settings.ops.metrics_port, settings.ops.metrics_address
     if not port:
         return
@@ -73,11 +71,7 @@ def health_pings(
     pinger = HealthPinger(
         hc_url, cronitor, is_healthy=health, interval=section.health_ping_interval
     )
-
-    def stop(timeout: float) -> bool:
-        return pinger.stop(timeout)
-
-    daemon.add_step("health", pinger.start, stop)
+    daemon.add_step("health", pinger.start, pinger.stop)
 
 
 def http_server(

@@ -1,10 +1,7 @@
 """What the daemon did lately: the recent events and each camera's latest snapshot.
 
-The events stage records every event it builds (without the image bytes) in a small
-SQLite table that keeps the newest ``keep`` rows and survives a restart; the status page,
-``/api/events`` and each camera's ``latest.jpg`` read from it. It is a view for people,
-not a guarantee: written at ``synchronous=NORMAL`` (no fsync per event on the event's
-path), and a failure to write it is logged and counted, never in an event's way.
+A view for people, not a guarantee: the newest ``keep`` events (no image bytes) in SQLite,
+written at ``synchronous=NORMAL``; a failed write is logged and counted, never in an event's way.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from pylib.observe.logs import printable
 from pylib.sqlite_file import is_damaged, move_aside, transaction
 from snapshot_processor.contract.messages import SnapshotMessage
 
@@ -73,14 +69,12 @@ class EventRecord:
         )
 
     def as_json(self) -> dict[str, Any]:
-        """For the API: times as unix seconds. Shallow: ``dataclasses.asdict`` copies every
-        value deeply, which cost more than the JSON encoding of the record itself."""
+        """For the API, times as unix seconds; shallow, as ``asdict``'s deep copy cost more."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-# Events are written together, on a thread of this view's own, not on the chain's: at
-# most this many wait in memory, or this long after the first of them. The count is well
-# above the cameras a burst has, so a burst's write comes after its last events.
+# The writer thread writes when this many wait, or this long after the first: the count is
+# well above a burst's cameras, so a burst's write comes after its last events.
 WRITE_AFTER_EVENTS = 256
 WRITE_AFTER_SECONDS = 0.5
 
@@ -88,12 +82,8 @@ WRITE_AFTER_SECONDS = 0.5
 class RecentEvents:
     """The newest ``keep`` events, in SQLite at ``path``; safe to use from any thread.
 
-    :meth:`add` only queues: a writer thread writes what waits in one transaction, when
-    :data:`WRITE_AFTER_EVENTS` wait or :data:`WRITE_AFTER_SECONDS` after the first one.
-    Every read writes what waits first, so readers always see every event recorded. A
-    crash loses at most the last half second of this view (the events themselves were
-    published). The thread starts with the first event; :meth:`close` ends it and writes
-    what waits.
+    :meth:`add` only queues for a writer thread; every read writes what waits first. A crash
+    loses at most the last half second of this view (the events themselves were published).
     """
 
     def __init__(self, path: Path, keep: int = 500) -> None:
@@ -144,9 +134,8 @@ class RecentEvents:
                 self._queued.notify()
 
     def _start_writer(self) -> None:
-        # A daemon thread: a view never closed (an embedder's) must not keep the process.
-        # Not a Worker: reads and close() write whatever it has not, so losing it costs
-        # no event, only the batching.
+        # A daemon thread, not a Worker: a view never closed must not keep the process, and
+        # reads and close() write whatever it has not, so losing it costs only the batching.
         writer = threading.Thread(target=self._write_when_due, name="recent-events", daemon=True)
         try:
             writer.start()
@@ -238,21 +227,3 @@ class RecentEvents:
 
 def _record(text: str) -> EventRecord:
     return EventRecord(**json.loads(text))
-
-
-def age(taken: float, now: float | None = None) -> str:
-    """``"12 s ago"``, ``"5 min ago"``, ``"3 h ago"``: for people, not machines."""
-    seconds = max(0.0, (time.time() if now is None else now) - taken)
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} days ago"
-
-
-def describe(record: EventRecord) -> str:
-    """One line for logs and the CLI: camera, bytes, what was found."""
-    found = ", ".join(str(item.get("label")) for item in record.detections) or "nothing found"
-    return f"{printable(record.camera_key)}: {record.image_bytes} bytes, {found}"

@@ -1,10 +1,5 @@
-"""The daemon's HTTP routes: health, metrics, the JSON API and the status page.
-
-Everything here reads from :class:`Ops`, which the app assembles from its parts, so the
-routes know nothing of threads or sockets. Reads of images and events, and every call
-that changes state, are protected by the token; health and metrics by it too, except for
-this machine's own tools (see :mod:`pylib.http.access`).
-"""
+"""The daemon's HTTP routes: health, metrics, the JSON API and the status page, reading only
+from :class:`Ops` (which the app assembles), so they know nothing of threads or sockets."""
 
 from __future__ import annotations
 
@@ -42,12 +37,8 @@ class CameraHealth(Protocol):
 
 @dataclass(frozen=True)
 class HealthReport:
-    """The daemon's health: ``ok`` decides the status code, the rest is detail.
-
-    ``problems`` make it unhealthy (a dead thread, no broker, an outbox that cannot be
-    written); ``warnings`` are shown but do not (a camera down is not the daemon's fault,
-    and restarting it would not help).
-    """
+    """The daemon's health: ``ok`` decides the status code; ``problems`` make it unhealthy,
+    ``warnings`` are shown but do not (a restart would not help)."""
 
     ok: bool
     problems: list[str]

@@ -13,12 +13,8 @@ from snapshot_processor.ops.routes import SnapshotRefusedError
 
 
 class SnapshotRequests:
-    """Snapshots asked for over HTTP: triggers sent into the chain from request threads.
-
-    They carry no ack (nothing to settle with the broker) and their first event id is
-    chosen here, so the caller learns it at once. The one socket is used under a lock
-    (which is the memory barrier ZeroMQ asks for when a socket changes threads).
-    """
+    """Triggers sent into the chain from request threads, with no ack and their event id chosen
+    here; the one socket is used under a lock (the memory barrier ZeroMQ asks for)."""
 
     def __init__(self, inbox: str, labels: dict[str, str], cameras: CameraRegistry) -> None:
         self.inbox = inbox

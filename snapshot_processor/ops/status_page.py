@@ -1,10 +1,6 @@
 """The status page: plain server-rendered HTML, a little JavaScript, nothing from outside.
 
-One renderer makes the whole page and the part that refreshes (``/?part=main``): the
-script fetches that part every few seconds and swaps it in, so there is no second copy
-of the layout in JavaScript. Every value from outside (camera names, labels, errors) is
-escaped here.
-"""
+The script refreshes ``/?part=main``, rendered here too. Every value from outside is escaped."""
 
 from __future__ import annotations
 

@@ -1,2 +1,1 @@
-"""Storage: snapshot files on the local disk, their retention, and the upload of each one to
-the cloud destinations (Google Drive, S3)."""
+"""Storage: snapshot files on the local disk, their retention, and uploads to Drive and S3."""

@@ -1,6 +1,5 @@
-"""The cloud destinations by name, each a module with ``from_settings(settings)`` that gives
-its destination when configured (else None). Imported only when configured: the cloud
-clients cost some 30 MB of memory."""
+"""The cloud destinations by name, each a module with ``from_settings``; imported only when
+configured, since the cloud clients cost some 30 MB of memory."""
 
 from __future__ import annotations
 

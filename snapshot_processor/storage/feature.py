@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Storage:
-    """The chain's storage stage and the uploader (both absent without a destination), and
-    retention beside the chain."""
+    """The storage stage and uploader (absent without a destination), and retention."""
 
     stages: list[Stage]
     uploader: Uploader | None
@@ -30,11 +29,8 @@ class Storage:
 
 
 def build(settings: Settings, daemon: Daemon) -> Storage:
-    """Storage from its settings section.
-
-    The upload queue and the uploader are added to the daemon here, before the chain:
-    they start before it and stop after it, so nothing queued is cut off.
-    """
+    """Storage from its settings; the upload queue and uploader are added to the daemon
+    before the chain, so they start before it and stop after it."""
     section = settings.storage
     destinations = configured(section, settings.detection.aws_default_region)
     queue = uploader = None
@@ -75,8 +71,7 @@ def build(settings: Settings, daemon: Daemon) -> Storage:
         )
 
     def pending() -> set[str]:
-        # Never a file the outbox or the upload queue still needs; read at each sweep (a
-        # failure to read skips the sweep: nothing is removed).
+        # Read at each sweep; a failure to read skips it, so nothing is removed.
         needed = attached_files(settings.outbox_path)
         if queue is not None:
             needed |= queue.pending_paths()

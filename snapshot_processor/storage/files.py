@@ -1,10 +1,5 @@
-"""Where snapshots are kept on disk: one file per event, never overwritten.
-
-A write that fails (a full disk, a read-only or vanished mount) is never settled as
-done: its trigger comes back later. :class:`WriteTrouble` keeps the log to a line when
-the trouble starts and one a minute at most after, and shows it in health until a
-write succeeds again.
-"""
+"""Where snapshots are kept on disk: one file per event, never overwritten; a failed write
+is never settled as done (its trigger comes back later)."""
 
 from __future__ import annotations
 
@@ -37,22 +32,17 @@ def slug(text: str) -> str:
 
 
 def snapshot_path(root: Path, camera_key: str, taken: float, event_id: str) -> Path:
-    """``<root>/snapshots/<camera>/<YYYY-MM-DD>/<camera>_<YYYYmmddTHHMMSS.ffffff>_<id>.jpg``.
-
-    The event id makes every name unique, so two snapshots in the same second both stay.
-    """
+    """``<root>/snapshots/<camera>/<YYYY-MM-DD>/<camera>_<YYYYmmddTHHMMSS.ffffff>_<id>.jpg``;
+    the event id makes every name unique."""
     moment, camera = datetime.fromtimestamp(taken, UTC), slug(camera_key)
     name = f"{camera}_{moment:%Y%m%dT%H%M%S.%f}Z_{event_id[:12]}.jpg"
-    return _day_folder(root, camera, moment) / name
+    return day_folder(root, camera_key, taken) / name
 
 
 def day_folder(root: Path, camera_key: str, when: float) -> Path:
     """The folder of a camera's snapshots taken on the (UTC) day of ``when``."""
-    return _day_folder(root, slug(camera_key), datetime.fromtimestamp(when, UTC))
-
-
-def _day_folder(root: Path, camera: str, moment: datetime) -> Path:
-    return root / SNAPSHOTS_DIR / camera / f"{moment:%Y-%m-%d}"
+    moment = datetime.fromtimestamp(when, UTC)
+    return root / SNAPSHOTS_DIR / slug(camera_key) / f"{moment:%Y-%m-%d}"
 
 
 # Each camera's folder for the next day is made this long before it starts.
@@ -61,12 +51,8 @@ DAY = 86_400
 
 
 def prepare_day_folders(root: Path, camera_keys: Iterable[str], when: float) -> list[Path]:
-    """Make each camera's folder for the day of ``when``, and for the next day too if it
-    starts within :data:`PREPARE_AHEAD`; the folders this call made.
-
-    A day's first snapshot of a camera otherwise makes its folder and syncs the names of
-    the new folders on the way to its event. Retention removes day folders left empty.
-    """
+    """Make each camera's folder for the day of ``when``, and the next day's if it starts
+    within :data:`PREPARE_AHEAD`; the folders this call made."""
     days = dict.fromkeys([when, when + PREPARE_AHEAD])
     made: list[Path] = []
     for key in dict.fromkeys(camera_keys):
@@ -76,8 +62,7 @@ def prepare_day_folders(root: Path, camera_keys: Iterable[str], when: float) -> 
 
 
 def next_preparation(now: float) -> float:
-    """Seconds from ``now`` until the next day's folders are due: :data:`PREPARE_AHEAD`
-    before the next midnight (UTC), or a day later if that moment has just passed."""
+    """Seconds from ``now`` until the next moment :data:`PREPARE_AHEAD` before a midnight (UTC)."""
     due = (now // DAY + 1) * DAY - PREPARE_AHEAD
     while due <= now:
         due += DAY
@@ -85,12 +70,8 @@ def next_preparation(now: float) -> float:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so no reader sees half a file.
-
-    Durable on return, name and all (the outbox names this file instead of holding its
-    bytes): the data is synced before the rename, the folder after it, and the parent of
-    any folder made for it.
-    """
+    """Write via a temporary name and rename, so no reader sees half a file; durable on
+    return, name and all (the outbox names this file instead of holding its bytes)."""
     make_folders(path.parent)
     temporary = path.with_name(f".{path.name}.part")
     try:
@@ -110,9 +91,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def keep_linked(path: Path, source: Path, data: bytes) -> None:
-    """Make ``path`` a durable copy of ``source``, whose bytes are ``data``: a hard link
-    where the file system allows and the file still holds ``data`` (its size), else a
-    written copy."""
+    """Make ``path`` a durable copy of ``source`` (bytes ``data``): a hard link where the file
+    system allows and the file still holds ``data`` (its size), else a written copy."""
     make_folders(path.parent)
     try:
         os.link(source, path, follow_symlinks=False)
@@ -143,7 +123,6 @@ _DURABLE: set[Path] = set()
 _DURABLE_MAX = 4096
 # Folders some thread is making whose names may not be synced yet: a thread that finds
 # one syncs its name too, rather than trust a folder another thread made a moment ago.
-# Threads make and sync different folders at once, not one after another under one lock.
 _UNSYNCED: set[Path] = set()
 _UNSYNCED_LOCK = threading.Lock()
 
@@ -203,11 +182,8 @@ def sync_folder(folder: Path) -> None:
 
 
 class WriteTrouble:
-    """Writes under a root that fail: an ERROR line when the trouble starts or changes, a
-    reminder at most once a minute, a line when it ends; health shows it until then.
-
-    Safe to use from several threads (the snapshot stage writes on its pool).
-    """
+    """Failed writes under a root: an ERROR line when the trouble starts or changes, a
+    reminder at most once a minute, a line when it ends. Thread-safe."""
 
     def __init__(self, what: str, interval: float = 60.0) -> None:
         self.what = what

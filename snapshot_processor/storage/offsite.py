@@ -1,16 +1,7 @@
-"""Off-site copies: the storage stage queues every snapshot for each cloud destination.
-
-It sits after detection and before events. For each snapshot (and its annotated copy)
-it adds one upload per destination to the durable upload queue, in one commit for the
-messages that arrived together, sets ``storage_url`` to the link a person opens, and
-passes the snapshot on at once: the uploader thread copies the files later, so an event
-never waits for an upload.
-
-A queue that cannot be written (a full disk) is never passed over: the snapshot's part
-goes back as a requeue, as when the snapshot itself cannot be written, so no event goes
-out for a file that would never be copied. Its files are removed first: no event or
-upload will ever name them, and the trigger that comes again makes new ones.
-"""
+"""Off-site copies: the storage stage queues each snapshot's files for every destination
+(one commit per batch) and passes it on at once with its ``storage_url``. A queue that
+cannot be written hands the snapshot back as a requeue (its files removed), so no event
+names a file that would never be copied."""
 
 from __future__ import annotations
 
@@ -55,11 +46,8 @@ def upload_items(snap: SnapshotMessage) -> list[UploadItem]:
 
 
 class StorageStage(Stage):
-    """Queues each snapshot's files for every destination and sets its ``storage_url``.
-
-    ``destinations`` are in order of preference for the link: the first that knows one
-    gives it (Drive's folder before an S3 object, when both are on).
-    """
+    """Queues each snapshot's files for every destination and sets its ``storage_url``
+    from the first of ``destinations`` (in order) that knows a link."""
 
     def __init__(
         self,
@@ -147,7 +135,6 @@ class StorageStage(Stage):
                 )
 
     def _linked(self, snap: SnapshotMessage) -> SnapshotMessage:
-        """``snap`` with the link a person opens, from the first destination that has one."""
         image = upload_items(snap)[0]
         for destination in self.destinations.values():
             link = destination.link(image)

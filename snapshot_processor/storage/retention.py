@@ -1,19 +1,8 @@
 """Local retention: snapshots, annotated copies and the quarantine, bounded by age and size.
 
-Every ``interval`` seconds, and once at start, :class:`Retention` removes from
-``<root>/snapshots`` and ``<root>/quarantine`` the files older than ``max_age``, then,
-oldest first, as many as it takes to bring the rest under ``max_bytes``. It never removes:
-
-- a file still pending: held by the upload queue (waiting, retried or parked) or named
-  by an event in the outbox (waiting or parked); not yet safe;
-- a file younger than ``grace`` (10 min): it may be on its way to the upload queue;
-- anything that is not a regular file, or lies behind a symbolic link: links are never
-  followed, so nothing outside the data root is ever touched.
-
-Under size pressure with only pending files left to remove, it raises an alarm
-instead of deleting them: one ERROR line when raised (one INFO when cleared), the
-``retention_alarm`` gauge, and a line in health. Each sweep that removed something logs
-one summary line. Empty day folders of past days are removed too.
+Never removed: a file still pending (upload queue or outbox), one younger than ``grace``,
+or anything not a regular file or behind a symbolic link (links are never followed).
+With only pending files left over the bound, an alarm is raised instead.
 """
 
 from __future__ import annotations
@@ -64,10 +53,8 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """``max_age`` seconds and ``max_bytes`` in all; None for either keeps forever.
-    ``min_free`` bytes free on the data root's disk: below it the disk is under
-    pressure, and the oldest files that are safe to remove go first (None: no such
-    bound)."""
+    """``max_age`` seconds, ``max_bytes`` in all and ``min_free`` bytes free on the disk
+    (oldest safe files go first below it); None for any means no bound."""
 
     max_age: float | None
     max_bytes: int | None
@@ -76,8 +63,7 @@ class RetentionPolicy:
 
     @classmethod
     def of(cls, days: float, max_bytes: int, min_free: int = 0) -> RetentionPolicy:
-        """From ``RETENTION_DAYS``, ``RETENTION_MAX_BYTES`` and
-        ``RETENTION_MIN_FREE_BYTES``, where 0 means no bound."""
+        """From ``RETENTION_DAYS``, ``RETENTION_MAX_BYTES``, ``RETENTION_MIN_FREE_BYTES``."""
         return cls(
             days * 86_400.0 if days > 0 else None,
             max_bytes if max_bytes > 0 else None,
@@ -110,8 +96,7 @@ class SweepResult:
 
 
 def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: float) -> SweepResult:
-    """One pass over the data root (see the module docstring); ``pending`` holds the
-    absolute paths still pending (the upload queue's, the outbox's)."""
+    """One pass over the data root; ``pending`` holds the absolute paths still pending."""
     result = SweepResult()
     files = sorted(_scan(root, result), key=lambda f: f.mtime)
     held = {os.path.abspath(p) for p in pending}
@@ -143,7 +128,6 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
         kept = survivors
     free = _free_bytes(root) if policy.min_free is not None else None
     if free is not None and policy.min_free is not None and free < policy.min_free:
-        # Disk pressure: the oldest files that are safe to remove make room.
         survivors = []
         for entry in kept:
             if free < policy.min_free and removable(entry) and _remove(root, entry, "disk", result):
@@ -175,7 +159,6 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
 
 
 def _free_bytes(root: Path) -> int | None:
-    """Bytes free to us on the data root's disk; None if it cannot be read."""
     try:
         return shutil.disk_usage(root).free
     except OSError:
@@ -183,12 +166,8 @@ def _free_bytes(root: Path) -> int | None:
 
 
 class Retention(Worker):
-    """Runs :func:`sweep` once at start and every ``interval`` seconds.
-
-    ``pending`` returns the paths still pending (the daemon's: those the upload queue
-    holds and those the outbox names); None when there are none. If it fails, the sweep is skipped: nothing is removed
-    while it is unknown what is safe.
-    """
+    """Runs :func:`sweep` once at start and every ``interval`` seconds; if ``pending``
+    fails, the sweep is skipped: nothing is removed while it is unknown what is safe."""
 
     def __init__(
         self,
@@ -348,8 +327,7 @@ def _remove(root: Path, entry: _File, reason: str, result: SweepResult) -> bool:
 
 
 def _remove_empty_days(root: Path, now: float, result: SweepResult) -> None:
-    """Remove empty ``snapshots/<camera>/<YYYY-MM-DD>`` folders of days before yesterday
-    (UTC): no snapshot is written into them any more."""
+    """Remove empty ``snapshots/<camera>/<YYYY-MM-DD>`` folders of days before yesterday (UTC)."""
     cutoff = f"{datetime.fromtimestamp(now - 86_400, UTC):%Y-%m-%d}"
     try:
         cameras = _folders(root, (SNAPSHOTS_DIR,))

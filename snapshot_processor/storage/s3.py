@@ -1,20 +1,6 @@
-"""S3-compatible storage (AWS S3, MinIO) as an upload destination, through boto3.
-
-Endpoint, region and credentials follow boto3's standard configuration: the
-credentials chain (environment, shared files, container and instance roles),
-``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and the shared config file (where an
-``addressing_style`` can be set, for instance). Nothing of our own is invented.
-
-Keys are ``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated from the snapshot's time in UTC,
-so a retry writes the same key again and never makes a second copy.
-
-Failures are sorted for the uploader: throttling, 5xx, timeouts and dropped connections
-may pass (:class:`UploadRetryError`); credentials or permissions that are refused or
-missing may be fixed by a person without a restart, and usually hit every file, so they
-are retried after a long pause (:data:`DENIED_PAUSE`) rather than parking the whole
-backlog one item at a time; every other 4xx (a missing bucket, a bad request) and a
-local file that is gone will never pass (:class:`UploadRefusedError`).
-"""
+"""S3-compatible storage (AWS S3, MinIO) as an upload destination, through boto3 and its
+standard configuration. A retry writes the same key; refused or missing credentials (a
+person may fix them) are retried after :data:`DENIED_PAUSE` rather than parked."""
 
 from __future__ import annotations
 
@@ -80,12 +66,8 @@ _NO_CREDENTIALS = (
 
 
 class S3Destination:
-    """Copies files into ``bucket`` under ``prefix``; ``name`` is ``"s3"``.
-
-    ``region`` (None: boto3's own setting) and the timeouts are passed to the client;
-    ``max_attempts`` counts botocore's own quick retries of one upload (standard retry
-    mode), before the uploader's slower back-off takes over.
-    """
+    """Copies files into ``bucket`` under ``prefix``; ``max_attempts`` counts botocore's own
+    quick retries of one upload, before the uploader's slower back-off takes over."""
 
     name = "s3"
 
@@ -110,13 +92,11 @@ class S3Destination:
             read_timeout=read_timeout,
             retries={"mode": "standard", "total_max_attempts": max(1, max_attempts)},
         )
-        # endpoint_url is left to boto3: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, config files.
         self._client: Any = session.client("s3", region_name=region, config=config)
         # Addresses objects exactly as the client does, without signing: the links.
         self._addresser: Any = session.client(
             "s3", region_name=region, config=Config(signature_version=UNSIGNED)
         )
-        self.endpoint = str(self._client.meta.endpoint_url)
         credentials = session.get_credentials()
         if credentials is not None:
             # Never in a log line or an error, wherever botocore's text ends up.
@@ -130,10 +110,8 @@ class S3Destination:
         return "/".join(part for part in parts if part)
 
     def link(self, item: UploadItem) -> str:
-        """The object's URL as the client addresses it: path style
-        (``<endpoint>/<bucket>/<key>``) for a custom endpoint such as MinIO, virtual-host
-        style (``https://<bucket>.s3.amazonaws.com/<key>``) for AWS, unless boto3's config
-        says otherwise. No network; it opens for whoever may read the object."""
+        """The object's URL as the client addresses it (path or virtual-host style); no
+        network, and it opens for whoever may read the object."""
         url = self._addresser.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self.key(item)}
         )
@@ -177,7 +155,7 @@ class S3Destination:
 
 
 def sort_error(exc: Exception, bucket: str) -> UploadRetryError | UploadRefusedError:
-    """The uploader's view of an exception out of boto3 (see the module docstring)."""
+    """The uploader's view of an exception out of boto3: other 4xx and bad parameters never pass."""
     if isinstance(exc, S3UploadFailedError) and isinstance(
         exc.__context__, botocore.exceptions.ClientError
     ):

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pylib.retry import RetryPolicy
 
 
+def credentials_kind_problem(data: Any) -> str | None:
+    """What makes a Drive credentials file's JSON the wrong kind of file, or None."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    if "installed" in data or "web" in data:
+        return (
+            "is an OAuth client-secrets file, not credentials: make credentials from it with "
+            "snapshot-processor drive-auth --client-secrets FILE --output CREDENTIALS_FILE"
+        )
+    kind = data.get("type")
+    if kind not in ("authorized_user", "service_account"):
+        return (
+            f"has type {str(kind)[:40]!r}; expected authorized_user (from drive-auth) "
+            "or service_account"
+        )
+    return None
+
+
 class StorageSettings(BaseModel):
-    """``GOOGLE_DRIVE_*``, ``DRIVE_ARCHIVE_AFTER_HOURS``, ``S3_*``, ``UPLOAD_MAX_ATTEMPTS``
-    and ``RETENTION_*``."""
+    """``GOOGLE_DRIVE_*``, ``DRIVE_ARCHIVE_*``, ``S3_*``, ``UPLOAD_*`` and ``RETENTION_*``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +80,16 @@ class StorageSettings(BaseModel):
                 f"GOOGLE_DRIVE_CREDENTIALS: no such file {self.google_drive_credentials}"
                 " (snapshot-processor drive-auth writes it)"
             )
+        elif self.google_drive_credentials is not None:
+            try:
+                data = json.loads(self.google_drive_credentials.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None  # unreadable: said with why when the Drive destination opens it
+            wrong = None if data is None else credentials_kind_problem(data)
+            if wrong:
+                problems.append(
+                    f"GOOGLE_DRIVE_CREDENTIALS: {self.google_drive_credentials} {wrong}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -17,26 +17,27 @@ import pytest
 import requests
 from PIL import Image
 
-from snapshot_processor.camera import (
-    CameraAuthError,
-    CameraBadImageError,
-    CameraClient,
-    CameraConnectionError,
-    CameraError,
-    CameraHTTPError,
-    CameraSpec,
-    CameraTimeoutError,
-    CameraVendorError,
+from snapshot_processor.camera.address import parse_device_params
+from snapshot_processor.camera.base import CameraClient
+from snapshot_processor.camera.clients import (
     DahuaClient,
     FoscamClient,
     GenericClient,
     HikvisionClient,
-    InvalidJPEGError,
     ReolinkClient,
-    check_jpeg,
     make_client,
-    parse_device_params,
 )
+from snapshot_processor.camera.errors import (
+    CameraAuthError,
+    CameraBadImageError,
+    CameraConnectionError,
+    CameraError,
+    CameraHTTPError,
+    CameraTimeoutError,
+    CameraVendorError,
+)
+from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.spec import CameraSpec
 from tests.support.net import free_port
 from tools.camera_simulator import CameraSimulator
 

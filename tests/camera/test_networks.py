@@ -18,13 +18,14 @@ import pytest
 from pylib.chain.settle import DONE_KIND, Settlement, ack_token
 from pylib.config.settings import ConfigError
 from snapshot_processor import config
-from snapshot_processor.camera import CameraSpec, make_client
+from snapshot_processor.camera.clients import make_client
 from snapshot_processor.camera.networks import (
     AddressRefusedError,
     CameraNetworks,
     parse_networks,
 )
 from snapshot_processor.camera.registry import CameraAddressRefusedError, CameraRegistry
+from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SNAPSHOT_KIND, TriggerMessage

@@ -10,15 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from snapshot_processor.camera import (
-    CameraAuthError,
-    CameraError,
-    CameraSpec,
-    CameraUnavailableError,
-    make_client,
-)
+from snapshot_processor.camera.clients import make_client
+from snapshot_processor.camera.errors import CameraAuthError, CameraError, CameraUnavailableError
 from snapshot_processor.camera.prober import CameraProber, CameraStatus, Reason
 from snapshot_processor.camera.registry import CameraRegistry
+from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.config import Device
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until

@@ -17,7 +17,7 @@ from pylib.chain.envelope import Envelope
 from pylib.chain.settle import DONE_KIND, Settlement, ack_token
 from pylib.chain.sockets import Sender
 from pylib.runtime.worker import RestartBudget
-from snapshot_processor.camera import CameraError
+from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device

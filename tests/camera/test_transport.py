@@ -27,16 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from PIL import Image
 
-from snapshot_processor.camera import (
+from snapshot_processor.camera.base import CameraClient
+from snapshot_processor.camera.clients import make_client
+from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
-    CameraClient,
     CameraConnectionError,
     CameraHTTPError,
-    CameraSpec,
     CameraTimeoutError,
-    make_client,
 )
+from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.camera.transport import MAX_ANSWER_BYTES
 from tests.support.ftp import self_signed
 

@@ -415,3 +415,24 @@ def test_uploads_shows_the_queue_and_retries_parked_ones(
         assert queue.depth() == 4
     finally:
         queue.close()
+
+
+@pytest.mark.broker
+def test_trigger_says_at_once_why_the_camera_failed(
+    tmp_path: Path, camera: CameraSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The daemon's HTTP API knows the camera refused the password: said within seconds.
+    exchange = unique_exchange()
+    settings_file = write_config(
+        tmp_path,
+        RABBITMQ_EXCHANGE=exchange,
+        HTTP_PORT=str(free_port()),
+        **camera_config(camera.port, password="wr0ng"),
+    )
+    with running_app(config.load(env={}, config_file=settings_file)):
+        started = time.monotonic()
+        assert cli_main(settings_file, "trigger", KEY, "--timeout", "60") == EXIT_CAMERA
+        assert time.monotonic() - started < 30
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"snapshot-processor trigger: camera '{KEY}' failed: ")
+    assert "401" in line or "password" in line, line

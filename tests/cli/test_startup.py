@@ -157,12 +157,12 @@ def test_a_daemon_with_no_camera_says_so_in_one_line(
 
 def test_reconnect_warning_says_why(running: tuple[subprocess.Popen[bytes], Path, Path]) -> None:
     _, _, log_path = running
-    for who in ("publisher: broker", "listener: broker connection"):
+    for who in ("publisher: broker", "listener: broker"):
         assert wait_for_text(log_path, who, 15), log_path.read_text()
     lines = [
         line
         for line in log_path.read_text().splitlines()
-        if "publisher: broker" in line or "listener: broker connection" in line
+        if "publisher: broker" in line or "listener: broker" in line
     ]
     assert lines
     for line in lines:

@@ -442,3 +442,34 @@ def test_each_camera_is_told_where_to_upload(
     finally:
         assert thread.stop_and_join(5)
     assert (tmp_path / "upload" / "yard" / "snap.jpg").read_bytes() == jpeg("yard")
+
+
+def test_an_upload_outside_the_upload_folder_is_told_where_to_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="snapshot_processor.ingest.ftp")
+    thread = FtpServerThread(
+        "ftp-misplaced",
+        threading.Event(),
+        options(tmp_path, camera_folders=(("Yard camera", "yard"),)),
+    )
+    thread.start()
+    before = sample("ftp_uploads_misplaced_total")
+    try:
+        assert thread.ready.wait(5)
+        client = connect(port_of(thread), "camera", PASSWORD)
+        try:
+            with pytest.raises(ftplib.error_perm) as refused:
+                upload(client, "/snap.jpg", jpeg("root"))
+            assert str(refused.value) == (
+                "550 Uploads go into /upload/<camera folder>/, e.g. /upload/yard/"
+            )
+        finally:
+            client.quit()
+    finally:
+        assert thread.stop_and_join(5)
+    assert not (tmp_path / "snap.jpg").exists()
+    assert sample("ftp_uploads_misplaced_total") == before + 1
+    lines = [r.getMessage() for r in caplog.records if "refused STOR" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "uploads go into /upload/yard/" in lines[0]

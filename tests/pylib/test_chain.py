@@ -30,8 +30,7 @@ from pylib.chain.topology import STOP_SHARE, Chain
 from pylib.retry import RetryPolicy
 from pylib.runtime.worker import Worker, WorkerStartError
 from snapshot_processor import config
-from snapshot_processor.camera import CameraSpec
-from snapshot_processor.camera.spec import MAX_BACKOFF
+from snapshot_processor.camera.spec import MAX_BACKOFF, CameraSpec
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
 from tests.support.wire import Wire, wire

@@ -1,2 +1,1 @@
-"""Google Drive as an upload destination: a session for any API root, folders made once,
-errors sorted, the consent command and the year/month/day archive."""
+"""Google Drive as an upload destination, its consent command and its date archive."""

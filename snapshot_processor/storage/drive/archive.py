@@ -1,18 +1,8 @@
 """The archive: files in the Drive folder older than a day move into year/month/day folders.
 
-A file is dated by the time in its name when it has the daemon's form
-(``<camera>_<YYYYmmddTHHMMSS.ffffff>Z_<id>.jpg``, see ``storage.snapshot_path``): that is
-when the snapshot was taken, even if it reached Drive late. Other files are dated by
-Drive's ``createdDate``. Folders are in UTC, like the names and the local folders.
-Starred files stay where they are.
-
-The whole listing is read (page by page) before anything moves, since moving files
-out of the folder shifts a listing still being paged. Each move is one ``patch``
-(add the day folder, remove the top one), so an interrupted run leaves every file
-either moved or not, and the next run takes up the rest. Folders come from a
-:class:`FolderCache` (look up before create, ids kept), so a rerun finds the folders
-a run made, even one whose answer was lost.
-"""
+Files are dated (UTC) by the time in the daemon's names, else by ``createdDate``; starred
+files stay. The listing is read whole first (moving shifts the pages), and each move is one
+``patch``, so an interrupted run leaves every file moved or not."""
 
 from __future__ import annotations
 
@@ -111,10 +101,8 @@ class DriveArchiver:
         self._page_size = page_size
 
     def run(self, now: float, max_moves: int | None = None) -> ArchiveSummary:
-        """Move what is due; at most ``max_moves`` (the rest stay for the next run).
-
-        Raises :class:`DriveArchiveError` if Drive fails on the way.
-        """
+        """Move what is due, at most ``max_moves`` (the rest stay for the next run); raises
+        :class:`DriveArchiveError` if Drive fails on the way."""
         summary = ArchiveSummary()
         folders = FolderCache(self._session)
         try:

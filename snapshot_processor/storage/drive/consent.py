@@ -1,21 +1,10 @@
 """``snapshot-processor drive-auth``: a user's consent to Drive, headless, by loopback redirect.
 
-Google blocked the out-of-band flow (the copy-a-code page) in 2022, so the consent URL
-names a loopback redirect, ``http://127.0.0.1:<port>/``, where nothing listens. The user
-opens the URL in any browser, consents, and pastes back the address the browser then
-fails to load; its ``code`` is exchanged (with PKCE) at the client's ``token_uri`` and an
-``authorized_user`` JSON is written with mode 0600, the file GOOGLE_DRIVE_CREDENTIALS
-names. The exchange is oauth2client's ``OAuth2WebServerFlow``, the library pydrive2 is
-built on; pydrive2's own flow would ask with the legacy ``approval_prompt``.
-
-Scope: ``drive.file`` by default. The daemon only needs the files and folders it makes
-itself, and that is exactly what drive.file grants: the archiver sees every file the
-daemon uploaded (same OAuth client) and the folders it made, and labels such as
-``starred`` on them. It is also a non-sensitive scope, so a personal OAuth client
-published "In production" needs no Google review, and its refresh token does not
-expire after 7 days as a "Testing" client's does. The cost: a folder made by hand in
-the Drive web page is invisible, so the daemon makes its own of that title, and files
-put into the folder by hand are not archived. ``--scope full`` (``drive``) lifts that.
+Google blocked the out-of-band flow in 2022, so the user pastes back the loopback address
+the browser fails to load, and its ``code`` is exchanged with PKCE (oauth2client's flow:
+pydrive2's sends the legacy ``approval_prompt``). The default scope ``drive.file`` needs no
+review and its refresh token does not expire in 7 days, but it hides what was made by hand
+(``--scope full`` does not).
 """
 
 from __future__ import annotations
@@ -198,8 +187,7 @@ def run(
 ) -> None:
     """The whole ``drive-auth``: consent, exchange, write ``output``."""
     client = read_client(client_file, auth_uri, token_uri)
-    # Any port will do for a Desktop client's loopback redirect; a random high one
-    # makes it unlikely that some local web server receives the code.
+    # A random high port: unlikely that some local web server receives the code.
     chosen = port if port is not None else 49152 + secrets.randbelow(65535 - 49152)
     refresh_token = authorize(client, SCOPES[scope], chosen, ask, say)
     write_authorized_user(output, client, refresh_token)

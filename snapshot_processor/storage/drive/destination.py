@@ -1,13 +1,7 @@
 """Google Drive as a destination: uploads checked by size and MD5, errors sorted, the
-daily archive run from the uploader's housekeeping.
-
-Uploads go into one top folder (``GOOGLE_DRIVE_FOLDER``), found or created once and its
-id kept; its ``alternateLink`` is the link events carry. An upload whose answer was
-lost may still have landed, so an item that may have been sent before (a failure in
-this process, or an item older than the process) is first looked up by title in the
-folder: a good copy there ends the upload, a bad one is deleted. Items new to this
-process skip the look-up: their names are unique, so no copy can exist.
-"""
+daily archive run from housekeeping. An upload whose answer was lost may have landed, so
+an item that may have been sent before is first looked up by title: a good copy ends the
+upload, a bad one is deleted."""
 
 from __future__ import annotations
 
@@ -52,8 +46,6 @@ DRIVE_COPIES_FOUND = Counter(
     "Retried uploads that found their file already in Drive (an answer lost earlier)",
 )
 
-# Back-off after a rate limit: 2 s doubling per limit in a row, at most 5 minutes.
-# An archive that failed is tried again after this long (or the interval, if shorter).
 _ARCHIVE_RETRY = 3600.0
 # Moves per housekeeping call, so a large backlog never holds up uploads for long.
 _ARCHIVE_MOVES_PER_CALL = 200
@@ -76,7 +68,6 @@ def _local_facts(path: Path) -> _LocalFile:
 
 
 def _parent_ids(copy: GoogleDriveFile) -> set[str]:
-    """The ids of the folders a Drive file is in."""
     return {str(parent.get("id")) for parent in copy.get("parents") or []}
 
 
@@ -119,19 +110,12 @@ class DriveDestination:
         self._maybe_sent: set[str] = set()
         self._rate_limited = 0
         self._folder_link: str | None = None
-        # What a person must mend (a revoked consent, the credentials, the folder) is an
-        # ERROR when it starts or changes, every 10 minutes, and a line when it ends; not
-        # one at every retry.
+        # What a person must mend (consent, credentials, folder): not an ERROR at every retry.
         self._access = TroubleLog(log, "Google Drive", level=logging.ERROR)
 
-    # --- the folder -------------------------------------------------------------------
-
     def folder(self) -> GoogleDriveFile:
-        """The top folder, found or created on first use (network), then kept.
-
-        A service account's own My Drive takes no uploads, so for one the folder must
-        exist already (in a shared drive); it is not created.
-        """
+        """The top folder, found or created on first use (network), then kept; for a
+        service account (its own My Drive takes no uploads) it must exist already."""
         create = not self._session.is_service_account
         folder = self._folders.folder(self.folder_title, create=create)
         self._folder_link = folder.get("alternateLink") or self._folder_link
@@ -140,8 +124,6 @@ class DriveDestination:
     def link(self, item: UploadItem) -> str | None:
         """The top folder's ``alternateLink`` once it is known; no network."""
         return self._folder_link
-
-    # --- uploads ----------------------------------------------------------------------
 
     def upload(self, item: UploadItem) -> None:
         """Upload one file and check Drive's copy; raises the contract's errors."""
@@ -203,9 +185,8 @@ class DriveDestination:
         log.debug("uploaded %s to Drive (%d bytes)", printable(item.name), local.size)
 
     def _copy_exists(self, item: UploadItem, local: _LocalFile, folder_id: str) -> bool:
-        """True if a good copy is in Drive already, in the folder or wherever the archive
-        moved it since (the daemon's names are unique: they carry the event id); bad
-        copies in the folder itself are deleted, and nothing anywhere else."""
+        """True if a good copy is in Drive already, wherever the archive moved it (names are
+        unique); bad copies in the folder itself are deleted, nothing anywhere else."""
         q = f"title = {quote(item.name)} and trashed = false"
         good = False
         for copy in self._session.list_files(q, 100):
@@ -257,8 +238,6 @@ class DriveDestination:
         if failure.retry_after is not None:
             return failure.retry_after
         return self._rate_limit.delay(streak)
-
-    # --- the archive ------------------------------------------------------------------
 
     def archive(
         self, now: float, max_moves: int | None = None, *, create_folder: bool = True

@@ -1,11 +1,5 @@
-"""Sorting what went wrong in a Drive call into kinds: retry, back off, or give up.
-
-ARCHITECTURE.md's rules: 403 ``userRateLimitExceeded``/``rateLimitExceeded`` and 429 are
-rate limits (back off); 5xx and dropped connections pass; a 401 that survived the
-token refresh oauth2client does on its own is retried; a refresh answered
-``invalid_grant`` means the consent was revoked; any other 4xx is refused for good.
-The texts built here name statuses and Google's reasons, never a token or a body.
-"""
+"""Sorting a failed Drive call into kinds: retry, back off, or give up (ARCHITECTURE.md's
+rules). The texts name statuses and Google's reasons, never a token or a body."""
 
 from __future__ import annotations
 
@@ -37,12 +31,9 @@ class DriveFolderMissingError(Exception):
 
 @dataclass(frozen=True)
 class DriveFailure:
-    """One failed Drive call, sorted.
-
-    ``kind`` is the metric label: ``rate_limit``, ``server``, ``unauthorized``,
-    ``revoked``, ``token``, ``credentials``, ``folder_missing``, ``network``, ``not_found``, ``refused``
-    or ``unexpected``.
-    """
+    """One failed Drive call, sorted; ``kind`` is the metric label: ``rate_limit``,
+    ``server``, ``unauthorized``, ``revoked``, ``token``, ``credentials``,
+    ``folder_missing``, ``network``, ``not_found``, ``refused`` or ``unexpected``."""
 
     kind: str
     retry: bool
@@ -141,5 +132,4 @@ def _from_refresh(exc: BaseException) -> DriveFailure:
 
 
 def _safe(exc: object) -> str:
-    """Text for a log line or an error: redacted, one line."""
     return printable(redact(str(exc)))

@@ -1,11 +1,6 @@
-"""Find or create Drive folders by title without ever making two of one name.
-
-Titles are not unique in Drive, so "look up, then create" from two places makes two
-folders. A :class:`FolderCache` serialises every look-up-or-create behind one lock
-(in effect, creation happens on one thread at a time) and keeps each id once found.
-When duplicates exist already (made by hand, or by another program), the oldest wins,
-so every run picks the same one.
-"""
+"""Find or create Drive folders by title without ever making two of one name: titles are
+not unique in Drive, so look-up-or-create runs under one lock and ids are kept; of
+duplicates made elsewhere the oldest wins, so every run picks the same one."""
 
 from __future__ import annotations
 
@@ -44,11 +39,8 @@ class FolderCache:
     def folder(
         self, title: str, parent: str | None = None, *, create: bool = True
     ) -> GoogleDriveFile:
-        """The folder ``title`` in ``parent`` (None: anywhere the credentials see, for
-        the top folder, which may sit in a shared drive; created in root if absent).
-
-        With ``create`` false a missing folder raises :class:`DriveFolderMissingError`.
-        """
+        """The folder ``title`` in ``parent`` (None: anywhere visible, created in root if absent);
+        with ``create`` false a missing one raises :class:`DriveFolderMissingError`."""
         key = (parent, title)
         with self._lock:
             found = self._ids.get(key)

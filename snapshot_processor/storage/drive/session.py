@@ -1,21 +1,14 @@
 """A pydrive2 client for any Drive API root, with credentials from a Google JSON file.
 
-pydrive2 builds its service with ``build("drive", "v2")``, which has no endpoint
-setting, so the bundled discovery document is rewritten to ``api_url`` (ARCHITECTURE.md,
-"Cloud storage") and the service handed to its ``GoogleAuth``. Each thread gets its
-own authorised ``http`` (httplib2 objects are not thread-safe), made by
-``build_http()`` so the 308 of a resumable upload is not followed as a redirect.
-
-The access token is refreshed here, under a lock, before pydrive2 sees it expired:
-pydrive2's own answer to an expired token is an interactive browser flow, which a
-daemon must never start. Credentials marked invalid (a refresh was refused) are read
-again from the file, so a new ``drive-auth`` takes effect without a restart.
+Each thread gets its own ``http`` (httplib2 is not thread-safe) from ``build_http()``, so a
+resumable upload's 308 is not followed. The token is refreshed under a lock before pydrive2
+would start its interactive flow; invalid credentials are re-read (a new ``drive-auth``
+needs no restart).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import weakref
 from collections.abc import Iterator
@@ -35,13 +28,11 @@ from pydrive2.files import GoogleDriveFile
 
 from pylib.observe.redact import register_secrets
 from snapshot_processor.storage.drive.errors import DriveCredentialsError
-
-log = logging.getLogger(__name__)
+from snapshot_processor.storage.settings import credentials_kind_problem
 
 DEFAULT_API_URL = "https://www.googleapis.com/"
 FOLDER_MIME = "application/vnd.google-apps.folder"
-# Users consent to drive.file (see drive_auth); a service account sees only what is
-# shared with it, so it asks for drive to see that shared folder or drive.
+# Users consent to drive.file; a service account needs drive to see what is shared with it.
 SERVICE_ACCOUNT_SCOPE = "https://www.googleapis.com/auth/drive"
 USER_AGENT = "snapshot-processor"
 
@@ -98,10 +89,7 @@ def load_credentials(path: Path) -> OAuth2Credentials:
             ) from None
         credentials.user_agent = USER_AGENT
         return credentials
-    raise DriveCredentialsError(
-        f"Drive credentials file {path} has type {str(kind)[:40]!r}; "
-        "expected authorized_user (from drive-auth) or service_account"
-    )
+    raise DriveCredentialsError(f"Drive credentials file {path} {credentials_kind_problem(data)}")
 
 
 def discovery_document(api_url: str) -> dict[str, Any]:
@@ -118,17 +106,13 @@ def discovery_document(api_url: str) -> dict[str, Any]:
 
 
 class DriveSession:
-    """pydrive2's ``GoogleDrive`` on a rewritten service, with per-thread http objects.
-
-    Call :meth:`ready` on a thread before each pydrive2 call (it refreshes the token if
-    due and installs the thread's http); no network is touched before that.
-    """
+    """pydrive2's ``GoogleDrive`` on a rewritten service; call :meth:`ready` on a thread
+    before each pydrive2 call (no network is touched before that)."""
 
     def __init__(
         self, credentials_file: Path, api_url: str = DEFAULT_API_URL, timeout: float = 60.0
     ) -> None:
         self.credentials_file = credentials_file
-        self.api_url = api_url
         self._timeout = timeout
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -137,8 +121,7 @@ class DriveSession:
         self._https: weakref.WeakSet[httplib2.Http] = weakref.WeakSet()
         self._token_http = self._new_http()
         self._auth = GoogleAuth(settings_file=None)
-        # "service": when pydrive2 finds a token expired it refreshes it, instead of
-        # starting the interactive local-webserver flow it uses for users.
+        # "service": pydrive2 refreshes an expired token instead of its interactive flow.
         self._auth.auth_method = "service"
         self._auth.http = self._new_http()
         self._auth.service = build_from_document(discovery_document(api_url), http=self._auth.http)
@@ -157,11 +140,9 @@ class DriveSession:
         return isinstance(self._credentials, ServiceAccountCredentials)
 
     def ready(self) -> GoogleDrive:
-        """The drive, with a fresh token and this thread's http installed.
-
-        Raises :class:`DriveCredentialsError` for an unusable file and oauth2client's
-        ``AccessTokenRefreshError`` when the token endpoint refuses.
-        """
+        """The drive, with a fresh token and this thread's http installed; raises
+        :class:`DriveCredentialsError` for an unusable file and oauth2client's
+        ``AccessTokenRefreshError`` when the token endpoint refuses."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the Drive session is closed")
