@@ -20,13 +20,14 @@ from snapshot_processor.app import App
 from snapshot_processor.cli import (
     drive,
     events,
+    online,
     outbox,
     simulate,
     snap,
     trigger,
     uploads,
 )
-from snapshot_processor.cli.common import EXIT_BUSY, EXIT_CONFIG, CommandError
+from snapshot_processor.cli.common import EXIT_BUSY, EXIT_CONFIG, CommandError, command_logging
 
 log = logging.getLogger("snapshot_processor")
 
@@ -93,7 +94,23 @@ def check_config(args: argparse.Namespace) -> int:
     for warning in [*unknown, *config.container_warnings(settings)]:
         print(f"warning: {warning}")
     drive.service_account_note(settings.storage.drive_on, settings.storage.google_drive_credentials)
+    if args.online:
+        print("outside systems:")
+        with command_logging():
+            failed = online.run_checks(settings)
+        if failed:
+            print(f"{failed} outside system(s) failed", file=sys.stderr)
+            return EXIT_CONFIG
     return 0
+
+
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach the broker, each camera, the S3 bucket, the Drive folder, 1Password "
+        "and Sentry, and say per system what works",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +178,12 @@ def _check_port(what: str, address: str, port: int) -> None:
 # In the order --help lists them.
 COMMANDS: tuple[Command, ...] = (
     Command("run", "run the daemon in the foreground until SIGTERM or SIGINT", run),
-    Command("check-config", "validate the configuration and list every problem", check_config),
+    Command(
+        "check-config",
+        "validate the configuration and list every problem",
+        check_config,
+        _check_config_arguments,
+    ),
     Command("snap", snap.HELP, snap.run, snap.add_arguments),
     Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
     Command("events", events.HELP, events.run, events.add_arguments),

@@ -148,6 +148,14 @@ class S3Destination:
     def housekeeping(self, now: float) -> None:
         """Nothing to do between uploads."""
 
+    def check(self) -> str:
+        """Reach the bucket (HeadBucket): what was found, else the reason, raised."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # boto3 raises several kinds; sorted as an upload's would be
+            raise sort_error(exc, self.bucket) from None
+        return f"bucket {self.bucket} is there and may be written"
+
     def close(self) -> None:
         """Close the clients' connections."""
         self._client.close()

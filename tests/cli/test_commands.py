@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from pylib.amqp.outbox import Outbox
@@ -436,3 +437,57 @@ def test_trigger_says_at_once_why_the_camera_failed(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"snapshot-processor trigger: camera '{KEY}' failed: ")
     assert "401" in line or "password" in line, line
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 server, with fake credentials and none of this machine's AWS files."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLETESTING",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-key-not-real",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.mark.broker
+def test_check_config_online_says_per_outside_system_what_works(
+    tmp_path: Path, camera: CameraSimulator, moto_s3: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = CameraSimulator(user="admin", password="the right one")
+    wrong.start()
+    try:
+        settings = write_config(
+            tmp_path,
+            RABBITMQ_EXCHANGE=unique_exchange(),
+            S3_BUCKET="no-such-bucket",
+            **camera_config(camera.port),
+            **camera_env(wrong.port, "wr0ng", n=2, location="Garage"),
+        )
+        assert cli_main(settings, "check-config", "--online") == EXIT_CONFIG
+    finally:
+        wrong.stop()
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    broker = next(line for line in lines if "broker 127.0.0.1:5672" in line)
+    assert ": ok, logged in; exchange" in broker
+    good = next(line for line in lines if f"camera '{KEY}'" in line)
+    assert ": ok, a snapshot of " in good
+    bad = next(line for line in lines if "camera 'Garage camera'" in line)
+    assert ": FAILED: " in bad
+    assert "401" in bad or "password" in bad
+    bucket = next(line for line in lines if "S3 bucket no-such-bucket" in line)
+    assert ": FAILED: " in bucket
+    assert "404" in bucket or "NoSuchBucket" in bucket
+    assert "2 outside system(s) failed" in out.err
+    assert "wr0ng" not in out.out + out.err

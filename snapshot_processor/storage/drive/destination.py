@@ -285,6 +285,14 @@ class DriveDestination:
     def _retry_delay(self) -> float:
         return min(self._archive_interval, _ARCHIVE_RETRY)
 
+    def check(self) -> str:
+        """Find (or, for a user's consent, make) the top folder: its link, else the reason."""
+        try:
+            folder = self.folder()
+        except Exception as exc:  # every Drive failure, sorted as an upload's would be
+            raise RuntimeError(classify(exc).text) from None
+        return f"folder at {folder.get('alternateLink') or folder.get('id')}"
+
     def close(self) -> None:
         """Close the session's connections."""
         self._session.close()

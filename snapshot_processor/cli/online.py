@@ -1,0 +1,116 @@
+"""``check-config --online``: reach every configured outside system and say what works."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pika
+import requests
+
+from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.observe.logs import printable
+from pylib.observe.redact import redact
+from snapshot_processor.camera.errors import CameraError
+from snapshot_processor.camera.networks import CameraNetworks
+from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
+from snapshot_processor.cli.common import broker_params
+from snapshot_processor.config import Settings
+
+Check = tuple[str, Callable[[], str]]
+
+
+def checks(settings: Settings) -> Iterator[Check]:
+    """Each configured outside system, named, with a call that reaches it: what it found,
+    or an exception saying why not."""
+    yield f"broker {describe(broker_params(settings, 'check'))}", lambda: _broker(settings)
+    registry = CameraRegistry(
+        settings.cameras,
+        timeout=settings.camera.timeout,
+        retries=0,
+        networks=CameraNetworks(settings.camera.networks),
+    )
+    for device in settings.cameras:
+        yield f"camera '{printable(device.key)}'", lambda key=device.key: _camera(registry, key)
+    storage = settings.storage
+    if storage.s3_bucket:
+        yield f"S3 bucket {storage.s3_bucket}", lambda: _s3(settings)
+    if storage.drive_on:
+        yield f"Google Drive folder {storage.google_drive_folder!r}", lambda: _drive(settings)
+    if settings.secrets.op_connect_host:
+        yield "1Password Connect", lambda: "secrets read (the configuration loaded with them)"
+    if settings.sentry_dsn:
+        dsn = settings.sentry_dsn.get_secret_value()
+        yield "Sentry", lambda: _reachable(dsn)
+
+
+def run_checks(settings: Settings) -> int:
+    """Print one line per system; the number that failed."""
+    failed = 0
+    for name, check in checks(settings):
+        started = time.monotonic()
+        try:
+            found = check()
+        except Exception as exc:  # each system fails its own way: said, and the next goes on
+            failed += 1
+            print(f"  {name}: FAILED: {redact(_why(exc))}")
+            continue
+        print(f"  {name}: ok, {redact(found)} ({time.monotonic() - started:.2f} s)")
+    return failed
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, CameraError):
+        return explain(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _broker(settings: Settings) -> str:
+    connection = pika.BlockingConnection(broker_params(settings, "check"))
+    try:
+        channel = connection.channel()
+        try:
+            channel.exchange_declare(settings.broker.exchange, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            return f"logged in; exchange {settings.broker.exchange!r} is made at the first start"
+        return f"logged in; exchange {settings.broker.exchange!r} is there"
+    finally:
+        close_quietly(connection)
+
+
+def _camera(registry: CameraRegistry, key: str) -> str:
+    try:
+        registry.spec(key, None)
+    except CameraConfigError:
+        return "its address comes with each trigger: `snap --device-params` tries one"
+    image = registry.snapshot(key, None)
+    return f"a snapshot of {len(image)} bytes"
+
+
+def _s3(settings: Settings) -> str:
+    from snapshot_processor.storage import s3  # boto3 is imported only where S3 is on
+
+    destination = s3.from_settings(settings.storage, settings.detection.aws_region)
+    try:
+        return destination.check()
+    finally:
+        destination.close()
+
+
+def _drive(settings: Settings) -> str:
+    from snapshot_processor.storage.drive import destination as drive  # pydrive2: only if on
+
+    destination = drive.from_settings(settings.storage, settings.detection.aws_region)
+    try:
+        return destination.check()
+    finally:
+        destination.close()
+
+
+def _reachable(url: str) -> str:
+    parts = urlsplit(url)
+    reply = requests.head(f"{parts.scheme}://{parts.hostname}/", timeout=5)
+    return f"{parts.hostname} answers (HTTP {reply.status_code})"
