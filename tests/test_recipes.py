@@ -32,10 +32,11 @@ DOCUMENTED = "127.0.0.1:8080"
 def block_after(heading: str, number: int = 0) -> str:
     """The ``number``-th fenced block after a ``### heading`` of the page."""
     section = DOC.split(f"### {heading}\n", 1)[1]
-    return re.findall(r"```[a-z]*\n(.*?)```", section, re.S)[number]
+    blocks: list[str] = re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+    return blocks[number]
 
 
-class _SecretLoader(yaml.SafeLoader):
+class _SecretLoader(yaml.SafeLoader):  # type: ignore[misc]
     """Home Assistant's YAML: ``!secret name`` stands for a value from secrets.yaml."""
 
 

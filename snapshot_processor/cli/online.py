@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ def checks(settings: Settings) -> Iterator[Check]:
         networks=CameraNetworks(settings.camera.networks),
     )
     for device in settings.cameras:
-        yield f"camera '{printable(device.key)}'", lambda key=device.key: _camera(registry, key)
+        yield f"camera '{printable(device.key)}'", functools.partial(_camera, registry, device.key)
     storage = settings.storage
     if storage.s3_bucket:
         yield f"S3 bucket {storage.s3_bucket}", lambda: _s3(settings)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML comes with moto; it ships no types
+import yaml  # PyYAML comes with moto; it ships no types (pyproject's mypy overrides)
 
 from snapshot_processor import config
 from tests.support.paths import CHECKOUT
