@@ -53,7 +53,6 @@ class CircuitBreaker:
 
     @property
     def failures(self) -> int:
-        """Failures in a row so far."""
         with self._lock:
             return self._failures
 

@@ -42,7 +42,6 @@ class RetryPolicy:
             retry += 1
 
     def backoff(self) -> Backoff:
-        """A fresh running back-off that follows this policy."""
         return Backoff(self)
 
 
@@ -54,7 +53,6 @@ class Backoff:
     failures: int = 0
 
     def next(self) -> float:
-        """Count a failure; the pause to wait before trying again."""
         self.failures += 1
         return self.policy.delay(self.failures)
 
@@ -65,5 +63,4 @@ class Backoff:
         return attempts is not None and self.failures >= attempts
 
     def reset(self) -> None:
-        """Start again from the shortest delay."""
         self.failures = 0

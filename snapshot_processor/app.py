@@ -71,6 +71,7 @@ class App:
                 recent=self.recent,
                 report=self.report,
                 snapshot_inbox=snapshot_inbox,
+                parked_uploads=kept.parked_uploads if kept.queue is not None else None,
             ),
         ]
         for source in sources:

@@ -134,9 +134,8 @@ class Settings(BaseModel):
     def _consistent(self) -> Settings:
         # What spans sections; each section checks its own.
         problems = []
-        if self.ingest_dir.resolve() == self.snapshots_root_dir.resolve() or not (
-            self.ingest_dir.resolve().is_relative_to(self.snapshots_root_dir.resolve())
-        ):
+        ingest, root = self.ingest_dir.resolve(), self.snapshots_root_dir.resolve()
+        if ingest == root or not ingest.is_relative_to(root):
             problems.append("FTP_UPLOAD_DIR must be a folder inside SNAPSHOTS_ROOT_DIR")
         for group, devices in (("OUTPUT", self.outputs), ("INPUT", self.inputs)):
             problems.extend(_duplicate_cameras(group, devices))
@@ -196,15 +195,12 @@ def _duplicate_cameras(group: str, devices: Mapping[int, Device]) -> list[str]:
     for number, device in sorted(devices.items()):
         if not device.is_camera:
             continue
-        folded = device.key.casefold()
-        if folded in seen:
-            first = seen[folded]
+        first = seen.setdefault(device.key.casefold(), number)
+        if first != number:
             problems.append(
                 f"{group}_{number} and {group}_{first} are both the camera "
                 f"{devices[first].key!r}; camera keys must differ in more than case"
             )
-        else:
-            seen[folded] = number
     return problems
 
 

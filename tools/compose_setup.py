@@ -5,7 +5,8 @@ Writes, in the target folder (the checkout by default):
 - ``docker-compose.yml``, the template as it is (``docker compose`` fills its ``${...}``
   from ``.env``);
 - ``.env``, mode 0600: a generated FTP password, HTTP token and broker password, this
-  host's name as ``DEVICE_NAME`` and its LAN address as ``FTP_MASQUERADE_ADDRESS``;
+  host's name as ``DEVICE_NAME``, its LAN address as ``FTP_MASQUERADE_ADDRESS`` and its
+  time zone as ``TZ`` (the status page's times);
 - ``data/`` and ``secrets/`` owned by the image's user (uid 1000), and a starter
   ``config/snapshot-processor.toml`` when there is none.
 
@@ -17,6 +18,7 @@ Only the standard library, so it runs on a server where nothing is installed yet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -73,6 +75,21 @@ def device_name() -> str:
     return name or "snapshot-processor"
 
 
+def host_timezone(etc: Path = Path("/etc")) -> str:
+    """This host's time zone name (``Europe/Paris``): ``/etc/timezone``, else where the
+    ``/etc/localtime`` link points under ``zoneinfo/``, else ``UTC``."""
+    found = ""
+    try:
+        found = (etc / "timezone").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        with contextlib.suppress(OSError):
+            found = os.readlink(etc / "localtime").partition("zoneinfo/")[2]
+    # A name as the zone database spells it, never a path or anything else.
+    if re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", found) is None:
+        return "UTC"
+    return found
+
+
 def read_env(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines of an .env file (comments and blank lines skipped)."""
     values: dict[str, str] = {}
@@ -109,6 +126,7 @@ def env_values(
             "where port 5672 is published: 127.0.0.1 or the LAN address",
         ),
         ("HTTP_PUBLISH", "8080", "the host port of the status page, /healthz and /metrics"),
+        ("TZ", host_timezone(), "the time zone of the times on the status page (the host's)"),
         ("SNAPSHOTS_HOST_DIR", "./data", "the data folder (owned by uid 1000)"),
         ("SECRETS_HOST_DIR", "./secrets", "one file per optional secret, mounted on /run/secrets"),
         ("CONFIG_HOST_DIR", "./config", "holds snapshot-processor.toml, mounted on /app/config"),

@@ -2,8 +2,7 @@
 
 pika has no public API for more than one confirm in flight on a blocking channel, so this
 drives ``BlockingChannel._impl`` and waits in ``BlockingChannel._flush_output``, as
-``basic_publish`` does. pika is pinned in ``poetry.lock``; tests run this on a real broker.
-"""
+``basic_publish`` does. pika is pinned in ``poetry.lock``; tests run this on a real broker."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ Outgoing = tuple[str, str, bytes, pika.BasicProperties]
 
 
 class ConfirmedChannel:
-    """A blocking channel in confirm mode whose publishes may overlap.
-    Use one per channel; it puts the channel in confirm mode."""
+    """A blocking channel, put in confirm mode, whose publishes may overlap; one per channel."""
 
     def __init__(self, channel: BlockingChannel) -> None:
         self.channel = channel
@@ -49,13 +47,8 @@ class ConfirmedChannel:
 
     def confirmed_before_close(self, count: int) -> int:
         """After ``publish`` of ``count`` messages raised: how many, from the first, were acked."""
-        first = self._sent - count + 1
-        acked = 0
-        for tag in range(first, self._sent + 1):
-            if not self._outcomes.get(tag, False):
-                break
-            acked += 1
-        return acked
+        tags = range(self._sent - count + 1, self._sent + 1)
+        return next((n for n, tag in enumerate(tags) if not self._outcomes.get(tag)), len(tags))
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

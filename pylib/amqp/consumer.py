@@ -4,8 +4,7 @@ Each delivery goes down the chain with an ack token (:mod:`pylib.chain.settle`) 
 acked once all its parts are done; one handed back returns to the broker after a growing
 pause (``requeue``), not in a tight loop. One thread blocks in pika's loop (heartbeats
 flow); acks wake it through ``add_callback_threadsafe``. A consumer the broker cancels is
-declared again on the same channel after a back-off, so held deliveries' acks still count.
-"""
+declared again on the same channel after a back-off, so held deliveries' acks still count."""
 
 from __future__ import annotations
 
@@ -288,7 +287,6 @@ class AmqpListener(Worker):
         )
 
     def _resume(self) -> None:
-        """Declare the queue again and consume it, on the channel the cancel came on."""
         assert self._channel is not None
         self._declare_and_consume(self._channel)
         self._cancelled_since = None
@@ -375,18 +373,16 @@ class AmqpListener(Worker):
         with self._acks_lock:
             acks, self._acks_waiting = self._acks_waiting, []
         finished = [tag for tag in itertools.starmap(self._on_ack, acks) if tag is not None]
-        if finished:
-            self._ack_finished(finished)
-
-    def _ack_finished(self, tags: list[int]) -> None:
-        """Ack finished deliveries: in one frame (``multiple``) those older than every one still
-        under way (all older are settled, unseen ones newer), the others one by one."""
+        if not finished:
+            return
+        # In one frame (``multiple``) those older than every delivery still under way (all
+        # older are settled, unseen ones newer), the others one by one.
         assert self._channel is not None
         oldest = min(itertools.chain(self._pending, self._requeues), default=None)
-        older = [tag for tag in tags if oldest is None or tag < oldest]
+        older = [tag for tag in finished if oldest is None or tag < oldest]
         if older:
             self._channel.basic_ack(max(older), multiple=True)
-        for tag in tags:
+        for tag in finished:
             if oldest is not None and tag > oldest:
                 self._channel.basic_ack(tag)
 

@@ -5,8 +5,7 @@ broker confirms it. Confirmed rows leave the outbox at once (:meth:`Outbox.forge
 disk with the next write, so a message costs one sync; a crash in between publishes them
 once more: at least once, never lost. One instance writes (each caches its depth); others
 may read the file (WAL mode). A damaged file is moved to ``<name>.damaged-<UTC time>``
-(with its ``-wal`` and ``-shm``; its messages stay there, unpublished) and replaced.
-"""
+(with its ``-wal`` and ``-shm``; its messages stay there, unpublished) and replaced."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -137,7 +136,10 @@ class Outbox:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self.path = Path(path)
         self.max_entries = max_entries
-        self._thresholds = _thresholds(max_entries)
+        tenths = {math.ceil(max_entries * k / 10) for k in range(1, 10)}
+        self._thresholds = tuple(
+            sorted(t for t in {*_FIXED_THRESHOLDS, *tenths} if 0 < t < max_entries)
+        )
         # Set by a depth WARNING: only then does draining log an INFO (not after every message).
         self._backlog_reported = False
         self._warned_above = 0  # thresholds below it warned about since last empty
@@ -171,7 +173,6 @@ class Outbox:
             )
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
-        """Connect, set the pragmas, check the file and create the tables; return the depth."""
         # isolation_level=None: each statement is committed (and synced) when execute() returns.
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -209,7 +210,6 @@ class Outbox:
         return conn, int(count)
 
     def _move_aside(self, exc: OutboxError) -> Path:
-        """Rename the damaged file (and its WAL and shared memory) with a timestamp suffix."""
         try:
             aside = move_aside(self.path)
         except OSError as move_exc:
@@ -237,10 +237,7 @@ class Outbox:
     @property
     def synchronous(self) -> int:
         """This connection's ``PRAGMA synchronous`` (2 is FULL): what durability it gets."""
-        try:
-            (level,) = self._connection().execute("PRAGMA synchronous").fetchone()
-        except sqlite3.Error as exc:
-            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        ((level,),) = self._read("PRAGMA synchronous")
         return int(level)
 
     def park(self, entry_id: int, reason: str) -> bool:
@@ -259,14 +256,7 @@ class Outbox:
 
     def parked(self) -> list[tuple[OutboxEntry, str]]:
         """The parked messages, oldest first, each with the reason it was parked."""
-        try:
-            rows = (
-                self._connection()
-                .execute(f"SELECT {_ROW}, reason FROM parked ORDER BY id")
-                .fetchall()
-            )
-        except sqlite3.Error as exc:
-            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        rows = self._read(f"SELECT {_ROW}, reason FROM parked ORDER BY id")
         return [(_entry(row), str(row[10])) for row in rows]
 
     def replay_parked(self, ids: Collection[int] | None = None) -> int:
@@ -355,24 +345,15 @@ class Outbox:
 
     @property
     def room(self) -> int:
-        """How many more messages fit."""
         return max(0, self.max_entries - self._depth)
 
     def peek(self, limit: int = 100) -> list[OutboxEntry]:
         """Return up to ``limit`` stored messages, oldest first, without removing them."""
         if limit < 0:
             raise ValueError(f"limit must not be negative, not {limit}")
-        try:
-            rows = (
-                self._connection()
-                .execute(
-                    f"SELECT {_ROW} FROM outbox ORDER BY id LIMIT ?",
-                    (limit + len(self._forgotten),),
-                )
-                .fetchall()
-            )
-        except sqlite3.Error as exc:
-            raise _error(f"cannot read outbox {self.path}", exc) from exc
+        rows = self._read(
+            f"SELECT {_ROW} FROM outbox ORDER BY id LIMIT ?", (limit + len(self._forgotten),)
+        )
         kept = [row for row in rows if row[0] not in self._forgotten][:limit]
         return [_entry(row) for row in kept]
 
@@ -445,22 +426,22 @@ class Outbox:
     def __enter__(self) -> Outbox:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed (one sync to disk) at the end, rolled back on any error."""
         try:
             with transaction(self._connection()) as conn:
                 yield conn
         except sqlite3.Error as exc:
             raise _error(f"{doing} outbox {self.path}", exc) from exc
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        try:
+            return self._connection().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(f"cannot read outbox {self.path}", exc) from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None and self._reopen:
@@ -567,9 +548,3 @@ def attached_files(path: Path) -> set[str]:
         raise _error(f"cannot read outbox {path}", exc) from exc
     finally:
         conn.close()
-
-
-def _thresholds(max_entries: int) -> tuple[int, ...]:
-    """Depths whose crossing (going above them) deserves a WARNING; the limit is reported apart."""
-    tenths = {math.ceil(max_entries * k / 10) for k in range(1, 10)}
-    return tuple(sorted(t for t in {*_FIXED_THRESHOLDS, *tenths} if 0 < t < max_entries))

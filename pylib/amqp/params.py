@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -29,9 +30,8 @@ def connection_parameters(
     ``address`` is ``host`` or ``host:port`` with the default guest account."""
     params: pika.ConnectionParameters
     if url:
-        parsed = pika.URLParameters(url)
-        register_secret(parsed.credentials.password)
-        params = parsed
+        params = pika.URLParameters(url)
+        register_secret(params.credentials.password)
     else:
         host, _, port = address.partition(":")
         params = pika.ConnectionParameters(host=host, port=int(port) if port else 5672)
@@ -76,20 +76,15 @@ def _cause(exc: BaseException) -> BaseException | None:
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:
     """Close a connection that may already be broken."""
-    if connection is None:
-        return
-    try:
-        if connection.is_open:
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        if connection is not None and connection.is_open:
             connection.close()
-    except CONNECTION_ERRORS:
-        pass
 
 
 class LinkLog:
     """One log line per change of a connection's state: down (with why, and the retry
     pace), each new kind of reason while down (refused, then a wrong password), and back
-    (after how long). Other retries are DEBUG: a broker away for an hour costs two lines.
-    """
+    (after how long). Other retries are DEBUG: a broker away for an hour costs two lines."""
 
     def __init__(self, logger: logging.Logger, name: str, target: str, ceiling: float) -> None:
         self._log = logger
@@ -99,10 +94,6 @@ class LinkLog:
         self._down_since: float | None = None
         self._kinds: set[str] = set()  # kinds of reason logged while down
         self._attempts = 0
-
-    @property
-    def down(self) -> bool:
-        return self._down_since is not None
 
     def failed(self, reason: str, delay: float, consequence: str = "") -> None:
         """An attempt failed or the connection was lost; the next try is in ``delay`` s."""

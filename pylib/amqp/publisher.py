@@ -11,12 +11,10 @@
   message not acked and the rest go one by one (at least once). A row refused for good
   (404 or 406 closing the channel) is tried once more on a fresh channel, then *parked*.
 - Events go without ``mandatory``: one no queue is bound to is dropped by the broker, as
-  the original daemon's were.
-"""
+  the original daemon's were."""
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import threading
@@ -80,12 +78,6 @@ TROUBLE_LOG_INTERVAL = 60.0
 REFUSED_FOR_GOOD = frozenset({404, 406})
 
 
-class _Outcome(enum.Enum):
-    CONFIRMED = "confirmed"
-    PARKED = "parked"
-    LATER = "later"  # nacked: stays in front, tried again after a pause
-
-
 Row = tuple[str, str, bytes, Mapping[str, str] | None, Attachment | None]
 
 
@@ -98,10 +90,8 @@ class _Request:
 
 class AmqpPublisher(Stage):
     """Takes publish requests (and done marks), stores them, publishes them, acks back.
-
     ``nack_retry`` paces retries of a message the broker refused; ``stop_timeout``
-    bounds the last round of publishing at stop (what is left stays in the outbox).
-    """
+    bounds the last round of publishing at stop (what is left stays in the outbox)."""
 
     stop_weight = 1.5
 
@@ -163,7 +153,6 @@ class AmqpPublisher(Stage):
         self._trouble_failures = 0
         self._trouble_log_at = 0.0
 
-    # --- life cycle ------------------------------------------------------------------
     def on_thread_open(self) -> None:
         super().on_thread_open()
         self._replies = Replies(self.ack_to)
@@ -199,7 +188,6 @@ class AmqpPublisher(Stage):
 
     @property
     def outbox_writable(self) -> bool:
-        """False while the outbox cannot be written."""
         return self._outbox_trouble is None
 
     def troubles(self) -> list[str]:
@@ -221,8 +209,7 @@ class AmqpPublisher(Stage):
 
     def finish(self, deadline: float) -> None:
         """At stop: store what is held if it can be, else hand it back; publish until ``deadline``."""
-        if self._held:
-            self._store_held()
+        self._store_held()
         if self._held:
             held, self._held = self._held, []
             for request in held:
@@ -242,7 +229,6 @@ class AmqpPublisher(Stage):
                 len(self._outbox),
             )
 
-    # --- intake ----------------------------------------------------------------------
     def on_messages(self, envelopes: list[Envelope]) -> None:
         requests = [r for r in (self._parse(envelope) for envelope in envelopes) if r]
         if self._held:
@@ -252,7 +238,8 @@ class AmqpPublisher(Stage):
             return
         replies = self._take(requests)
         self._flush_soon()
-        self._send_replies(replies)
+        for reply in replies:
+            reply()
 
     def _parse(self, envelope: Envelope) -> _Request | None:
         settlement = Settlement.of(envelope.body)
@@ -290,8 +277,7 @@ class AmqpPublisher(Stage):
         order: an ack for each stored one (and each done mark), a hand-back for the rest."""
         outbox = self._outbox
         assert outbox is not None
-        rows = [request for request in requests if request.row is not None]
-        fits = rows[: outbox.room]
+        fits = [request for request in requests if request.row is not None][: outbox.room]
         stored_rows = [request.row for request in fits if request.row is not None]
         try:
             outbox.append_many(stored_rows)
@@ -315,11 +301,6 @@ class AmqpPublisher(Stage):
                 replies.append(functools.partial(self._give_back, request, why))
         return replies
 
-    @staticmethod
-    def _send_replies(replies: list[Callable[[], None]]) -> None:
-        for reply in replies:
-            reply()
-
     def _hold(self, requests: list[_Request], exc: OutboxError) -> None:
         """Keep requests the outbox refused for a reason other than being full; retry later."""
         delay = self._store.next()
@@ -332,10 +313,8 @@ class AmqpPublisher(Stage):
         )
 
     def _outbox_failed(self, exc: OutboxError, what: str) -> None:
-        """Count an outbox failure, show it in health, log it at most once a minute.
-
-        A damaged file is moved aside at once instead (a fresh outbox takes its place).
-        """
+        """Count an outbox failure, show it in health, log it at most once a minute; a
+        damaged file is moved aside at once instead (a fresh outbox takes its place)."""
         PUBLISH_FAILURES.labels("outbox_error").inc()
         if exc.damaged and self._outbox is not None:
             try:
@@ -360,7 +339,6 @@ class AmqpPublisher(Stage):
         )
 
     def _outbox_writable(self) -> None:
-        """A write went through: the outbox trouble, if any, is over."""
         if self._outbox_trouble is None:
             return
         log.info(
@@ -380,7 +358,8 @@ class AmqpPublisher(Stage):
         if not self._held:
             self.pause_inbox(False)
             self._flush_soon()
-        self._send_replies(replies)
+        for reply in replies:
+            reply()
 
     def _give_back(self, request: _Request, why: str) -> None:
         """A message that cannot be stored: a requeue ack to whoever can retry it, else loud loss."""
@@ -404,7 +383,6 @@ class AmqpPublisher(Stage):
         assert self._replies is not None
         self._replies.send(settlement)
 
-    # --- the broker side -------------------------------------------------------------
     def _flush_soon(self) -> None:
         if self._connection is not None and time.monotonic() >= self._flush_at:
             self._guarded(lambda: self._flush(time.monotonic() + FLUSH_ROUND_SECONDS))
@@ -421,7 +399,6 @@ class AmqpPublisher(Stage):
             self._outbox_failed(exc, "cannot publish from the outbox")
 
     def _service(self) -> None:
-        """Now and then: keep the connection alive, and publish what waits."""
         self.call_later(SERVICE_INTERVAL, self._service)
         connection = self._connection
         if connection is not None:
@@ -481,13 +458,10 @@ class AmqpPublisher(Stage):
                     return
 
     def _group(self, entries: list[OutboxEntry], start: int) -> list[OutboxEntry]:
-        """The entries from ``start`` that go out together: a run of messages to exchanges
-        the broker already took a message for on this channel, or one message alone.
-
-        A message the broker refuses closes the channel, and then nothing says which of
-        the group's unconfirmed messages it was; alone, a message to an exchange that
-        may be missing is refused without taking others with it.
-        """
+        """The entries from ``start`` that go out together: a run to exchanges the broker took
+        a message for on this channel, or one alone. A refused message closes the channel, and
+        then nothing says which of the group it was; alone, one to an exchange that may be
+        missing is refused without taking others with it."""
         group: list[OutboxEntry] = []
         for entry in entries[start : start + CONFIRM_GROUP]:
             if entry.exchange not in self._proven:
@@ -496,8 +470,7 @@ class AmqpPublisher(Stage):
         return group or [entries[start]]
 
     def _publish_group(self, entries: list[OutboxEntry]) -> bool:
-        """Publish ``entries`` with their confirms awaited together; False if publishing
-        must pause (a nack). From the first one not acked on, they go one by one."""
+        """Publish ``entries``, their confirms awaited together; False if publishing must pause."""
         assert self._channel is not None
         if len(entries) == 1:
             return self._publish_alone(entries[0])
@@ -524,15 +497,7 @@ class AmqpPublisher(Stage):
                 return False
         return True
 
-    def _publish_alone(self, entry: OutboxEntry, *, tried: bool = False) -> bool:
-        outcome = self._publish_entry(entry, tried=tried)
-        if outcome is _Outcome.CONFIRMED:
-            self._proven.add(entry.exchange)
-            self._confirmed([entry])
-        return outcome is not _Outcome.LATER
-
     def _confirmed(self, entries: list[OutboxEntry]) -> None:
-        """Confirmed rows leave the outbox now, and the disk with the next commit."""
         if not entries:
             return
         PUBLISHED.labels("event").inc(len(entries))
@@ -542,8 +507,6 @@ class AmqpPublisher(Stage):
             self._removal_timer = self.call_later(REMOVAL_DELAY, self._commit_removals)
 
     def _commit_removals(self) -> None:
-        """Confirmed rows no new message took off the disk: removed on their own once no
-        commit has come for ``REMOVAL_DELAY`` (under load, the next commit takes them)."""
         self._removal_timer = None
         outbox = self._outbox
         if outbox is None or not outbox.removals_pending:
@@ -562,11 +525,7 @@ class AmqpPublisher(Stage):
         self._outbox_writable()
 
     def _next_entries(self, outbox: Outbox) -> list[OutboxEntry]:
-        """The next rows to publish: from memory when it holds the whole outbox, else disk.
-
-        A row read from disk whose body cannot be made whole (its attached file is gone
-        or changed) is parked, never published without its part.
-        """
+        """The next rows to publish; one whose attached file is gone or changed is parked."""
         while True:
             entries = outbox.peek(FLUSH_BATCH)
             broken = [entry for entry in entries if entry.problem is not None]
@@ -575,8 +534,8 @@ class AmqpPublisher(Stage):
             for entry in broken:
                 self._park(entry, str(entry.problem))
 
-    def _publish_entry(self, entry: OutboxEntry, *, tried: bool = False) -> _Outcome:
-        """One row alone; ``tried``: its first try closed the channel (404 or 406)."""
+    def _publish_alone(self, entry: OutboxEntry, *, tried: bool = False) -> bool:
+        """One row alone; False on a nack. ``tried``: its first try closed the channel (404/406)."""
         for attempt in (2,) if tried else (1, 2):
             try:
                 self._publish(
@@ -597,7 +556,7 @@ class AmqpPublisher(Stage):
                     len(self._outbox) if self._outbox is not None else 0,
                     delay,
                 )
-                return _Outcome.LATER
+                return False
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code not in REFUSED_FOR_GOOD:
                     raise  # a reason that may pass: reconnect and try again
@@ -607,9 +566,11 @@ class AmqpPublisher(Stage):
                 if attempt == 1:
                     continue
                 self._park(entry, exc)
-                return _Outcome.PARKED
+                return True
             self._nack.reset()
-            return _Outcome.CONFIRMED
+            self._proven.add(entry.exchange)
+            self._confirmed([entry])
+            return True
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _open_channel(self) -> None:
@@ -620,8 +581,7 @@ class AmqpPublisher(Stage):
         self._proven.clear()
 
     def _park(self, entry: OutboxEntry, why: pika.exceptions.ChannelClosedByBroker | str) -> None:
-        """Set a row aside that the broker will never take, or that cannot be sent whole,
-        so the rest can flow."""
+        """Set aside a row the broker will never take or that cannot go whole: the rest flow."""
         assert self._outbox is not None
         if isinstance(why, str):
             reason, what = why, "cannot be sent"
@@ -642,15 +602,15 @@ class AmqpPublisher(Stage):
         )
 
     def _publish_periodic(self) -> None:
-        assert self.periodic is not None
+        periodic = self.periodic
+        assert periodic is not None
         self.call_later(self.periodic_interval, self._publish_periodic)
         if self._connection is None or self._channel is None:
             return
 
         def publish() -> None:
-            assert self.periodic is not None
             try:
-                self._publish(self.periodic(), persistent=False)
+                self._publish(periodic(), persistent=False)
             except pika.exceptions.NackError as exc:
                 PUBLISH_FAILURES.labels("nack").inc()
                 log.warning("%s: broker refused a periodic message: %s", self.name, exc)

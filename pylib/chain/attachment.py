@@ -2,8 +2,7 @@
 
 A snapshot is already on disk when its event is stored. The producer promises that ``path``
 holds exactly ``body[offset:offset + size]``, synced (file and name) before the message is
-stored and unchanged until published; a CRC-32 catches a file that changed or went missing.
-"""
+stored and unchanged until published; a CRC-32 catches a file that changed or went missing."""
 
 from __future__ import annotations
 

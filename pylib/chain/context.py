@@ -6,5 +6,4 @@ import zmq
 
 
 def shared_context() -> zmq.Context[zmq.Socket[bytes]]:
-    """Return the process-wide context, creating it on first use."""
     return zmq.Context.instance()

@@ -4,8 +4,7 @@ The owner of work puts an *ack token* (``reply_to``, its ack inbox, and keys of 
 on what it sends down the chain. Each of its ``parts`` ends as a publish request or a done
 mark; the publisher sends :func:`ack_part` back for each once it is stored (a done mark at
 once), and the owner settles the work when all are in. A stage that fails on a message
-still settles it (:func:`settle_failed`).
-"""
+still settles it (:func:`settle_failed`)."""
 
 from __future__ import annotations
 
@@ -75,7 +74,6 @@ class Settlement:
         return Settlement(self.ack, parts)
 
     def fields(self) -> dict[str, Any]:
-        """The body fields that carry this settlement down the chain."""
         return {"ack": self.ack, "parts": self.parts}
 
 
@@ -148,7 +146,6 @@ class AckInbox:
         self.on_ack = on_ack
 
     def open(self) -> None:
-        """Take this process's acks by a direct call."""
         take_acks_directly(self.address, self.on_ack)
 
     def close(self) -> None:
@@ -176,7 +173,6 @@ class Replies:
         self._senders: dict[str, Sender] = {}
 
     def address(self, ack: Ack) -> str | None:
-        """Where an ack goes: its ``reply_to``, else the default."""
         address = ack.get("reply_to") or self.default
         return address if isinstance(address, str) and address else None
 
@@ -212,7 +208,6 @@ class Replies:
         return True
 
     def close(self) -> None:
-        """Close every socket."""
         for sender in self._senders.values():
             sender.close()
         self._senders.clear()
@@ -225,7 +220,6 @@ class PartCounter(Generic[K]):
         self._done: dict[K, int] = {}
 
     def add(self, key: K) -> None:
-        """Work ``key`` was handed down the chain."""
         self._done[key] = 0
 
     def done(self, key: K, parts: int) -> bool:
@@ -244,7 +238,6 @@ class PartCounter(Generic[K]):
         return self._done.pop(key, None) is not None
 
     def clear(self) -> None:
-        """Forget everything."""
         self._done.clear()
 
     def __contains__(self, key: object) -> bool:

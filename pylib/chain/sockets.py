@@ -26,7 +26,6 @@ HWM = 50
 
 
 def inproc(name: str) -> str:
-    """The inproc address of a named stage or inbox."""
     return f"inproc://{name}"
 
 
@@ -101,5 +100,4 @@ class Sender:
         return True
 
     def close(self) -> None:
-        """Close the socket."""
         self.socket.close()

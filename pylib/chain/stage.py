@@ -2,8 +2,7 @@
 
 A :class:`Stage` is an event loop on its own thread, blocked in one ``zmq.Poller`` over its
 inbox, watched sockets and a *wake pipe* (no timed poll); other threads hand it work with
-:meth:`Stage.call_soon_threadsafe`, so every ZeroMQ socket belongs to the stage's thread.
-"""
+:meth:`Stage.call_soon_threadsafe`, so every ZeroMQ socket belongs to the stage's thread."""
 
 from __future__ import annotations
 
@@ -86,7 +85,6 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run it."""
         self.cancelled = True
 
 
@@ -214,7 +212,6 @@ class Stage(Worker):
 
     @property
     def pending_work(self) -> int:
-        """Pool work under way."""
         return len(self._futures)
 
     def run_until(self, condition: Callable[[], bool], deadline: float) -> bool:
@@ -443,10 +440,8 @@ class Relay(Stage):
                     out.append(done)
                 continue
             MESSAGES_HANDLED.labels(self.name).inc()
-            if result is None:
-                continue
             if isinstance(result, Envelope):
                 out.append(result)
-            else:
+            elif result is not None:
                 out.extend(result)
         return out

@@ -2,8 +2,7 @@
 
 Each entry is a stage or a tier of stages side by side, all sending to the entry after it.
 Start is from the sink up (each inbox bound before anything sends to it); stop is sources
-first, then from the head down (what a stage hands on is taken by one still running).
-"""
+first, then from the head down (what a stage hands on is taken by one still running)."""
 
 from __future__ import annotations
 
@@ -58,16 +57,13 @@ class Chain:
         self.shutdown_timeout = shutdown_timeout
         self.sources: list[Worker] = []
         for tier, following in zip(self.tiers, [*self.tiers[1:], None], strict=True):
-            for stage in tier:
-                stage.inbox = self.address(stage.name)
             if following is not None and len(following) != 1:
                 raise ValueError(f"{following[0].name}: only the first entry may be a tier")
-        for tier, following in zip(self.tiers, [*self.tiers[1:], None], strict=True):
             for stage in tier:
-                stage.outbox = following[0].inbox if following is not None else None
+                stage.inbox = self.address(stage.name)
+                stage.outbox = self.address(following[0].name) if following is not None else None
 
     def address(self, stage: str) -> str:
-        """The inproc address of a stage's inbox in this chain."""
         return inproc(f"{self.name}/{stage}")
 
     def stage(self, name: str) -> Stage:
@@ -79,12 +75,10 @@ class Chain:
 
     @property
     def stages(self) -> list[Stage]:
-        """Every stage, head first."""
         return [stage for tier in self.tiers for stage in tier]
 
     @property
     def workers(self) -> list[Worker]:
-        """Sources, then stages: every thread the chain runs."""
         return [*self.sources, *self.stages]
 
     def add_source(self, source: Worker) -> None:

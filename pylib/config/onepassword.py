@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -38,18 +37,12 @@ class OnePasswordSource:
         self._client: Any = new_client(self._host, token, config=ClientConfig(timeout=timeout))
 
     def close(self) -> None:
-        """Close the HTTP connections to the Connect server."""
         self._client.session.close()
 
     def __enter__(self) -> OnePasswordSource:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def get(self, name: str) -> str | None:

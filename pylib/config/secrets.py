@@ -53,8 +53,7 @@ class SecretResolver:
             value = self.store.get(name)
         if value:
             register_secret(value)
-            return value
-        return None
+        return value or None
 
     def require(self, name: str) -> str:
         """The secret's value; raises :class:`MissingSecretError` naming it if absent."""
@@ -64,7 +63,6 @@ class SecretResolver:
         return value
 
     def close(self) -> None:
-        """Release the store's connections, if it holds any."""
         close = getattr(self.store, "close", None)
         if callable(close):
             close()

@@ -77,12 +77,11 @@ def setting_fields(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
 
 def secret_names(model: type[BaseModel]) -> list[str]:
     """Variable names of the fields marked as secrets, sections' included."""
-    names = []
-    for name, info in setting_fields(model):
-        extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("secret"):
-            names.append(name)
-    return names
+    return [
+        name
+        for name, info in setting_fields(model)
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("secret")
+    ]
 
 
 def _nest(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,10 +154,8 @@ def unknown_variables(
 ) -> list[str]:
     """Variables that begin like the model's settings (``FTP_``, ``OUTPUT_``) but are none
     of them, each with the nearest known name: a typo would otherwise pass silently.
-
     A prefix in ``shared_prefixes`` is also read by a library (``AWS_``): its variables
-    are named only when they are close to one of ours. ``ignore``: names used elsewhere.
-    """
+    are named only when they are close to one of ours. ``ignore``: names used elsewhere."""
     known = [name for name, _ in setting_fields(model)]
     own = set(known) | set(ignore)
     prefixes = {name.split("_", 1)[0] for name in known if "_" in name} | set(groups)

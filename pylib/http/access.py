@@ -46,7 +46,6 @@ class TokenAuth:
 
     @property
     def required(self) -> bool:
-        """Whether a token is configured at all."""
         return bool(self.token)
 
     def token_matches(self, offered: str) -> bool:
@@ -65,7 +64,6 @@ class TokenAuth:
         return session
 
     def logout(self, session: str) -> None:
-        """Forget a session."""
         with self._lock:
             self._sessions.pop(session, None)
 
@@ -132,7 +130,6 @@ class HostRule:
         self.any_name = token_required and not self.allowed
 
     def allows(self, request: Request) -> bool:
-        """Whether ``request`` names us by a name we answer to."""
         if self.any_name:
             return True
         name = host_name(request)

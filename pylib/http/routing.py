@@ -29,7 +29,6 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
 
     def arg(self, name: str, default: str | None = None) -> str | None:
-        """The first value of query parameter ``name``."""
         values = self.query.get(name)
         return values[0] if values else default
 
@@ -51,13 +50,11 @@ class Response:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> Response:
-        """A JSON answer."""
         body = json.dumps(value, separators=(",", ":"), default=str).encode()
         return cls(status, body, "application/json")
 
     @classmethod
     def text(cls, text: str, status: int = 200) -> Response:
-        """A plain-text answer."""
         return cls(status, text.encode())
 
     @classmethod

@@ -80,7 +80,6 @@ class ConnectionLimits:
 
     @property
     def open(self) -> int:
-        """Connections open now."""
         return len(self._clients)
 
     def admit(self, connection: object, client: str) -> tuple[str | None, object | None]:
@@ -328,8 +327,7 @@ class HttpServer(Worker):
                 # h11 bounds only a head still incomplete; one that came whole in a read too.
                 HTTP_CONNECTION_ERRORS.labels("malformed").inc()
                 await self._refuse(connection, writer, 431, "request headers too large")
-            names = {name for name, _ in headers}
-            if {"content-length", "transfer-encoding"} <= names:
+            if {"content-length", "transfer-encoding"} <= {name for name, _ in headers}:
                 # Allowed by HTTP/1.1 but the stuff of request smuggling: nobody honest sends it.
                 HTTP_CONNECTION_ERRORS.labels("malformed").inc()
                 await self._refuse(connection, writer, 400, "malformed request")
@@ -350,8 +348,7 @@ class HttpServer(Worker):
                     raise _EndOfConnectionError
         except TimeoutError:
             HTTP_CONNECTION_ERRORS.labels("deadline").inc()
-            received = connection.their_state is not h11.IDLE or bool(connection.trailing_data[0])
-            if received:
+            if connection.their_state is not h11.IDLE or connection.trailing_data[0]:
                 await self._refuse(connection, writer, 408, "the request took too long to arrive")
             raise _EndOfConnectionError from None
         except h11.RemoteProtocolError as exc:
@@ -402,7 +399,8 @@ class HttpServer(Worker):
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
-            *SECURITY_HEADERS,
+            # A response's own header wins (an immutable image may be cached privately).
+            *(h for h in SECURITY_HEADERS if h[0] not in response.headers),
         ]
         if "Content-Security-Policy" not in response.headers:
             headers.append(("Content-Security-Policy", DEFAULT_CSP))
@@ -439,14 +437,12 @@ class HttpServer(Worker):
     def dispatch(self, request: Request) -> tuple[Response, str]:
         """The answer to one request, and the route name it is counted under."""
         if not self.hosts.allows(request):
-            return (
-                Response.text(
-                    "refused: this server answers only to its own names; a reverse proxy's "
-                    "name goes in HTTP_ALLOWED_HOSTS\n",
-                    403,
-                ),
-                "-",
+            refused = Response.text(
+                "refused: this server answers only to its own names; a reverse proxy's "
+                "name goes in HTTP_ALLOWED_HOSTS\n",
+                403,
             )
+            return refused, "-"
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
             status = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
@@ -475,13 +471,9 @@ class HttpServer(Worker):
                 answer.headers["Retry-After"] = str(int(wait) + 1)
                 return answer
         if not needs_token:
-            if (
-                route.access != "public"
-                and not self.auth.required
-                and route.method != "GET"
-                and not same_origin(request)
-            ):
-                # Without a token a browser's cookie-less call still must come from our pages.
+            # Without a token a browser's cookie-less call still must come from our pages.
+            tokenless = route.access != "public" and not self.auth.required
+            if tokenless and route.method != "GET" and not same_origin(request):
                 return Response.text("refused: not from this machine's own pages\n", 403)
             return None
         how = self.auth.how(request)
@@ -504,8 +496,6 @@ def _cookies(headers: list[tuple[str, str]]) -> dict[str, str]:
     jar: SimpleCookie = SimpleCookie()
     for name, value in headers:
         if name == "cookie":
-            try:
+            with contextlib.suppress(Exception):  # a malformed cookie header is no cookie
                 jar.load(value)
-            except Exception:  # a malformed cookie header is no cookie
-                continue
     return {name: morsel.value for name, morsel in jar.items()}

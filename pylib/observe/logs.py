@@ -105,10 +105,9 @@ def setup_logging(
     handler: logging.Handler
     if syslog_address:
         handler = logging.handlers.SysLogHandler(address=_parse_syslog_address(syslog_address))
-        handler.setFormatter(RedactingFormatter(SYSLOG_FORMAT))
     else:
         handler = logging.StreamHandler(stream or sys.stdout)
-        handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    handler.setFormatter(RedactingFormatter(SYSLOG_FORMAT if syslog_address else LOG_FORMAT))
     handler.addFilter(RedactingFilter())
     _install_record_factory()
     setattr(handler, _HANDLER_ATTR, True)

@@ -70,7 +70,6 @@ def register_secret(value: str | None) -> None:
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
-    """Register several secrets at once."""
     for value in values:
         register_secret(value)
 
@@ -88,8 +87,7 @@ def redact(text: str) -> str:
         return text
     # Longest first, so a secret that contains another is masked whole.
     for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
+        text = text.replace(secret, MASK)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import sentry_sdk
 from prometheus_client import Counter
 from sentry_sdk.integrations.logging import ignore_logger
-from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
+from sentry_sdk.types import Event, Hint
 
 from pylib.observe.logs import TEMPLATE_ATTR
 from pylib.observe.redact import redact_data, register_secret
@@ -63,15 +63,13 @@ class _RepeatLimit:
                 self._held[kind] = self._held.get(kind, 0) + 1
                 return None
             if len(self._last) >= MAX_KINDS:
-                self._forget_before(now - self.interval)
+                # Kinds quiet for a whole interval would be let through anyway: forget them.
+                quiet = [other for other, seen in self._last.items() if seen < now - self.interval]
+                for stale in quiet:
+                    del self._last[stale]
+                    self._held.pop(stale, None)
             self._last[kind] = now
             return self._held.pop(kind, 0)
-
-    def _forget_before(self, moment: float) -> None:
-        # Kinds quiet for a whole interval would be let through anyway: forget them.
-        for stale in [kind for kind, last in self._last.items() if last < moment]:
-            del self._last[stale]
-            self._held.pop(stale, None)
 
     def __len__(self) -> int:
         return len(self._last)
@@ -92,14 +90,8 @@ def _before_send(event: Event, hint: Hint) -> Event | None:
     return redacted
 
 
-def _before_send_transaction(event: Event, hint: Hint) -> Event | None:
-    redacted: Event = redact_data(event)
-    return redacted
-
-
-def _before_breadcrumb(crumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb | None:
-    redacted: Breadcrumb = redact_data(crumb)
-    return redacted
+def _redacted(value: Any, hint: Any) -> Any:
+    return redact_data(value)
 
 
 def init_sentry(
@@ -130,8 +122,8 @@ def init_sentry(
         before_send=_before_send,
         # Frame locals can hold a trigger with a camera password in it; keep them home.
         include_local_variables=False,
-        before_breadcrumb=_before_breadcrumb,
-        before_send_transaction=_before_send_transaction,
+        before_breadcrumb=_redacted,
+        before_send_transaction=_redacted,
         # Auto-enabled integrations would patch unrelated libraries on import.
         default_integrations=True,
         auto_enabling_integrations=False,

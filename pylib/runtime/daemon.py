@@ -66,7 +66,6 @@ class Daemon:
         self._steps.append(Step(component.name, component.start, component.stop_and_join))
 
     def add_step(self, name: str, start: Callable[[], None], stop: Callable[[float], bool]) -> None:
-        """Add a start-up step made of two callables."""
         self._steps.append(Step(name, start, stop))
 
     def request_stop(self, reason: str, exit_code: int = 0) -> None:
@@ -92,9 +91,8 @@ class Daemon:
             level = toggle_debug(self._debug_base_level)
             log.warning("SIGHUP: log level now %s", logging.getLevelName(level))
 
-        self._debug_base_level = logging.getLogger().level
-        if self._debug_base_level == logging.DEBUG:
-            self._debug_base_level = logging.INFO
+        root_level = logging.getLogger().level
+        self._debug_base_level = logging.INFO if root_level == logging.DEBUG else root_level
         signal.signal(signal.SIGTERM, on_stop_signal)
         signal.signal(signal.SIGINT, on_stop_signal)
         signal.signal(signal.SIGHUP, on_hup)
@@ -105,13 +103,12 @@ class Daemon:
             log.info("starting %s", step.name)
             try:
                 step.start()
-            except (StartError, WorkerStartError) as exc:
-                # Named already (a port, a path): a traceback would only bury the line.
-                log.error("could not start %s: %s", step.name, exc)
-                self.stop()
-                raise
-            except Exception:
-                log.exception("could not start %s", step.name)
+            except Exception as exc:
+                if isinstance(exc, StartError | WorkerStartError):
+                    # Named already (a port, a path): a traceback would only bury the line.
+                    log.error("could not start %s: %s", step.name, exc)
+                else:
+                    log.exception("could not start %s", step.name)
                 self.stop()
                 raise
             self._started.append(step)
@@ -138,12 +135,10 @@ class Daemon:
         """Start, wait for a stop request, stop; returns the process exit code."""
         try:
             self.start()
-        except (StartError, WorkerStartError):
-            log.info("%s did not start (exit code %d)", self.name, EXIT_START)
-            return EXIT_START
-        except Exception:
-            log.info("%s did not start (exit code %d)", self.name, EXIT_FAILED)
-            return EXIT_FAILED
+        except Exception as exc:
+            code = EXIT_START if isinstance(exc, StartError | WorkerStartError) else EXIT_FAILED
+            log.info("%s did not start (exit code %d)", self.name, code)
+            return code
         log.info("%s running", self.name)
         # What start-up made lives as long as the process: full collections need not walk it.
         gc.freeze()

@@ -99,7 +99,6 @@ class DataRootLock:
         self._file = handle
 
     def release(self) -> None:
-        """Let go of the lock (closing the file releases it)."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -18,7 +18,6 @@ class Health:
 
     @property
     def ok(self) -> bool:
-        """No problems."""
         return not self.problems
 
     @classmethod

@@ -63,7 +63,6 @@ class HealthPinger:
 
     @property
     def enabled(self) -> bool:
-        """Whether any monitoring service is configured."""
         return bool(self._hc_url or self._cronitor_url)
 
     def start(self) -> None:

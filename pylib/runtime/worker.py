@@ -91,7 +91,6 @@ class Worker(threading.Thread):
             raise WorkerStartError(f"{self.name}: {self._start_error}") from self._start_error
 
     def should_keep_running(self) -> bool:
-        """False once this thread was asked to stop."""
         return not self._halt.is_set()
 
     def wait_for_stop(self, timeout: float) -> bool:
@@ -103,7 +102,6 @@ class Worker(threading.Thread):
         self._halt.set()
 
     def stop_and_join(self, timeout: float) -> bool:
-        """Stop, wait up to ``timeout`` seconds; True if the thread ended."""
         self.stop()
         if self.is_alive():
             self.join(timeout)

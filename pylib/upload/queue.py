@@ -231,6 +231,18 @@ class UploadQueue:
         )
         return [(_upload(row), str(row[10] or "")) for row in rows]
 
+    def parked_reasons(self, paths: Collection[Path | str]) -> dict[str, str]:
+        """Why each of ``paths`` that is parked is, by absolute path: ``<destination>: <reason>``."""
+        keys = sorted({_key(path) for path in paths})
+        if not keys:
+            return {}
+        rows = self._read(
+            "SELECT path, destination, reason FROM uploads WHERE parked IS NOT NULL"
+            f" AND path IN ({', '.join('?' * len(keys))})",
+            tuple(keys),
+        )
+        return {str(path): f"{where}: {why or 'refused'}" for path, where, why in rows}
+
     def by_destination(self) -> dict[str, int]:
         """Unfinished uploads (parked included) per destination name."""
         rows = self._read("SELECT destination, COUNT(*) FROM uploads GROUP BY destination")
@@ -238,8 +250,7 @@ class UploadQueue:
 
     def holds(self, path: Path | str) -> bool:
         """True while an upload of this file is unfinished, parked included."""
-        rows = self._read("SELECT 1 FROM uploads WHERE path = ? LIMIT 1", (_key(path),))
-        return bool(rows)
+        return bool(self._read("SELECT 1 FROM uploads WHERE path = ? LIMIT 1", (_key(path),)))
 
     def pending_paths(self) -> set[str]:
         """Absolute paths of every file with an unfinished upload, parked included."""

@@ -49,10 +49,8 @@ class Request:
 
 
 class CameraClient:
-    """Fetches JPEG snapshots from one camera (the base of every vendor's client).
-
-    Thread-safe. Timeouts, connection errors, 5xx and bad images are retried with doubling
-    back-off; auth errors, other 4xx and most vendor errors are not."""
+    """The base of every vendor's client. Thread-safe. Timeouts, connection errors, 5xx and bad
+    images are retried with doubling back-off; auth errors, other 4xx and most vendor errors not."""
 
     vendor: ClassVar[str] = ""
     path: ClassVar[str] = "/"
@@ -82,7 +80,6 @@ class CameraClient:
         return []
 
     def _request(self) -> Request:
-        """The URL to fetch, and how to show it in messages."""
         return self._build_request(self.path, self._query())
 
     def _status_request(self) -> Request | None:
@@ -109,58 +106,73 @@ class CameraClient:
 
     @property
     def spec(self) -> CameraSpec:
-        """The camera this client fetches from."""
         return self._spec
 
     @property
     def key(self) -> str:
-        """The camera's key, e.g. ``"front door camera"``."""
         return self._spec.key
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
         return self._closed.is_set()
 
     def snapshot(self) -> bytes:
         """Fetch one snapshot and return its JPEG bytes, checked to decode; raises a
         :class:`CameraError` once the attempts are used up or the error is not worth retrying."""
         try:
-            return self._snapshot()
+            with self._lock:
+                if self._closed.is_set():
+                    raise CameraConnectionError(
+                        f"{self.key}: client is closed", camera=self.key, retryable=False
+                    )
+                policy = self._spec.retry_policy
+                attempts = policy.attempts or 1
+                attempt = 0
+                while True:
+                    attempt += 1
+                    started = time.monotonic()
+                    outcome = self._attempt()
+                    if isinstance(outcome, bytes):
+                        log.debug(
+                            "%s: snapshot of %d bytes in %.2f s (attempt %d)",
+                            self.key,
+                            len(outcome),
+                            time.monotonic() - started,
+                            attempt,
+                        )
+                        return outcome
+                    if not outcome.retryable or attempt >= attempts:
+                        break
+                    delay = policy.delay(attempt)
+                    log.warning(
+                        "%s: attempt %d of %d failed, retrying in %.2f s: %s",
+                        self.key,
+                        attempt,
+                        attempts,
+                        delay,
+                        outcome,
+                    )
+                    # close() interrupts the pause so shutdown never waits for back-off.
+                    if self._closed.wait(delay):
+                        break
+            raise outcome
         finally:
-            if self._closed.is_set():
-                self._close_session_if_idle()  # a close(wait=False) left it to us
+            self._close_session_if_idle()  # if a close(wait=False) left it to us
 
     def probe(self) -> None:
         """One cheap call (the vendor's status call, else a snapshot) that shows the camera
         answers and takes our credentials. One attempt, no retry; raises a :class:`CameraError`."""
         try:
-            outcome = self._probe()
+            with self._lock:
+                if self._closed.is_set():
+                    raise CameraConnectionError(
+                        f"{self.key}: client is closed", camera=self.key, retryable=False
+                    )
+                outcome = self._attempt(self._status_request())
         finally:
-            if self._closed.is_set():
-                self._close_session_if_idle()
-        if outcome is not None:
+            self._close_session_if_idle()
+        if isinstance(outcome, CameraError):
             raise outcome
-
-    def _probe(self) -> CameraError | None:
-        with self._lock:
-            if self._closed.is_set():
-                return CameraConnectionError(
-                    f"{self.key}: client is closed", camera=self.key, retryable=False
-                )
-            request = self._status_request()
-            if request is None:
-                outcome = self._attempt()
-                return outcome if isinstance(outcome, CameraError) else None
-            reply = self._send(request)
-            if isinstance(reply, CameraError):
-                return reply
-            try:
-                self._check_http_status(reply, request)
-                self._check_status_body(reply, request)
-            except CameraError as exc:
-                return exc.with_traceback(None)  # its frames hold the URL and credentials
-            return None
 
     def _check_http_status(self, reply: Reply, request: Request) -> None:
         """Raise :class:`CameraAuthError` for 401/403, :class:`CameraHTTPError` for any non-2xx."""
@@ -178,44 +190,6 @@ class CameraClient:
                 camera=self.key,
             )
 
-    def _snapshot(self) -> bytes:
-        with self._lock:
-            if self._closed.is_set():
-                raise CameraConnectionError(
-                    f"{self.key}: client is closed", camera=self.key, retryable=False
-                )
-            policy = self._spec.retry_policy
-            attempts = policy.attempts or 1
-            attempt = 0
-            while True:
-                attempt += 1
-                started = time.monotonic()
-                outcome = self._attempt()
-                if isinstance(outcome, bytes):
-                    log.debug(
-                        "%s: snapshot of %d bytes in %.2f s (attempt %d)",
-                        self.key,
-                        len(outcome),
-                        time.monotonic() - started,
-                        attempt,
-                    )
-                    return outcome
-                if not outcome.retryable or attempt >= attempts:
-                    break
-                delay = policy.delay(attempt)
-                log.warning(
-                    "%s: attempt %d of %d failed, retrying in %.2f s: %s",
-                    self.key,
-                    attempt,
-                    attempts,
-                    delay,
-                    outcome,
-                )
-                # close() interrupts the pause so shutdown never waits for back-off.
-                if self._closed.wait(delay):
-                    break
-        raise outcome
-
     def close(self, *, wait: bool = True) -> None:
         """Close the HTTP session. Idempotent. A snapshot in progress ends its back-off at once
         and finishes its attempt; ``wait`` waits for that, else the session closes after it."""
@@ -227,7 +201,7 @@ class CameraClient:
             self._close_session_if_idle()
 
     def _close_session_if_idle(self) -> None:
-        if self._lock.acquire(blocking=False):
+        if self._closed.is_set() and self._lock.acquire(blocking=False):
             try:
                 self._http.close()
             finally:
@@ -257,17 +231,20 @@ class CameraClient:
             text = text.replace(password, "***").replace(quote(password, safe=""), "***")
         return text
 
-    def _attempt(self) -> bytes | CameraError:
-        request = self._request()
+    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+        """A snapshot, or with ``status`` that status call, its body checked as the vendor's."""
+        request = self._request() if status is None else status
         reply = self._send(request)
         if isinstance(reply, CameraError):
             return reply
         try:
             # Checked for every body: a camera in trouble may answer 500 or 404 with a JPEG.
             self._check_http_status(reply, request)
+            if status is not None:
+                self._check_status_body(reply, request)
+                return reply.body
             self._check_vendor_body(reply, request)
-            problem = jpeg_problem(reply.body, reply.content_type)
-            if problem is not None:
+            if (problem := jpeg_problem(reply.body, reply.content_type)) is not None:
                 raise CameraBadImageError(
                     f"{self.key}: {problem} (GET {request.shown})", camera=self.key
                 )

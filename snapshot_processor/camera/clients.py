@@ -58,14 +58,11 @@ class FoscamClient(CameraClient):
     status_call = "CGIProxy.fcgi?cmd=getDevState"
     secret_query_keys = frozenset({"pwd"})
 
-    def _query(self) -> list[tuple[str, str]]:
-        return [("cmd", "snapPicture2"), ("usr", self._spec.user), ("pwd", self._spec.password)]
+    def _query(self, cmd: str = "snapPicture2") -> list[tuple[str, str]]:
+        return [("cmd", cmd), ("usr", self._spec.user), ("pwd", self._spec.password)]
 
     def _status_request(self) -> Request:
-        return self._build_request(
-            self.path,
-            [("cmd", "getDevState"), ("usr", self._spec.user), ("pwd", self._spec.password)],
-        )
+        return self._build_request(self.path, self._query("getDevState"))
 
     def _check_status_body(self, reply: Reply, request: Request) -> None:
         match = _FOSCAM_RESULT.search(reply.body[:4096])
@@ -93,7 +90,6 @@ class FoscamClient(CameraClient):
         self._raise_result(code, request)
 
     def _raise_result(self, code: int, request: Request) -> NoReturn:
-        """Raise the error a CGI result code other than 0 stands for."""
         words = FOSCAM_RESULTS.get(code, "unknown error")
         message = f"{self.key}: camera reported {code}: {words} (GET {request.shown})"
         if code in _FOSCAM_AUTH_CODES:

@@ -12,12 +12,8 @@ class CameraError(Exception):
 
     def __init__(self, message: str, *, camera: str = "", retryable: bool | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.camera = camera
         self.retryable = self.default_retryable if retryable is None else retryable
-
-    def __str__(self) -> str:
-        return self.message
 
     @property
     def summary(self) -> str:

@@ -14,15 +14,12 @@ from snapshot_processor.config import Settings
 
 @dataclass(frozen=True)
 class Cameras:
-    """What the daemon holds of its cameras."""
-
     registry: CameraRegistry
     prober: CameraProber
     stage: SnapshotStage
 
 
 def build(settings: Settings, daemon: Daemon) -> Cameras:
-    """The cameras from their settings section (and the outputs of type camera)."""
     section = settings.camera
     registry = CameraRegistry(
         settings.cameras,

@@ -64,6 +64,5 @@ def jpeg_problem(body: bytes, content_type: str = "") -> str | None:
 
 def check_jpeg(body: bytes, content_type: str = "") -> None:
     """Raise :class:`InvalidJPEGError` unless ``body`` is a complete JPEG whose headers parse."""
-    problem = jpeg_problem(body, content_type)
-    if problem is not None:
+    if (problem := jpeg_problem(body, content_type)) is not None:
         raise InvalidJPEGError(problem)

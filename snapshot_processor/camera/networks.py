@@ -72,7 +72,6 @@ class CameraNetworks:
 
     @classmethod
     def default(cls) -> CameraNetworks:
-        """The private and loopback ranges (:data:`DEFAULT_CAMERA_NETWORKS`)."""
         return cls(parse_networks(DEFAULT_CAMERA_NETWORKS))
 
     def __str__(self) -> str:

@@ -76,7 +76,6 @@ class Reason(enum.StrEnum):
 
     @property
     def label(self) -> str:
-        """The reason as a metric label value (``wrong_credentials``)."""
         return self.value.replace(" ", "_")
 
 
@@ -94,7 +93,6 @@ def classify(error: BaseException) -> Reason | None:
 
 
 def iso_time(when: float) -> str:
-    """Unix seconds as ISO-8601 UTC to the second, ending in ``Z``."""
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -123,7 +121,6 @@ class CameraStatus:
 
     @property
     def state(self) -> str:
-        """``up``, ``down`` or ``unknown``."""
         return "unknown" if self.up is None else "up" if self.up else "down"
 
     def as_dict(self) -> dict[str, Any]:
@@ -226,15 +223,12 @@ class CameraProber(Worker):
         self._wake.set()
 
     def troubles(self) -> list[str]:
-        """One line per camera that is down: ``camera 'x' down since <time>: <reason>``."""
-        lines = []
-        for status in self.status().values():
-            if status.up is False and status.reason is not None:
-                since = iso_time(status.since) if status.since is not None else "?"
-                lines.append(
-                    f"camera '{printable(status.key)}' down since {since}: {status.reason.value}"
-                )
-        return lines
+        return [
+            f"camera '{printable(status.key)}' down since "
+            f"{iso_time(status.since) if status.since is not None else '?'}: {status.reason.value}"
+            for status in self.status().values()
+            if status.up is False and status.reason is not None
+        ]
 
     def stop(self) -> None:
         super().stop()
@@ -281,8 +275,7 @@ class CameraProber(Worker):
         deadline = time.monotonic() + STOP_JOIN_SECONDS
         for thread in self._pool:
             thread.join(max(0.0, deadline - time.monotonic()))
-        still = [thread.name for thread in self._pool if thread.is_alive()]
-        if still:
+        if still := [thread.name for thread in self._pool if thread.is_alive()]:
             log.debug(
                 "camera probes still waiting on a camera (%s); they end within its timeout", still
             )

@@ -7,7 +7,7 @@ snapshot or redelivery). Pure bookkeeping, used from the snapshot stage's thread
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from snapshot_processor.contract.messages import TriggerMessage
 
@@ -20,61 +20,48 @@ class Offer:
     coalesced: TriggerMessage | None = None
 
 
-@dataclass
-class _Camera:
-    busy: bool = False
-    waiting: deque[TriggerMessage] = field(default_factory=deque)
-
-
 class TriggerQueues:
-    """The turns of every camera's triggers; see the module's docstring for the policy."""
-
     def __init__(self, waiting: int = 3) -> None:
         if waiting < 1:
             raise ValueError(f"waiting must be at least 1, not {waiting}")
         self.waiting = waiting
-        self._cameras: dict[str, _Camera] = {}
+        self._cameras: dict[str, deque[TriggerMessage]] = {}  # busy cameras' waiting triggers
 
     def offer(self, trigger: TriggerMessage, *, trouble: bool = True) -> Offer:
         """A trigger came for its camera; ``trouble``: it is in trouble (:meth:`trim` first)."""
-        camera = self._cameras.setdefault(trigger.camera_key, _Camera())
-        if not camera.busy:
-            camera.busy = True
+        waiting = self._cameras.get(trigger.camera_key)
+        if waiting is None:
+            self._cameras[trigger.camera_key] = deque()
             return Offer(start=trigger)
-        if not trouble or len(camera.waiting) < self.waiting:
-            camera.waiting.append(trigger)
+        if not trouble or len(waiting) < self.waiting:
+            waiting.append(trigger)
             return Offer()
         # The newest waits (its device_params are the newest too) and covers the one displaced.
-        displaced = camera.waiting.pop()
-        camera.waiting.append(trigger)
+        displaced = waiting.pop()
+        waiting.append(trigger)
         return Offer(coalesced=displaced)
 
     def trim(self, key: str) -> list[TriggerMessage]:
         """The camera is in trouble: the triggers beyond ``waiting`` (not the newest), coalesced."""
-        camera = self._cameras.get(key)
-        if camera is None or len(camera.waiting) <= self.waiting:
+        waiting = self._cameras.get(key)
+        if waiting is None or len(waiting) <= self.waiting:
             return []
-        kept = list(camera.waiting)
+        kept = list(waiting)
         coalesced = kept[self.waiting - 1 : -1]
-        camera.waiting = deque([*kept[: self.waiting - 1], kept[-1]])
+        self._cameras[key] = deque([*kept[: self.waiting - 1], kept[-1]])
         return coalesced
 
     def next(self, key: str) -> TriggerMessage | None:
         """The camera's fetch ended: its next waiting trigger, now started (None: idle)."""
-        camera = self._cameras.get(key)
-        if camera is None:
-            return None
-        if camera.waiting:
-            return camera.waiting.popleft()
-        del self._cameras[key]
+        waiting = self._cameras.get(key)
+        if waiting:
+            return waiting.popleft()
+        self._cameras.pop(key, None)
         return None
 
     def busy(self, key: str) -> bool:
         """Whether the camera has a trigger being fetched."""
-        camera = self._cameras.get(key)
-        return camera is not None and camera.busy
+        return key in self._cameras
 
     def waiting_for(self, key: str) -> int:
-        """Triggers waiting behind the camera's fetch."""
-        camera = self._cameras.get(key)
-        return len(camera.waiting) if camera is not None else 0
+        return len(self._cameras.get(key, ()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -148,10 +149,8 @@ class CameraRegistry:
 
     def known_spec(self, key: str) -> CameraSpec | None:
         """How to reach the camera: its configuration, else the last trigger's (None: unknown)."""
-        try:
+        with contextlib.suppress(CameraConfigError):
             return self.spec(key, None)
-        except CameraConfigError:
-            pass
         with self._lock:
             client = self._clients.get(key)
         return client.spec if client is not None else None
@@ -206,7 +205,6 @@ class CameraRegistry:
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
-        """Every camera's circuit breaker, by key."""
         return dict(self._breakers)
 
     def admits(self, key: str, device_params: str | None) -> bool:

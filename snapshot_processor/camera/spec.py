@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
 
 from pylib.retry import RetryPolicy
@@ -97,14 +97,9 @@ class CameraSpec:
         )
 
     def __repr__(self) -> str:
-        url = safe_url(self.url) if self.url else None
-        return (
-            f"CameraSpec(key={self.key!r}, vendor={self.vendor!r}, host={self.host!r}, "
-            f"port={self.port!r}, user={self.user!r}, password='***', url={url!r}, "
-            f"auth={self.auth!r}, scheme={self.scheme!r}, timeout={self.timeout!r}, "
-            f"retries={self.retries!r}, backoff={self.backoff!r}, "
-            f"verify_tls={self.verify_tls!r}, connect_to={self.connect_to!r})"
-        )
+        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown.update(password="***", url=safe_url(self.url) if self.url else None)
+        return f"CameraSpec({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
     def from_address(
@@ -114,7 +109,6 @@ class CameraSpec:
         address: CameraAddress,
         **options: object,
     ) -> CameraSpec:
-        """Build a spec from a parsed ``device_params`` address plus any other field."""
         return cls(
             key=key,
             vendor=vendor,

@@ -132,8 +132,7 @@ class SnapshotStage(Stage):
 
     def troubles(self) -> list[str]:
         found = super().troubles()
-        disk = self.disk.current()
-        if disk:
+        if disk := self.disk.current():
             found.append(disk)
         for key, breaker in self.cameras.breakers.items():
             state = breaker.state
@@ -221,12 +220,12 @@ class SnapshotStage(Stage):
         )
 
     def _prepared(self, finished: Future[list[Path]]) -> None:
-        error = None if finished.cancelled() else finished.exception()
-        if error is not None:
+        if finished.cancelled():
+            return
+        if (error := finished.exception()) is not None:
             # Only a head start lost: each camera's first snapshot makes its own folder.
             log.warning("%s: could not make the day's snapshot folders: %s", self.name, error)
-            return
-        if not finished.cancelled():
+        else:
             log.debug("%s: made %d snapshot folders ahead", self.name, len(finished.result()))
 
     def _coalesce(self, trigger: TriggerMessage) -> None:
@@ -235,7 +234,6 @@ class SnapshotStage(Stage):
         self._settle(trigger)
 
     def _settle(self, trigger: TriggerMessage) -> None:
-        """Every part of a trigger that gets no snapshot ends as a done mark."""
         for _ in range(self.per_trigger):
             self.send(done_envelope(trigger.settlement.split(self.per_trigger)))
 
@@ -257,10 +255,9 @@ class SnapshotStage(Stage):
     def _fetch_all(self, trigger: TriggerMessage) -> None:
         key, parts = trigger.camera_key, self.per_trigger
         for index in range(parts):
-            if self.wait_for_stop(self.interval) if index else not self.should_keep_running():
-                self._leave(key, parts - index)
-                return
             try:
+                if self.wait_for_stop(self.interval) if index else not self.should_keep_running():
+                    raise _StoppingError
                 self.emit(self._fetch_one(trigger, parts, index).envelope())
             except _StoppingError:
                 self._leave(key, parts - index)

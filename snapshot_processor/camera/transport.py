@@ -128,16 +128,14 @@ class _DigestAuth(HTTPDigestAuth):
             return r  # nothing we can answer: the 401 stands
         r.headers["WWW-Authenticate"] = challenge
         _read_body(r)
-        answer: requests.Response = super().handle_401(r, **kwargs)  # type: ignore[no-untyped-call]
-        return answer
+        return super().handle_401(r, **kwargs)  # type: ignore[no-any-return,no-untyped-call]
 
     def build_digest_header(self, method: str, url: str) -> str | None:
         # The challenge offers "auth"; requests misses it after a space ("auth-int, auth").
         challenge = self._thread_local.chal  # type: ignore[attr-defined]  # not in the stubs
         if challenge.get("qop"):
             challenge["qop"] = "auth"
-        header: str | None = super().build_digest_header(method, url)  # type: ignore[no-untyped-call]
-        return header
+        return super().build_digest_header(method, url)  # type: ignore[no-any-return,no-untyped-call]
 
 
 class _Clock:
@@ -172,16 +170,8 @@ class _DeadlineIO(socket.SocketIO):
 
 
 class _Response(http.client.HTTPResponse):
-    def __init__(
-        self,
-        sock: socket.socket,
-        debuglevel: int = 0,
-        method: str | None = None,
-        url: str | None = None,
-        *,
-        clock: _Clock,
-    ) -> None:
-        super().__init__(sock, debuglevel, method, url)
+    def __init__(self, sock: socket.socket, *args: Any, clock: _Clock, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
         self.fp.close()
         self.fp = io.BufferedReader(_DeadlineIO(sock, clock))
 
@@ -246,10 +236,8 @@ class _Adapter(HTTPAdapter):
         self._tls: ssl.SSLContext | None = None
         super().__init__(pool_connections=1, pool_maxsize=1)  # one GET at a time
 
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": functools.partial(_Pool, clock=self._clock, pinned=self._pinned),
             "https": self._tls_pool,
@@ -324,7 +312,6 @@ class CameraSession:
         """GET ``url`` and read the whole answer (a digest 401 answered once); raises
         :class:`TransportError`."""
         self._clock.start()
-        problem: TransportError
         try:
             response = self._session.send(
                 self._prepare(url, auth),

@@ -74,10 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_config(args: argparse.Namespace) -> int:
     """Print every configuration problem; 0 when there are none."""
-    config_file: Path | None = args.config
     unknown = config.unknown_variables()
     try:
-        settings = config.load(config_file=config_file)
+        settings = config.load(config_file=args.config)
     except ConfigError as exc:
         print(f"configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in [*exc.problems, *unknown]:
@@ -115,10 +114,9 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon until it is told to stop; returns the exit code."""
-    config_file: Path | None = args.config
     setup_logging()
     try:
-        settings = config.load(config_file=config_file)
+        settings = config.load(config_file=args.config)
     except ConfigError as exc:
         for problem in [*exc.problems, *config.unknown_variables()]:
             log.error("configuration: %s", problem)

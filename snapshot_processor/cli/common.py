@@ -11,18 +11,12 @@ from pathlib import Path
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from pylib.amqp.params import (
-    CONNECTION_ERRORS,
-    close_quietly,
-    connection_parameters,
-    describe,
-    explain,
-)
+from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
 from pylib.config.settings import ConfigError
 from pylib.observe.logs import RedactingFilter, RedactingFormatter, printable
 from snapshot_processor import config
 from snapshot_processor.config import Device, Settings
-from snapshot_processor.contract import exchanges
+from snapshot_processor.contract import exchanges, feature
 
 # Exit codes, as the README's "Command line" section lists them.
 EXIT_FAILED = 1  # run: failed while running; others: a file could not be written
@@ -84,13 +78,7 @@ def command_logging(level: int = logging.WARNING) -> Iterator[None]:
 
 
 def broker_params(settings: Settings, role: str) -> pika.ConnectionParameters:
-    """Connection parameters as the daemon's own, named for the broker's UI."""
-    url = settings.broker.url.get_secret_value() if settings.broker.url else None
-    return connection_parameters(
-        url,
-        settings.broker.server_address,
-        connection_name=f"{settings.app_name} {settings.device_name} cli {role}",
-    )
+    return feature.params(settings, f"cli {role}")
 
 
 @contextmanager

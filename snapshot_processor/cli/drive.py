@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -100,12 +99,7 @@ def run_archive(args: argparse.Namespace, now: float | None = None) -> int:
         or settings.storage.google_drive_credentials is None
     ):
         raise CommandError("Drive is not configured (GOOGLE_DRIVE_FOLDER)", EXIT_CONFIG)
-    destination = drive.DriveDestination(
-        settings.storage.google_drive_folder,
-        settings.storage.google_drive_credentials,
-        settings.storage.google_drive_api_url,
-        settings.storage.drive_archive_after_hours,
-    )
+    destination = drive.from_settings(settings.storage, None)
     try:
         summary = destination.archive(time.time() if now is None else now, create_folder=False)
     except DriveArchiveError as exc:
@@ -126,4 +120,4 @@ def service_account_note(settings_drive_on: bool, credentials: Path | None) -> N
 
         note = drive.service_account_note(credentials)
         if note:
-            print(note, file=sys.stdout)
+            print(note)

@@ -34,7 +34,6 @@ TICK_SECONDS = 0.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--count``, ``--timeout`` and ``--heartbeats``."""
     parser.add_argument("--count", type=int, default=None, help="stop after this many events")
     parser.add_argument(
         "--timeout",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from snapshot_processor.camera.networks import CameraNetworks
 from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
 from snapshot_processor.cli.common import broker_params
 from snapshot_processor.config import Settings
+from snapshot_processor.storage.destinations import DESTINATIONS
 
 Check = tuple[str, Callable[[], str]]
 
@@ -36,9 +38,10 @@ def checks(settings: Settings) -> Iterator[Check]:
         yield f"camera '{printable(device.key)}'", functools.partial(_camera, registry, device.key)
     storage = settings.storage
     if storage.s3_bucket:
-        yield f"S3 bucket {storage.s3_bucket}", lambda: _s3(settings)
+        yield f"S3 bucket {storage.s3_bucket}", lambda: _cloud(settings, "s3")
     if storage.drive_on:
-        yield f"Google Drive folder {storage.google_drive_folder!r}", lambda: _drive(settings)
+        drive = f"Google Drive folder {storage.google_drive_folder!r}"
+        yield drive, lambda: _cloud(settings, "drive")
     if settings.secrets.op_connect_host:
         yield "1Password Connect", lambda: "secrets read (the configuration loaded with them)"
     if settings.sentry_dsn:
@@ -91,22 +94,12 @@ def _camera(registry: CameraRegistry, key: str) -> str:
     return f"a snapshot of {len(image)} bytes"
 
 
-def _s3(settings: Settings) -> str:
-    from snapshot_processor.storage import s3  # boto3 is imported only where S3 is on
-
-    destination = s3.from_settings(settings.storage, settings.detection.aws_region)
+def _cloud(settings: Settings, name: str) -> str:
+    # boto3 and pydrive2 are imported only where their destination is on.
+    module = importlib.import_module(DESTINATIONS[name][1])
+    destination = module.from_settings(settings.storage, settings.detection.aws_region)
     try:
-        return destination.check()
-    finally:
-        destination.close()
-
-
-def _drive(settings: Settings) -> str:
-    from snapshot_processor.storage.drive import destination as drive  # pydrive2: only if on
-
-    destination = drive.from_settings(settings.storage, settings.detection.aws_region)
-    try:
-        return destination.check()
+        return str(destination.check())
     finally:
         destination.close()
 

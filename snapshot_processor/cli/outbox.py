@@ -52,8 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class ParkedRow:
-    """One parked message, as shown."""
-
     id: int
     routing_key: str
     exchange: str
@@ -65,8 +63,6 @@ class ParkedRow:
 
 @dataclass(frozen=True)
 class OutboxView:
-    """What the outbox holds: waiting messages and parked ones."""
-
     depth: int
     oldest_created: float | None
     oldest_key: str | None
@@ -151,7 +147,6 @@ def show(path: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Show, replay or discard."""
     settings = load_settings(args.config)
     path = settings.outbox_path
     action = args.action or "show"

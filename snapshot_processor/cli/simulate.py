@@ -12,7 +12,6 @@ HELP = "run the camera simulator (a development tool; its own --help lists its o
 
 
 def run(args: argparse.Namespace) -> int:
-    """Hand the remaining arguments to the simulator's own parser and serve."""
     try:
         simulator = importlib.import_module("tools.camera_simulator")
     except ImportError:

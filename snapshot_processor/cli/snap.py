@@ -33,7 +33,6 @@ HELP = "take one snapshot from a camera output and write it to a file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``CAMERA``, ``-o FILE`` and ``--device-params``."""
     parser.add_argument(
         "camera", help="the camera output's key, e.g. 'Front Door camera' (any case)"
     )
@@ -75,7 +74,6 @@ def describe_image(image: bytes) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Take the snapshot, print what came, write the file."""
     settings = load_settings(args.config)
     device = find_camera(settings, args.camera)
     # Bounded as the daemon's fetches are: --device-params stands for a trigger's.

@@ -36,7 +36,6 @@ TRIGGER_EXPIRATION_MS = "60000"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``CAMERA``, ``--timeout`` and ``--device-params``."""
     parser.add_argument(
         "camera", help="the camera output's key, e.g. 'Front Door camera' (any case)"
     )
@@ -77,7 +76,6 @@ def _addressed(device: Device) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Subscribe, publish the trigger, wait for the camera's image event."""
     settings = load_settings(args.config)
     device = find_camera(settings, args.camera)
     if args.device_params is None and not _addressed(device):
@@ -125,13 +123,9 @@ def run(args: argparse.Namespace) -> int:
                     f"camera '{printable(device.key)}' failed: {printable(failure)}", EXIT_CAMERA
                 )
     failure = _camera_failure(settings, wanted, 0.0)
+    why = f"the camera is down: {printable(failure)}" if failure else "the daemon's log says why"
     raise CommandError(
-        f"no event from camera '{printable(device.key)}' within {args.timeout:g} s "
-        + (
-            f"(the camera is down: {printable(failure)})"
-            if failure
-            else "(the daemon's log says why)"
-        ),
+        f"no event from camera '{printable(device.key)}' within {args.timeout:g} s ({why})",
         EXIT_NO_EVENT,
     )
 
@@ -155,8 +149,7 @@ def _camera_failure(settings: Settings, key: str, after: float) -> str | None:
             health = camera.get("health") or {}
             if str(camera.get("key", "")).strip().lower() != key or health.get("state") != "down":
                 continue
-            since = datetime.fromisoformat(health["since"]).timestamp()
-            if since >= after:
+            if datetime.fromisoformat(health["since"]).timestamp() >= after:
                 return str(health.get("last_error") or health.get("reason") or "down")
     except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
         return None  # no API to ask: the timeout's message says where to look

@@ -100,11 +100,7 @@ def heartbeat(
         entry: dict[str, Any] = _device_map(device)
         known = health.get(device.key)
         if known is not None:
-            entry["health"] = {
-                "state": known.get("state"),
-                "reason": known.get("reason"),
-                "last_seen": known.get("last_seen"),
-            }
+            entry["health"] = {key: known.get(key) for key in ("state", "reason", "last_seen")}
         found.append(entry)
     return {
         "timestamp": iso_utc(now),

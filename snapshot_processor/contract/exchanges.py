@@ -27,9 +27,7 @@ def declare_exchanges(channel: BlockingChannel, settings: Settings) -> None:
 def trigger_queue_arguments(settings: Settings) -> dict[str, str] | None:
     """A quorum queue says so; a classic one is declared with no arguments, as it always
     was, so queues made by earlier versions still match."""
-    if settings.broker.queue_type == "quorum":
-        return {"x-queue-type": "quorum"}
-    return None
+    return {"x-queue-type": "quorum"} if settings.broker.queue_type == "quorum" else None
 
 
 def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:

@@ -37,21 +37,17 @@ def heartbeat(
     settings: Settings, camera_health: Callable[[], Mapping[str, dict[str, Any]]]
 ) -> Callable[[], Publication]:
     """The periodic heartbeat listing our inputs and outputs (and each camera's health)."""
-
-    def publication() -> Publication:
-        return Publication(
-            settings.broker.exchange,
-            event.heartbeat_routing_key(settings.broker.device_topic),
-            event.pack(
-                event.heartbeat(
-                    settings.inputs.values(),
-                    settings.outputs.values(),
-                    camera_health=camera_health(),
-                )
-            ),
-        )
-
-    return publication
+    return lambda: Publication(
+        settings.broker.exchange,
+        event.heartbeat_routing_key(settings.broker.device_topic),
+        event.pack(
+            event.heartbeat(
+                settings.inputs.values(),
+                settings.outputs.values(),
+                camera_health=camera_health(),
+            )
+        ),
+    )
 
 
 def events(settings: Settings, daemon: Daemon, recent: RecentEvents) -> Stage:

@@ -44,17 +44,8 @@ class TriggerMessage:
     event_id: str | None = None
 
     def envelope(self, msg_id: str | None = None) -> Envelope:
-        """As an envelope for the chain."""
-        body = {
-            "camera_key": self.camera_key,
-            "device_label": self.device_label,
-            "timestamp": self.timestamp,
-            "device_params": self.device_params,
-            "trigger_topic": self.trigger_topic,
-            "received": self.received,
-            "event_id": self.event_id,
-            **self.settlement.fields(),
-        }
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settlement"}
+        body |= self.settlement.fields()
         return (
             Envelope(TRIGGER_KIND, body) if msg_id is None else Envelope(TRIGGER_KIND, body, msg_id)
         )
@@ -145,7 +136,6 @@ class SnapshotMessage:
         skipped: str | None = None,
         annotated_path: str | None = None,
     ) -> Self:
-        """This snapshot with detection's verdict."""
         return replace(
             self,
             detections=detections or [],

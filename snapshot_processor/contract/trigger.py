@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,14 +50,7 @@ class Trigger:
 
     def message(self) -> TriggerMessage:
         """What the listener sends down the chain."""
-        return TriggerMessage(
-            camera_key=self.camera_key,
-            device_label=self.device_label,
-            timestamp=self.timestamp,
-            device_params=self.device_params,
-            trigger_topic=self.trigger_topic,
-            received=time.time(),
-        )
+        return TriggerMessage(**asdict(self), received=time.time())
 
 
 def _field(mapping: Mapping[Any, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:

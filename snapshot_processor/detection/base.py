@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol
 
 from pylib.observe.redact import redact
@@ -39,7 +39,6 @@ class Box:
         )
 
     def as_dict(self) -> dict[str, float]:
-        """``{"left", "top", "width", "height"}``."""
         return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
 
 
@@ -58,12 +57,7 @@ class Detection:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for envelopes and events: ``{"label", "confidence", "box", "person"}``."""
-        return {
-            "label": self.label,
-            "confidence": self.confidence,
-            "box": self.box.as_dict() if self.box is not None else None,
-            "person": self.person,
-        }
+        return asdict(self)
 
 
 class Detector(Protocol):
@@ -90,9 +84,6 @@ class DetectionError(Exception):
         self.reason = reason
         self.message = text
 
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}"
-
 
 class NoDetector:
     """Backend ``none``: detection switched off; finds nothing, costs nothing."""
@@ -100,7 +91,6 @@ class NoDetector:
     name = "none"
 
     def detect(self, image: bytes) -> list[Detection]:
-        """Always ``[]``."""
         return []
 
 
@@ -113,15 +103,10 @@ class PersonRule:
     overrides: Mapping[str, float] = field(default_factory=dict)
 
     def minimum(self, label: str) -> float:
-        """The minimum confidence for ``label``."""
         wanted = label.casefold()
-        for name, value in self.overrides.items():
-            if name.casefold() == wanted:
-                return value
-        return self.default
+        return next((v for n, v in self.overrides.items() if n.casefold() == wanted), self.default)
 
     def __call__(self, label: str, parents: Iterable[str], confidence: float) -> bool:
-        """Whether this label, with these parents and confidence, is a person."""
         return is_person(label, parents, confidence, self.minimum(label))
 
 

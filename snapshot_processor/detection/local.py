@@ -35,15 +35,14 @@ def decode(image: bytes) -> Image:
     """A JPEG (or PNG...) as a BGR array; :class:`DetectionError` if it is not an image."""
     import cv2
 
+    if not image:
+        raise DetectionError("invalid_image", "empty image")
     failure: DetectionError | None = None
     frame = None
-    if not image:
-        failure = DetectionError("invalid_image", "empty image")
-    else:
-        try:
-            frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            failure = DetectionError("invalid_image", "OpenCV could not decode the image")
+    try:
+        frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        failure = DetectionError("invalid_image", "OpenCV could not decode the image")
     if failure is not None:
         raise failure
     if frame is None or frame.size == 0:
@@ -99,7 +98,6 @@ class HogPeopleDetector:
         self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector()))
 
     def detect(self, image: bytes) -> list[Detection]:
-        """People found in one image."""
         import cv2
 
         frame = decode(image)

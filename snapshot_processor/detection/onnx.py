@@ -89,8 +89,7 @@ class OnnxDetector:
             raise ValueError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
         model_input = self._session.get_inputs()[0]
         self._input_name: str = model_input.name
-        shape = list(model_input.shape)
-        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[2:4]]
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in list(model_input.shape)[2:4]]
         self.input_height = fixed[0] if len(fixed) == 2 and fixed[0] else input_size
         self.input_width = fixed[1] if len(fixed) == 2 and fixed[1] else input_size
         log.info(
@@ -103,7 +102,6 @@ class OnnxDetector:
         )
 
     def detect(self, image: bytes) -> list[Detection]:
-        """The things the model finds in one image."""
         frame = decode(image)
         height, width = frame.shape[:2]
         tensor, ratio, left, top = self._letterbox(frame)
@@ -161,22 +159,19 @@ class OnnxDetector:
         layout = self.layout if self.layout != "auto" else self._guess_layout(rows.shape)
         if layout == "yolov8":
             rows = rows.T
-            if rows.shape[1] < 5:
-                raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
+        if rows.shape[1] < 5:
+            raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
+        if layout == "yolov8":
             class_scores = rows[:, 4:]
             classes = class_scores.argmax(axis=1)
             scores = class_scores.max(axis=1)
+        elif rows.shape[1] == 5:  # one class, no separate class score
+            classes = np.zeros(len(rows), dtype=np.int64)
+            scores = rows[:, 4]
         else:
-            if rows.shape[1] < 5:
-                raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
-            objectness = rows[:, 4]
-            if rows.shape[1] == 5:  # one class, no separate class score
-                classes = np.zeros(len(rows), dtype=np.int64)
-                scores = objectness
-            else:
-                class_scores = rows[:, 5:]
-                classes = class_scores.argmax(axis=1)
-                scores = objectness * class_scores.max(axis=1)
+            class_scores = rows[:, 5:]
+            classes = class_scores.argmax(axis=1)
+            scores = rows[:, 4] * class_scores.max(axis=1)
         keep = scores >= self.score_threshold
         return (
             np.asarray(rows[keep, :4], dtype=np.float32),
@@ -217,7 +212,6 @@ class OnnxDetector:
 
 
 def from_settings(settings: DetectionSettings) -> OnnxDetector:
-    """The ``onnx`` backend as configured."""
     assert settings.onnx_model_path is not None  # checked by the settings
     return OnnxDetector(
         settings.onnx_model_path,

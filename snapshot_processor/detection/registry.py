@@ -25,13 +25,11 @@ def make_detector(settings: DetectionSettings) -> Detector:
     module = BACKENDS[settings.backend]
     if module is None:
         return NoDetector()
-    factory = importlib.import_module(module).from_settings
-    detector: Detector = factory(settings)
+    detector: Detector = importlib.import_module(module).from_settings(settings)
     return detector
 
 
 def make_guard(settings: DetectionSettings) -> CostGuard:
-    """The dedupe window and call caps."""
     return CostGuard(
         dedupe_window=settings.dedupe_seconds,
         max_per_hour=settings.max_per_hour,

@@ -117,22 +117,16 @@ class RekognitionDetector:
                 continue
             confidence = float(label.get("Confidence") or 0.0)
             parents = [str(p.get("Name") or "") for p in label.get("Parents") or []]
-            boxes = [
+            boxes: list[tuple[Box | None, float]] = [
                 (box, float(instance.get("Confidence") or confidence))
                 for instance in label.get("Instances") or []
                 if (box := _box(instance.get("BoundingBox"))) is not None
             ]
-            if not boxes:
-                found.append(
-                    Detection(name, confidence, None, self.rule(name, parents, confidence))
-                )
-            for box, instance_confidence in boxes:
-                person = self.rule(name, parents, instance_confidence)
-                found.append(Detection(name, instance_confidence, box, person))
+            for box, each in boxes or [(None, confidence)]:
+                found.append(Detection(name, each, box, self.rule(name, parents, each)))
         return found
 
     def close(self) -> None:
-        """Close the client's connections."""
         self._client.close()
 
     def __enter__(self) -> Self:
@@ -184,7 +178,6 @@ def error_from(exc: Exception) -> DetectionError:
 
 
 def from_settings(settings: DetectionSettings) -> RekognitionDetector:
-    """The ``rekognition`` backend as configured."""
     return RekognitionDetector(
         settings.aws_region,
         min_confidence=settings.min_confidence,

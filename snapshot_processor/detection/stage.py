@@ -46,7 +46,6 @@ def verdict(
     skipped: str | None = None,
     annotated: Path | None = None,
 ) -> SnapshotMessage:
-    """The snapshot with the stage's verdict added."""
     return snap.with_detection(
         detections=[detection.as_dict() for detection in detections],
         analysed=analysed,

@@ -19,7 +19,6 @@ class Ingest:
 
 
 def build(settings: Settings, daemon: Daemon) -> Ingest:
-    """Ingest from its settings section and the inputs of type camera."""
     section = settings.ingest
     stage = None
     if settings.upload_cameras or section.ftp_on:

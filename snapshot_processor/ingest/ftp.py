@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +29,8 @@ FTP_LOGINS = Counter("ftp_logins_total", "Successful FTP logins")
 FTP_LOGIN_FAILURES = Counter("ftp_login_failures_total", "Failed FTP logins")
 FTP_BANNED = Counter("ftp_banned_connections_total", "Connections refused from banned addresses")
 FTP_INCOMPLETE = Counter("ftp_incomplete_uploads_total", "Partial uploads removed")
-FTP_REFUSED = Counter(
-    "ftp_connections_refused_total", "FTP connections refused", ["reason"]
-)  # per_address, full, banned, lockdown
+# reason: per_address, full, banned, lockdown
+FTP_REFUSED = Counter("ftp_connections_refused_total", "FTP connections refused", ["reason"])
 FTP_EVICTED = Counter(
     "ftp_connections_evicted_total", "Connections not logged in closed to make room for a new one"
 )
@@ -100,17 +99,14 @@ class LoginGuard:
             self._known.add(address)
 
     def banned(self, address: str) -> bool:
-        """True while the address has too many recent failures."""
         with self._lock:
             return len(self._recent(address, self.clock())) >= self.max_failures
 
     def failures_last_minute(self) -> int:
-        """Failed logins from all addresses in the last minute."""
         with self._lock:
             return self._global(self.clock())
 
     def locked_down(self) -> bool:
-        """True while failed logins are over the global limit."""
         return self.failures_last_minute() >= self.max_failures_per_minute
 
     def admits(self, address: str) -> bool:
@@ -122,17 +118,16 @@ class LoginGuard:
 
 
 class _Notice:
-    """A warning said at most once per ``every`` s, with how often it happened meanwhile."""
+    """A warning said at most once per :data:`NOTICE_EVERY` s, with how often it happened since."""
 
-    def __init__(self, every: float = NOTICE_EVERY) -> None:
-        self.every = every
+    def __init__(self) -> None:
         self._last = float("-inf")
         self._count = 0
 
     def __call__(self, message: str, *args: object) -> None:
         self._count += 1
         now = time.monotonic()
-        if now - self._last >= self.every:
+        if now - self._last >= NOTICE_EVERY:
             log.warning("%s (%d time(s) since the last such line)", message % args, self._count)
             self._last = now
             self._count = 0
@@ -140,8 +135,6 @@ class _Notice:
 
 @dataclass(frozen=True)
 class FtpOptions:
-    """Everything the FTP server needs, taken from the settings."""
-
     root: Path
     upload_dir: Path
     user: str
@@ -169,10 +162,7 @@ def _handler_class(
 ) -> type[FTPHandler]:
     """A handler class of our own per server: pyftpdlib configures handlers by class attributes."""
     base: type[FTPHandler] = TLS_FTPHandler if options.tls_cert else FTPHandler
-    notices = {
-        reason: _Notice()
-        for reason in ("evicted", "full", "per_address", "lockdown", "late", "misplaced")
-    }
+    notices: defaultdict[str, _Notice] = defaultdict(_Notice)  # one per kind of warning
 
     def count_connections() -> None:
         FTP_CONNECTIONS.labels("not_logged_in").set(slots.waiting)
@@ -211,8 +201,7 @@ def _handler_class(
                 self.respond("421 Too many connections; try again later.")
                 self.close()
                 return
-            if admission.evict is not None:
-                evicted = admission.evict
+            if (evicted := admission.evict) is not None:
                 FTP_EVICTED.inc()
                 notices["evicted"](
                     "ftp: closed a connection from %s that had not logged in, to make room "

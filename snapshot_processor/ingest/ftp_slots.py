@@ -32,12 +32,10 @@ class ConnectionSlots(Generic[C]):
 
     @property
     def waiting(self) -> int:
-        """Connections not logged in."""
         return len(self._waiting)
 
     @property
     def sessions(self) -> int:
-        """Logged-in sessions."""
         return len(self._sessions)
 
     def admit(self, connection: C) -> Admission[C]:

@@ -36,7 +36,7 @@ from pylib.chain.stage import Stage, Timer
 from pylib.observe.logs import printable
 from pylib.retry import RetryPolicy
 from pylib.runtime.worker import RestartBudget
-from snapshot_processor.camera.jpeg import InvalidJPEGError, check_jpeg
+from snapshot_processor.camera.jpeg import jpeg_problem
 from snapshot_processor.config import Device
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.ingest.settings import IngestSettings
@@ -106,10 +106,7 @@ def read_upload(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
             raise UploadRejectedError("too_large", f"{info.st_size} bytes, more than {max_bytes}")
         chunks = []
         left = max_bytes + 1  # a file still growing is caught, not read without end
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
             chunks.append(chunk)
             left -= len(chunk)
     finally:
@@ -214,7 +211,6 @@ class IngestStage(Stage):
         super().on_thread_close()
 
     def _observed(self, path: str, closed: bool) -> None:
-        """From the observer's thread: note the file on the stage's thread."""
         self.call_soon_threadsafe(partial(self._note, Path(path), closed))
 
     def on_message(self, envelope: Envelope) -> None:
@@ -266,8 +262,7 @@ class IngestStage(Stage):
 
     def _check_later(self, path: Path, delay: float) -> None:
         # One check per file: a busy upload reports thousands of writes.
-        earlier = self._checks.pop(path, None)
-        if earlier is not None:
+        if (earlier := self._checks.pop(path, None)) is not None:
             earlier.cancel()
         self._checks[path] = self.call_later(delay, partial(self._check, path))
 
@@ -341,7 +336,7 @@ class IngestStage(Stage):
                 shown,
                 self.bounds.stray_max_age,
             )
-            self._sweep_soon()  # strays are bounded in size too
+            self._sweep_in(0)  # strays are bounded in size too
             return
         try:
             self._accept(path, device)
@@ -371,10 +366,8 @@ class IngestStage(Stage):
 
     def _accept(self, path: Path, device: Device) -> None:
         image, info = read_upload(path, self.max_bytes)
-        try:
-            check_jpeg(image)
-        except InvalidJPEGError as exc:
-            raise UploadRejectedError("not_a_jpeg", str(exc)) from None
+        if (problem := jpeg_problem(image)) is not None:
+            raise UploadRejectedError("not_a_jpeg", problem)
         # When it came (its mtime), never in the future (a client may set the mtime ahead).
         taken = min(info.st_mtime, time.time())
         event_id = new_id()
@@ -426,16 +419,14 @@ class IngestStage(Stage):
         log.warning("upload: %s rejected (%s: %s); moved to %s", shown, reason, detail, target)
         self._prune_quarantine()
 
-    def _sweep_soon(self) -> None:
+    def _sweep_in(self, delay: float) -> None:
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
-        self._sweep_timer = self.call_later(0, self._sweep)
+        self._sweep_timer = self.call_later(delay, self._sweep)
 
     def _sweep(self) -> None:
         """Remove strays beyond their bounds, prune the quarantine; again each ``sweep_every`` s."""
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-        self._sweep_timer = self.call_later(self.bounds.sweep_every, self._sweep)
+        self._sweep_in(self.bounds.sweep_every)
         bounds = self.bounds
         now = time.time()
         kept = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 from pylib.http import HttpServer, TokenAuth
 from pylib.runtime.daemon import Daemon, StartError
@@ -82,6 +82,7 @@ def http_server(
     recent: RecentEvents,
     report: Callable[[], HealthReport],
     snapshot_inbox: str,
+    parked_uploads: Callable[[Collection[str]], Mapping[str, str]] | None = None,
 ) -> Worker | None:
     """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
     section = settings.ops
@@ -91,12 +92,22 @@ def http_server(
         snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras}, cameras.registry
     )
 
+    camera = settings.camera
     ops = Ops(
-        cameras=[Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras],
+        cameras=[
+            *(Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras),
+            *(Camera(d.key, d.LOCATION, "ftp", source="ftp") for d in settings.upload_cameras),
+        ],
         health=report,
         recent=recent,
         camera_health=cameras.prober.status,
         take_snapshot=requests.take,
+        parked_uploads=parked_uploads,
+        snapshots_root=settings.snapshots_root_dir,
+        # Every attempt's timeout and the pauses between, and a margin for the queue.
+        snapshot_seconds=camera.timeout * (camera.retries + 1)
+        + camera.SNAPSHOT_RETRY.maximum * camera.retries
+        + 5,
     )
     auth = TokenAuth(section.http_token_value)
     return HttpServer(

@@ -73,6 +73,9 @@ class EventRecord:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+# An event's id inside its record: an index on it, no column, so older files need no change.
+_EVENT_ID = "json_extract(record, '$.event_id')"
+
 # The writer thread writes when this many wait, or this long after the first: the count is
 # well above a burst's cameras, so a burst's write comes after its last events.
 WRITE_AFTER_EVENTS = 256
@@ -118,6 +121,7 @@ class RecentEvents:
                 " camera TEXT NOT NULL, record TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS events_camera ON events (camera, seq)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS events_id ON events ({_EVENT_ID})")
             db.execute("SELECT COUNT(*) FROM events").fetchone()
         except BaseException:
             db.close()
@@ -192,15 +196,36 @@ class RecentEvents:
                 exc,
             )
 
-    def latest(self, limit: int) -> list[EventRecord]:
-        """The newest events first, at most ``limit`` (and never more than ``keep``)."""
+    def latest(
+        self, limit: int, *, camera: str | None = None, person: bool = False
+    ) -> list[EventRecord]:
+        """The newest events first (of ``camera``, with a person), at most ``limit`` (and
+        never more than ``keep``)."""
+        where = " AND camera = ?" if camera is not None else ""
+        where += " AND json_extract(record, '$.person')" if person else ""
         with self._lock:
             self._write()
             rows = self._db.execute(
-                "SELECT record FROM events ORDER BY seq DESC LIMIT ?",
-                (max(0, min(limit, self.keep)),),
+                f"SELECT record FROM events WHERE 1{where} ORDER BY seq DESC LIMIT ?",
+                (*([camera] if camera is not None else []), max(0, min(limit, self.keep))),
             ).fetchall()
         return [_record(row[0]) for row in rows]
+
+    def find(self, event_id: str) -> EventRecord | None:
+        """The event with this id, while it is among the recent ones."""
+        with self._lock:
+            self._write()
+            row = self._db.execute(
+                f"SELECT record FROM events WHERE {_EVENT_ID} = ? LIMIT 1", (event_id,)
+            ).fetchone()
+        return _record(row[0]) if row else None
+
+    def cameras(self) -> list[str]:
+        """The key of every camera with a recent event."""
+        with self._lock:
+            self._write()
+            rows = self._db.execute("SELECT DISTINCT camera FROM events").fetchall()
+        return [row[0] for row in rows]
 
     def latest_of(self, camera_key: str) -> EventRecord | None:
         """The camera's newest event, if it has one."""

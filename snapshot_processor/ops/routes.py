@@ -3,24 +3,31 @@ from :class:`Ops` (which the app assembles), so they know nothing of threads or 
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pylib.http import SESSION_COOKIE, Request, Response, Router, TokenAuth
 from pylib.observe.logs import printable
 from snapshot_processor.ops import status_page
-from snapshot_processor.ops.recent import RecentEvents
+from snapshot_processor.ops.recent import EventRecord, RecentEvents
 
 log = logging.getLogger(__name__)
 
 EVENTS_LIMIT_MAX = 200
+PAGE_EVENTS = 24
+THUMB_PIXELS = 320
+# An event's image never changes: a browser keeps it (for itself alone) as long as it likes.
+IMAGE_CACHE = "private, max-age=31536000, immutable"
 
 
 class CameraHealth(Protocol):
@@ -66,11 +73,13 @@ class SnapshotRefusedError(Exception):
 
 @dataclass(frozen=True)
 class Camera:
-    """A configured camera output, as the page lists it."""
+    """A configured camera, as the page lists it: ``fetch`` (an output the daemon asks on
+    triggers) or ``ftp`` (an input that pushes its images)."""
 
     key: str
     label: str
     vendor: str
+    source: str = "fetch"
 
 
 @dataclass
@@ -82,15 +91,36 @@ class Ops:
     recent: RecentEvents
     camera_health: Callable[[], Mapping[str, CameraHealth]]
     take_snapshot: Callable[[str], str]
+    # Why the upload of each of the given local paths is parked, for those parked (without
+    # cloud storage: None); it must not raise.
+    parked_uploads: Callable[[Collection[str]], Mapping[str, str]] | None = None
+    # Images are served only from files under it (default: the recent events' folder).
+    snapshots_root: Path | None = None
+    # How long one snapshot's attempts take at most: the page waits so long for the camera.
+    snapshot_seconds: float = 20.0
 
 
 def build_router(ops: Ops, auth: TokenAuth) -> Router:
     """Every route, with which of them need the token."""
-    known = {camera.key: camera for camera in ops.cameras}
+    fetched = {camera.key: camera for camera in ops.cameras if camera.source == "fetch"}
+    root = (ops.snapshots_root or ops.recent.path.parent).resolve()
     router = Router()
 
     def camera_of(request: Request) -> Camera | None:
-        return known.get(unquote(request.params["key"]))
+        return fetched.get(unquote(request.params["key"]))
+
+    def image_of(record: EventRecord, request: Request) -> bytes | None:
+        """The event's image (annotated if asked and drawn), only from a file under root."""
+        annotated = request.arg("annotated") in ("1", "true", "yes")
+        for candidate in (record.annotated_path if annotated else None, record.storage_path):
+            path = Path(candidate).resolve() if candidate else None
+            if path is None or not path.is_relative_to(root):
+                continue
+            try:
+                return path.read_bytes()
+            except OSError:
+                continue
+        return None
 
     def healthz(request: Request) -> Response:
         report = ops.health()
@@ -100,23 +130,23 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         return Response.json({"cameras": camera_list(ops)})
 
     def latest_jpg(request: Request) -> Response:
-        camera = camera_of(request)
-        if camera is None:
-            return Response.text("no such camera\n", 404)
-        record = ops.recent.latest_of(camera.key)
+        # Any camera with an event, fetched or pushed: the key is only looked up.
+        record = ops.recent.latest_of(unquote(request.params["key"]))
         if record is None:
             return Response.text("no snapshot of this camera yet\n", 404)
-        annotated = request.arg("annotated") in ("1", "true", "yes")
-        path = record.annotated_path if annotated and record.annotated_path else None
-        for candidate in (path, record.storage_path):
-            if candidate is None:
-                continue
-            try:
-                image = Path(candidate).read_bytes()
-            except OSError:
-                continue
-            return Response(200, image, "image/jpeg", {"X-Event-Id": record.event_id})
-        return Response.text("the latest snapshot is no longer on disk\n", 404)
+        image = image_of(record, request)
+        if image is None:
+            return Response.text("the latest snapshot is no longer on disk\n", 404)
+        return Response(200, image, "image/jpeg", {"X-Event-Id": record.event_id})
+
+    def event_image(request: Request) -> Response:
+        record = ops.recent.find(request.params["id"])
+        image = None if record is None else image_of(record, request)
+        if image is not None and request.arg("size") == "thumb":
+            image = thumbnail(image)
+        if image is None:
+            return Response.text("no such event image (among the recent events, on disk)\n", 404)
+        return Response(200, image, "image/jpeg", {"Cache-Control": IMAGE_CACHE})
 
     def snapshot(request: Request) -> Response:
         camera = camera_of(request)
@@ -127,7 +157,8 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         except SnapshotRefusedError as exc:
             return Response.text(f"{exc}\n", exc.status)
         log.info("snapshot of %s asked for over HTTP: event %s", printable(camera.key), event_id)
-        return Response.json({"event_id": event_id, "camera": camera.key}, 202)
+        answer = {"event_id": event_id, "camera": camera.key}
+        return Response.json({**answer, "answer_within": ops.snapshot_seconds}, 202)
 
     def events(request: Request) -> Response:
         try:
@@ -135,7 +166,7 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         except ValueError:
             return Response.text("limit must be a whole number\n", 400)
         limit = max(1, min(limit, EVENTS_LIMIT_MAX))
-        return Response.json({"events": [r.as_json() for r in ops.recent.latest(limit)]})
+        return Response.json({"events": event_list(ops, limit, request)})
 
     def page(request: Request) -> Response:
         part = request.arg("part") == "main"
@@ -143,9 +174,11 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
             if part:  # the script's refresh: it reloads and shows the login form
                 return Response.text("a valid token is needed\n", 401)
             return html(status_page.login_page())
-        render = status_page.main_part if part else status_page.status_page
-        body = render(camera_list(ops), [r.as_json() for r in ops.recent.latest(20)], ops.health())
-        return html(body)
+        camera, person = request.arg("camera") or "", request.arg("person") == "1"
+        shown = camera_list(ops), event_list(ops, PAGE_EVENTS, request), ops.health()
+        if part:
+            return html(status_page.main_part(*shown, filtered=bool(camera or person)))
+        return html(status_page.status_page(*shown, camera=camera, person=person))
 
     def login(request: Request) -> Response:
         if not auth.token_matches(request.form().get("token", "")):
@@ -180,6 +213,7 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
     router.add("GET", cam + r"/latest\.jpg", latest_jpg, access="token", name="latest.jpg")
     router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
     router.add("GET", r"/api/events", events, access="token")
+    router.add("GET", r"/api/events/(?P<id>[0-9A-Za-z_-]{1,64})/image", event_image, access="token")
     return router
 
 
@@ -205,12 +239,47 @@ def html(body: str, status: int = 200) -> Response:
     )
 
 
+def thumbnail(image: bytes) -> bytes | None:
+    """A JPEG at most :data:`THUMB_PIXELS` wide and high; None if ``image`` is no image."""
+    try:
+        with Image.open(io.BytesIO(image)) as picture:
+            picture.draft("RGB", (THUMB_PIXELS, THUMB_PIXELS))  # JPEG: decoded smaller
+            small = picture.convert("RGB")
+        small.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+        out = io.BytesIO()
+        small.save(out, "JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return out.getvalue()
+
+
+def event_list(ops: Ops, limit: int, request: Request) -> list[dict[str, Any]]:
+    """The newest events (of ``?camera=``, with a person if ``?person=1``) for the API and
+    page; ``upload_parked`` says why an event's off-site copy was never made (else None)."""
+    records = ops.recent.latest(
+        limit, camera=request.arg("camera") or None, person=request.arg("person") == "1"
+    )
+    found = [record.as_json() for record in records]
+    paths = [os.path.abspath(r.storage_path) for r in records]
+    parked = ops.parked_uploads(paths) if ops.parked_uploads and paths else {}
+    for event, path in zip(found, paths, strict=True):
+        event["upload_parked"] = parked.get(path)
+    return found
+
+
 def camera_list(ops: Ops) -> list[dict[str, Any]]:
-    """Each camera with its health, latest snapshot and last error, for the API and page."""
+    """Each camera with its health, latest snapshot and last error, for the API and page;
+    a camera that pushed events is listed even before the app names it."""
     health = ops.camera_health()
     found = []
     now = time.time()
-    for camera in ops.cameras:
+    named = {camera.key for camera in ops.cameras}
+    pushed = [
+        Camera(record.camera_key, record.device_label, "ftp", "ftp")
+        for key in ops.recent.cameras()
+        if key not in named and (record := ops.recent.latest_of(key)) and record.source == "upload"
+    ]
+    for camera in [*ops.cameras, *pushed]:
         record = ops.recent.latest_of(camera.key)
         probe = health.get(camera.key)
         found.append(
@@ -218,6 +287,7 @@ def camera_list(ops: Ops) -> list[dict[str, Any]]:
                 "key": camera.key,
                 "label": camera.label,
                 "vendor": camera.vendor,
+                "source": camera.source,
                 "up": probe.up if probe is not None else None,
                 "health": probe.as_dict() if probe is not None else None,
                 "last_seen": probe.last_seen if probe is not None else None,

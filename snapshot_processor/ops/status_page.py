@@ -1,13 +1,17 @@
-"""The status page: plain server-rendered HTML, a little JavaScript, nothing from outside.
-
-The script refreshes ``/?part=main``, rendered here too. Every value from outside is escaped."""
+"""The status page: plain server-rendered HTML; its style and script sit in ``static/`` and
+nothing loads from outside. The script refreshes the parts ``/?part=main`` renders (each
+with an id). Every value from outside is escaped; times are the server's own (TZ), labelled."""
 
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import html
+import re
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -16,54 +20,11 @@ if TYPE_CHECKING:
 
 REFRESH_SECONDS = 5
 PERSON_BADGE = '<span class="badge person">person</span> '
-
-_STYLE = """
-*{box-sizing:border-box}body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-header{display:flex;gap:1rem;align-items:center;justify-content:space-between;padding:.6rem 1rem;background:#1d2330;color:#fff}
-header h1{font-size:1.1rem;margin:0}header form{margin:0}
-main{padding:1rem;max-width:1400px;margin:auto}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1rem}
-.cam{background:#fff;border-radius:8px;overflow:hidden;box-shadow:0 1px 3px #0002}
-.cam img{display:block;width:100%;aspect-ratio:16/9;object-fit:cover;background:#ccd}
-.cam .none{display:flex;align-items:center;justify-content:center;aspect-ratio:16/9;background:#ccd;color:#556}
-.cam .body{padding:.5rem .7rem}.cam h2{font-size:1rem;margin:0 0 .3rem}
-.badge{display:inline-block;padding:.05rem .45rem;border-radius:1rem;font-size:.8rem;color:#fff}
-.up{background:#2a7d3b}.down{background:#b3261e}.unknown{background:#777}.person{background:#d9480f}
-.muted{color:#667;font-size:.85rem}button{font:inherit;padding:.3rem .8rem;border-radius:6px;border:1px solid #889;background:#fff;cursor:pointer}
-table{border-collapse:collapse;width:100%;background:#fff;border-radius:8px;overflow:hidden}
-td,th{padding:.35rem .6rem;text-align:left;border-bottom:1px solid #e3e5ea;font-size:.9rem}
-section{margin-top:1.4rem}.health.bad{color:#b3261e}.health.good{color:#2a7d3b}
-.login{max-width:360px;margin:15vh auto;background:#fff;padding:1.5rem;border-radius:8px;box-shadow:0 1px 3px #0002}
-.login input{width:100%;padding:.5rem;margin:.6rem 0;font:inherit}.error{color:#b3261e}
-@media (max-width:600px){td:nth-child(4),th:nth-child(4){display:none}}
-"""
-
-_SCRIPT = """
-const REFRESH = REFRESH_SECONDS * 1000;
-async function refresh() {
-  try {
-    const answer = await fetch('/?part=main', {credentials: 'same-origin'});
-    if (answer.status === 401) { location.reload(); return; }
-    if (answer.ok) document.getElementById('main').innerHTML = await answer.text();
-  } catch (e) { /* the daemon may be restarting: try again at the next turn */ }
-}
-document.addEventListener('click', async (event) => {
-  const button = event.target.closest('button[data-snap]');
-  if (!button) return;
-  button.disabled = true;
-  const note = document.getElementById('note');
-  try {
-    const answer = await fetch('/api/cameras/' + encodeURIComponent(button.dataset.snap) + '/snapshot',
-                               {method: 'POST', credentials: 'same-origin'});
-    const reply = answer.ok ? await answer.json() : null;
-    note.textContent = reply ? 'Snapshot asked for: event ' + reply.event_id
-                             : 'Snapshot refused (HTTP ' + answer.status + ')';
-    if (reply) note.dataset.event = reply.event_id;
-  } finally { button.disabled = false; }
-  setTimeout(refresh, 500);
-});
-setInterval(refresh, REFRESH);
-""".replace("REFRESH_SECONDS", str(REFRESH_SECONDS))
+_STATIC = Path(__file__).parent / "static"
+_STYLE = (_STATIC / "status.css").read_text(encoding="utf-8")
+_SCRIPT = (_STATIC / "status.js").read_text(encoding="utf-8")
+_ISO_UTC = re.compile(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z")
+Shown = Mapping[str, Any]  # a camera or an event, as the API gives it
 
 
 def _digest(text: str) -> str:
@@ -83,10 +44,22 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def local_time(when: float) -> str:
+    """Unix seconds as the server's local time with its zone: ``2026-12-07 15:04:05 CET``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+
+
+def localised(text: str) -> str:
+    """``text`` with each ISO-8601 UTC time in it (``2026-12-07T14:04:05Z``) as local time."""
+    return _ISO_UTC.sub(
+        lambda found: local_time(calendar.timegm(time.strptime(found[1], "%Y-%m-%dT%H:%M:%S"))),
+        text,
+    )
+
+
 def _when(taken: float | None, now: float) -> str:
     if taken is None:
         return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(taken))
     seconds = max(0.0, now - taken)
     ago = (
         f"{seconds:.0f} s"
@@ -95,49 +68,84 @@ def _when(taken: float | None, now: float) -> str:
         if seconds < 5400
         else f"{seconds / 3600:.0f} h"
     )
-    return f'<time datetime="{_e(taken)}">{_e(stamp)}</time> ({ago} ago)'
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(taken))
+    return f'<time datetime="{stamp}">{_e(local_time(taken))}</time> ({ago} ago)'
 
 
-def _camera_card(camera: dict[str, Any], now: float) -> str:
-    key = camera["key"]
-    up = camera["up"]
-    state = "up" if up else "unknown" if up is None else "down"
-    event = camera["last_event"]
+def verdict(cameras: Sequence[Shown], health: HealthReport) -> tuple[str, list[str]]:
+    """The headline, ``All well``, ``Degraded`` or ``Down``, and each thing it is about:
+    problems and warnings, and every camera down that no warning names already."""
+    said = [localised(line) for line in [*health.problems, *health.warnings]]
+    for camera in cameras:
+        if camera["up"] is False and not any(f"'{camera['key']}'" in line for line in said):
+            status = camera.get("health") or {}
+            said.append(f"{camera['key']} down: {status.get('reason') or 'no answer'}")
+    if not health.ok:
+        return "Down", said
+    return ("Degraded" if said else "All well"), said
+
+
+def _camera_card(camera: Shown, now: float) -> str:
+    key, label, up, event = camera["key"], camera["label"], camera["up"], camera["last_event"]
+    pushed = camera.get("source") == "ftp"
+    state = "push" if pushed else "unknown" if up is None else "up" if up else "down"
+    error = (camera.get("health") or {}).get("last_error") if up is False else None
+    image = (
+        f'<img alt="latest snapshot of {_e(label)}" data-event="{_e(event["event_id"])}" '
+        f'src="/api/cameras/{_e(quote(key, safe=""))}/latest.jpg?annotated=1&amp;e={_e(event["event_id"])}">'
+        if event
+        else '<div class="none">no snapshot yet</div>'
+    )
+    parts = [
+        f'<article class="cam" data-camera="{_e(key)}">{image}<div class="body"><h2>{_e(label)} '
+        f'<span class="badge {state}">{"FTP" if pushed else state}</span></h2><div class="muted">'
+        f"{'pushes by FTP, last image' if pushed else 'latest:'} {_when(camera['last_snapshot'], now)}</div>"
+    ]
     if event:
-        image = (
-            f'<img alt="latest snapshot of {_e(camera["label"])}" data-event="{_e(event["event_id"])}" '
-            f'src="/api/cameras/{_e(quote(key, safe=""))}/latest.jpg?annotated=1&amp;e={_e(event["event_id"])}">'
+        badge = PERSON_BADGE if event["person"] else ""
+        parts.append(f"<div>{badge}<span class='muted'>{_e(_found(event))}</span></div>")
+    if error:  # the whole text on demand, never cut
+        reason = (camera.get("health") or {}).get("reason") or "error"
+        parts.append(
+            f'<details class="error" data-id="error {_e(key)}"><summary>down: {_e(reason)} '
+            f"(the whole error)</summary><pre>{_e(error)}</pre></details>"
         )
-        labels = ", ".join(str(d.get("label")) for d in event["detections"]) or "nothing detected"
-        if event.get("detection_note"):
-            labels = f"detection: {event['detection_note']}"
-        person = PERSON_BADGE if event["person"] else ""
-        found = f"{person}<span class='muted'>{_e(labels)}</span>"
+    if up is False:
+        parts.append(f'<div class="muted">last seen: {_when(camera["last_seen"], now)}</div>')
+    if not pushed:
+        parts.append(
+            f'<button type="button" data-snap="{_e(key)}" data-label="{_e(label)}">Take a snapshot</button>'
+        )
+    return "".join(parts) + "</div></article>"
+
+
+def _found(event: Shown) -> str:
+    if event.get("detection_note"):
+        return f"detection: {event['detection_note']}"
+    return ", ".join(str(d.get("label")) for d in event["detections"]) or "nothing detected"
+
+
+def _event_card(event: Shown, now: float) -> str:
+    full = f"/api/events/{quote(event['event_id'], safe='')}/image?annotated=1"
+    url, parked = event.get("storage_url"), event.get("upload_parked")
+    if parked is not None:
+        offsite = f'<span class="parked">upload parked: {_e(parked)}</span>'
+    elif isinstance(url, str) and url.startswith(("https://", "http://")):
+        offsite = f'<a href="{_e(url)}" rel="noopener noreferrer" target="_blank">off-site copy</a>'
     else:
-        image = '<div class="none">no snapshot yet</div>'
-        found = ""
-    health = camera.get("health") or {}
-    problem = health.get("last_error") if up is False else None
-    seen = camera.get("last_seen")
+        offsite = ""
     return (
-        f'<article class="cam" data-camera="{_e(key)}">{image}<div class="body">'
-        f'<h2>{_e(camera["label"])} <span class="badge {state}">{state}</span></h2>'
-        f'<div class="muted">latest: {_when(camera["last_snapshot"], now)}</div>'
-        f"<div>{found}</div>"
-        + (f'<div class="error">{_e(problem)}</div>' if problem else "")
-        + (f'<div class="muted">last seen: {_when(seen, now)}</div>' if up is False else "")
-        + f'<button type="button" data-snap="{_e(key)}">Take a snapshot</button>'
-        "</div></article>"
+        f'<figure class="event" data-event="{_e(event["event_id"])}" data-camera="{_e(event["camera_key"])}">'
+        f'<a href="{_e(full)}"><img loading="lazy" alt="{_e(event["device_label"])}: {_e(_found(event))}" '
+        f'src="{_e(full)}&amp;size=thumb"></a><figcaption>{PERSON_BADGE if event["person"] else ""}'
+        f"<strong>{_e(event['device_label'])}</strong> {_when(event['taken'], now)}<br>"
+        f'<span class="muted">{_e(_found(event))}; {_e(event["source"])}</span> {offsite}</figcaption></figure>'
     )
 
 
-def main_part(
-    cameras: list[dict[str, Any]], events: list[dict[str, Any]], health: HealthReport
-) -> str:
-    """The part of the page that refreshes: health, cameras, uploads, recent events."""
-    now = time.time()
-    verdict = "healthy" if health.ok else "unhealthy"
-    lines = "".join(f"<li>{_e(line)}</li>" for line in [*health.problems, *health.warnings])
+def _live(cameras: Sequence[Shown], health: HealthReport, now: float) -> str:
+    headline, said = verdict(cameras, health)
+    look = {"All well": "good", "Degraded": "degraded", "Down": "bad"}[headline]
     uploads = health.detail.get("uploads")
     upload_line = (
         f"<p>Upload queue: {_e(uploads.get('depth', 0))} waiting, "
@@ -151,20 +159,42 @@ def main_part(
         if uploads
         else "<p class='muted'>No cloud storage configured.</p>"
     )
-    rows = "".join(
-        f"<tr data-event='{_e(e['event_id'])}'><td>{_when(e['taken'], now)}</td>"
-        f"<td>{_e(e['device_label'])}</td>"
-        f"<td>{PERSON_BADGE if e['person'] else ''}"
-        f"{_e(', '.join(str(d.get('label')) for d in e['detections']) or '-')}</td>"
-        f"<td>{_e(e['source'])}, {_e(e['image_bytes'])} bytes</td></tr>"
-        for e in events
+    items = "".join(f"<li>{_e(line)}</li>" for line in said)
+    return (
+        f'<div id="live"><section class="state {look}"><h2 class="health {look}">{headline}</h2>'
+        f"<ul>{items}</ul>{upload_line}</section>"
+        f'<section><div class="grid">{"".join(_camera_card(c, now) for c in cameras)}</div></section></div>'
+    )
+
+
+def _gallery(events: Sequence[Shown], now: float, filtered: bool) -> str:
+    empty = "No event matches these filters." if filtered else "No event yet."
+    cards = "".join(_event_card(e, now) for e in events) or f'<p class="muted">{empty}</p>'
+    return f'<div id="gallery" class="gallery">{cards}</div>'
+
+
+def main_part(
+    cameras: Sequence[Shown],
+    events: Sequence[Shown],
+    health: HealthReport,
+    *,
+    filtered: bool = False,
+) -> str:
+    """The parts of the page that refresh: the state and cameras, and the recent events."""
+    now = time.time()
+    return _live(cameras, health, now) + _gallery(events, now, filtered)
+
+
+def _filters(cameras: Sequence[Shown], camera: str, person: bool) -> str:
+    options = "".join(
+        f'<option value="{_e(c["key"])}"{" selected" if c["key"] == camera else ""}>{_e(c["label"])}</option>'
+        for c in cameras
     )
     return (
-        f'<section><h2 class="health {"good" if health.ok else "bad"}">Daemon {verdict}</h2>'
-        f"<ul>{lines}</ul>{upload_line}<p id='note' class='muted'></p></section>"
-        f'<section><div class="grid">{"".join(_camera_card(c, now) for c in cameras)}</div></section>'
-        "<section><h2>Recent events</h2><table><thead><tr><th>When</th><th>Camera</th>"
-        f"<th>Found</th><th>Source</th></tr></thead><tbody>{rows}</tbody></table></section>"
+        '<form class="filters" method="get" action="/"><label>Camera <select name="camera">'
+        f'<option value="">every camera</option>{options}</select></label><label>'
+        f'<input type="checkbox" name="person" value="1"{" checked" if person else ""}> '
+        'with a person</label><button type="submit">Filter</button></form>'
     )
 
 
@@ -179,16 +209,26 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 
 def status_page(
-    cameras: list[dict[str, Any]], events: list[dict[str, Any]], health: HealthReport
+    cameras: Sequence[Shown],
+    events: Sequence[Shown],
+    health: HealthReport,
+    *,
+    camera: str = "",
+    person: bool = False,
 ) -> str:
-    """The whole status page."""
+    """The whole status page; ``camera`` and ``person`` filter the recent events shown."""
+    now = time.time()
     header = (
         "<header><h1>snapshot-processor</h1>"
         '<form method="post" action="/logout"><button type="submit">Log out</button></form></header>'
     )
     return _page(
         "snapshot-processor",
-        f'{header}<main id="main">{main_part(cameras, events, health)}</main>',
+        f'{header}<main data-refresh="{REFRESH_SECONDS}">'
+        '<p id="note" class="note" role="status" aria-live="polite"></p>'
+        f'{_live(cameras, health, now)}<section class="events"><h2>Recent events</h2>'
+        f"{_filters(cameras, camera, person)}{_gallery(events, now, bool(camera or person))}"
+        "</section></main>",
         _SCRIPT,
     )
 

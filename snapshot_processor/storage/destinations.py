@@ -20,12 +20,8 @@ DESTINATIONS: dict[str, tuple[Callable[[StorageSettings], bool], str]] = {
 
 
 def configured(settings: StorageSettings, aws_region: str | None) -> dict[str, Destination]:
-    """Every destination the settings turn on, by name."""
-    found: dict[str, Destination] = {}
-    for name, (on, module) in DESTINATIONS.items():
-        if on(settings):
-            destination: Destination = importlib.import_module(module).from_settings(
-                settings, aws_region
-            )
-            found[name] = destination
-    return found
+    return {
+        name: importlib.import_module(module).from_settings(settings, aws_region)
+        for name, (on, module) in DESTINATIONS.items()
+        if on(settings)
+    }

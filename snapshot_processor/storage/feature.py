@@ -4,6 +4,7 @@ destination is configured, and local retention always."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from pylib.amqp.outbox import attached_files
@@ -26,6 +27,14 @@ class Storage:
     stages: list[Stage]
     uploader: Uploader | None
     retention: Retention
+    queue: UploadQueue | None = None
+
+    def parked_uploads(self, paths: Collection[str]) -> Mapping[str, str]:
+        """Why each parked one of ``paths`` is parked, for the page; never raises."""
+        try:
+            return self.queue.parked_reasons(paths) if self.queue is not None else {}
+        except UploadQueueError:
+            return {}
 
 
 def build(settings: Settings, daemon: Daemon) -> Storage:
@@ -87,4 +96,4 @@ def build(settings: Settings, daemon: Daemon) -> Storage:
         interval=section.retention_interval,
         on_fatal=daemon.on_fatal,
     )
-    return Storage(stages, uploader, retention)
+    return Storage(stages, uploader, retention, queue)

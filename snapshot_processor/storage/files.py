@@ -194,9 +194,7 @@ class WriteTrouble:
         self._log.failed(f"cannot write {self.what}: {exc.strerror or exc}")
 
     def succeeded(self) -> None:
-        """A write went through: the trouble, if any, is over."""
         self._log.succeeded()
 
     def current(self) -> str | None:
-        """What is wrong now, or None."""
         return self._log.reason

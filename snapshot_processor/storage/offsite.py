@@ -73,7 +73,6 @@ class StorageStage(Stage):
         return found
 
     def on_messages(self, envelopes: list[Envelope]) -> None:
-        snaps: list[SnapshotMessage] = []
         # Done marks pass on in their place among the snapshots.
         order: list[SnapshotMessage | Envelope] = []
         for envelope in envelopes:
@@ -81,13 +80,10 @@ class StorageStage(Stage):
                 order.append(envelope)
                 continue
             try:
-                snap = SnapshotMessage.read(envelope)
+                order.append(SnapshotMessage.read(envelope))
             except MessageError as exc:
                 self.reject(envelope, exc)
-                continue
-            snaps.append(snap)
-            order.append(snap)
-        queued = self._queue(snaps)
+        queued = self._queue([item for item in order if isinstance(item, SnapshotMessage)])
         for item in order:
             if isinstance(item, Envelope):
                 self.send(item)

@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,8 +82,6 @@ class _File:
 
 @dataclass
 class SweepResult:
-    """What one sweep did and found."""
-
     removed: int = 0
     removed_bytes: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -126,11 +124,15 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
                 continue
             survivors.append(entry)
         kept = survivors
-    free = _free_bytes(root) if policy.min_free is not None else None
-    if free is not None and policy.min_free is not None and free < policy.min_free:
+    min_free = policy.min_free or 0
+    free = None
+    if policy.min_free is not None:
+        with suppress(OSError):
+            free = shutil.disk_usage(root).free
+    if free is not None and free < min_free:
         survivors = []
         for entry in kept:
-            if free < policy.min_free and removable(entry) and _remove(root, entry, "disk", result):
+            if free < min_free and removable(entry) and _remove(root, entry, "disk", result):
                 free += entry.size
                 total -= entry.size
                 continue
@@ -143,26 +145,14 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
             f"local files take {_size(total)}, over RETENTION_MAX_BYTES ({_size(policy.max_bytes)});"
             f" {_size(pending_bytes)} of it not yet uploaded or published, so not removed"
         )
-    elif (
-        free is not None
-        and policy.min_free is not None
-        and free < policy.min_free
-        and pending_bytes
-    ):
+    elif free is not None and free < min_free and pending_bytes:
         result.alarm = (
             f"the disk has {_size(free)} free, under RETENTION_MIN_FREE_BYTES "
-            f"({_size(policy.min_free)}); {_size(pending_bytes)} of local files not yet "
+            f"({_size(min_free)}); {_size(pending_bytes)} of local files not yet "
             "uploaded or published, so not removed"
         )
     _remove_empty_days(root, now, result)
     return result
-
-
-def _free_bytes(root: Path) -> int | None:
-    try:
-        return shutil.disk_usage(root).free
-    except OSError:
-        return None
 
 
 class Retention(Worker):

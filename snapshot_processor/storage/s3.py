@@ -157,7 +157,6 @@ class S3Destination:
         return f"bucket {self.bucket} is there and may be written"
 
     def close(self) -> None:
-        """Close the clients' connections."""
         self._client.close()
         self._addresser.close()
 

@@ -67,34 +67,29 @@ class StorageSettings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> StorageSettings:
         problems = []
-        if self.google_drive_folder and self.google_drive_credentials is None:
+        credentials = self.google_drive_credentials
+        if self.google_drive_folder and credentials is None:
             problems.append(
                 "GOOGLE_DRIVE_FOLDER is set, so GOOGLE_DRIVE_CREDENTIALS is needed "
                 "(the JSON file snapshot-processor drive-auth writes, or a service-account key)"
             )
-        if (
-            self.google_drive_credentials is not None
-            and not self.google_drive_credentials.is_file()
-        ):
+        if credentials is not None and not credentials.is_file():
             problems.append(
-                f"GOOGLE_DRIVE_CREDENTIALS: no such file {self.google_drive_credentials}"
+                f"GOOGLE_DRIVE_CREDENTIALS: no such file {credentials}"
                 " (snapshot-processor drive-auth writes it)"
             )
-        elif self.google_drive_credentials is not None:
+        elif credentials is not None:
             try:
-                data = json.loads(self.google_drive_credentials.read_text(encoding="utf-8"))
+                data = json.loads(credentials.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 data = None  # unreadable: said with why when the Drive destination opens it
             wrong = None if data is None else credentials_kind_problem(data)
             if wrong:
-                problems.append(
-                    f"GOOGLE_DRIVE_CREDENTIALS: {self.google_drive_credentials} {wrong}"
-                )
+                problems.append(f"GOOGLE_DRIVE_CREDENTIALS: {credentials} {wrong}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     @property
     def drive_on(self) -> bool:
-        """Google Drive uploads are configured."""
         return bool(self.google_drive_folder)

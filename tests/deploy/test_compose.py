@@ -17,6 +17,7 @@ import yaml  # PyYAML comes with moto; it ships no types (pyproject's mypy overr
 
 from snapshot_processor import config
 from tests.support.paths import CHECKOUT
+from tools.compose_setup import host_timezone
 
 MASQUERADE = "192.0.2.10"
 GENERATED = ("FTP_PASS", "HTTP_TOKEN", "RABBITMQ_PASSWORD")
@@ -56,6 +57,7 @@ def test_setup_writes_the_compose_file_a_private_env_and_the_folders(tmp_path: P
     assert len({values[name] for name in GENERATED}) == 3
     assert values["FTP_MASQUERADE_ADDRESS"] == MASQUERADE
     assert values["DEVICE_NAME"]
+    assert values["TZ"] == host_timezone()
     assert (target / "config" / "snapshot-processor.toml").is_file()
     for folder in ("data", "secrets"):
         assert (target / folder).is_dir()
@@ -125,12 +127,36 @@ def test_docker_compose_config_accepts_the_rendered_file(tmp_path: Path) -> None
     assert environment["FTP_PASS"] == env["FTP_PASS"]
     assert environment["FTP_MASQUERADE_ADDRESS"] == MASQUERADE
     assert environment["FTP_PASSIVE_PORTS"] == "30000-30009"
+    assert environment["TZ"] == env["TZ"]  # the status page's times in the host's zone
     mounts = {volume.split(":")[1]: volume for volume in daemon["volumes"]}
     assert mounts["/data/ftp"].startswith(f"{tmp_path}/data:")
     assert mounts["/run/secrets"].endswith(":ro")
     # Optional secrets are files in the mounted folder, none of them required up front.
     assert "secrets" not in daemon
     assert "secrets" not in rendered
+
+
+def test_the_hosts_time_zone_goes_into_env_and_compose_defaults_to_utc(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    assert host_timezone(etc) == "UTC"  # nothing to go by
+    (etc / "localtime").symlink_to("../usr/share/zoneinfo/America/New_York")
+    assert host_timezone(etc) == "America/New_York"
+    (etc / "timezone").write_text("Europe/Paris\n")
+    assert host_timezone(etc) == "Europe/Paris"  # Debian's own file first
+    (etc / "timezone").write_text("../../secrets\n")
+    assert host_timezone(etc) == "UTC"  # only a zone's name, never a path
+
+    _make_setup(tmp_path / "server")
+    env_file = tmp_path / "server" / ".env"
+    assert _env(tmp_path / "server")["TZ"] == host_timezone()
+    env_file.write_text(
+        "".join(
+            f"{line}\n" for line in env_file.read_text().splitlines() if not line.startswith("TZ=")
+        )
+    )
+    daemon = _compose_config(tmp_path / "server")["services"]["snapshot-processor"]
+    assert daemon["environment"]["TZ"] == "UTC"
 
 
 def test_without_make_setup_compose_names_what_is_missing(tmp_path: Path) -> None:

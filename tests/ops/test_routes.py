@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import io
 import json
 import re
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from PIL import Image
 
 from pylib.config.settings import ConfigError
 from pylib.http import HttpServer, Request, Response, Router, TokenAuth
 from pylib.runtime.daemon import Daemon
 from snapshot_processor import config
 from snapshot_processor.ops.feature import recent_events
+from snapshot_processor.ops.recent import EventRecord, RecentEvents
+from snapshot_processor.ops.routes import IMAGE_CACHE, Camera, HealthReport, Ops, build_router
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, foscam_env, make_settings
+from tests.support.ftp import jpeg
 from tests.support.net import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
@@ -243,8 +250,9 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
 
 
 def concrete_path(pattern: str, key: str) -> str:
-    """A path that ``pattern`` (a route's) matches, naming camera ``key``."""
+    """A path that ``pattern`` (a route's) matches, naming camera ``key`` (or an event)."""
     path = pattern.replace("(?P<key>[^/]+)", quote(key, safe="")).replace("\\.", ".")
+    path = path.replace("(?P<id>[0-9A-Za-z_-]{1,64})", "0123abcd")
     assert re.fullmatch(pattern, path), f"a route shape this test does not know: {pattern}"
     return path
 
@@ -393,3 +401,183 @@ def test_a_snapshot_over_http_of_a_camera_whose_address_comes_with_triggers(
                 assert second["event_id"] == answer["event_id"]
         finally:
             peer.close()
+
+
+# --- the API and page over a router of their own, with recent events made by hand --------
+def recorded(event_id: str, camera: str, path: Path, **fields: Any) -> EventRecord:
+    event = EventRecord(
+        event_id=event_id,
+        camera_key=camera,
+        device_label=camera.removesuffix(" camera"),
+        taken=time.time(),
+        source="fetch",
+        image_bytes=path.stat().st_size,
+        person=False,
+        detections=[],
+        detection_note=None,
+        storage_path=str(path),
+        annotated_path=None,
+        storage_url=None,
+    )
+    return dataclasses.replace(event, **fields)
+
+
+def picture(path: Path, text: str, size: tuple[int, int] = (1280, 720)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jpeg(text, size))
+    return path
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
+    """The routes over recent events of a fetched camera and one that pushes by FTP; one
+    record names a file outside the data root, as a damaged or forged one might."""
+    root = tmp_path / "data"
+    files = {
+        "front": picture(root / "Front Door camera" / "a.jpg", "front"),
+        "boxes": picture(root / "Front Door camera" / "a.annotated.jpg", "boxes"),
+        "garden": picture(root / "Garden camera" / "b.jpg", "garden", (640, 480)),
+        "outside": picture(tmp_path / "elsewhere" / "c.jpg", "not for the page"),
+    }
+    recent = RecentEvents(root / "recent-events.sqlite3")
+    recent.add(
+        recorded(
+            "a1",
+            "Front Door camera",
+            files["front"],
+            person=True,
+            detections=[{"label": "Person", "person": True}],
+            annotated_path=str(files["boxes"]),
+            storage_url="https://drive.example/a1",
+        )
+    )
+    recent.add(recorded("b1", "Garden camera", files["garden"], source="upload"))
+    recent.add(recorded("x1", "Front Door camera", files["outside"]))
+
+    def parked(paths: Collection[str]) -> dict[str, str]:
+        return {path: "drive: 403 forbidden" for path in paths if path == str(files["front"])}
+
+    ops = Ops(
+        cameras=[
+            Camera("Front Door camera", "Front Door", "foscam"),
+            Camera("Porch camera", "Porch", "ftp", source="ftp"),
+        ],
+        health=lambda: HealthReport(True, [], [], {}),
+        recent=recent,
+        camera_health=dict,
+        take_snapshot=lambda key: "asked-1",
+        parked_uploads=parked,
+        snapshot_seconds=7.5,
+    )
+    auth = TokenAuth(TOKEN)
+    server = HttpServer(
+        "http",
+        threading.Event(),
+        address="127.0.0.1",
+        port=0,
+        router=build_router(ops, auth),
+        auth=auth,
+    )
+    server.start()
+    try:
+        yield server.bound_port, files
+    finally:
+        assert server.stop_and_join(5)
+        recent.close()
+
+
+def test_an_events_image_thumbnail_and_annotated_copy_by_its_id(
+    api: tuple[int, dict[str, Path]],
+) -> None:
+    port, files = api
+    image = "/api/events/a1/image"
+    assert call(port, "GET", image)[0] == 401
+    status, headers, body = call(port, "GET", image, token=TOKEN)
+    assert (status, headers["content-type"]) == (200, "image/jpeg")
+    assert body == files["front"].read_bytes()
+    assert IMAGE_CACHE in headers["cache-control"]
+    assert call(port, "GET", image + "?annotated=1", token=TOKEN)[2] == files["boxes"].read_bytes()
+    status, _, thumb = call(port, "GET", image + "?annotated=1&size=thumb", token=TOKEN)
+    with Image.open(io.BytesIO(thumb)) as small:
+        assert (status, small.format, small.size) == (200, "JPEG", (320, 180))
+    # Only a file the record names, under the data root; never a path from the request.
+    assert call(port, "GET", "/api/events/x1/image", token=TOKEN)[0] == 404
+    assert call(port, "GET", "/api/events/nothing/image", token=TOKEN)[0] == 404
+    assert call(port, "GET", "/api/events/..%2F..%2Fetc/image", token=TOKEN)[0] == 404
+    # The latest of that camera is the record naming a file elsewhere: refused too.
+    assert call(port, "GET", "/api/cameras/Front%20Door%20camera/latest.jpg", token=TOKEN)[0] == 404
+
+
+def test_event_images_are_kept_by_the_browser(api: tuple[int, dict[str, Path]]) -> None:
+    port, _ = api
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "GET", "/api/events/a1/image", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        answer = connection.getresponse()
+        assert answer.msg.get_all("Cache-Control") == [IMAGE_CACHE]
+    finally:
+        connection.close()
+
+
+def test_a_camera_that_pushes_is_listed_with_its_latest_image(
+    api: tuple[int, dict[str, Path]],
+) -> None:
+    port, files = api
+    cameras = json_of(call(port, "GET", "/api/cameras", token=TOKEN))["cameras"]
+    # Porch is configured and has sent nothing yet; Garden is known from its images.
+    assert [(c["key"], c["source"]) for c in cameras] == [
+        ("Front Door camera", "fetch"),
+        ("Porch camera", "ftp"),
+        ("Garden camera", "ftp"),
+    ]
+    assert cameras[1]["last_event"] is None
+    assert cameras[2]["last_event"]["event_id"] == "b1"
+    _, _, page = call(port, "GET", "/", token=TOKEN)
+    assert b"pushes by FTP, last image never" in page
+    status, headers, body = call(
+        port, "GET", "/api/cameras/Garden%20camera/latest.jpg", token=TOKEN
+    )
+    assert (status, headers["x-event-id"], body) == (200, "b1", files["garden"].read_bytes())
+    # Nothing to ask of a camera that pushes; one that is fetched says how long it may take.
+    for pushing in ("Garden%20camera", "Porch%20camera"):
+        assert call(port, "POST", f"/api/cameras/{pushing}/snapshot", token=TOKEN)[0] == 404
+    status, _, body = call(port, "POST", "/api/cameras/Front%20Door%20camera/snapshot", token=TOKEN)
+    assert (status, json.loads(body)) == (
+        202,
+        {"event_id": "asked-1", "camera": "Front Door camera", "answer_within": 7.5},
+    )
+
+
+def test_events_filtered_by_camera_and_person_and_a_parked_upload_said(
+    api: tuple[int, dict[str, Path]],
+) -> None:
+    port, _ = api
+
+    def ids(query: str) -> list[str]:
+        found = json_of(call(port, "GET", "/api/events" + query, token=TOKEN))["events"]
+        return [event["event_id"] for event in found]
+
+    assert ids("") == ["x1", "b1", "a1"]
+    assert ids("?camera=Garden%20camera") == ["b1"]
+    assert ids("?person=1") == ["a1"]
+    assert ids("?camera=Garden%20camera&person=1") == []
+    events = json_of(call(port, "GET", "/api/events", token=TOKEN))["events"]
+    assert {e["event_id"]: e["upload_parked"] for e in events} == {
+        "x1": None,
+        "b1": None,
+        "a1": "drive: 403 forbidden",
+    }
+    assert events[2]["storage_url"] == "https://drive.example/a1"  # kept: the API only adds
+
+    # The page and its refreshed part filter the same way, from the query alone.
+    _, _, page = call(port, "GET", "/?person=1", token=TOKEN)
+    assert b'<figure class="event" data-event="a1"' in page
+    assert b'<figure class="event" data-event="b1"' not in page
+    assert b"upload parked: drive: 403 forbidden" in page
+    assert b"drive.example/a1" not in page
+    _, _, part = call(port, "GET", "/?part=main&camera=Garden%20camera", token=TOKEN)
+    assert b'<figure class="event" data-event="b1"' in part
+    assert b'<figure class="event" data-event="a1"' not in part
+    assert b"<html" not in part

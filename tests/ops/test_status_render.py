@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+import time
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapshot_processor.ops import status_page as status_page_module
 from snapshot_processor.ops.routes import HealthReport
-from snapshot_processor.ops.status_page import main_part
+from snapshot_processor.ops.status_page import (
+    CONTENT_SECURITY_POLICY,
+    PERSON_BADGE,
+    local_time,
+    localised,
+    main_part,
+    status_page,
+    verdict,
+)
 
 
 def test_a_camera_down_shows_why_and_outside_text_is_escaped() -> None:
@@ -27,3 +46,172 @@ def test_a_camera_down_shows_why_and_outside_text_is_escaped() -> None:
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;" in html
     assert "camera &#x27;Gate camera&#x27; down: wrong credentials" in html
+
+
+def camera(key: str = "Garage camera", **fields: Any) -> dict[str, Any]:
+    """A camera as routes.camera_list gives it: up, no snapshot yet."""
+    return {
+        "key": key,
+        "label": key.removesuffix(" camera"),
+        "vendor": "foscam",
+        "source": "fetch",
+        "up": True,
+        "health": None,
+        "last_seen": None,
+        "last_snapshot": None,
+        "last_event": None,
+        **fields,
+    }
+
+
+def event(event_id: str = "e1", **fields: Any) -> dict[str, Any]:
+    """An event as routes.event_list gives it."""
+    return {
+        "event_id": event_id,
+        "camera_key": "Garage camera",
+        "device_label": "Garage",
+        "taken": 1_700_000_000.0,
+        "source": "fetch",
+        "image_bytes": 1000,
+        "person": False,
+        "detections": [],
+        "detection_note": None,
+        "storage_path": "/data/x.jpg",
+        "annotated_path": None,
+        "storage_url": None,
+        "upload_parked": None,
+        **fields,
+    }
+
+
+def headline(html: str) -> str:
+    found = re.search(r'<h2 class="health (\w+)">([^<]*)</h2><ul>(.*?)</ul>', html)
+    assert found, html
+    return f"{found[1]}: {found[2]}: {found[3]}"
+
+
+def test_the_three_states_name_what_is_wrong() -> None:
+    well = HealthReport(True, [], [], {})
+    assert headline(main_part([camera()], [], well)) == "good: All well: "
+
+    down = camera(up=False, health={"reason": "timeout", "last_error": "timed out after 2 s"})
+    assert (
+        headline(main_part([camera("Front camera"), down], [], well))
+        == "degraded: Degraded: <li>Garage camera down: timeout</li>"
+    )
+    # A warning alone degrades it too; a camera a warning names is not named twice.
+    named = HealthReport(True, [], ["camera 'Garage camera' failing: 401; retrying in 30 s"], {})
+    assert headline(main_part([down], [], named)) == (
+        "degraded: Degraded: <li>camera &#x27;Garage camera&#x27; failing: 401; retrying in 30 s</li>"
+    )
+    broken = HealthReport(False, ["cannot reach the broker"], ["disk nearly full"], {})
+    assert headline(main_part([down], [], broken)) == (
+        "bad: Down: <li>cannot reach the broker</li><li>disk nearly full</li>"
+        "<li>Garage camera down: timeout</li>"
+    )
+    assert verdict([], broken)[0] == "Down"
+
+
+def test_a_long_error_is_whole_on_demand_and_escaped() -> None:
+    error = "HTTP 500 from the camera: " + "<b>stack</b> line\n" * 40 + "THE END"
+    down = camera(up=False, health={"reason": "bad answer", "last_error": error})
+    html = main_part([down], [], HealthReport(True, [], [], {}))
+    [details] = re.findall(r'<details class="error".*?</details>', html, re.S)
+    assert 'data-id="error Garage camera"' in details  # kept open across refreshes
+    assert "<summary>down: bad answer (the whole error)</summary>" in details
+    assert f"<pre>{escape(error)}</pre>" in details
+    assert "THE END" in details
+    assert "<b>" not in html
+
+
+def test_a_camera_that_pushes_by_ftp_shows_its_latest_image_and_no_button() -> None:
+    pushed = camera(
+        "Garden camera",
+        vendor="ftp",
+        source="ftp",
+        up=None,
+        last_snapshot=time.time() - 30,
+        last_event=event("ftp1", camera_key="Garden camera", source="upload"),
+    )
+    html = main_part([pushed], [], HealthReport(True, [], [], {}))
+    assert '<span class="badge push">FTP</span>' in html
+    assert "pushes by FTP, last image <time" in html
+    assert 'src="/api/cameras/Garden%20camera/latest.jpg?annotated=1&amp;e=ftp1"' in html
+    assert "data-snap" not in html  # nothing to ask: it sends its images itself
+    assert headline(html).startswith("good: All well")
+
+
+def test_times_are_local_with_their_zone_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        when = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+        assert local_time(when) == "2023-11-15 07:13:20 JST"
+        assert localised("camera 'x' down since 2023-11-14T22:13:20Z: timeout") == (
+            "camera 'x' down since 2023-11-15 07:13:20 JST: timeout"
+        )
+        warned = HealthReport(True, [], ["camera 'x' down since 2023-11-14T22:13:20Z: timeout"], {})
+        down = camera(up=False, health={"reason": "timeout"}, last_seen=when, last_snapshot=when)
+        page = status_page([down], [event(taken=when)], warned)
+        assert "since 2023-11-15 07:13:20 JST: timeout" in page
+        stamps = re.findall(r"<time datetime=\"([^\"]+)\">([^<]+)</time>", page)
+        assert len(stamps) == 3  # the card's latest and last seen, the event's
+        assert set(stamps) == {("2023-11-15T07:13:20+0900", "2023-11-15 07:13:20 JST")}
+        assert "T22:13:20Z" not in page
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_gallery_links_each_event_to_its_image_and_off_site_copy() -> None:
+    events = [
+        event(
+            "p1",
+            person=True,
+            detections=[{"label": "Person"}, {"label": "<Car>"}],
+            storage_url="https://drive.example/folder?id=1&x=<2>",
+        ),
+        event("p2", upload_parked="drive: 403 <forbidden>", storage_url="https://drive.example/2"),
+        event("p3", storage_url="javascript:alert(1)", detection_note="skipped: budget"),
+    ]
+    html = main_part([camera()], events, HealthReport(True, [], [], {}))
+    first, second, third = re.findall(r'<figure class="event".*?</figure>', html, re.S)
+    assert '<a href="/api/events/p1/image?annotated=1">' in first
+    assert 'src="/api/events/p1/image?annotated=1&amp;size=thumb"' in first
+    assert PERSON_BADGE in first
+    assert "Person, &lt;Car&gt;" in first
+    assert 'href="https://drive.example/folder?id=1&amp;x=&lt;2&gt;"' in first
+    assert "upload parked: drive: 403 &lt;forbidden&gt;" in second
+    assert "drive.example/2" not in second  # it would link to nothing
+    assert "javascript:" not in third  # a link is only ever http(s)
+    assert "detection: skipped: budget" in third
+    assert PERSON_BADGE not in second + third
+
+
+def test_the_filters_are_a_plain_form_that_keeps_its_choice() -> None:
+    cameras = [camera("Garage camera"), camera('Shed "B" camera')]
+    health = HealthReport(True, [], [], {})
+    page = status_page(cameras, [], health, camera='Shed "B" camera', person=True)
+    [form] = re.findall(r'<form class="filters" method="get" action="/">.*?</form>', page, re.S)
+    assert '<option value="Shed &quot;B&quot; camera" selected>Shed &quot;B&quot;</option>' in form
+    assert '<option value="Garage camera">Garage</option>' in form
+    assert '<input type="checkbox" name="person" value="1" checked>' in form
+    assert "No event matches these filters." in page
+    assert "No event yet." in main_part(cameras, [], health)
+    # The note of the snapshot button is outside the parts the script replaces.
+    assert page.index('id="note"') < page.index('<div id="live">')
+    assert 'id="note"' not in main_part(cameras, [], health)
+
+
+def test_the_page_runs_only_its_own_style_and_script_by_digest() -> None:
+    page = status_page([camera()], [event()], HealthReport(True, [], [], {}))
+    static = Path(status_page_module.__file__).parent / "static"
+    for kind, name in (("style", "status.css"), ("script", "status.js")):
+        text = (static / name).read_text(encoding="utf-8")
+        assert f"<{kind}>{text}</{kind}>" in page
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert f"{kind}-src 'sha256-{digest}'" in CONTENT_SECURITY_POLICY
+    assert page.count("<script") == 1
+    assert page.count("<style") == 1
+    assert not re.search(r"<[^>]*\s(style|on\w+)=", page)  # no inline style or handler
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from outside

@@ -14,7 +14,12 @@ from moto.server import ThreadedMotoServer
 
 from pylib.upload.destination import UploadItem, UploadRefusedError, UploadRetryError
 from snapshot_processor.storage.s3 import DENIED_PAUSE, S3Destination
+from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
+from tests.support.daemon import PASSWORD, camera_env, make_settings
 from tests.support.fakes.s3 import FailingS3
+from tests.support.net import free_port
+from tests.support.wait import wait_until
+from tools.camera_simulator import CameraSimulator
 
 BUCKET = "snapshots"
 # 23:30 UTC: the day of the key is the UTC day, whatever the local time zone.
@@ -190,3 +195,38 @@ def test_on_aws_the_link_is_virtual_host_style(aws_env: None, snapshot: UploadIt
         )
     finally:
         aws.close()
+
+
+@pytest.mark.broker
+def test_a_daemon_whose_bucket_is_missing_says_the_upload_is_parked(
+    endpoint: str, tmp_path: Path
+) -> None:
+    # The event went out with its storage_url; the API then says the copy was never made.
+    port = free_port()
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        settings = make_settings(
+            tmp_path,
+            unique_exchange(),
+            **camera_env(camera.port),
+            HTTP_PORT=str(port),
+            S3_BUCKET="no-such-bucket",
+        )
+        peer = Peer(settings.broker.exchange)
+        try:
+            with running_app(settings):
+                peer.send_trigger(trigger_body("Front Door camera", device_params=None))
+                [image] = peer.wait_for_images(1)
+                assert image["inputs"][0]["storage_url"]
+
+                def parked() -> str | None:
+                    answer = requests.get(f"http://127.0.0.1:{port}/api/events", timeout=5)
+                    [event] = answer.json()["events"]
+                    why: str | None = event["upload_parked"]
+                    return why
+
+                assert wait_until(lambda: parked() is not None, 30)
+                assert (reason := parked())
+                assert reason.startswith("s3: ")
+                assert "NoSuchBucket" in reason
+        finally:
+            peer.close()

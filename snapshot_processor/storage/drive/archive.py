@@ -57,8 +57,6 @@ class ArchivedFile:
 
 @dataclass
 class ArchiveSummary:
-    """What one run did."""
-
     moved: list[ArchivedFile] = field(default_factory=list)
     starred: int = 0
     recent: int = 0
@@ -69,8 +67,7 @@ class ArchiveSummary:
         """Human-readable lines: one per date folder, then a total."""
         per_folder = Tally(moved.folder for moved in self.moved)
         out = [f"{folder}: {count} file(s)" for folder, count in sorted(per_folder.items())]
-        for folder in self.folders_created:
-            out.append(f"created folder {folder}")
+        out += [f"created folder {folder}" for folder in self.folders_created]
         total = (
             f"moved {len(self.moved)} file(s); kept {self.starred} starred and {self.recent} recent"
         )

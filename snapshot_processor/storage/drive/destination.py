@@ -67,10 +67,6 @@ def _local_facts(path: Path) -> _LocalFile:
     return _LocalFile(size, digest.hexdigest())
 
 
-def _parent_ids(copy: GoogleDriveFile) -> set[str]:
-    return {str(parent.get("id")) for parent in copy.get("parents") or []}
-
-
 def _matches(remote: GoogleDriveFile, local: _LocalFile) -> bool:
     try:
         size = int(remote.get("fileSize") or -1)
@@ -192,7 +188,7 @@ class DriveDestination:
         for copy in self._session.list_files(q, 100):
             if not good and _matches(copy, local):
                 good = True
-            elif folder_id in _parent_ids(copy):
+            elif folder_id in {str(parent.get("id")) for parent in copy.get("parents") or []}:
                 self._discard_bad_copy(copy, item)
         if good:
             DRIVE_COPIES_FOUND.inc()
@@ -256,34 +252,31 @@ class DriveDestination:
             raise DriveArchiveError(
                 f"archive not started: {failure.text}", ArchiveSummary(), failure.kind
             ) from None
-        archiver = DriveArchiver(
+        return DriveArchiver(
             self._session, top, self._archive_after_hours, self._archive_page_size
-        )
-        return archiver.run(now, max_moves)
+        ).run(now, max_moves)
 
     def housekeeping(self, now: float) -> None:
         """Learn the folder's link if not yet known; run the archive when due."""
         if self._archive_due is not None and now < self._archive_due:
             return
+        retry = min(self._archive_interval, _ARCHIVE_RETRY)
         try:
             summary = self.archive(now, _ARCHIVE_MOVES_PER_CALL)
         except DriveArchiveError as exc:
             DRIVE_ERRORS.labels(f"archive_{exc.kind}").inc()
-            log.warning("Drive archive: %s; next try in %.0f s", exc, self._retry_delay())
-            self._archive_due = now + self._retry_delay()
+            log.warning("Drive archive: %s; next try in %.0f s", exc, retry)
+            self._archive_due = now + retry
             return
         except Exception:  # a bug must not take the uploader's thread down
             DRIVE_ERRORS.labels("archive_unexpected").inc()
             log.exception("Drive archive failed unexpectedly")
-            self._archive_due = now + self._retry_delay()
+            self._archive_due = now + retry
             return
         if summary.moved or summary.remaining:
             log.info("Drive archive: %s", summary.lines()[-1])
         # A backlog left over is taken up at the next call, not a day later.
         self._archive_due = now if summary.remaining else now + self._archive_interval
-
-    def _retry_delay(self) -> float:
-        return min(self._archive_interval, _ARCHIVE_RETRY)
 
     def check(self) -> str:
         """Find (or, for a user's consent, make) the top folder: its link, else the reason."""
@@ -294,7 +287,6 @@ class DriveDestination:
         return f"folder at {folder.get('alternateLink') or folder.get('id')}"
 
     def close(self) -> None:
-        """Close the session's connections."""
         self._session.close()
 
 

@@ -99,8 +99,7 @@ def discovery_document(api_url: str) -> dict[str, Any]:
         raise RuntimeError("google-api-python-client lacks its bundled drive v2 document")
     doc: dict[str, Any] = json.loads(text)
     root = api_url if api_url.endswith("/") else api_url + "/"
-    doc["rootUrl"] = root
-    doc["mtlsRootUrl"] = root
+    doc["rootUrl"] = doc["mtlsRootUrl"] = root
     doc["baseUrl"] = root + doc["servicePath"]
     return doc
 
