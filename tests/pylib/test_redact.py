@@ -142,3 +142,8 @@ def test_syslog_gets_the_redacted_line() -> None:
     assert "[MainThread]" in data
     assert "admin:***@cam" in data
     assert "hunter22" not in data
+
+
+def test_a_value_masked_already_keeps_what_follows_it() -> None:
+    shown = "Porch camera: HTTP 401 (GET http://cam:88/cgi?cmd=snapPicture2&usr=admin&pwd=***)"
+    assert redact(shown) == shown
