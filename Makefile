@@ -74,13 +74,13 @@ up:  ## start RabbitMQ and the daemon in the background (docker compose, in SETU
 down:  ## stop and remove the containers (RabbitMQ's volume and data/ stay)
 	cd $(SETUP_DIR) && $(COMPOSE) down
 
-demo:  ## the whole chain in under a minute: simulated cameras, the daemon, events (needs RabbitMQ); KEEP=1 keeps it up until Ctrl-C
+demo:  ## the whole chain in about ten seconds: simulated cameras, the daemon, events (needs RabbitMQ); KEEP=1 keeps it up until Ctrl-C
 	$(RUN) python -m tools.demo $(if $(filter 1 yes true,$(KEEP)),--keep) $(DEMO_ARGS)
 
 docs:  ## docs/configuration.md from the settings models and the example file's comments
 	$(RUN) python -m tools.settings_doc
 
-lint:  ## ruff and mypy, as configured in pyproject.toml
+lint:  ## ruff, mypy (as configured in pyproject.toml) and hadolint
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy

@@ -108,7 +108,9 @@ def _duration(seconds: float) -> str:
 class CameraStatus:
     """One camera's health as last observed (times in unix seconds). ``up`` is None until
     first probed or fetched from; ``last_error`` stays after it comes back; ``since`` is
-    when the state began; ``probe_call`` is None while the address is unknown or probing off."""
+    when the state began; ``last_failure`` when it last failed (a later failure of a camera
+    down already is news to whoever asked for it); ``probe_call`` is None while the
+    address is unknown or probing off."""
 
     key: str
     up: bool | None
@@ -117,6 +119,7 @@ class CameraStatus:
     last_seen: float | None
     last_probe: float | None
     since: float | None
+    last_failure: float | None
     probe_call: str | None
 
     @property
@@ -138,6 +141,7 @@ class CameraStatus:
             "last_seen": when(self.last_seen),
             "last_probe": when(self.last_probe),
             "since": when(self.since),
+            "last_failure": when(self.last_failure),
             "probe_call": self.probe_call,
         }
 
@@ -152,6 +156,7 @@ class _Record:
     last_seen: float | None = None
     last_probe: float | None = None
     since: float | None = None
+    last_failure: float | None = None
 
 
 class CameraProber(Worker):
@@ -351,6 +356,7 @@ class CameraProber(Worker):
             else:
                 record.last_error = redact(error or reason.value)
                 record.up, record.reason = False, reason
+                record.last_failure = now
             if record.up != was_up:
                 record.since = now
             last_error = record.last_error

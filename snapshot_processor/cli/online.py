@@ -14,54 +14,86 @@ import requests
 from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
 from pylib.observe.logs import printable
 from pylib.observe.redact import redact
-from snapshot_processor.camera.errors import CameraError
+from snapshot_processor.camera.errors import CameraAuthError, CameraError
 from snapshot_processor.camera.networks import CameraNetworks
 from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
 from snapshot_processor.cli.common import broker_params
 from snapshot_processor.config import Settings
 from snapshot_processor.storage.destinations import DESTINATIONS
 
-Check = tuple[str, Callable[[], str]]
+# A system's name, the call that reaches it, and the settings to look at when it fails.
+Check = tuple[str, Callable[[], str], Callable[[BaseException], str]]
 
 
 def checks(settings: Settings) -> Iterator[Check]:
     """Each configured outside system, named, with a call that reaches it: what it found,
     or an exception saying why not."""
-    yield f"broker {describe(broker_params(settings, 'check'))}", lambda: _broker(settings)
+    yield (
+        f"broker {describe(broker_params(settings, 'check'))}",
+        lambda: _broker(settings),
+        lambda exc: (
+            "RABBITMQ_URL's user and password"
+            if isinstance(exc, pika.exceptions.ProbableAuthenticationError)
+            else "RABBITMQ_SERVER_ADDRESS (or RABBITMQ_URL)"
+        ),
+    )
     registry = CameraRegistry(
         settings.cameras,
         timeout=settings.camera.timeout,
         retries=0,
         networks=CameraNetworks(settings.camera.networks),
     )
-    for device in settings.cameras:
-        yield f"camera '{printable(device.key)}'", functools.partial(_camera, registry, device.key)
+    for number, device in sorted(settings.outputs.items()):
+        if device.is_camera:
+            name = f"camera '{printable(device.key)}'"
+            yield name, functools.partial(_camera, registry, device.key), _camera_fix(number)
     storage = settings.storage
     if storage.s3_bucket:
-        yield f"S3 bucket {storage.s3_bucket}", lambda: _cloud(settings, "s3")
+        yield (
+            f"S3 bucket {storage.s3_bucket}",
+            lambda: _cloud(settings, "s3"),
+            lambda exc: "S3_BUCKET, AWS_DEFAULT_REGION and the AWS credentials",
+        )
     if storage.drive_on:
         drive = f"Google Drive folder {storage.google_drive_folder!r}"
-        yield drive, lambda: _cloud(settings, "drive")
+        yield (
+            drive,
+            lambda: _cloud(settings, "drive"),
+            lambda exc: "GOOGLE_DRIVE_FOLDER and GOOGLE_DRIVE_CREDENTIALS",
+        )
     if settings.secrets.op_connect_host:
-        yield "1Password Connect", lambda: "secrets read (the configuration loaded with them)"
+        yield (
+            "1Password Connect",
+            lambda: "secrets read (the configuration loaded with them)",
+            lambda exc: "OP_CONNECT_HOST, OP_CONNECT_TOKEN and OP_VAULT",
+        )
     if settings.sentry_dsn:
         dsn = settings.sentry_dsn.get_secret_value()
-        yield "Sentry", lambda: _reachable(dsn)
+        yield "Sentry", lambda: _reachable(dsn), lambda exc: "SENTRY_DSN"
 
 
 def run_checks(settings: Settings) -> int:
     """Print one line per system; the number that failed."""
     failed = 0
-    for name, check in checks(settings):
+    for name, check, fix in checks(settings):
         started = time.monotonic()
         try:
             found = check()
         except Exception as exc:  # each system fails its own way: said, and the next goes on
             failed += 1
-            print(f"  {name}: FAILED: {redact(_why(exc))}")
+            print(f"  {name}: FAILED: {redact(_why(exc))}; check {fix(exc)}")
             continue
         print(f"  {name}: ok, {redact(found)} ({time.monotonic() - started:.2f} s)")
     return failed
+
+
+def _camera_fix(number: int) -> Callable[[BaseException], str]:
+    def fix(exc: BaseException) -> str:
+        if isinstance(exc, CameraAuthError):
+            return f"OUTPUT_{number}_USER and OUTPUT_{number}_PASSWORD"
+        return f"OUTPUT_{number}_ADDRESS and OUTPUT_{number}_VENDOR"
+
+    return fix
 
 
 def _why(exc: BaseException) -> str:

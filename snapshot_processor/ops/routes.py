@@ -178,7 +178,10 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         shown = camera_list(ops), event_list(ops, PAGE_EVENTS, request), ops.health()
         if part:
             return html(status_page.main_part(*shown, filtered=bool(camera or person)))
-        return html(status_page.status_page(*shown, camera=camera, person=person))
+        page = status_page.status_page(
+            *shown, camera=camera, person=person, logged_in=auth.required
+        )
+        return html(page)
 
     def login(request: Request) -> Response:
         if not auth.token_matches(request.form().get("token", "")):
@@ -204,6 +207,8 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         return answer
 
     router.add("GET", r"/healthz", healthz, access="local")
+    # Browsers ask for it on every page; none, rather than a 404 in their console.
+    router.add("GET", r"/favicon\.ico", lambda request: Response(204), access="public")
     router.add("GET", r"/metrics", metrics, access="local")
     router.add("GET", r"/", page, access="public")
     router.add("POST", r"/login", login, access="public", checks_credential=True)

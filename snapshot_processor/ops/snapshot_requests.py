@@ -7,6 +7,7 @@ import time
 
 from pylib.chain.envelope import new_id
 from pylib.chain.sockets import Sender
+from pylib.observe.redact import redact
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.contract.messages import TriggerMessage
 from snapshot_processor.ops.routes import SnapshotRefusedError
@@ -31,6 +32,16 @@ class SnapshotRequests:
                 "the camera's address is not known yet: it has no OUTPUT_n_ADDRESS and "
                 "comes with its triggers, of which none has arrived since the start",
                 409,
+            )
+        breaker = self.cameras.breaker(camera_key)
+        wait = breaker.retry_in()
+        if wait > 0:
+            # Its trigger would be settled untried: say why now, in the camera's own words.
+            raise SnapshotRefusedError(
+                redact(
+                    f"the camera is down ({breaker.last_error or 'failing'}); it is asked "
+                    f"again in {wait:.0f} s"
+                )
             )
         now = time.time()
         trigger = TriggerMessage(

@@ -215,13 +215,13 @@ def status_page(
     *,
     camera: str = "",
     person: bool = False,
+    logged_in: bool = True,
 ) -> str:
-    """The whole status page; ``camera`` and ``person`` filter the recent events shown."""
+    """The whole status page; ``camera`` and ``person`` filter the recent events shown;
+    ``logged_in``: there is a token, so a session to end (else no Log out button)."""
     now = time.time()
-    header = (
-        "<header><h1>snapshot-processor</h1>"
-        '<form method="post" action="/logout"><button type="submit">Log out</button></form></header>'
-    )
+    logout = '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+    header = f"<header><h1>snapshot-processor</h1>{logout if logged_in else ''}</header>"
     return _page(
         "snapshot-processor",
         f'{header}<main data-refresh="{REFRESH_SECONDS}">'

@@ -66,5 +66,5 @@ def no_camera_hint(settings: Settings) -> str | None:
         "no camera is configured, so no trigger has anything to fetch: add a camera output "
         "(OUTPUT_1_LOCATION, OUTPUT_1_TYPE=camera, OUTPUT_1_VENDOR, OUTPUT_1_ADDRESS and the "
         "OUTPUT_1_PASSWORD secret) or a camera that pushes by FTP (INPUT_1_LOCATION, "
-        "INPUT_1_TYPE=camera and FTP_PASS); see the README's Configuration"
+        'INPUT_1_TYPE=camera and FTP_PASS); see the README\'s "Your first camera"'
     )

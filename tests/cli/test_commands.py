@@ -486,8 +486,10 @@ def test_check_config_online_says_per_outside_system_what_works(
     bad = next(line for line in lines if "camera 'Garage camera'" in line)
     assert ": FAILED: " in bad
     assert "401" in bad or "password" in bad
+    assert bad.endswith("; check OUTPUT_2_USER and OUTPUT_2_PASSWORD")
     bucket = next(line for line in lines if "S3 bucket no-such-bucket" in line)
     assert ": FAILED: " in bucket
     assert "404" in bucket or "NoSuchBucket" in bucket
+    assert bucket.endswith("; check S3_BUCKET, AWS_DEFAULT_REGION and the AWS credentials")
     assert "2 outside system(s) failed" in out.err
     assert "wr0ng" not in out.out + out.err

@@ -285,6 +285,8 @@ def test_a_foreign_host_gets_nothing_from_any_of_the_daemons_routes(
                 if token is None:
                     # The page, health and metrics included: a rebinding page reads nothing.
                     assert status == 403, (method, path, status)
+                elif path == "/favicon.ico":
+                    assert (status, body) == (204, b"")  # none, and nothing else
                 elif access == "public":
                     # The login form (or a redirect to it), and nothing of the cameras.
                     assert status in (200, 303, 401), (method, path, status)
@@ -581,3 +583,32 @@ def test_events_filtered_by_camera_and_person_and_a_parked_upload_said(
     assert b'<figure class="event" data-event="b1"' in part
     assert b'<figure class="event" data-event="a1"' not in part
     assert b"<html" not in part
+
+
+@pytest.mark.broker
+def test_a_snapshot_of_a_camera_held_off_by_its_breaker_is_refused_with_its_words(
+    tmp_path: Path,
+) -> None:
+    exchange = unique_exchange()
+    port = free_port()
+    key = quote("Front Door camera", safe="")
+    with CameraSimulator(user="admin", password=PASSWORD) as camera:
+        settings = make_settings(
+            tmp_path,
+            exchange,
+            **camera_env(camera.port, "wr0ng"),
+            HTTP_PORT=str(port),
+            CAMERA_BREAKER_FAILURES="1",
+        )
+        with running_app(settings) as app:
+            # The first request is tried (202) and fails; the breaker then holds the camera off.
+            assert call(port, "POST", f"/api/cameras/{key}/snapshot")[0] == 202
+            breaker = app.cameras.registry.breaker("Front Door camera")
+            assert wait_until(lambda: breaker.retry_in() > 0, 15)
+            status, _, body = call(port, "POST", f"/api/cameras/{key}/snapshot")
+    assert status == 503
+    said = body.decode()
+    assert said.startswith("the camera is down (")
+    assert "user name or password refused" in said
+    assert "it is asked again in " in said
+    assert "wr0ng" not in said

@@ -215,3 +215,10 @@ def test_the_page_runs_only_its_own_style_and_script_by_digest() -> None:
     assert page.count("<style") == 1
     assert not re.search(r"<[^>]*\s(style|on\w+)=", page)  # no inline style or handler
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from outside
+
+
+def test_log_out_shows_only_where_there_is_a_token_to_log_out_of() -> None:
+    health = HealthReport(True, [], [], {})
+    logout = '<form method="post" action="/logout">'
+    assert logout in status_page([camera()], [], health)
+    assert logout not in status_page([camera()], [], health, logged_in=False)

@@ -92,7 +92,8 @@ async function snapshot(button) {
     const now = await healthOf(key), late = Date.now() - started > within;
     // Down since the click (or still down once its attempts are over): the camera's answer.
     const turned = now && now.up === false && (late || !before || before.up !== false ||
-      before.since !== now.since || before.last_error !== now.last_error);
+      before.since !== now.since || before.last_error !== now.last_error ||
+      before.last_failure !== now.last_failure);
     if (turned) {
       say(mine, 'Snapshot of ' + label + ' failed: ' + now.last_error, 'failed');
       refresh();
