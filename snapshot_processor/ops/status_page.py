@@ -77,7 +77,17 @@ def verdict(cameras: Sequence[Shown], health: HealthReport) -> tuple[str, list[s
     problems and warnings, and every camera down that no warning names already."""
     said = [localised(line) for line in [*health.problems, *health.warnings]]
     for camera in cameras:
-        if camera["up"] is False and not any(f"'{camera['key']}'" in line for line in said):
+        # One line per camera: its breaker's hold-off and its health say the same thing twice.
+        named = [line for line in said if f"'{camera['key']}'" in line]
+        if len(named) > 1:
+            said = [line for line in said if line not in named[1:]]
+            said[said.index(named[0])] = "; ".join(
+                [
+                    named[0],
+                    *(line.replace(f"camera '{camera['key']}' ", "", 1) for line in named[1:]),
+                ]
+            )
+        if camera["up"] is False and not named:
             status = camera.get("health") or {}
             said.append(f"{camera['key']} down: {status.get('reason') or 'no answer'}")
     if not health.ok:
@@ -111,7 +121,7 @@ def _camera_card(camera: Shown, now: float) -> str:
             f"(the whole error)</summary><pre>{_e(error)}</pre></details>"
         )
     if up is False:
-        parts.append(f'<div class="muted">last seen: {_when(camera["last_seen"], now)}</div>')
+        parts.append(f'<div class="muted">last answered: {_when(camera["last_seen"], now)}</div>')
     if not pushed:
         parts.append(
             f'<button type="button" data-snap="{_e(key)}" data-label="{_e(label)}">Take a snapshot</button>'

@@ -42,7 +42,7 @@ def test_a_camera_down_shows_why_and_outside_text_is_escaped() -> None:
     html = main_part(cameras, [], health)
     assert '<span class="badge down">down</span>' in html
     assert "user name or password refused" in html
-    assert "last seen: never" in html
+    assert "last answered: never" in html
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;" in html
     assert "camera &#x27;Gate camera&#x27; down: wrong credentials" in html
@@ -155,7 +155,7 @@ def test_times_are_local_with_their_zone_everywhere(monkeypatch: pytest.MonkeyPa
         page = status_page([down], [event(taken=when)], warned)
         assert "since 2023-11-15 07:13:20 JST: timeout" in page
         stamps = re.findall(r"<time datetime=\"([^\"]+)\">([^<]+)</time>", page)
-        assert len(stamps) == 3  # the card's latest and last seen, the event's
+        assert len(stamps) == 3  # the card's latest and last answered, the event's
         assert set(stamps) == {("2023-11-15T07:13:20+0900", "2023-11-15 07:13:20 JST")}
         assert "T22:13:20Z" not in page
     finally:
@@ -222,3 +222,23 @@ def test_log_out_shows_only_where_there_is_a_token_to_log_out_of() -> None:
     logout = '<form method="post" action="/logout">'
     assert logout in status_page([camera()], [], health)
     assert logout not in status_page([camera()], [], health, logged_in=False)
+
+
+def test_a_camera_named_by_two_warnings_is_one_line_of_the_headline() -> None:
+    down = camera(up=False, health={"reason": "timeout", "last_error": "timed out"})
+    health = HealthReport(
+        True,
+        [],
+        [
+            "camera 'Garage camera' failing: timed out; retrying in 30 s",
+            "camera 'Garage camera' down since 2026-12-07T14:04:05Z: timeout",
+            "disk nearly full",
+        ],
+        {},
+    )
+    state, said = verdict([down], health)
+    assert state == "Degraded"
+    assert len(said) == 2
+    assert said[0].startswith("camera 'Garage camera' failing: timed out; retrying in 30 s; ")
+    assert said[0].endswith("; down since " + local_time(1796652245) + ": timeout")
+    assert said[1] == "disk nearly full"
