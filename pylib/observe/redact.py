@@ -23,7 +23,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # ?pwd=...&password=... in query strings and form bodies.
     (
-        re.compile(rf"(?P<pre>[?&;](?:{_SECRET_NAMES})=)(?!\*\*\*)[^&#\s'\"]*", re.IGNORECASE),
+        re.compile(
+            rf"(?P<pre>[?&;](?:{_SECRET_NAMES})=)(?!\*\*\*(?:[&#\s'\")]|$))[^&#\s'\"]*",
+            re.IGNORECASE,
+        ),
         r"\g<pre>***",
     ),
     # Authorization: Basic/Bearer/Digest header values.

@@ -43,10 +43,13 @@ def checks(settings: Settings) -> Iterator[Check]:
         retries=0,
         networks=CameraNetworks(settings.camera.networks),
     )
-    for number, device in sorted(settings.outputs.items()):
-        if device.is_camera:
-            name = f"camera '{printable(device.key)}'"
-            yield name, functools.partial(_camera, registry, device.key), _camera_fix(number)
+    try:  # each check runs before the next is asked for: closed once the cameras' are done
+        for number, device in sorted(settings.outputs.items()):
+            if device.is_camera:
+                name = f"camera '{printable(device.key)}'"
+                yield name, functools.partial(_camera, registry, device.key), _camera_fix(number)
+    finally:
+        registry.close()
     storage = settings.storage
     if storage.s3_bucket:
         yield (
@@ -138,5 +141,6 @@ def _cloud(settings: Settings, name: str) -> str:
 
 def _reachable(url: str) -> str:
     parts = urlsplit(url)
-    reply = requests.head(f"{parts.scheme}://{parts.hostname}/", timeout=5)
-    return f"{parts.hostname} answers (HTTP {reply.status_code})"
+    where = parts.netloc.rpartition("@")[2]  # host and port, never the key
+    reply = requests.head(f"{parts.scheme}://{where}/", timeout=5)
+    return f"{where} answers (HTTP {reply.status_code})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         subscription = Subscription(channel, settings, heartbeats=False)
         channel.confirm_delivery()
         sent = time.monotonic()
+        # The API's times are whole seconds: a failure in the second of the trigger is its.
+        sent_at = math.floor(time.time())
         try:
             channel.basic_publish(
                 control_exchange(settings),
@@ -106,10 +109,15 @@ def run(args: argparse.Namespace) -> int:
                 "on this exchange",
                 EXIT_NO_EVENT,
             ) from None
-        sent_at = time.time()
         deadline = sent + args.timeout
-        # A camera already down fails again within its attempts: told after them, not at the end.
-        attempts = settings.camera.timeout * (settings.camera.retries + 1) + 2.0
+        # A camera already down fails again within its attempts (the page's bound): told after
+        # them, not at the end.
+        camera = settings.camera
+        attempts = (
+            camera.timeout * (camera.retries + 1)
+            + camera.SNAPSHOT_RETRY.maximum * camera.retries
+            + 5
+        )
         while (remaining := deadline - time.monotonic()) > 0:
             message = subscription.next(min(remaining, 0.5))
             if message is not None and _camera_of(message[1]) == wanted:
@@ -149,7 +157,8 @@ def _camera_failure(settings: Settings, key: str, after: float) -> str | None:
             health = camera.get("health") or {}
             if str(camera.get("key", "")).strip().lower() != key or health.get("state") != "down":
                 continue
-            if datetime.fromisoformat(health["since"]).timestamp() >= after:
+            failed = health.get("last_failure") or health["since"]
+            if datetime.fromisoformat(failed).timestamp() >= after:
                 return str(health.get("last_error") or health.get("reason") or "down")
     except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
         return None  # no API to ask: the timeout's message says where to look

@@ -51,10 +51,14 @@ def local_time(when: float) -> str:
 
 def localised(text: str) -> str:
     """``text`` with each ISO-8601 UTC time in it (``2026-12-07T14:04:05Z``) as local time."""
-    return _ISO_UTC.sub(
-        lambda found: local_time(calendar.timegm(time.strptime(found[1], "%Y-%m-%dT%H:%M:%S"))),
-        text,
-    )
+
+    def local(found: re.Match[str]) -> str:
+        try:
+            return local_time(calendar.timegm(time.strptime(found[1], "%Y-%m-%dT%H:%M:%S")))
+        except ValueError:  # shaped like a time, but none (an outside error's text)
+            return found[0]
+
+    return _ISO_UTC.sub(local, text)
 
 
 def _when(taken: float | None, now: float) -> str:
@@ -78,15 +82,13 @@ def verdict(cameras: Sequence[Shown], health: HealthReport) -> tuple[str, list[s
     said = [localised(line) for line in [*health.problems, *health.warnings]]
     for camera in cameras:
         # One line per camera: its breaker's hold-off and its health say the same thing twice.
-        named = [line for line in said if f"'{camera['key']}'" in line]
-        if len(named) > 1:
-            said = [line for line in said if line not in named[1:]]
-            said[said.index(named[0])] = "; ".join(
-                [
-                    named[0],
-                    *(line.replace(f"camera '{camera['key']}' ", "", 1) for line in named[1:]),
-                ]
-            )
+        mark = f"'{camera['key']}'"
+        named = list(dict.fromkeys(line for line in said if mark in line))
+        if sum(mark in line for line in said) > 1:
+            rest = [line.replace(f"camera {mark} ", "", 1) for line in named[1:]]
+            first = said.index(named[0])
+            said = [line for line in said if mark not in line]
+            said.insert(first, "; ".join([named[0], *rest]))
         if camera["up"] is False and not named:
             status = camera.get("health") or {}
             said.append(f"{camera['key']} down: {status.get('reason') or 'no answer'}")

@@ -242,3 +242,12 @@ def test_a_camera_named_by_two_warnings_is_one_line_of_the_headline() -> None:
     assert said[0].startswith("camera 'Garage camera' failing: timed out; retrying in 30 s; ")
     assert said[0].endswith("; down since " + local_time(1796652245) + ": timeout")
     assert said[1] == "disk nearly full"
+
+
+def test_the_headline_survives_a_repeated_line_and_a_time_that_is_none() -> None:
+    down = camera(up=False, health={"reason": "timeout", "last_error": "timed out"})
+    twice = "camera 'Garage camera' failing: timed out; retrying in 30 s"
+    odd = "upload refused: bad date 2024-02-30T00:00:00Z in the answer"
+    state, said = verdict([down], HealthReport(True, [], [twice, twice, odd], {}))
+    assert state == "Degraded"
+    assert said == [twice, odd]

@@ -147,3 +147,9 @@ def test_syslog_gets_the_redacted_line() -> None:
 def test_a_value_masked_already_keeps_what_follows_it() -> None:
     shown = "Porch camera: HTTP 401 (GET http://cam:88/cgi?cmd=snapPicture2&usr=admin&pwd=***)"
     assert redact(shown) == shown
+
+
+def test_a_value_that_merely_begins_with_the_mask_is_masked_whole() -> None:
+    assert redact("GET http://cam/cgi?usr=admin&pwd=***secret&x=1") == (
+        "GET http://cam/cgi?usr=admin&pwd=***&x=1"
+    )
