@@ -9,6 +9,8 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pika
@@ -132,5 +134,38 @@ def test_an_interrupted_demo_stops_every_process(tmp_path: Path) -> None:
                 demo.kill()
                 demo.wait()
     assert "interrupted: every process the demo started is stopped" in output.read_text()
+    assert _processes_of(exchange) == []
+    assert not _exchange_exists(exchange)
+
+
+def test_a_kept_demo_serves_its_page_until_ctrl_c_then_stops_every_process(
+    tmp_path: Path,
+) -> None:
+    exchange = f"snapshot_demo_test_{secrets.token_hex(4)}"
+    output = tmp_path / "demo.out"
+    with output.open("w") as out:
+        demo = subprocess.Popen(
+            _demo(tmp_path / "run", exchange, "--rounds", "1", "--keep"),
+            cwd=CHECKOUT,
+            env=_environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            assert wait_for_text(output, "Ctrl-C ends the demo", timeout=90), output.read_text()
+            [url] = re.findall(r"still running: status page (http://\S+) ", output.read_text())
+            time.sleep(1)  # kept, not merely not yet stopped
+            assert _processes_of(exchange)
+            with urllib.request.urlopen(f"{url}healthz", timeout=10) as answer:
+                assert answer.status == 200
+            demo.send_signal(signal.SIGINT)  # Ctrl-C: the end asked for
+            assert demo.wait(60) == 0, output.read_text()
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+    text = output.read_text()
+    assert "summary so far" in text
+    assert "interrupted" not in text
     assert _processes_of(exchange) == []
     assert not _exchange_exists(exchange)

@@ -31,3 +31,9 @@ class CameraSettings(BaseModel):
 
     # One snapshot's attempts (docs/retries.md): short, as a snapshot is worth little later.
     SNAPSHOT_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.2, maximum=2.0, jitter=0.1)
+
+    @property
+    def answer_within(self) -> float:
+        """How long one snapshot's attempts may take: every timeout, the pauses between, and
+        a margin for a trigger waiting its camera's turn. A failure comes within it."""
+        return self.timeout * (self.retries + 1) + self.SNAPSHOT_RETRY.maximum * self.retries + 5

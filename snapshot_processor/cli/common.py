@@ -15,6 +15,8 @@ from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explai
 from pylib.config.settings import ConfigError
 from pylib.observe.logs import RedactingFilter, RedactingFormatter, printable
 from snapshot_processor import config
+from snapshot_processor.camera.networks import CameraNetworks
+from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.config import Device, Settings
 from snapshot_processor.contract import exchanges, feature
 
@@ -75,6 +77,18 @@ def command_logging(level: int = logging.WARNING) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         pika_logger.setLevel(pika_level)
+
+
+def camera_registry(settings: Settings) -> CameraRegistry:
+    """The configured cameras, reached as the daemon's fetches reach them (timeout, retries,
+    ``CAMERA_NETWORKS``), without its breakers' history."""
+    section = settings.camera
+    return CameraRegistry(
+        settings.cameras,
+        timeout=section.timeout,
+        retries=section.retries,
+        networks=CameraNetworks(section.networks),
+    )
 
 
 def broker_params(settings: Settings, role: str) -> pika.ConnectionParameters:

@@ -15,9 +15,8 @@ from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explai
 from pylib.observe.logs import printable
 from pylib.observe.redact import redact
 from snapshot_processor.camera.errors import CameraAuthError, CameraError
-from snapshot_processor.camera.networks import CameraNetworks
 from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
-from snapshot_processor.cli.common import broker_params
+from snapshot_processor.cli.common import broker_params, camera_registry
 from snapshot_processor.config import Settings
 from snapshot_processor.storage.destinations import DESTINATIONS
 
@@ -37,12 +36,7 @@ def checks(settings: Settings) -> Iterator[Check]:
             else "RABBITMQ_SERVER_ADDRESS (or RABBITMQ_URL)"
         ),
     )
-    registry = CameraRegistry(
-        settings.cameras,
-        timeout=settings.camera.timeout,
-        retries=0,
-        networks=CameraNetworks(settings.camera.networks),
-    )
+    registry = camera_registry(settings)
     try:  # each check runs before the next is asked for: closed once the cameras' are done
         for number, device in sorted(settings.outputs.items()):
             if device.is_camera:

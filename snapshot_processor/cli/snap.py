@@ -13,17 +13,13 @@ from PIL import Image
 
 from pylib.observe.logs import printable
 from snapshot_processor.camera.errors import CameraError
-from snapshot_processor.camera.networks import CameraNetworks
-from snapshot_processor.camera.registry import (
-    CameraAddressRefusedError,
-    CameraConfigError,
-    CameraRegistry,
-)
+from snapshot_processor.camera.registry import CameraAddressRefusedError, CameraConfigError
 from snapshot_processor.cli.common import (
     EXIT_CAMERA,
     EXIT_CONFIG,
     EXIT_FAILED,
     CommandError,
+    camera_registry,
     command_logging,
     find_camera,
     load_settings,
@@ -77,12 +73,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     device = find_camera(settings, args.camera)
     # Bounded as the daemon's fetches are: --device-params stands for a trigger's.
-    registry = CameraRegistry(
-        settings.cameras,
-        timeout=settings.camera.timeout,
-        retries=settings.camera.retries,
-        networks=CameraNetworks(settings.camera.networks),
-    )
+    registry = camera_registry(settings)
     try:
         try:
             spec = registry.spec(device.key, args.device_params)

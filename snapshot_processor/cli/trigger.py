@@ -110,14 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 EXIT_NO_EVENT,
             ) from None
         deadline = sent + args.timeout
-        # A camera already down fails again within its attempts (the page's bound): told after
-        # them, not at the end.
-        camera = settings.camera
-        attempts = (
-            camera.timeout * (camera.retries + 1)
-            + camera.SNAPSHOT_RETRY.maximum * camera.retries
-            + 5
-        )
+        # A camera already down fails again within its attempts: told after them, not at the end.
+        attempts = settings.camera.answer_within
         while (remaining := deadline - time.monotonic()) > 0:
             message = subscription.next(min(remaining, 0.5))
             if message is not None and _camera_of(message[1]) == wanted:

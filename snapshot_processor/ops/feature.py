@@ -92,7 +92,6 @@ def http_server(
         snapshot_inbox, {d.key: d.LOCATION for d in settings.cameras}, cameras.registry
     )
 
-    camera = settings.camera
     ops = Ops(
         cameras=[
             *(Camera(d.key, d.LOCATION, d.VENDOR) for d in settings.cameras),
@@ -104,10 +103,7 @@ def http_server(
         take_snapshot=requests.take,
         parked_uploads=parked_uploads,
         snapshots_root=settings.snapshots_root_dir,
-        # Every attempt's timeout and the pauses between, and a margin for the queue.
-        snapshot_seconds=camera.timeout * (camera.retries + 1)
-        + camera.SNAPSHOT_RETRY.maximum * camera.retries
-        + 5,
+        snapshot_seconds=settings.camera.answer_within,
     )
     auth = TokenAuth(section.http_token_value)
     return HttpServer(

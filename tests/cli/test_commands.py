@@ -32,6 +32,7 @@ from snapshot_processor.cli.common import (
 from snapshot_processor.contract import event
 from tests.support.broker import BROKER, delete_queue, running_app, unique_exchange
 from tests.support.daemon import camera_env
+from tests.support.fakes.sentry import SentryReceiver
 from tests.support.net import free_port
 from tests.support.paths import CHECKOUT
 from tests.support.wait import wait_for_text
@@ -494,3 +495,22 @@ def test_check_config_online_says_per_outside_system_what_works(
     assert bucket.endswith("; check S3_BUCKET, AWS_DEFAULT_REGION and the AWS credentials")
     assert "2 outside system(s) failed" in out.err
     assert "wr0ng" not in out.out + out.err
+
+
+def test_check_config_online_names_the_setting_of_a_broker_away_and_keeps_sentrys_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with SentryReceiver() as sentry:
+        settings = write_config(
+            tmp_path, RABBITMQ_SERVER_ADDRESS=f"127.0.0.1:{free_port()}", SENTRY_DSN=sentry.dsn
+        )
+        assert cli_main(settings, "check-config", "--online") == EXIT_CONFIG
+        port = sentry.dsn.rsplit(":", 1)[1].split("/", 1)[0]
+    out = capsys.readouterr()
+    [broker] = [line for line in out.out.splitlines() if "broker 127.0.0.1:" in line]
+    assert "FAILED: " in broker
+    assert "Connection refused" in broker
+    assert broker.endswith("; check RABBITMQ_SERVER_ADDRESS (or RABBITMQ_URL)")
+    [reached] = [line for line in out.out.splitlines() if line.startswith("  Sentry: ")]
+    assert f": ok, 127.0.0.1:{port} answers (HTTP " in reached
+    assert "1 outside system(s) failed" in out.err

@@ -187,6 +187,7 @@ def test_make_rund_twice_keeps_one_daemon_and_reports_the_second(tmp_path: Path)
     first = subprocess.run([*make, "rund"], env=env, capture_output=True, text=True, timeout=60)
     try:
         assert first.returncode == 0, first.stdout + first.stderr
+        assert first.stderr == ""  # the first run has no log yet: no stray "cannot open"
         pid = int(pidfile.read_text())
         assert f"started, pid {pid}" in first.stdout
         os.kill(pid, 0)  # alive

@@ -255,3 +255,20 @@ def test_the_daemon_logs_the_warning_at_start(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     assert "WARNING" in output
     assert "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set" in output
+
+
+def test_make_up_follows_setup_dir_and_setup_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    done = _make_setup(target)
+    assert f"`make up SETUP_DIR={target}`" in done.stdout
+    # make up looks in SETUP_DIR: with none there yet, it says which file it wants.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    up = subprocess.run(
+        ["make", "-s", "-C", str(CHECKOUT), "up", f"SETUP_DIR={empty}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert up.returncode != 0
+    assert f"no {empty}/docker-compose.yml: run make setup first" in up.stderr

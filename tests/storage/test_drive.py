@@ -518,3 +518,13 @@ def test_check_config_explains_a_service_account(
     assert "configuration OK" in out
     assert "service account" in out
     assert "shared drive" in out
+
+
+def test_the_online_check_finds_the_folder_or_says_why_not(
+    fake: FakeDrive, destination: DriveDestination
+) -> None:
+    fake.fail(403, "insufficientPermissions")
+    with pytest.raises(RuntimeError, match="403"):
+        destination.check()
+    found = destination.check()
+    assert found == f"folder at https://drive.google.com/drive/folders/{top_folder(fake)}"

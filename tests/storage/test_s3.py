@@ -230,3 +230,15 @@ def test_a_daemon_whose_bucket_is_missing_says_the_upload_is_parked(
                 assert "NoSuchBucket" in reason
         finally:
             peer.close()
+
+
+def test_the_online_check_reaches_the_bucket_or_says_why_not(
+    destination: S3Destination,
+) -> None:
+    assert destination.check() == f"bucket {BUCKET} is there and may be written"
+    nowhere = S3Destination("no-such-bucket")
+    try:
+        with pytest.raises(UploadRefusedError, match="404"):
+            nowhere.check()
+    finally:
+        nowhere.close()
