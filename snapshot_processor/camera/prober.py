@@ -228,11 +228,15 @@ class CameraProber(Worker):
         self._wake.set()
 
     def troubles(self) -> list[str]:
+        # A camera its breaker holds off is the snapshot stage's to name, with when it is
+        # asked again: one line per camera in health.
         return [
             f"camera '{printable(status.key)}' down since "
             f"{iso_time(status.since) if status.since is not None else '?'}: {status.reason.value}"
             for status in self.status().values()
-            if status.up is False and status.reason is not None
+            if status.up is False
+            and status.reason is not None
+            and self.cameras.held_off(status.key) is None
         ]
 
     def stop(self) -> None:

@@ -207,6 +207,16 @@ class CameraRegistry:
     def breakers(self) -> dict[str, CircuitBreaker]:
         return dict(self._breakers)
 
+    def held_off(self, key: str) -> str | None:
+        """When the camera's breaker lets it be asked again (``retrying in 12 s``), while it
+        holds it off; None once the cool-down is over (the next trigger tries it)."""
+        breaker = self._breakers[key]
+        state = breaker.state
+        if state is BreakerState.HALF_OPEN:
+            return "trying it again now"
+        wait = breaker.retry_in()
+        return f"retrying in {wait:.0f} s" if state is BreakerState.OPEN and wait > 0 else None
+
     def admits(self, key: str, device_params: str | None) -> bool:
         """Whether to fetch from the camera now, as its breaker says. A trigger naming
         another address or password than the failures were counted for resets it."""

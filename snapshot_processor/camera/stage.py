@@ -16,7 +16,6 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from pylib.breaker import BreakerState
 from pylib.chain.envelope import Envelope, new_id
 from pylib.chain.settle import done_envelope
 from pylib.chain.sockets import MESSAGES_REJECTED
@@ -135,16 +134,8 @@ class SnapshotStage(Stage):
         if disk := self.disk.current():
             found.append(disk)
         for key, breaker in self.cameras.breakers.items():
-            state = breaker.state
-            if state is BreakerState.OPEN:
-                if breaker.retry_in() <= 0:
-                    continue  # cool-down over: the next trigger probes it; not known bad
-                when = f"retrying in {breaker.retry_in():.0f} s"
-            elif state is BreakerState.HALF_OPEN:
-                when = "trying it again now"
-            else:
-                continue
-            found.append(f"camera {key!r} failing: {breaker.last_error}; {when}")
+            if (when := self.cameras.held_off(key)) is not None:
+                found.append(f"camera {key!r} failing: {breaker.last_error}; {when}")
         return found
 
     # --- each camera's turns, on the stage's thread ----------------------------------

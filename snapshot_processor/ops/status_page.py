@@ -81,15 +81,7 @@ def verdict(cameras: Sequence[Shown], health: HealthReport) -> tuple[str, list[s
     problems and warnings, and every camera down that no warning names already."""
     said = [localised(line) for line in [*health.problems, *health.warnings]]
     for camera in cameras:
-        # One line per camera: its breaker's hold-off and its health say the same thing twice.
-        mark = f"'{camera['key']}'"
-        named = list(dict.fromkeys(line for line in said if mark in line))
-        if sum(mark in line for line in said) > 1:
-            rest = [line.replace(f"camera {mark} ", "", 1) for line in named[1:]]
-            first = said.index(named[0])
-            said = [line for line in said if mark not in line]
-            said.insert(first, "; ".join([named[0], *rest]))
-        if camera["up"] is False and not named:
+        if camera["up"] is False and not any(f"'{camera['key']}'" in line for line in said):
             status = camera.get("health") or {}
             said.append(f"{camera['key']} down: {status.get('reason') or 'no answer'}")
     if not health.ok:

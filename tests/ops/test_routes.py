@@ -606,6 +606,12 @@ def test_a_snapshot_of_a_camera_held_off_by_its_breaker_is_refused_with_its_word
             breaker = app.cameras.registry.breaker("Front Door camera")
             assert wait_until(lambda: breaker.retry_in() > 0, 15)
             status, _, body = call(port, "POST", f"/api/cameras/{key}/snapshot")
+            # Health names it once: the snapshot stage (when it is asked again), not the
+            # prober's "down since" beside it.
+            report = app.report()
+            lines = [line for line in report.warnings if "'Front Door camera'" in line]
+            assert len(lines) == 1, report.warnings
+            assert "failing: user name or password refused; retrying in " in lines[0]
     assert status == 503
     said = body.decode()
     assert said.startswith("the camera is down (")
