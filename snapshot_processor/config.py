@@ -55,9 +55,12 @@ class Device(BaseModel):
     ADDRESS: str | None = Field(None, pattern=r"^[^\s:/@]+(:\d{1,5})?$")
     USER: str | None = None
     PASSWORD: SecretStr | None = None
-    URL: str | None = Field(None, pattern=r"^https?://")
+    URL: str | None = Field(None, pattern=r"^(https?|rtsps?)://")
     AUTH: Literal["basic", "digest", "none"] = "digest"
     SCHEME: Literal["http", "https"] = "http"
+    # Stills from the RTSP stream: unset means on_demand for the rtsp vendor, off otherwise.
+    RTSP_MODE: Literal["off", "on_demand", "warm"] | None = None
+    PRE_TRIGGER_SECONDS: float = Field(0.0, ge=0, le=30)
 
     @field_validator("VENDOR")
     @classmethod
@@ -77,9 +80,26 @@ class Device(BaseModel):
                 "a camera with an ADDRESS needs its PASSWORD secret, which is set nowhere "
                 "(environment, SECRETS_DIR file or 1Password item named like the variable)"
             )
-        if self.is_camera and self.VENDOR == "generic" and not self.URL:
-            raise ValueError("a generic camera needs its snapshot URL")
+        url = self.URL or ""
+        if self.is_camera and self.VENDOR == "generic" and not url.startswith("http"):
+            raise ValueError("a generic camera needs its snapshot URL, http(s)://host/path")
+        if self.is_camera and self.VENDOR == "rtsp" and not url.startswith("rtsp"):
+            raise ValueError("an rtsp camera needs its stream URL, rtsp://host[:port]/path")
+        if self.rtsp_mode == "off" and self.VENDOR == "rtsp":
+            raise ValueError("an rtsp camera takes its stills from its stream: RTSP_MODE off")
+        if self.PRE_TRIGGER_SECONDS and self.rtsp_mode != "warm":
+            raise ValueError(
+                "PRE_TRIGGER_SECONDS needs RTSP_MODE=warm: only a stream kept open has the "
+                "seconds before a trigger"
+            )
         return self
+
+    @property
+    def rtsp_mode(self) -> str:
+        """RTSP_MODE, or its default for the vendor."""
+        if self.RTSP_MODE is not None:
+            return self.RTSP_MODE
+        return "on_demand" if self.VENDOR == "rtsp" else "off"
 
     @property
     def key(self) -> str:

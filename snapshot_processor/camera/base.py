@@ -24,7 +24,7 @@ from snapshot_processor.camera.errors import (
     CameraTimeoutError,
 )
 from snapshot_processor.camera.jpeg import jpeg_problem
-from snapshot_processor.camera.spec import CameraSpec
+from snapshot_processor.camera.spec import CameraSpec, Still
 from snapshot_processor.camera.transport import CameraSession, Reply, TransportError
 
 __all__ = ["CameraClient", "Reply", "Request", "build_query"]
@@ -103,6 +103,13 @@ class CameraClient:
 
     def _check_vendor_body(self, reply: Reply, request: Request) -> None:
         """Raise the vendor's error if the body is an error report rather than an image."""
+
+    def prepare(self) -> None:
+        """Get ready for the first snapshot now (an ONVIF camera's URIs); never raises."""
+
+    def before(self, moment: float) -> list[Still]:
+        """The stills kept from the seconds before ``moment`` (a warm RTSP stream's)."""
+        return []
 
     @property
     def spec(self) -> CameraSpec:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import secrets
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -15,10 +18,14 @@ from snapshot_processor.camera.base import CameraClient, Reply, Request
 from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
+    CameraError,
+    CameraTimeoutError,
     CameraVendorError,
 )
 from snapshot_processor.camera.jpeg import JPEG_SOI
-from snapshot_processor.camera.spec import CameraSpec, safe_url
+from snapshot_processor.camera.onvif import media_uris
+from snapshot_processor.camera.rtsp import RtspClient
+from snapshot_processor.camera.spec import CameraSpec, Still, safe_url
 from snapshot_processor.camera.transport import basic_auth, digest_auth
 
 __all__ = [
@@ -26,10 +33,13 @@ __all__ = [
     "FoscamClient",
     "GenericClient",
     "HikvisionClient",
+    "OnvifClient",
     "ReolinkClient",
     "make_client",
     "status_call",
 ]
+
+log = logging.getLogger(__name__)
 
 FOSCAM_RESULTS: dict[int, str] = {
     0: "success",
@@ -243,16 +253,99 @@ class GenericClient(CameraClient):
         return Request(url=url, shown=self._scrub(safe_url(url)))
 
 
+class OnvifClient(CameraClient):
+    """An ONVIF camera: its media service names the snapshot URI (fetched with digest auth)
+    or, when it has none or ``RTSP_MODE`` is set, the stream URI. The answer is kept until
+    a snapshot from it fails for another reason than the camera's credentials or timeout."""
+
+    vendor = "onvif"
+    status_call = "ONVIF GetProfiles, then a snapshot"
+
+    def __init__(
+        self, spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
+    ) -> None:
+        super().__init__(spec)
+        self._on_change = on_change
+        self._source: CameraClient | None = None  # guarded by the base's lock
+
+    def prepare(self) -> None:
+        """Ask the media service now (a warm stream opens at once), not at the first snapshot."""
+        with self._lock:
+            if self._source is None and not self.closed:
+                with contextlib.suppress(CameraError):
+                    self._source = self._resolve()
+
+    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+        try:
+            if self._source is None:
+                self._source = self._resolve()
+        except CameraError as exc:
+            return exc.with_traceback(None)
+        outcome = self._source._attempt(status)
+        if isinstance(outcome, CameraError) and not isinstance(
+            outcome, CameraAuthError | CameraTimeoutError
+        ):
+            self._source.close(wait=False)
+            self._source = None  # the camera may have moved its URIs: ask again next time
+        return outcome
+
+    def _resolve(self) -> CameraClient:
+        uris = media_uris(
+            self._spec.host,
+            self._spec.port,
+            self._spec.user,
+            self._spec.password,
+            timeout=self._spec.timeout,
+            camera=self.key,
+        )
+        if uris.snapshot and self._spec.rtsp_mode == "off":
+            url, vendor, mode = uris.snapshot, "generic", "off"
+        elif uris.stream:
+            url, vendor = uris.stream, "rtsp"
+            mode = "on_demand" if self._spec.rtsp_mode == "off" else self._spec.rtsp_mode
+        else:
+            raise CameraVendorError(
+                f"{self.key}: ONVIF: the camera names no stream URI", camera=self.key
+            )
+        log.info("%s: ONVIF names %s", self.key, safe_url(url))
+        spec = replace(self._spec, vendor=vendor, url=url, auth="digest", rtsp_mode=mode)
+        return make_client(spec, self._on_change)
+
+    def before(self, moment: float) -> list[Still]:
+        source = self._source
+        return [] if source is None else source.before(moment)
+
+    def close(self, *, wait: bool = True) -> None:
+        super().close(wait=wait)
+        if (source := self._source) is not None:
+            source.close(wait=wait)
+
+
 # The vendors by name: OUTPUT_n_VENDOR accepts these names and no others.
 _CLIENTS: dict[str, type[CameraClient]] = {
     cls.vendor: cls
-    for cls in (FoscamClient, HikvisionClient, DahuaClient, ReolinkClient, GenericClient)
+    for cls in (
+        FoscamClient,
+        HikvisionClient,
+        DahuaClient,
+        ReolinkClient,
+        GenericClient,
+        RtspClient,
+        OnvifClient,
+    )
 }
 VENDORS = tuple(_CLIENTS)
 
 
-def make_client(spec: CameraSpec) -> CameraClient:
-    """Return the client for ``spec.vendor``; close it when done."""
+def make_client(
+    spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
+) -> CameraClient:
+    """Return the client for ``spec``; close it when done. ``on_change`` hears a warm RTSP
+    stream's changes of state."""
+    if spec.vendor == "onvif":
+        return OnvifClient(spec, on_change)
+    if spec.rtsp_mode != "off":
+        return RtspClient(spec, on_change)
     try:
         cls = _CLIENTS[spec.vendor]
     except KeyError:
@@ -260,9 +353,7 @@ def make_client(spec: CameraSpec) -> CameraClient:
     return cls(spec)
 
 
-def status_call(vendor: str) -> str:
-    """What a probe asks of a camera of ``vendor`` (see :meth:`CameraClient.probe`)."""
-    try:
-        return _CLIENTS[vendor].status_call
-    except KeyError:
-        raise ValueError(f"unknown camera vendor {vendor!r}") from None
+def status_call(spec: CameraSpec) -> str:
+    """What a probe asks of the camera (see :meth:`CameraClient.probe`)."""
+    vendor = "rtsp" if spec.rtsp_mode != "off" and spec.vendor != "onvif" else spec.vendor
+    return _CLIENTS[vendor].status_call

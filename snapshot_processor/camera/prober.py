@@ -325,8 +325,8 @@ class CameraProber(Worker):
     def _client(self, key: str) -> CameraClient | None:
         """This prober's own client for the camera, made anew when its spec changed."""
         known = self.cameras.known_spec(key)
-        if known is None:
-            return None
+        if known is None or known.rtsp_mode == "warm":
+            return None  # a warm stream tells its own state, without a second connection
         spec = dataclasses.replace(known, retries=0)  # one attempt: the state as it is
         with self._lock:
             if self._closing.is_set():
@@ -341,7 +341,7 @@ class CameraProber(Worker):
 
     def _probe_call(self, key: str) -> str | None:
         spec = self.cameras.known_spec(key) if self.interval else None
-        return None if spec is None else status_call(spec.vendor)
+        return None if spec is None else status_call(spec)
 
     def _record(self, key: str, reason: Reason | None, error: str | None, *, probed: bool) -> None:
         """Note an outcome (``reason`` None: the camera answered); log a change of state."""

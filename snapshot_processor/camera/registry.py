@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -23,7 +24,7 @@ from snapshot_processor.camera.errors import (
     CameraUnavailableError,
 )
 from snapshot_processor.camera.networks import AddressRefusedError, CameraNetworks
-from snapshot_processor.camera.spec import CameraSpec
+from snapshot_processor.camera.spec import URL_VENDORS, CameraSpec, Still
 from snapshot_processor.config import Device
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -122,17 +123,19 @@ class CameraRegistry:
             port = int(port_text) if port_text else self._default_port(device)
         elif sent is not None:
             host, port = sent.host, sent.port
-        elif device.VENDOR == "generic" and device.URL:
+        elif device.VENDOR in URL_VENDORS and device.URL:
             host, port = "", DEFAULT_PORTS[device.SCHEME]
         else:
             raise CameraConfigError(
                 f"{key}: no address: set OUTPUT_n_ADDRESS or send device_params"
             )
-        user = device.USER if device.USER is not None else (sent.user if sent else "")
+        user, password = (sent.user, sent.password) if sent else ("", "")
+        if device.VENDOR == "rtsp":  # the stream URL's own user and password come first
+            parts = urlsplit(device.URL or "")
+            user, password = unquote(parts.username or user), unquote(parts.password or password)
+        user = device.USER if device.USER is not None else user
         if device.PASSWORD is not None:
             password = device.PASSWORD.get_secret_value()
-        else:
-            password = sent.password if sent else ""
         return CameraSpec(
             key=key,
             vendor=device.VENDOR,
@@ -145,6 +148,9 @@ class CameraRegistry:
             scheme=device.SCHEME,
             timeout=self.timeout,
             retries=self.retries,
+            rtsp_mode=device.rtsp_mode,
+            rtsp_port=sent.rtsp_port if sent else None,
+            pre_trigger=device.PRE_TRIGGER_SECONDS,
         )
 
     def known_spec(self, key: str) -> CameraSpec | None:
@@ -180,10 +186,34 @@ class CameraRegistry:
             old = self._clients.get(key)
             if old is not None and old.spec == spec:
                 return old
-            client = self._clients[key] = make_client(spec)
+            client = self._clients[key] = make_client(
+                spec, functools.partial(self._stream_changed, key)
+            )
         if old is not None:
             old.close(wait=False)  # outside the lock; its call in progress finishes first
         return client
+
+    def warm_up(self) -> None:
+        """Open the warm RTSP streams whose address is configured (the others open with their
+        first trigger); a camera that fails reconnects on its own thread."""
+        for key, device in self.devices.items():
+            if device.rtsp_mode == "warm":
+                with contextlib.suppress(CameraConfigError, CameraError):
+                    self.client(key, None).prepare()
+
+    def before(self, key: str, moment: float) -> list[Still]:
+        """The camera's pre-trigger stills before ``moment`` (none unless its stream is warm)."""
+        with self._lock:
+            client = self._clients.get(key)
+        return [] if client is None else client.before(moment)
+
+    def _stream_changed(self, key: str, error: CameraError | None) -> None:
+        if self.observer is None or self._closed:
+            return
+        if error is None:
+            self.observer.record_success(key)
+        else:
+            self.observer.record_failure(key, error)
 
     def _checked(self, spec: CameraSpec) -> CameraSpec:
         """``spec`` bound to its trigger host's checked addresses, or CameraAddressRefusedError."""

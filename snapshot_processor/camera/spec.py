@@ -11,10 +11,13 @@ from pylib.retry import RetryPolicy
 from snapshot_processor.camera.address import CameraAddress
 from snapshot_processor.camera.settings import CameraSettings
 
-__all__ = ["AUTH_MODES", "SCHEMES", "CameraSpec", "safe_url"]
+__all__ = ["AUTH_MODES", "SCHEMES", "CameraSpec", "Still", "safe_url"]
 
 AUTH_MODES = ("basic", "digest", "none")
 SCHEMES = ("http", "https")
+RTSP_MODES = ("off", "on_demand", "warm")
+# Vendors whose address is in their URL, not ADDRESS or the trigger's device_params.
+URL_VENDORS = ("generic", "rtsp")
 
 
 def safe_url(url: str) -> str:
@@ -32,11 +35,21 @@ MAX_BACKOFF = CameraSettings.SNAPSHOT_RETRY.maximum
 
 
 @dataclass(frozen=True)
+class Still:
+    """One frame as a JPEG, and the Unix time it came."""
+
+    taken: float
+    jpeg: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class CameraSpec:
-    """One camera: vendor, address, credentials and fetch policy. ``url`` and ``auth`` are for
-    the ``generic`` vendor only; ``timeout`` bounds each attempt in seconds; ``retries`` counts
-    attempts after the first; ``connect_to`` are the addresses ``host`` was checked at:
-    connections go there, in order, never looking ``host`` up."""
+    """One camera: vendor, address, credentials and fetch policy. ``url`` is for the
+    ``generic`` and ``rtsp`` vendors, ``auth`` for ``generic``; ``timeout`` bounds each attempt
+    in seconds; ``retries`` counts attempts after the first; ``connect_to`` are the addresses
+    ``host`` was checked at: connections go there, in order, never looking ``host`` up.
+    ``rtsp_mode`` other than ``off`` takes stills from the RTSP stream (``rtsp_port``, else
+    the vendor's), ``warm`` keeping ``pre_trigger`` seconds of stills before a trigger."""
 
     key: str
     vendor: str
@@ -52,6 +65,9 @@ class CameraSpec:
     backoff: float = CameraSettings.SNAPSHOT_RETRY.first
     verify_tls: bool = True
     connect_to: tuple[str, ...] = ()
+    rtsp_mode: str = "off"
+    rtsp_port: int | None = None
+    pre_trigger: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -64,7 +80,7 @@ class CameraSpec:
             raise ValueError(f"{self.key}: unknown auth mode {self.auth!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"{self.key}: scheme must be http or https")
-        if self.vendor != "generic" and not self.host:
+        if self.vendor not in URL_VENDORS and not self.host:
             raise ValueError(f"{self.key}: host is empty")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"{self.key}: port {self.port} is out of range 1-65535")
@@ -85,6 +101,14 @@ class CameraSpec:
             parts = urlsplit(self.url)
             if parts.scheme not in SCHEMES or not parts.netloc:
                 raise ValueError(f"{self.key}: snapshot url must be http(s)://host/path")
+        if self.vendor == "rtsp":
+            parts = urlsplit(self.url or "")
+            if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+                raise ValueError(f"{self.key}: an rtsp camera needs an rtsp://host/path url")
+        if self.rtsp_mode not in RTSP_MODES:
+            raise ValueError(f"{self.key}: unknown RTSP mode {self.rtsp_mode!r}")
+        if self.pre_trigger and self.rtsp_mode != "warm":
+            raise ValueError(f"{self.key}: pre-trigger stills need the warm RTSP mode")
 
     @property
     def retry_policy(self) -> RetryPolicy:

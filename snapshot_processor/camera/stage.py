@@ -117,6 +117,7 @@ class SnapshotStage(Stage):
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._prepare_days()
+        self.submit(self.cameras.warm_up)  # on the pool: an ONVIF camera is asked first
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
@@ -291,8 +292,14 @@ class SnapshotStage(Stage):
         taken = time.time()
         event_id = trigger.event_id if index == 0 and trigger.event_id else new_id()
         path = snapshot_path(self.root, key, taken, event_id)
+        before = self.cameras.before(key, trigger.received or taken) if index == 0 else []
+        before_paths = [
+            path.with_name(f"{path.stem}-before-{n}.jpg") for n in range(1, 1 + len(before))
+        ]
         try:
             write_atomically(path, image)
+            for still, still_path in zip(before, before_paths, strict=True):
+                write_atomically(still_path, still.jpeg)
         except OSError as exc:
             raise _WriteError(exc) from exc
         self.disk.succeeded()
@@ -307,4 +314,5 @@ class SnapshotStage(Stage):
             source="fetch",
             settlement=trigger.settlement.split(parts),
             triggered=trigger.received,
+            pre_trigger_paths=[str(still_path) for still_path in before_paths],
         )

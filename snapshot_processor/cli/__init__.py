@@ -18,6 +18,7 @@ from pylib.runtime.daemon import EXIT_START, StartError
 from snapshot_processor import config
 from snapshot_processor.app import App
 from snapshot_processor.cli import (
+    discover,
     drive,
     events,
     online,
@@ -183,6 +184,7 @@ COMMANDS: tuple[Command, ...] = (
         _check_config_arguments,
     ),
     Command("snap", snap.HELP, snap.run, snap.add_arguments),
+    Command("discover", discover.HELP, discover.run, discover.add_arguments),
     Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
     Command("events", events.HELP, events.run, events.add_arguments),
     Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),

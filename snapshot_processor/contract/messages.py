@@ -88,6 +88,8 @@ class SnapshotMessage:
     storage_url: str | None = None
     # When the daemon received the trigger it answers (None: an upload, no trigger).
     triggered: float | None = None
+    # A warm RTSP stream's stills from the seconds before the trigger, oldest first.
+    pre_trigger_paths: list[str] = field(default_factory=list)
 
     #: The detection fields an event carries as added fields of its input entry.
     DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
@@ -106,6 +108,9 @@ class SnapshotMessage:
         detections = _read(body, "detections", list, optional=True) or []
         if not all(isinstance(item, dict) for item in detections):
             raise MessageError("field 'detections' holds something other than maps")
+        pre_trigger = _read(body, "pre_trigger_paths", list, optional=True) or []
+        if not all(isinstance(item, str) for item in pre_trigger):
+            raise MessageError("field 'pre_trigger_paths' holds something other than paths")
         image = _read(body, "image", bytes, optional=False)
         if not image:
             raise MessageError("field 'image' is empty")
@@ -125,6 +130,7 @@ class SnapshotMessage:
             annotated_path=_read(body, "annotated_path", str, optional=True),
             storage_url=_read(body, "storage_url", str, optional=True),
             triggered=_read(body, "triggered", (int, float), optional=True),
+            pre_trigger_paths=pre_trigger,
         )
 
     def with_detection(
@@ -149,8 +155,12 @@ class SnapshotMessage:
         """This snapshot with the link a person opens for its off-site copy."""
         return replace(self, storage_url=url)
 
-    def detection_fields(self) -> dict[str, Any]:
-        """The detection fields, by name, for the event; none where detection never ran."""
-        if not (self.analysed or self.detection_error or self.detection_skipped):
-            return {}
-        return {name: getattr(self, name) for name in self.DETECTION_FIELDS}
+    def added_fields(self) -> dict[str, Any]:
+        """The fields the event's input entry carries beyond the original's: the detection
+        fields where detection ran, the pre-trigger stills where there are any."""
+        added: dict[str, Any] = {}
+        if self.analysed or self.detection_error or self.detection_skipped:
+            added.update((name, getattr(self, name)) for name in self.DETECTION_FIELDS)
+        if self.pre_trigger_paths:
+            added["pre_trigger_paths"] = self.pre_trigger_paths
+        return added

@@ -69,7 +69,7 @@ class EventBuilder:
             storage_url=snap.storage_url,
             source=snap.source,
             detections=snap.detections,
-            extra=snap.detection_fields(),
+            extra=snap.added_fields(),
         )
         body, at = pack_image_event(event)
         publication = Publication(

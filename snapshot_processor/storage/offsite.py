@@ -35,10 +35,12 @@ UPLOAD_QUEUE_WRITE_FAILURES = Counter(
 
 
 def upload_items(snap: SnapshotMessage) -> list[UploadItem]:
-    """The files of one snapshot to copy: the image, and its annotated copy if any."""
+    """The files of one snapshot to copy: the image, its annotated copy if any, and the
+    stills from before its trigger."""
     paths = [Path(snap.storage_path)]
     if snap.annotated_path:
         paths.append(Path(snap.annotated_path))
+    paths.extend(Path(still) for still in snap.pre_trigger_paths)
     return [
         UploadItem(path=path, name=path.name, folder=snap.camera_key, taken=snap.taken)
         for path in paths

@@ -24,8 +24,10 @@ def available() -> bool:
 
 
 class RtspServer:
-    """H.264 on ``rtsp://127.0.0.1:<port>/cam``, with basic auth when ``user`` is given;
-    ``key_interval`` frames between key frames at ``fps``."""
+    """``codec`` (h264, h265, or x-gst that FFmpeg cannot read) at each of ``paths`` of
+    ``rtsp://127.0.0.1:<port>``, with basic auth when ``user`` is given; ``key_interval``
+    frames between key frames at ``fps``; without ``key_on_join`` a reader that joins waits
+    for the next one, as with many cameras."""
 
     def __init__(
         self,
@@ -36,9 +38,15 @@ class RtspServer:
         key_interval: int = 30,
         width: int = 640,
         height: int = 360,
+        codec: str = "h264",
+        paths: tuple[str, ...] = ("/cam",),
+        key_on_join: bool = True,
     ) -> None:
         self.user, self.password = user, password
         self.args = [
+            *([] if key_on_join else ["--no-key-on-join"]),
+            f"--codec={codec}",
+            *(f"--path={path}" for path in paths),
             f"--fps={fps}",
             f"--key-interval={key_interval}",
             f"--width={width}",
@@ -48,12 +56,12 @@ class RtspServer:
         self.port = 0
         self._process: subprocess.Popen[str] | None = None
 
-    def url(self, user: str | None = None, password: str | None = None) -> str:
+    def url(self, user: str | None = None, password: str | None = None, path: str = "/cam") -> str:
         """The stream's URL, with these credentials (default: the server's own), encoded."""
         user = self.user if user is None else user
         password = self.password if password is None else password
         login = f"{quote(user, safe='')}:{quote(password or '', safe='')}@" if user else ""
-        return f"rtsp://{login}127.0.0.1:{self.port}/cam"
+        return f"rtsp://{login}127.0.0.1:{self.port}{path}"
 
     def start(self) -> RtspServer:
         self._process = subprocess.Popen(

@@ -27,7 +27,7 @@ _CHUNK = 65536
 _MAX_BUFFER = 1 << 20
 _COMMAND_TIMEOUT = 2.0
 
-_Command = Literal["cut", "stop"]
+_Command = Literal["cut", "refresh", "stop"]
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TcpProxy:
         self.target_port = target_port
         self._port: int | None = None
         self._refusing = False
+        self._stalled = False
         self._connections = 0
         self._accepted_total = 0
         self._client_bytes = 0
@@ -136,9 +137,17 @@ class TcpProxy:
         self._refusing = True
         self._send("cut")
 
+    def stall(self) -> None:
+        """Pass nothing more to the clients, their connections kept open, until restore()."""
+        self._stalled = True
+        self._send("refresh")
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward new connections, and bytes to the clients, again."""
         self._refusing = False
+        if self._stalled:
+            self._stalled = False
+            self._send("refresh")
 
     def stop(self) -> None:
         """Close every socket and join the thread. Stopping twice is harmless."""
@@ -220,6 +229,9 @@ class TcpProxy:
             if command == "cut":
                 for conn in list(self._conns):
                     self._close_conn(conn)
+            elif command == "refresh":
+                for conn in list(self._conns):
+                    self._update(conn)
             else:
                 keep_running = False
                 # Acknowledged after the loop has closed everything; see _close_all.
@@ -304,7 +316,7 @@ class TcpProxy:
         client = 0
         if not conn.up.eof and len(conn.up.buf) < _MAX_BUFFER:
             client |= read
-        if conn.down.buf:
+        if conn.down.buf and not self._stalled:
             client |= write
         if not conn.connected:
             upstream = write  # writable means the connect finished, one way or the other

@@ -1,0 +1,354 @@
+"""Stills from a camera's RTSP stream, decoded by PyAV (FFmpeg's libraries in its wheels).
+
+*On demand* opens the stream, decodes the first key frame and closes it. *Warm* keeps the
+stream open on a thread of its own: while idle only key frames are decoded (and, for the
+pre-trigger ring, kept as JPEGs); the packets since the last key frame are held, so a trigger
+decodes them into the newest frame without waiting for the next key frame."""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import cast
+from urllib.parse import quote, urlsplit
+
+import av
+import av.error
+from av.video.codeccontext import VideoCodecContext
+
+from pylib.retry import RetryPolicy
+from snapshot_processor.camera.base import CameraClient, Request
+from snapshot_processor.camera.errors import (
+    CameraAuthError,
+    CameraBadImageError,
+    CameraConnectionError,
+    CameraError,
+    CameraTimeoutError,
+    CameraVendorError,
+)
+from snapshot_processor.camera.spec import CameraSpec, Still, safe_url
+
+__all__ = ["RTSP_PATHS", "RtspClient", "Still", "stream_url"]
+
+log = logging.getLogger(__name__)
+
+# The main stream of the known vendors' first channel.
+RTSP_PATHS = {
+    "hikvision": "/Streaming/Channels/101",
+    "dahua": "/cam/realmonitor?channel=1&subtype=0",
+    "reolink": "/h264Preview_01_main",
+    "foscam": "/videoMain",
+}
+DEFAULT_RTSP_PORT = 554
+# TCP: UDP loses packets (and frames) on Wi-Fi. Probing nothing: the SDP names the codec,
+# and the default probe reads two seconds of stream before the first packet is handed over.
+OPEN_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}
+JPEG_QUALITY = 90
+# A warm stream's newest packet older than this is a stall: a trigger waits for a fresh one.
+FRESH_SECONDS = 1.0
+
+
+def stream_url(spec: CameraSpec) -> tuple[str, str]:
+    """The stream's URL with the camera's credentials, and the same without them (to show)."""
+    if spec.vendor == "rtsp":
+        parts = urlsplit(spec.url or "")
+        netloc = parts.netloc.rpartition("@")[2]
+        base, path = f"{parts.scheme}://", parts.path + (f"?{parts.query}" if parts.query else "")
+    else:
+        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        netloc = f"{host}:{spec.rtsp_port or default_rtsp_port(spec)}"
+        base, path = "rtsp://", RTSP_PATHS.get(spec.vendor, "/")
+    shown = safe_url(f"{base}{netloc}{path}")
+    login = f"{quote(spec.user, safe='')}:{quote(spec.password, safe='')}@" if spec.user else ""
+    return f"{base}{login}{netloc}{path}", shown
+
+
+def default_rtsp_port(spec: CameraSpec) -> int:
+    """Foscam serves RTSP on its HTTP port; the others on 554."""
+    return spec.port if spec.vendor == "foscam" else DEFAULT_RTSP_PORT
+
+
+def jpeg(frame: av.VideoFrame) -> bytes:
+    out = io.BytesIO()
+    frame.to_image().save(out, "JPEG", quality=JPEG_QUALITY)  # type: ignore[no-untyped-call]
+    return out.getvalue()
+
+
+class _Failure:
+    """Turns PyAV's errors, whose text quotes the URL and its password, into ours."""
+
+    def __init__(self, key: str, shown: str, timeout: float) -> None:
+        self.key, self.shown, self.timeout = key, shown, timeout
+
+    def error(self, exc: Exception, started: float, doing: str) -> CameraError:
+        words = f"{exc.strerror}" if isinstance(exc, av.error.FFmpegError) else type(exc).__name__
+        where = f"({doing} {self.shown})"
+        timed_out = time.monotonic() - started >= self.timeout - 0.05
+        if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
+            return CameraAuthError(
+                f"{self.key}: RTSP: user name or password refused {where}", camera=self.key
+            )
+        if isinstance(exc, av.error.HTTPNotFoundError):
+            return CameraVendorError(
+                f"{self.key}: RTSP: no stream at this path {where}", camera=self.key
+            )
+        if isinstance(exc, av.error.ExitError) or (
+            timed_out and isinstance(exc, av.error.InvalidDataError)
+        ):
+            return CameraTimeoutError(
+                f"{self.key}: RTSP: no data for {self.timeout:g} s {where}", camera=self.key
+            )
+        if isinstance(exc, av.error.EOFError):
+            return CameraConnectionError(f"{self.key}: RTSP: stream ended {where}", camera=self.key)
+        if isinstance(exc, av.error.DecoderNotFoundError):
+            return CameraVendorError(f"{self.key}: RTSP: {words} {where}", camera=self.key)
+        return CameraConnectionError(f"{self.key}: RTSP: {words} {where}", camera=self.key)
+
+    @contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except (av.error.FFmpegError, OSError) as exc:
+            raise self.error(exc, started, doing) from None
+
+
+@contextmanager
+def _opened(url: str, timeout: float, failure: _Failure) -> Iterator[av.container.InputContainer]:
+    with failure.translated("DESCRIBE"):
+        container = av.open(url, options=OPEN_OPTIONS, timeout=(timeout, timeout))
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _video(container: av.container.InputContainer, failure: _Failure) -> av.VideoStream:
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "nothing"
+        raise CameraVendorError(
+            f"{failure.key}: RTSP: the stream holds no video it can decode (only {kinds}) "
+            f"({failure.shown})",
+            camera=failure.key,
+        )
+    stream = container.streams.video[0]
+    stream.codec_context.skip_frame = "NONKEY"  # only key frames are decoded while waiting
+    stream.codec_context.thread_count = 1  # no frame threading: a frame comes out at once
+    return stream
+
+
+def grab(url: str, timeout: float, failure: _Failure) -> Still:
+    """Open the stream, decode its first key frame, close it: the JPEG; within ``timeout``
+    of the answer to DESCRIBE, else :class:`CameraTimeoutError`."""
+    with _opened(url, timeout, failure) as container:
+        stream = _video(container, failure)
+        deadline = time.monotonic() + timeout
+        with failure.translated("PLAY"):
+            for packet in container.demux(stream):
+                for frame in stream.codec_context.decode(packet) if packet.size else ():
+                    return Still(time.time(), jpeg(frame))
+                if time.monotonic() > deadline:
+                    break
+    raise CameraTimeoutError(
+        f"{failure.key}: RTSP: no key frame within {timeout:g} s ({failure.shown})",
+        camera=failure.key,
+    )
+
+
+class WarmStream:
+    """One camera's stream kept open on its own thread, reconnecting with the camera's retry
+    policy; ``on_change`` hears each change of state (None: streaming; else why not)."""
+
+    def __init__(
+        self,
+        url: str,
+        failure: _Failure,
+        *,
+        pre_trigger: float,
+        policy: RetryPolicy,
+        on_change: Callable[[CameraError | None], None],
+    ) -> None:
+        self._url, self._failure, self._pre_trigger = url, failure, pre_trigger
+        self._policy, self._on_change = policy, on_change
+        self._changed = threading.Condition()
+        self._gop: list[av.Packet] = []  # since the last key frame; guarded by _changed
+        self._codec: tuple[str, bytes | None] = ("", None)
+        self._newest = 0.0  # monotonic arrival of the newest packet
+        self._ring: collections.deque[Still] = collections.deque()
+        self._error: CameraError | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rtsp {failure.key}", daemon=True)
+        self._thread.start()
+
+    def still(self, timeout: float) -> Still:
+        """The newest frame, decoded from the last key frame on, and when its last packet
+        came; waits up to ``timeout`` for a stream that stalls or reconnects, then raises
+        why it has none."""
+        with self._changed:
+            fresh = self._changed.wait_for(
+                lambda: (
+                    self._stopping.is_set()
+                    or (self._gop and time.monotonic() - self._newest < FRESH_SECONDS)
+                ),
+                timeout,
+            )
+            packets, (name, extradata), error = list(self._gop), self._codec, self._error
+            arrived = time.time() - (time.monotonic() - self._newest)
+        if not fresh or not packets:
+            raise error or CameraTimeoutError(
+                f"{self._failure.key}: RTSP: no frame for {timeout:g} s ({self._failure.shown})",
+                camera=self._failure.key,
+            )
+        decoder = cast(VideoCodecContext, av.CodecContext.create(name, "r"))
+        if extradata:
+            decoder.extradata = extradata
+        newest = None
+        with self._failure.translated("decoding"):
+            for packet in [*packets, None]:
+                for frame in decoder.decode(packet):
+                    newest = frame
+        if not isinstance(newest, av.VideoFrame):
+            raise CameraBadImageError(
+                f"{self._failure.key}: RTSP: no frame decoded since the key frame "
+                f"({self._failure.shown})",
+                camera=self._failure.key,
+            )
+        return Still(arrived, jpeg(newest))
+
+    def before(self, moment: float) -> list[Still]:
+        """The ring's stills from the ``pre_trigger`` seconds before ``moment`` (Unix time)."""
+        with self._changed:
+            return [s for s in self._ring if moment - self._pre_trigger <= s.taken < moment]
+
+    def stop(self, timeout: float) -> None:
+        """Ends the thread; a read in progress ends within the camera timeout at most."""
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._stream()
+                error: CameraError = CameraConnectionError(
+                    f"{self._failure.key}: RTSP: stream ended ({self._failure.shown})",
+                    camera=self._failure.key,
+                )
+            except CameraError as exc:
+                error = exc.with_traceback(None)
+            except Exception as exc:  # a bug of ours: reconnect rather than go silent
+                log.exception("%s: RTSP stream failed unexpectedly", self._failure.key)
+                error = CameraConnectionError(
+                    f"{self._failure.key}: RTSP: {type(exc).__name__}", camera=self._failure.key
+                )
+            if self._stopping.is_set():
+                return
+            failures += 1
+            with self._changed:
+                self._gop, self._error = [], error
+                self._changed.notify_all()
+            delay = self._policy.delay(min(failures, 10))
+            log.warning("%s; connecting again in %.1f s", error, delay)
+            self._on_change(error)
+            self._stopping.wait(delay)
+
+    def _stream(self) -> None:
+        with _opened(self._url, self._failure.timeout, self._failure) as container:
+            stream = _video(container, self._failure)
+            with self._changed:
+                self._codec = (stream.codec_context.name, stream.codec_context.extradata)
+            streaming = False
+            with self._failure.translated("PLAY"):
+                for packet in container.demux(stream):
+                    if self._stopping.is_set():
+                        return
+                    if not packet.size:
+                        continue
+                    self._keep(packet)
+                    if packet.is_keyframe:
+                        for frame in stream.codec_context.decode(packet):
+                            self._remember(frame)
+                            if not streaming:
+                                streaming = True
+                                self._started()
+
+    def _keep(self, packet: av.Packet) -> None:
+        with self._changed:
+            if packet.is_keyframe:
+                self._gop = [packet]
+            elif self._gop:
+                self._gop.append(packet)
+            self._newest = time.monotonic()
+            self._changed.notify_all()
+
+    def _remember(self, frame: av.VideoFrame) -> None:
+        if self._pre_trigger <= 0:
+            return
+        still = Still(time.time(), jpeg(frame))
+        with self._changed:
+            self._ring.append(still)
+            while self._ring and self._ring[0].taken < still.taken - self._pre_trigger:
+                self._ring.popleft()
+
+    def _started(self) -> None:
+        with self._changed:
+            was, self._error = self._error, None
+        log.info("%s: RTSP stream %s", self._failure.key, "back" if was else "open")
+        self._on_change(None)
+
+
+class RtspClient(CameraClient):
+    """A camera's stills from its RTSP stream: ``OUTPUT_n_VENDOR=rtsp``, or a known vendor's
+    stream path with ``OUTPUT_n_RTSP_MODE``; on demand or warm."""
+
+    vendor = "rtsp"
+    status_call = "a frame of the RTSP stream"
+
+    def __init__(
+        self, spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
+    ) -> None:
+        super().__init__(spec)
+        self._url, shown = stream_url(spec)
+        self._failure = _Failure(spec.key, shown, spec.timeout)
+        self._warm: WarmStream | None = None
+        if spec.rtsp_mode == "warm":
+            self._warm = WarmStream(
+                self._url,
+                self._failure,
+                pre_trigger=spec.pre_trigger,
+                policy=spec.retry_policy,
+                on_change=on_change or (lambda error: None),
+            )
+
+    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+        try:
+            return self.still().jpeg
+        except CameraError as exc:
+            return exc.with_traceback(None)
+
+    def still(self, timeout: float | None = None) -> Still:
+        """The newest frame: from the warm stream, else from a stream opened for it; within
+        ``timeout`` (default: the camera's) of the stream's answer."""
+        timeout = self._spec.timeout if timeout is None else timeout
+        if self._warm is not None:
+            return self._warm.still(timeout)
+        return grab(self._url, timeout, self._failure)
+
+    def before(self, moment: float) -> list[Still]:
+        return [] if self._warm is None else self._warm.before(moment)
+
+    def close(self, *, wait: bool = True) -> None:
+        super().close(wait=wait)
+        if self._warm is not None:
+            # A live stream notices within a frame; a stalled one within the camera timeout.
+            self._warm.stop(self._spec.timeout + 1 if wait else 0.5)
+
+    def __repr__(self) -> str:
+        return f"<RtspClient {self.key!r} {self._failure.shown}>"
