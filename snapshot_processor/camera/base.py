@@ -126,6 +126,11 @@ class CameraClient:
     def snapshot(self) -> bytes:
         """Fetch one snapshot and return its JPEG bytes, checked to decode; raises a
         :class:`CameraError` once the attempts are used up or the error is not worth retrying."""
+        return self.capture().jpeg
+
+    def capture(self) -> Still:
+        """As :meth:`snapshot`, with the time the image was taken (a stream's frame may be
+        older than its answer)."""
         try:
             with self._lock:
                 if self._closed.is_set():
@@ -139,15 +144,18 @@ class CameraClient:
                     attempt += 1
                     started = time.monotonic()
                     outcome = self._attempt()
-                    if isinstance(outcome, bytes):
+                    if not isinstance(outcome, CameraError):
+                        still = (
+                            Still(time.time(), outcome) if isinstance(outcome, bytes) else outcome
+                        )
                         log.debug(
                             "%s: snapshot of %d bytes in %.2f s (attempt %d)",
                             self.key,
-                            len(outcome),
+                            len(still.jpeg),
                             time.monotonic() - started,
                             attempt,
                         )
-                        return outcome
+                        return still
                     if not outcome.retryable or attempt >= attempts:
                         break
                     delay = policy.delay(attempt)
@@ -238,7 +246,7 @@ class CameraClient:
             text = text.replace(password, "***").replace(quote(password, safe=""), "***")
         return text
 
-    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+    def _attempt(self, status: Request | None = None) -> bytes | Still | CameraError:
         """A snapshot, or with ``status`` that status call, its body checked as the vendor's."""
         request = self._request() if status is None else status
         reply = self._send(request)

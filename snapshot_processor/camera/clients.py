@@ -275,7 +275,7 @@ class OnvifClient(CameraClient):
                 with contextlib.suppress(CameraError):
                     self._source = self._resolve()
 
-    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+    def _attempt(self, status: Request | None = None) -> bytes | Still | CameraError:
         try:
             if self._source is None:
                 self._source = self._resolve()

@@ -270,6 +270,10 @@ class CameraRegistry:
 
     def snapshot(self, key: str, device_params: str | None) -> bytes:
         """One JPEG, its outcome told to the breaker; :class:`CameraUnavailableError` if open."""
+        return self.capture(key, device_params).jpeg
+
+    def capture(self, key: str, device_params: str | None) -> Still:
+        """As :meth:`snapshot`, with the time the image was taken."""
         breaker = self._breakers.get(key)
         if breaker is not None and breaker.state is BreakerState.OPEN:
             raise CameraUnavailableError(
@@ -279,7 +283,7 @@ class CameraRegistry:
             )
         started = time.monotonic()
         try:
-            image = self._snapshot(key, device_params)
+            image = self._capture(key, device_params)
         except CameraConfigError:
             raise  # not the camera's failure: nothing was asked of it
         except Exception as exc:
@@ -316,16 +320,16 @@ class CameraRegistry:
         else:
             log.info("camera %r answers again", key)
 
-    def _snapshot(self, key: str, device_params: str | None) -> bytes:
-        """One JPEG from the camera, asked again once if its client was replaced meanwhile."""
+    def _capture(self, key: str, device_params: str | None) -> Still:
+        """One image from the camera, asked again once if its client was replaced meanwhile."""
         client = self.client(key, device_params)
         try:
-            return client.snapshot()
+            return client.capture()
         except CameraError:
             if not client.closed or self._closed:
                 raise
         log.info("%s: its client was replaced during the call; trying the new one", key)
-        return self.client(key, device_params).snapshot()
+        return self.client(key, device_params).capture()
 
     def close(self, *, wait: bool = True) -> None:
         """Close every client; back-off pauses end at once; ``wait`` waits for calls in progress."""

@@ -327,9 +327,9 @@ class RtspClient(CameraClient):
                 on_change=on_change or (lambda error: None),
             )
 
-    def _attempt(self, status: Request | None = None) -> bytes | CameraError:
+    def _attempt(self, status: Request | None = None) -> Still | CameraError:
         try:
-            return self.still().jpeg
+            return self.still()
         except CameraError as exc:
             return exc.with_traceback(None)
 

@@ -283,13 +283,13 @@ class SnapshotStage(Stage):
     def _fetch_one(self, trigger: TriggerMessage, parts: int, index: int) -> SnapshotMessage:
         key = trigger.camera_key
         try:
-            image = self.cameras.snapshot(key, trigger.device_params)
+            still = self.cameras.capture(key, trigger.device_params)
         except (CameraError, CameraConfigError):
             # At stop a failure may be the stop itself (a back-off cut short): take it again.
             if not self.should_keep_running():
                 raise _StoppingError from None
             raise
-        taken = time.time()
+        image, taken = still.jpeg, still.taken
         event_id = trigger.event_id if index == 0 and trigger.event_id else new_id()
         path = snapshot_path(self.root, key, taken, event_id)
         before = self.cameras.before(key, trigger.received or taken) if index == 0 else []

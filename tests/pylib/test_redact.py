@@ -22,6 +22,8 @@ PASSWORD = "Sup3r:s@cret pw"
         ),
         ("https://admin:hunter22@cam.local/ISAPI/picture", "hunter22"),
         ("amqp://guest:pa@ss22@rabbit:5672/%2F", "pa@ss22"),
+        ("rtsp://admin:hunter22@cam:554/Streaming/Channels/101", "hunter22"),
+        ("rtsps://admin:p%40ss22@cam/h264Preview_01_main", "p%40ss22"),
         ("admin:p@ss:w0rd@192.168.1.5:88,554", "p@ss:w0rd"),
         ('{"password": "two words", "n": 1}', "two words"),
         ("OP_CONNECT_TOKEN=eyJhbGciOiJFUzI1NiIs", "eyJhbGciOiJFUzI1NiIs"),

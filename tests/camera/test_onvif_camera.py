@@ -1,0 +1,106 @@
+"""The onvif vendor end to end: the registry asks the loopback ONVIF device for its URIs once,
+then takes stills from the snapshot URI it names, or from its stream when it names none."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from snapshot_processor.camera.errors import CameraAuthError
+from snapshot_processor.camera.registry import CameraRegistry
+from snapshot_processor.config import Device
+from tests.support import rtsp
+from tests.support.onvif_device import OnvifDevice
+from tests.support.rtsp import RtspServer
+from tools.camera_simulator import CameraSimulator
+
+PASSWORD = "onvif pass:1"
+KEY = "Gate camera"
+
+
+def registry_for(device: OnvifDevice, **extra: str) -> CameraRegistry:
+    settings = {
+        "LOCATION": "Gate",
+        "TYPE": "camera",
+        "VENDOR": "onvif",
+        "ADDRESS": f"127.0.0.1:{device.port}",
+        "USER": "admin",
+        "PASSWORD": PASSWORD,
+        **extra,
+    }
+    return CameraRegistry([Device.model_validate(settings)], timeout=3.0, retries=0)
+
+
+def size(jpeg: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.load()
+        return image.size
+
+
+@pytest.fixture
+def camera() -> Iterator[CameraSimulator]:
+    with CameraSimulator(user="admin", password=PASSWORD) as simulator:
+        yield simulator
+
+
+def test_the_snapshot_uri_is_asked_once_and_used_for_every_snapshot(
+    camera: CameraSimulator,
+) -> None:
+    snapshot_uri = f"http://127.0.0.1:{camera.port}/snapshot.jpg"
+    with OnvifDevice("admin", PASSWORD, snapshot_uri=snapshot_uri) as device:
+        registry = registry_for(device)
+        try:
+            first = registry.snapshot(KEY, None)
+            second = registry.snapshot(KEY, None)
+        finally:
+            registry.close()
+        assert size(first)[0] > 0 and size(second)[0] > 0
+        assert device.calls["GetProfiles"] == 1
+        assert device.calls["GetSnapshotUri"] == 1
+
+
+def test_a_moved_snapshot_uri_is_asked_again(camera: CameraSimulator) -> None:
+    with OnvifDevice(
+        "admin", PASSWORD, snapshot_uri=f"http://127.0.0.1:{camera.port}/gone.jpg"
+    ) as device:
+        registry = registry_for(device)
+        try:
+            with pytest.raises(Exception, match="HTTP 404"):
+                registry.snapshot(KEY, None)
+            device.snapshot_uri = f"http://127.0.0.1:{camera.port}/snapshot.jpg"
+            assert size(registry.snapshot(KEY, None))[0] > 0
+        finally:
+            registry.close()
+        assert device.calls["GetSnapshotUri"] == 2
+
+
+def test_wrong_credentials_are_the_cameras_and_never_shown() -> None:
+    with OnvifDevice("admin", "another password") as device:
+        registry = registry_for(device)
+        try:
+            with pytest.raises(CameraAuthError) as caught:
+                registry.snapshot(KEY, None)
+        finally:
+            registry.close()
+    assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.rtsp
+@pytest.mark.skipif(not rtsp.available(), reason="GStreamer's RTSP server is not installed")
+@pytest.mark.parametrize("mode", ["on_demand", "warm"])
+def test_a_camera_without_a_snapshot_uri_gives_stills_from_its_stream(mode: str) -> None:
+    with (
+        RtspServer("admin", PASSWORD, key_interval=15) as server,
+        OnvifDevice("admin", PASSWORD, snapshot_uri=None, stream_uri=server.url("", "")) as device,
+    ):
+        extra = {"RTSP_MODE": mode} if mode == "warm" else {}
+        registry = registry_for(device, **extra)
+        try:
+            registry.warm_up()
+            assert size(registry.snapshot(KEY, None)) == (640, 360)
+        finally:
+            registry.close()
+        assert device.calls["GetStreamUri"] == 1
