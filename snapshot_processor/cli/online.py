@@ -17,7 +17,7 @@ from pylib.observe.redact import redact
 from snapshot_processor.camera.errors import CameraAuthError, CameraError
 from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
 from snapshot_processor.cli.common import broker_params, camera_registry
-from snapshot_processor.config import Settings
+from snapshot_processor.config import Device, Settings
 from snapshot_processor.storage.destinations import DESTINATIONS
 
 # A system's name, the call that reaches it, and the settings to look at when it fails.
@@ -41,7 +41,11 @@ def checks(settings: Settings) -> Iterator[Check]:
         for number, device in sorted(settings.outputs.items()):
             if device.is_camera:
                 name = f"camera '{printable(device.key)}'"
-                yield name, functools.partial(_camera, registry, device.key), _camera_fix(number)
+                yield (
+                    name,
+                    functools.partial(_camera, registry, device.key),
+                    _camera_fix(number, device),
+                )
     finally:
         registry.close()
     storage = settings.storage
@@ -84,10 +88,14 @@ def run_checks(settings: Settings) -> int:
     return failed
 
 
-def _camera_fix(number: int) -> Callable[[BaseException], str]:
+def _camera_fix(number: int, device: Device) -> Callable[[BaseException], str]:
     def fix(exc: BaseException) -> str:
         if isinstance(exc, CameraAuthError):
             return f"OUTPUT_{number}_USER and OUTPUT_{number}_PASSWORD"
+        if device.VENDOR == "rtsp":
+            return f"OUTPUT_{number}_URL"
+        if device.RTSP_MODE not in (None, "off"):
+            return f"OUTPUT_{number}_ADDRESS and OUTPUT_{number}_RTSP_MODE"
         return f"OUTPUT_{number}_ADDRESS and OUTPUT_{number}_VENDOR"
 
     return fix

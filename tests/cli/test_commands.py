@@ -30,6 +30,7 @@ from snapshot_processor.cli.common import (
     EXIT_NO_EVENT,
 )
 from snapshot_processor.contract import event
+from tests.support import rtsp
 from tests.support.broker import BROKER, delete_queue, running_app, unique_exchange
 from tests.support.daemon import camera_env
 from tests.support.fakes.sentry import SentryReceiver
@@ -495,6 +496,38 @@ def test_check_config_online_says_per_outside_system_what_works(
     assert bucket.endswith("; check S3_BUCKET, AWS_DEFAULT_REGION and the AWS credentials")
     assert "2 outside system(s) failed" in out.err
     assert "wr0ng" not in out.out + out.err
+
+
+@pytest.mark.broker
+@pytest.mark.rtsp
+@pytest.mark.skipif(not rtsp.available(), reason="GStreamer's RTSP server is not installed")
+def test_check_config_online_takes_a_still_from_an_rtsp_camera_and_names_its_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with rtsp.RtspServer("admin", PASSWORD) as server:
+        settings = write_config(
+            tmp_path,
+            RABBITMQ_EXCHANGE=unique_exchange(),
+            **{
+                f"OUTPUT_{n}_{name}": value
+                for n, path in ((1, "/cam"), (2, "/no-such-stream"))
+                for name, value in {
+                    "LOCATION": f"Stream {n}",
+                    "TYPE": "camera",
+                    "VENDOR": "rtsp",
+                    "URL": server.url("", "", path=path),
+                    "USER": "admin",
+                    "PASSWORD": PASSWORD,
+                }.items()
+            },
+        )
+        assert cli_main(settings, "check-config", "--online") == EXIT_CONFIG
+    lines = capsys.readouterr().out.splitlines()
+    good = next(line for line in lines if "camera 'Stream 1 camera'" in line)
+    assert ": ok, a snapshot of " in good
+    bad = next(line for line in lines if "camera 'Stream 2 camera'" in line)
+    assert "FAILED: Stream 2 camera: RTSP: no stream at this path" in bad
+    assert bad.endswith("; check OUTPUT_2_URL")
 
 
 def test_check_config_online_names_the_setting_of_a_broker_away_and_keeps_sentrys_port(
