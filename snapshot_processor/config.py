@@ -60,6 +60,8 @@ class Device(BaseModel):
     SCHEME: Literal["http", "https"] = "http"
     # Stills from the RTSP stream: unset means on_demand for the rtsp vendor, off otherwise.
     RTSP_MODE: Literal["off", "on_demand", "warm"] | None = None
+    # TCP by default: UDP loses packets, and so whole frames, on Wi-Fi.
+    RTSP_TRANSPORT: Literal["tcp", "udp"] = "tcp"
     PRE_TRIGGER_SECONDS: float = Field(0.0, ge=0, le=30)
 
     @field_validator("VENDOR")
@@ -69,6 +71,17 @@ class Device(BaseModel):
 
     @model_validator(mode="after")
     def _camera_password(self) -> Device:
+        url = self.URL or ""
+        if self.is_camera and self.VENDOR == "generic" and not url.startswith("http"):
+            raise ValueError("a generic camera needs its snapshot URL, http(s)://host/path")
+        if self.is_camera and self.VENDOR == "rtsp" and not url.startswith("rtsp"):
+            raise ValueError("an rtsp camera needs its stream URL, rtsp://host[:port]/path")
+        if self.is_camera and self.URL and self.VENDOR not in ("generic", "rtsp"):
+            raise ValueError(
+                f"URL is for generic and rtsp cameras; a {self.VENDOR} camera has none"
+            )
+        if self.is_camera and self.ADDRESS and self.VENDOR == "rtsp":
+            raise ValueError("an rtsp camera's address is in its URL: ADDRESS is not used")
         # With an address configured, the trigger's device_params no longer supply one.
         needs = (
             self.is_camera
@@ -80,11 +93,6 @@ class Device(BaseModel):
                 "a camera with an ADDRESS needs its PASSWORD secret, which is set nowhere "
                 "(environment, SECRETS_DIR file or 1Password item named like the variable)"
             )
-        url = self.URL or ""
-        if self.is_camera and self.VENDOR == "generic" and not url.startswith("http"):
-            raise ValueError("a generic camera needs its snapshot URL, http(s)://host/path")
-        if self.is_camera and self.VENDOR == "rtsp" and not url.startswith("rtsp"):
-            raise ValueError("an rtsp camera needs its stream URL, rtsp://host[:port]/path")
         if self.rtsp_mode == "off" and self.VENDOR == "rtsp":
             raise ValueError("an rtsp camera takes its stills from its stream: RTSP_MODE off")
         if self.PRE_TRIGGER_SECONDS and self.rtsp_mode != "warm":

@@ -403,3 +403,69 @@ def test_the_ftp_masquerade_address_must_be_an_address() -> None:
     [problem] = caught.value.problems
     assert problem.startswith("FTP_MASQUERADE_ADDRESS: Value error, must be the IPv4 address")
     assert config.load(env={"FTP_MASQUERADE_ADDRESS": "192.168.1.10"}).ingest
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"VENDOR": "rtsp"}, "an rtsp camera needs its stream URL"),
+        ({"VENDOR": "rtsp", "URL": "http://cam/x.jpg"}, "an rtsp camera needs its stream URL"),
+        (
+            {"VENDOR": "rtsp", "URL": "rtsp://cam/live", "RTSP_MODE": "off"},
+            "an rtsp camera takes its stills from its stream",
+        ),
+        (
+            {"VENDOR": "rtsp", "URL": "rtsp://cam/live", "ADDRESS": "cam"},
+            "an rtsp camera's address is in its URL",
+        ),
+        (
+            {"VENDOR": "generic", "URL": "rtsp://cam/live"},
+            "a generic camera needs its snapshot URL",
+        ),
+        ({"VENDOR": "hikvision", "URL": "rtsp://cam/live"}, "URL is for generic and rtsp cameras"),
+        (
+            {"VENDOR": "rtsp", "URL": "rtsp://cam/live", "PRE_TRIGGER_SECONDS": "5"},
+            "PRE_TRIGGER_SECONDS needs RTSP_MODE=warm",
+        ),
+        ({"VENDOR": "reolink", "RTSP_MODE": "always"}, "OUTPUT_1_RTSP_MODE"),
+        ({"VENDOR": "rtsp", "URL": "rtsp://cam/live", "RTSP_TRANSPORT": "http"}, "RTSP_TRANSPORT"),
+    ],
+)
+def test_a_stream_cameras_mistakes_are_caught_at_start(
+    tmp_path: Path, settings: dict[str, str], problem: str
+) -> None:
+    env = {
+        "SECRETS_DIR": str(tmp_path),
+        "OUTPUT_1_LOCATION": "Doorbell",
+        "OUTPUT_1_TYPE": "camera",
+        **{f"OUTPUT_1_{name}": value for name, value in settings.items()},
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.load(env=env)
+    assert problem in "\n".join(caught.value.problems)
+
+
+def test_a_warm_stream_camera_with_seconds_before_its_triggers_is_valid(tmp_path: Path) -> None:
+    settings = config.load(
+        env={
+            "SECRETS_DIR": str(tmp_path),
+            "OUTPUT_1_LOCATION": "Doorbell",
+            "OUTPUT_1_TYPE": "camera",
+            "OUTPUT_1_VENDOR": "rtsp",
+            "OUTPUT_1_URL": "rtsp://admin:pw@192.0.2.9/live",
+            "OUTPUT_1_RTSP_MODE": "warm",
+            "OUTPUT_1_PRE_TRIGGER_SECONDS": "4",
+        }
+    )
+    [camera] = settings.cameras
+    assert (camera.rtsp_mode, camera.PRE_TRIGGER_SECONDS, camera.RTSP_TRANSPORT) == (
+        "warm",
+        4.0,
+        "tcp",
+    )
+    assert (
+        config.Device.model_validate(
+            {"LOCATION": "Gate", "TYPE": "camera", "VENDOR": "dahua"}
+        ).rtsp_mode
+        == "off"
+    )

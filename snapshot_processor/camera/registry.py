@@ -149,6 +149,7 @@ class CameraRegistry:
             timeout=self.timeout,
             retries=self.retries,
             rtsp_mode=device.rtsp_mode,
+            rtsp_transport=device.RTSP_TRANSPORT,
             rtsp_port=sent.rtsp_port if sent else None,
             pre_trigger=device.PRE_TRIGGER_SECONDS,
         )

@@ -45,9 +45,9 @@ RTSP_PATHS = {
     "foscam": "/videoMain",
 }
 DEFAULT_RTSP_PORT = 554
-# TCP: UDP loses packets (and frames) on Wi-Fi. Probing nothing: the SDP names the codec,
-# and the default probe reads two seconds of stream before the first packet is handed over.
-OPEN_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}
+# Probing nothing: the SDP names the codec, and the default probe reads two seconds of
+# stream before the first packet is handed over.
+OPEN_OPTIONS = {"analyzeduration": "0", "probesize": "32"}
 JPEG_QUALITY = 90
 # A warm stream's newest packet older than this is a stall: a trigger waits for a fresh one.
 FRESH_SECONDS = 1.0
@@ -82,8 +82,8 @@ def jpeg(frame: av.VideoFrame) -> bytes:
 class _Failure:
     """Turns PyAV's errors, whose text quotes the URL and its password, into ours."""
 
-    def __init__(self, key: str, shown: str, timeout: float) -> None:
-        self.key, self.shown, self.timeout = key, shown, timeout
+    def __init__(self, key: str, shown: str, timeout: float, transport: str = "tcp") -> None:
+        self.key, self.shown, self.timeout, self.transport = key, shown, timeout, transport
 
     def error(self, exc: Exception, started: float, doing: str) -> CameraError:
         words = f"{exc.strerror}" if isinstance(exc, av.error.FFmpegError) else type(exc).__name__
@@ -120,8 +120,9 @@ class _Failure:
 
 @contextmanager
 def _opened(url: str, timeout: float, failure: _Failure) -> Iterator[av.container.InputContainer]:
+    options = {**OPEN_OPTIONS, "rtsp_transport": failure.transport}
     with failure.translated("DESCRIBE"):
-        container = av.open(url, options=OPEN_OPTIONS, timeout=(timeout, timeout))
+        container = av.open(url, options=options, timeout=(timeout, timeout))
     try:
         yield container
     finally:
@@ -316,7 +317,7 @@ class RtspClient(CameraClient):
     ) -> None:
         super().__init__(spec)
         self._url, shown = stream_url(spec)
-        self._failure = _Failure(spec.key, shown, spec.timeout)
+        self._failure = _Failure(spec.key, shown, spec.timeout, spec.rtsp_transport)
         self._warm: WarmStream | None = None
         if spec.rtsp_mode == "warm":
             self._warm = WarmStream(

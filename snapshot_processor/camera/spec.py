@@ -66,6 +66,7 @@ class CameraSpec:
     verify_tls: bool = True
     connect_to: tuple[str, ...] = ()
     rtsp_mode: str = "off"
+    rtsp_transport: str = "tcp"
     rtsp_port: int | None = None
     pre_trigger: float = 0.0
 
@@ -105,6 +106,8 @@ class CameraSpec:
             parts = urlsplit(self.url or "")
             if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
                 raise ValueError(f"{self.key}: an rtsp camera needs an rtsp://host/path url")
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise ValueError(f"{self.key}: RTSP transport must be tcp or udp")
         if self.rtsp_mode not in RTSP_MODES:
             raise ValueError(f"{self.key}: unknown RTSP mode {self.rtsp_mode!r}")
         if self.pre_trigger and self.rtsp_mode != "warm":

@@ -87,6 +87,11 @@ def test_on_demand_takes_a_whole_jpeg_from_the_stream(server: RtspServer) -> Non
         assert size(client.snapshot()) == (640, 360)
 
 
+def test_udp_transport_when_asked(server: RtspServer) -> None:
+    with make_client(rtsp_spec(server.port, rtsp_transport="udp")) as client:
+        assert size(client.snapshot()) == (640, 360)
+
+
 def test_an_h265_stream_gives_stills_too() -> None:
     with (
         RtspServer("admin", PASSWORD, codec="h265", key_interval=15) as h265,
