@@ -1,4 +1,5 @@
-"""A tiny run of ``make bench``, so the benchmark cannot rot: every figure is measured."""
+"""Tiny runs of ``make bench``'s parts, so the benchmark cannot rot: every figure is
+measured."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
 from tests.support.broker import BROKER
 from tests.support.paths import CHECKOUT
+from tools.rtsp_camera import available
 
 pytestmark = pytest.mark.broker
 
@@ -30,9 +33,10 @@ FIGURES = (
 )
 
 
-def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) -> None:
+def quick_bench(out: Path, part: str) -> dict[str, Any]:
+    """The figures of ``python -m tools.bench --quick --only <part>``."""
     done = subprocess.run(
-        [sys.executable, "-m", "tools.bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "tools.bench", "--quick", "--only", part, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -40,8 +44,26 @@ def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) ->
         cwd=CHECKOUT,  # where the tools package is
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads((tmp_path / "bench.json").read_text())
+    figures: dict[str, Any] = json.loads((out / "bench.json").read_text())
     assert figures["daemon_exit_code"] == 0
+    return figures
+
+
+def assert_exchanges_gone(names: list[str]) -> None:
+    """The run's exchanges are gone with it."""
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        for name in names:
+            for exchange in (name, f"{name}_control"):
+                channel = connection.channel()
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                    channel.exchange_declare(exchange, passive=True)
+    finally:
+        connection.close()
+
+
+def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) -> None:
+    figures = quick_bench(tmp_path, "chain")
     for floor in ("raw_floor", "durable_floor"):
         assert set(figures[floor]) == {"p50_ms", "p99_ms", "events_per_s"}
         assert all(value > 0 for value in figures[floor].values())
@@ -51,15 +73,43 @@ def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) ->
     assert figures["burst_32_s"] >= figures["one_camera_s"] * 0.9  # all 32 did arrive
     assert figures["burst_32_warm_s"] >= figures["one_camera_s"] * 0.9
     assert figures["upload"]["count"] == 10
-    # The run's exchanges are gone with it.
-    connection = pika.BlockingConnection(BROKER)
-    try:
-        for name in (figures["exchange"], f"{figures['exchange']}_control"):
-            channel = connection.channel()
-            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
-                channel.exchange_declare(name, passive=True)
-    finally:
-        connection.close()
+    assert_exchanges_gone([figures["exchange"]])
     table = (tmp_path / "bench.md").read_text()
     for row in ("trigger → event, p50", "sustained events/s", "32 cameras", "RSS idle", "idle CPU"):
         assert row in table
+    assert "RTSP cameras" not in table
+
+
+@pytest.mark.rtsp
+@pytest.mark.skipif(not available(), reason="GStreamer's RTSP server is not installed")
+def test_quick_rtsp_bench_measures_every_figure_against_its_target(tmp_path: Path) -> None:
+    figures = quick_bench(tmp_path, "rtsp")
+    rtsp = figures["rtsp"]
+    for case, count in (("warm", 4), ("on_demand", 2), ("warm_many", 4)):
+        assert rtsp[case]["count"] == count
+        assert 0 < rtsp[case]["p50_ms"] <= rtsp[case]["p99_ms"] <= rtsp[case]["max_ms"], case
+        # The image is the stream's newest when the trigger came, or one decoded after it.
+        assert rtsp[case]["age_min_ms"] <= rtsp[case]["age_median_ms"] <= rtsp[case]["age_max_ms"]
+        assert rtsp[case]["age_max_ms"] < 5000, case
+    assert rtsp["on_demand"]["age_max_ms"] < 0  # taken after the trigger, from a new stream
+    for name in ("idle_cpu_none_percent", "idle_cpu_warm_percent"):
+        assert rtsp[name] >= 0, name
+    assert rtsp["rss_none_mb"] > 0
+    assert rtsp["rss_warm_many_open_mb"] > rtsp["rss_none_mb"]  # the streams do cost memory
+    decode = rtsp["full_decode"]
+    assert decode["cpu_percent"] > 0
+    assert 10 < decode["fps"] < 20  # 15 frames a second, every one decoded
+    assert_exchanges_gone(figures["exchanges"])
+    table = (tmp_path / "bench.md").read_text()
+    assert "## The chain" not in table
+    for row in (
+        "| warm: trigger → event, p50",
+        "| warm: image age",
+        "| on demand: trigger → event",
+        "| idle CPU of one warm stream",
+        "| for comparison: every frame decoded",
+        "| RSS per warm stream, 2 streams open",
+        "| 2 warm: trigger → event",
+    ):
+        assert row in table, row
+    assert table.count(" | PASS |") + table.count(" | FAIL |") == 9

@@ -25,7 +25,9 @@ page), ``garbage`` (200 with random bytes), ``truncated`` (200 with half a JPEG)
 (a whole, valid JPEG sent with HTTP 500 or 404: firmware that reports an error in the
 status alone, which a client must refuse). :meth:`CameraSimulator.fail_next`
 fails only the next N authenticated requests. Run it by hand with
-``python -m tools.camera_simulator --port 8088``.
+``python -m tools.camera_simulator --port 8088``; with ``--rtsp`` an RTSP camera
+(``tools/rtsp_camera.py``, GStreamer's server) serves an H.264 stream beside it, with the
+same user and password.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from urllib.parse import unquote_to_bytes
 
 from PIL import Image, ImageDraw, ImageFont
 
+from tools.rtsp_camera import RtspServer, why_unavailable
+
 __all__ = ["DESCRIPTION", "MODES", "PATHS", "CameraSimulator", "add_arguments", "main", "serve"]
 
 DESCRIPTION = (
@@ -82,6 +86,7 @@ MODES = (
 # Modes that send a valid JPEG under an error status.
 _JPEG_ERROR_STATUS = {"jpeg500": 500, "jpeg404": 404}
 GENERIC_AUTH_MODES = ("basic", "digest", "none")
+RTSP_SIZE = (1280, 720)  # the --rtsp stream's picture
 
 PATHS: dict[str, str] = {
     "foscam": "/cgi-bin/CGIProxy.fcgi",
@@ -848,6 +853,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--generic-auth", choices=GENERIC_AUTH_MODES, default="digest")
     parser.add_argument("--name", default="simulated camera", help="text drawn on the image")
+    parser.add_argument(
+        "--rtsp",
+        action="store_true",
+        help="also serve an H.264 stream at rtsp://HOST:RTSP_PORT/cam (GStreamer's RTSP server)",
+    )
+    parser.add_argument(
+        "--rtsp-port",
+        type=int,
+        default=8554,
+        help="the stream's port, 0 for any (default %(default)s)",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -887,14 +903,49 @@ def serve(args: argparse.Namespace) -> int:
         for vendor, path in PATHS.items():
             print(f"  {vendor:<10} {simulator.base_url}{path}", flush=True)
         try:
-            while not done.wait(0.5):
-                pass
+            stream = _start_stream(args) if args.rtsp else None
+            if args.rtsp and stream is None:
+                return 3
+            try:
+                while not done.wait(0.5):
+                    pass
+            finally:
+                if stream is not None:
+                    stream.stop()
         finally:
             simulator.stop()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _start_stream(args: argparse.Namespace) -> RtspServer | None:
+    """The RTSP camera of ``--rtsp``, started; None (and why, on stderr) if it cannot run."""
+    why = why_unavailable()
+    if why is not None:
+        print(f"camera simulator: no RTSP stream: {why}", file=sys.stderr)
+        return None
+    stream = RtspServer(
+        args.user,
+        args.password,
+        host=args.host,
+        port=args.rtsp_port,
+        width=RTSP_SIZE[0],
+        height=RTSP_SIZE[1],
+        key_on_join=False,  # as a camera: one encoder runs, a reader joins at its next key frame
+    )
+    try:
+        stream.start()
+    except RuntimeError as exc:
+        print(f"camera simulator: {exc}", file=sys.stderr)
+        return None
+    print(
+        f"  rtsp       {stream.url(user='')} (H.264 {RTSP_SIZE[0]}x{RTSP_SIZE[1]}, 15 fps, "
+        "a key frame every 2 s)",
+        flush=True,
+    )
+    return stream
 
 
 def main(argv: Sequence[str] | None = None) -> int:

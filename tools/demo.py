@@ -1,7 +1,8 @@
 """``make demo``: the whole chain on one machine in well under a minute (needs RabbitMQ).
 
 It starts three simulated Foscam cameras (one answers, one hangs, one is configured with
-a wrong password), the daemon as a child process on a fresh data root with an exchange
+a wrong password) and, where GStreamer's RTSP server runs, an RTSP camera the daemon keeps
+a warm stream of (with four seconds of pre-trigger stills), the daemon as a child process on a fresh data root with an exchange
 of its own (so it disturbs nothing else on the broker), and the ``events`` subscriber as
 a second child. Then it sends triggers as the event processor does, uploads one image
 over FTP, prints each event as it arrives, and ends with a summary: events, what became
@@ -47,7 +48,9 @@ from snapshot_processor.cli.trigger import TRIGGER_EXPIRATION_MS, trigger_messag
 from snapshot_processor.contract.event import trigger_routing_key
 from snapshot_processor.contract.exchanges import control_exchange
 from snapshot_processor.ingest.stage import camera_folder
+from snapshot_processor.storage.files import slug
 from tools.camera_simulator import CameraSimulator
+from tools.rtsp_camera import RtspServer, why_unavailable
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 CAMERA_PASSWORD = "demo-camera-password"
@@ -56,15 +59,18 @@ UPLOAD_CAMERA = "Garden"
 CAMERA_TIMEOUT = 2.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+PRE_TRIGGER_SECONDS = 4.0
+PRE_TRIGGER_MARK = "-before-"  # in the names of a snapshot's pre-trigger stills
 
 
 @dataclass
 class DemoCamera:
-    """One simulated camera, what it is meant to show, and what came of its triggers."""
+    """One simulated camera (HTTP, or an RTSP stream), what it is meant to show, and what
+    came of its triggers."""
 
     location: str
     behaviour: str
-    simulator: CameraSimulator
+    simulator: CameraSimulator | RtspServer
     configured_password: str = CAMERA_PASSWORD
     sent: list[float] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)
@@ -73,6 +79,37 @@ class DemoCamera:
     def key(self) -> str:
         """The camera output's key, as triggers and events name it."""
         return f"{self.location} camera"
+
+    @property
+    def answers(self) -> bool:
+        """Whether each of its triggers is meant to end in an event."""
+        return self.behaviour.startswith("answers")
+
+    @property
+    def where(self) -> str:
+        """The simulator's address, without credentials."""
+        if isinstance(self.simulator, RtspServer):
+            return self.simulator.url(user="")
+        return self.simulator.base_url
+
+    def outputs(self, number: int) -> dict[str, str]:
+        """Its ``OUTPUT_<number>_*`` settings."""
+        settings = {
+            "LOCATION": self.location,
+            "TYPE": "camera",
+            "USER": "admin",
+            "PASSWORD": self.configured_password,
+        }
+        if isinstance(self.simulator, RtspServer):
+            settings |= {
+                "VENDOR": "rtsp",
+                "URL": self.where,
+                "RTSP_MODE": "warm",
+                "PRE_TRIGGER_SECONDS": f"{PRE_TRIGGER_SECONDS:g}",
+            }
+        else:
+            settings |= {"VENDOR": "foscam", "ADDRESS": f"127.0.0.1:{self.simulator.port}"}
+        return {f"OUTPUT_{number}_{name}": value for name, value in settings.items()}
 
 
 @dataclass
@@ -137,6 +174,11 @@ class Demo:
                 configured_password="not-the-camera-password",
             ),
         ]
+        # The stream camera where GStreamer's RTSP server runs (Debian's python3-gi).
+        self.rtsp_left_out = why_unavailable()
+        if self.rtsp_left_out is None:
+            stream = RtspServer("admin", CAMERA_PASSWORD, width=1280, height=720, key_on_join=False)
+            self.cameras.append(DemoCamera("Driveway", "answers from a warm RTSP stream", stream))
         self.children: list[Child] = []
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.readers: list[threading.Thread] = []
@@ -173,14 +215,7 @@ class Demo:
             "INPUT_1_TYPE": "camera",
         }
         for number, camera in enumerate(self.cameras, start=1):
-            env |= {
-                f"OUTPUT_{number}_LOCATION": camera.location,
-                f"OUTPUT_{number}_TYPE": "camera",
-                f"OUTPUT_{number}_VENDOR": "foscam",
-                f"OUTPUT_{number}_ADDRESS": f"127.0.0.1:{camera.simulator.port}",
-                f"OUTPUT_{number}_USER": "admin",
-                f"OUTPUT_{number}_PASSWORD": camera.configured_password,
-            }
+            env |= camera.outputs(number)
         return env
 
     # -- children --------------------------------------------------------------------
@@ -296,9 +331,9 @@ class Demo:
         (self.workdir / "secrets").mkdir(exist_ok=True)
         for camera in self.cameras:
             camera.simulator.start()
-            say(
-                f"camera '{camera.key}' ({camera.behaviour}) simulated at {camera.simulator.base_url}"
-            )
+            say(f"camera '{camera.key}' ({camera.behaviour}) simulated at {camera.where}")
+        if self.rtsp_left_out is not None:
+            say(f"the RTSP camera is left out: {self.rtsp_left_out}")
         self.http_port = free_port()
         self.ftp_port = free_port()
         self.settings = config.load(env=self.environment(), config_file=Path("/dev/null"))
@@ -309,13 +344,19 @@ class Demo:
         events = self.spawn("events subscriber", ["events"], subprocess.PIPE)
         self.read_lines(events)
         self.wait_listening(events)
-        expected = self.args.rounds + 1
-        self.send(expected)
-        self.collect(expected, self.args.timeout)
+        self.wait_streams()
+        self.send(self.expected)
+        self.collect(self.expected, self.args.timeout)
         results = self.outcomes()
         if self.args.keep:
             self.keep_running()
         return results
+
+    @property
+    def expected(self) -> int:
+        """Events meant to come: each answering camera's triggers, and the upload's."""
+        rounds: int = self.args.rounds
+        return rounds * sum(camera.answers for camera in self.cameras) + 1
 
     def keep_running(self) -> None:
         """KEEP=1: the daemon and cameras stay up for a visit to the page, until Ctrl-C."""
@@ -348,6 +389,20 @@ class Demo:
                 return
             say(f"events subscriber: {line}")
         raise DemoError("the events subscriber did not start listening")
+
+    def wait_streams(self) -> None:
+        """Until each warm stream is up, so that its first trigger finds it warm, with a
+        still or two from before it."""
+        streams = [c.key for c in self.cameras if isinstance(c.simulator, RtspServer)]
+        deadline = time.monotonic() + START_TIMEOUT
+        while streams and time.monotonic() < deadline:
+            health = self.health()
+            if all(health.get(key, {}).get("state") == "up" for key in streams):
+                say(f"the daemon's warm RTSP stream is open: {', '.join(streams)}")
+                return
+            time.sleep(0.2)
+        if streams:
+            say("the warm RTSP stream is not open yet: its first trigger waits for it")
 
     def send(self, expected: int) -> None:
         """Triggers for every camera, round after round, and one upload over FTP."""
@@ -407,7 +462,7 @@ class Demo:
         while len(self.events) < expected and time.monotonic() < deadline:
             self.show_events(expected, until=min(deadline, time.monotonic() + 0.5))
         # The hanging camera's last trigger fails CAMERA_TIMEOUT after it was taken.
-        failing = [c for c in self.cameras if c.behaviour != "answers"]
+        failing = [c for c in self.cameras if not c.answers]
         settle = time.monotonic() + CAMERA_TIMEOUT + 3
         while time.monotonic() < settle and not all(self.failures(c) for c in failing):
             time.sleep(0.2)
@@ -439,8 +494,12 @@ class Demo:
                 text += ", failed snapshots: " + ", ".join(
                     f"{n} {r}" for r, n in sorted(failures.items())
                 )
+            if isinstance(camera.simulator, RtspServer):
+                folder = self.data_root / "snapshots" / slug(camera.key)
+                stills = sum(1 for _ in folder.rglob(f"*{PRE_TRIGGER_MARK}*.jpg"))
+                text += f", {stills} pre-trigger still(s)"
             lines.append(f"{text}; {shown}")
-            if camera.behaviour == "answers":
+            if camera.answers:
                 good &= len(camera.arrived) == len(camera.sent)
             else:
                 good &= not camera.arrived and bool(failures)
@@ -452,14 +511,15 @@ class Demo:
             )
         good &= len(uploads) == 1
         lines.append(upload)
-        expected = self.args.rounds + 1
+        files = [path.name for path in self.data_root.rglob("*.jpg")]
+        stills = sum(PRE_TRIGGER_MARK in name for name in files)
         self.summary = [
-            f"events: {len(self.events)} of {expected} expected, "
+            f"events: {len(self.events)} of {self.expected} expected, "
             f"in {time.monotonic() - self.started:.1f} s",
             *lines,
-            f"files: snapshots under {self.data_root} "
-            f"({sum(1 for _ in self.data_root.rglob('*.jpg'))} JPEG files), "
-            f"the daemon's log {self.workdir / 'daemon.log'}",
+            f"files: snapshots under {self.data_root} ({len(files) - stills} JPEG files"
+            + (f", and {stills} pre-trigger stills" if stills else "")
+            + f"), the daemon's log {self.workdir / 'daemon.log'}",
         ]
         return 0 if good else 1
 

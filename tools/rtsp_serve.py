@@ -1,10 +1,11 @@
-"""An RTSP server on loopback serving H.264 made on the fly, for tests (GStreamer's).
+"""An RTSP server serving H.264 (or H.265) made on the fly, GStreamer's: the stream
+tests', the demo's and the bench's RTSP camera (``tools/rtsp_camera.py`` runs it).
 
 Run by Debian's ``/usr/bin/python3``, which has GStreamer's bindings (``python3-gi``,
 ``gir1.2-gst-rtsp-server-1.0``, the good and ugly plugins); the project's virtualenv
 does not. Prints ``listening on <port>`` once it serves ``/cam``.
 
-    /usr/bin/python3 tests/support/rtsp_serve.py --port 8554 --user admin --password pw
+    /usr/bin/python3 tools/rtsp_serve.py --port 8554 --user admin --password pw
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
-# x-gst: GStreamer's own payload, which no camera sends and FFmpeg cannot read.
+# x-gst: GStreamer's own payload, which no camera sends and FFmpeg cannot read. One thread
+# for x264: zerolatency's sliced threads cut a frame into slices, and rtph264pay puts the
+# parameter sets before each key slice, where FFmpeg's parser starts a new frame: a key
+# frame reached a reader as two packets, each half a picture.
 ENCODERS = {
-    "h264": "x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max={key} ! "
+    "h264": "x264enc name=enc tune=zerolatency speed-preset=ultrafast threads=1 key-int-max={key} ! "
     "rtph264pay name=pay0 pt=96 config-interval=1",
     "h265": "x265enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max={key} ! "
     "rtph265pay name=pay0 pt=96 config-interval=1",
@@ -44,7 +48,7 @@ class RunningEncoder:
         self.headers = b""  # the last key frame's parameter sets, for a reader that joins
         encoder = ENCODERS[args.codec].format(key=args.key_interval).partition(" ! rtp")[0]
         self.pipeline = Gst.parse_launch(
-            f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},"
+            f"videotestsrc is-live=true pattern={args.pattern} ! video/x-raw,width={args.width},"
             f"height={args.height},framerate={args.fps}/1 ! videoconvert ! {encoder} ! "
             f"video/x-{args.codec},stream-format=byte-stream,alignment=au ! "
             "appsink name=out emit-signals=true sync=false"
@@ -89,6 +93,7 @@ class RunningEncoder:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--user", default=None)
     parser.add_argument("--password", default=None)
@@ -97,6 +102,7 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--key-interval", type=int, default=30, help="frames between key frames")
     parser.add_argument("--codec", choices=sorted(ENCODERS), default="h264")
+    parser.add_argument("--pattern", default="ball", help="videotestsrc's picture")
     parser.add_argument("--path", action="append", help="mount point(s); default /cam")
     parser.add_argument(
         "--no-key-on-join",
@@ -107,7 +113,7 @@ def main() -> int:
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
+    server.set_address(args.host)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     if args.no_key_on_join:
@@ -116,7 +122,7 @@ def main() -> int:
         factory.connect("media-configure", running.configure)
     else:
         factory.set_launch(
-            f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},"
+            f"( videotestsrc is-live=true pattern={args.pattern} ! video/x-raw,width={args.width},"
             f"height={args.height},framerate={args.fps}/1 ! videoconvert ! "
             + ENCODERS[args.codec].format(key=args.key_interval)
             + " )"
@@ -135,7 +141,7 @@ def main() -> int:
     for path in args.path or ["/cam"]:
         server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
-        print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
+        print(f"cannot listen on {args.host}:{args.port}", file=sys.stderr, flush=True)
         return 3
     print(f"listening on {server.get_bound_port()}", flush=True)
     loop = GLib.MainLoop()

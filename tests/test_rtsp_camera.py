@@ -1,4 +1,4 @@
-"""The loopback RTSP server the stream tests use: key frames as set, and its password kept."""
+"""The loopback RTSP camera (tools/rtsp_camera.py): key frames as set, and its password kept."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.rtsp import RtspServer, available
+from tools.rtsp_camera import RtspServer, available
 
 av = pytest.importorskip("av")
 
