@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import quote, urlsplit
 
@@ -49,8 +50,6 @@ DEFAULT_RTSP_PORT = 554
 # stream before the first packet is handed over.
 OPEN_OPTIONS = {"analyzeduration": "0", "probesize": "32"}
 JPEG_QUALITY = 90
-# A warm stream's newest packet older than this is a stall: a trigger waits for a fresh one.
-FRESH_SECONDS = 1.0
 
 
 def stream_url(spec: CameraSpec) -> tuple[str, str]:
@@ -137,10 +136,53 @@ def _video(container: av.container.InputContainer, failure: _Failure) -> av.Vide
             f"({failure.shown})",
             camera=failure.key,
         )
-    stream = container.streams.video[0]
-    stream.codec_context.skip_frame = "NONKEY"  # only key frames are decoded while waiting
-    stream.codec_context.thread_count = 1  # no frame threading: a frame comes out at once
-    return stream
+    return container.streams.video[0]
+
+
+def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure) -> Still:
+    """The last frame of ``packets`` (a key frame first) as a JPEG, by a decoder made for
+    them and dropped after: a decoder kept between frames holds several 1080p frames."""
+    decoder = cast(VideoCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
+    if stream.codec_context.extradata:
+        decoder.extradata = stream.codec_context.extradata
+    decoder.thread_count = 1  # frame threads would hold a frame each, and hold frames back
+    newest = None
+    with failure.translated("decoding"):
+        for packet in [*packets, None]:  # None flushes the decoder's last frame out
+            for frame in decoder.decode(packet):
+                newest = frame
+    if not isinstance(newest, av.VideoFrame):
+        raise CameraBadImageError(
+            f"{failure.key}: RTSP: no frame decoded from the key frame on ({failure.shown})",
+            camera=failure.key,
+        )
+    return Still(time.time(), jpeg(newest))
+
+
+class _Group:
+    """The packets since the last key frame; the key frame is whole once a packet of
+    another time follows it (a camera may send one key frame as several packets)."""
+
+    def __init__(self) -> None:
+        self.packets: list[av.Packet] = []
+        self.key_packets = 0  # while the key frame may go on; 0 once it is whole
+
+    def add(self, packet: av.Packet) -> list[av.Packet] | None:
+        """Keep ``packet``; the key frame's packets when this one completes it."""
+        key_time = self.packets[0].pts if self.packets else None
+        if packet.is_keyframe and not (self.key_packets and packet.pts == key_time):
+            self.packets, self.key_packets = [packet], 1
+            return None
+        if not self.packets:
+            return None  # joined between key frames: nothing decodes before the next
+        self.packets.append(packet)
+        if not self.key_packets:
+            return None
+        if packet.pts == key_time:
+            self.key_packets += 1
+            return None
+        whole, self.key_packets = self.packets[: self.key_packets], 0
+        return whole
 
 
 def grab(url: str, timeout: float, failure: _Failure) -> Still:
@@ -149,10 +191,11 @@ def grab(url: str, timeout: float, failure: _Failure) -> Still:
     with _opened(url, timeout, failure) as container:
         stream = _video(container, failure)
         deadline = time.monotonic() + timeout
+        group = _Group()
         with failure.translated("PLAY"):
             for packet in container.demux(stream):
-                for frame in stream.codec_context.decode(packet) if packet.size else ():
-                    return Still(time.time(), jpeg(frame))
+                if packet.size and (key_frame := group.add(packet)) is not None:
+                    return _decoded(stream, key_frame, failure)
                 if time.monotonic() > deadline:
                     break
     raise CameraTimeoutError(
@@ -161,9 +204,20 @@ def grab(url: str, timeout: float, failure: _Failure) -> Still:
     )
 
 
+@dataclass
+class _Ask:
+    """A trigger's wait for the newest frame, answered by the stream's thread."""
+
+    answered: threading.Event = field(default_factory=threading.Event)
+    still: Still | None = None
+    error: CameraError | None = None
+
+
 class WarmStream:
     """One camera's stream kept open on its own thread, reconnecting with the camera's retry
-    policy; ``on_change`` hears each change of state (None: streaming; else why not)."""
+    policy; ``on_change`` hears each change of state (None: streaming; else why not).
+    Frames are decoded on that thread only, so their memory is reused there, not spread
+    over the snapshot stage's threads."""
 
     def __init__(
         self,
@@ -176,10 +230,8 @@ class WarmStream:
     ) -> None:
         self._url, self._failure, self._pre_trigger = url, failure, pre_trigger
         self._policy, self._on_change = policy, on_change
-        self._changed = threading.Condition()
-        self._gop: list[av.Packet] = []  # since the last key frame; guarded by _changed
-        self._codec: tuple[str, bytes | None] = ("", None)
-        self._newest = 0.0  # monotonic arrival of the newest packet
+        self._lock = threading.Lock()
+        self._asks: list[_Ask] = []  # guarded by _lock, as are the two below
         self._ring: collections.deque[Still] = collections.deque()
         self._error: CameraError | None = None
         self._stopping = threading.Event()
@@ -187,50 +239,35 @@ class WarmStream:
         self._thread.start()
 
     def still(self, timeout: float) -> Still:
-        """The newest frame, decoded from the last key frame on, and when its last packet
-        came; waits up to ``timeout`` for a stream that stalls or reconnects, then raises
-        why it has none."""
-        with self._changed:
-            fresh = self._changed.wait_for(
-                lambda: (
-                    self._stopping.is_set()
-                    or (self._gop and time.monotonic() - self._newest < FRESH_SECONDS)
-                ),
-                timeout,
-            )
-            packets, (name, extradata), error = list(self._gop), self._codec, self._error
-            arrived = time.time() - (time.monotonic() - self._newest)
-        if not fresh or not packets:
-            raise error or CameraTimeoutError(
-                f"{self._failure.key}: RTSP: no frame for {timeout:g} s ({self._failure.shown})",
-                camera=self._failure.key,
-            )
-        decoder = cast(VideoCodecContext, av.CodecContext.create(name, "r"))
-        if extradata:
-            decoder.extradata = extradata
-        newest = None
-        with self._failure.translated("decoding"):
-            for packet in [*packets, None]:
-                for frame in decoder.decode(packet):
-                    newest = frame
-        if not isinstance(newest, av.VideoFrame):
-            raise CameraBadImageError(
-                f"{self._failure.key}: RTSP: no frame decoded since the key frame "
-                f"({self._failure.shown})",
-                camera=self._failure.key,
-            )
-        return Still(arrived, jpeg(newest))
+        """The frame of the next packet to come, decoded from the last key frame on; waits
+        up to ``timeout`` for a stream that stalls or reconnects, then raises why it has none."""
+        ask = _Ask()
+        with self._lock:
+            self._asks.append(ask)
+        if not ask.answered.wait(timeout):
+            with self._lock:
+                if ask in self._asks:
+                    self._asks.remove(ask)
+                error = self._error
+            if not ask.answered.is_set():
+                raise error or CameraTimeoutError(
+                    f"{self._failure.key}: RTSP: no frame for {timeout:g} s "
+                    f"({self._failure.shown})",
+                    camera=self._failure.key,
+                )
+        if ask.error is not None:
+            raise ask.error
+        assert ask.still is not None
+        return ask.still
 
     def before(self, moment: float) -> list[Still]:
         """The ring's stills from the ``pre_trigger`` seconds before ``moment`` (Unix time)."""
-        with self._changed:
+        with self._lock:
             return [s for s in self._ring if moment - self._pre_trigger <= s.taken < moment]
 
     def stop(self, timeout: float) -> None:
         """Ends the thread; a read in progress ends within the camera timeout at most."""
         self._stopping.set()
-        with self._changed:
-            self._changed.notify_all()
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -252,9 +289,8 @@ class WarmStream:
             if self._stopping.is_set():
                 return
             failures += 1
-            with self._changed:
-                self._gop, self._error = [], error
-                self._changed.notify_all()
+            with self._lock:
+                self._error = error
             delay = self._policy.delay(min(failures, 10))
             log.warning("%s; connecting again in %.1f s", error, delay)
             self._on_change(error)
@@ -263,8 +299,7 @@ class WarmStream:
     def _stream(self) -> None:
         with _opened(self._url, self._failure.timeout, self._failure) as container:
             stream = _video(container, self._failure)
-            with self._changed:
-                self._codec = (stream.codec_context.name, stream.codec_context.extradata)
+            group = _Group()
             streaming = False
             with self._failure.translated("PLAY"):
                 for packet in container.demux(stream):
@@ -272,34 +307,42 @@ class WarmStream:
                         return
                     if not packet.size:
                         continue
-                    self._keep(packet)
-                    if packet.is_keyframe:
-                        for frame in stream.codec_context.decode(packet):
-                            self._remember(frame)
-                            if not streaming:
-                                streaming = True
-                                self._started()
+                    key_frame = group.add(packet)
+                    if key_frame is not None:
+                        self._remember(stream, key_frame)
+                        if not streaming:
+                            streaming = True
+                            self._started()
+                    if streaming:
+                        self._answer(stream, group.packets)
 
-    def _keep(self, packet: av.Packet) -> None:
-        with self._changed:
-            if packet.is_keyframe:
-                self._gop = [packet]
-            elif self._gop:
-                self._gop.append(packet)
-            self._newest = time.monotonic()
-            self._changed.notify_all()
+    def _answer(self, stream: av.VideoStream, packets: list[av.Packet]) -> None:
+        with self._lock:
+            asks, self._asks = self._asks, []
+        if not asks:
+            return
+        still: Still | None = None
+        error: CameraError | None = None
+        try:
+            still = _decoded(stream, packets, self._failure)
+        except CameraError as exc:
+            error = exc.with_traceback(None)
+        for ask in asks:
+            ask.still, ask.error = still, error
+            ask.answered.set()
 
-    def _remember(self, frame: av.VideoFrame) -> None:
+    def _remember(self, stream: av.VideoStream, key_frame: list[av.Packet]) -> None:
+        """Decode the key frame: that the stream decodes at all, and the pre-trigger ring."""
+        still = _decoded(stream, key_frame, self._failure)
         if self._pre_trigger <= 0:
             return
-        still = Still(time.time(), jpeg(frame))
-        with self._changed:
+        with self._lock:
             self._ring.append(still)
             while self._ring and self._ring[0].taken < still.taken - self._pre_trigger:
                 self._ring.popleft()
 
     def _started(self) -> None:
-        with self._changed:
+        with self._lock:
             was, self._error = self._error, None
         log.info("%s: RTSP stream %s", self._failure.key, "back" if was else "open")
         self._on_change(None)
