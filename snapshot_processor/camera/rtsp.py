@@ -139,9 +139,9 @@ def _video(container: av.container.InputContainer, failure: _Failure) -> av.Vide
     return container.streams.video[0]
 
 
-def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure) -> Still:
-    """The last frame of ``packets`` (a key frame first) as a JPEG, by a decoder made for
-    them and dropped after: a decoder kept between frames holds several 1080p frames."""
+def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure) -> av.VideoFrame:
+    """The last frame of ``packets`` (a key frame first), by a decoder made for them and
+    dropped after: a decoder kept between frames holds several 1080p frames."""
     decoder = cast(VideoCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
     if stream.codec_context.extradata:
         decoder.extradata = stream.codec_context.extradata
@@ -156,7 +156,7 @@ def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure
             f"{failure.key}: RTSP: no frame decoded from the key frame on ({failure.shown})",
             camera=failure.key,
         )
-    return Still(time.time(), jpeg(newest))
+    return newest
 
 
 class _Group:
@@ -195,7 +195,8 @@ def grab(url: str, timeout: float, failure: _Failure) -> Still:
         with failure.translated("PLAY"):
             for packet in container.demux(stream):
                 if packet.size and (key_frame := group.add(packet)) is not None:
-                    return _decoded(stream, key_frame, failure)
+                    arrived = time.time()
+                    return Still(arrived, jpeg(_decoded(stream, key_frame, failure)))
                 if time.monotonic() > deadline:
                     break
     raise CameraTimeoutError(
@@ -307,6 +308,7 @@ class WarmStream:
                         return
                     if not packet.size:
                         continue
+                    arrived = time.time()
                     key_frame = group.add(packet)
                     if key_frame is not None:
                         self._remember(stream, key_frame)
@@ -314,9 +316,9 @@ class WarmStream:
                             streaming = True
                             self._started()
                     if streaming:
-                        self._answer(stream, group.packets)
+                        self._answer(stream, group.packets, arrived)
 
-    def _answer(self, stream: av.VideoStream, packets: list[av.Packet]) -> None:
+    def _answer(self, stream: av.VideoStream, packets: list[av.Packet], arrived: float) -> None:
         with self._lock:
             asks, self._asks = self._asks, []
         if not asks:
@@ -324,7 +326,8 @@ class WarmStream:
         still: Still | None = None
         error: CameraError | None = None
         try:
-            still = _decoded(stream, packets, self._failure)
+            # Its time is the newest packet's arrival, not the end of the decoding.
+            still = Still(arrived, jpeg(_decoded(stream, packets, self._failure)))
         except CameraError as exc:
             error = exc.with_traceback(None)
         for ask in asks:
@@ -333,9 +336,10 @@ class WarmStream:
 
     def _remember(self, stream: av.VideoStream, key_frame: list[av.Packet]) -> None:
         """Decode the key frame: that the stream decodes at all, and the pre-trigger ring."""
-        still = _decoded(stream, key_frame, self._failure)
+        frame = _decoded(stream, key_frame, self._failure)
         if self._pre_trigger <= 0:
             return
+        still = Still(time.time(), jpeg(frame))
         with self._lock:
             self._ring.append(still)
             while self._ring and self._ring[0].taken < still.taken - self._pre_trigger:
