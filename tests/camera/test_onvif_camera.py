@@ -57,7 +57,8 @@ def test_the_snapshot_uri_is_asked_once_and_used_for_every_snapshot(
             second = registry.snapshot(KEY, None)
         finally:
             registry.close()
-        assert size(first)[0] > 0 and size(second)[0] > 0
+        assert size(first)[0] > 0
+        assert size(second)[0] > 0
         assert device.calls["GetProfiles"] == 1
         assert device.calls["GetSnapshotUri"] == 1
 

@@ -61,7 +61,8 @@ def test_a_warm_cameras_event_keeps_the_seconds_before_its_trigger(tmp_path: Pat
                 assert wait_until(lambda: prober.status()["Porch camera"].state == "up", 10)
                 assert wait_until(lambda: prober.status()["Shed camera"].state == "down", 10)
                 shed = prober.status()["Shed camera"]
-                assert shed.reason is not None and shed.reason.value == "wrong credentials"
+                assert shed.reason is not None
+                assert shed.reason.value == "wrong credentials"
                 time.sleep(3.5)  # the ring fills
                 peer.send_trigger(trigger_body("Shed camera", device_params=None))
                 peer.send_trigger(trigger_body("Porch camera", device_params=None))
