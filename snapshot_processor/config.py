@@ -7,6 +7,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -92,6 +93,13 @@ class Device(BaseModel):
             raise ValueError(
                 "a camera with an ADDRESS needs its PASSWORD secret, which is set nowhere "
                 "(environment, SECRETS_DIR file or 1Password item named like the variable)"
+            )
+        if self.VENDOR == "rtsp" and not urlsplit(url).hostname:
+            raise ValueError("an rtsp camera's URL names no host")
+        if self.RTSP_MODE not in (None, "off") and self.VENDOR == "generic":
+            raise ValueError(
+                "RTSP_MODE is for rtsp, onvif and the known vendors' cameras; a generic "
+                "camera's stream is an rtsp camera of its own"
             )
         if self.rtsp_mode == "off" and self.VENDOR == "rtsp":
             raise ValueError("an rtsp camera takes its stills from its stream: RTSP_MODE off")

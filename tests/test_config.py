@@ -428,6 +428,11 @@ def test_the_ftp_masquerade_address_must_be_an_address() -> None:
             "PRE_TRIGGER_SECONDS needs RTSP_MODE=warm",
         ),
         ({"VENDOR": "reolink", "RTSP_MODE": "always"}, "OUTPUT_1_RTSP_MODE"),
+        ({"VENDOR": "rtsp", "URL": "rtsp:///live"}, "an rtsp camera's URL names no host"),
+        (
+            {"VENDOR": "generic", "URL": "http://cam/s.jpg", "RTSP_MODE": "warm", "AUTH": "none"},
+            "RTSP_MODE is for rtsp, onvif and the known vendors' cameras",
+        ),
         ({"VENDOR": "rtsp", "URL": "rtsp://cam/live", "RTSP_TRANSPORT": "http"}, "RTSP_TRANSPORT"),
     ],
 )

@@ -112,6 +112,14 @@ class CameraClient:
         return []
 
     @property
+    def streaming(self) -> bool:
+        """Whether a warm stream of its own tells the camera's state (it needs no probe)."""
+        return False
+
+    def join(self, timeout: float) -> None:
+        """After :meth:`close`: wait up to ``timeout`` for a thread of its own to end."""
+
+    @property
     def spec(self) -> CameraSpec:
         return self._spec
 

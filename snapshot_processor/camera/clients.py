@@ -19,7 +19,7 @@ from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
     CameraError,
-    CameraTimeoutError,
+    CameraHTTPError,
     CameraVendorError,
 )
 from snapshot_processor.camera.jpeg import JPEG_SOI
@@ -259,7 +259,7 @@ class OnvifClient(CameraClient):
     a snapshot from it fails for another reason than the camera's credentials or timeout."""
 
     vendor = "onvif"
-    status_call = "ONVIF GetProfiles, then a snapshot"
+    status_call = "a snapshot (ONVIF GetProfiles first, until it answers)"
 
     def __init__(
         self, spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
@@ -273,23 +273,27 @@ class OnvifClient(CameraClient):
         with self._lock:
             if self._source is None and not self.closed:
                 with contextlib.suppress(CameraError):
-                    self._source = self._resolve()
+                    self._adopt(self._resolve())
 
     def _attempt(self, status: Request | None = None) -> bytes | Still | CameraError:
         try:
             if self._source is None:
-                self._source = self._resolve()
+                self._adopt(self._resolve())
         except CameraError as exc:
             return exc.with_traceback(None)
-        outcome = self._source._attempt(status)
-        if isinstance(outcome, CameraError) and not isinstance(
-            outcome, CameraAuthError | CameraTimeoutError
-        ):
-            self._source.close(wait=False)
-            self._source = None  # the camera may have moved its URIs: ask again next time
+        source = self._source
+        assert source is not None
+        outcome = source._attempt(status)
+        # The camera may have moved its URIs: asked again next time. Not for a warm stream,
+        # which opens again by itself and keeps its pre-trigger stills meanwhile.
+        moved = isinstance(outcome, CameraVendorError | CameraHTTPError | CameraBadImageError)
+        if moved and not source.streaming:
+            self._source = None
+            source.close(wait=False)
         return outcome
 
     def _resolve(self) -> CameraClient:
+        """A client of the URI the media service names."""
         uris = media_uris(
             self._spec.host,
             self._spec.port,
@@ -298,27 +302,45 @@ class OnvifClient(CameraClient):
             timeout=self._spec.timeout,
             camera=self.key,
         )
-        if uris.snapshot and self._spec.rtsp_mode == "off":
-            url, vendor, mode = uris.snapshot, "generic", "off"
-        elif uris.stream:
+        stream_first = self._spec.rtsp_mode != "off"
+        if uris.stream and (stream_first or not uris.snapshot):
             url, vendor = uris.stream, "rtsp"
-            mode = "on_demand" if self._spec.rtsp_mode == "off" else self._spec.rtsp_mode
+            mode = self._spec.rtsp_mode if stream_first else "on_demand"
+        elif uris.snapshot:
+            url, vendor, mode = uris.snapshot, "generic", "off"
         else:
             raise CameraVendorError(
-                f"{self.key}: ONVIF: the camera names no stream URI", camera=self.key
+                f"{self.key}: ONVIF: the camera names neither a snapshot nor a stream URI",
+                camera=self.key,
             )
         log.info("%s: ONVIF names %s", self.key, safe_url(url))
         spec = replace(self._spec, vendor=vendor, url=url, auth="digest", rtsp_mode=mode)
         return make_client(spec, self._on_change)
 
+    def _adopt(self, source: CameraClient) -> None:
+        # Kept first, then closed if this client was closed meanwhile: ``close`` sets its flag
+        # before it looks for a source, so one of the two closes it.
+        self._source = source
+        if self.closed:
+            source.close(wait=False)
+
     def before(self, moment: float) -> list[Still]:
         source = self._source
         return [] if source is None else source.before(moment)
+
+    @property
+    def streaming(self) -> bool:
+        source = self._source
+        return source is not None and source.streaming
 
     def close(self, *, wait: bool = True) -> None:
         super().close(wait=wait)
         if (source := self._source) is not None:
             source.close(wait=wait)
+
+    def join(self, timeout: float) -> None:
+        if (source := self._source) is not None:
+            source.join(timeout)
 
 
 # The vendors by name: OUTPUT_n_VENDOR accepts these names and no others.

@@ -325,9 +325,11 @@ class CameraProber(Worker):
     def _client(self, key: str) -> CameraClient | None:
         """This prober's own client for the camera, made anew when its spec changed."""
         known = self.cameras.known_spec(key)
-        if known is None or known.rtsp_mode == "warm":
+        if known is None or self.cameras.streaming(key):
             return None  # a warm stream tells its own state, without a second connection
-        spec = dataclasses.replace(known, retries=0)  # one attempt: the state as it is
+        # One attempt: the state as it is; a stream opened for it alone.
+        mode = "on_demand" if known.rtsp_mode == "warm" else known.rtsp_mode
+        spec = dataclasses.replace(known, retries=0, rtsp_mode=mode, pre_trigger=0.0)
         with self._lock:
             if self._closing.is_set():
                 return None

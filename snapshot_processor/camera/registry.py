@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from prometheus_client import Counter, Gauge, Histogram
 
 from pylib.breaker import BreakerState, CircuitBreaker
-from snapshot_processor.camera.address import parse_device_params
+from snapshot_processor.camera.address import CameraAddress, parse_device_params
 from snapshot_processor.camera.base import CameraClient
 from snapshot_processor.camera.clients import make_client
 from snapshot_processor.camera.errors import (
@@ -29,6 +29,7 @@ from snapshot_processor.config import Device
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 FOSCAM_PORT = 88
+STREAMS_END_SECONDS = 0.5  # at close, for every warm stream's thread together
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class CameraRegistry:
             except ValueError as exc:
                 if device.ADDRESS is None or device.PASSWORD is None:
                     raise CameraConfigError(f"{key}: device_params unusable: {exc}") from None
-        if device.ADDRESS:
+        if device.VENDOR == "rtsp":  # all in its URL: a trigger's address counts for nothing
+            host, port = "", DEFAULT_PORTS["http"]
+        elif device.ADDRESS:
             host, _, port_text = device.ADDRESS.partition(":")
             port = int(port_text) if port_text else self._default_port(device)
         elif sent is not None:
@@ -136,6 +139,21 @@ class CameraRegistry:
         user = device.USER if device.USER is not None else user
         if device.PASSWORD is not None:
             password = device.PASSWORD.get_secret_value()
+        try:
+            return self._made(key, device, host, port, user, password, sent)
+        except ValueError as exc:  # a URL the settings' checks let through, say
+            raise CameraConfigError(str(exc)) from None
+
+    def _made(
+        self,
+        key: str,
+        device: Device,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        sent: CameraAddress | None,
+    ) -> CameraSpec:
         return CameraSpec(
             key=key,
             vendor=device.VENDOR,
@@ -150,7 +168,7 @@ class CameraRegistry:
             retries=self.retries,
             rtsp_mode=device.rtsp_mode,
             rtsp_transport=device.RTSP_TRANSPORT,
-            rtsp_port=sent.rtsp_port if sent else None,
+            rtsp_port=sent.rtsp_port if sent and device.VENDOR != "rtsp" else None,
             pre_trigger=device.PRE_TRIGGER_SECONDS,
         )
 
@@ -198,9 +216,20 @@ class CameraRegistry:
         """Open the warm RTSP streams whose address is configured (the others open with their
         first trigger); a camera that fails reconnects on its own thread."""
         for key, device in self.devices.items():
-            if device.rtsp_mode == "warm":
-                with contextlib.suppress(CameraConfigError, CameraError):
-                    self.client(key, None).prepare()
+            if device.rtsp_mode != "warm":
+                continue
+            try:
+                self.client(key, None).prepare()
+            except CameraConfigError:
+                pass  # its address comes with its first trigger
+            except CameraError as exc:
+                log.warning("%s: its stream is not opened now: %s", key, exc)
+
+    def streaming(self, key: str) -> bool:
+        """Whether the camera's warm stream is open or opening (it tells its own state)."""
+        with self._lock:
+            client = self._clients.get(key)
+        return client is not None and client.streaming
 
     def before(self, key: str, moment: float) -> list[Still]:
         """The camera's pre-trigger stills before ``moment`` (none unless its stream is warm)."""
@@ -209,7 +238,14 @@ class CameraRegistry:
         return [] if client is None else client.before(moment)
 
     def _stream_changed(self, key: str, error: CameraError | None) -> None:
-        if self.observer is None or self._closed:
+        if self._closed:
+            return
+        breaker = self._breakers.get(key)
+        if error is None and breaker is not None and breaker.state is not BreakerState.CLOSED:
+            log.info("camera %r: its stream is back", key)
+            breaker.reset()  # its triggers are taken again at once
+            BREAKER_STATE.labels(key).set(BreakerState.CLOSED)
+        if self.observer is None:
             return
         if error is None:
             self.observer.record_success(key)
@@ -340,3 +376,7 @@ class CameraRegistry:
             self._clients.clear()
         for client in clients:
             client.close(wait=wait)
+        # Warm streams were all told to end first; a live one ends within a frame.
+        deadline = time.monotonic() + STREAMS_END_SECONDS
+        for client in clients:
+            client.join(max(0.0, deadline - time.monotonic()))

@@ -32,6 +32,7 @@ from snapshot_processor.camera.errors import (
     CameraTimeoutError,
     CameraVendorError,
 )
+from snapshot_processor.camera.settings import CameraSettings
 from snapshot_processor.camera.spec import CameraSpec, Still, safe_url
 
 __all__ = ["RTSP_PATHS", "RtspClient", "Still", "stream_url"]
@@ -59,7 +60,9 @@ def stream_url(spec: CameraSpec) -> tuple[str, str]:
         netloc = parts.netloc.rpartition("@")[2]
         base, path = f"{parts.scheme}://", parts.path + (f"?{parts.query}" if parts.query else "")
     else:
-        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        # A trigger's host goes to the address it was checked at, never looked up again.
+        address = spec.connect_to[0] if spec.connect_to else spec.host
+        host = f"[{address}]" if ":" in address else address
         netloc = f"{host}:{spec.rtsp_port or default_rtsp_port(spec)}"
         base, path = "rtsp://", RTSP_PATHS.get(spec.vendor, "/")
     shown = safe_url(f"{base}{netloc}{path}")
@@ -142,7 +145,15 @@ def _video(container: av.container.InputContainer, failure: _Failure) -> av.Vide
 def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure) -> av.VideoFrame:
     """The last frame of ``packets`` (a key frame first), by a decoder made for them and
     dropped after: a decoder kept between frames holds several 1080p frames."""
-    decoder = cast(VideoCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
+    name = stream.codec_context.name
+    try:
+        decoder = cast(VideoCodecContext, av.CodecContext.create(name, "r"))
+    except (ValueError, av.error.FFmpegError):  # PyAV's UnknownCodecError is a ValueError
+        raise CameraVendorError(
+            f"{failure.key}: RTSP: the stream's codec {name!r} cannot be decoded here "
+            f"({failure.shown})",
+            camera=failure.key,
+        ) from None
     if stream.codec_context.extradata:
         decoder.extradata = stream.codec_context.extradata
     decoder.thread_count = 1  # frame threads would hold a frame each, and hold frames back
@@ -160,8 +171,11 @@ def _decoded(stream: av.VideoStream, packets: list[av.Packet], failure: _Failure
 
 
 class _Group:
-    """The packets since the last key frame; the key frame is whole once a packet of
-    another time follows it (a camera may send one key frame as several packets)."""
+    """The packets since the last key frame; a frame is whole once a packet of another time
+    follows it (a camera may send one frame as several packets)."""
+
+    # Between two key frames: 40 s at 15 fps. A camera sending none for longer is stuck.
+    LIMIT = 600
 
     def __init__(self) -> None:
         self.packets: list[av.Packet] = []
@@ -175,6 +189,8 @@ class _Group:
             return None
         if not self.packets:
             return None  # joined between key frames: nothing decodes before the next
+        if len(self.packets) >= self.LIMIT:
+            raise ValueError(f"no key frame in {self.LIMIT} packets")
         self.packets.append(packet)
         if not self.key_packets:
             return None
@@ -184,13 +200,23 @@ class _Group:
         whole, self.key_packets = self.packets[: self.key_packets], 0
         return whole
 
+    def whole(self) -> list[av.Packet] | None:
+        """The packets up to the last whole frame: all but the newest, once it is of another
+        time than the one before (None while the key frame may still go on)."""
+        if self.key_packets or len(self.packets) < 2:
+            return None
+        if self.packets[-1].pts == self.packets[-2].pts:
+            return None
+        return self.packets[:-1]
+
 
 def grab(url: str, timeout: float, failure: _Failure) -> Still:
     """Open the stream, decode its first key frame, close it: the JPEG; within ``timeout``
-    of the answer to DESCRIBE, else :class:`CameraTimeoutError`."""
+    of the open (twice that at worst, for a camera slow to answer), else
+    :class:`CameraTimeoutError`."""
+    deadline = time.monotonic() + timeout  # the answer to DESCRIBE counts in it too
     with _opened(url, timeout, failure) as container:
         stream = _video(container, failure)
-        deadline = time.monotonic() + timeout
         group = _Group()
         with failure.translated("PLAY"):
             for packet in container.demux(stream):
@@ -240,10 +266,13 @@ class WarmStream:
         self._thread.start()
 
     def still(self, timeout: float) -> Still:
-        """The frame of the next packet to come, decoded from the last key frame on; waits
-        up to ``timeout`` for a stream that stalls or reconnects, then raises why it has none."""
+        """The newest whole frame once the next packet comes, decoded from the last key frame
+        on; waits up to ``timeout`` for a stream that stalls or reconnects, then raises why
+        it has none."""
         ask = _Ask()
         with self._lock:
+            if self._stopping.is_set():
+                raise self._closing()
             self._asks.append(ask)
         if not ask.answered.wait(timeout):
             with self._lock:
@@ -266,13 +295,28 @@ class WarmStream:
         with self._lock:
             return [s for s in self._ring if moment - self._pre_trigger <= s.taken < moment]
 
-    def stop(self, timeout: float) -> None:
-        """Ends the thread; a read in progress ends within the camera timeout at most."""
-        self._stopping.set()
+    def stop(self) -> None:
+        """Tell the thread to end (see :meth:`join`); a snapshot waiting hears so at once."""
+        with self._lock:
+            self._stopping.set()
+            asks, self._asks = self._asks, []
+        for ask in asks:
+            ask.error = self._closing()
+            ask.answered.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread: a live stream ends within a frame, a stalled one within the
+        camera timeout."""
         self._thread.join(timeout)
+
+    def _closing(self) -> CameraError:
+        return CameraConnectionError(
+            f"{self._failure.key}: RTSP: the stream is closing", camera=self._failure.key
+        )
 
     def _run(self) -> None:
         failures = 0
+        said = ""  # the last failure logged: a camera that stays away is said once
         while not self._stopping.is_set():
             try:
                 self._stream()
@@ -289,15 +333,20 @@ class WarmStream:
                 )
             if self._stopping.is_set():
                 return
-            failures += 1
             with self._lock:
-                self._error = error
-            delay = self._policy.delay(min(failures, 10))
-            log.warning("%s; connecting again in %.1f s", error, delay)
+                was_up, self._error = self._error is None, error
+            failures = 1 if was_up else failures + 1
+            # A refused password is asked again rarely: cameras lock an account out.
+            policy = self._policy
+            delay = policy.maximum if isinstance(error, CameraAuthError) else policy.delay(failures)
+            level = logging.WARNING if str(error) != said else logging.DEBUG
+            log.log(level, "%s; connecting again in %.0f s", error, delay)
+            said = str(error)
             self._on_change(error)
             self._stopping.wait(delay)
 
     def _stream(self) -> None:
+        opened = time.monotonic()
         with _opened(self._url, self._failure.timeout, self._failure) as container:
             stream = _video(container, self._failure)
             group = _Group()
@@ -309,14 +358,26 @@ class WarmStream:
                     if not packet.size:
                         continue
                     arrived = time.time()
-                    key_frame = group.add(packet)
+                    try:
+                        key_frame = group.add(packet)
+                    except ValueError as exc:
+                        raise CameraBadImageError(
+                            f"{self._failure.key}: RTSP: {exc} ({self._failure.shown})",
+                            camera=self._failure.key,
+                        ) from None
                     if key_frame is not None:
                         self._remember(stream, key_frame)
                         if not streaming:
                             streaming = True
                             self._started()
-                    if streaming:
-                        self._answer(stream, group.packets, arrived)
+                    elif not streaming and time.monotonic() - opened > self._failure.timeout:
+                        raise CameraTimeoutError(
+                            f"{self._failure.key}: RTSP: no key frame within "
+                            f"{self._failure.timeout:g} s ({self._failure.shown})",
+                            camera=self._failure.key,
+                        )
+                    if streaming and (whole := group.whole()) is not None:
+                        self._answer(stream, whole, arrived)
 
     def _answer(self, stream: av.VideoStream, packets: list[av.Packet], arrived: float) -> None:
         with self._lock:
@@ -326,7 +387,7 @@ class WarmStream:
         still: Still | None = None
         error: CameraError | None = None
         try:
-            # Its time is the newest packet's arrival, not the end of the decoding.
+            # Its time is the arrival of the packet that showed it whole.
             still = Still(arrived, jpeg(_decoded(stream, packets, self._failure)))
         except CameraError as exc:
             error = exc.with_traceback(None)
@@ -335,8 +396,11 @@ class WarmStream:
             ask.answered.set()
 
     def _remember(self, stream: av.VideoStream, key_frame: list[av.Packet]) -> None:
-        """Decode the key frame: that the stream decodes at all, and the pre-trigger ring."""
+        """Decode the key frame: that the stream decodes at all (its camera is seen), and
+        the pre-trigger ring."""
         frame = _decoded(stream, key_frame, self._failure)
+        if self._error is None:
+            self._on_change(None)  # keeps the camera's last-seen time
         if self._pre_trigger <= 0:
             return
         still = Still(time.time(), jpeg(frame))
@@ -371,7 +435,7 @@ class RtspClient(CameraClient):
                 self._url,
                 self._failure,
                 pre_trigger=spec.pre_trigger,
-                policy=spec.retry_policy,
+                policy=CameraSettings.STREAM_RETRY,
                 on_change=on_change or (lambda error: None),
             )
 
@@ -392,11 +456,20 @@ class RtspClient(CameraClient):
     def before(self, moment: float) -> list[Still]:
         return [] if self._warm is None else self._warm.before(moment)
 
+    @property
+    def streaming(self) -> bool:
+        return self._warm is not None
+
     def close(self, *, wait: bool = True) -> None:
-        super().close(wait=wait)
         if self._warm is not None:
-            # A live stream notices within a frame; a stalled one within the camera timeout.
-            self._warm.stop(self._spec.timeout + 1 if wait else 0.5)
+            self._warm.stop()
+        super().close(wait=wait)
+        if wait:
+            self.join(self._spec.timeout + 1)
+
+    def join(self, timeout: float) -> None:
+        if self._warm is not None:
+            self._warm.join(timeout)
 
     def __repr__(self) -> str:
         return f"<RtspClient {self.key!r} {self._failure.shown}>"

@@ -31,6 +31,8 @@ class CameraSettings(BaseModel):
 
     # One snapshot's attempts (docs/retries.md): short, as a snapshot is worth little later.
     SNAPSHOT_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=0.2, maximum=2.0, jitter=0.1)
+    # A warm RTSP stream opened again after it failed; after a refused password, the maximum.
+    STREAM_RETRY: ClassVar[RetryPolicy] = RetryPolicy(first=1.0, maximum=60.0, jitter=0.2)
 
     @property
     def answer_within(self) -> float:

@@ -297,9 +297,9 @@ class SnapshotStage(Stage):
             path.with_name(f"{path.stem}-before-{n}.jpg") for n in range(1, 1 + len(before))
         ]
         try:
-            write_atomically(path, image)
             for still, still_path in zip(before, before_paths, strict=True):
                 write_atomically(still_path, still.jpeg)
+            write_atomically(path, image)  # last: an image on disk always has its stills
         except OSError as exc:
             raise _WriteError(exc) from exc
         self.disk.succeeded()

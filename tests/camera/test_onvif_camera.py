@@ -4,6 +4,7 @@ then takes stills from the snapshot URI it names, or from its stream when it nam
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,8 @@ from snapshot_processor.config import Device
 from tests.support import rtsp
 from tests.support.onvif_device import OnvifDevice
 from tests.support.rtsp import RtspServer
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
 from tools.camera_simulator import CameraSimulator
 
 PASSWORD = "onvif pass:1"
@@ -105,3 +108,34 @@ def test_a_camera_without_a_snapshot_uri_gives_stills_from_its_stream(mode: str)
         finally:
             registry.close()
         assert device.calls["GetStreamUri"] == 1
+
+
+@pytest.mark.rtsp
+@pytest.mark.skipif(not rtsp.available(), reason="GStreamer's RTSP server is not installed")
+def test_a_camera_closed_while_its_uris_are_asked_leaves_no_stream_open() -> None:
+    with (
+        RtspServer("admin", PASSWORD, key_interval=15) as server,
+        OnvifDevice("admin", PASSWORD, snapshot_uri=None, stream_uri=server.url("", "")) as device,
+        TcpProxy("127.0.0.1", device.port) as proxy,
+    ):
+        settings = {
+            "LOCATION": "Gate",
+            "TYPE": "camera",
+            "VENDOR": "onvif",
+            "ADDRESS": f"127.0.0.1:{proxy.port}",
+            "USER": "admin",
+            "PASSWORD": PASSWORD,
+            "RTSP_MODE": "warm",
+        }
+        registry = CameraRegistry([Device.model_validate(settings)], timeout=3.0, retries=0)
+        proxy.stall()  # the media service's answers wait
+        asking = threading.Thread(target=registry.warm_up)
+        asking.start()
+        assert wait_until(lambda: device.calls["GetCapabilities"] >= 1, 5)
+        registry.close(wait=False)
+        proxy.restore()  # the answers come, to a client closed meanwhile
+        asking.join(10)
+        assert device.calls["GetStreamUri"] == 1
+        assert wait_until(
+            lambda: not [t for t in threading.enumerate() if t.name.startswith("rtsp ")], 5
+        )
