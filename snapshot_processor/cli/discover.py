@@ -7,14 +7,17 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pylib.observe.logs import printable
 from pylib.observe.redact import redact, register_secret
-from snapshot_processor.camera.discovery import FoundCamera, discover
 from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.onvif import media_uris
 from snapshot_processor.cli.common import EXIT_CONFIG, EXIT_FAILED, CommandError, command_logging
+
+if TYPE_CHECKING:
+    from snapshot_processor.camera.discovery import FoundCamera
 
 HELP = "list the ONVIF cameras on the local network and the lines that configure them"
 # Not an argument: the process list shows those to every user of the machine.
@@ -47,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     register_secret(password)
     with command_logging():
         try:
+            # WS-Discovery's library only here: every other command does without it.
+            from snapshot_processor.camera.discovery import discover
+
             cameras = discover(args.timeout, address=args.address)
         except ValueError as exc:
             raise CommandError(f"--address {exc}", EXIT_CONFIG) from None

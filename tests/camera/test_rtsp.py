@@ -26,8 +26,9 @@ from snapshot_processor.camera.errors import (
 )
 from snapshot_processor.camera.prober import Reason, classify
 from snapshot_processor.camera.registry import CameraRegistry
-from snapshot_processor.camera.rtsp import RTSP_PATHS, RtspClient, _Group
+from snapshot_processor.camera.rtsp import RTSP_PATHS, RtspClient
 from snapshot_processor.camera.spec import CameraSpec
+from snapshot_processor.camera.stream import _Group
 from snapshot_processor.config import Device
 from tests.support import rtsp
 from tests.support.rtsp import RtspServer
