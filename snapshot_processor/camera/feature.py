@@ -46,6 +46,7 @@ def build(settings: Settings, daemon: Daemon) -> Cameras:
         interval=section.snapshot_interval,
         waiting=section.queue,
         workers=section.workers,
+        bundle_window=section.bundle_window,
         on_fatal=daemon.on_fatal,
     )
     return Cameras(registry, prober, stage)

@@ -20,6 +20,8 @@ class CameraSettings(BaseModel):
     workers: int = Field(32, alias="CAMERA_WORKERS", ge=1, le=256)
     snapshots_per_trigger: int = Field(1, alias="SNAPSHOTS_PER_TRIGGER", ge=1, le=20)
     snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
+    # Triggers of one sensor event (its active_input or traceparent) this close share a bundle.
+    bundle_window: float = Field(5.0, alias="BUNDLE_WINDOW", ge=0, le=300)
     queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
     breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
     breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)

@@ -6,6 +6,7 @@ others. A trigger whose snapshots were not all taken at stop is never acked: it 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -21,6 +22,7 @@ from pylib.chain.settle import done_envelope
 from pylib.chain.sockets import MESSAGES_REJECTED
 from pylib.chain.stage import Stage
 from pylib.runtime.worker import RestartBudget
+from snapshot_processor.bundle.grouping import BundleGrouping
 from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.queues import TriggerQueues
 from snapshot_processor.camera.registry import (
@@ -92,6 +94,7 @@ class SnapshotStage(Stage):
         interval: float = 1.0,
         waiting: int = 3,
         workers: int = 32,
+        bundle_window: float = 5.0,
         stop_timeout: float = 5.0,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
@@ -112,6 +115,7 @@ class SnapshotStage(Stage):
         self.interval = interval
         self.disk = WriteTrouble(f"snapshots under {root}")
         self.queues = TriggerQueues(waiting)
+        self.bundles = BundleGrouping(bundle_window)
         self._fetch_started: dict[str, float] = {}  # monotonic; on the stage's thread
 
     def on_thread_start(self) -> None:
@@ -121,6 +125,11 @@ class SnapshotStage(Stage):
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
+        if trigger.bundle_id is None:
+            bundle = self.bundles.bundle_for(
+                trigger.sensor_key, trigger.traceparent, time.monotonic()
+            )
+            trigger = dataclasses.replace(trigger, bundle_id=bundle)
         trouble = self._in_trouble(trigger.camera_key)
         if trouble:
             self._trim(trigger.camera_key)
@@ -315,4 +324,6 @@ class SnapshotStage(Stage):
             settlement=trigger.settlement.split(parts),
             triggered=trigger.received,
             pre_trigger_paths=[str(still_path) for still_path in before_paths],
+            bundle_id=trigger.bundle_id,
+            frame=index + 1,
         )

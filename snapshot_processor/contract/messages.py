@@ -42,6 +42,10 @@ class TriggerMessage:
     received: float | None = None
     # The first snapshot's event id, chosen by whoever asked (the HTTP API returns it).
     event_id: str | None = None
+    sensor_key: str | None = None
+    traceparent: str | None = None
+    # The sensor event's bundle, set by the snapshot stage.
+    bundle_id: str | None = None
 
     def envelope(self, msg_id: str | None = None) -> Envelope:
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settlement"}
@@ -65,6 +69,9 @@ class TriggerMessage:
             settlement=Settlement.of(body),
             received=_read(body, "received", (int, float), optional=True),
             event_id=_read(body, "event_id", str, optional=True),
+            sensor_key=_read(body, "sensor_key", str, optional=True),
+            traceparent=_read(body, "traceparent", str, optional=True),
+            bundle_id=_read(body, "bundle_id", str, optional=True),
         )
 
 
@@ -90,6 +97,9 @@ class SnapshotMessage:
     triggered: float | None = None
     # A warm RTSP stream's stills from the seconds before the trigger, oldest first.
     pre_trigger_paths: list[str] = field(default_factory=list)
+    # The sensor event's bundle and this image's number in its camera's burst (1 first).
+    bundle_id: str | None = None
+    frame: int | None = None
 
     #: The detection fields an event carries as added fields of its input entry.
     DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
@@ -131,6 +141,8 @@ class SnapshotMessage:
             storage_url=_read(body, "storage_url", str, optional=True),
             triggered=_read(body, "triggered", (int, float), optional=True),
             pre_trigger_paths=pre_trigger,
+            bundle_id=_read(body, "bundle_id", str, optional=True),
+            frame=_read(body, "frame", int, optional=True),
         )
 
     def with_detection(
@@ -157,10 +169,13 @@ class SnapshotMessage:
 
     def added_fields(self) -> dict[str, Any]:
         """The fields the event's input entry carries beyond the original's: the detection
-        fields where detection ran, the pre-trigger stills where there are any."""
+        fields where detection ran, the pre-trigger stills where there are any, the bundle
+        and frame of a triggered snapshot."""
         added: dict[str, Any] = {}
         if self.analysed or self.detection_error or self.detection_skipped:
             added.update((name, getattr(self, name)) for name in self.DETECTION_FIELDS)
         if self.pre_trigger_paths:
             added["pre_trigger_paths"] = self.pre_trigger_paths
+        if self.bundle_id is not None:
+            added.update(bundle_id=self.bundle_id, frame=self.frame)
         return added

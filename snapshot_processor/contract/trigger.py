@@ -47,6 +47,10 @@ class Trigger:
     timestamp: int
     device_params: str | None
     trigger_topic: str | None
+    # The sensor that fired (``active_input.device_key``) and the sender's W3C trace: what
+    # the triggers of one sensor event share.
+    sensor_key: str | None = None
+    traceparent: str | None = None
 
     def message(self) -> TriggerMessage:
         """What the listener sends down the chain."""
@@ -124,10 +128,15 @@ def parse_trigger(
             "unknown_camera", f"no camera output is configured with key '{printable(key)}'"
         )
     TRIGGERS.labels(camera_key).inc()
+    sensor = data.get("active_input")
     return Trigger(
         camera_key=camera_key,
         device_label=_optional_str(output, "device_label") or camera_key,
         timestamp=timestamp,
         device_params=params or None,
         trigger_topic=_optional_str(output, "trigger_topic"),
+        sensor_key=(_optional_str(sensor, "device_key") or "")[:256] or None
+        if isinstance(sensor, dict)
+        else None,
+        traceparent=_optional_str(data, "traceparent"),
     )

@@ -92,7 +92,22 @@ def test_good_trigger_parses_with_key_in_any_case() -> None:
         timestamp=1700000000,
         device_params="a:b@c:1",
         trigger_topic="snapshot",
+        sensor_key="hall pir",
     )
+
+
+def test_the_sensor_and_the_trace_are_read_when_they_are_there() -> None:
+    body = trigger_body("Front Door camera")
+    body["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    trigger = parse_trigger(packed(body), CAMERAS)
+    assert (trigger.sensor_key, trigger.traceparent) == ("hall pir", body["traceparent"])
+    for odd in (None, "a string", {"device_key": 7}, {"device_key": "x" * 5000}):
+        body = trigger_body("Front Door camera")
+        body.pop("traceparent", None)
+        body["active_input"] = odd
+        parsed = parse_trigger(packed(body), CAMERAS)
+        assert parsed.traceparent is None
+        assert parsed.sensor_key in (None, "x" * 256)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Bundles: the snapshots of one sensor event, from every camera it triggered."""
