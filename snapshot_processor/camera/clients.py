@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from requests.auth import AuthBase
 
@@ -18,11 +18,13 @@ from snapshot_processor.camera.base import CameraClient, Reply, Request
 from snapshot_processor.camera.errors import (
     CameraAuthError,
     CameraBadImageError,
+    CameraConnectionError,
     CameraError,
     CameraHTTPError,
     CameraVendorError,
 )
 from snapshot_processor.camera.jpeg import JPEG_SOI
+from snapshot_processor.camera.networks import AddressRefusedError, CameraNetworks
 from snapshot_processor.camera.onvif import media_uris
 from snapshot_processor.camera.rtsp import RtspClient
 from snapshot_processor.camera.spec import CameraSpec, Still, safe_url
@@ -260,6 +262,9 @@ class OnvifClient(CameraClient):
 
     vendor = "onvif"
     status_call = "a snapshot (ONVIF GetProfiles first, until it answers)"
+    # Set by the registry for a camera whose address came with a trigger: the URIs it
+    # names are bounded by CAMERA_NETWORKS too, and reached at the addresses checked.
+    networks: CameraNetworks | None = None
 
     def __init__(
         self, spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
@@ -314,8 +319,31 @@ class OnvifClient(CameraClient):
                 camera=self.key,
             )
         log.info("%s: ONVIF names %s", self.key, safe_url(url))
-        spec = replace(self._spec, vendor=vendor, url=url, auth="digest", rtsp_mode=mode)
+        spec = replace(
+            self._spec, vendor=vendor, url=url, auth="digest", rtsp_mode=mode, connect_to=()
+        )
+        if self.networks is not None:
+            spec = self._bounded(spec, url)
         return make_client(spec, self._on_change)
+
+    def _bounded(self, spec: CameraSpec, url: str) -> CameraSpec:
+        assert self.networks is not None
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        default = 554 if parts.scheme.startswith("rtsp") else 443 if parts.scheme == "https" else 80
+        try:
+            addresses = self.networks.resolve(host, parts.port or default)
+        except AddressRefusedError:
+            raise CameraVendorError(
+                f"{self.key}: ONVIF names {safe_url(url)}, outside CAMERA_NETWORKS: not asked",
+                camera=self.key,
+            ) from None
+        except (OSError, UnicodeError):
+            raise CameraConnectionError(
+                f"{self.key}: ONVIF names a host that does not resolve ({safe_url(url)})",
+                camera=self.key,
+            ) from None
+        return replace(spec, host=host, connect_to=addresses)
 
     def _adopt(self, source: CameraClient) -> None:
         # Kept first, then closed if this client was closed meanwhile: ``close`` sets its flag

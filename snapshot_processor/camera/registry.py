@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pylib.breaker import BreakerState, CircuitBreaker
 from snapshot_processor.camera.address import CameraAddress, parse_device_params
 from snapshot_processor.camera.base import CameraClient
-from snapshot_processor.camera.clients import make_client
+from snapshot_processor.camera.clients import OnvifClient, make_client
 from snapshot_processor.camera.errors import (
     CameraConnectionError,
     CameraError,
@@ -208,6 +208,8 @@ class CameraRegistry:
             client = self._clients[key] = make_client(
                 spec, functools.partial(self._stream_changed, key)
             )
+            if spec.connect_to and isinstance(client, OnvifClient):
+                client.networks = self.networks
         if old is not None:
             old.close(wait=False)  # outside the lock; its call in progress finishes first
         return client

@@ -28,6 +28,10 @@ def stream_url(spec: CameraSpec) -> tuple[str, str]:
     if spec.vendor == "rtsp":
         parts = urlsplit(spec.url or "")
         netloc = parts.netloc.rpartition("@")[2]
+        if spec.connect_to:  # a host checked against CAMERA_NETWORKS, not looked up again
+            address = spec.connect_to[0]
+            netloc = f"[{address}]" if ":" in address else address
+            netloc += f":{parts.port}" if parts.port else ""
         base, path = f"{parts.scheme}://", parts.path + (f"?{parts.query}" if parts.query else "")
     else:
         # A trigger's host goes to the address it was checked at, never looked up again.

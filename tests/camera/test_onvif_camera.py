@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from snapshot_processor.camera.errors import CameraAuthError
+from snapshot_processor.camera.errors import CameraAuthError, CameraVendorError
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.config import Device
 from tests.support import rtsp
@@ -139,3 +139,35 @@ def test_a_camera_closed_while_its_uris_are_asked_leaves_no_stream_open() -> Non
         assert wait_until(
             lambda: not [t for t in threading.enumerate() if t.name.startswith("rtsp ")], 5
         )
+
+
+def trigger_registry() -> CameraRegistry:
+    """An onvif camera whose address and credentials come with each trigger."""
+    device = Device.model_validate({"LOCATION": "Gate", "TYPE": "camera", "VENDOR": "onvif"})
+    return CameraRegistry([device], timeout=3.0, retries=0)
+
+
+def test_a_trigger_named_cameras_uris_are_bounded_by_camera_networks() -> None:
+    # 192.0.2.0/24 (TEST-NET-1) lies outside CAMERA_NETWORKS: nothing may be sent there.
+    with OnvifDevice("admin", PASSWORD, snapshot_uri="http://192.0.2.7/snapshot.jpg") as device:
+        registry = trigger_registry()
+        try:
+            with pytest.raises(CameraVendorError) as caught:
+                registry.snapshot(KEY, f"admin:{PASSWORD}@127.0.0.1:{device.port}")
+        finally:
+            registry.close()
+    assert "outside CAMERA_NETWORKS" in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_a_trigger_named_cameras_uris_inside_camera_networks_are_used(
+    camera: CameraSimulator,
+) -> None:
+    snapshot_uri = f"http://localhost:{camera.port}/snapshot.jpg"  # looked up once, checked
+    with OnvifDevice("admin", PASSWORD, snapshot_uri=snapshot_uri) as device:
+        registry = trigger_registry()
+        try:
+            image = registry.snapshot(KEY, f"admin:{PASSWORD}@127.0.0.1:{device.port}")
+        finally:
+            registry.close()
+    assert size(image)[0] > 0

@@ -26,7 +26,7 @@ from snapshot_processor.camera.errors import (
 )
 from snapshot_processor.camera.prober import Reason, classify
 from snapshot_processor.camera.registry import CameraRegistry
-from snapshot_processor.camera.rtsp import RTSP_PATHS, RtspClient
+from snapshot_processor.camera.rtsp import RTSP_PATHS, RtspClient, stream_url
 from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.camera.stream import _Group
 from snapshot_processor.config import Device
@@ -428,3 +428,22 @@ def _raised(registry: CameraRegistry, key: str) -> list[BaseException]:
     except Exception as exc:
         return [exc]
     return []
+
+
+def test_a_stream_url_goes_to_the_address_its_host_was_checked_at() -> None:
+    spec = rtsp_spec(554, url="rtsp://cam.lan:8554/live?x=1", connect_to=("192.168.1.9",))
+    url, shown = stream_url(spec)
+    assert url == f"rtsp://admin:{quote(PASSWORD, safe='')}@192.168.1.9:8554/live?x=1"
+    assert PASSWORD not in shown
+    assert "192.168.1.9:8554/live" in shown
+    vendor = CameraSpec(
+        key="Yard camera",
+        vendor="dahua",
+        host="cam.lan",
+        port=80,
+        user="admin",
+        password="pw",
+        rtsp_mode="on_demand",
+        connect_to=("fd00::9",),
+    )
+    assert stream_url(vendor)[0].startswith("rtsp://admin:pw@[fd00::9]:554/cam/realmonitor")
