@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from snapshot_processor.camera.errors import CameraAuthError, CameraVendorError
+from snapshot_processor.camera.prober import CameraProber
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.config import Device
 from tests.support import rtsp
@@ -171,3 +172,32 @@ def test_a_trigger_named_cameras_uris_inside_camera_networks_are_used(
         finally:
             registry.close()
     assert size(image)[0] > 0
+
+
+def test_a_warm_camera_whose_lookup_fails_is_probed_and_shown_down() -> None:
+    # No stream to tell its state: the prober asks it as any camera, by a lookup of its own.
+    with OnvifDevice("admin", "another password") as device:
+        settings = {
+            "LOCATION": "Gate",
+            "TYPE": "camera",
+            "VENDOR": "onvif",
+            "ADDRESS": f"127.0.0.1:{device.port}",
+            "USER": "admin",
+            "PASSWORD": PASSWORD,
+            "RTSP_MODE": "warm",
+        }
+        registry = CameraRegistry([Device.model_validate(settings)], timeout=3.0, retries=0)
+        prober = CameraProber("camera-prober", threading.Event(), cameras=registry, interval=300)
+        registry.observer = prober
+        try:
+            registry.warm_up()  # its lookup is refused: no stream opens
+            assert not registry.streaming(KEY)
+            prober.start()
+            assert wait_until(lambda: prober.status()[KEY].state == "down", 10)
+            reason = prober.status()[KEY].reason
+            assert reason is not None
+            assert reason.value == "wrong credentials"
+        finally:
+            assert prober.stop_and_join(5)
+            registry.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("rtsp ")]
