@@ -10,6 +10,7 @@ from pylib.chain.topology import Chain
 from pylib.runtime.daemon import Daemon
 from pylib.runtime.health import Health
 from pylib.runtime.worker import Worker
+from snapshot_processor.bundle import feature as bundle
 from snapshot_processor.camera import feature as camera
 from snapshot_processor.config import Settings
 from snapshot_processor.contract import feature as contract
@@ -43,16 +44,22 @@ class App:
         ops.metrics_listener(settings, daemon)
         ops.health_pings(settings, daemon, self.health)
         self.recent = ops.recent_events(settings, daemon)
+        record = bundle.open_store(settings, daemon)
         self.cameras = cameras = camera.build(settings, daemon)
         fed = ingest.build(settings, daemon)
-        kept = storage.build(settings, daemon)
+        kept = storage.build(settings, daemon, record)
+        self.bundles = bundles = bundle.build(
+            settings, daemon, record, kept, closed=cameras.stage.bundles.closed
+        )
         chain = Chain(
             "chain",
             [
                 # One tier, side by side: what cameras give, fetched and pushed.
                 [cameras.stage, *([fed.stage] if fed.stage else [])],
-                *detection.build(settings.detection, daemon),
+                # Off-site first: every file is queued before detection runs.
                 *kept.stages,
+                *detection.build(settings.detection, daemon),
+                bundles.stage,
                 contract.events(settings, daemon, self.recent),
                 contract.publisher(
                     settings, daemon, contract.heartbeat(settings, self.camera_health)

@@ -64,6 +64,9 @@ class Device(BaseModel):
     # TCP by default: UDP loses packets, and so whole frames, on Wi-Fi.
     RTSP_TRANSPORT: Literal["tcp", "udp"] = "tcp"
     PRE_TRIGGER_SECONDS: float = Field(0.0, ge=0, le=30)
+    # This camera's burst, where it differs from SNAPSHOTS_PER_TRIGGER and SNAPSHOT_INTERVAL.
+    SNAPSHOTS: int | None = Field(None, ge=1, le=20)
+    SNAPSHOT_INTERVAL: float | None = Field(None, ge=0, le=60)
 
     @field_validator("VENDOR")
     @classmethod
@@ -213,6 +216,11 @@ class Settings(BaseModel):
     def upload_queue_path(self) -> Path:
         """The SQLite queue of files still to copy to cloud storage."""
         return self.snapshots_root_dir / "uploads.sqlite3"
+
+    @property
+    def bundles_path(self) -> Path:
+        """The SQLite record of bundles: cameras, files, checksums, copies and states."""
+        return self.snapshots_root_dir / "bundles.sqlite3"
 
     @property
     def cameras(self) -> list[Device]:

@@ -10,12 +10,16 @@ from typing import Protocol
 @dataclass(frozen=True)
 class UploadItem:
     """One local file to copy: its unique ``name`` there, a ``folder`` beside its kind (a
-    camera's key), and when it was ``taken`` (unix seconds, UTC)."""
+    camera's key), and when it was ``taken`` (unix seconds, UTC). Files of one ``group``
+    share one folder at the destination, named by the group (a relative path); a higher
+    ``priority`` goes ahead of everything queued."""
 
     path: Path
     name: str
     folder: str
     taken: float
+    group: str | None = None
+    priority: int = 0
 
 
 class UploadRetryError(Exception):
@@ -40,9 +44,12 @@ class Destination(Protocol):
 
     #: Short and stable ("drive", "s3"): the upload queue's column, metric labels, logs.
     name: str
+    #: Whether :meth:`link` knows a group's folder before anything of it is uploaded.
+    links_ahead: bool
 
     def link(self, item: UploadItem) -> str | None:
-        """The link a person opens for this item, without touching the network."""
+        """The link a person opens for this item (its group's folder, for an item of a
+        group), without touching the network."""
 
     def upload(self, item: UploadItem) -> None:
         """Copy the file; raise :class:`UploadRetryError` or :class:`UploadRefusedError` on failure."""

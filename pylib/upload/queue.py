@@ -51,14 +51,21 @@ _SCHEMA = (
         next_try REAL NOT NULL,
         parked REAL,
         reason TEXT,
+        grp TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
         UNIQUE (destination, path)
     )
     """,
     "CREATE INDEX IF NOT EXISTS uploads_due ON uploads (parked, next_try)",
 )
+# Columns added since the first queues were written: added to an older file when opened.
+_ADDED_COLUMNS = {"grp": "grp TEXT", "priority": "priority INTEGER NOT NULL DEFAULT 0"}
 # The ``folder`` column's name in queues written before it had its general one.
 _OLD_FOLDER_COLUMN = "camera_key"
-_COLUMNS = "id, destination, path, name, folder, taken, added, attempts, next_try, parked, reason"
+_COLUMNS = (
+    "id, destination, path, name, folder, taken, added, attempts, next_try, parked, reason,"
+    " grp, priority"
+)
 
 
 class UploadQueueError(Exception):
@@ -124,6 +131,8 @@ class UploadQueue:
                 float(item.taken),
                 now,
                 now,
+                item.group,
+                item.priority,
             )
             for destination, item in entries
         ]
@@ -132,8 +141,8 @@ class UploadQueue:
         with self._transaction("cannot add to") as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO uploads"
-                " (destination, path, name, folder, taken, added, next_try)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " (destination, path, name, folder, taken, added, next_try, grp, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -182,11 +191,12 @@ class UploadQueue:
     def due(
         self, now: float, limit: int, destinations: Collection[str] | None = None
     ) -> list[QueuedUpload]:
-        """Up to ``limit`` uploads (of ``destinations``) due by ``now``, oldest first."""
+        """Up to ``limit`` uploads (of ``destinations``) due by ``now``: the highest
+        priority first, then the oldest."""
         where, args = _among(destinations)
         rows = self._read(
             f"SELECT {_COLUMNS} FROM uploads WHERE parked IS NULL AND next_try <= ?{where}"
-            " ORDER BY id LIMIT ?",
+            " ORDER BY priority DESC, id LIMIT ?",
             (now, *args, limit),
         )
         return [_upload(row) for row in rows]
@@ -268,8 +278,12 @@ class UploadQueue:
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
-            if _OLD_FOLDER_COLUMN in _columns(conn):
+            found = _columns(conn)
+            if _OLD_FOLDER_COLUMN in found:
                 conn.execute(f"ALTER TABLE uploads RENAME COLUMN {_OLD_FOLDER_COLUMN} TO folder")
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in found:
+                    conn.execute(f"ALTER TABLE uploads ADD COLUMN {definition}")
         except BaseException:
             conn.close()
             raise
@@ -365,6 +379,8 @@ def _upload(row: tuple[object, ...]) -> QueuedUpload:
             name=str(row[3]),
             folder=str(row[4]),
             taken=float(str(row[5])),
+            group=None if row[11] is None else str(row[11]),
+            priority=int(str(row[12] or 0)),
         ),
         attempts=int(str(row[7])),
         added=float(str(row[6])),
@@ -380,8 +396,12 @@ def _salvage(aside: Path, fresh: sqlite3.Connection) -> int:
     try:
         with closing(sqlite3.connect(f"file:{quote(str(aside))}?mode=ro", uri=True)) as old:
             columns = _COLUMNS
-            if _OLD_FOLDER_COLUMN in _columns(old):
+            found = _columns(old)
+            if _OLD_FOLDER_COLUMN in found:
                 columns = columns.replace("folder", f"{_OLD_FOLDER_COLUMN} AS folder")
+            for name in _ADDED_COLUMNS:
+                if name not in found:
+                    columns = columns.replace(name, f"NULL AS {name}", 1)
             rows = old.execute(f"SELECT {columns} FROM uploads ORDER BY id").fetchall()
     except sqlite3.Error as exc:
         logger.warning("nothing could be read back from the damaged %s: %s", aside, exc)
@@ -389,7 +409,8 @@ def _salvage(aside: Path, fresh: sqlite3.Connection) -> int:
     try:
         fresh.execute("BEGIN IMMEDIATE")
         fresh.executemany(
-            f"INSERT OR IGNORE INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 11)})", rows
+            f"INSERT OR IGNORE INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+            [(*row[:12], row[12] or 0) for row in rows],
         )
         fresh.execute("COMMIT")
     except sqlite3.Error as exc:

@@ -18,7 +18,12 @@ from pylib.observe.trouble import TroubleLog
 from pylib.retry import Backoff, RetryPolicy
 from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget, Worker
-from pylib.upload.destination import Destination, UploadRefusedError, UploadRetryError
+from pylib.upload.destination import (
+    Destination,
+    UploadItem,
+    UploadRefusedError,
+    UploadRetryError,
+)
 from pylib.upload.queue import QueuedUpload, UploadQueue, UploadQueueError
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,10 @@ UPLOAD_SECONDS = Histogram(
     "Time taken by each successful upload",
     ["destination"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+
+UPLOAD_HOOK_FAILURES = Counter(
+    "upload_hook_failures_total", "Finished uploads whose listener failed to take note of them"
 )
 
 # With 20 attempts, about half a day of trying before an item is parked.
@@ -81,11 +90,14 @@ class Uploader(Worker):
         housekeeping_every: float = HOUSEKEEPING_EVERY,
         trouble_after: float = TROUBLE_AFTER,
         clock: Callable[[], float] = time.time,
+        on_uploaded: Callable[[str, UploadItem], None] | None = None,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
         self.queue = queue
+        # Told of each file copied, on this thread, once the queue has forgotten it.
+        self.on_uploaded = on_uploaded
         self.destinations = dict(destinations)
         self.item_retry = item_retry
         self.housekeeping_every = housekeeping_every
@@ -258,6 +270,14 @@ class Uploader(Worker):
         log.debug(
             "uploaded %s to %s in %.2f s", printable(entry.item.name), entry.destination, seconds
         )
+        if self.on_uploaded is not None:
+            try:
+                self.on_uploaded(entry.destination, entry.item)
+            except Exception:  # whoever listens catches up at its next start
+                UPLOAD_HOOK_FAILURES.inc()
+                log.exception(
+                    "%s: the upload of %s was not taken note of", self.name, entry.item.name
+                )
 
     def _failed(self, entry: QueuedUpload, reason: str, after: float | None, kind: str) -> None:
         now = self._clock()

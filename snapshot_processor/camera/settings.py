@@ -22,6 +22,9 @@ class CameraSettings(BaseModel):
     snapshot_interval: float = Field(1.0, alias="SNAPSHOT_INTERVAL", ge=0, le=60)
     # Triggers of one sensor event (its active_input or traceparent) this close share a bundle.
     bundle_window: float = Field(5.0, alias="BUNDLE_WINDOW", ge=0, le=300)
+    # A bundle whose cameras have not all finished this long after its first trigger is
+    # announced with what it has; the rest are listed as failed.
+    bundle_deadline: float = Field(30.0, alias="BUNDLE_DEADLINE", gt=0, le=3600)
     queue: int = Field(3, alias="CAMERA_QUEUE", ge=1, le=100)
     breaker_failures: int = Field(3, alias="CAMERA_BREAKER_FAILURES", ge=1, le=100)
     breaker_seconds: float = Field(30.0, alias="CAMERA_BREAKER_SECONDS", gt=0, le=3600)

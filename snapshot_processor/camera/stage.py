@@ -30,10 +30,15 @@ from snapshot_processor.camera.registry import (
     CameraConfigError,
     CameraRegistry,
 )
-from snapshot_processor.contract.messages import SnapshotMessage, TriggerMessage
+from snapshot_processor.contract.messages import (
+    BundleCameraMessage,
+    SnapshotMessage,
+    TriggerMessage,
+)
 from snapshot_processor.storage.files import (
     SNAPSHOTS,
     WriteTrouble,
+    bundle_path,
     next_preparation,
     prepare_day_folders,
     snapshot_path,
@@ -113,6 +118,14 @@ class SnapshotStage(Stage):
         self.root = root
         self.per_trigger = per_trigger
         self.interval = interval
+        # A camera's own OUTPUT_n_SNAPSHOTS and OUTPUT_n_SNAPSHOT_INTERVAL, where set.
+        self._bursts = {
+            key: (
+                device.SNAPSHOTS or per_trigger,
+                interval if device.SNAPSHOT_INTERVAL is None else device.SNAPSHOT_INTERVAL,
+            )
+            for key, device in cameras.devices.items()
+        }
         self.disk = WriteTrouble(f"snapshots under {root}")
         self.queues = TriggerQueues(waiting)
         self.bundles = BundleGrouping(bundle_window)
@@ -125,11 +138,23 @@ class SnapshotStage(Stage):
 
     def on_message(self, envelope: Envelope) -> None:
         trigger = TriggerMessage.read(envelope)
-        if trigger.bundle_id is None:
+        if trigger.bundle_group is None:
+            received = trigger.received if trigger.received is not None else time.time()
             bundle = self.bundles.bundle_for(
-                trigger.sensor_key, trigger.traceparent, time.monotonic()
+                trigger.sensor_key,
+                trigger.traceparent,
+                time.monotonic(),
+                received=received,
+                camera=trigger.camera_key,
             )
-            trigger = dataclasses.replace(trigger, bundle_id=bundle)
+            trigger = dataclasses.replace(
+                trigger,
+                bundle_id=bundle.bundle_id,
+                bundle_group=bundle.group,
+                bundle_opened=bundle.opened,
+                sensor_key=bundle.sensor,
+            )
+        self.send(self._camera_message(trigger).envelope())
         trouble = self._in_trouble(trigger.camera_key)
         if trouble:
             self._trim(trigger.camera_key)
@@ -155,14 +180,14 @@ class SnapshotStage(Stage):
             key = trigger.camera_key
             if not self.should_keep_running():
                 # Not settled: at stop the broker delivers these again.
-                self._leave(key, self.per_trigger * (1 + self.queues.waiting_for(key)))
+                self._leave(key, self.burst(key)[0] * (1 + self.queues.waiting_for(key)))
                 return
             try:
                 if self.cameras.admits(key, trigger.device_params):
                     started = self._fetch_started[key] = time.monotonic()
                     # Overdue, the camera is in trouble: what waits for it is cut down.
                     self.call_later(
-                        self._overdue_after, functools.partial(self._check_stuck, key, started)
+                        self._overdue_after(key), functools.partial(self._check_stuck, key, started)
                     )
                     self.submit(
                         self._fetch_all,
@@ -172,12 +197,15 @@ class SnapshotStage(Stage):
                     return
                 TRIGGERS_REFUSED.labels(key).inc()
                 log.debug("%s: camera %s not asked: its breaker is open", self.name, key)
-                self._settle(trigger)
+                why = (
+                    self.cameras.breakers[key].last_error if key in self.cameras.breakers else None
+                )
+                self._settle(trigger, f"not asked: camera failing ({why or 'breaker open'})")
             except Exception as exc:  # a bug must not leave the camera busy for good
                 self._fetch_started.pop(key, None)
                 MESSAGES_REJECTED.labels(self.name, type(exc).__name__).inc()
                 log.exception("%s: could not start a fetch of %s", self.name, key)
-                self._settle(trigger)
+                self._settle(trigger, f"not asked: {type(exc).__name__}")
             trigger = self.queues.next(key)
 
     def _in_trouble(self, key: str) -> bool:
@@ -186,13 +214,17 @@ class SnapshotStage(Stage):
         if breaker is not None and breaker.failures > 0:
             return True
         started = self._fetch_started.get(key)
-        return started is not None and time.monotonic() - started > self._overdue_after
+        return started is not None and time.monotonic() - started > self._overdue_after(key)
 
-    @property
-    def _overdue_after(self) -> float:
+    def burst(self, key: str) -> tuple[int, float]:
+        """How many snapshots a trigger takes from camera ``key``, and how far apart."""
+        return self._bursts.get(key, (self.per_trigger, self.interval))
+
+    def _overdue_after(self, key: str) -> float:
         """How long a trigger's fetches take at most when the camera answers: one attempt
         per part and the pauses between (a retry means the camera is in trouble anyway)."""
-        return self.cameras.timeout * self.per_trigger + self.interval * (self.per_trigger - 1)
+        parts, interval = self.burst(key)
+        return self.cameras.timeout * parts + interval * (parts - 1)
 
     def _check_stuck(self, key: str, started: float) -> None:
         if self._fetch_started.get(key) == started:
@@ -232,11 +264,38 @@ class SnapshotStage(Stage):
     def _coalesce(self, trigger: TriggerMessage) -> None:
         TRIGGERS_COALESCED.labels(trigger.camera_key).inc()
         log.debug("%s: a trigger for %s coalesced into a newer one", self.name, trigger.camera_key)
-        self._settle(trigger)
+        self._settle(trigger, "not asked: a newer trigger for the camera covers it")
 
-    def _settle(self, trigger: TriggerMessage) -> None:
-        for _ in range(self.per_trigger):
-            self.send(done_envelope(trigger.settlement.split(self.per_trigger)))
+    def _settle(self, trigger: TriggerMessage, why: str) -> None:
+        """Settle a trigger whose camera is not asked, and end its burst in the bundle."""
+        parts = self.burst(trigger.camera_key)[0]
+        for _ in range(parts):
+            self.send(done_envelope(trigger.settlement.split(parts)))
+        self.send(self._camera_message(trigger, ended=True, failure=why).envelope())
+
+    def _camera_message(
+        self,
+        trigger: TriggerMessage,
+        *,
+        ended: bool = False,
+        took: list[str] | None = None,
+        failure: str | None = None,
+    ) -> BundleCameraMessage:
+        assert trigger.bundle_id
+        assert trigger.bundle_group
+        assert trigger.bundle_opened is not None
+        return BundleCameraMessage(
+            bundle_id=trigger.bundle_id,
+            group=trigger.bundle_group,
+            opened=trigger.bundle_opened,
+            sensor=trigger.sensor_key,
+            camera_key=trigger.camera_key,
+            device_label=trigger.device_label or trigger.camera_key,
+            expected=self.burst(trigger.camera_key)[0],
+            ended=ended,
+            took=took or [],
+            failure=failure,
+        )
 
     def finish(self, deadline: float) -> None:
         self.cameras.close(wait=False)  # back-off pauses end; attempts on the wire finish
@@ -254,36 +313,55 @@ class SnapshotStage(Stage):
 
     # --- on the pool's threads ------------------------------------------------------
     def _fetch_all(self, trigger: TriggerMessage) -> None:
-        key, parts = trigger.camera_key, self.per_trigger
+        """Take the trigger's snapshots, each ``interval`` after the start of the one before
+        (at once if that one took longer); then end the camera's burst in its bundle."""
+        key = trigger.camera_key
+        parts, interval = self.burst(key)
+        took: list[str] = []
+        failure: str | None = None
+        due = time.monotonic()
         for index in range(parts):
             try:
-                if self.wait_for_stop(self.interval) if index else not self.should_keep_running():
+                wait = due - time.monotonic()
+                if (
+                    self.wait_for_stop(wait)
+                    if index and wait > 0
+                    else not self.should_keep_running()
+                ):
                     raise _StoppingError
-                self.emit(self._fetch_one(trigger, parts, index).envelope())
+                due = time.monotonic() + interval
+                snap = self._fetch_one(trigger, parts, index)
+                took.append(snap.event_id)
+                self.emit(snap.envelope())
             except _StoppingError:
                 self._leave(key, parts - index)
-                return
+                return  # the bundle is closed at the deadline, or at the next start
             except CameraAddressRefusedError as exc:
                 # Asking again cannot help: the trigger's remaining parts settle with it.
                 SNAPSHOT_FAILURES.labels(key, exc.reason).inc()
                 log.error("trigger for %s settled without a snapshot: %s", key, exc)
                 for _ in range(parts - index):
                     self.emit(done_envelope(trigger.settlement.split(parts)))
-                return
+                failure = str(exc)
+                break
             except _WriteError as exc:
                 # Not a done mark: that would ack a trigger whose event exists nowhere.
                 SNAPSHOT_FAILURES.labels(key, "write_failed").inc()
                 self.disk.failed(exc.cause)
                 self.emit(done_envelope(trigger.settlement.split(parts), requeue=True))
-                return
+                failure = f"could not be written ({exc}); the trigger comes again"
+                break
             except Exception as exc:  # never lose the ack bookkeeping to a bug
                 reason = getattr(exc, "reason", type(exc).__name__)
                 SNAPSHOT_FAILURES.labels(key, reason).inc()
                 if isinstance(exc, CameraError | CameraConfigError | OSError):
                     log.error("snapshot %d/%d of %s failed: %s", index + 1, parts, key, exc)
+                    failure = f"snapshot {index + 1} of {parts}: {exc}"
                 else:
                     log.exception("snapshot %d/%d of %s failed unexpectedly", index + 1, parts, key)
+                    failure = f"snapshot {index + 1} of {parts}: {type(exc).__name__}"
                 self.emit(done_envelope(trigger.settlement.split(parts)))
+        self.emit(self._camera_message(trigger, ended=True, took=took, failure=failure).envelope())
 
     def _leave(self, key: str, count: int) -> None:
         SNAPSHOTS_LEFT.labels(key).inc(count)
@@ -300,7 +378,10 @@ class SnapshotStage(Stage):
             raise
         image, taken = still.jpeg, still.taken
         event_id = trigger.event_id if index == 0 and trigger.event_id else new_id()
-        path = snapshot_path(self.root, key, taken, event_id)
+        if trigger.bundle_group:
+            path = bundle_path(self.root, trigger.bundle_group, key, taken, event_id)
+        else:
+            path = snapshot_path(self.root, key, taken, event_id)
         before = self.cameras.before(key, trigger.received or taken) if index == 0 else []
         before_paths = [
             path.with_name(f"{path.stem}-before-{n}.jpg") for n in range(1, 1 + len(before))
@@ -326,4 +407,5 @@ class SnapshotStage(Stage):
             pre_trigger_paths=[str(still_path) for still_path in before_paths],
             bundle_id=trigger.bundle_id,
             frame=index + 1,
+            bundle_group=trigger.bundle_group,
         )

@@ -31,6 +31,18 @@ def image_routing_key(topic: str, device_name: str) -> str:
     return f"event.notify.{topic}.{device_name}.image"
 
 
+def bundle_routing_key(topic: str, device_name: str) -> str:
+    """Key of the bundle events we publish on ``<exchange>``."""
+    return f"event.notify.{topic}.{device_name}.bundle"
+
+
+def bundle_event(manifest: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The bundle event map: ``timestamp`` as an image event's, an empty ``inputs`` (a
+    consumer bound to ``#`` that reads every message as an image event finds nothing to
+    act on) and the manifest's fields."""
+    return {"timestamp": iso_utc(now), "inputs": [], **manifest}
+
+
 def heartbeat_routing_key(topic: str) -> str:
     """Key of the heartbeat we publish on ``<exchange>``."""
     return f"event.heartbeat.{topic}"

@@ -13,6 +13,8 @@ from pylib.chain.settle import Settlement
 
 TRIGGER_KIND = "trigger"
 SNAPSHOT_KIND = "snapshot"
+BUNDLE_CAMERA_KIND = "bundle.camera"
+BUNDLE_EVENT_KIND = "bundle.event"
 
 
 class MessageError(ValueError):
@@ -44,8 +46,11 @@ class TriggerMessage:
     event_id: str | None = None
     sensor_key: str | None = None
     traceparent: str | None = None
-    # The sensor event's bundle, set by the snapshot stage.
+    # The sensor event's bundle, set by the snapshot stage: its id, its folder (``group``)
+    # and when its first trigger came (unix seconds).
     bundle_id: str | None = None
+    bundle_group: str | None = None
+    bundle_opened: float | None = None
 
     def envelope(self, msg_id: str | None = None) -> Envelope:
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settlement"}
@@ -72,6 +77,8 @@ class TriggerMessage:
             sensor_key=_read(body, "sensor_key", str, optional=True),
             traceparent=_read(body, "traceparent", str, optional=True),
             bundle_id=_read(body, "bundle_id", str, optional=True),
+            bundle_group=_read(body, "bundle_group", str, optional=True),
+            bundle_opened=_read(body, "bundle_opened", (int, float), optional=True),
         )
 
 
@@ -100,6 +107,8 @@ class SnapshotMessage:
     # The sensor event's bundle and this image's number in its camera's burst (1 first).
     bundle_id: str | None = None
     frame: int | None = None
+    # The bundle's folder, ``YYYY/MM/DD/<name>`` (not on the wire).
+    bundle_group: str | None = None
 
     #: The detection fields an event carries as added fields of its input entry.
     DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
@@ -143,6 +152,7 @@ class SnapshotMessage:
             pre_trigger_paths=pre_trigger,
             bundle_id=_read(body, "bundle_id", str, optional=True),
             frame=_read(body, "frame", int, optional=True),
+            bundle_group=_read(body, "bundle_group", str, optional=True),
         )
 
     def with_detection(
@@ -179,3 +189,69 @@ class SnapshotMessage:
         if self.bundle_id is not None:
             added.update(bundle_id=self.bundle_id, frame=self.frame)
         return added
+
+
+@dataclass(frozen=True)
+class BundleCameraMessage:
+    """A camera's burst in a bundle: sent when it starts (``ended`` false, ``expected``
+    frames) and when it ends (the event ids it ``took``, and ``failure`` if it fell short)."""
+
+    bundle_id: str
+    group: str
+    opened: float
+    sensor: str | None
+    camera_key: str
+    device_label: str
+    expected: int
+    ended: bool = False
+    took: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+    def envelope(self) -> Envelope:
+        return Envelope(BUNDLE_CAMERA_KIND, {f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def read(cls, envelope: Envelope) -> Self:
+        """The message in an envelope; :class:`MessageError` if it is not one."""
+        if envelope.kind != BUNDLE_CAMERA_KIND:
+            raise MessageError(f"a {envelope.kind!r} message where a bundle camera belongs")
+        body = envelope.body
+        took = _read(body, "took", list, optional=True) or []
+        if not all(isinstance(item, str) for item in took):
+            raise MessageError("field 'took' holds something other than event ids")
+        return cls(
+            bundle_id=_read(body, "bundle_id", str, optional=False),
+            group=_read(body, "group", str, optional=False),
+            opened=float(_read(body, "opened", (int, float), optional=False)),
+            sensor=_read(body, "sensor", str, optional=True),
+            camera_key=_read(body, "camera_key", str, optional=False),
+            device_label=_read(body, "device_label", str, optional=False),
+            expected=_read(body, "expected", int, optional=False),
+            ended=bool(body.get("ended")),
+            took=took,
+            failure=_read(body, "failure", str, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class BundleEventMessage:
+    """A complete bundle's manifest on its way to be published as the bundle event."""
+
+    bundle_id: str
+    manifest: dict[str, Any]
+    settlement: Settlement = field(default_factory=lambda: Settlement(None))
+
+    def envelope(self) -> Envelope:
+        body = {"bundle_id": self.bundle_id, "manifest": self.manifest}
+        return Envelope(BUNDLE_EVENT_KIND, {**body, **self.settlement.fields()}, self.bundle_id)
+
+    @classmethod
+    def read(cls, envelope: Envelope) -> Self:
+        """The message in an envelope; :class:`MessageError` if it is not one."""
+        if envelope.kind != BUNDLE_EVENT_KIND:
+            raise MessageError(f"a {envelope.kind!r} message where a bundle event belongs")
+        return cls(
+            bundle_id=_read(envelope.body, "bundle_id", str, optional=False),
+            manifest=_read(envelope.body, "manifest", dict, optional=False),
+            settlement=Settlement.of(envelope.body),
+        )

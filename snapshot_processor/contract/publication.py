@@ -12,8 +12,19 @@ from pylib.chain.attachment import Attachment
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import DONE_KIND, Publication, publish_envelope
 from pylib.observe.logs import printable
-from snapshot_processor.contract.event import image_event, image_routing_key, pack_image_event
-from snapshot_processor.contract.messages import SnapshotMessage
+from snapshot_processor.contract.event import (
+    bundle_event,
+    bundle_routing_key,
+    image_event,
+    image_routing_key,
+    pack,
+    pack_image_event,
+)
+from snapshot_processor.contract.messages import (
+    BUNDLE_EVENT_KIND,
+    BundleEventMessage,
+    SnapshotMessage,
+)
 from snapshot_processor.ops.recent import EventRecord, RecentEvents
 
 log = logging.getLogger(__name__)
@@ -41,7 +52,7 @@ def _label(detection: dict[str, Any]) -> str:
 
 
 class EventBuilder:
-    """Relay handler: snapshot in, publish request out; done marks pass through."""
+    """Relay handler: snapshot or bundle in, publish request out; done marks pass through."""
 
     def __init__(
         self,
@@ -53,11 +64,14 @@ class EventBuilder:
     ) -> None:
         self.exchange = exchange
         self.routing_key = image_routing_key(topic, device_name)
+        self.bundle_key = bundle_routing_key(topic, device_name)
         self.recent = recent
 
     def __call__(self, envelope: Envelope) -> Envelope:
         if envelope.kind == DONE_KIND:
             return envelope
+        if envelope.kind == BUNDLE_EVENT_KIND:
+            return self._bundle(BundleEventMessage.read(envelope), envelope.id)
         snap = SnapshotMessage.read(envelope)
         event = image_event(
             event_id=snap.event_id,
@@ -98,3 +112,12 @@ class EventBuilder:
         if self.recent is not None:
             self.recent.add(EventRecord.of(snap))
         return publish_envelope(publication, snap.settlement, envelope.id)
+
+    def _bundle(self, message: BundleEventMessage, msg_id: str) -> Envelope:
+        publication = Publication(
+            self.exchange,
+            self.bundle_key,
+            pack(bundle_event(message.manifest)),
+            {"message_id": message.bundle_id, "content_type": "application/msgpack"},
+        )
+        return publish_envelope(publication, message.settlement, msg_id)

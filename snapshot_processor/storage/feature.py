@@ -12,9 +12,10 @@ from pylib.chain.stage import Stage
 from pylib.runtime.daemon import Daemon, StartError
 from pylib.upload.queue import UploadQueue, UploadQueueError
 from pylib.upload.uploader import Uploader
+from snapshot_processor.bundle.store import BundleStore
 from snapshot_processor.config import Settings
 from snapshot_processor.storage.destinations import configured
-from snapshot_processor.storage.offsite import StorageStage
+from snapshot_processor.storage.offsite import Offsite, StorageStage
 from snapshot_processor.storage.retention import Retention, RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Storage:
-    """The storage stage and uploader (absent without a destination), and retention."""
+    """The storage stage, the uploader and off-site queue (absent without a destination),
+    and retention."""
 
     stages: list[Stage]
     uploader: Uploader | None
     retention: Retention
     queue: UploadQueue | None = None
+    offsite: Offsite | None = None
 
     def parked_uploads(self, paths: Collection[str]) -> Mapping[str, str]:
         """Why each parked one of ``paths`` is parked, for the page; never raises."""
@@ -37,13 +40,13 @@ class Storage:
             return {}
 
 
-def build(settings: Settings, daemon: Daemon) -> Storage:
+def build(settings: Settings, daemon: Daemon, bundles: BundleStore) -> Storage:
     """Storage from its settings; the upload queue and uploader are added to the daemon
-    before the chain, so they start before it and stop after it."""
+    before the chain, so they start before it and stop after it. Files of a bundle not
+    sealed yet are kept from retention."""
     section = settings.storage
     destinations = configured(section, settings.detection.aws_default_region)
-    queue = uploader = None
-    stages: list[Stage] = []
+    queue = uploader = offsite = None
     if destinations:
         try:
             queue = UploadQueue(
@@ -68,20 +71,14 @@ def build(settings: Settings, daemon: Daemon) -> Storage:
         )
         daemon.add(uploader)
         log.info("cloud storage: %s", ", ".join(destinations))
-        stages.append(
-            StorageStage(
-                "storage",
-                daemon.stop_event,
-                queue=queue,
-                destinations=destinations,
-                wake_uploader=uploader.wake,
-                on_fatal=daemon.on_fatal,
-            )
-        )
+        offsite = Offsite(queue, destinations, uploader.wake)
+    stage = StorageStage(
+        "storage", daemon.stop_event, store=bundles, offsite=offsite, on_fatal=daemon.on_fatal
+    )
 
     def pending() -> set[str]:
         # Read at each sweep; a failure to read skips it, so nothing is removed.
-        needed = attached_files(settings.outbox_path)
+        needed = attached_files(settings.outbox_path) | bundles.unsealed_paths()
         if queue is not None:
             needed |= queue.pending_paths()
         return needed
@@ -96,4 +93,4 @@ def build(settings: Settings, daemon: Daemon) -> Storage:
         interval=section.retention_interval,
         on_fatal=daemon.on_fatal,
     )
-    return Storage(stages, uploader, retention, queue)
+    return Storage([stage], uploader, retention, queue, offsite)

@@ -18,6 +18,8 @@ from pylib.observe.trouble import TroubleLog
 log = logging.getLogger(__name__)
 
 SNAPSHOTS_DIR = "snapshots"
+# Each sensor event's files: bundles/YYYY/MM/DD/<bundle name>/
+BUNDLES_DIR = "bundles"
 # Uploads refused by ingest (too large, not a whole JPEG), kept for a person to look at.
 QUARANTINE_DIR = "quarantine"
 
@@ -37,6 +39,17 @@ def snapshot_path(root: Path, camera_key: str, taken: float, event_id: str) -> P
     moment, camera = datetime.fromtimestamp(taken, UTC), slug(camera_key)
     name = f"{camera}_{moment:%Y%m%dT%H%M%S.%f}Z_{event_id[:12]}.jpg"
     return day_folder(root, camera_key, taken) / name
+
+
+def bundle_path(root: Path, group: str, camera_key: str, taken: float, event_id: str) -> Path:
+    """A triggered snapshot's file, named as :func:`snapshot_path` names it, in the folder
+    of its bundle: ``<root>/bundles/<group>/``."""
+    return bundle_folder(root, group) / snapshot_path(root, camera_key, taken, event_id).name
+
+
+def bundle_folder(root: Path, group: str) -> Path:
+    """The local folder of the bundle whose group is ``YYYY/MM/DD/<name>``."""
+    return root / BUNDLES_DIR / group
 
 
 def day_folder(root: Path, camera_key: str, when: float) -> Path:

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge
 from pylib.observe.logs import printable
 from pylib.observe.trouble import TroubleLog
 from pylib.runtime.worker import RestartBudget, Worker
-from snapshot_processor.storage.files import QUARANTINE_DIR, SNAPSHOTS_DIR
+from snapshot_processor.storage.files import BUNDLES_DIR, QUARANTINE_DIR, SNAPSHOTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def sweep(root: Path, policy: RetentionPolicy, pending: Collection[str], now: fl
             "uploaded or published, so not removed"
         )
     _remove_empty_days(root, now, result)
+    _remove_empty_bundles(root, now, result)
     return result
 
 
@@ -242,13 +243,13 @@ class Retention(Worker):
 
 
 def _scan(root: Path, result: SweepResult) -> Iterator[_File]:
-    """Regular files under the snapshots and quarantine folders; no link is followed."""
+    """Regular files under the snapshots, bundles and quarantine folders; no link is followed."""
 
     def failed(exc: OSError) -> None:
         RETENTION_FAILURES.inc()
         result.failures.append(f"cannot list {exc.filename}: {exc.strerror}")
 
-    for top in (SNAPSHOTS_DIR, QUARANTINE_DIR):
+    for top in (SNAPSHOTS_DIR, BUNDLES_DIR, QUARANTINE_DIR):
         try:
             info = os.lstat(root / top)
         except FileNotFoundError:
@@ -337,6 +338,45 @@ def _remove_empty_days(root: Path, now: float, result: SweepResult) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     result.failures.append(f"cannot remove folder {day}: {exc.strerror}")
+
+
+def _remove_empty_bundles(root: Path, now: float, result: SweepResult) -> None:
+    """Remove empty ``bundles/YYYY/MM/DD/<bundle>`` folders (and then empty days, months and
+    years) of days before yesterday (UTC)."""
+    cutoff = f"{datetime.fromtimestamp(now - 86_400, UTC):%Y/%m/%d}"
+
+    def remove(parts: tuple[str, ...], name: str) -> None:
+        try:
+            with _folder(root, parts) as fd:
+                os.rmdir(name, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                result.failures.append(f"cannot remove folder {name}: {exc.strerror}")
+
+    def below(parts: tuple[str, ...]) -> list[str]:
+        try:
+            return sorted(name for name in _folders(root, parts) if name.isdigit())
+        except OSError:
+            return []
+
+    top = (BUNDLES_DIR,)
+    for year in below(top):
+        for month in below((*top, year)):
+            for day in below((*top, year, month)):
+                if f"{year}/{month}/{day}" >= cutoff:
+                    continue
+                parts = (*top, year, month, day)
+                try:
+                    names = _folders(root, parts)
+                except OSError:
+                    continue
+                for name in names:
+                    remove(parts, name)
+                remove((*top, year, month), day)
+            if f"{year}/{month}" < cutoff[:7]:
+                remove((*top, year), month)
+        if year < cutoff[:4]:
+            remove(top, year)
 
 
 def _folders(root: Path, parts: tuple[str, ...]) -> list[str]:

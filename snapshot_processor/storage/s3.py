@@ -4,6 +4,8 @@ person may fix them) are retried after :data:`DENIED_PAUSE` rather than parked."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import mimetypes
 import os
 import stat
@@ -25,6 +27,8 @@ from snapshot_processor.storage.files import slug
 if TYPE_CHECKING:
     from snapshot_processor.storage.settings import StorageSettings
 
+# Where a group's files go, under the prefix.
+GROUPS = "bundles"
 # Credentials refused or missing: try again this long after (seconds), not at once.
 DENIED_PAUSE = 600.0
 # Snapshots are small: one PUT each, on the uploader's thread (no transfer threads).
@@ -70,6 +74,7 @@ class S3Destination:
     quick retries of one upload, before the uploader's slower back-off takes over."""
 
     name = "s3"
+    links_ahead = True  # a group's prefix is known from its name
 
     def __init__(
         self,
@@ -104,21 +109,31 @@ class S3Destination:
             register_secrets([frozen.access_key, frozen.secret_key, frozen.token])
 
     def key(self, item: UploadItem) -> str:
-        """``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated by ``item.taken`` in UTC."""
+        """``<prefix>/<camera>/YYYY/MM/DD/<name>``, dated by ``item.taken`` in UTC; a
+        group's files ``<prefix>/bundles/<group>/<name>``."""
+        if item.group:
+            return "/".join(part for part in (self.group_prefix(item.group), item.name) if part)
         day = datetime.fromtimestamp(item.taken, UTC)
         parts = [self.prefix, slug(item.folder), f"{day:%Y/%m/%d}", item.name]
         return "/".join(part for part in parts if part)
 
+    def group_prefix(self, group: str) -> str:
+        """The key prefix a group's files share (no trailing slash)."""
+        return "/".join(part for part in (self.prefix, GROUPS, group.strip("/")) if part)
+
     def link(self, item: UploadItem) -> str:
-        """The object's URL as the client addresses it (path or virtual-host style); no
-        network, and it opens for whoever may read the object."""
+        """The object's URL as the client addresses it (path or virtual-host style), or its
+        group's prefix; no network, and it opens for whoever may read the object."""
+        key = f"{self.group_prefix(item.group)}/" if item.group else self.key(item)
         url = self._addresser.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.key(item)}
+            "get_object", Params={"Bucket": self.bucket, "Key": key}
         )
         return str(url)
 
     def upload(self, item: UploadItem) -> None:
-        """Put the file at its key (again, on a retry: the same key, one object)."""
+        """Put the file at its key (again, on a retry: the same key, one object). One below
+        the multipart threshold is sent with its MD5, which S3 checks on receipt, and the
+        ETag it answers is checked against it too."""
         try:
             info = os.stat(item.path)
         except FileNotFoundError:
@@ -130,20 +145,43 @@ class S3Destination:
         content_type = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
         failure: UploadRetryError | UploadRefusedError | None = None
         try:
-            self._client.upload_file(
-                str(item.path),
-                self.bucket,
-                self.key(item),
-                ExtraArgs={"ContentType": content_type},
-                Config=self._transfer,
-            )
+            if info.st_size < self._transfer.multipart_threshold:
+                self._put_checked(item, content_type)
+            else:
+                self._client.upload_file(
+                    str(item.path),
+                    self.bucket,
+                    self.key(item),
+                    ExtraArgs={"ContentType": content_type},
+                    Config=self._transfer,
+                )
         except FileNotFoundError:
             failure = UploadRefusedError(f"{item.path} is gone")
+        except (UploadRetryError, UploadRefusedError) as exc:
+            failure = exc
         except Exception as exc:
             failure = sort_error(exc, self.bucket)
         if failure is not None:
             # Raised outside the except block: boto's exception does not ride along.
             raise failure
+
+    def _put_checked(self, item: UploadItem, content_type: str) -> None:
+        data = item.path.read_bytes()
+        digest = hashlib.md5(data, usedforsecurity=False)
+        answer = self._client.put_object(
+            Bucket=self.bucket,
+            Key=self.key(item),
+            Body=data,
+            ContentType=content_type,
+            ContentMD5=base64.b64encode(digest.digest()).decode("ascii"),
+        )
+        etag = str(answer.get("ETag") or "").strip('"')
+        # With KMS encryption the ETag is no MD5; S3 has checked ContentMD5 itself.
+        kms = str(answer.get("ServerSideEncryption") or "").startswith("aws:kms")
+        if etag != digest.hexdigest() and not kms:
+            raise UploadRetryError(
+                f"S3's copy of {item.name} differs from the local file (ETag {etag[:40]!r})"
+            )
 
     def housekeeping(self, now: float) -> None:
         """Nothing to do between uploads."""

@@ -11,7 +11,6 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import pytest
-from moto.server import ThreadedMotoServer
 
 from pylib.upload.queue import UploadQueue
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
@@ -19,6 +18,7 @@ from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daem
 from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes.drive import FakeDrive
 from tests.support.paths import CHECKOUT
+from tests.support.s3 import moto_s3
 from tests.support.wait import wait_for_text, wait_until
 from tools.camera_simulator import CameraSimulator
 
@@ -166,23 +166,8 @@ def test_sigkill_loses_no_queued_upload(
 
 @pytest.fixture
 def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLETESTING")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-not-real")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-        client: Any = boto3.session.Session().client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        client.close()
+    with moto_s3(tmp_path, monkeypatch, BUCKET) as url:
         yield url
-    finally:
-        server.stop()
 
 
 def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(

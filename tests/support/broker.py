@@ -111,6 +111,10 @@ class Peer:
         """Image events received so far."""
         return [body for key, _, body in self.messages if key.endswith(".image")]
 
+    def bundles(self) -> list[dict[str, Any]]:
+        """Bundle events received so far."""
+        return [body for key, _, body in self.messages if key.endswith(".bundle")]
+
     def pump_until(
         self, condition: Callable[[], object], timeout: float = 30.0, each: float = 0.1
     ) -> bool:

@@ -47,6 +47,8 @@ DRIVE_COPIES_FOUND = Counter(
 )
 
 _ARCHIVE_RETRY = 3600.0
+# Group folder links remembered for the links of later files of the group.
+_GROUP_LINKS_KEPT = 1000
 # Moves per housekeeping call, so a large backlog never holds up uploads for long.
 _ARCHIVE_MOVES_PER_CALL = 200
 
@@ -79,6 +81,7 @@ class DriveDestination:
     """Uploads to one Drive folder through pydrive2 (see the module docstring)."""
 
     name = "drive"
+    links_ahead = False  # a group's folder has a link once Drive has made it
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class DriveDestination:
         self._maybe_sent: set[str] = set()
         self._rate_limited = 0
         self._folder_link: str | None = None
+        self._group_links: dict[str, str] = {}  # group -> its folder's link, newest last
         # What a person must mend (consent, credentials, folder): not an ERROR at every retry.
         self._access = TroubleLog(log, "Google Drive", level=logging.ERROR)
 
@@ -118,8 +122,29 @@ class DriveDestination:
         return folder
 
     def link(self, item: UploadItem) -> str | None:
-        """The top folder's ``alternateLink`` once it is known; no network."""
+        """The top folder's ``alternateLink`` once it is known, or for an item of a group
+        its group folder's (None until that folder is made); no network."""
+        if item.group:
+            with self._lock:
+                return self._group_links.get(item.group)
         return self._folder_link
+
+    def _target(self, item: UploadItem) -> str:
+        """The id of the folder the item goes in: the top folder, or its group's folder
+        (``YYYY/MM/DD/<name>`` below it, beside what the archive files there), made if need be."""
+        folder_id = str(self.folder()["id"])
+        if not item.group:
+            return folder_id
+        for part in item.group.strip("/").split("/"):
+            found = self._folders.folder(part, folder_id)
+            folder_id = str(found["id"])
+        link = found.get("alternateLink")
+        if link:
+            with self._lock:
+                self._group_links[item.group] = str(link)
+                while len(self._group_links) > _GROUP_LINKS_KEPT:
+                    self._group_links.pop(next(iter(self._group_links)))
+        return folder_id
 
     def upload(self, item: UploadItem) -> None:
         """Upload one file and check Drive's copy; raises the contract's errors."""
@@ -146,7 +171,7 @@ class DriveDestination:
 
     def _upload(self, item: UploadItem, local: _LocalFile) -> None:
         drive = self._session.ready()
-        folder_id = str(self.folder()["id"])
+        folder_id = self._target(item)
         with self._lock:
             look_first = item.name in self._maybe_sent or item.taken < self._started
             # From here on a copy may land in Drive even if its answer never comes back.
@@ -210,8 +235,8 @@ class DriveDestination:
         failure = classify(exc)
         DRIVE_ERRORS.labels(failure.kind).inc()
         if failure.kind == "not_found":
-            # Most likely the folder was deleted in Drive: find or make it again.
-            self._folders.forget(self.folder_title)
+            # Most likely a folder was deleted in Drive: find or make them again.
+            self._folders.clear()
             failure = DriveFailure("not_found", True, failure.text, failure.status)
         if failure.kind == "revoked":
             self._access.failed(f"{failure.text} (uploads wait until then)", failure.kind)

@@ -16,6 +16,10 @@ from snapshot_processor.storage.drive.session import FOLDER_MIME, DriveSession
 log = logging.getLogger(__name__)
 
 
+# Folder ids kept at most.
+_KEPT = 4096
+
+
 def quote(text: str) -> str:
     """``text`` as a quoted string in a Drive ``q``."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -52,12 +56,14 @@ class FolderCache:
                     )
                 found = found or self._create(title, parent)
                 self._ids[key] = found
+                while len(self._ids) > _KEPT:  # a folder per bundle: the oldest are looked up again
+                    del self._ids[next(iter(self._ids))]
             return found
 
-    def forget(self, title: str, parent: str | None = None) -> None:
-        """Drop a folder id that turned out to be gone (deleted in Drive)."""
+    def clear(self) -> None:
+        """Forget every folder id (one of them turned out to be gone)."""
         with self._lock:
-            self._ids.pop((parent, title), None)
+            self._ids.clear()
 
     def _find(self, title: str, parent: str | None) -> GoogleDriveFile | None:
         q = f"title = {quote(title)} and mimeType = {quote(FOLDER_MIME)} and trashed = false"

@@ -1,0 +1,271 @@
+"""The bundle stage, after detection: it notes each frame's detections (and queues its
+annotated copy off-site), and when a bundle is complete (every camera's burst ended and
+every frame through detection, or its deadline passed) sends its bundle event on. At start
+it closes the bundles a stop cut short and announces those whose event never got out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from pylib.chain.envelope import Envelope
+from pylib.chain.settle import (
+    DONE_KIND,
+    Ack,
+    Settlement,
+    ack_token,
+    stop_taking_acks_directly,
+    take_acks_directly,
+)
+from pylib.chain.stage import Stage, Timer
+from pylib.upload.destination import UploadItem
+from pylib.upload.queue import UploadQueueError
+from snapshot_processor.bundle.manifest import (
+    ALL_CAMERAS,
+    DEADLINE,
+    RESTART,
+    manifest,
+    person_confidence,
+)
+from snapshot_processor.bundle.seal import Sealer
+from snapshot_processor.bundle.store import (
+    ANNOTATED,
+    COLLECTING,
+    BundleStore,
+    BundleStoreError,
+    NewFile,
+)
+from snapshot_processor.contract.messages import (
+    BUNDLE_CAMERA_KIND,
+    SNAPSHOT_KIND,
+    BundleCameraMessage,
+    BundleEventMessage,
+    MessageError,
+    SnapshotMessage,
+)
+
+log = logging.getLogger(__name__)
+
+BUNDLES = Counter("bundles_total", "Bundles complete, by what completed them", ["complete_by"])
+BUNDLE_SECONDS = Histogram(
+    "bundle_seconds",
+    "From a bundle's first trigger to its bundle event sent on",
+    buckets=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+BUNDLE_STORE_FAILURES = Counter(
+    "bundle_store_failures_total", "Bundle steps lost because the bundle file could not be used"
+)
+
+ACK_ADDRESS = "inproc://bundle-events"
+# What the manifest says of a camera whose burst had not ended.
+NO_ANSWER = "no answer by the deadline (BUNDLE_DEADLINE)"
+STOPPED = "the daemon stopped before its snapshots were all taken; its trigger comes again"
+
+
+def close_interrupted(store: BundleStore, now: float) -> list[str]:
+    """At start, before anything runs: bundles a stop cut short are complete, with what
+    they hold (their unfinished triggers come again, as bundles of their own)."""
+    closed = [
+        bundle_id
+        for bundle_id in store.ids(COLLECTING)
+        if store.complete(bundle_id, RESTART, now, STOPPED)
+    ]
+    for _ in closed:
+        BUNDLES.labels(RESTART).inc()
+    return closed
+
+
+class BundleStage(Stage):
+    """See the module docstring. ``closed(bundle_id)`` tells the grouping a bundle is complete."""
+
+    def __init__(
+        self,
+        name: str,
+        stop_event: threading.Event,
+        *,
+        store: BundleStore,
+        sealer: Sealer,
+        deadline: float,
+        closed: Callable[[str], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, stop_event, **kwargs)
+        self.store = store
+        self.sealer = sealer
+        self.deadline = deadline
+        self.closed = closed
+        self._deadlines: dict[str, Timer] = {}
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        take_acks_directly(ACK_ADDRESS, self._announced)
+        try:
+            waiting = [self.store.bundle(bundle_id) for bundle_id in self.store.ids(COLLECTING)]
+            unannounced = self.store.ids(announced=False)
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: cannot read the bundles left from before: %s", self.name, exc)
+            return
+        for bundle in waiting:  # this thread restarted: their deadlines are set again
+            if bundle is not None:
+                self._set_deadline(bundle.bundle_id, bundle.opened)
+        collecting = {bundle.bundle_id for bundle in waiting if bundle is not None}
+        for bundle_id in unannounced:
+            if bundle_id not in collecting:
+                self._announce(bundle_id)
+
+    def on_thread_close(self) -> None:
+        stop_taking_acks_directly(ACK_ADDRESS)
+        super().on_thread_close()
+
+    def on_message(self, envelope: Envelope) -> None:
+        if envelope.kind == DONE_KIND:
+            self.send(envelope)
+            return
+        try:
+            if envelope.kind == BUNDLE_CAMERA_KIND:
+                self._camera(BundleCameraMessage.read(envelope))
+                return
+            if envelope.kind != SNAPSHOT_KIND:
+                raise MessageError(f"a {envelope.kind!r} message where a snapshot belongs")
+            snap = SnapshotMessage.read(envelope)
+        except MessageError as exc:
+            self.reject(envelope, exc)
+            return
+        self._frame(snap)
+        self.send(envelope)
+
+    # --- on the stage's thread -------------------------------------------------------
+    def _camera(self, message: BundleCameraMessage) -> None:
+        if not message.ended:
+            self._set_deadline(message.bundle_id, message.opened)
+        else:
+            self._complete_if_ready(message.bundle_id)
+
+    def _set_deadline(self, bundle_id: str, opened: float) -> None:
+        if bundle_id in self._deadlines:
+            return
+        due = max(0.0, opened + self.deadline - time.time())
+        self._deadlines[bundle_id] = self.call_later(
+            due, lambda: self._complete(bundle_id, DEADLINE)
+        )
+
+    def _frame(self, snap: SnapshotMessage) -> None:
+        annotated = self._annotated(snap)
+        if snap.bundle_id is None:
+            return
+        detections = snap.detections if snap.analysed else None
+        try:
+            found = self.store.saw(
+                snap.event_id, detections, person_confidence(snap.detections), annotated
+            )
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: frame %s not noted in its bundle: %s", self.name, snap.event_id, exc)
+            return
+        if found is not None:
+            self._complete_if_ready(found)
+
+    def _annotated(self, snap: SnapshotMessage) -> NewFile | None:
+        """Queue the annotated copy off-site; its record for the bundle, if in one."""
+        if not snap.annotated_path:
+            return None
+        path = Path(snap.annotated_path)
+        offsite = self.sealer.offsite
+        if offsite is not None:
+            item = UploadItem(path, path.name, snap.camera_key, snap.taken, snap.bundle_group)
+            try:
+                offsite.add([item])
+            except (UploadQueueError, OSError) as exc:
+                log.error("%s: annotated copy %s not queued: %s", self.name, path.name, exc)
+        if snap.bundle_id is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("%s: cannot read %s: %s", self.name, path.name, exc.strerror)
+            return None
+        return NewFile(
+            bundle_id=snap.bundle_id,
+            path=path,
+            kind=ANNOTATED,
+            taken=snap.taken,
+            data=data,
+            event_id=snap.event_id,
+            camera=snap.camera_key,
+            frame=snap.frame,
+        )
+
+    def _complete_if_ready(self, bundle_id: str) -> None:
+        try:
+            ready = self.store.ready(bundle_id)
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: bundle %s: %s", self.name, bundle_id, exc)
+            return
+        if ready:
+            self._complete(bundle_id, ALL_CAMERAS)
+
+    def _complete(self, bundle_id: str, by: str) -> None:
+        timer = self._deadlines.pop(bundle_id, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            completed = self.store.complete(bundle_id, by, time.time(), NO_ANSWER)
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: bundle %s not completed: %s", self.name, bundle_id, exc)
+            return
+        if not completed:
+            return
+        self.closed(bundle_id)
+        BUNDLES.labels(by).inc()
+        self._announce(bundle_id)
+        self.sealer.check(bundle_id)
+
+    def _announce(self, bundle_id: str) -> None:
+        try:
+            bundle = self.store.bundle(bundle_id)
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: bundle %s not announced: %s", self.name, bundle_id, exc)
+            return
+        if bundle is None:
+            return
+        offsite = self.sealer.offsite
+        link = offsite.folder_link(bundle.group) if offsite is not None else None
+        found = manifest(bundle, self.sealer.folder(bundle), link)
+        settlement = Settlement(ack_token(ACK_ADDRESS, bundle=bundle_id))
+        self.send(BundleEventMessage(bundle_id, found, settlement).envelope())
+        seconds = time.time() - bundle.opened
+        if bundle.ended_by != RESTART:
+            BUNDLE_SECONDS.observe(max(0.0, seconds))
+        frames = len(found["frames"])
+        log.info(
+            "bundle %s: %d camera(s), %d frame(s), %d failed, complete by %s, %d ms after its"
+            " first trigger",
+            bundle_id,
+            len(bundle.cameras),
+            frames,
+            len(found["failed"]),
+            bundle.ended_by,
+            max(0, round(seconds * 1000)),
+        )
+
+    # --- on the publisher's thread ---------------------------------------------------
+    def _announced(self, ack: Ack) -> None:
+        """The publisher stored the bundle event: it is not sent again after a restart."""
+        bundle_id = ack.get("bundle")
+        if not isinstance(bundle_id, str) or ack.get("requeue"):
+            return
+        try:
+            self.store.announced(bundle_id)
+        except BundleStoreError as exc:  # announced again at the next start
+            BUNDLE_STORE_FAILURES.inc()
+            log.warning("bundle %s: its event's delivery not noted: %s", bundle_id, exc)
