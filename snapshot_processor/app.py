@@ -79,6 +79,7 @@ class App:
                 report=self.report,
                 snapshot_inbox=snapshot_inbox,
                 parked_uploads=kept.parked_uploads if kept.queue is not None else None,
+                bundles=ops.bundle_listing(bundles.sealer, kept.parked_uploads),
             ),
         ]
         for source in sources:

@@ -113,3 +113,35 @@ def test_quick_rtsp_bench_measures_every_figure_against_its_target(tmp_path: Pat
     ):
         assert row in table, row
     assert table.count(" | PASS |") + table.count(" | FAIL |") == 9
+
+
+def test_quick_bundle_bench_times_the_bundle_event_and_the_first_byte_off_site(
+    tmp_path: Path,
+) -> None:
+    figures = quick_bench(tmp_path, "bundle")
+    bundle = figures["bundle"]
+    for name in ("event", "offsite", "single", "daemon_offsite"):
+        assert bundle[name]["count"] == 3, name
+        assert 0 < bundle[name]["p50_ms"] <= bundle[name]["max_ms"], name
+    # Nothing comes sooner than the cameras allow: each answers in 200 ms, and a bundle's
+    # last frames are asked for 1 s after its first.
+    assert bundle["one_answer_ms"] >= 200
+    assert bundle["single"]["p50_ms"] >= 200
+    assert bundle["event"]["p50_ms"] >= 1200
+    # The first byte off-site comes after the first frame's answer, long before the last.
+    assert 200 <= bundle["offsite"]["p50_ms"] < bundle["event"]["p50_ms"] - 500
+    # Every frame of the 4 cameras' bursts went up, and the manifest.
+    assert min(bundle["puts_per_bundle"]) >= 4 * 3 + 1
+    assert bundle["event_target_ms"] > 0
+    assert bundle["offsite_target_ms"] > 0
+    assert_exchanges_gone(figures["exchanges"])
+    table = (tmp_path / "bench.md").read_text()
+    assert "## The chain" not in table
+    for row in (
+        "| sensor → bundle event, 4 cameras",
+        "| sensor → first byte off-site",
+        "| one snapshot (Cam5, alone in its bundle): trigger → image event",
+        "| one camera's answer",
+    ):
+        assert row in table, row
+    assert table.count(" | PASS |") + table.count(" | FAIL |") == 2

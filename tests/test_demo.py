@@ -122,7 +122,7 @@ def test_the_demo_shows_the_whole_chain_and_leaves_nothing_behind(tmp_path: Path
         r"'Garden camera' \(FTP upload\): 1 file uploaded, 1 event\(s\), latency", summary
     )
     assert f"files: snapshots under {tmp_path / 'data'} ({events} JPEG files" in summary
-    snapshots = (tmp_path / "data" / "snapshots").rglob("*.jpg")
+    snapshots = (tmp_path / "data").rglob("*.jpg")  # bundles' folders and the pushed one
     assert len([path for path in snapshots if "-before-" not in path.name]) == events
     pids = [int(p) for p in re.findall(r"pid (\d+) exit 0", summary)]
     assert len(pids) == 2  # the daemon and the subscriber, both stopped cleanly

@@ -495,8 +495,9 @@ class Demo:
                     f"{n} {r}" for r, n in sorted(failures.items())
                 )
             if isinstance(camera.simulator, RtspServer):
-                folder = self.data_root / "snapshots" / slug(camera.key)
-                stills = sum(1 for _ in folder.rglob(f"*{PRE_TRIGGER_MARK}*.jpg"))
+                # Beside the camera's images, in each sensor event's bundle folder.
+                named = f"{slug(camera.key)}_*{PRE_TRIGGER_MARK}*.jpg"
+                stills = sum(1 for _ in self.data_root.rglob(named))
                 text += f", {stills} pre-trigger still(s)"
             lines.append(f"{text}; {shown}")
             if camera.answers:

@@ -9,9 +9,9 @@ from PIL import Image
 
 # A frame this small already goes ahead itself; no copy is made of it.
 SMALL_ENOUGH = 64 * 1024
-# Long side of the copy, in pixels, and its JPEG quality: about 50 KB for a busy scene.
-SIDE = 800
-QUALITY = 70
+# Long side in pixels and JPEG quality, tried in turn until the copy is small enough: a
+# busy scene at night needs less of both than a plain wall by day.
+STEPS = ((800, 70), (640, 60), (480, 50), (320, 40))
 
 
 def preview(jpeg: bytes) -> bytes | None:
@@ -21,11 +21,15 @@ def preview(jpeg: bytes) -> bytes | None:
         return None
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
-            image.draft("RGB", (SIDE, SIDE))  # the decoder scales down as it reads: fast
-            small = image.convert("RGB")
-            small.thumbnail((SIDE, SIDE))
+            image.draft("RGB", (STEPS[0][0], STEPS[0][0]))  # the decoder scales as it reads
+            full = image.convert("RGB")
+        for side, quality in STEPS:
+            small = full.copy()
+            small.thumbnail((side, side))
             out = io.BytesIO()
-            small.save(out, "JPEG", quality=QUALITY, optimize=True)
+            small.save(out, "JPEG", quality=quality, optimize=True)
+            if out.tell() <= SMALL_ENOUGH:
+                break
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     data = out.getvalue()

@@ -412,6 +412,9 @@ class BundleStore:
     def _open(self) -> sqlite3.Connection:
         conn = connect_durable(self.path, "bundle file")
         try:
+            # A commit survives the process being killed without waiting for the disk (WAL):
+            # what must survive power loss too, the upload queue and the outbox, waits there.
+            conn.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 conn.execute(statement)
         except BaseException:

@@ -245,21 +245,19 @@ class SnapshotStage(Stage):
         self._start(self.queues.next(key))
 
     def _prepare_days(self) -> None:
-        """Each camera's folder for today now and for the next day before it starts, on the pool."""
+        """The bundles' folder for today now and for the next day before it starts, on the pool."""
         now = time.time()
         self.call_later(next_preparation(now) + 1.0, self._prepare_days)
-        self.submit(
-            prepare_day_folders, self.root, list(self.cameras.devices), now, then=self._prepared
-        )
+        self.submit(prepare_day_folders, self.root, now, then=self._prepared)
 
     def _prepared(self, finished: Future[list[Path]]) -> None:
         if finished.cancelled():
             return
         if (error := finished.exception()) is not None:
-            # Only a head start lost: each camera's first snapshot makes its own folder.
-            log.warning("%s: could not make the day's snapshot folders: %s", self.name, error)
+            # Only a head start lost: each bundle's first snapshot makes its folders.
+            log.warning("%s: could not make the day's bundle folder: %s", self.name, error)
         else:
-            log.debug("%s: made %d snapshot folders ahead", self.name, len(finished.result()))
+            log.debug("%s: made %d bundle folders ahead", self.name, len(finished.result()))
 
     def _coalesce(self, trigger: TriggerMessage) -> None:
         TRIGGERS_COALESCED.labels(trigger.camera_key).inc()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from pylib.http import HttpServer, TokenAuth
 from pylib.runtime.daemon import Daemon, StartError
 from pylib.runtime.pings import HealthPinger
 from pylib.runtime.worker import Worker, WorkerStartError
+from snapshot_processor.bundle.listing import ParkedReasons, bundle_views
+from snapshot_processor.bundle.seal import Sealer
 from snapshot_processor.camera.feature import Cameras
 from snapshot_processor.config import Settings
 from snapshot_processor.ops.recent import RecentEvents
@@ -74,6 +77,18 @@ def health_pings(
     daemon.add_step("health", pinger.start, pinger.stop)
 
 
+def bundle_listing(
+    sealer: Sealer, parked: ParkedReasons | None
+) -> Callable[[int], list[dict[str, Any]]]:
+    """The newest bundles of the sealer's store as ``/api/bundles`` and the page show them;
+    raises BundleStoreError when the bundle file cannot be read. ``parked`` must not raise."""
+
+    def newest(limit: int) -> list[dict[str, Any]]:
+        return bundle_views(sealer.store.recent(limit), sealer.destinations, parked, sealer.root)
+
+    return newest
+
+
 def http_server(
     settings: Settings,
     daemon: Daemon,
@@ -83,6 +98,7 @@ def http_server(
     report: Callable[[], HealthReport],
     snapshot_inbox: str,
     parked_uploads: Callable[[Collection[str]], Mapping[str, str]] | None = None,
+    bundles: Callable[[int], list[dict[str, Any]]] | None = None,
 ) -> Worker | None:
     """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
     section = settings.ops
@@ -104,6 +120,7 @@ def http_server(
         parked_uploads=parked_uploads,
         snapshots_root=settings.snapshots_root_dir,
         snapshot_seconds=settings.camera.answer_within,
+        bundles=bundles,
     )
     auth = TokenAuth(section.http_token_value)
     return HttpServer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pylib.http import SESSION_COOKIE, Request, Response, Router, TokenAuth
 from pylib.observe.logs import printable
+from pylib.observe.redact import redact
+from snapshot_processor.bundle.store import BundleStoreError
 from snapshot_processor.ops import status_page
 from snapshot_processor.ops.recent import EventRecord, RecentEvents
 
@@ -25,9 +28,14 @@ log = logging.getLogger(__name__)
 
 EVENTS_LIMIT_MAX = 200
 PAGE_EVENTS = 24
+BUNDLES_LIMIT_MAX = 200
+PAGE_BUNDLES = 10
 THUMB_PIXELS = 320
 # An event's image never changes: a browser keeps it (for itself alone) as long as it likes.
 IMAGE_CACHE = "private, max-age=31536000, immutable"
+# Each step towards an image opened as itself: a link is refused, a FIFO does not block.
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class CameraHealth(Protocol):
@@ -98,13 +106,35 @@ class Ops:
     snapshots_root: Path | None = None
     # How long one snapshot's attempts take at most: the page waits so long for the camera.
     snapshot_seconds: float = 20.0
+    # The newest bundles as the API gives them (None: the page has no Bundles section);
+    # it raises BundleStoreError when the bundle file cannot be read.
+    bundles: Callable[[int], list[dict[str, Any]]] | None = None
 
 
 def build_router(ops: Ops, auth: TokenAuth) -> Router:
     """Every route, with which of them need the token."""
     fetched = {camera.key: camera for camera in ops.cameras if camera.source == "fetch"}
-    root = (ops.snapshots_root or ops.recent.path.parent).resolve()
+    root = ops.snapshots_root or ops.recent.path.parent
     router = Router()
+
+    said: str | None = None  # the last error of the bundle file, logged once
+
+    def bundle_list(limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """The newest bundles, or none and why they cannot be read now: a damaged or
+        closed bundle file is an answer for the API and the page, never an exception."""
+        nonlocal said
+        if ops.bundles is None:
+            return [], "this daemon keeps no bundles"
+        try:
+            found = ops.bundles(limit)
+        except BundleStoreError as exc:
+            error = redact(str(exc))
+            if error != said:  # the page asks every few seconds: one line per new error
+                log.warning("bundles cannot be listed: %s", error)
+            said = error
+            return [], f"the bundles cannot be read now: {error}"
+        said = None
+        return found, None
 
     def camera_of(request: Request) -> Camera | None:
         return fetched.get(unquote(request.params["key"]))
@@ -113,13 +143,9 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         """The event's image (annotated if asked and drawn), only from a file under root."""
         annotated = request.arg("annotated") in ("1", "true", "yes")
         for candidate in (record.annotated_path if annotated else None, record.storage_path):
-            path = Path(candidate).resolve() if candidate else None
-            if path is None or not path.is_relative_to(root):
-                continue
-            try:
-                return path.read_bytes()
-            except OSError:
-                continue
+            image = read_under(root, candidate) if candidate else None
+            if image is not None:
+                return image
         return None
 
     def healthz(request: Request) -> Response:
@@ -168,6 +194,16 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         limit = max(1, min(limit, EVENTS_LIMIT_MAX))
         return Response.json({"events": event_list(ops, limit, request)})
 
+    def bundles(request: Request) -> Response:
+        try:
+            limit = int(request.arg("limit") or 50)
+        except ValueError:
+            return Response.text("limit must be a whole number\n", 400)
+        found, error = bundle_list(max(1, min(limit, BUNDLES_LIMIT_MAX)))
+        if error is not None:
+            return Response.json({"error": error}, 503)
+        return Response.json({"bundles": found})
+
     def page(request: Request) -> Response:
         part = request.arg("part") == "main"
         if auth.how(request) is None:
@@ -176,10 +212,14 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
             return html(status_page.login_page())
         camera, person = request.arg("camera") or "", request.arg("person") == "1"
         shown = camera_list(ops), event_list(ops, PAGE_EVENTS, request), ops.health()
+        # Behind the same login as the events: a bundle names the cameras and its files.
+        listed = status_page.Bundles(*bundle_list(PAGE_BUNDLES)) if ops.bundles else None
         if part:
-            return html(status_page.main_part(*shown, filtered=bool(camera or person)))
+            return html(
+                status_page.main_part(*shown, filtered=bool(camera or person), bundles=listed)
+            )
         page = status_page.status_page(
-            *shown, camera=camera, person=person, logged_in=auth.required
+            *shown, camera=camera, person=person, logged_in=auth.required, bundles=listed
         )
         return html(page)
 
@@ -218,6 +258,7 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
     router.add("GET", cam + r"/latest\.jpg", latest_jpg, access="token", name="latest.jpg")
     router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
     router.add("GET", r"/api/events", events, access="token")
+    router.add("GET", r"/api/bundles", bundles, access="token")
     router.add("GET", r"/api/events/(?P<id>[0-9A-Za-z_-]{1,64})/image", event_image, access="token")
     return router
 
@@ -256,6 +297,34 @@ def thumbnail(image: bytes) -> bytes | None:
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return out.getvalue()
+
+
+def read_under(root: Path, candidate: str) -> bytes | None:
+    """The bytes of the regular file ``candidate`` names under ``root``, reached from root
+    without following a link (root itself may be one); None for any other path or file."""
+    path = Path(os.path.abspath(candidate))  # ".." is taken away by name, never walked
+    # The record names it as written: under root as configured, or as resolved.
+    bases = (Path(os.path.abspath(root)), Path(root).resolve())
+    found = next((path.relative_to(base) for base in bases if path.is_relative_to(base)), None)
+    if found is None or not found.parts:
+        return None
+    *folders, name = found.parts
+    try:
+        fd = os.open(Path(root).resolve(), _OPEN_DIR)
+        try:
+            for folder in folders:
+                inner = os.open(folder, _OPEN_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            image = os.open(name, _OPEN_FILE, dir_fd=fd)
+        finally:
+            os.close(fd)
+        with open(image, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return None
+            return file.read()
+    except OSError:
+        return None
 
 
 def event_list(ops: Ops, limit: int, request: Request) -> list[dict[str, Any]]:

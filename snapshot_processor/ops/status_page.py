@@ -11,6 +11,8 @@ import html
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -24,7 +26,15 @@ _STATIC = Path(__file__).parent / "static"
 _STYLE = (_STATIC / "status.css").read_text(encoding="utf-8")
 _SCRIPT = (_STATIC / "status.js").read_text(encoding="utf-8")
 _ISO_UTC = re.compile(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z")
-Shown = Mapping[str, Any]  # a camera or an event, as the API gives it
+Shown = Mapping[str, Any]  # a camera, an event or a bundle, as the API gives it
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """The newest bundles as ``/api/bundles`` gives them, or why they cannot be read now."""
+
+    shown: Sequence[Shown]
+    error: str | None = None
 
 
 def _digest(text: str) -> str:
@@ -147,6 +157,69 @@ def _event_card(event: Shown, now: float) -> str:
     )
 
 
+def _seconds(stamp: object) -> float | None:
+    """Unix seconds of an ISO-8601 time as the API gives it (``…Z``); None if it is none."""
+    try:
+        return datetime.fromisoformat(str(stamp)).timestamp() if stamp else None
+    except ValueError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _offsite(bundle: Shown) -> str:
+    took = bundle.get("offsite_seconds")
+    if took is not None:
+        return f"after {_duration(float(took))}"
+    # Sealed with nothing off-site: there is no cloud storage to send it to.
+    return "kept here only" if bundle.get("state") == "sealed" else "not yet"
+
+
+def _bundle_camera(camera: Shown) -> str:
+    taken = f"{_e(camera['label'])} {_e(camera['frames_taken'])}/{_e(camera['frames_asked'])}"
+    failure = camera.get("failure")
+    if failure:
+        return f'<div class="parked">{taken}: {_e(failure)}</div>'
+    return f"<div>{taken}</div>"
+
+
+def _bundle_row(bundle: Shown, now: float) -> str:
+    cameras = "".join(_bundle_camera(camera) for camera in bundle["cameras"])
+    state, why = bundle["state"], bundle.get("why_not_sealed")
+    failed = f" ({_e(bundle['failed'])} camera(s) failed)" if bundle.get("failed") else ""
+    return (
+        f'<tr data-bundle="{_e(bundle["bundle_id"])}" data-state="{_e(state)}">'
+        f'<td data-label="When">{_when(_seconds(bundle["opened"]), now)}</td>'
+        f'<td data-label="Sensor">{_e(bundle.get("sensor") or "none named")}</td>'
+        f'<td data-label="Cameras">{cameras}</td>'
+        f'<td data-label="Frames">{_e(bundle["frames"])}{failed}</td>'
+        f'<td data-label="State"><span class="badge {_e(state)}">{_e(state)}</span>'
+        + (f' <span class="muted why">{_e(why)}</span>' if why else "")
+        + f'</td><td data-label="Off-site">{_e(_offsite(bundle))}</td></tr>'
+    )
+
+
+def _bundles(bundles: Bundles, now: float) -> str:
+    if bundles.error is not None:
+        inside = f'<p class="error">{_e(bundles.error)}</p>'
+    elif not bundles.shown:
+        inside = '<p class="muted">No bundle yet.</p>'
+    else:
+        rows = "".join(_bundle_row(bundle, now) for bundle in bundles.shown)
+        inside = (
+            "<table><thead><tr><th>When</th><th>Sensor</th><th>Cameras (frames taken/asked)</th>"
+            "<th>Frames</th><th>State</th><th>To off-site</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+    return f'<div id="bundles">{inside}</div>'
+
+
 def _live(cameras: Sequence[Shown], health: HealthReport, now: float) -> str:
     headline, said = verdict(cameras, health)
     look = {"All well": "good", "Degraded": "degraded", "Down": "bad"}[headline]
@@ -183,10 +256,16 @@ def main_part(
     health: HealthReport,
     *,
     filtered: bool = False,
+    bundles: Bundles | None = None,
 ) -> str:
-    """The parts of the page that refresh: the state and cameras, and the recent events."""
+    """The parts of the page that refresh: the state and cameras, the recent events and the
+    bundles (when the daemon keeps them)."""
     now = time.time()
-    return _live(cameras, health, now) + _gallery(events, now, filtered)
+    return (
+        _live(cameras, health, now)
+        + _gallery(events, now, filtered)
+        + (_bundles(bundles, now) if bundles is not None else "")
+    )
 
 
 def _filters(cameras: Sequence[Shown], camera: str, person: bool) -> str:
@@ -220,9 +299,11 @@ def status_page(
     camera: str = "",
     person: bool = False,
     logged_in: bool = True,
+    bundles: Bundles | None = None,
 ) -> str:
     """The whole status page; ``camera`` and ``person`` filter the recent events shown;
-    ``logged_in``: there is a token, so a session to end (else no Log out button)."""
+    ``logged_in``: there is a token, so a session to end (else no Log out button);
+    ``bundles``: the newest sensor events' bundles (None: no such section)."""
     now = time.time()
     logout = '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
     header = f"<header><h1>snapshot-processor</h1>{logout if logged_in else ''}</header>"
@@ -232,7 +313,13 @@ def status_page(
         '<p id="note" class="note" role="status" aria-live="polite"></p>'
         f'{_live(cameras, health, now)}<section class="events"><h2>Recent events</h2>'
         f"{_filters(cameras, camera, person)}{_gallery(events, now, bool(camera or person))}"
-        "</section></main>",
+        "</section>"
+        + (
+            f'<section class="bundles"><h2>Bundles</h2>{_bundles(bundles, now)}</section>'
+            if bundles is not None
+            else ""
+        )
+        + "</main>",
         _SCRIPT,
     )
 

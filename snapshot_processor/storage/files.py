@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,19 +57,18 @@ def day_folder(root: Path, camera_key: str, when: float) -> Path:
     return root / SNAPSHOTS_DIR / slug(camera_key) / f"{moment:%Y-%m-%d}"
 
 
-# Each camera's folder for the next day is made this long before it starts.
+# The next day's bundle folder is made this long before it starts.
 PREPARE_AHEAD = 300.0
 DAY = 86_400
 
 
-def prepare_day_folders(root: Path, camera_keys: Iterable[str], when: float) -> list[Path]:
-    """Make each camera's folder for the day of ``when``, and the next day's if it starts
-    within :data:`PREPARE_AHEAD`; the folders this call made."""
-    days = dict.fromkeys([when, when + PREPARE_AHEAD])
+def prepare_day_folders(root: Path, when: float) -> list[Path]:
+    """Make the bundles' folder for the day of ``when`` (``bundles/YYYY/MM/DD``), and the
+    next day's if it starts within :data:`PREPARE_AHEAD`; the folders this call made."""
     made: list[Path] = []
-    for key in dict.fromkeys(camera_keys):
-        for moment in days:
-            made.extend(make_folders(day_folder(root, key, moment)))
+    for moment in dict.fromkeys([when, when + PREPARE_AHEAD]):
+        day = datetime.fromtimestamp(moment, UTC)
+        made.extend(make_folders(root / BUNDLES_DIR / f"{day:%Y/%m/%d}"))
     return made
 
 

@@ -188,7 +188,12 @@ class StorageStage(Stage):
         files: list[NewFile] = []
         items: list[UploadItem] = []
         for snap in snaps:
-            first = snap.bundle_id is not None and self._first(snap.bundle_id)
+            # Off-site first: without a destination there is nothing to send ahead.
+            first = (
+                self.offsite is not None
+                and snap.bundle_id is not None
+                and self._first(snap.bundle_id)
+            )
             small = self._preview(snap) if first else None
             if snap.bundle_id is not None:
                 files.extend(self._files(snap, small))

@@ -46,8 +46,7 @@ TODAY = {
 def cameras() -> Iterator[list[CameraSimulator]]:
     with ExitStack() as stack:
         yield [
-            stack.enter_context(CameraSimulator(user="admin", password=PASSWORD))
-            for _ in LOCATIONS
+            stack.enter_context(CameraSimulator(user="admin", password=PASSWORD)) for _ in LOCATIONS
         ]
 
 
@@ -193,9 +192,9 @@ def test_a_failing_camera_is_named_in_its_bundle_and_two_sensors_make_two_bundle
     try:
         with running_app(settings) as app:
             # Two sensors at once, their triggers interleaved on the wire.
-            for hall, gate in (("Front Door", "Garage"), ("Yard", "Drive Way")):
-                fire(peer, "hall pir", [hall])
-                fire(peer, "gate contact", [gate])
+            for in_hall, at_gate in (("Front Door", "Garage"), ("Yard", "Drive Way")):
+                fire(peer, "hall pir", [in_hall])
+                fire(peer, "gate contact", [at_gate])
             assert peer.pump_until(lambda: len(peer.bundles()) == 2 and len(peer.images()) >= 6)
             bundles = {b["sensor"]: b for b in peer.bundles()}
             assert wait_until(

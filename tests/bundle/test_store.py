@@ -180,7 +180,9 @@ def test_the_manifest_lists_frames_failures_links_and_the_receipt(tmp_path: Path
     assert second["storage_url"] is None  # not off-site yet
     assert first["sha256"] == hashlib.sha256(b"y1").hexdigest()
     assert first["size"] == 2
-    assert found["failed"] == [{"device_key": "door", "device_label": "Door", "reason": "refused: 401"}]
+    assert found["failed"] == [
+        {"device_key": "door", "device_label": "Door", "reason": "refused: 401"}
+    ]
     assert found["best"]["event_id"] == "yard-1"  # no person: the first
     assert found["offsite_seconds"] == 0.3
     assert {f["name"] for f in found["receipt"]["files"]} == {"yard-1.jpg", "yard-2.jpg"}

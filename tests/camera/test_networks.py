@@ -28,7 +28,12 @@ from snapshot_processor.camera.registry import CameraAddressRefusedError, Camera
 from snapshot_processor.camera.spec import CameraSpec
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device
-from snapshot_processor.contract.messages import SNAPSHOT_KIND, TriggerMessage
+from snapshot_processor.contract.messages import (
+    BUNDLE_CAMERA_KIND,
+    SNAPSHOT_KIND,
+    BundleCameraMessage,
+    TriggerMessage,
+)
 from tests.support.broker import BROKER, Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import foscam_env, make_settings
 from tests.support.metrics import sample
@@ -246,9 +251,13 @@ def test_a_refused_trigger_settles_every_part_in_one_line(
                     settlement=Settlement(ack_token("inproc://acks", tag=1)),
                 ).envelope()
             )
-            parts = wire.receive(3)
+            parts = wire.receive(5)
     finally:
         assert stage.stop_and_join(10)
+    # The burst starts and ends in its bundle, with why it took nothing.
+    join, *parts, end = parts
+    assert (join.kind, end.kind) == (BUNDLE_CAMERA_KIND, BUNDLE_CAMERA_KIND)
+    assert "outside CAMERA_NETWORKS" in str(BundleCameraMessage.read(end).failure)
     # Done marks, not requeues: the trigger is acked, never handed back to come again.
     assert [(part.kind, part.body.get("requeue")) for part in parts] == [(DONE_KIND, None)] * 3
     assert SNAPSHOT_KIND not in {part.kind for part in parts}

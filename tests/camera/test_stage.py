@@ -21,8 +21,13 @@ from snapshot_processor.camera.errors import CameraError
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device
-from snapshot_processor.contract.messages import SNAPSHOT_KIND, TRIGGER_KIND, TriggerMessage
-from snapshot_processor.storage.files import day_folder
+from snapshot_processor.contract.messages import (
+    BUNDLE_CAMERA_KIND,
+    SNAPSHOT_KIND,
+    TRIGGER_KIND,
+    BundleCameraMessage,
+    TriggerMessage,
+)
 from tests.support.crash import CrashesOnce as CrashingWorker
 from tests.support.metrics import sample, sample_gauge
 from tests.support.wait import wait_until
@@ -61,13 +66,15 @@ def trigger(tag: int) -> Envelope:
         camera_key=KEY,
         device_label="Front Door",
         timestamp=0,
+        sensor_key="hall pir",
         settlement=Settlement(ack_token("inproc://acks", tag=tag)),
     ).envelope()
 
 
 @pytest.fixture
 def wire() -> Iterator[Wire]:
-    with wire_for("snapshot") as ends:
+    # Each burst's start and end in its bundle are looked at where a test says so.
+    with wire_for("snapshot", aside={BUNDLE_CAMERA_KIND}) as ends:
         yield ends
 
 
@@ -340,6 +347,36 @@ def test_a_hanging_camera_delays_no_other_camera(
         hung.stop()  # its fetch ends now (connection closed)
 
 
+def test_each_burst_starts_and_ends_in_its_bundle_with_what_it_took_or_why_not(
+    camera: CameraSimulator, wire: Wire, start: Start
+) -> None:
+    start(registry(camera), per_trigger=2, interval=0.1)
+    with wire.sender() as sender:
+        sender.send(trigger(1))
+        taken = wire.receive(2)
+        camera.mode = "error"
+        sender.send(trigger(2))
+        failed = wire.receive(2)
+    assert [e.kind for e in taken] == [SNAPSHOT_KIND] * 2
+    assert [e.kind for e in failed] == [DONE_KIND] * 2
+    assert wait_until(lambda: len(wire.receive(1, timeout=0.1)) == 0 and len(wire.set_aside) == 4)
+    first_join, first_end, second_join, second_end = (
+        BundleCameraMessage.read(e) for e in wire.set_aside
+    )
+    assert (first_join.ended, first_join.expected, first_join.camera_key) == (False, 2, KEY)
+    assert first_end.ended
+    assert first_end.took == [e.body["event_id"] for e in taken]
+    assert first_end.failure is None
+    # Both triggers name the sensor, so both bursts are in one bundle, one folder.
+    assert second_join.bundle_id == first_join.bundle_id
+    assert {Path(e.body["storage_path"]).parent.name for e in taken} == {
+        first_join.group.rpartition("/")[2]
+    }
+    assert second_end.took == []
+    assert second_end.failure is not None
+    assert second_end.failure.startswith("snapshot 2 of 2: ")
+
+
 def test_a_failing_camera_opens_its_breaker_and_shows_in_health(
     camera: CameraSimulator, wire: Wire, start: Start
 ) -> None:
@@ -443,19 +480,19 @@ def test_a_breaker_opened_for_one_address_lets_a_new_address_through(
         cameras.close()
 
 
-def test_each_cameras_folder_for_today_is_made_at_start(
+def test_the_days_bundle_folder_is_made_at_start(
     camera: CameraSimulator, wire: Wire, start: Start, tmp_path: Path
 ) -> None:
-    """The day's first snapshot finds its folder made (and its name synced): the stage
+    """The day's first bundle finds its day's folder made (and its name synced): the stage
     makes it when it starts, before any trigger, and the next day's before midnight."""
-    today = day_folder(tmp_path, KEY, time.time())
+    today = tmp_path / "bundles" / time.strftime("%Y/%m/%d", time.gmtime())
     assert not today.exists()
     start(registry(camera))
     assert wait_until(today.is_dir, 5)
     with wire.sender() as sender:
         sender.send(trigger(1))
         [snapshot] = wire.receive(1)
-    assert Path(snapshot.body["storage_path"]).parent == today
+    assert Path(snapshot.body["storage_path"]).parent.parent == today
 
 
 def test_folders_that_cannot_be_made_ahead_are_a_warning_not_a_failure(
@@ -465,12 +502,12 @@ def test_folders_that_cannot_be_made_ahead_are_a_warning_not_a_failure(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    (tmp_path / "snapshots").write_bytes(b"not a folder")  # every mkdir under it fails
+    (tmp_path / "bundles").write_bytes(b"not a folder")  # every mkdir under it fails
     caplog.set_level(logging.WARNING, logger="snapshot_processor.camera.stage")
     stage = start(registry(camera))
     assert wait_until(
         lambda: any(
-            "could not make the day's snapshot folders" in r.getMessage() for r in caplog.records
+            "could not make the day's bundle folder" in r.getMessage() for r in caplog.records
         ),
         5,
     )

@@ -19,7 +19,7 @@ from snapshot_processor.app import App
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.camera.stage import SnapshotStage
 from snapshot_processor.config import Device, Settings
-from snapshot_processor.contract.messages import TRIGGER_KIND, TriggerMessage
+from snapshot_processor.contract.messages import BUNDLE_CAMERA_KIND, TRIGGER_KIND, TriggerMessage
 from snapshot_processor.contract.settings import BrokerSettings
 from snapshot_processor.contract.trigger import parse_trigger
 from tests.support.broker import BROKER, Peer, delete_queue, trigger_body, unique_exchange
@@ -300,7 +300,7 @@ def test_every_part_of_every_trigger_is_settled(tmp_path: Path, camera: CameraSi
         None,
         owed(3),
     )
-    with wire("snapshot") as ends:
+    with wire("snapshot", aside={BUNDLE_CAMERA_KIND}) as ends:
         stage = SnapshotStage(
             "snapshot-parts",
             threading.Event(),
@@ -319,6 +319,8 @@ def test_every_part_of_every_trigger_is_settled(tmp_path: Path, camera: CameraSi
                     assert sender.send(envelope, block=False)
                 received = ends.receive(7)
                 assert ends.receive(1, timeout=0.3) == []  # nothing more comes
+                # The two triggers split into parts each start and end a burst in a bundle.
+                assert len(ends.set_aside) == 4
         finally:
             assert stage.stop_and_join(10)
     settled = []

@@ -195,6 +195,7 @@ def test_daemon_routes_with_a_token(tmp_path: Path) -> None:
                 for method, path in [
                     ("GET", "/api/cameras"),
                     ("GET", "/api/events"),
+                    ("GET", "/api/bundles"),
                     ("GET", f"/api/cameras/{key}/latest.jpg"),
                     ("POST", f"/api/cameras/{key}/snapshot"),
                 ]:

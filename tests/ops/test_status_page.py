@@ -173,6 +173,18 @@ def test_log_in_see_every_camera_take_a_snapshot_and_see_its_event(
                     front = page.locator('figure.event[data-camera="Front Door camera"]')
                     assert front.locator(".badge.person").inner_text() == "person"
                     assert "Person" in front.inner_text()
+
+                    # The Bundles: the sensor event of those triggers, sealed once its
+                    # manifest is written (no cloud storage here, so nothing off-site).
+                    bundles = page.locator("section.bundles")
+                    sealed = bundles.locator('tr[data-state="sealed"]').first
+                    sealed.wait_for(timeout=20_000)
+                    assert sealed.locator(".badge.sealed").inner_text() == "sealed"
+                    assert sealed.locator('td[data-label="Sensor"]').inner_text() == "hall pir"
+                    assert sealed.locator('td[data-label="Off-site"]').inner_text() == (
+                        "kept here only"
+                    )
+                    assert re.search(r"Front Door \d+/\d+", bundles.inner_text())
                     assert zones_of(page) == {paris}
 
                     # Filters, by camera and by person: a plain form, kept by the refresh.

@@ -17,6 +17,7 @@ from snapshot_processor.ops.routes import HealthReport
 from snapshot_processor.ops.status_page import (
     CONTENT_SECURITY_POLICY,
     PERSON_BADGE,
+    Bundles,
     local_time,
     localised,
     main_part,
@@ -231,3 +232,85 @@ def test_the_headline_names_a_camera_once_and_survives_a_time_that_is_none() -> 
     state, said = verdict([down], HealthReport(True, [], [held, odd], {}))
     assert state == "Degraded"
     assert said == [held, odd]  # the camera named once, the odd time left as it is
+
+
+def bundle(bundle_id: str = "b1", **fields: Any) -> dict[str, Any]:
+    """A bundle as /api/bundles gives it: sealed, one camera, copied off-site."""
+    return {
+        "bundle_id": bundle_id,
+        "sensor": "hall pir",
+        "opened": "2023-11-14T22:13:20.000Z",
+        "state": "sealed",
+        "why_not_sealed": None,
+        "complete_by": "all cameras",
+        "cameras": [
+            {"key": "yard", "label": "Yard", "frames_asked": 2, "frames_taken": 2, "failure": None}
+        ],
+        "frames": 2,
+        "failed": 0,
+        "offsite_seconds": 0.42,
+        "sealed": "2023-11-14T22:13:25.000Z",
+        "storage_path": "/data/bundles/2023/11/14/b1",
+        "best_event_id": "e1",
+        **fields,
+    }
+
+
+def test_bundles_show_state_why_not_sealed_and_time_to_off_site(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        shown = [
+            bundle(
+                "b2",
+                sensor="<b>gate</b>",
+                state="uploading",
+                why_not_sealed="1 upload(s) to s3 still to verify; parked: s3: 403 <denied>",
+                cameras=[
+                    {
+                        "key": "door",
+                        "label": "Door",
+                        "frames_asked": 2,
+                        "frames_taken": 1,
+                        "failure": "snapshot 2 of 2: camera answered 503",
+                    }
+                ],
+                frames=1,
+                failed=1,
+                offsite_seconds=None,
+            ),
+            bundle("b1"),
+            bundle("b0", offsite_seconds=None),
+        ]
+        health = HealthReport(True, [], [], {})
+        page = status_page([camera()], [], health, bundles=Bundles(shown))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    uploading, sealed, here = re.findall(r"<tr data-bundle=.*?</tr>", page, re.S)
+    assert uploading.startswith('<tr data-bundle="b2" data-state="uploading">')
+    assert '<span class="badge uploading">uploading</span>' in uploading
+    assert "parked: s3: 403 &lt;denied&gt;" in uploading
+    assert "&lt;b&gt;gate&lt;/b&gt;" in uploading
+    assert '<div class="parked">Door 1/2: snapshot 2 of 2: camera answered 503</div>' in uploading
+    assert "1 (1 camera(s) failed)" in uploading
+    assert '<td data-label="Off-site">not yet</td>' in uploading
+    assert "2023-11-15 07:13:20 JST" in sealed  # the server's local time, as everywhere
+    assert '<td data-label="Off-site">after 0.42 s</td>' in sealed
+    assert '<td data-label="Off-site">kept here only</td>' in here
+    assert "<h2>Bundles</h2>" in page
+    assert not re.search(r"<[^>]*\s(style|on\w+)=", page)
+
+
+def test_the_bundles_part_refreshes_and_says_when_it_cannot_be_read() -> None:
+    health = HealthReport(True, [], [], {})
+    assert 'id="bundles"' not in main_part([camera()], [], health)  # a daemon without bundles
+    assert '<div id="bundles"><p class="muted">No bundle yet.</p></div>' in main_part(
+        [camera()], [], health, bundles=Bundles([])
+    )
+    broken = main_part(
+        [camera()], [], health, bundles=Bundles([], "the bundles cannot be read now: <closed>")
+    )
+    assert '<p class="error">the bundles cannot be read now: &lt;closed&gt;</p>' in broken

@@ -70,6 +70,18 @@ def test_due_items_come_oldest_first_and_done_forgets_them(
     assert not queue.holds(tmp_path / "snap-0.jpg")
 
 
+def test_a_higher_priority_goes_ahead_and_groups_come_back(
+    queue: UploadQueue, tmp_path: Path
+) -> None:
+    queue.add([("s3", item(tmp_path, n)) for n in range(3)])
+    first = UploadItem(tmp_path / "small.jpg", "small.jpg", "yard", 1.0, "2026/12/07/b", 1)
+    queue.add([("s3", first)])
+    due = queue.due(time.time(), limit=10)
+    assert [u.item.name for u in due] == ["small.jpg", "snap-0.jpg", "snap-1.jpg", "snap-2.jpg"]
+    assert due[0].item == first  # its group and priority read back
+    assert queue.due(time.time(), limit=1)[0].item.name == "small.jpg"
+
+
 def test_a_duplicate_is_ignored(queue: UploadQueue, tmp_path: Path) -> None:
     queue.add([("drive", item(tmp_path, 1))])
     first = queue.due(time.time(), 10)[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,8 @@ NEVER = 3600.0
 
 class ScriptedDestination:
     """A stand-in for an outside storage service: each file's answers are scripted."""
+
+    links_ahead = False
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ def start(
     *destinations: ScriptedDestination,
     housekeeping_every: float = 0.05,
     trouble_after: float = 0.0,
+    on_uploaded: Callable[[str, UploadItem], None] | None = None,
 ) -> Uploader:
     uploader = Uploader(
         queue,
@@ -97,6 +100,7 @@ def start(
         destination_retry=FAST,
         housekeeping_every=housekeeping_every,
         trouble_after=trouble_after,
+        on_uploaded=on_uploaded,
     )
     uploaders.append(uploader)
     uploader.start()
@@ -121,6 +125,28 @@ def test_retries_then_success(queue: UploadQueue, started: list[Uploader]) -> No
     assert sample("uploads_total", destination="drive", result="retry") == retries + 2
     assert sample("uploads_total", destination="drive", result="done") == done + 1
     assert sample("upload_seconds_count", destination="drive") >= 1
+
+
+def test_each_copy_is_told_once_the_queue_forgot_it_and_a_failing_listener_stops_nothing(
+    queue: UploadQueue, started: list[Uploader]
+) -> None:
+    drive = ScriptedDestination("drive", {"snap-1.jpg": [UploadRetryError("503")]})
+    told: list[tuple[str, str, bool]] = []
+    failures = sample("upload_hook_failures_total")
+
+    def listener(destination: str, copied: UploadItem) -> None:
+        told.append((destination, copied.name, queue.holds(copied.path)))
+        if copied.name == "snap-2.jpg":
+            raise RuntimeError("the listener's own trouble")
+
+    queue.add([("drive", item(n)) for n in (1, 2, 3)])
+    start(started, queue, drive, on_uploaded=listener).wake()
+    assert wait_until(lambda: len(told) == 3)
+    # Only verified copies are told of, after the queue has forgotten them, the failed
+    # attempt not at all; a listener that fails is counted and the uploads go on.
+    assert sorted(told) == [("drive", f"snap-{n}.jpg", False) for n in (1, 2, 3)]
+    assert sample("upload_hook_failures_total") == failures + 1
+    assert queue.depth() == 0
 
 
 def test_a_refused_file_is_parked_while_the_next_goes_through(

@@ -17,6 +17,7 @@ from tests.support.broker import Peer, delete_queue, running_app, trigger_body, 
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes.drive import FakeDrive
+from tests.support.ftp import jpeg
 from tests.support.paths import CHECKOUT
 from tests.support.s3 import moto_s3
 from tests.support.wait import wait_for_text, wait_until
@@ -76,7 +77,12 @@ def test_each_event_links_its_drive_folder_and_the_image_is_uploaded(
             name = Path(entry["storage_path"]).name
             assert wait_until(lambda: name in uploaded(drive))
             assert uploaded(drive)[name] == entry["image"]
-            assert drive.files(folders=False)[0].parents == [folder.id]
+            # Into its bundle's folder, in the day's folder below the top one.
+            [stored] = [f for f in drive.files(folders=False) if f.title == name]
+            bundle_folder = drive.file(stored.parents[0])
+            assert bundle_folder.title == Path(entry["storage_path"]).parent.name
+            day = Path(entry["storage_path"]).parent.parent.relative_to(tmp_path / "bundles")
+            assert drive.path_of(bundle_folder.id) == f"{FOLDER}/{day.as_posix()}"
             assert wait_until(lambda: (app.uploads() or {}).get("depth") == 0)
     finally:
         peer.close()
@@ -170,7 +176,7 @@ def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         yield url
 
 
-def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(
+def test_drive_and_s3_both_get_every_file_and_the_link_is_s3s(
     tmp_path: Path, camera: CameraSimulator, drive: FakeDrive, s3_endpoint: str
 ) -> None:
     exchange = unique_exchange()
@@ -190,8 +196,9 @@ def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(
             peer.send_trigger(trigger_body("Front Door camera", device_params=None))
             [event] = peer.wait_for_images(1)
             entry = event["inputs"][0]
-            [folder] = drive.files(folders=True)
-            assert entry["storage_url"] == folder.resource()["alternateLink"]
+            # S3 knows the bundle's folder before anything is uploaded; Drive does not.
+            group = Path(entry["storage_path"]).parent.relative_to(tmp_path / "bundles")
+            assert entry["storage_url"] == f"{s3_endpoint}/{BUCKET}/house/bundles/{group}/"
             name = Path(entry["storage_path"]).name
 
             def keys() -> list[str]:
@@ -199,8 +206,8 @@ def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(
                 return [item["Key"] for item in listed]
 
             assert wait_until(lambda: any(key.endswith(name) for key in keys()))
-            [key] = keys()
-            assert key.startswith("house/front-door-camera/")
+            [key] = [key for key in keys() if key.endswith(name)]
+            assert key == f"house/bundles/{group}/{name}"
             body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             assert body == entry["image"]
             assert wait_until(lambda: name in uploaded(drive))
@@ -209,19 +216,30 @@ def test_drive_and_s3_both_get_every_file_and_the_link_is_drives(
         peer.close()
 
 
-def test_s3_alone_links_the_object(
-    tmp_path: Path, camera: CameraSimulator, s3_endpoint: str
+def test_a_pushed_image_of_no_bundle_is_linked_to_its_object(
+    tmp_path: Path, s3_endpoint: str
 ) -> None:
     exchange = unique_exchange()
-    settings = make_settings(tmp_path, exchange, **camera_env(camera.port), S3_BUCKET=BUCKET)
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        INPUT_1_LOCATION="Back Yard",
+        INPUT_1_TYPE="camera",
+        UPLOAD_STABLE_SECONDS="0.2",
+        S3_BUCKET=BUCKET,
+    )
+    # An upload the camera left while the daemon was down: taken at start.
+    folder = settings.ingest_dir / "backyard"
+    folder.mkdir(parents=True)
+    (folder / "snap.jpg").write_bytes(jpeg("pushed"))
     peer = Peer(exchange)
     try:
         with running_app(settings):
-            peer.send_trigger(trigger_body("Front Door camera", device_params=None))
             [event] = peer.wait_for_images(1)
             entry = event["inputs"][0]
             name = Path(entry["storage_path"]).name
-            assert entry["storage_url"].startswith(f"{s3_endpoint}/{BUCKET}/front-door-camera/")
+            assert "bundle_id" not in entry
+            assert entry["storage_url"].startswith(f"{s3_endpoint}/{BUCKET}/back-yard-camera/")
             assert entry["storage_url"].endswith(name)
     finally:
         peer.close()

@@ -21,7 +21,8 @@ from pylib.chain.settle import DONE_KIND, Settlement, ack_token, publish_envelop
 from pylib.chain.sockets import Sender, bind_pull, inproc
 from pylib.retry import RetryPolicy
 from snapshot_processor.camera.stage import SnapshotStage
-from snapshot_processor.storage.files import SNAPSHOTS_DIR
+from snapshot_processor.contract.messages import BUNDLE_CAMERA_KIND
+from snapshot_processor.storage.files import BUNDLES_DIR
 from tests.camera.test_stage import KEY, PASSWORD, registry, trigger
 from tests.pylib.test_amqp_publisher import declare, image, names, proxied, receive
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
@@ -155,7 +156,7 @@ def camera() -> Iterator[CameraSimulator]:
 
 @pytest.fixture
 def wire() -> Iterator[Wire]:
-    with wire_for("snapshot-disk") as ends:
+    with wire_for("snapshot-disk", aside={BUNDLE_CAMERA_KIND}) as ends:
         yield ends
 
 
@@ -199,9 +200,10 @@ def test_snapshot_that_cannot_be_written_gives_its_trigger_back(
 
 @pytest.fixture
 def snapshots_disk(disk: Path) -> Iterator[Path]:
-    """A roomy tmpfs of its own for the snapshots under ``disk``, so that they can be
-    written while the rest of the data root (the upload queue) is full."""
-    mount_point = disk / SNAPSHOTS_DIR
+    """A roomy tmpfs of its own for the snapshots under ``disk`` (a bundle's, as triggered
+    ones are), so that they can be written while the rest of the data root (the upload
+    queue) is full."""
+    mount_point = disk / BUNDLES_DIR
     mount_point.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], check=True

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,22 @@ def test_upload_arrives_with_its_bytes_and_md5(
     # pydrive2's way: a resumable session, then the bytes in one PUT.
     assert any(r.param("uploadType") == "resumable" for r in fake.requests)
     assert any(r.method == "PUT" and r.body == item.path.read_bytes() for r in fake.requests)
+
+
+def test_a_groups_files_go_into_its_folder_in_the_day_folder(
+    fake: FakeDrive, destination: DriveDestination, tmp_path: Path
+) -> None:
+    group = "2026/12/07/20261207T200102Z_hall-pir_abcdef12"
+    items = [replace(snapshot(tmp_path, f"yard_{n}.jpg"), group=group) for n in range(3)]
+    assert destination.link(items[0]) is None  # no link before Drive has made the folder
+    for item in items:
+        destination.upload(item)
+    [folder] = [f for f in fake.files(folders=True) if f.title == group.rpartition("/")[2]]
+    assert fake.path_of(folder.id) == f"{FOLDER}/2026/12/07"
+    assert sorted(f.title for f in fake.files(folder.id)) == [item.name for item in items]
+    assert destination.link(items[0]) == folder.resource()["alternateLink"]
+    # One folder for each of top, year, month, day and the group: none made twice.
+    assert len(fake.files(folders=True)) == 5
 
 
 def test_md5_mismatch_deletes_the_copy_then_the_retry_succeeds(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pylib.upload.destination import UploadItem
 from snapshot_processor import cli
 from snapshot_processor.storage.drive.archive import DriveArchiveError
 from snapshot_processor.storage.drive.destination import DriveDestination
@@ -141,7 +142,7 @@ def test_housekeeping_archives_once_per_interval(fake: FakeDrive, credentials: P
     try:
         drive.housekeeping(now)
         assert fake.files(top, folders=False) == []
-        link = drive.link(None)  # type: ignore[arg-type]  # the link needs no item
+        link = drive.link(UploadItem(Path("porch.jpg"), "porch.jpg", "porch", now))
         assert link == f"https://drive.google.com/drive/folders/{top}"
         late = fake.add_file("porch_20240301T130000.000000Z_b.jpg", top)
         drive.housekeeping(now + 10)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from snapshot_processor.bundle.grouping import BundleRef
 from snapshot_processor.storage.files import (
     PREPARE_AHEAD,
+    bundle_path,
     keep_linked,
     make_folders,
     next_preparation,
     prepare_day_folders,
-    snapshot_path,
     write_atomically,
 )
 
@@ -115,34 +116,34 @@ def test_threads_making_the_same_new_folders_each_return_with_them_made(tmp_path
     assert sorted(p.name for p in root.rglob("*.jpg")) == sorted(f"{n}.jpg" for n in range(16))
 
 
-# --- each camera's day folder, made ahead ---------------------------------------------
+# --- the bundles' day folder, made ahead -----------------------------------------------
 NOON = 1_795_953_600.0  # 2026-11-29 12:00 UTC
 MIDNIGHT = 1_795_996_800.0  # 2026-11-30 00:00 UTC
 
 
-def test_day_folders_are_made_for_every_camera_with_safe_names(tmp_path: Path) -> None:
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
-
-    made = prepare_day_folders(tmp_path, ["Front Door camera", "../../etc camera"], NOON)
-
-    assert sorted(p.relative_to(snapshots).as_posix() for p in made) == [
-        "etc-camera",
-        "etc-camera/2026-11-29",
-        "front-door-camera",
-        "front-door-camera/2026-11-29",
+def test_the_days_bundle_folder_is_made_where_its_bundles_go(tmp_path: Path) -> None:
+    made = prepare_day_folders(tmp_path, NOON)
+    bundles = tmp_path / "bundles"
+    assert [p.relative_to(tmp_path).as_posix() for p in made] == [
+        "bundles",
+        "bundles/2026",
+        "bundles/2026/11",
+        "bundles/2026/11/29",
     ]
-    # Where the day's snapshots go, so the first one finds its folder made.
-    assert snapshot_path(tmp_path, "Front Door camera", NOON + 60, "e1").parent in made
-    assert prepare_day_folders(tmp_path, ["Front Door camera"], NOON) == []
+    # Where the day's bundles go, so the first one finds its day made.
+    ref = BundleRef.new(NOON + 60, "hall pir", "Front Door camera")
+    assert (
+        bundle_path(tmp_path, ref.group, "Front Door camera", NOON + 60, "e1").parent.parent in made
+    )
+    assert prepare_day_folders(tmp_path, NOON) == []
+    assert bundles.is_dir()
 
 
-def test_the_next_days_folders_are_made_only_shortly_before_it(tmp_path: Path) -> None:
-    (tmp_path / "snapshots").mkdir()
-    early = prepare_day_folders(tmp_path, ["Cam"], MIDNIGHT - PREPARE_AHEAD - 1)
-    assert [p.name for p in early] == ["cam", "2026-11-29"]
-    late = prepare_day_folders(tmp_path, ["Cam"], MIDNIGHT - PREPARE_AHEAD + 1)
-    assert [p.name for p in late] == ["2026-11-30"]
+def test_the_next_days_folder_is_made_only_shortly_before_it(tmp_path: Path) -> None:
+    early = prepare_day_folders(tmp_path, MIDNIGHT - PREPARE_AHEAD - 1)
+    assert early[-1].relative_to(tmp_path).as_posix() == "bundles/2026/11/29"
+    late = prepare_day_folders(tmp_path, MIDNIGHT - PREPARE_AHEAD + 1)
+    assert [p.relative_to(tmp_path).as_posix() for p in late] == ["bundles/2026/11/30"]
 
 
 def test_the_next_preparation_is_due_before_each_midnight() -> None:

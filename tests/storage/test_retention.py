@@ -8,7 +8,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from pylib.runtime.daemon import Daemon
 from pylib.upload.destination import UploadItem
 from pylib.upload.queue import UploadQueue
 from snapshot_processor import config
+from snapshot_processor.bundle.feature import open_store
+from snapshot_processor.bundle.store import FRAME, BundleStore, NewFile
 from snapshot_processor.storage.feature import build as build_storage
 from snapshot_processor.storage.retention import Retention, RetentionPolicy, sweep
 from tests.storage.test_disk_full import disk  # noqa: F401  (the tmpfs fixture)
@@ -37,6 +40,24 @@ def snapshot(root: Path, name: str, age: float, size: int = 1000, camera: str = 
     path = root / "snapshots" / camera / day / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)
+    os.utime(path, (NOW - age, NOW - age))
+    return path
+
+
+@contextmanager
+def bundle_file(settings: config.Settings) -> Iterator[BundleStore]:
+    store = BundleStore(settings.bundles_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def bundled(root: Path, group: str, name: str, age: float) -> Path:
+    """A file of the bundle ``group``, ``age`` seconds old."""
+    path = root / "bundles" / group / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 1000)
     os.utime(path, (NOW - age, NOW - age))
     return path
 
@@ -251,8 +272,9 @@ def test_the_daemons_retention_keeps_the_snapshots_its_outbox_still_names(
             box.append("events", "k", body, attachment=Attachment(str(path), 1, 1000))
         assert box.park(box.peek()[1].id, "404 NOT_FOUND")
 
-    worker = build_storage(settings, Daemon("test", shutdown_timeout=5)).retention
-    assert worker.run_once() is not None
+    with bundle_file(settings) as bundles:
+        worker = build_storage(settings, Daemon("test", shutdown_timeout=5), bundles).retention
+        assert worker.run_once() is not None
 
     assert named.exists()
     assert parked.exists()
@@ -286,7 +308,7 @@ def test_the_daemons_retention_keeps_the_snapshots_its_upload_queue_still_holds(
         finally:
             earlier.close()
         daemon = Daemon("test", shutdown_timeout=5)
-        storage = build_storage(settings, daemon)
+        storage = build_storage(settings, daemon, open_store(settings, daemon))
         uploader = storage.uploader
         assert uploader is not None
         daemon.start()  # the upload queue and the uploader, as the daemon starts them
@@ -309,9 +331,49 @@ def test_the_daemons_retention_removes_nothing_while_its_outbox_cannot_be_read(
     old = snapshot(tmp_path, "old.jpg", 40 * DAY)
     settings.outbox_path.write_bytes(b"not a database" * 200)
 
-    worker = build_storage(settings, Daemon("test", shutdown_timeout=5)).retention
-
-    assert worker.run_once() is None
+    with bundle_file(settings) as bundles:
+        worker = build_storage(settings, Daemon("test", shutdown_timeout=5), bundles).retention
+        assert worker.run_once() is None
     assert old.exists()
     [trouble] = worker.troubles()
     assert trouble.startswith("retention: sweep skipped, nothing removed: OutboxError")
+
+
+def test_a_bundles_files_are_kept_until_it_is_sealed_then_its_folders_go(
+    tmp_path: Path,
+) -> None:
+    settings = config.load(
+        env={"SNAPSHOTS_ROOT_DIR": str(tmp_path), "RETENTION_MIN_FREE_BYTES": "0"}
+    )
+    old_day = time.strftime("%Y/%m/%d", time.gmtime(NOW - 40 * DAY))
+    open_group, sealed_group = f"{old_day}/open", f"{old_day}/sealed"
+    open_frame = bundled(tmp_path, open_group, "a.jpg", 40 * DAY)
+    sealed_frame = bundled(tmp_path, sealed_group, "b.jpg", 40 * DAY)
+    with bundle_file(settings) as bundles:
+        for bundle_id, group, path in (
+            ("open", open_group, open_frame),
+            ("sealed", sealed_group, sealed_frame),
+        ):
+            bundles.record(
+                joined=[(bundle_id, group, NOW - 40 * DAY, None, "cam", "Cam", 1)],
+                files=[NewFile(bundle_id, path, FRAME, NOW - 40 * DAY, path.read_bytes())],
+            )
+            bundles.complete(bundle_id, "all cameras", NOW - 40 * DAY, "-")
+        assert bundles.seal("sealed", NOW - 40 * DAY)
+        worker = build_storage(settings, Daemon("test", shutdown_timeout=5), bundles).retention
+        assert worker.run_once() is not None
+    # The bundle still uploading keeps its file; the sealed one's goes, and its folder.
+    assert open_frame.exists()
+    assert not sealed_frame.exists()
+    assert not sealed_frame.parent.exists()
+    assert open_frame.parent.exists()
+
+
+def test_empty_bundle_folders_of_past_days_are_removed_today_s_stay(tmp_path: Path) -> None:
+    old_day = time.strftime("%Y/%m/%d", time.gmtime(NOW - 40 * DAY))
+    today = time.strftime("%Y/%m/%d", time.gmtime(NOW))
+    for day in (old_day, today):
+        (tmp_path / "bundles" / day / "empty").mkdir(parents=True)
+    sweep(tmp_path, RetentionPolicy(None, None), (), NOW)
+    assert not (tmp_path / "bundles" / old_day).exists()
+    assert (tmp_path / "bundles" / today / "empty").exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from pylib.upload.destination import UploadItem, UploadRefusedError, UploadRetry
 from snapshot_processor.storage.s3 import DENIED_PAUSE, S3Destination
 from tests.support.broker import Peer, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, make_settings
-from tests.support.fakes.s3 import FailingS3
+from tests.support.fakes.s3 import FailingS3, MisstoringS3
 from tests.support.net import free_port
 from tests.support.wait import wait_until
 from tools.camera_simulator import CameraSimulator
@@ -118,6 +121,35 @@ def test_the_link_is_the_objects_url_at_the_endpoint(
     answer = requests.get(link, timeout=10)
     assert answer.status_code == 200
     assert answer.content == snapshot.path.read_bytes()
+
+
+def test_a_groups_files_share_one_prefix_and_its_link(
+    destination: S3Destination, s3: Any, endpoint: str, snapshot: UploadItem
+) -> None:
+    grouped = replace(snapshot, group="2026/03/14/20260314T233005Z_hall-pir_abcdef12")
+    destination.upload(grouped)
+    prefix = "home/cameras/bundles/2026/03/14/20260314T233005Z_hall-pir_abcdef12"
+    assert [key for key in keys(s3) if "/bundles/" in key] == [f"{prefix}/{snapshot.name}"]
+    # The folder's link, known before anything of it is uploaded.
+    assert destination.links_ahead
+    assert destination.link(grouped) == f"{endpoint}/{BUCKET}/{prefix}/"
+
+
+def test_a_copy_whose_etag_is_not_the_files_md5_is_tried_again(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch, snapshot: UploadItem
+) -> None:
+    with MisstoringS3() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fake.base_url)
+        misstoring = S3Destination(BUCKET, max_attempts=1)
+        try:
+            with pytest.raises(UploadRetryError, match="differs from the local file"):
+                misstoring.upload(snapshot)
+        finally:
+            misstoring.close()
+    [put] = fake.requests
+    # The MD5 went with the body, so a store that checks it refuses a damaged upload.
+    expected = base64.b64encode(hashlib.md5(snapshot.path.read_bytes()).digest()).decode()
+    assert put.headers["content-md5"] == expected
 
 
 def test_a_missing_bucket_is_refused(s3: Any, snapshot: UploadItem) -> None:

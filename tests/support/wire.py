@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import zmq
@@ -14,13 +14,16 @@ from pylib.chain.sockets import Sender, bind_pull, receive
 
 
 class Wire:
-    """``inbox`` is where the stage under test binds; ``outbox`` is bound here."""
+    """``inbox`` is where the stage under test binds; ``outbox`` is bound here. Envelopes
+    of the ``aside`` kinds are not received but kept in :attr:`set_aside`."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, aside: Collection[str] = ()) -> None:
         tag = uuid.uuid4().hex[:8]
         self.inbox = f"inproc://{name}-in-{tag}"
         self.outbox = f"inproc://{name}-out-{tag}"
         self.pull: zmq.Socket[bytes] = bind_pull(self.outbox)
+        self.aside = frozenset(aside)
+        self.set_aside: list[Envelope] = []
 
     @contextmanager
     def sender(self) -> Iterator[Sender]:
@@ -39,7 +42,11 @@ class Wire:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.pull.poll(int(remaining * 1000) + 1):
                 break
-            received.append(Envelope.unpack(receive(self.pull)))
+            envelope = Envelope.unpack(receive(self.pull))
+            if envelope.kind in self.aside:
+                self.set_aside.append(envelope)
+            else:
+                received.append(envelope)
         return received
 
     def close(self) -> None:
@@ -48,9 +55,9 @@ class Wire:
 
 
 @contextmanager
-def wire(name: str) -> Iterator[Wire]:
+def wire(name: str, aside: Collection[str] = ()) -> Iterator[Wire]:
     """A :class:`Wire`, closed at the end."""
-    ends = Wire(name)
+    ends = Wire(name, aside)
     try:
         yield ends
     finally:

@@ -27,3 +27,16 @@ class FailingS3(LoopbackServer):
             "<RequestId>0</RequestId></Error>"
         )
         return Reply(self.status, body.encode(), content_type="application/xml")
+
+
+class MisstoringS3(LoopbackServer):
+    """Takes every PUT and answers 200 with the ETag of other bytes: a store that kept
+    something other than what was sent."""
+
+    def __init__(self) -> None:
+        super().__init__("misstoring-s3")
+        self.requests: list[Request] = []
+
+    def handle(self, request: Request) -> Reply:
+        self.requests.append(request)
+        return Reply(200, b"", headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
