@@ -262,9 +262,14 @@ class UploadQueue:
         """True while an upload of this file is unfinished, parked included."""
         return bool(self._read("SELECT 1 FROM uploads WHERE path = ? LIMIT 1", (_key(path),)))
 
-    def pending_paths(self) -> set[str]:
-        """Absolute paths of every file with an unfinished upload, parked included."""
-        return {str(path) for (path,) in self._read("SELECT DISTINCT path FROM uploads")}
+    def pending_paths(self, destination: str | None = None) -> set[str]:
+        """Absolute paths of every file with an unfinished upload (to ``destination``, when
+        given), parked included."""
+        rows = self._read(
+            "SELECT DISTINCT path FROM uploads WHERE ? IS NULL OR destination = ?",
+            (destination, destination),
+        )
+        return {str(path) for (path,) in rows}
 
     def close(self) -> None:
         """Close the database; closing twice is harmless."""

@@ -96,7 +96,7 @@ class Uploader(Worker):
     ) -> None:
         super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
         self.queue = queue
-        # Told of each file copied, on this thread, once the queue has forgotten it.
+        # Told of each file copied, on this thread, just before the queue forgets it.
         self.on_uploaded = on_uploaded
         self.destinations = dict(destinations)
         self.item_retry = item_retry
@@ -260,6 +260,16 @@ class Uploader(Worker):
             self._succeeded(entry, time.monotonic() - started)
 
     def _succeeded(self, entry: QueuedUpload, seconds: float) -> None:
+        # Told before the queue forgets it: a listener keeping its own record of copies
+        # never meets a file that is neither queued nor recorded as copied.
+        if self.on_uploaded is not None:
+            try:
+                self.on_uploaded(entry.destination, entry.item)
+            except Exception:  # whoever listens catches up later, from the queue and its record
+                UPLOAD_HOOK_FAILURES.inc()
+                log.exception(
+                    "%s: the upload of %s was not taken note of", self.name, entry.item.name
+                )
         self.queue.done(entry.id)
         UPLOADS.labels(entry.destination, "done").inc()
         UPLOAD_SECONDS.labels(entry.destination).observe(seconds)
@@ -270,14 +280,6 @@ class Uploader(Worker):
         log.debug(
             "uploaded %s to %s in %.2f s", printable(entry.item.name), entry.destination, seconds
         )
-        if self.on_uploaded is not None:
-            try:
-                self.on_uploaded(entry.destination, entry.item)
-            except Exception:  # whoever listens catches up at its next start
-                UPLOAD_HOOK_FAILURES.inc()
-                log.exception(
-                    "%s: the upload of %s was not taken note of", self.name, entry.item.name
-                )
 
     def _failed(self, entry: QueuedUpload, reason: str, after: float | None, kind: str) -> None:
         now = self._clock()

@@ -4,11 +4,12 @@ copied; the cameras that fell short and why; the best frame."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pylib.observe.redact import redact
 from snapshot_processor.bundle.store import ANNOTATED, BEFORE, FRAME, MANIFEST, Bundle, BundleFile
 
 # How a bundle came to be complete, as the manifest says it.
@@ -51,9 +52,11 @@ def manifest(
     link: str | None,
     *,
     receipt: dict[str, Any] | None = None,
+    md5: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The manifest of ``bundle``, kept in local ``folder`` and off-site at ``link``; with a
-    ``receipt`` (when sealing) every file's checksums and verified copies are added."""
+    ``receipt`` (when sealing) every file's checksums (``md5`` by path) and verified copies
+    are added."""
     labels = {camera.camera: camera.label for camera in bundle.cameras}
     annotated = {f.event_id: f.path for f in bundle.files if f.kind == ANNOTATED}
     frames = [
@@ -80,8 +83,9 @@ def manifest(
             for c in bundle.cameras
         ],
         "frames": frames,
+        # A camera's words, redacted again: this goes on the wire and off-site.
         "failed": [
-            {"device_key": c.camera, "device_label": c.label, "reason": c.failure}
+            {"device_key": c.camera, "device_label": c.label, "reason": redact(c.failure)}
             for c in bundle.cameras
             if c.failure
         ],
@@ -107,7 +111,7 @@ def manifest(
                     "kind": f.kind,
                     "size": f.size,
                     "sha256": f.sha256,
-                    "md5": f.md5,
+                    "md5": (md5 or {}).get(f.path),
                     "verified": {name: iso(at) for name, at in sorted(f.copies.items())},
                 }
                 for f in bundle.files
@@ -138,6 +142,3 @@ def _frame(
         if annotated is not None:
             entry["annotated_path"] = annotated
     return entry
-
-
-LinkFinder = Callable[[str], str | None]

@@ -5,8 +5,11 @@ Without cloud storage a bundle is sealed as soon as its manifest is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +42,8 @@ BUNDLE_SEAL_FAILURES = Counter(
 )
 
 MANIFEST_NAME = "manifest.json"
+# A file recorded this recently may be on its way into the queue: a sweep leaves it alone.
+SWEEP_GRACE = 60.0
 # Sealed bundles listed on the page and in /api/bundles before the oldest are forgotten.
 KEEP_SEALED = 500
 
@@ -50,6 +55,7 @@ class Sealer:
         self.store = store
         self.root = root
         self.offsite = offsite
+        self._lock = threading.Lock()
 
     @property
     def destinations(self) -> list[str]:
@@ -60,8 +66,10 @@ class Sealer:
 
     def uploaded(self, destination: str, item: UploadItem) -> None:
         """A file is verified at ``destination`` (the uploader's thread)."""
+        if item.group is None:
+            return  # of no bundle
         now = time.time()
-        found = self.store.copied(item.path, destination, now)
+        found = self.store.copied(item.path, destination, item.group, now)
         if found is None:
             return
         bundle_id, first = found
@@ -74,16 +82,36 @@ class Sealer:
     def check(self, bundle_id: str) -> None:
         """Take the next step towards the seal if it is due; never raises."""
         try:
-            self._check(bundle_id)
+            with self._lock:  # one manifest per bundle, whichever thread gets there first
+                self._check(bundle_id)
         except (BundleStoreError, UploadQueueError, OSError) as exc:
             BUNDLE_SEAL_FAILURES.inc()
             log.warning("bundle %s: sealing waits: %s", bundle_id, exc)
 
     def resume(self) -> None:
-        """At start: queue again what a stop cut short of being queued, and seal what is due."""
+        """At start, before the uploader: queue what is not queued for a destination (one
+        added since, or a manifest whose queueing failed), and take each bundle's next step."""
+        self._catch_up(older_than=None)  # nothing else runs yet: every file is looked at
+
+    def sweep(self) -> None:
+        """Now and then: a file whose queueing failed (a manifest, an annotated copy) is
+        queued again, and each bundle's next step taken."""
+        try:
+            self._catch_up(older_than=SWEEP_GRACE)
+        except (BundleStoreError, UploadQueueError) as exc:
+            BUNDLE_SEAL_FAILURES.inc()
+            log.warning("bundles not swept: %s", exc)
+
+    def _catch_up(self, *, older_than: float | None) -> None:
+        """Queue each file of a bundle not sealed that is neither queued for a destination
+        nor copied there. Read in this order, pending uploads before each bundle: a copy is
+        recorded before its upload leaves the queue, and a file is queued before it is
+        recorded, so only a file recorded in between could be queued twice; files younger
+        than ``older_than`` seconds are left alone for that."""
         ids = self.store.ids(UPLOADING)
         if self.offsite is not None:
-            pending = self.offsite.queue.pending_paths()
+            pending = {name: self.offsite.queue.pending_paths(name) for name in self.destinations}
+            cutoff = math.inf if older_than is None else time.time() - older_than
             for bundle_id in ids:
                 bundle = self.store.bundle(bundle_id)
                 if bundle is None:
@@ -91,14 +119,14 @@ class Sealer:
                 missing = [
                     (name, self._item(bundle, Path(f.path), f.camera or "bundle", f.taken))
                     for f in bundle.files
+                    if f.taken <= cutoff
                     for name in self.destinations
-                    if name not in f.copies and f.path not in pending
+                    if name not in f.copies and f.path not in pending[name]
                 ]
                 if missing:
                     self.offsite.queue.add(missing)
-                    log.info(
-                        "bundle %s: %d upload(s) queued again after a stop", bundle_id, len(missing)
-                    )
+                    self.offsite.wake_uploader()
+                    log.info("bundle %s: %d upload(s) queued again", bundle_id, len(missing))
         for bundle_id in ids:
             self.check(bundle_id)
 
@@ -107,24 +135,22 @@ class Sealer:
         if bundle is None or bundle.state != UPLOADING:
             return
         wanted = set(self.destinations)
-        manifests = [f for f in bundle.files if f.kind == MANIFEST]
-        if manifests:
-            if wanted <= manifests[0].copies.keys():
-                self._sealed(bundle)
-            return
         if any(not wanted <= f.copies.keys() for f in bundle.files):
-            return  # still uploading
+            return  # still uploading (the manifest too, once it is written)
+        if any(f.kind == MANIFEST for f in bundle.files):
+            self._sealed(bundle)
+            return
         folder = self.folder(bundle)
         receipt = {"destinations": sorted(wanted), "verified_at": iso(time.time())}
         link = self.offsite.folder_link(bundle.group) if self.offsite is not None else None
-        text = json.dumps(manifest(bundle, folder, link, receipt=receipt), indent=2)
+        sums = {f.path: _md5(Path(f.path)) for f in bundle.files}
+        text = json.dumps(manifest(bundle, folder, link, receipt=receipt, md5=sums), indent=2)
         path = folder / MANIFEST_NAME
         data = text.encode("utf-8")
         write_atomically(path, data)
-        if not self.store.add_manifest(
+        self.store.add_manifest(
             NewFile(bundle_id=bundle_id, path=path, kind=MANIFEST, taken=time.time(), data=data)
-        ):
-            return  # another thread began it
+        )
         if self.offsite is None:
             self._sealed(bundle)
             return
@@ -143,13 +169,25 @@ class Sealer:
             len(bundle.files) + (0 if any(f.kind == MANIFEST for f in bundle.files) else 1),
             ", ".join(self.destinations) or "no destination (kept here only)",
         )
-        forgotten = self.store.forget_sealed(KEEP_SEALED)
+        forgotten = self.store.forget_sealed(KEEP_SEALED, time.time())
         if forgotten:
             log.debug("forgot %d old sealed bundle(s)", forgotten)
 
     @staticmethod
     def _item(bundle: Bundle, path: Path, folder: str, taken: float) -> UploadItem:
         return UploadItem(path, path.name, folder, taken, bundle.group)
+
+
+def _md5(path: Path) -> str | None:
+    """The file's MD5 as the destinations checked it (None if it is gone by now)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def describe_wait(bundle: Bundle, destinations: list[str]) -> str | None:

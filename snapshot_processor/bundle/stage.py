@@ -58,11 +58,19 @@ BUNDLE_SECONDS = Histogram(
     "From a bundle's first trigger to its bundle event sent on",
     buckets=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+BUNDLE_EVENTS_HANDED_BACK = Counter(
+    "bundle_events_handed_back_total",
+    "Bundle events the publisher could not store (each sent again later)",
+)
 BUNDLE_STORE_FAILURES = Counter(
     "bundle_store_failures_total", "Bundle steps lost because the bundle file could not be used"
 )
 
 ACK_ADDRESS = "inproc://bundle-events"
+# Bundles not sealed are looked at this often: a step that failed is taken again.
+SWEEP_EVERY = 300.0
+# A bundle event the outbox handed back is sent again after this long.
+ANNOUNCE_AGAIN = 30.0
 # What the manifest says of a camera whose burst had not ended.
 NO_ANSWER = "no answer by the deadline (BUNDLE_DEADLINE)"
 STOPPED = "the daemon stopped before its snapshots were all taken; its trigger comes again"
@@ -95,16 +103,21 @@ class BundleStage(Stage):
         closed: Callable[[str], None],
         **kwargs: Any,
     ) -> None:
-        super().__init__(name, stop_event, **kwargs)
+        super().__init__(name, stop_event, workers=1, **kwargs)
         self.store = store
         self.sealer = sealer
         self.deadline = deadline
         self.closed = closed
         self._deadlines: dict[str, Timer] = {}
+        # Bundle events handed on and not yet stored by the publisher (any thread).
+        self._announcing: set[str] = set()
+        self._announcing_lock = threading.Lock()
 
     def on_thread_start(self) -> None:
         super().on_thread_start()
+        self._deadlines.clear()  # the timers went with the thread's last run
         take_acks_directly(ACK_ADDRESS, self._announced)
+        self.call_later(SWEEP_EVERY, self._sweep)
         try:
             waiting = [self.store.bundle(bundle_id) for bundle_id in self.store.ids(COLLECTING)]
             unannounced = self.store.ids(announced=False)
@@ -117,7 +130,7 @@ class BundleStage(Stage):
                 self._set_deadline(bundle.bundle_id, bundle.opened)
         collecting = {bundle.bundle_id for bundle in waiting if bundle is not None}
         for bundle_id in unannounced:
-            if bundle_id not in collecting:
+            if bundle_id not in collecting and not self._in_flight(bundle_id):
                 self._announce(bundle_id)
 
     def on_thread_close(self) -> None:
@@ -130,7 +143,12 @@ class BundleStage(Stage):
             return
         try:
             if envelope.kind == BUNDLE_CAMERA_KIND:
-                self._camera(BundleCameraMessage.read(envelope))
+                message = BundleCameraMessage.read(envelope)
+                try:
+                    self._camera(message)
+                except Exception:  # settles nothing: only its bundle is at stake
+                    BUNDLE_STORE_FAILURES.inc()
+                    log.exception("%s: bundle %s not followed", self.name, message.bundle_id)
                 return
             if envelope.kind != SNAPSHOT_KIND:
                 raise MessageError(f"a {envelope.kind!r} message where a snapshot belongs")
@@ -138,10 +156,27 @@ class BundleStage(Stage):
         except MessageError as exc:
             self.reject(envelope, exc)
             return
-        self._frame(snap)
+        # The frame's event goes first: the bundle's work must not delay it, and a bundle
+        # event never overtakes its last frame's.
         self.send(envelope)
+        try:
+            self._frame(snap)
+        except Exception:  # the frame is on its way: a bug here costs its bundle, not it
+            BUNDLE_STORE_FAILURES.inc()
+            log.exception("%s: frame %s not noted in its bundle", self.name, snap.event_id)
 
     # --- on the stage's thread -------------------------------------------------------
+    def _sweep(self) -> None:
+        self.call_later(SWEEP_EVERY, self._sweep)
+        self.submit(self.sealer.sweep)
+
+    def _announce_later(self, bundle_id: str) -> None:
+        self.call_later(ANNOUNCE_AGAIN, lambda: self._announce(bundle_id))
+
+    def _in_flight(self, bundle_id: str) -> bool:
+        with self._announcing_lock:
+            return bundle_id in self._announcing
+
     def _camera(self, message: BundleCameraMessage) -> None:
         if not message.ended:
             self._set_deadline(message.bundle_id, message.opened)
@@ -227,7 +262,7 @@ class BundleStage(Stage):
         self.closed(bundle_id)
         BUNDLES.labels(by).inc()
         self._announce(bundle_id)
-        self.sealer.check(bundle_id)
+        self.submit(self.sealer.check, bundle_id)  # it writes the manifest: off this thread
 
     def _announce(self, bundle_id: str) -> None:
         try:
@@ -242,6 +277,8 @@ class BundleStage(Stage):
         link = offsite.folder_link(bundle.group) if offsite is not None else None
         found = manifest(bundle, self.sealer.folder(bundle), link)
         settlement = Settlement(ack_token(ACK_ADDRESS, bundle=bundle_id))
+        with self._announcing_lock:
+            self._announcing.add(bundle_id)
         self.send(BundleEventMessage(bundle_id, found, settlement).envelope())
         seconds = time.time() - bundle.opened
         if bundle.ended_by != RESTART:
@@ -262,7 +299,16 @@ class BundleStage(Stage):
     def _announced(self, ack: Ack) -> None:
         """The publisher stored the bundle event: it is not sent again after a restart."""
         bundle_id = ack.get("bundle")
-        if not isinstance(bundle_id, str) or ack.get("requeue"):
+        if not isinstance(bundle_id, str):
+            return
+        with self._announcing_lock:
+            self._announcing.discard(bundle_id)
+        if ack.get("requeue"):
+            # The outbox could not take it: sent again in a while, as at the next start.
+            BUNDLE_EVENTS_HANDED_BACK.inc()
+            log.warning("bundle %s: its event was not stored; sent again in %.0f s",
+                        bundle_id, ANNOUNCE_AGAIN)  # fmt: skip
+            self.call_soon_threadsafe(lambda: self._announce_later(bundle_id))
             return
         try:
             self.store.announced(bundle_id)

@@ -48,6 +48,7 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS bundles_state ON bundles (state)",
+    "CREATE INDEX IF NOT EXISTS bundles_group ON bundles (grp)",
     """
     CREATE TABLE IF NOT EXISTS cameras (
         bundle_id TEXT NOT NULL,
@@ -55,7 +56,6 @@ _SCHEMA = (
         label TEXT NOT NULL,
         expected INTEGER NOT NULL DEFAULT 0,
         bursts INTEGER NOT NULL DEFAULT 0,
-        taken INTEGER NOT NULL DEFAULT 0,
         failure TEXT,
         PRIMARY KEY (bundle_id, camera)
     )
@@ -71,13 +71,14 @@ _SCHEMA = (
         taken REAL NOT NULL,
         size INTEGER NOT NULL,
         sha256 TEXT NOT NULL,
-        md5 TEXT NOT NULL,
         detections TEXT,
         person REAL,
         seen INTEGER NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS files_bundle ON files (bundle_id)",
+    # The frames not through detection yet: counted after every frame, so kept small.
+    "CREATE INDEX IF NOT EXISTS files_unseen ON files (bundle_id) WHERE kind = 'frame' AND seen = 0",
     "CREATE INDEX IF NOT EXISTS files_event ON files (event_id)",
     """
     CREATE TABLE IF NOT EXISTS copies (
@@ -96,7 +97,8 @@ class BundleStoreError(Exception):
 
 @dataclass(frozen=True)
 class CameraPart:
-    """A camera's share of a bundle: frames asked and taken, bursts still under way."""
+    """A camera's share of a bundle: frames asked and taken (its frame files), bursts still
+    under way, and why it fell short."""
 
     camera: str
     label: str
@@ -118,7 +120,6 @@ class BundleFile:
     taken: float
     size: int
     sha256: str
-    md5: str
     detections: list[dict[str, Any]] | None
     person: float | None
     seen: bool
@@ -193,12 +194,14 @@ class BundleStore:
         *,
         joined: Iterable[tuple[str, str, float, str | None, str, str, int]] = (),
         files: Iterable[NewFile] = (),
-        ended: Iterable[tuple[str, str, int, str | None]] = (),
-    ) -> None:
+        ended: Iterable[tuple[str, str, str | None, int]] = (),
+    ) -> int:
         """In one transaction: cameras that ``joined`` a bundle (``bundle_id, group, opened,
-        sensor, camera, label, expected``; the bundle is made on its first), new
-        ``files``, and bursts that ``ended`` (``bundle_id, camera, taken, failure``)."""
+        sensor, camera, label, expected``; the bundle is made on its first), new ``files``,
+        and bursts that ``ended`` (``bundle_id, camera, failure, unasked`` frames). A bundle
+        no longer collecting takes no camera or file: how many were turned away."""
         rows = [_file_row(new) for new in files]
+        late = 0
         with self._transaction("cannot record in") as conn:
             for bundle_id, group, opened, sensor, camera, label, expected in joined:
                 conn.execute(
@@ -206,23 +209,26 @@ class BundleStore:
                     " VALUES (?, ?, ?, ?, ?)",
                     (bundle_id, group, sensor, opened, COLLECTING),
                 )
-                conn.execute(
-                    "INSERT INTO cameras (bundle_id, camera, label, expected, bursts)"
-                    " VALUES (?, ?, ?, ?, 1) ON CONFLICT (bundle_id, camera) DO UPDATE SET"
-                    " expected = expected + excluded.expected, bursts = bursts + 1",
-                    (bundle_id, camera, label, expected),
+                late += (
+                    1
+                    - conn.execute(
+                        "INSERT INTO cameras (bundle_id, camera, label, expected, bursts)"
+                        " SELECT ?, ?, ?, ?, 1 WHERE EXISTS"
+                        " (SELECT 1 FROM bundles WHERE id = ? AND state = ?)"
+                        " ON CONFLICT (bundle_id, camera) DO UPDATE SET"
+                        " expected = expected + excluded.expected, bursts = bursts + 1",
+                        (bundle_id, camera, label, expected, bundle_id, COLLECTING),
+                    ).rowcount
                 )
-            conn.executemany(
-                "INSERT OR IGNORE INTO files (path, bundle_id, kind, event_id, camera, frame,"
-                " taken, size, sha256, md5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            for bundle_id, camera, taken, failure in ended:
+            late += _insert_files(conn, rows)
+            for bundle_id, camera, failure, unasked in ended:
                 conn.execute(
-                    "UPDATE cameras SET bursts = MAX(0, bursts - 1), taken = taken + ?,"
-                    " failure = COALESCE(?, failure) WHERE bundle_id = ? AND camera = ?",
-                    (taken, failure, bundle_id, camera),
+                    "UPDATE cameras SET bursts = MAX(0, bursts - 1),"
+                    " expected = MAX(0, expected - ?), failure = COALESCE(?, failure)"
+                    " WHERE bundle_id = ? AND camera = ?",
+                    (unasked, failure, bundle_id, camera),
                 )
+        return late
 
     def saw(
         self,
@@ -241,12 +247,8 @@ class BundleStore:
                 " WHERE event_id = ? AND kind = ? RETURNING bundle_id",
                 (encoded, person, event_id, FRAME),
             ).fetchone()
-            if found is not None and row:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO files (path, bundle_id, kind, event_id, camera,"
-                    " frame, taken, size, sha256, md5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
+            if found is not None:
+                _insert_files(conn, row)
         return None if found is None else str(found[0])
 
     def complete(self, bundle_id: str, ended_by: str, now: float, why: str) -> bool:
@@ -271,18 +273,21 @@ class BundleStore:
         with self._transaction("cannot mark a bundle announced in") as conn:
             conn.execute("UPDATE bundles SET announced = 1 WHERE id = ?", (bundle_id,))
 
-    def copied(self, path: Path | str, destination: str, now: float) -> tuple[str, bool] | None:
-        """A verified copy of ``path`` is at ``destination``: its bundle id, and whether it is
-        the bundle's first file off-site; None if the file is in no bundle."""
-        key = _key(path)
+    def copied(
+        self, path: Path | str, destination: str, group: str, now: float
+    ) -> tuple[str, bool] | None:
+        """A verified copy of ``path``, a file of the bundle whose folder is ``group``, is at
+        ``destination`` (kept even before the file itself is recorded, which may come a
+        moment after its upload was queued): the bundle's id, and whether this is its first
+        file off-site; None if no such bundle is known."""
         with self._transaction("cannot record a copy in") as conn:
-            found = conn.execute("SELECT bundle_id FROM files WHERE path = ?", (key,)).fetchone()
-            if found is None:
-                return None
             conn.execute(
                 "INSERT OR REPLACE INTO copies (path, destination, at) VALUES (?, ?, ?)",
-                (key, destination, now),
+                (_key(path), destination, now),
             )
+            found = conn.execute("SELECT id FROM bundles WHERE grp = ?", (group,)).fetchone()
+            if found is None:
+                return None
             first = conn.execute(
                 "UPDATE bundles SET first_offsite = ? WHERE id = ? AND first_offsite IS NULL",
                 (now, found[0]),
@@ -299,7 +304,7 @@ class BundleStore:
                 return False
             conn.execute(
                 "INSERT INTO files (path, bundle_id, kind, event_id, camera, frame, taken, size,"
-                " sha256, md5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _file_row(manifest),
             )
         return True
@@ -316,10 +321,15 @@ class BundleStore:
                 > 0
             )
 
-    def forget_sealed(self, keep: int) -> int:
+    def forget_sealed(self, keep: int, now: float) -> int:
         """Forget all but the newest ``keep`` sealed bundles (their files are retention's
-        now); how many were forgotten."""
+        now), and copies of files no bundle took (late ones) after a day; how many bundles
+        were forgotten."""
         with self._transaction("cannot forget bundles in") as conn:
+            conn.execute(
+                "DELETE FROM copies WHERE at < ? AND path NOT IN (SELECT path FROM files)",
+                (now - 86_400.0,),
+            )
             old = [
                 str(row[0])
                 for row in conn.execute(
@@ -345,12 +355,13 @@ class BundleStore:
             if not rows:
                 return None
             cameras = self._read(
-                "SELECT camera, label, expected, taken, bursts, failure FROM cameras"
-                " WHERE bundle_id = ? ORDER BY camera",
+                "SELECT c.camera, c.label, c.expected, (SELECT COUNT(*) FROM files f"
+                " WHERE f.bundle_id = c.bundle_id AND f.camera = c.camera AND f.kind = 'frame'),"
+                " c.bursts, c.failure FROM cameras c WHERE c.bundle_id = ? ORDER BY c.camera",
                 (bundle_id,),
             )
             files = self._read(
-                "SELECT path, kind, event_id, camera, frame, taken, size, sha256, md5,"
+                "SELECT path, kind, event_id, camera, frame, taken, size, sha256,"
                 " detections, person, seen FROM files WHERE bundle_id = ?"
                 " ORDER BY camera, frame, kind, taken, path",
                 (bundle_id,),
@@ -386,11 +397,12 @@ class BundleStore:
 
     def ready(self, bundle_id: str) -> bool:
         """Collecting, with every camera's bursts ended and every frame through detection."""
+        # The frame test is written as the partial index's, so the index serves it.
         ((collecting, waiting),) = self._read(
             "SELECT (SELECT COUNT(*) FROM bundles WHERE id = ? AND state = ?),"
             " (SELECT COUNT(*) FROM cameras WHERE bundle_id = ? AND bursts > 0)"
-            " + (SELECT COUNT(*) FROM files WHERE bundle_id = ? AND kind = ? AND seen = 0)",
-            (bundle_id, COLLECTING, bundle_id, bundle_id, FRAME),
+            " + (SELECT COUNT(*) FROM files WHERE bundle_id = ? AND kind = 'frame' AND seen = 0)",
+            (bundle_id, COLLECTING, bundle_id, bundle_id),
         )
         return bool(collecting) and int(waiting) == 0
 
@@ -449,6 +461,22 @@ def _key(path: Path | str) -> str:
     return os.path.abspath(path)
 
 
+def _insert_files(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int:
+    """Insert file rows into bundles still collecting; how many were turned away."""
+    late = 0
+    for row in rows:
+        late += (
+            1
+            - conn.execute(
+                "INSERT OR IGNORE INTO files (path, bundle_id, kind, event_id, camera, frame, taken,"
+                " size, sha256) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM bundles WHERE id = ? AND state = ?)",
+                (*row, row[1], COLLECTING),
+            ).rowcount
+        )
+    return late
+
+
 def _file_row(new: NewFile) -> tuple[object, ...]:
     return (
         _key(new.path),
@@ -460,7 +488,6 @@ def _file_row(new: NewFile) -> tuple[object, ...]:
         new.taken,
         len(new.data),
         hashlib.sha256(new.data).hexdigest(),
-        hashlib.md5(new.data, usedforsecurity=False).hexdigest(),
     )
 
 
@@ -507,7 +534,6 @@ def _bundle(
                 taken=float(taken),
                 size=int(size),
                 sha256=str(sha256),
-                md5=str(md5),
                 detections=None if detections is None else json.loads(detections),
                 person=person,
                 seen=bool(seen),
@@ -522,7 +548,6 @@ def _bundle(
                 taken,
                 size,
                 sha256,
-                md5,
                 detections,
                 person,
                 seen,

@@ -80,6 +80,17 @@ class _WriteError(Exception):
         self.cause = cause
 
 
+def _in_few_words(exc: Exception) -> str:
+    """A failure for the bundle's manifest, free of addresses and credentials."""
+    if isinstance(exc, CameraError):
+        return exc.summary
+    if isinstance(exc, CameraConfigError):
+        return "not configured to be reached (see the log)"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return f"failed unexpectedly ({type(exc).__name__})"
+
+
 class SnapshotStage(Stage):
     """Takes triggers, sends on snapshot messages (or done marks for parts that failed)."""
 
@@ -262,14 +273,19 @@ class SnapshotStage(Stage):
     def _coalesce(self, trigger: TriggerMessage) -> None:
         TRIGGERS_COALESCED.labels(trigger.camera_key).inc()
         log.debug("%s: a trigger for %s coalesced into a newer one", self.name, trigger.camera_key)
-        self._settle(trigger, "not asked: a newer trigger for the camera covers it")
+        # Not a failure of the camera: its frames were not asked for.
+        self._settle(trigger, None)
 
-    def _settle(self, trigger: TriggerMessage, why: str) -> None:
-        """Settle a trigger whose camera is not asked, and end its burst in the bundle."""
+    def _settle(self, trigger: TriggerMessage, why: str | None) -> None:
+        """Settle a trigger whose camera is not asked, and end its burst in the bundle: failed
+        for ``why``, or (None) covered by a newer trigger, so its frames were never due."""
         parts = self.burst(trigger.camera_key)[0]
         for _ in range(parts):
             self.send(done_envelope(trigger.settlement.split(parts)))
-        self.send(self._camera_message(trigger, ended=True, failure=why).envelope())
+        ending = self._camera_message(trigger, ended=True, failure=why)
+        if why is None:
+            ending = dataclasses.replace(ending, unasked=parts)
+        self.send(ending.envelope())
 
     def _camera_message(
         self,
@@ -340,24 +356,24 @@ class SnapshotStage(Stage):
                 log.error("trigger for %s settled without a snapshot: %s", key, exc)
                 for _ in range(parts - index):
                     self.emit(done_envelope(trigger.settlement.split(parts)))
-                failure = str(exc)
+                failure = "its address from the trigger is outside CAMERA_NETWORKS"
                 break
             except _WriteError as exc:
                 # Not a done mark: that would ack a trigger whose event exists nowhere.
                 SNAPSHOT_FAILURES.labels(key, "write_failed").inc()
                 self.disk.failed(exc.cause)
                 self.emit(done_envelope(trigger.settlement.split(parts), requeue=True))
-                failure = f"could not be written ({exc}); the trigger comes again"
+                failure = f"not written ({exc.cause.strerror}); the trigger comes again"
                 break
             except Exception as exc:  # never lose the ack bookkeeping to a bug
                 reason = getattr(exc, "reason", type(exc).__name__)
                 SNAPSHOT_FAILURES.labels(key, reason).inc()
                 if isinstance(exc, CameraError | CameraConfigError | OSError):
                     log.error("snapshot %d/%d of %s failed: %s", index + 1, parts, key, exc)
-                    failure = f"snapshot {index + 1} of {parts}: {exc}"
                 else:
                     log.exception("snapshot %d/%d of %s failed unexpectedly", index + 1, parts, key)
-                    failure = f"snapshot {index + 1} of {parts}: {type(exc).__name__}"
+                # In few words: this goes on the wire and off-site, in the bundle's manifest.
+                failure = f"snapshot {index + 1} of {parts}: {_in_few_words(exc)}"
                 self.emit(done_envelope(trigger.settlement.split(parts)))
         self.emit(self._camera_message(trigger, ended=True, took=took, failure=failure).envelope())
 

@@ -194,7 +194,8 @@ class SnapshotMessage:
 @dataclass(frozen=True)
 class BundleCameraMessage:
     """A camera's burst in a bundle: sent when it starts (``ended`` false, ``expected``
-    frames) and when it ends (the event ids it ``took``, and ``failure`` if it fell short)."""
+    frames) and when it ends (the event ids it ``took``, ``failure`` if it fell short, and
+    how many frames were ``unasked`` because a newer trigger covered them)."""
 
     bundle_id: str
     group: str
@@ -206,6 +207,7 @@ class BundleCameraMessage:
     ended: bool = False
     took: list[str] = field(default_factory=list)
     failure: str | None = None
+    unasked: int = 0
 
     def envelope(self) -> Envelope:
         return Envelope(BUNDLE_CAMERA_KIND, {f.name: getattr(self, f.name) for f in fields(self)})
@@ -230,6 +232,7 @@ class BundleCameraMessage:
             ended=bool(body.get("ended")),
             took=took,
             failure=_read(body, "failure", str, optional=True),
+            unasked=_read(body, "unasked", int, optional=True) or 0,
         )
 
 

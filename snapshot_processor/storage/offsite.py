@@ -7,11 +7,13 @@ would never be copied."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from pylib.chain.envelope import Envelope
 from pylib.chain.settle import DONE_KIND, done_envelope
 from pylib.chain.stage import Stage
 from pylib.observe.logs import printable
+from pylib.observe.trouble import TroubleLog
 from pylib.upload.destination import Destination, UploadItem
 from pylib.upload.queue import UploadQueue, UploadQueueError
 from snapshot_processor.bundle.preview import preview
@@ -49,11 +52,20 @@ UPLOADS_QUEUED = Counter(
 )
 UPLOAD_QUEUE_WRITE_FAILURES = Counter(
     "upload_queue_write_failures_total",
-    "Snapshots handed back because the upload queue or the bundle file could not be written",
+    "Snapshots handed back because the upload queue could not be written",
+)
+BUNDLE_RECORD_FAILURES = Counter(
+    "bundle_record_failures_total",
+    "Batches whose bundle cameras and files could not be recorded (their events went out)",
+)
+BUNDLE_LATE = Counter(
+    "bundle_late_total",
+    "Cameras and files that came after their bundle was complete (not in its manifest)",
 )
 
-# Queued ahead of everything: a bundle's first frame, small.
+# Queued ahead of everything: a bundle's first frame, and its small copy before it.
 FIRST = 1
+AHEAD = 2
 # Bundles whose first frame was seen, remembered this long (by count).
 _FIRSTS_KEPT = 1024
 
@@ -108,6 +120,17 @@ class Offsite:
         return None
 
 
+def _write_preview(snap: SnapshotMessage) -> tuple[Path, bytes] | None:
+    """Write the small copy of a bundle's first frame beside it; None if none is made."""
+    small = preview(snap.image)
+    if small is None:
+        return None
+    path = Path(snap.storage_path)
+    target = path.with_name(f"{path.stem}.small.jpg")
+    write_atomically(target, small)
+    return target, small
+
+
 def upload_items(snap: SnapshotMessage, *, first: bool = False) -> list[UploadItem]:
     """The files of one snapshot to copy: the image, its annotated copy if any, and the
     stills from before its trigger; ``first`` puts the image ahead of everything."""
@@ -141,17 +164,18 @@ class StorageStage(Stage):
         offsite: Offsite | None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name, stop_event, **kwargs)
+        super().__init__(name, stop_event, workers=1, **kwargs)
         self.store = store
         self.offsite = offsite
-        self.disk = WriteTrouble("bundle file and upload queue")
+        self.disk = WriteTrouble("upload queue")
+        self.records = TroubleLog(log, "bundle file", level=logging.ERROR)
         self._firsts: OrderedDict[str, None] = OrderedDict()
 
     def troubles(self) -> list[str]:
         found = super().troubles()
-        disk = self.disk.current()
-        if disk:
-            found.append(disk)
+        for trouble in (self.disk.current(), self.records.reason):
+            if trouble:
+                found.append(trouble)
         return found
 
     def on_messages(self, envelopes: list[Envelope]) -> None:
@@ -184,93 +208,96 @@ class StorageStage(Stage):
                 self.send(done_envelope(item.settlement, requeue=True))
 
     def _keep(self, snaps: list[SnapshotMessage], cameras: list[BundleCameraMessage]) -> bool:
-        """Record the bundles' cameras and files, then queue the files, each in one commit."""
-        files: list[NewFile] = []
-        items: list[UploadItem] = []
-        for snap in snaps:
-            # Off-site first: without a destination there is nothing to send ahead.
-            first = (
-                self.offsite is not None
-                and snap.bundle_id is not None
-                and self._first(snap.bundle_id)
-            )
-            small = self._preview(snap) if first else None
-            if snap.bundle_id is not None:
-                files.extend(self._files(snap, small))
-            if small is not None:
-                path = small[0]
-                items.append(
-                    UploadItem(
-                        path, path.name, snap.camera_key, snap.taken, snap.bundle_group, FIRST
-                    )
-                )
-            items.extend(upload_items(snap, first=first and small is None))
-        try:
-            self.store.record(
-                joined=[
-                    (
-                        m.bundle_id,
-                        m.group,
-                        m.opened,
-                        m.sensor,
-                        m.camera_key,
-                        m.device_label,
-                        m.expected,
-                    )
-                    for m in cameras
-                    if not m.ended
-                ],
-                files=files,
-                ended=[
-                    (m.bundle_id, m.camera_key, len(m.took), m.failure) for m in cameras if m.ended
-                ],
-            )
-            if self.offsite is not None:
+        """Queue the files in one commit (False if that fails: the snapshots go back), then
+        record the bundles' cameras and files in another. The record is the manifest's, not
+        the evidence's: if it fails, the events still go out and the files off-site."""
+        firsts = [snap for snap in snaps if self._first(snap)]
+        if self.offsite is not None:
+            items = [item for snap in snaps for item in upload_items(snap, first=snap in firsts)]
+            try:
                 self.offsite.add(items)
-        except (BundleStoreError, UploadQueueError, OSError) as exc:
-            UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
-            self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
-            return False
-        self.disk.succeeded()
+            except (UploadQueueError, OSError) as exc:
+                UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
+                self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
+                return False
+            self.disk.succeeded()
+        self._record(
+            joined=[
+                (m.bundle_id, m.group, m.opened, m.sensor, m.camera_key, m.device_label, m.expected)
+                for m in cameras
+                if not m.ended
+            ],
+            files=[
+                new for snap in snaps if snap.bundle_id is not None for new in self._files(snap)
+            ],
+            ended=[(m.bundle_id, m.camera_key, m.failure, m.unasked) for m in cameras if m.ended],
+        )
+        for snap in firsts:  # made on the pool: decoding a frame takes milliseconds
+            self.submit(_write_preview, snap, then=functools.partial(self._preview_made, snap))
         return True
 
-    def _first(self, bundle_id: str) -> bool:
-        if bundle_id in self._firsts:
+    def _record(
+        self,
+        *,
+        joined: Sequence[tuple[str, str, float, str | None, str, str, int]] = (),
+        files: Sequence[NewFile],
+        ended: Sequence[tuple[str, str, str | None, int]] = (),
+    ) -> None:
+        try:
+            late = self.store.record(joined=joined, files=files, ended=ended)
+        except BundleStoreError as exc:
+            BUNDLE_RECORD_FAILURES.inc()
+            self.records.failed(f"cannot record bundles: {exc}", kind="BundleStoreError")
+            return
+        self.records.succeeded()
+        if late:
+            BUNDLE_LATE.inc(late)
+            log.info(
+                "%s: %d camera(s) or file(s) came after their bundle was complete: published"
+                " and copied into its folder, not listed in its manifest",
+                self.name,
+                late,
+            )
+
+    def _first(self, snap: SnapshotMessage) -> bool:
+        """The bundle's first frame here, with cloud storage on (else nothing goes first)."""
+        if self.offsite is None or snap.bundle_id is None or snap.bundle_id in self._firsts:
             return False
-        self._firsts[bundle_id] = None
+        self._firsts[snap.bundle_id] = None
         while len(self._firsts) > _FIRSTS_KEPT:
             self._firsts.popitem(last=False)
         return True
 
-    def _preview(self, snap: SnapshotMessage) -> tuple[Path, bytes] | None:
-        """Write the small copy of a bundle's first frame beside it; None if none is made."""
-        small = preview(snap.image)
-        if small is None:
-            return None
-        path = Path(snap.storage_path)
-        target = path.with_name(f"{path.stem}.small.jpg")
+    def _preview_made(self, snap: SnapshotMessage, made: Future[tuple[Path, bytes] | None]) -> None:
+        """Queue the small copy ahead of everything, and record it in its bundle."""
+        if made.cancelled() or self.offsite is None or snap.bundle_id is None:
+            return
+        if (error := made.exception()) is not None:
+            log.warning("%s: no small copy of %s: %s", self.name, snap.event_id, error)
+            return
+        if (result := made.result()) is None:
+            return  # small enough itself: it is queued first already
+        path, data = result
+        item = UploadItem(path, path.name, snap.camera_key, snap.taken, snap.bundle_group, AHEAD)
         try:
-            write_atomically(target, small)
-        except OSError as exc:  # the frame itself goes first instead
-            log.warning("%s: cannot write %s: %s", self.name, printable(target), exc.strerror)
-            return None
-        return target, small
+            self.offsite.add([item])
+        except (UploadQueueError, OSError) as exc:
+            # The frame itself still goes first; only the head start is lost.
+            log.warning("%s: small copy %s not queued: %s", self.name, path.name, exc)
+            path.unlink(missing_ok=True)
+            return
+        new = NewFile(
+            snap.bundle_id, path, PREVIEW, snap.taken, data, snap.event_id, snap.camera_key
+        )
+        self._record(files=[new])
 
-    def _files(self, snap: SnapshotMessage, small: tuple[Path, bytes] | None) -> list[NewFile]:
+    def _files(self, snap: SnapshotMessage) -> list[NewFile]:
         assert snap.bundle_id is not None
         bundle_id, event_id, camera = snap.bundle_id, snap.event_id, snap.camera_key
         found = [
-            NewFile(
-                bundle_id,
-                Path(snap.storage_path),
-                FRAME,
-                snap.taken,
-                snap.image,
-                event_id,
-                camera,
-                snap.frame,
-            )
-        ]
+            NewFile(bundle_id, Path(snap.storage_path), FRAME, snap.taken, snap.image, event_id,
+                    camera, snap.frame)
+        ]  # fmt: skip
         for still in snap.pre_trigger_paths:
             try:
                 data = Path(still).read_bytes()
@@ -279,10 +306,6 @@ class StorageStage(Stage):
                 continue
             found.append(
                 NewFile(bundle_id, Path(still), BEFORE, snap.taken, data, event_id, camera)
-            )
-        if small is not None:
-            found.append(
-                NewFile(bundle_id, small[0], PREVIEW, snap.taken, small[1], event_id, camera)
             )
         return found
 

@@ -65,8 +65,8 @@ def sealed_bundle(store: BundleStore, root: Path, bundle: str, opened: float, *,
         ],
         files=[frame(root, bundle, "yard", n, opened) for n in (1, 2)],
         ended=[
-            (bundle, "yard", 2, None),
-            (bundle, "door", 0, f"snapshot 1 of 1: rtsp://admin:{PASSWORD}@10.0.0.5:554/ refused"),
+            (bundle, "yard", None, 0),
+            (bundle, "door", f"snapshot 1 of 1: rtsp://admin:{PASSWORD}@10.0.0.5:554/ refused", 0),
         ],
     )
     store.saw(f"{bundle}-yard-1", [], None)
@@ -79,7 +79,7 @@ def sealed_bundle(store: BundleStore, root: Path, bundle: str, opened: float, *,
         found = store.bundle(bundle)
         assert found is not None
         for n, file in enumerate(found.files):
-            store.copied(file.path, to, opened + 0.4 + n)
+            store.copied(file.path, to, group(bundle), opened + 0.4 + n)
     assert store.seal(bundle, opened + 5)
 
 
@@ -93,13 +93,13 @@ def test_each_state_with_why_it_is_not_sealed_and_a_parked_upload_named(
     store.record(
         joined=[("b-up", group("b-up"), later, SENSOR, "yard", "Yard", 3)],
         files=files,
-        ended=[("b-up", "yard", 3, None)],
+        ended=[("b-up", "yard", None, 0)],
     )
     for n in (1, 2, 3):
         store.saw(f"b-up-yard-{n}", [], None)
     store.complete("b-up", "all cameras", later + 3, "no answer")
     queue.add([("s3", UploadItem(f.path, f.path.name, "yard", f.taken, "b-up")) for f in files])
-    store.copied(files[0].path, "s3", later + 0.8)
+    store.copied(files[0].path, "s3", group("b-up"), later + 0.8)
     [done] = [u for u in queue.due(time.time(), 10) if u.item.path == files[0].path]
     queue.done(done.id)
     [refused] = [u for u in queue.due(time.time(), 10) if u.item.path == files[1].path]
@@ -168,7 +168,7 @@ def test_without_cloud_storage_a_bundle_is_sealed_with_nothing_off_site(
     store.record(
         joined=[("b-next", group("b-next"), OPENED + 9, SENSOR, "yard", "Yard", 1)],
         files=[frame(root, "b-next", "yard", 1, OPENED + 9)],
-        ended=[("b-next", "yard", 1, None)],
+        ended=[("b-next", "yard", None, 0)],
     )
     store.saw("b-next-yard-1", [], None)
     store.complete("b-next", "deadline", OPENED + 39, "no answer")

@@ -1,4 +1,4 @@
-"""The small copy of a bundle's first frame: at most 64 KB and 800 px, whatever the scene."""
+"""The small copy of a bundle's first frame: at most 64 KB and 640 px, whatever the scene."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_a_camera_frame_becomes_a_copy_of_about_fifty_kilobytes() -> None:
     assert small is not None
     assert 10_000 < len(small) <= SMALL_ENOUGH
     with Image.open(io.BytesIO(small)) as image:
-        assert max(image.size) <= 800
+        assert max(image.size) <= 640
         assert image.format == "JPEG"
 
 

@@ -37,11 +37,11 @@ def test_a_bundle_is_ready_once_every_burst_ended_and_every_frame_was_seen(tmp_p
     try:
         store.record(joined=[join("b1", "yard"), join("b1", "door")])
         store.record(files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)])
-        store.record(ended=[("b1", "yard", 2, None)])
+        store.record(ended=[("b1", "yard", None, 0)])
         assert not store.ready("b1")  # the door's burst goes on
         store.record(
             files=[frame(tmp_path, "b1", "door", 1, b"d1")],
-            ended=[("b1", "door", 1, "snapshot 2 of 2: camera answered 503")],
+            ended=[("b1", "door", "snapshot 2 of 2: camera answered 503", 0)],
         )
         assert not store.ready("b1")  # frames not through detection yet
         assert store.saw("yard-1", [], None) == "b1"
@@ -62,7 +62,6 @@ def test_a_bundle_is_ready_once_every_burst_ended_and_every_frame_was_seen(tmp_p
         }
         [door] = [f for f in bundle.files if f.camera == "door"]
         assert door.sha256 == hashlib.sha256(b"d1").hexdigest()
-        assert door.md5 == hashlib.md5(b"d1").hexdigest()
         assert best_frame(bundle) == door  # the person, though not the first frame
     finally:
         store.close()
@@ -72,7 +71,7 @@ def test_a_deadline_marks_the_cameras_still_taking_snapshots_failed(tmp_path: Pa
     store = BundleStore(tmp_path / "bundles.sqlite3")
     try:
         store.record(joined=[join("b1", "yard"), join("b1", "door")])
-        store.record(ended=[("b1", "yard", 2, None)])
+        store.record(ended=[("b1", "yard", None, 0)])
         assert store.complete("b1", "deadline", OPENED + 30, "no answer by the deadline")
         bundle = store.bundle("b1")
         assert bundle is not None
@@ -83,18 +82,44 @@ def test_a_deadline_marks_the_cameras_still_taking_snapshots_failed(tmp_path: Pa
         store.close()
 
 
-def test_one_camera_in_a_bundle_twice_expects_both_bursts(tmp_path: Path) -> None:
+def test_one_camera_in_a_bundle_twice_expects_both_bursts_but_not_frames_never_asked(
+    tmp_path: Path,
+) -> None:
     store = BundleStore(tmp_path / "bundles.sqlite3")
     try:
         store.record(joined=[join("b1", "yard", 2), join("b1", "yard", 3)])
-        store.record(ended=[("b1", "yard", 2, None)])
+        store.record(
+            files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)],
+            ended=[("b1", "yard", None, 0)],
+        )
+        for n in (1, 2):
+            store.saw(f"yard-{n}", [], None)
         assert not store.ready("b1")
-        store.record(ended=[("b1", "yard", 3, None)])
+        # The second trigger was covered by a newer one: its three frames were never due.
+        store.record(ended=[("b1", "yard", None, 3)])
         assert store.ready("b1")
         bundle = store.bundle("b1")
         assert bundle is not None
         [yard] = bundle.cameras
-        assert (yard.expected, yard.taken) == (5, 5)
+        assert (yard.expected, yard.taken, yard.failure) == (2, 2, None)
+    finally:
+        store.close()
+
+
+def test_a_complete_bundle_takes_no_more_cameras_or_files(tmp_path: Path) -> None:
+    store = BundleStore(tmp_path / "bundles.sqlite3")
+    try:
+        store.record(joined=[join("b1", "yard", 1)])
+        store.complete("b1", "deadline", OPENED + 30, "no answer")
+        late = store.record(
+            joined=[join("b1", "door", 1)], files=[frame(tmp_path, "b1", "yard", 1, b"y1")]
+        )
+        assert late == 2
+        bundle = store.bundle("b1")
+        assert bundle is not None
+        assert [c.camera for c in bundle.cameras] == ["yard"]
+        assert bundle.files == []
+        assert store.unsealed_paths() == set()
     finally:
         store.close()
 
@@ -106,13 +131,13 @@ def test_copies_mark_the_first_offsite_and_the_seal_outlives_a_reopen(tmp_path: 
     still = NewFile("b1", tmp_path / "still.jpg", BEFORE, OPENED, b"s", "yard-1", "yard")
     try:
         store.record(joined=[join("b1", "yard", 1)], files=[yard, still])
-        store.record(ended=[("b1", "yard", 1, None)])
+        store.record(ended=[("b1", "yard", None, 0)])
         store.saw("yard-1", [], None)
         store.complete("b1", "all cameras", OPENED + 1, "-")
         assert store.unsealed_paths() == {str(yard.path), str(still.path)}
-        assert store.copied(yard.path, "s3", OPENED + 0.4) == ("b1", True)
-        assert store.copied(yard.path, "drive", OPENED + 0.6) == ("b1", False)
-        assert store.copied(tmp_path / "unknown.jpg", "s3", OPENED) is None
+        assert store.copied(yard.path, "s3", GROUP, OPENED + 0.4) == ("b1", True)
+        assert store.copied(yard.path, "drive", GROUP, OPENED + 0.6) == ("b1", False)
+        assert store.copied(tmp_path / "unknown.jpg", "s3", "no/such/group", OPENED) is None
         manifest_file = NewFile("b1", tmp_path / "manifest.json", MANIFEST, OPENED + 2, b"{}")
         assert store.add_manifest(manifest_file)
         assert not store.add_manifest(manifest_file)  # sealing begins once
@@ -145,7 +170,7 @@ def test_only_the_newest_sealed_bundles_are_kept(tmp_path: Path) -> None:
             store.complete(bundle, "all cameras", OPENED + n, "-")
             store.seal(bundle, OPENED + n)
         store.record(joined=[("open", GROUP, OPENED, None, "yard", "Yard", 1)])
-        assert store.forget_sealed(keep=2) == 3
+        assert store.forget_sealed(keep=2, now=OPENED) == 3
         assert sorted(store.ids()) == ["b3", "b4", "open"]
         assert store.ids(COLLECTING) == ["open"]
         assert [b.bundle_id for b in store.recent(10)] == ["b4", "b3", "open"]
@@ -159,12 +184,12 @@ def test_the_manifest_lists_frames_failures_links_and_the_receipt(tmp_path: Path
         store.record(joined=[join("b1", "yard", 2), join("b1", "door", 1)])
         store.record(
             files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)],
-            ended=[("b1", "yard", 2, None), ("b1", "door", 0, "refused: 401")],
+            ended=[("b1", "yard", None, 0), ("b1", "door", "refused: 401", 0)],
         )
         for n in (1, 2):
             store.saw(f"yard-{n}", [], None)
         store.complete("b1", "all cameras", OPENED + 1.5, "-")
-        store.copied(tmp_path / "yard-1.jpg", "s3", OPENED + 0.3)
+        store.copied(tmp_path / "yard-1.jpg", "s3", GROUP, OPENED + 0.3)
         bundle = store.bundle("b1")
         assert bundle is not None
         found = manifest(bundle, tmp_path, "http://s3/bucket/bundles/x/", receipt={"at": "now"})

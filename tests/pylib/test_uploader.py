@@ -127,7 +127,7 @@ def test_retries_then_success(queue: UploadQueue, started: list[Uploader]) -> No
     assert sample("upload_seconds_count", destination="drive") >= 1
 
 
-def test_each_copy_is_told_once_the_queue_forgot_it_and_a_failing_listener_stops_nothing(
+def test_each_copy_is_told_before_the_queue_forgets_it_and_a_failing_listener_stops_nothing(
     queue: UploadQueue, started: list[Uploader]
 ) -> None:
     drive = ScriptedDestination("drive", {"snap-1.jpg": [UploadRetryError("503")]})
@@ -142,9 +142,10 @@ def test_each_copy_is_told_once_the_queue_forgot_it_and_a_failing_listener_stops
     queue.add([("drive", item(n)) for n in (1, 2, 3)])
     start(started, queue, drive, on_uploaded=listener).wake()
     assert wait_until(lambda: len(told) == 3)
-    # Only verified copies are told of, after the queue has forgotten them, the failed
-    # attempt not at all; a listener that fails is counted and the uploads go on.
-    assert sorted(told) == [("drive", f"snap-{n}.jpg", False) for n in (1, 2, 3)]
+    # Only verified copies are told of, while the queue still holds them (so a file is
+    # always queued or told of), the failed attempt not at all; a listener that fails is
+    # counted and the uploads go on.
+    assert sorted(told) == [("drive", f"snap-{n}.jpg", True) for n in (1, 2, 3)]
     assert sample("upload_hook_failures_total") == failures + 1
     assert queue.depth() == 0
 

@@ -22,7 +22,7 @@ from snapshot_processor.contract.messages import (
     BundleCameraMessage,
     SnapshotMessage,
 )
-from snapshot_processor.storage.offsite import FIRST, Offsite, StorageStage
+from snapshot_processor.storage.offsite import AHEAD, FIRST, Offsite, StorageStage
 from tests.storage.test_disk_full import disk, fill  # noqa: F401  (the tmpfs fixture)
 from tests.support.metrics import sample
 from tests.support.wire import Wire
@@ -153,9 +153,13 @@ def test_a_bundles_files_are_recorded_and_queued_its_small_first_copy_ahead(
         small = tmp_path / "cam_1.small.jpg"
         assert len(big) > 64 * 1024 > small.stat().st_size
         due = queue.due(2e9, 100)
-        assert [(u.item.name, u.item.priority) for u in due[:2]] == [
-            ("cam_1.small.jpg", FIRST),
-            ("cam_1.small.jpg", FIRST),
+        # Made on the pool a moment later, it still goes ahead of the frame, which goes
+        # ahead of the rest.
+        assert [(u.item.name, u.item.priority) for u in due[:4]] == [
+            ("cam_1.small.jpg", AHEAD),
+            ("cam_1.small.jpg", AHEAD),
+            ("cam_1.jpg", FIRST),
+            ("cam_1.jpg", FIRST),
         ]
         assert {u.item.group for u in due if u.item.name != "cam_3.jpg"} == {GROUP}
         assert queue.depth() == 8  # small, frame 1, frame 2, the upload: for two each
