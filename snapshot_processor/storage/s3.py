@@ -122,12 +122,18 @@ class S3Destination:
         return "/".join(part for part in (self.prefix, GROUPS, group.strip("/")) if part)
 
     def link(self, item: UploadItem) -> str:
-        """The object's URL as the client addresses it (path or virtual-host style), or its
-        group's prefix; no network, and it opens for whoever may read the object."""
-        key = f"{self.group_prefix(item.group)}/" if item.group else self.key(item)
-        url = self._addresser.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}
-        )
+        """The object's URL as the client addresses it (path or virtual-host style); for a
+        group's file, the listing of the group's prefix (S3 has no folders to open). No
+        network; it opens for whoever may read (or list) the bucket."""
+        if item.group:
+            prefix = f"{self.group_prefix(item.group)}/"
+            url = self._addresser.generate_presigned_url(
+                "list_objects_v2", Params={"Bucket": self.bucket, "Prefix": prefix}
+            )
+        else:
+            url = self._addresser.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self.key(item)}
+            )
         return str(url)
 
     def upload(self, item: UploadItem) -> None:

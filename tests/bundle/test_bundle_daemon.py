@@ -21,7 +21,7 @@ from tests.support.broker import Peer, delete_queue, running_app, trigger_body, 
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
 from tests.support.fakes.drive import FakeDrive
-from tests.support.s3 import moto_s3, objects
+from tests.support.s3 import listing_url, moto_s3, objects
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_for_text, wait_until
 from tools.camera_simulator import CameraSimulator
@@ -152,7 +152,7 @@ def test_four_cameras_three_frames_make_one_sealed_bundle_in_one_folder_per_dest
     stored = objects(BUCKET, f"bundles/{group}/")
     names = {Path(e["storage_path"]).name for e in entries}
     assert names | {"manifest.json"} <= {key.rpartition("/")[2] for key in stored}
-    link = f"{s3}/{BUCKET}/bundles/{group}/"
+    link = listing_url(s3, BUCKET, f"bundles/{group}/")
     assert {e["storage_url"] for e in entries} == {link}  # S3 knows its folder at once
     assert bundle["storage_url"] == link
     [drive_folder] = [f for f in drive.files(folders=True) if f.title == folder.name]

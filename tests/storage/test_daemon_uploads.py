@@ -19,7 +19,7 @@ from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user
 from tests.support.fakes.drive import FakeDrive
 from tests.support.ftp import jpeg
 from tests.support.paths import CHECKOUT
-from tests.support.s3 import moto_s3
+from tests.support.s3 import listing_url, moto_s3
 from tests.support.wait import wait_for_text, wait_until
 from tools.camera_simulator import CameraSimulator
 
@@ -198,7 +198,9 @@ def test_drive_and_s3_both_get_every_file_and_the_link_is_s3s(
             entry = event["inputs"][0]
             # S3 knows the bundle's folder before anything is uploaded; Drive does not.
             group = Path(entry["storage_path"]).parent.relative_to(tmp_path / "bundles")
-            assert entry["storage_url"] == f"{s3_endpoint}/{BUCKET}/house/bundles/{group}/"
+            assert entry["storage_url"] == listing_url(
+                s3_endpoint, BUCKET, f"house/bundles/{group}/"
+            )
             name = Path(entry["storage_path"]).name
 
             def keys() -> list[str]:

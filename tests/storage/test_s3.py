@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3  # type: ignore[import-untyped]
 import pytest
@@ -130,9 +131,16 @@ def test_a_groups_files_share_one_prefix_and_its_link(
     destination.upload(grouped)
     prefix = "home/cameras/bundles/2026/03/14/20260314T233005Z_hall-pir_abcdef12"
     assert [key for key in keys(s3) if "/bundles/" in key] == [f"{prefix}/{snapshot.name}"]
-    # The folder's link, known before anything of it is uploaded.
+    # The folder's link, known before anything of it is uploaded: the prefix's listing.
     assert destination.links_ahead
-    assert destination.link(grouped) == f"{endpoint}/{BUCKET}/{prefix}/"
+    link = destination.link(grouped)
+    assert link == f"{endpoint}/{BUCKET}?list-type=2&prefix={quote(prefix + '/', safe='')}" + (
+        "&encoding-type=url"
+    )
+    s3.put_bucket_acl(Bucket=BUCKET, ACL="public-read")
+    listing = requests.get(link, timeout=10)
+    assert listing.status_code == 200
+    assert f"<Key>{prefix}/{snapshot.name}</Key>" in listing.text
 
 
 def test_a_copy_whose_etag_is_not_the_files_md5_is_tried_again(

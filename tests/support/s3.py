@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3  # type: ignore[import-untyped]
 import pytest
@@ -54,3 +55,8 @@ def objects(bucket: str, prefix: str = "") -> dict[str, bytes]:
             item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
             for item in listed
         }
+
+
+def listing_url(endpoint: str, bucket: str, prefix: str) -> str:
+    """The link of a bundle's S3 folder, as boto3 addresses a custom endpoint: its listing."""
+    return f"{endpoint}/{bucket}?list-type=2&prefix={quote(prefix, safe='')}&encoding-type=url"
