@@ -70,6 +70,7 @@ def build(
         sealer=sealer,
         deadline=settings.camera.bundle_deadline,
         closed=closed,
+        records=kept.offsite is None,
         on_fatal=daemon.on_fatal,
     )
     return Bundles(store, sealer, stage)

@@ -143,7 +143,8 @@ class Sealer:
         folder = self.folder(bundle)
         receipt = {"destinations": sorted(wanted), "verified_at": iso(time.time())}
         link = self.offsite.folder_link(bundle.group) if self.offsite is not None else None
-        sums = {f.path: _md5(Path(f.path)) for f in bundle.files}
+        # MD5s to hold against the destinations' (nothing to hold them against without one).
+        sums = {f.path: _md5(Path(f.path)) for f in bundle.files} if wanted else {}
         text = json.dumps(manifest(bundle, folder, link, receipt=receipt, md5=sums), indent=2)
         path = folder / MANIFEST_NAME
         data = text.encode("utf-8")

@@ -26,6 +26,7 @@ from pylib.chain.settle import (
 from pylib.chain.stage import Stage, Timer
 from pylib.upload.destination import UploadItem
 from pylib.upload.queue import UploadQueueError
+from snapshot_processor.bundle.frames import BUNDLE_LATE, ended, frame_files, joined
 from snapshot_processor.bundle.manifest import (
     ALL_CAMERAS,
     DEADLINE,
@@ -67,6 +68,8 @@ BUNDLE_STORE_FAILURES = Counter(
 )
 
 ACK_ADDRESS = "inproc://bundle-events"
+# A bundle a camera joined this recently is not complete yet (seconds).
+QUIET = 0.5
 # Bundles not sealed are looked at this often: a step that failed is taken again.
 SWEEP_EVERY = 300.0
 # A bundle event the outbox handed back is sent again after this long.
@@ -101,14 +104,21 @@ class BundleStage(Stage):
         sealer: Sealer,
         deadline: float,
         closed: Callable[[str], None],
+        records: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, stop_event, workers=1, **kwargs)
         self.store = store
         self.sealer = sealer
+        # No storage stage before this one (no cloud storage): the bundles are recorded here.
+        self.records = records
         self.deadline = deadline
         self.closed = closed
         self._deadlines: dict[str, Timer] = {}
+        # When a camera last joined each bundle collecting (monotonic), and those whose
+        # completion is to be looked at again once it has been quiet.
+        self._joined: dict[str, float] = {}
+        self._rechecks: set[str] = set()
         # Bundle events handed on and not yet stored by the publisher (any thread).
         self._announcing: set[str] = set()
         self._announcing_lock = threading.Lock()
@@ -116,6 +126,7 @@ class BundleStage(Stage):
     def on_thread_start(self) -> None:
         super().on_thread_start()
         self._deadlines.clear()  # the timers went with the thread's last run
+        self._rechecks.clear()
         take_acks_directly(ACK_ADDRESS, self._announced)
         self.call_later(SWEEP_EVERY, self._sweep)
         try:
@@ -137,33 +148,73 @@ class BundleStage(Stage):
         stop_taking_acks_directly(ACK_ADDRESS)
         super().on_thread_close()
 
-    def on_message(self, envelope: Envelope) -> None:
-        if envelope.kind == DONE_KIND:
+    def on_messages(self, envelopes: list[Envelope]) -> None:
+        snaps: list[SnapshotMessage] = []
+        cameras: list[BundleCameraMessage] = []
+        for envelope in envelopes:
+            try:
+                if envelope.kind == BUNDLE_CAMERA_KIND:
+                    cameras.append(BundleCameraMessage.read(envelope))
+                    continue  # its work ends here
+                if envelope.kind == SNAPSHOT_KIND:
+                    snaps.append(SnapshotMessage.read(envelope))
+                elif envelope.kind != DONE_KIND:
+                    raise MessageError(f"a {envelope.kind!r} message where a snapshot belongs")
+            except MessageError as exc:
+                self.reject(envelope, exc)
+                continue
+            # Every frame's event goes on first: the bundles' work must not delay it, and a
+            # bundle event never overtakes its last frame's.
             self.send(envelope)
-            return
         try:
-            if envelope.kind == BUNDLE_CAMERA_KIND:
-                message = BundleCameraMessage.read(envelope)
-                try:
-                    self._camera(message)
-                except Exception:  # settles nothing: only its bundle is at stake
-                    BUNDLE_STORE_FAILURES.inc()
-                    log.exception("%s: bundle %s not followed", self.name, message.bundle_id)
-                return
-            if envelope.kind != SNAPSHOT_KIND:
-                raise MessageError(f"a {envelope.kind!r} message where a snapshot belongs")
-            snap = SnapshotMessage.read(envelope)
-        except MessageError as exc:
-            self.reject(envelope, exc)
-            return
-        # The frame's event goes first: the bundle's work must not delay it, and a bundle
-        # event never overtakes its last frame's.
-        self.send(envelope)
-        try:
-            self._frame(snap)
-        except Exception:  # the frame is on its way: a bug here costs its bundle, not it
+            self._follow(snaps, cameras)
+        except Exception:  # the frames are on their way: a bug here costs bundles, not them
             BUNDLE_STORE_FAILURES.inc()
-            log.exception("%s: frame %s not noted in its bundle", self.name, snap.event_id)
+            log.exception("%s: %d frame(s) not noted in their bundles", self.name, len(snaps))
+
+    def _follow(self, snaps: list[SnapshotMessage], cameras: list[BundleCameraMessage]) -> None:
+        """The batch's cameras and frames in their bundles, each step one transaction."""
+        if self.records:
+            self._record(cameras, snaps)
+        now = time.monotonic()
+        for message in cameras:
+            if not message.ended:
+                self._joined[message.bundle_id] = now
+                self._set_deadline(message.bundle_id, message.opened)
+        annotated = [new for snap in snaps if (new := self._annotated(snap)) is not None]
+        frames = [
+            (snap.event_id, snap.detections if snap.analysed else None,
+             person_confidence(snap.detections))
+            for snap in snaps
+            if snap.bundle_id is not None
+        ]  # fmt: skip
+        touched = {m.bundle_id for m in cameras if m.ended}
+        if frames:
+            try:
+                touched |= self.store.saw(frames, annotated)
+            except BundleStoreError as exc:
+                BUNDLE_STORE_FAILURES.inc()
+                log.error("%s: %d frame(s) not noted in their bundles: %s", self.name,
+                          len(frames), exc)  # fmt: skip
+        for bundle_id in sorted(touched):
+            self._complete_if_ready(bundle_id)
+
+    def _record(self, cameras: list[BundleCameraMessage], snaps: list[SnapshotMessage]) -> None:
+        """With no storage stage before this one: record what it would have."""
+        try:
+            late = self.store.record(
+                joined=joined(cameras),
+                files=[new for snap in snaps for new in frame_files(snap)],
+                ended=ended(cameras),
+            )
+        except BundleStoreError as exc:
+            BUNDLE_STORE_FAILURES.inc()
+            log.error("%s: bundles not recorded: %s", self.name, exc)
+            return
+        if late:
+            BUNDLE_LATE.inc(late)
+            log.info("%s: %d camera(s) or file(s) came after their bundle was complete",
+                     self.name, late)  # fmt: skip
 
     # --- on the stage's thread -------------------------------------------------------
     def _sweep(self) -> None:
@@ -177,12 +228,6 @@ class BundleStage(Stage):
         with self._announcing_lock:
             return bundle_id in self._announcing
 
-    def _camera(self, message: BundleCameraMessage) -> None:
-        if not message.ended:
-            self._set_deadline(message.bundle_id, message.opened)
-        else:
-            self._complete_if_ready(message.bundle_id)
-
     def _set_deadline(self, bundle_id: str, opened: float) -> None:
         if bundle_id in self._deadlines:
             return
@@ -190,22 +235,6 @@ class BundleStage(Stage):
         self._deadlines[bundle_id] = self.call_later(
             due, lambda: self._complete(bundle_id, DEADLINE)
         )
-
-    def _frame(self, snap: SnapshotMessage) -> None:
-        annotated = self._annotated(snap)
-        if snap.bundle_id is None:
-            return
-        detections = snap.detections if snap.analysed else None
-        try:
-            found = self.store.saw(
-                snap.event_id, detections, person_confidence(snap.detections), annotated
-            )
-        except BundleStoreError as exc:
-            BUNDLE_STORE_FAILURES.inc()
-            log.error("%s: frame %s not noted in its bundle: %s", self.name, snap.event_id, exc)
-            return
-        if found is not None:
-            self._complete_if_ready(found)
 
     def _annotated(self, snap: SnapshotMessage) -> NewFile | None:
         """Queue the annotated copy off-site; its record for the bundle, if in one."""
@@ -238,6 +267,15 @@ class BundleStage(Stage):
         )
 
     def _complete_if_ready(self, bundle_id: str) -> None:
+        """Complete the bundle if every burst has ended, every frame is through, and no
+        camera joined in the last moment (the triggers of one sensor come together: one
+        that follows at once is the same event's, and joins rather than starting another)."""
+        quiet = self._joined.get(bundle_id, 0.0) + QUIET - time.monotonic()
+        if quiet > 0:
+            if bundle_id not in self._rechecks:
+                self._rechecks.add(bundle_id)
+                self.call_later(quiet, lambda: self._recheck(bundle_id))
+            return
         try:
             ready = self.store.ready(bundle_id)
         except BundleStoreError as exc:
@@ -247,7 +285,12 @@ class BundleStage(Stage):
         if ready:
             self._complete(bundle_id, ALL_CAMERAS)
 
+    def _recheck(self, bundle_id: str) -> None:
+        self._rechecks.discard(bundle_id)
+        self._complete_if_ready(bundle_id)
+
     def _complete(self, bundle_id: str, by: str) -> None:
+        self._joined.pop(bundle_id, None)
         timer = self._deadlines.pop(bundle_id, None)
         if timer is not None:
             timer.cancel()

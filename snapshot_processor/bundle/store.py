@@ -232,24 +232,29 @@ class BundleStore:
 
     def saw(
         self,
-        event_id: str,
-        detections: list[dict[str, Any]] | None,
-        person: float | None,
-        annotated: NewFile | None = None,
-    ) -> str | None:
-        """A frame came through detection (``detections`` None: not analysed); its bundle
-        id, or None if the frame is not in one."""
-        row = [_file_row(annotated)] if annotated is not None else []
-        encoded = None if detections is None else json.dumps(detections, separators=(",", ":"))
+        frames: Iterable[tuple[str, list[dict[str, Any]] | None, float | None]],
+        annotated: Iterable[NewFile] = (),
+    ) -> set[str]:
+        """Frames came through detection, ``(event_id, detections, person)`` each (detections
+        None: not analysed), with their ``annotated`` copies, in one transaction; the ids of
+        the bundles they are in."""
+        rows = [
+            (None if d is None else json.dumps(d, separators=(",", ":")), person, event_id)
+            for event_id, d, person in frames
+        ]
+        copies = [_file_row(new) for new in annotated]
+        found: set[str] = set()
         with self._transaction("cannot record detections in") as conn:
-            found = conn.execute(
-                "UPDATE files SET seen = 1, detections = ?, person = ?"
-                " WHERE event_id = ? AND kind = ? RETURNING bundle_id",
-                (encoded, person, event_id, FRAME),
-            ).fetchone()
-            if found is not None:
-                _insert_files(conn, row)
-        return None if found is None else str(found[0])
+            for row in rows:
+                hit = conn.execute(
+                    "UPDATE files SET seen = 1, detections = ?, person = ?"
+                    " WHERE event_id = ? AND kind = 'frame' RETURNING bundle_id",
+                    row,
+                ).fetchone()
+                if hit is not None:
+                    found.add(str(hit[0]))
+            _insert_files(conn, copies)
+        return found
 
     def complete(self, bundle_id: str, ended_by: str, now: float, why: str) -> bool:
         """Collecting no more: cameras with a burst still under way are marked failed with

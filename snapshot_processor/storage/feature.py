@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Storage:
-    """The storage stage, the uploader and off-site queue (absent without a destination),
-    and retention."""
+    """The storage stage, the uploader and off-site queue (absent without a destination;
+    the bundle stage then records the bundles), and retention."""
 
     stages: list[Stage]
     uploader: Uploader | None
@@ -47,6 +47,7 @@ def build(settings: Settings, daemon: Daemon, bundles: BundleStore) -> Storage:
     section = settings.storage
     destinations = configured(section, settings.detection.aws_default_region)
     queue = uploader = offsite = None
+    stages: list[Stage] = []
     if destinations:
         try:
             queue = UploadQueue(
@@ -72,9 +73,15 @@ def build(settings: Settings, daemon: Daemon, bundles: BundleStore) -> Storage:
         daemon.add(uploader)
         log.info("cloud storage: %s", ", ".join(destinations))
         offsite = Offsite(queue, destinations, uploader.wake)
-    stage = StorageStage(
-        "storage", daemon.stop_event, store=bundles, offsite=offsite, on_fatal=daemon.on_fatal
-    )
+        stages.append(
+            StorageStage(
+                "storage",
+                daemon.stop_event,
+                store=bundles,
+                offsite=offsite,
+                on_fatal=daemon.on_fatal,
+            )
+        )
 
     def pending() -> set[str]:
         # Read at each sweep; a failure to read skips it, so nothing is removed.
@@ -93,4 +100,4 @@ def build(settings: Settings, daemon: Daemon, bundles: BundleStore) -> Storage:
         interval=section.retention_interval,
         on_fatal=daemon.on_fatal,
     )
-    return Storage([stage], uploader, retention, queue, offsite)
+    return Storage(stages, uploader, retention, queue, offsite)

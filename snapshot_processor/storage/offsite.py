@@ -1,9 +1,9 @@
-"""Off-site copies. The storage stage comes before detection: it records each bundle's
-cameras and files (with their checksums) and queues every file for every destination in
-one commit per batch, the small copy of a bundle's first frame ahead of everything, then
-passes each snapshot on at once with its ``storage_url``. A batch that cannot be kept
-hands its snapshots back as requeues (their files removed), so no event names a file that
-would never be copied."""
+"""Off-site copies. With cloud storage on, the storage stage comes before detection: it
+queues every file for every destination in one commit per batch (a bundle's first frame,
+and then its small copy, ahead of everything), records each bundle's cameras and files
+(with their checksums), and passes each snapshot on at once with its ``storage_url``. A
+batch that cannot be queued hands its snapshots back as requeues (their files removed), so
+no event names a file that would never be copied."""
 
 from __future__ import annotations
 
@@ -27,10 +27,9 @@ from pylib.observe.logs import printable
 from pylib.observe.trouble import TroubleLog
 from pylib.upload.destination import Destination, UploadItem
 from pylib.upload.queue import UploadQueue, UploadQueueError
+from snapshot_processor.bundle.frames import BUNDLE_LATE, Ended, Joined, ended, frame_files, joined
 from snapshot_processor.bundle.preview import preview
 from snapshot_processor.bundle.store import (
-    BEFORE,
-    FRAME,
     PREVIEW,
     BundleStore,
     BundleStoreError,
@@ -57,10 +56,6 @@ UPLOAD_QUEUE_WRITE_FAILURES = Counter(
 BUNDLE_RECORD_FAILURES = Counter(
     "bundle_record_failures_total",
     "Batches whose bundle cameras and files could not be recorded (their events went out)",
-)
-BUNDLE_LATE = Counter(
-    "bundle_late_total",
-    "Cameras and files that came after their bundle was complete (not in its manifest)",
 )
 
 # Queued ahead of everything: a bundle's first frame, and its small copy before it.
@@ -152,8 +147,8 @@ def upload_items(snap: SnapshotMessage, *, first: bool = False) -> list[UploadIt
 
 
 class StorageStage(Stage):
-    """Records bundles in ``store`` and queues each snapshot's files with ``offsite`` (when
-    cloud storage is configured); see the module docstring."""
+    """Queues each snapshot's files with ``offsite`` and records bundles in ``store``; see
+    the module docstring."""
 
     def __init__(
         self,
@@ -161,7 +156,7 @@ class StorageStage(Stage):
         stop_event: threading.Event,
         *,
         store: BundleStore,
-        offsite: Offsite | None,
+        offsite: Offsite,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, stop_event, workers=1, **kwargs)
@@ -212,25 +207,18 @@ class StorageStage(Stage):
         record the bundles' cameras and files in another. The record is the manifest's, not
         the evidence's: if it fails, the events still go out and the files off-site."""
         firsts = [snap for snap in snaps if self._first(snap)]
-        if self.offsite is not None:
-            items = [item for snap in snaps for item in upload_items(snap, first=snap in firsts)]
-            try:
-                self.offsite.add(items)
-            except (UploadQueueError, OSError) as exc:
-                UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
-                self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
-                return False
-            self.disk.succeeded()
+        items = [item for snap in snaps for item in upload_items(snap, first=snap in firsts)]
+        try:
+            self.offsite.add(items)
+        except (UploadQueueError, OSError) as exc:
+            UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
+            self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            return False
+        self.disk.succeeded()
         self._record(
-            joined=[
-                (m.bundle_id, m.group, m.opened, m.sensor, m.camera_key, m.device_label, m.expected)
-                for m in cameras
-                if not m.ended
-            ],
-            files=[
-                new for snap in snaps if snap.bundle_id is not None for new in self._files(snap)
-            ],
-            ended=[(m.bundle_id, m.camera_key, m.failure, m.unasked) for m in cameras if m.ended],
+            joined=joined(cameras),
+            files=[new for snap in snaps for new in frame_files(snap)],
+            ended=ended(cameras),
         )
         for snap in firsts:  # made on the pool: decoding a frame takes milliseconds
             self.submit(_write_preview, snap, then=functools.partial(self._preview_made, snap))
@@ -239,9 +227,9 @@ class StorageStage(Stage):
     def _record(
         self,
         *,
-        joined: Sequence[tuple[str, str, float, str | None, str, str, int]] = (),
+        joined: Sequence[Joined] = (),
         files: Sequence[NewFile],
-        ended: Sequence[tuple[str, str, str | None, int]] = (),
+        ended: Sequence[Ended] = (),
     ) -> None:
         try:
             late = self.store.record(joined=joined, files=files, ended=ended)
@@ -260,8 +248,8 @@ class StorageStage(Stage):
             )
 
     def _first(self, snap: SnapshotMessage) -> bool:
-        """The bundle's first frame here, with cloud storage on (else nothing goes first)."""
-        if self.offsite is None or snap.bundle_id is None or snap.bundle_id in self._firsts:
+        """The bundle's first frame here."""
+        if snap.bundle_id is None or snap.bundle_id in self._firsts:
             return False
         self._firsts[snap.bundle_id] = None
         while len(self._firsts) > _FIRSTS_KEPT:
@@ -270,7 +258,7 @@ class StorageStage(Stage):
 
     def _preview_made(self, snap: SnapshotMessage, made: Future[tuple[Path, bytes] | None]) -> None:
         """Queue the small copy ahead of everything, and record it in its bundle."""
-        if made.cancelled() or self.offsite is None or snap.bundle_id is None:
+        if made.cancelled() or snap.bundle_id is None:
             return
         if (error := made.exception()) is not None:
             log.warning("%s: no small copy of %s: %s", self.name, snap.event_id, error)
@@ -291,24 +279,6 @@ class StorageStage(Stage):
         )
         self._record(files=[new])
 
-    def _files(self, snap: SnapshotMessage) -> list[NewFile]:
-        assert snap.bundle_id is not None
-        bundle_id, event_id, camera = snap.bundle_id, snap.event_id, snap.camera_key
-        found = [
-            NewFile(bundle_id, Path(snap.storage_path), FRAME, snap.taken, snap.image, event_id,
-                    camera, snap.frame)
-        ]  # fmt: skip
-        for still in snap.pre_trigger_paths:
-            try:
-                data = Path(still).read_bytes()
-            except OSError as exc:
-                log.warning("%s: cannot read %s: %s", self.name, printable(still), exc.strerror)
-                continue
-            found.append(
-                NewFile(bundle_id, Path(still), BEFORE, snap.taken, data, event_id, camera)
-            )
-        return found
-
     def _discard(self, snap: SnapshotMessage) -> None:
         """Remove the files of a snapshot handed back. An uploaded file's copy goes too:
         its original stays in the upload dir until its event is out, and is taken again."""
@@ -324,7 +294,5 @@ class StorageStage(Stage):
                 )
 
     def _linked(self, snap: SnapshotMessage) -> SnapshotMessage:
-        if self.offsite is None:
-            return snap
         link = self.offsite.link(upload_items(snap)[0])
         return snap.with_storage_url(link) if link else snap

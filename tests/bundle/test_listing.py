@@ -69,8 +69,8 @@ def sealed_bundle(store: BundleStore, root: Path, bundle: str, opened: float, *,
             (bundle, "door", f"snapshot 1 of 1: rtsp://admin:{PASSWORD}@10.0.0.5:554/ refused", 0),
         ],
     )
-    store.saw(f"{bundle}-yard-1", [], None)
-    store.saw(f"{bundle}-yard-2", PERSON, person_confidence(PERSON))
+    store.saw([(f"{bundle}-yard-1", [], None)])
+    store.saw([(f"{bundle}-yard-2", PERSON, person_confidence(PERSON))])
     store.complete(bundle, "all cameras", opened + 2, "no answer")
     manifest = root / "bundles" / group(bundle) / "manifest.json"
     manifest.write_bytes(b"{}")
@@ -96,7 +96,7 @@ def test_each_state_with_why_it_is_not_sealed_and_a_parked_upload_named(
         ended=[("b-up", "yard", None, 0)],
     )
     for n in (1, 2, 3):
-        store.saw(f"b-up-yard-{n}", [], None)
+        store.saw([(f"b-up-yard-{n}", [], None)])
     store.complete("b-up", "all cameras", later + 3, "no answer")
     queue.add([("s3", UploadItem(f.path, f.path.name, "yard", f.taken, "b-up")) for f in files])
     store.copied(files[0].path, "s3", group("b-up"), later + 0.8)
@@ -170,7 +170,7 @@ def test_without_cloud_storage_a_bundle_is_sealed_with_nothing_off_site(
         files=[frame(root, "b-next", "yard", 1, OPENED + 9)],
         ended=[("b-next", "yard", None, 0)],
     )
-    store.saw("b-next-yard-1", [], None)
+    store.saw([("b-next-yard-1", [], None)])
     store.complete("b-next", "deadline", OPENED + 39, "no answer")
 
     complete, sealed = bundle_views(store.recent(10), [], None, root)

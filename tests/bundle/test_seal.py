@@ -78,7 +78,7 @@ def bundle_of_two_frames(store: BundleStore, root: Path, *, taken: float) -> lis
         ended=[("b1", "yard", None, 0)],
     )
     for n in (1, 2):
-        store.saw(f"e{n}", [], None)
+        store.saw([(f"e{n}", [], None)])
     assert store.complete("b1", "all cameras", taken + 2, "-")
     return paths
 
@@ -124,7 +124,7 @@ def test_a_copy_that_comes_before_its_files_record_still_counts(
         files=[NewFile("b1", path, FRAME, time.time(), b"early", "e1", "yard", 1)],
         ended=[("b1", "yard", None, 0)],
     )
-    store.saw("e1", [], None)
+    store.saw([("e1", [], None)])
     store.complete("b1", "all cameras", time.time(), "-")
     sealer.check("b1")
     bundle = store.bundle("b1")

@@ -122,6 +122,38 @@ def test_the_frame_goes_on_first_then_its_complete_bundles_event(
     assert wire.receive(1, timeout=1.5) == []  # the deadline passes: no second event
 
 
+def test_without_cloud_storage_the_stage_records_the_bundle_itself(
+    store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
+) -> None:
+    started = BundleStage(
+        "bundles-records",
+        threading.Event(),
+        store=store,
+        sealer=Sealer(store, tmp_path, None),
+        deadline=30.0,
+        closed=closed.append,
+        records=True,
+        inbox=wire.inbox,
+        outbox=wire.outbox,
+    )
+    started.start()
+    opened = time.time()
+    try:
+        with wire.sender() as sender:
+            # One batch, as they often come: recorded first, then followed.
+            sender.send(camera(opened).envelope())
+            sender.send(frame(tmp_path, opened).envelope())
+            sender.send(camera(opened, ended=True).envelope())
+            out = wire.receive(2)
+    finally:
+        assert started.stop_and_join(5)
+    assert [e.kind for e in out] == [SNAPSHOT_KIND, BUNDLE_EVENT_KIND]
+    bundle = store.bundle("b1")
+    assert bundle is not None
+    assert [(f.kind, f.seen) for f in bundle.files if f.kind == FRAME] == [(FRAME, True)]
+    assert [(c.camera, c.expected, c.taken) for c in bundle.cameras] == [("yard", 1, 1)]
+
+
 def test_a_camera_that_never_ends_is_failed_at_the_deadline(
     stage: BundleStage, store: BundleStore, wire: Wire
 ) -> None:

@@ -44,11 +44,10 @@ def test_a_bundle_is_ready_once_every_burst_ended_and_every_frame_was_seen(tmp_p
             ended=[("b1", "door", "snapshot 2 of 2: camera answered 503", 0)],
         )
         assert not store.ready("b1")  # frames not through detection yet
-        assert store.saw("yard-1", [], None) == "b1"
-        assert store.saw("yard-2", None, None) == "b1"
+        assert store.saw([("yard-1", [], None), ("yard-2", None, None)]) == {"b1"}
         person = [{"label": "Person", "confidence": 91.5, "person": True, "box": None}]
-        assert store.saw("door-1", person, person_confidence(person)) == "b1"
-        assert store.saw("elsewhere", [], None) is None
+        assert store.saw([("door-1", person, person_confidence(person))]) == {"b1"}
+        assert store.saw([("elsewhere", [], None)]) == set()
         assert store.ready("b1")
         assert store.complete("b1", "all cameras", OPENED + 2, "no answer")
         assert not store.complete("b1", "deadline", OPENED + 30, "no answer")  # once
@@ -93,7 +92,7 @@ def test_one_camera_in_a_bundle_twice_expects_both_bursts_but_not_frames_never_a
             ended=[("b1", "yard", None, 0)],
         )
         for n in (1, 2):
-            store.saw(f"yard-{n}", [], None)
+            store.saw([(f"yard-{n}", [], None)])
         assert not store.ready("b1")
         # The second trigger was covered by a newer one: its three frames were never due.
         store.record(ended=[("b1", "yard", None, 3)])
@@ -132,7 +131,7 @@ def test_copies_mark_the_first_offsite_and_the_seal_outlives_a_reopen(tmp_path: 
     try:
         store.record(joined=[join("b1", "yard", 1)], files=[yard, still])
         store.record(ended=[("b1", "yard", None, 0)])
-        store.saw("yard-1", [], None)
+        store.saw([("yard-1", [], None)])
         store.complete("b1", "all cameras", OPENED + 1, "-")
         assert store.unsealed_paths() == {str(yard.path), str(still.path)}
         assert store.copied(yard.path, "s3", GROUP, OPENED + 0.4) == ("b1", True)
@@ -187,7 +186,7 @@ def test_the_manifest_lists_frames_failures_links_and_the_receipt(tmp_path: Path
             ended=[("b1", "yard", None, 0), ("b1", "door", "refused: 401", 0)],
         )
         for n in (1, 2):
-            store.saw(f"yard-{n}", [], None)
+            store.saw([(f"yard-{n}", [], None)])
         store.complete("b1", "all cameras", OPENED + 1.5, "-")
         store.copied(tmp_path / "yard-1.jpg", "s3", GROUP, OPENED + 0.3)
         bundle = store.bundle("b1")

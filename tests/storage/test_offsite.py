@@ -95,14 +95,12 @@ def wire() -> Iterator[Wire]:
         yield ends
 
 
-def run_stage(
-    store: BundleStore, queue: UploadQueue | None, wire: Wire, woken: list[int]
-) -> StorageStage:
+def run_stage(store: BundleStore, queue: UploadQueue, wire: Wire, woken: list[int]) -> StorageStage:
     destinations = {
         "drive": Destination("drive", None, ahead=False),
         "s3": Destination("s3", "http://s3.test/bucket", ahead=True),
     }
-    offsite = None if queue is None else Offsite(queue, destinations, lambda: woken.append(1))
+    offsite = Offsite(queue, destinations, lambda: woken.append(1))
     stage = StorageStage(
         "storage-test",
         threading.Event(),
@@ -175,27 +173,6 @@ def test_a_bundles_files_are_recorded_and_queued_its_small_first_copy_ahead(
         assert (part.expected, part.taken, part.bursts) == (2, 2, 0)
     finally:
         queue.close()
-        store.close()
-
-
-def test_without_cloud_storage_bundles_are_still_recorded(tmp_path: Path, wire: Wire) -> None:
-    store = BundleStore(tmp_path / "bundles.sqlite3")
-    stage = run_stage(store, None, wire, [])
-    try:
-        with wire.sender() as sender:
-            sender.send(camera().envelope())
-            sender.send(snapshot(tmp_path, 1, image=busy_jpeg(), bundle=True).envelope())
-            out = wire.receive(2)
-    finally:
-        assert stage.stop_and_join(5)
-    try:
-        assert SnapshotMessage.read(out[1]).storage_url is None
-        bundle = store.bundle("b1")
-        assert bundle is not None
-        # No small copy either: it is for sending off-site first.
-        assert [f.kind for f in bundle.files] == [FRAME]
-        assert not (tmp_path / "cam_1.small.jpg").exists()
-    finally:
         store.close()
 
 
