@@ -7,13 +7,11 @@ no event names a file that would never be copied."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -115,17 +113,6 @@ class Offsite:
         return None
 
 
-def _write_preview(snap: SnapshotMessage) -> tuple[Path, bytes] | None:
-    """Write the small copy of a bundle's first frame beside it; None if none is made."""
-    small = preview(snap.image)
-    if small is None:
-        return None
-    path = Path(snap.storage_path)
-    target = path.with_name(f"{path.stem}.small.jpg")
-    write_atomically(target, small)
-    return target, small
-
-
 def upload_items(snap: SnapshotMessage, *, first: bool = False) -> list[UploadItem]:
     """The files of one snapshot to copy: the image, its annotated copy if any, and the
     stills from before its trigger; ``first`` puts the image ahead of everything."""
@@ -159,7 +146,7 @@ class StorageStage(Stage):
         offsite: Offsite,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name, stop_event, workers=1, **kwargs)
+        super().__init__(name, stop_event, **kwargs)
         self.store = store
         self.offsite = offsite
         self.disk = WriteTrouble("upload queue")
@@ -206,22 +193,30 @@ class StorageStage(Stage):
         """Queue the files in one commit (False if that fails: the snapshots go back), then
         record the bundles' cameras and files in another. The record is the manifest's, not
         the evidence's: if it fails, the events still go out and the files off-site."""
-        firsts = [snap for snap in snaps if self._first(snap)]
-        items = [item for snap in snaps for item in upload_items(snap, first=snap in firsts)]
+        items: list[UploadItem] = []
+        files: list[NewFile] = []
+        for snap in snaps:
+            first = self._first(snap)
+            small = self._preview(snap) if first else None
+            if small is not None:
+                path, data = small
+                item = UploadItem(path, path.name, snap.camera_key, snap.taken, snap.bundle_group)
+                items.append(replace(item, priority=AHEAD))
+                assert snap.bundle_id is not None  # only a bundle has a first frame
+                files.append(NewFile(snap.bundle_id, path, PREVIEW, snap.taken, data,
+                                     snap.event_id, snap.camera_key))  # fmt: skip
+            items.extend(upload_items(snap, first=first))
+            files.extend(frame_files(snap))
         try:
             self.offsite.add(items)
         except (UploadQueueError, OSError) as exc:
             UPLOAD_QUEUE_WRITE_FAILURES.inc(len(snaps))
             self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            for snap in snaps:  # their triggers come again: a first frame is still to come
+                self._firsts.pop(snap.bundle_id or "", None)
             return False
         self.disk.succeeded()
-        self._record(
-            joined=joined(cameras),
-            files=[new for snap in snaps for new in frame_files(snap)],
-            ended=ended(cameras),
-        )
-        for snap in firsts:  # made on the pool: decoding a frame takes milliseconds
-            self.submit(_write_preview, snap, then=functools.partial(self._preview_made, snap))
+        self._record(joined=joined(cameras), files=files, ended=ended(cameras))
         return True
 
     def _record(
@@ -256,40 +251,37 @@ class StorageStage(Stage):
             self._firsts.popitem(last=False)
         return True
 
-    def _preview_made(self, snap: SnapshotMessage, made: Future[tuple[Path, bytes] | None]) -> None:
-        """Queue the small copy ahead of everything, and record it in its bundle."""
-        if made.cancelled() or snap.bundle_id is None:
-            return
-        if (error := made.exception()) is not None:
-            log.warning("%s: no small copy of %s: %s", self.name, snap.event_id, error)
-            return
-        if (result := made.result()) is None:
-            return  # small enough itself: it is queued first already
-        path, data = result
-        item = UploadItem(path, path.name, snap.camera_key, snap.taken, snap.bundle_group, AHEAD)
+    def _preview(self, snap: SnapshotMessage) -> tuple[Path, bytes] | None:
+        """The small copy of a bundle's first frame, written beside it (a few milliseconds:
+        the decoder reads the frame at a half or a quarter of its size); None if none."""
+        small = preview(snap.image)
+        if small is None:
+            return None
+        path = Path(snap.storage_path)
+        target = path.with_name(f"{path.stem}.small.jpg")
         try:
-            self.offsite.add([item])
-        except (UploadQueueError, OSError) as exc:
-            # The frame itself still goes first; only the head start is lost.
-            log.warning("%s: small copy %s not queued: %s", self.name, path.name, exc)
-            path.unlink(missing_ok=True)
-            return
-        new = NewFile(
-            snap.bundle_id, path, PREVIEW, snap.taken, data, snap.event_id, snap.camera_key
-        )
-        self._record(files=[new])
+            write_atomically(target, small)
+        except OSError as exc:  # the frame itself still goes first
+            log.warning("%s: cannot write %s: %s", self.name, printable(target), exc.strerror)
+            return None
+        return target, small
 
     def _discard(self, snap: SnapshotMessage) -> None:
-        """Remove the files of a snapshot handed back. An uploaded file's copy goes too:
-        its original stays in the upload dir until its event is out, and is taken again."""
-        for item in upload_items(snap):
+        """Remove the files of a snapshot handed back (a small copy too). An uploaded file's
+        copy goes too: its original stays in the upload dir until its event is out, and is
+        taken again."""
+        path = Path(snap.storage_path)
+        for gone in [
+            path.with_name(f"{path.stem}.small.jpg"),
+            *(i.path for i in upload_items(snap)),
+        ]:
             try:
-                item.path.unlink(missing_ok=True)
+                gone.unlink(missing_ok=True)
             except OSError as exc:  # retention removes it once it is old and not queued
                 log.warning(
                     "%s: cannot remove %s, handed back: %s",
                     self.name,
-                    printable(item.path),
+                    printable(gone),
                     exc.strerror or exc,
                 )
 

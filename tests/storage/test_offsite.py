@@ -151,8 +151,7 @@ def test_a_bundles_files_are_recorded_and_queued_its_small_first_copy_ahead(
         small = tmp_path / "cam_1.small.jpg"
         assert len(big) > 64 * 1024 > small.stat().st_size
         due = queue.due(2e9, 100)
-        # Made on the pool a moment later, it still goes ahead of the frame, which goes
-        # ahead of the rest.
+        # The small copy goes ahead of the frame, which goes ahead of the rest.
         assert [(u.item.name, u.item.priority) for u in due[:4]] == [
             ("cam_1.small.jpg", AHEAD),
             ("cam_1.small.jpg", AHEAD),
