@@ -5,7 +5,7 @@ storage on, else by the bundle stage itself."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 
 from prometheus_client import Counter
@@ -22,7 +22,7 @@ BUNDLE_LATE = Counter(
 )
 
 Joined = tuple[str, str, float, str | None, str, str, int]
-Ended = tuple[str, str, str | None, int]
+Ended = tuple[str, str, str | None, int, int]
 
 
 def joined(messages: Iterable[BundleCameraMessage]) -> list[Joined]:
@@ -34,9 +34,19 @@ def joined(messages: Iterable[BundleCameraMessage]) -> list[Joined]:
     ]
 
 
-def ended(messages: Iterable[BundleCameraMessage]) -> list[Ended]:
-    """The bursts that ended, as the bundle file takes them."""
-    return [(m.bundle_id, m.camera_key, m.failure, m.unasked) for m in messages if m.ended]
+def ended(messages: Iterable[BundleCameraMessage], given_back: Container[str] = ()) -> list[Ended]:
+    """The bursts that ended, as the bundle file takes them; frames ``given_back`` (their
+    trigger comes again) are not counted as taken, and said."""
+    found: list[Ended] = []
+    for m in messages:
+        if not m.ended:
+            continue
+        back = sum(1 for event_id in m.took if event_id in given_back)
+        failure = m.failure
+        if back and failure is None:
+            failure = f"{back} frame(s) not kept (the upload queue could not be written)"
+        found.append((m.bundle_id, m.camera_key, failure, m.unasked, len(m.took) - back))
+    return found
 
 
 def frame_files(snap: SnapshotMessage) -> list[NewFile]:

@@ -72,8 +72,10 @@ ACK_ADDRESS = "inproc://bundle-events"
 QUIET = 0.5
 # Bundles not sealed are looked at this often: a step that failed is taken again.
 SWEEP_EVERY = 300.0
-# A bundle event the outbox handed back is sent again after this long.
+# A bundle event the outbox handed back, or one whose bundle could not be read, is sent
+# again after this long; a bundle that could not be completed is tried again after RETRY.
 ANNOUNCE_AGAIN = 30.0
+RETRY = 5.0
 # What the manifest says of a camera whose burst had not ended.
 NO_ANSWER = "no answer by the deadline (BUNDLE_DEADLINE)"
 STOPPED = "the daemon stopped before its snapshots were all taken; its trigger comes again"
@@ -136,12 +138,14 @@ class BundleStage(Stage):
             BUNDLE_STORE_FAILURES.inc()
             log.error("%s: cannot read the bundles left from before: %s", self.name, exc)
             return
+        collecting = {bundle.bundle_id for bundle in waiting if bundle is not None}
+        self._joined = {k: v for k, v in self._joined.items() if k in collecting}
         for bundle in waiting:  # this thread restarted: their deadlines are set again
             if bundle is not None:
                 self._set_deadline(bundle.bundle_id, bundle.opened)
-        collecting = {bundle.bundle_id for bundle in waiting if bundle is not None}
+                self._complete_if_ready(bundle.bundle_id)
         for bundle_id in unannounced:
-            if bundle_id not in collecting and not self._in_flight(bundle_id):
+            if bundle_id not in collecting:
                 self._announce(bundle_id)
 
     def on_thread_close(self) -> None:
@@ -290,7 +294,6 @@ class BundleStage(Stage):
         self._complete_if_ready(bundle_id)
 
     def _complete(self, bundle_id: str, by: str) -> None:
-        self._joined.pop(bundle_id, None)
         timer = self._deadlines.pop(bundle_id, None)
         if timer is not None:
             timer.cancel()
@@ -298,8 +301,13 @@ class BundleStage(Stage):
             completed = self.store.complete(bundle_id, by, time.time(), NO_ANSWER)
         except BundleStoreError as exc:
             BUNDLE_STORE_FAILURES.inc()
-            log.error("%s: bundle %s not completed: %s", self.name, bundle_id, exc)
+            log.error("%s: bundle %s not completed (tried again in %.0f s): %s", self.name,
+                      bundle_id, RETRY, exc)  # fmt: skip
+            self._deadlines[bundle_id] = self.call_later(
+                RETRY, lambda: self._complete(bundle_id, by)
+            )
             return
+        self._joined.pop(bundle_id, None)
         if not completed:
             return
         self.closed(bundle_id)
@@ -308,13 +316,18 @@ class BundleStage(Stage):
         self.submit(self.sealer.check, bundle_id)  # it writes the manifest: off this thread
 
     def _announce(self, bundle_id: str) -> None:
+        """Send the bundle event on, unless it is on its way already or was stored."""
+        if self._in_flight(bundle_id):
+            return
         try:
             bundle = self.store.bundle(bundle_id)
         except BundleStoreError as exc:
             BUNDLE_STORE_FAILURES.inc()
-            log.error("%s: bundle %s not announced: %s", self.name, bundle_id, exc)
+            log.error("%s: bundle %s not announced (tried again in %.0f s): %s", self.name,
+                      bundle_id, ANNOUNCE_AGAIN, exc)  # fmt: skip
+            self._announce_later(bundle_id)
             return
-        if bundle is None:
+        if bundle is None or bundle.announced:
             return
         offsite = self.sealer.offsite
         link = offsite.folder_link(bundle.group) if offsite is not None else None
@@ -322,7 +335,12 @@ class BundleStage(Stage):
         settlement = Settlement(ack_token(ACK_ADDRESS, bundle=bundle_id))
         with self._announcing_lock:
             self._announcing.add(bundle_id)
-        self.send(BundleEventMessage(bundle_id, found, settlement).envelope())
+        try:
+            self.send(BundleEventMessage(bundle_id, found, settlement).envelope())
+        except BaseException:
+            with self._announcing_lock:
+                self._announcing.discard(bundle_id)
+            raise
         seconds = time.time() - bundle.opened
         if bundle.ended_by != RESTART:
             BUNDLE_SECONDS.observe(max(0.0, seconds))
@@ -344,9 +362,9 @@ class BundleStage(Stage):
         bundle_id = ack.get("bundle")
         if not isinstance(bundle_id, str):
             return
-        with self._announcing_lock:
-            self._announcing.discard(bundle_id)
         if ack.get("requeue"):
+            with self._announcing_lock:
+                self._announcing.discard(bundle_id)
             # The outbox could not take it: sent again in a while, as at the next start.
             BUNDLE_EVENTS_HANDED_BACK.inc()
             log.warning("bundle %s: its event was not stored; sent again in %.0f s",
@@ -358,3 +376,5 @@ class BundleStage(Stage):
         except BundleStoreError as exc:  # announced again at the next start
             BUNDLE_STORE_FAILURES.inc()
             log.warning("bundle %s: its event's delivery not noted: %s", bundle_id, exc)
+        with self._announcing_lock:  # noted first: a restart between cannot send it again
+            self._announcing.discard(bundle_id)

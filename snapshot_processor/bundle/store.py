@@ -44,7 +44,9 @@ _SCHEMA = (
         completed REAL,
         announced INTEGER NOT NULL DEFAULT 0,
         first_offsite REAL,
-        sealed REAL
+        sealed REAL,
+        took INTEGER NOT NULL DEFAULT 0,
+        seen INTEGER NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS bundles_state ON bundles (state)",
@@ -194,12 +196,13 @@ class BundleStore:
         *,
         joined: Iterable[tuple[str, str, float, str | None, str, str, int]] = (),
         files: Iterable[NewFile] = (),
-        ended: Iterable[tuple[str, str, str | None, int]] = (),
+        ended: Iterable[tuple[str, str, str | None, int, int]] = (),
     ) -> int:
         """In one transaction: cameras that ``joined`` a bundle (``bundle_id, group, opened,
         sensor, camera, label, expected``; the bundle is made on its first), new ``files``,
-        and bursts that ``ended`` (``bundle_id, camera, failure, unasked`` frames). A bundle
-        no longer collecting takes no camera or file: how many were turned away."""
+        and bursts that ``ended`` (``bundle_id, camera, failure, unasked`` frames, frames
+        ``took``). A bundle no longer collecting takes none of them: how many were turned
+        away."""
         rows = [_file_row(new) for new in files]
         late = 0
         with self._transaction("cannot record in") as conn:
@@ -221,7 +224,15 @@ class BundleStore:
                     ).rowcount
                 )
             late += _insert_files(conn, rows)
-            for bundle_id, camera, failure, unasked in ended:
+            for bundle_id, camera, failure, unasked, took in ended:
+                # A frame taken may come after its burst's end (detection holds frames, not
+                # the end): the bundle waits for as many frames as its bursts took.
+                if not conn.execute(
+                    "UPDATE bundles SET took = took + ? WHERE id = ? AND state = ?",
+                    (took, bundle_id, COLLECTING),
+                ).rowcount:
+                    late += 1
+                    continue
                 conn.execute(
                     "UPDATE cameras SET bursts = MAX(0, bursts - 1),"
                     " expected = MAX(0, expected - ?), failure = COALESCE(?, failure)"
@@ -248,11 +259,12 @@ class BundleStore:
             for row in rows:
                 hit = conn.execute(
                     "UPDATE files SET seen = 1, detections = ?, person = ?"
-                    " WHERE event_id = ? AND kind = 'frame' RETURNING bundle_id",
+                    " WHERE event_id = ? AND kind = 'frame' AND seen = 0 RETURNING bundle_id",
                     row,
                 ).fetchone()
                 if hit is not None:
                     found.add(str(hit[0]))
+                    conn.execute("UPDATE bundles SET seen = seen + 1 WHERE id = ?", (hit[0],))
             _insert_files(conn, copies)
         return found
 
@@ -356,7 +368,11 @@ class BundleStore:
     def bundle(self, bundle_id: str) -> Bundle | None:
         """One bundle with its cameras and files (each with its copies), or None."""
         with self._lock:
-            rows = self._read("SELECT * FROM bundles WHERE id = ?", (bundle_id,))
+            rows = self._read(
+                "SELECT id, grp, sensor, opened, state, ended_by, completed, announced,"
+                " first_offsite, sealed FROM bundles WHERE id = ?",
+                (bundle_id,),
+            )
             if not rows:
                 return None
             cameras = self._read(
@@ -401,10 +417,11 @@ class BundleStore:
         return [found for (bundle_id,) in rows if (found := self.bundle(str(bundle_id)))]
 
     def ready(self, bundle_id: str) -> bool:
-        """Collecting, with every camera's bursts ended and every frame through detection."""
+        """Collecting, with every camera's bursts ended and as many frames through detection
+        as they took (none recorded and still waiting)."""
         # The frame test is written as the partial index's, so the index serves it.
         ((collecting, waiting),) = self._read(
-            "SELECT (SELECT COUNT(*) FROM bundles WHERE id = ? AND state = ?),"
+            "SELECT (SELECT COUNT(*) FROM bundles WHERE id = ? AND state = ? AND seen >= took),"
             " (SELECT COUNT(*) FROM cameras WHERE bundle_id = ? AND bursts > 0)"
             " + (SELECT COUNT(*) FROM files WHERE bundle_id = ? AND kind = 'frame' AND seen = 0)",
             (bundle_id, COLLECTING, bundle_id, bundle_id),

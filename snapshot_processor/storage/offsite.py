@@ -152,6 +152,8 @@ class StorageStage(Stage):
         self.disk = WriteTrouble("upload queue")
         self.records = TroubleLog(log, "bundle file", level=logging.ERROR)
         self._firsts: OrderedDict[str, None] = OrderedDict()
+        # Frames handed back (their triggers come again), for their bursts' ends, newest last.
+        self._given_back: OrderedDict[str, None] = OrderedDict()
 
     def troubles(self) -> list[str]:
         found = super().troubles()
@@ -178,7 +180,11 @@ class StorageStage(Stage):
                 continue
             order.append(envelope)
         snaps = [item for item in order if isinstance(item, SnapshotMessage)]
-        kept = self._keep(snaps, cameras)
+        try:
+            kept = self._keep(snaps, cameras)
+        except Exception:  # a bug must not cost the batch its settlement: it comes again
+            log.exception("%s: %d snapshot(s) not kept; handed back", self.name, len(snaps))
+            kept = False
         for item in order:
             if isinstance(item, Envelope):
                 self.send(item)
@@ -214,9 +220,14 @@ class StorageStage(Stage):
             self.disk.failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
             for snap in snaps:  # their triggers come again: a first frame is still to come
                 self._firsts.pop(snap.bundle_id or "", None)
+                self._given_back[snap.event_id] = None
+            while len(self._given_back) > _FIRSTS_KEPT:
+                self._given_back.popitem(last=False)
+            # The bundles still learn of their cameras: none waits for frames given back.
+            self._record(joined=joined(cameras), files=[], ended=ended(cameras, self._given_back))
             return False
         self.disk.succeeded()
-        self._record(joined=joined(cameras), files=files, ended=ended(cameras))
+        self._record(joined=joined(cameras), files=files, ended=ended(cameras, self._given_back))
         return True
 
     def _record(

@@ -65,8 +65,14 @@ def sealed_bundle(store: BundleStore, root: Path, bundle: str, opened: float, *,
         ],
         files=[frame(root, bundle, "yard", n, opened) for n in (1, 2)],
         ended=[
-            (bundle, "yard", None, 0),
-            (bundle, "door", f"snapshot 1 of 1: rtsp://admin:{PASSWORD}@10.0.0.5:554/ refused", 0),
+            (bundle, "yard", None, 0, 2),
+            (
+                bundle,
+                "door",
+                f"snapshot 1 of 1: rtsp://admin:{PASSWORD}@10.0.0.5:554/ refused",
+                0,
+                0,
+            ),
         ],
     )
     store.saw([(f"{bundle}-yard-1", [], None)])
@@ -93,7 +99,7 @@ def test_each_state_with_why_it_is_not_sealed_and_a_parked_upload_named(
     store.record(
         joined=[("b-up", group("b-up"), later, SENSOR, "yard", "Yard", 3)],
         files=files,
-        ended=[("b-up", "yard", None, 0)],
+        ended=[("b-up", "yard", None, 0, 3)],
     )
     for n in (1, 2, 3):
         store.saw([(f"b-up-yard-{n}", [], None)])
@@ -168,7 +174,7 @@ def test_without_cloud_storage_a_bundle_is_sealed_with_nothing_off_site(
     store.record(
         joined=[("b-next", group("b-next"), OPENED + 9, SENSOR, "yard", "Yard", 1)],
         files=[frame(root, "b-next", "yard", 1, OPENED + 9)],
-        ended=[("b-next", "yard", None, 0)],
+        ended=[("b-next", "yard", None, 0, 1)],
     )
     store.saw([("b-next-yard-1", [], None)])
     store.complete("b-next", "deadline", OPENED + 39, "no answer")

@@ -75,7 +75,7 @@ def bundle_of_two_frames(store: BundleStore, root: Path, *, taken: float) -> lis
             NewFile("b1", path, FRAME, taken + n, path.read_bytes(), f"e{n}", "yard", n)
             for n, path in enumerate(paths, start=1)
         ],
-        ended=[("b1", "yard", None, 0)],
+        ended=[("b1", "yard", None, 0, 2)],
     )
     for n in (1, 2):
         store.saw([(f"e{n}", [], None)])
@@ -122,7 +122,7 @@ def test_a_copy_that_comes_before_its_files_record_still_counts(
     copy(sealer, path, "s3")
     store.record(
         files=[NewFile("b1", path, FRAME, time.time(), b"early", "e1", "yard", 1)],
-        ended=[("b1", "yard", None, 0)],
+        ended=[("b1", "yard", None, 0, 1)],
     )
     store.saw([("e1", [], None)])
     store.complete("b1", "all cameras", time.time(), "-")

@@ -4,6 +4,7 @@ and a bundle never collected again is announced at the next start."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ def recorded(store: BundleStore, snap: SnapshotMessage, opened: float) -> None:
         files=[
             NewFile("b1", Path(snap.storage_path), FRAME, snap.taken, snap.image, "e1", "yard", 1)
         ],
-        ended=[("b1", "yard", None, 0)],
+        ended=[("b1", "yard", None, 0, 1)],
     )
 
 
@@ -143,7 +144,7 @@ def test_without_cloud_storage_the_stage_records_the_bundle_itself(
             # One batch, as they often come: recorded first, then followed.
             sender.send(camera(opened).envelope())
             sender.send(frame(tmp_path, opened).envelope())
-            sender.send(camera(opened, ended=True).envelope())
+            sender.send(dataclasses.replace(camera(opened, ended=True), took=["e1"]).envelope())
             out = wire.receive(2)
     finally:
         assert started.stop_and_join(5)
@@ -152,6 +153,38 @@ def test_without_cloud_storage_the_stage_records_the_bundle_itself(
     assert bundle is not None
     assert [(f.kind, f.seen) for f in bundle.files if f.kind == FRAME] == [(FRAME, True)]
     assert [(c.camera, c.expected, c.taken) for c in bundle.cameras] == [("yard", 1, 1)]
+
+
+def test_a_frame_held_by_detection_behind_its_bursts_end_is_waited_for(
+    store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
+) -> None:
+    started = BundleStage(
+        "bundles-waits",
+        threading.Event(),
+        store=store,
+        sealer=Sealer(store, tmp_path, None),
+        deadline=30.0,
+        closed=closed.append,
+        records=True,
+        inbox=wire.inbox,
+        outbox=wire.outbox,
+    )
+    started.start()
+    opened = time.time() - 1  # the quiet half second after the join is over
+    ending = dataclasses.replace(camera(opened, ended=True), took=["e1"])
+    try:
+        with wire.sender() as sender:
+            sender.send(camera(opened).envelope())
+            sender.send(ending.envelope())
+            assert wire.receive(1, timeout=1.0) == []  # its frame is still to come
+            sender.send(frame(tmp_path, opened).envelope())
+            out = wire.receive(2)
+    finally:
+        assert started.stop_and_join(5)
+    assert [e.kind for e in out] == [SNAPSHOT_KIND, BUNDLE_EVENT_KIND]
+    event = BundleEventMessage.read(out[1])
+    assert event.manifest["complete_by"] == "all cameras"
+    assert [f["event_id"] for f in event.manifest["frames"]] == ["e1"]
 
 
 def test_a_camera_that_never_ends_is_failed_at_the_deadline(

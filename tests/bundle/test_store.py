@@ -37,11 +37,11 @@ def test_a_bundle_is_ready_once_every_burst_ended_and_every_frame_was_seen(tmp_p
     try:
         store.record(joined=[join("b1", "yard"), join("b1", "door")])
         store.record(files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)])
-        store.record(ended=[("b1", "yard", None, 0)])
+        store.record(ended=[("b1", "yard", None, 0, 2)])
         assert not store.ready("b1")  # the door's burst goes on
         store.record(
             files=[frame(tmp_path, "b1", "door", 1, b"d1")],
-            ended=[("b1", "door", "snapshot 2 of 2: camera answered 503", 0)],
+            ended=[("b1", "door", "snapshot 2 of 2: camera answered 503", 0, 1)],
         )
         assert not store.ready("b1")  # frames not through detection yet
         assert store.saw([("yard-1", [], None), ("yard-2", None, None)]) == {"b1"}
@@ -66,11 +66,29 @@ def test_a_bundle_is_ready_once_every_burst_ended_and_every_frame_was_seen(tmp_p
         store.close()
 
 
+def test_a_bundle_waits_for_the_frames_a_burst_took_though_its_end_came_first(
+    tmp_path: Path,
+) -> None:
+    """Detection holds frames, not the burst's end: the end can come before its frames."""
+    store = BundleStore(tmp_path / "bundles.sqlite3")
+    try:
+        store.record(joined=[join("b1", "yard", 2)])
+        store.record(ended=[("b1", "yard", None, 0, 2)])
+        assert not store.ready("b1")  # no frame recorded yet, two taken
+        store.record(files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)])
+        store.saw([("yard-1", [], None)])
+        assert not store.ready("b1")
+        store.saw([("yard-2", [], None), ("yard-2", [], None)])  # twice counts once
+        assert store.ready("b1")
+    finally:
+        store.close()
+
+
 def test_a_deadline_marks_the_cameras_still_taking_snapshots_failed(tmp_path: Path) -> None:
     store = BundleStore(tmp_path / "bundles.sqlite3")
     try:
         store.record(joined=[join("b1", "yard"), join("b1", "door")])
-        store.record(ended=[("b1", "yard", None, 0)])
+        store.record(ended=[("b1", "yard", None, 0, 0)])
         assert store.complete("b1", "deadline", OPENED + 30, "no answer by the deadline")
         bundle = store.bundle("b1")
         assert bundle is not None
@@ -89,13 +107,13 @@ def test_one_camera_in_a_bundle_twice_expects_both_bursts_but_not_frames_never_a
         store.record(joined=[join("b1", "yard", 2), join("b1", "yard", 3)])
         store.record(
             files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)],
-            ended=[("b1", "yard", None, 0)],
+            ended=[("b1", "yard", None, 0, 2)],
         )
         for n in (1, 2):
             store.saw([(f"yard-{n}", [], None)])
         assert not store.ready("b1")
         # The second trigger was covered by a newer one: its three frames were never due.
-        store.record(ended=[("b1", "yard", None, 3)])
+        store.record(ended=[("b1", "yard", None, 3, 0)])
         assert store.ready("b1")
         bundle = store.bundle("b1")
         assert bundle is not None
@@ -111,12 +129,15 @@ def test_a_complete_bundle_takes_no_more_cameras_or_files(tmp_path: Path) -> Non
         store.record(joined=[join("b1", "yard", 1)])
         store.complete("b1", "deadline", OPENED + 30, "no answer")
         late = store.record(
-            joined=[join("b1", "door", 1)], files=[frame(tmp_path, "b1", "yard", 1, b"y1")]
+            joined=[join("b1", "door", 1)],
+            files=[frame(tmp_path, "b1", "yard", 1, b"y1")],
+            ended=[("b1", "yard", "snapshot 1 of 1: timed out", 0, 0)],
         )
-        assert late == 2
+        assert late == 3
         bundle = store.bundle("b1")
         assert bundle is not None
-        assert [c.camera for c in bundle.cameras] == ["yard"]
+        # The late end changes nothing of what was announced.
+        assert [(c.camera, c.failure) for c in bundle.cameras] == [("yard", "no answer")]
         assert bundle.files == []
         assert store.unsealed_paths() == set()
     finally:
@@ -130,7 +151,7 @@ def test_copies_mark_the_first_offsite_and_the_seal_outlives_a_reopen(tmp_path: 
     still = NewFile("b1", tmp_path / "still.jpg", BEFORE, OPENED, b"s", "yard-1", "yard")
     try:
         store.record(joined=[join("b1", "yard", 1)], files=[yard, still])
-        store.record(ended=[("b1", "yard", None, 0)])
+        store.record(ended=[("b1", "yard", None, 0, 1)])
         store.saw([("yard-1", [], None)])
         store.complete("b1", "all cameras", OPENED + 1, "-")
         assert store.unsealed_paths() == {str(yard.path), str(still.path)}
@@ -183,7 +204,7 @@ def test_the_manifest_lists_frames_failures_links_and_the_receipt(tmp_path: Path
         store.record(joined=[join("b1", "yard", 2), join("b1", "door", 1)])
         store.record(
             files=[frame(tmp_path, "b1", "yard", n, b"y%d" % n) for n in (1, 2)],
-            ended=[("b1", "yard", None, 0), ("b1", "door", "refused: 401", 0)],
+            ended=[("b1", "yard", None, 0, 2), ("b1", "door", "refused: 401", 0, 0)],
         )
         for n in (1, 2):
             store.saw([(f"yard-{n}", [], None)])

@@ -210,3 +210,36 @@ def test_a_queue_that_cannot_be_written_gives_the_part_back(
     finally:
         queue.close()
         store.close()
+
+
+def test_a_bundle_learns_of_its_camera_though_its_frame_was_handed_back(
+    disk: Path,  # noqa: F811
+    wire: Wire,
+) -> None:
+    queue = UploadQueue(disk / "uploads.sqlite3", max_attempts=3)
+    store = BundleStore(disk.parent / "bundles.sqlite3")  # on a disk with room
+    stage = run_stage(store, queue, wire, [])
+    try:
+        filler = fill(disk)
+        with wire.sender() as sender:
+            sender.send(camera().envelope())
+            sender.send(snapshot(disk.parent, 1, bundle=True).envelope())
+            sender.send(camera(ended=True, took=["event1"]).envelope())
+            out = wire.receive(3)
+        filler.unlink()
+    finally:
+        assert stage.stop_and_join(5)
+    try:
+        assert [e.kind for e in out] == [BUNDLE_CAMERA_KIND, DONE_KIND, BUNDLE_CAMERA_KIND]
+        assert out[1].body["requeue"] is True
+        bundle = store.bundle("b1")
+        assert bundle is not None
+        assert bundle.files == []
+        [part] = bundle.cameras
+        assert part.bursts == 0
+        assert part.failure == "1 frame(s) not kept (the upload queue could not be written)"
+        # It waits for no frame that will never come: its trigger makes new ones.
+        assert store.ready("b1")
+    finally:
+        queue.close()
+        store.close()

@@ -69,6 +69,11 @@ def _local_facts(path: Path) -> _LocalFile:
     return _LocalFile(size, digest.hexdigest())
 
 
+def _sent_key(item: UploadItem) -> str:
+    """What names an upload that may have landed: its name, in its group's folder if any."""
+    return f"{item.group}/{item.name}" if item.group else item.name
+
+
 def _matches(remote: GoogleDriveFile, local: _LocalFile) -> bool:
     try:
         size = int(remote.get("fileSize") or -1)
@@ -165,7 +170,7 @@ class DriveDestination:
         except Exception as exc:
             raise self._sorted(exc, item) from None
         with self._lock:
-            self._maybe_sent.discard(item.name)
+            self._maybe_sent.discard(_sent_key(item))
             self._rate_limited = 0
         self._access.succeeded()
 
@@ -173,9 +178,9 @@ class DriveDestination:
         drive = self._session.ready()
         folder_id = self._target(item)
         with self._lock:
-            look_first = item.name in self._maybe_sent or item.taken < self._started
+            look_first = _sent_key(item) in self._maybe_sent or item.taken < self._started
             # From here on a copy may land in Drive even if its answer never comes back.
-            self._maybe_sent.add(item.name)
+            self._maybe_sent.add(_sent_key(item))
         if look_first and self._copy_exists(item, local, folder_id):
             return
         self._session.ready()
@@ -209,6 +214,8 @@ class DriveDestination:
         """True if a good copy is in Drive already, wherever the archive moved it (names are
         unique); bad copies in the folder itself are deleted, nothing anywhere else."""
         q = f"title = {quote(item.name)} and trashed = false"
+        if item.group:  # a name unique only in its folder (every bundle has a manifest.json)
+            q += f" and {quote(folder_id)} in parents"
         good = False
         for copy in self._session.list_files(q, 100):
             if not good and _matches(copy, local):
@@ -246,7 +253,7 @@ class DriveDestination:
             log.warning("Drive upload of %s failed: %s", printable(item.name), failure.text)
         if not failure.retry:
             with self._lock:
-                self._maybe_sent.discard(item.name)  # parked: never tried again here
+                self._maybe_sent.discard(_sent_key(item))  # parked: never tried again here
             return UploadRefusedError(failure.text)
         return UploadRetryError(failure.text, self._backoff(failure))
 
