@@ -19,7 +19,11 @@ from snapshot_processor.app import App
 from snapshot_processor.bundle.store import SEALED, UPLOADING
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
-from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
+from tests.support.drive_credentials import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    drive_env,
+)
 from tests.support.fakes.drive import FakeDrive
 from tests.support.s3 import listing_url, moto_s3, objects
 from tests.support.tcp_proxy import TcpProxy
@@ -70,16 +74,6 @@ def cameras_env(cameras: list[CameraSimulator]) -> dict[str, str]:
     return env
 
 
-def drive_env(drive: FakeDrive, tmp_path: Path) -> dict[str, str]:
-    credentials = tmp_path / "drive.json"
-    write_user_credentials(drive, credentials)
-    return {
-        "GOOGLE_DRIVE_FOLDER": FOLDER,
-        "GOOGLE_DRIVE_CREDENTIALS": str(credentials),
-        "GOOGLE_DRIVE_API_URL": drive.api_url,
-    }
-
-
 def fire(peer: Peer, sensor: str, locations: tuple[str, ...] | list[str]) -> None:
     """The triggers one sensor event sends: one per camera mapped to it."""
     for location in locations:
@@ -103,7 +97,7 @@ def test_four_cameras_three_frames_make_one_sealed_bundle_in_one_folder_per_dest
         SNAPSHOTS_PER_TRIGGER="3",
         SNAPSHOT_INTERVAL="0.3",
         S3_BUCKET=BUCKET,
-        **drive_env(drive, tmp_path),
+        **drive_env(drive, tmp_path, FOLDER),
         **cameras_env(cameras),
     )
     peer = Peer(exchange)
@@ -300,7 +294,7 @@ def test_sigkill_mid_bundle_closes_it_at_the_restart_and_uploads_nothing_twice(
         "CAMERA_RETRIES": "0",
         "SNAPSHOTS_PER_TRIGGER": "3",
         "SNAPSHOT_INTERVAL": "1.5",
-        **drive_env(drive, tmp_path),
+        **drive_env(drive, tmp_path, FOLDER),
         **cameras_env(cameras[:2]),
     }
     peer = Peer(exchange)

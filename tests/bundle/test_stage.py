@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,22 +49,30 @@ def closed() -> list[str]:
     return []
 
 
-@pytest.fixture
-def stage(
-    store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
-) -> Iterator[BundleStage]:
+def start(
+    store: BundleStore, wire: Wire, root: Path, closed: list[str], **options: Any
+) -> BundleStage:
+    """The stage between the wire's ends, without cloud storage, started."""
     started = BundleStage(
         "bundles-test",
         threading.Event(),
         store=store,
-        sealer=Sealer(store, tmp_path, None),
-        deadline=1.0,
+        sealer=Sealer(store, root, None),
         closed=closed.append,
         inbox=wire.inbox,
         outbox=wire.outbox,
+        **{"deadline": 30.0, **options},
     )
     started.start()
     assert started.ready.wait(5)
+    return started
+
+
+@pytest.fixture
+def stage(
+    store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
+) -> Iterator[BundleStage]:
+    started = start(store, wire, tmp_path, closed, deadline=1.0)
     yield started
     assert started.stop_and_join(5)
 
@@ -126,18 +135,7 @@ def test_the_frame_goes_on_first_then_its_complete_bundles_event(
 def test_without_cloud_storage_the_stage_records_the_bundle_itself(
     store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
 ) -> None:
-    started = BundleStage(
-        "bundles-records",
-        threading.Event(),
-        store=store,
-        sealer=Sealer(store, tmp_path, None),
-        deadline=30.0,
-        closed=closed.append,
-        records=True,
-        inbox=wire.inbox,
-        outbox=wire.outbox,
-    )
-    started.start()
+    started = start(store, wire, tmp_path, closed, records=True)
     opened = time.time()
     try:
         with wire.sender() as sender:
@@ -158,18 +156,7 @@ def test_without_cloud_storage_the_stage_records_the_bundle_itself(
 def test_a_frame_held_by_detection_behind_its_bursts_end_is_waited_for(
     store: BundleStore, wire: Wire, tmp_path: Path, closed: list[str]
 ) -> None:
-    started = BundleStage(
-        "bundles-waits",
-        threading.Event(),
-        store=store,
-        sealer=Sealer(store, tmp_path, None),
-        deadline=30.0,
-        closed=closed.append,
-        records=True,
-        inbox=wire.inbox,
-        outbox=wire.outbox,
-    )
-    started.start()
+    started = start(store, wire, tmp_path, closed, records=True)
     opened = time.time() - 1  # the quiet half second after the join is over
     ending = dataclasses.replace(camera(opened, ended=True), took=["e1"])
     try:
@@ -220,17 +207,7 @@ def test_a_bundle_cut_short_by_a_stop_is_closed_and_announced_at_the_start(
     )
     # What the daemon does at its start, before any thread runs; then the stage starts.
     assert close_interrupted(store, time.time()) == ["b1"]
-    started = BundleStage(
-        "bundles-restart",
-        threading.Event(),
-        store=store,
-        sealer=Sealer(store, tmp_path, None),
-        deadline=30.0,
-        closed=closed.append,
-        inbox=wire.inbox,
-        outbox=wire.outbox,
-    )
-    started.start()
+    started = start(store, wire, tmp_path, closed)
     try:
         [out] = wire.receive(1, timeout=5)
     finally:

@@ -15,7 +15,11 @@ import pytest
 from pylib.upload.queue import UploadQueue
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
-from tests.support.drive_credentials import CLIENT_ID, CLIENT_SECRET, write_user_credentials
+from tests.support.drive_credentials import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    drive_env,
+)
 from tests.support.fakes.drive import FakeDrive
 from tests.support.ftp import jpeg
 from tests.support.paths import CHECKOUT
@@ -43,16 +47,6 @@ def drive() -> Iterator[FakeDrive]:
         yield server
 
 
-def drive_env(drive: FakeDrive, tmp_path: Path) -> dict[str, str]:
-    credentials = tmp_path / "drive.json"
-    write_user_credentials(drive, credentials)
-    return {
-        "GOOGLE_DRIVE_FOLDER": FOLDER,
-        "GOOGLE_DRIVE_CREDENTIALS": str(credentials),
-        "GOOGLE_DRIVE_API_URL": drive.api_url,
-    }
-
-
 def uploaded(drive: FakeDrive) -> dict[str, bytes]:
     return {f.title: f.content for f in drive.files(folders=False)}
 
@@ -62,7 +56,7 @@ def test_each_event_links_its_drive_folder_and_the_image_is_uploaded(
 ) -> None:
     exchange = unique_exchange()
     settings = make_settings(
-        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path)
+        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path, FOLDER)
     )
     peer = Peer(exchange)
     try:
@@ -93,7 +87,7 @@ def test_an_outage_queues_uploads_that_a_restart_delivers(
 ) -> None:
     exchange = unique_exchange()
     settings = make_settings(
-        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path)
+        tmp_path, exchange, **camera_env(camera.port), **drive_env(drive, tmp_path, FOLDER)
     )
     peer = Peer(exchange)
     try:
@@ -134,7 +128,7 @@ def test_sigkill_loses_no_queued_upload(
         "SECRETS_DIR": str(tmp_path / "no-secrets"),
         "HTTP_PORT": "0",
         **camera_env(camera.port),
-        **drive_env(drive, tmp_path),
+        **drive_env(drive, tmp_path, FOLDER),
     }
     peer = Peer(exchange)
     first = second = None
@@ -184,7 +178,7 @@ def test_drive_and_s3_both_get_every_file_and_the_link_is_s3s(
         tmp_path,
         exchange,
         **camera_env(camera.port),
-        **drive_env(drive, tmp_path),
+        **drive_env(drive, tmp_path, FOLDER),
         S3_BUCKET=BUCKET,
         S3_PREFIX="house",
     )

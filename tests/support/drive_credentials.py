@@ -34,6 +34,17 @@ def write_user_credentials(fake: FakeDrive, path: Path) -> str:
     return refresh_token
 
 
+def drive_env(fake: FakeDrive, tmp_path: Path, folder: str) -> dict[str, str]:
+    """The daemon's settings for Drive: the fake's API, a user's credentials for it."""
+    credentials = tmp_path / "drive.json"
+    write_user_credentials(fake, credentials)
+    return {
+        "GOOGLE_DRIVE_FOLDER": folder,
+        "GOOGLE_DRIVE_CREDENTIALS": str(credentials),
+        "GOOGLE_DRIVE_API_URL": fake.api_url,
+    }
+
+
 def write_service_account(fake: FakeDrive, path: Path) -> str:
     """A service-account key whose public half the fake knows; returns its email."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
