@@ -16,6 +16,7 @@ from snapshot_processor.config import Settings
 from snapshot_processor.contract import feature as contract
 from snapshot_processor.detection import feature as detection
 from snapshot_processor.ingest import feature as ingest
+from snapshot_processor.mqtt import feature as mqtt
 from snapshot_processor.ops import feature as ops
 from snapshot_processor.ops.routes import HealthReport
 from snapshot_processor.ops.summary import no_camera_hint, startup_summary
@@ -46,6 +47,14 @@ class App:
         self.recent = ops.recent_events(settings, daemon)
         record = bundle.open_store(settings, daemon)
         self.cameras = cameras = camera.build(settings, daemon)
+        # Beside the chain, best effort; added before it, so it stops after its last event.
+        shown = mqtt.build(
+            settings,
+            daemon,
+            cameras=cameras,
+            snapshot_inbox=cameras.stage.inbox,
+            health=self.health_lines,
+        )
         fed = ingest.build(settings, daemon)
         kept = storage.build(settings, daemon, record)
         self.bundles = bundles = bundle.build(
@@ -60,7 +69,7 @@ class App:
                 *kept.stages,
                 *detection.build(settings.detection, daemon),
                 bundles.stage,
-                contract.events(settings, daemon, self.recent),
+                contract.events(settings, daemon, self.recent, [shown.output.saw] if shown else []),
                 contract.publisher(
                     settings, daemon, contract.heartbeat(settings, self.camera_health)
                 ),
@@ -92,6 +101,8 @@ class App:
         self.workers = [*chain.workers, cameras.prober, kept.retention]
         if kept.uploader is not None:
             self.workers.append(kept.uploader)
+        if shown is not None:
+            self.workers.extend([shown.link, shown.output])
         return daemon
 
     def report(self) -> HealthReport:
@@ -100,6 +111,11 @@ class App:
         whole = Health.combine(worker.health() for worker in self.workers)
         detail = {"threads": {}, "broker": {}, "uploads": None, "cameras": {}, **whole.detail}
         return HealthReport(whole.ok, whole.problems, whole.warnings, detail)
+
+    def health_lines(self) -> tuple[bool, list[str], list[str]]:
+        """Healthy or not, the problems and the warnings (for Home Assistant)."""
+        report = self.report()
+        return report.ok, report.problems, report.warnings
 
     def health(self) -> tuple[bool, str]:
         """For the health pings: healthy or not, and what is wrong in one line."""

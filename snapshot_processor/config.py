@@ -27,6 +27,7 @@ from snapshot_processor.camera.settings import CameraSettings
 from snapshot_processor.contract.settings import BrokerSettings
 from snapshot_processor.detection.settings import DetectionSettings
 from snapshot_processor.ingest.settings import IngestSettings
+from snapshot_processor.mqtt.settings import MqttSettings
 from snapshot_processor.ops.settings import OpsSettings, is_loopback
 from snapshot_processor.storage.settings import StorageSettings
 
@@ -163,6 +164,7 @@ class Settings(BaseModel):
     )
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings.model_validate({}))
     ops: OpsSettings = Field(default_factory=lambda: OpsSettings.model_validate({}))
+    mqtt: MqttSettings = Field(default_factory=lambda: MqttSettings.model_validate({}))
 
     @field_validator("log_level", mode="before")
     @classmethod

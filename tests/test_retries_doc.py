@@ -8,10 +8,17 @@ from pylib.retry import RetryPolicy
 from snapshot_processor.camera.settings import CameraSettings
 from snapshot_processor.contract.settings import BrokerSettings
 from snapshot_processor.ingest.settings import IngestSettings
+from snapshot_processor.mqtt.settings import MqttSettings
 from snapshot_processor.storage.settings import StorageSettings
 from tests.support.paths import CHECKOUT
 
-SECTIONS: list[type[BaseModel]] = [BrokerSettings, CameraSettings, IngestSettings, StorageSettings]
+SECTIONS: list[type[BaseModel]] = [
+    BrokerSettings,
+    CameraSettings,
+    IngestSettings,
+    StorageSettings,
+    MqttSettings,
+]
 
 
 def row(owner: str, name: str, policy: RetryPolicy) -> str:

@@ -169,9 +169,12 @@ def unknown_variables(
             if not _INDEXED.match(name):
                 lines.append(f"{name}: unknown setting; numbered settings are {prefix}_<n>_<KEY>")
             continue
+        cutoff = 0.8 if prefix in shared else 0.6
+        # A setting of the same family first: FTP_PASSWORD means FTP_PASS, not MQTT_PASSWORD.
+        family = [other for other in known if other.split("_", 1)[0] == prefix]
         nearest = difflib.get_close_matches(
-            name, known, n=1, cutoff=0.8 if prefix in shared else 0.6
-        )
+            name, family, n=1, cutoff=cutoff
+        ) or difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
         if prefix in shared and not nearest:
             continue
         hint = f"; did you mean {nearest[0]}?" if nearest else ""

@@ -3,7 +3,7 @@ published with heartbeats (the events relay and the publisher)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pika
@@ -18,6 +18,7 @@ from pylib.runtime.daemon import Daemon
 from pylib.runtime.worker import Worker
 from snapshot_processor.config import Settings
 from snapshot_processor.contract import event, exchanges
+from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.contract.publication import EventBuilder
 from snapshot_processor.contract.trigger import TriggerError, parse_trigger
 from snapshot_processor.ops.recent import RecentEvents
@@ -50,10 +51,20 @@ def heartbeat(
     )
 
 
-def events(settings: Settings, daemon: Daemon, recent: RecentEvents) -> Stage:
-    """Snapshots (with detections) become image events, and are recorded for the page."""
+def events(
+    settings: Settings,
+    daemon: Daemon,
+    recent: RecentEvents,
+    observers: Sequence[Callable[[SnapshotMessage], None]] = (),
+) -> Stage:
+    """Snapshots (with detections) become image events, and are recorded for the page and
+    shown to the ``observers`` (Home Assistant's output)."""
     builder = EventBuilder(
-        settings.broker.exchange, settings.broker.device_topic, settings.device_name, recent=recent
+        settings.broker.exchange,
+        settings.broker.device_topic,
+        settings.device_name,
+        recent=recent,
+        observers=observers,
     )
     return Relay("events", daemon.stop_event, builder, fold=True, on_fatal=daemon.on_fatal)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pylib.chain.attachment import Attachment
@@ -61,11 +62,14 @@ class EventBuilder:
         device_name: str,
         *,
         recent: RecentEvents | None = None,
+        observers: Sequence[Callable[[SnapshotMessage], None]] = (),
     ) -> None:
         self.exchange = exchange
         self.routing_key = image_routing_key(topic, device_name)
         self.bundle_key = bundle_routing_key(topic, device_name)
         self.recent = recent
+        # Told of each event on this thread; they must only hand over (MQTT's output).
+        self.observers = tuple(observers)
 
     def __call__(self, envelope: Envelope) -> Envelope:
         if envelope.kind == DONE_KIND:
@@ -111,6 +115,11 @@ class EventBuilder:
         )
         if self.recent is not None:
             self.recent.add(EventRecord.of(snap))
+        for observe in self.observers:
+            try:
+                observe(snap)
+            except Exception as exc:  # beside the event, never in its way
+                log.warning("event %s: an observer failed: %s", snap.event_id, exc)
         return publish_envelope(publication, snap.settlement, envelope.id)
 
     def _bundle(self, message: BundleEventMessage, msg_id: str) -> Envelope:

@@ -13,10 +13,10 @@ from pylib.runtime.worker import Worker, WorkerStartError
 from snapshot_processor.bundle.listing import ParkedReasons, bundle_views
 from snapshot_processor.bundle.seal import Sealer
 from snapshot_processor.camera.feature import Cameras
+from snapshot_processor.camera.requests import SnapshotRequests
 from snapshot_processor.config import Settings
 from snapshot_processor.ops.recent import RecentEvents
 from snapshot_processor.ops.routes import Camera, HealthReport, Ops, build_router, metrics_router
-from snapshot_processor.ops.snapshot_requests import SnapshotRequests
 
 
 def recent_events(settings: Settings, daemon: Daemon) -> RecentEvents:

@@ -21,6 +21,7 @@ from pylib.http import SESSION_COOKIE, Request, Response, Router, TokenAuth
 from pylib.observe.logs import printable
 from pylib.observe.redact import redact
 from snapshot_processor.bundle.store import BundleStoreError
+from snapshot_processor.camera.requests import SnapshotRefusedError
 from snapshot_processor.ops import status_page
 from snapshot_processor.ops.recent import EventRecord, RecentEvents
 
@@ -68,15 +69,6 @@ class HealthReport:
             "warnings": self.warnings,
             **self.detail,
         }
-
-
-class SnapshotRefusedError(Exception):
-    """A snapshot asked for over HTTP that cannot be taken now: 503 while the daemon is
-    stopping or busy, 409 while the camera's address is not known."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

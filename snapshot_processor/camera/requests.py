@@ -1,4 +1,5 @@
-"""Snapshots asked for over HTTP ("take a snapshot now"): triggers sent into the chain."""
+"""Snapshots people ask for (the HTTP API's "take a snapshot now", Home Assistant's button):
+triggers sent into the chain."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from pylib.chain.sockets import Sender
 from pylib.observe.redact import redact
 from snapshot_processor.camera.registry import CameraRegistry
 from snapshot_processor.contract.messages import TriggerMessage
-from snapshot_processor.ops.routes import SnapshotRefusedError
+
+
+class SnapshotRefusedError(Exception):
+    """A snapshot asked for that cannot be taken now: 503 while the daemon is stopping or
+    busy, 409 while the camera's address is not known (the HTTP status that says so)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SnapshotRequests:
-    """Triggers sent into the chain from request threads, with no ack and their event id chosen
+    """Triggers sent into the chain from request threads (or one other thread), with no ack and their event id chosen
     here; the one socket is used under a lock (the memory barrier ZeroMQ asks for)."""
 
     def __init__(self, inbox: str, labels: dict[str, str], cameras: CameraRegistry) -> None:

@@ -1,0 +1,86 @@
+"""Home Assistant over MQTT as the daemon runs it: the link to the broker and the output that
+keeps the entities, both beside the chain (off unless ``MQTT_URL`` is set)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pylib.runtime.daemon import Daemon
+from snapshot_processor.camera.feature import Cameras
+from snapshot_processor.camera.requests import SnapshotRequests
+from snapshot_processor.config import Settings
+from snapshot_processor.mqtt import topics as naming
+from snapshot_processor.mqtt.discovery import configs
+from snapshot_processor.mqtt.link import Broker, MqttLink
+from snapshot_processor.mqtt.output import MqttOutput
+from snapshot_processor.mqtt.settings import MqttSettings
+from snapshot_processor.mqtt.topics import OFFLINE, Topics
+
+# The daemon's health in short: healthy or not, its problems and its warnings.
+HealthLines = Callable[[], tuple[bool, list[str], list[str]]]
+
+
+@dataclass(frozen=True)
+class Mqtt:
+    link: MqttLink
+    output: MqttOutput
+
+
+def build(
+    settings: Settings,
+    daemon: Daemon,
+    *,
+    cameras: Cameras,
+    snapshot_inbox: str,
+    health: HealthLines,
+) -> Mqtt | None:
+    """The link and the output, added to the daemon before the chain, so they stop after it
+    (its last events are still shown); None without ``MQTT_URL``."""
+    section = settings.mqtt
+    if not section.on:
+        return None
+    node = naming.slug(settings.device_name)
+    topics = Topics(section.topic_prefix, node, section.discovery_prefix)
+    found = naming.cameras(
+        ((device.key, device.LOCATION) for device in settings.cameras),
+        ((device.key, device.LOCATION) for device in settings.upload_cameras),
+    )
+    broker = Broker(
+        host=section.host,
+        port=section.port,
+        tls=section.tls,
+        user=section.user,
+        password=section.password_value,
+        ca_file=str(section.ca_file) if section.ca_file else None,
+        client_id=f"{settings.app_name}-{node}",
+        will_topic=topics.availability,
+        will_payload=OFFLINE.encode(),
+    )
+    link = MqttLink(
+        "mqtt-link",
+        daemon.stop_event,
+        broker,
+        retry=MqttSettings.RECONNECT,
+        on_fatal=daemon.on_fatal,
+    )
+    requests = SnapshotRequests(
+        snapshot_inbox,
+        {device.key: device.LOCATION for device in settings.cameras},
+        cameras.registry,
+    )
+    output = MqttOutput(
+        daemon.stop_event,
+        link,
+        topics,
+        found,
+        configs(topics, settings.device_name, found),
+        person_hold=section.person_hold,
+        requests=requests,
+        health=health,
+        camera_status=cameras.prober.status,
+        on_fatal=daemon.on_fatal,
+    )
+    daemon.add(link)
+    daemon.add(output)
+    return Mqtt(link, output)

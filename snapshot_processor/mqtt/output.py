@@ -1,0 +1,391 @@
+"""Home Assistant's view of the daemon, kept on the MQTT broker beside the chain.
+
+Each topic has a desired retained payload (the latest image, the person sensor, the last
+event, a camera's state, the daemon's health, the discovery messages); the output sends what
+differs from what the broker last took, one message in flight per topic, so a slow broker
+sees only the newest of each and nothing piles up. Every (re)connection sends all of it again.
+The chain only hands over what it saw (:meth:`MqttOutput.saw`) and never waits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.enums import MQTTErrorCode
+from prometheus_client import Counter
+
+from pylib.chain.envelope import Envelope
+from pylib.chain.stage import HandlerResult, Stage
+from pylib.observe.logs import printable
+from pylib.observe.redact import redact
+from snapshot_processor.camera.prober import CameraStatus, iso_time
+from snapshot_processor.camera.requests import SnapshotRefusedError, SnapshotRequests
+from snapshot_processor.contract.messages import SnapshotMessage
+from snapshot_processor.contract.publication import detection_summary
+from snapshot_processor.mqtt.link import MqttLink, Received
+from snapshot_processor.mqtt.topics import OFFLINE, ONLINE, PRESS, MqttCamera, Topics
+
+log = logging.getLogger(__name__)
+
+MQTT_PUBLISHED = Counter(
+    "mqtt_messages_published_total", "Messages handed to the MQTT broker", ["kind"]
+)
+MQTT_SUPERSEDED = Counter(
+    "mqtt_messages_superseded_total",
+    "States replaced by a newer one before the MQTT broker had taken them",
+    ["kind"],
+)
+MQTT_COMMANDS = Counter(
+    "mqtt_commands_total", "Home Assistant button presses, by what came of them", ["result"]
+)
+
+# Camera states and the daemon's health are read this often, and sent when they change.
+POLL_SECONDS = 2.0
+# At the first connection, how long the broker may take to send our retained messages back.
+SYNC_SECONDS = 5.0
+# At a stop, how long the broker may take to take our "offline".
+GOODBYE_SECONDS = 1.0
+# A Home Assistant sensor's state holds at most 255 characters.
+STATE_MAX = 255
+# In order of sending after a connection: entities first, then their states, then "online".
+_RANK = {"discovery": 0, "availability": 2}
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What Home Assistant is told of one event: no file read, so cheap on the chain's thread."""
+
+    camera_key: str
+    image: bytes
+    annotated_path: str | None
+    event: dict[str, Any]
+    person: bool
+
+    @classmethod
+    def of(cls, snap: SnapshotMessage) -> Sighting:
+        people = [item for item in snap.detections if item.get("person")]
+        scores = [
+            float(item["confidence"])
+            for item in people
+            if isinstance(item.get("confidence"), int | float)
+        ]
+        labels = sorted(
+            {str(item["label"]) for item in snap.detections if isinstance(item.get("label"), str)}
+        )
+        event = {
+            "event_id": snap.event_id,
+            "camera": snap.camera_key,
+            "time": datetime.fromtimestamp(snap.taken, UTC).isoformat(timespec="seconds"),
+            "detected": detection_summary(snap)[:STATE_MAX],
+            "person": bool(people),
+            "person_confidence": max(scores) if scores else None,
+            "labels": labels,
+            "source": snap.source,
+            "storage_url": snap.storage_url,
+            "bundle_id": snap.bundle_id,
+        }
+        return cls(snap.camera_key, snap.image, snap.annotated_path, event, bool(people))
+
+
+class MqttOutput(Stage):
+    """The stage beside the chain that keeps Home Assistant's entities up to date."""
+
+    def __init__(
+        self,
+        stop_event: threading.Event,
+        link: MqttLink,
+        topics: Topics,
+        cameras: list[MqttCamera],
+        discovery: Mapping[str, bytes],
+        *,
+        person_hold: float,
+        requests: SnapshotRequests | None,
+        health: Callable[[], tuple[bool, list[str], list[str]]],
+        camera_status: Callable[[], Mapping[str, CameraStatus]],
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        super().__init__("mqtt", stop_event, on_fatal=on_fatal)
+        self.link = link
+        self.topics = topics
+        self.cameras = {camera.key: camera for camera in cameras}
+        self.by_slug = {camera.slug: camera for camera in cameras}
+        self.discovery = dict(discovery)
+        self.person_hold = person_hold
+        self.requests = requests
+        self.health_of = health
+        self.camera_status = camera_status
+        link.on_connected = lambda: self.call_soon_threadsafe(self._connected)
+        link.on_message = lambda message: self.call_soon_threadsafe(lambda: self._received(message))
+        link.on_published = lambda mid: self.call_soon_threadsafe(lambda: self._published(mid))
+        # From the chain's thread: the newest sighting of each camera not yet taken.
+        self._sightings_lock = threading.Lock()
+        self._sightings: dict[str, Sighting] = {}
+        self._sightings_due = False
+        # The stage's own, on its thread.
+        self._desired: dict[str, tuple[bytes, str]] = {}
+        self._sent: dict[str, bytes] = {}
+        self._inflight: dict[str, int] = {}  # topic -> message id, until the broker acks it
+        self._by_mid: dict[int, str] = {}
+        self._waiting: set[str] = set()
+        self._person_until: dict[str, float] = {}
+        self._cleaned = False
+        self._clearing: dict[str, None] | None = None
+        self._sync_token = b""
+
+    # --- from the chain's thread ----------------------------------------------------
+    def saw(self, snap: SnapshotMessage) -> None:
+        """An event was made: remember it for Home Assistant. Never waits, never raises."""
+        try:
+            sighting = Sighting.of(snap)
+        except Exception as exc:  # a view for people is never worth an event
+            log.warning("MQTT: event %s not shown in Home Assistant: %s", snap.event_id, exc)
+            return
+        with self._sightings_lock:
+            earlier = self._sightings.get(sighting.camera_key)
+            if earlier is not None and earlier.person and not sighting.person:
+                # Coalesced: the sensor must still see the person of the one replaced.
+                sighting = Sighting(
+                    sighting.camera_key,
+                    sighting.image,
+                    sighting.annotated_path,
+                    sighting.event,
+                    person=True,
+                )
+            self._sightings[sighting.camera_key] = sighting
+            due, self._sightings_due = self._sightings_due, True
+        if not due:
+            self.call_soon_threadsafe(self._take_sightings)
+
+    # --- the stage -------------------------------------------------------------------
+    def handle(self, envelope: Envelope) -> HandlerResult:
+        raise ValueError(f"the MQTT output takes no messages; a {envelope.kind!r} came")
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        for topic, payload in self.discovery.items():
+            self._desired[topic] = (payload, "discovery")
+        for camera in self.cameras.values():
+            until = self._person_until.get(camera.key, 0.0)
+            person = b"ON" if until > time.monotonic() else b"OFF"
+            self._desired.setdefault(self.topics.camera(camera, "person"), (person, "person"))
+        self._desired[self.topics.availability] = (ONLINE.encode(), "availability")
+        self._poll()
+        if self.link.connected.is_set():
+            self._connected()
+
+    def on_thread_close(self) -> None:
+        if self.requests is not None:
+            self.requests.close()  # its socket was made on this thread
+        super().on_thread_close()
+
+    def finish(self, deadline: float) -> None:
+        """Say ``offline`` ourselves: a DISCONNECT makes the broker drop our last will."""
+        if self.link.connected.is_set():
+            self._set(self.topics.availability, OFFLINE.encode(), "availability")
+            topic = self.topics.availability
+            self.run_until(
+                lambda: topic not in self._inflight and topic not in self._waiting,
+                min(deadline, time.monotonic() + GOODBYE_SECONDS),
+            )
+        super().finish(deadline)
+
+    def _connected(self) -> None:
+        """Everything again: the broker may have lost its retained messages, or be another."""
+        self._sent.clear()
+        self._inflight.clear()
+        self._by_mid.clear()
+        self._waiting.clear()
+        self.link.subscribe(self.topics.commands, self.topics.home_assistant_status)
+        if not self._cleaned:
+            self._begin_clearing()
+        for topic in sorted(self._desired, key=lambda t: _RANK.get(self._desired[t][1], 1)):
+            self._sync(topic)
+
+    # --- what the broker should hold -------------------------------------------------
+    def _set(self, topic: str, payload: bytes, kind: str) -> None:
+        if topic in self._waiting and self._desired.get(topic, (b"", ""))[0] != payload:
+            MQTT_SUPERSEDED.labels(kind).inc()
+        self._desired[topic] = (payload, kind)
+        self._sync(topic)
+
+    def _sync(self, topic: str) -> None:
+        if not self.link.connected.is_set():
+            return  # sent on connection
+        payload, kind = self._desired[topic]
+        if self._sent.get(topic) == payload:
+            self._waiting.discard(topic)
+            return
+        if topic in self._inflight:
+            self._waiting.add(topic)  # sent when the broker acks the one before
+            return
+        info = self.link.publish(topic, payload, retain=True)
+        if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return  # the connection is going: sent again on the next
+        self._waiting.discard(topic)
+        self._sent[topic] = payload
+        self._inflight[topic] = info.mid
+        self._by_mid[info.mid] = topic
+        MQTT_PUBLISHED.labels(kind).inc()
+
+    def _published(self, mid: int) -> None:
+        topic = self._by_mid.pop(mid, None)
+        if topic is None:
+            return  # from before a reconnection
+        self._inflight.pop(topic, None)
+        if topic in self._waiting:
+            self._sync(topic)
+
+    # --- events, people, cameras, health -------------------------------------------
+    def _take_sightings(self) -> None:
+        with self._sightings_lock:
+            sightings, self._sightings = self._sightings, {}
+            self._sightings_due = False
+        for sighting in sightings.values():
+            camera = self.cameras.get(sighting.camera_key)
+            if camera is None:
+                continue  # a camera of a trigger's own, not configured: not in Home Assistant
+            self._set(self.topics.camera(camera, "image"), _image(sighting), "image")
+            event = json.dumps(sighting.event, sort_keys=True).encode()
+            self._set(self.topics.camera(camera, "event"), event, "event")
+            if sighting.person:
+                self._person_until[camera.key] = time.monotonic() + self.person_hold
+                self._set(self.topics.camera(camera, "person"), b"ON", "person")
+                self.call_later(self.person_hold, functools.partial(self._person_over, camera))
+
+    def _person_over(self, camera: MqttCamera) -> None:
+        if time.monotonic() >= self._person_until.get(camera.key, 0.0):
+            self._set(self.topics.camera(camera, "person"), b"OFF", "person")
+
+    def _poll(self) -> None:
+        try:
+            statuses = self.camera_status()
+            for camera in self.cameras.values():
+                status = statuses.get(camera.key)
+                if camera.fetched and status is not None:
+                    state = _camera_state(status)
+                    self._set(self.topics.camera(camera, "state"), state, "state")
+            ok, problems, warnings = self.health_of()
+            health = {"ok": ok, "problems": problems, "warnings": warnings}
+            self._set(self.topics.status, _json(health), "status")
+        finally:
+            self.call_later(POLL_SECONDS, self._poll)
+
+    # --- what comes from the broker ------------------------------------------------
+    def _received(self, message: Received) -> None:
+        topic = message.topic
+        if topic == self.topics.home_assistant_status:
+            if message.payload == ONLINE.encode():
+                log.info("MQTT: Home Assistant (re)started; sending every entity again")
+                self._connected()
+        elif topic == self.topics.sync:
+            if message.payload == self._sync_token:
+                self._end_clearing()
+        else:
+            self._note_stale(message)
+            if topic_matches_sub(self.topics.commands, topic):
+                self._pressed(topic.split("/")[-2], message)
+
+    def _pressed(self, slug: str, message: Received) -> None:
+        camera = self.by_slug.get(slug)
+        if message.retain:
+            # A command kept by the broker would take a snapshot at every connection.
+            MQTT_COMMANDS.labels("ignored").inc()
+            log.warning("MQTT: a retained command on %s ignored", printable(message.topic))
+            return
+        if camera is None or not camera.fetched or message.payload != PRESS.encode():
+            MQTT_COMMANDS.labels("ignored").inc()
+            log.warning(
+                "MQTT: %r on %s is not a button press of ours; ignored",
+                printable(message.payload[:40].decode(errors="replace")),
+                printable(message.topic),
+            )
+            return
+        if self.requests is None:
+            MQTT_COMMANDS.labels("refused").inc()
+            return
+        try:
+            event_id = self.requests.take(camera.key)
+        except SnapshotRefusedError as exc:
+            MQTT_COMMANDS.labels("refused").inc()
+            log.warning("MQTT: snapshot of %s not taken: %s", printable(camera.key), exc)
+            return
+        MQTT_COMMANDS.labels("taken").inc()
+        log.info("MQTT: Home Assistant asked for a snapshot of %s: event %s", camera.key, event_id)
+
+    # --- a removed camera's entities, at the first connection -----------------------
+    def _begin_clearing(self) -> None:
+        self._clearing = {}
+        self._sync_token = secrets.token_hex(8).encode()
+        self.link.subscribe(self.topics.configs, self.topics.camera_topics, self.topics.sync)
+        # Retained messages come first after a subscription; our marker after them.
+        self.link.publish(self.topics.sync, self._sync_token, retain=False)
+        token = self._sync_token
+        self.call_later(SYNC_SECONDS, lambda: self._end_clearing(token))
+
+    def _note_stale(self, message: Received) -> None:
+        """While clearing, note a retained message of ours that no entity owns any more."""
+        if self._clearing is None or not message.retain or not message.payload:
+            return
+        topic = message.topic
+        if topic_matches_sub(self.topics.configs, topic):
+            stale = topic not in self.discovery
+        else:
+            stale = (
+                topic_matches_sub(self.topics.camera_topics, topic)
+                and topic.split("/")[-2] not in self.by_slug
+            )
+        if stale:
+            self._clearing[topic] = None
+
+    def _end_clearing(self, token: bytes | None = None) -> None:
+        if self._clearing is None or (token is not None and token != self._sync_token):
+            return
+        stale, self._clearing = list(self._clearing), None
+        self.link.unsubscribe(self.topics.configs, self.topics.camera_topics, self.topics.sync)
+        if not self.link.connected.is_set():
+            return  # begun again at the next connection
+        self._cleaned = True
+        for topic in stale:
+            self.link.publish(topic, b"", retain=True)
+            MQTT_PUBLISHED.labels("removal").inc()
+        if stale:
+            log.info(
+                "MQTT: removed %d retained message(s) of entities no longer configured", len(stale)
+            )
+
+
+def _image(sighting: Sighting) -> bytes:
+    """The annotated copy when detection drew one, else the image itself."""
+    if sighting.annotated_path:
+        try:
+            return Path(sighting.annotated_path).read_bytes()
+        except OSError as exc:
+            log.warning("MQTT: annotated copy unreadable, the image goes instead: %s", exc)
+    return sighting.image
+
+
+def _camera_state(status: CameraStatus) -> bytes:
+    return _json(
+        {
+            "state": status.state,
+            "reason": status.reason.value if status.reason else None,
+            "last_error": redact(status.last_error) if status.last_error else None,
+            "since": iso_time(status.since) if status.since else None,
+            "last_seen": iso_time(status.last_seen) if status.last_seen else None,
+        }
+    )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
