@@ -79,6 +79,7 @@ def build(
         requests=requests,
         health=health,
         camera_status=cameras.prober.status,
+        record=settings.snapshots_root_dir / "mqtt-entities.json",
         on_fatal=daemon.on_fatal,
     )
     daemon.add(link)

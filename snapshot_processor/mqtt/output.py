@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,8 +51,6 @@ MQTT_COMMANDS = Counter(
 
 # Camera states and the daemon's health are read this often, and sent when they change.
 POLL_SECONDS = 2.0
-# At the first connection, how long the broker may take to send our retained messages back.
-SYNC_SECONDS = 5.0
 # At a stop, how long the broker may take to take our "offline".
 GOODBYE_SECONDS = 1.0
 # A Home Assistant sensor's state holds at most 255 characters.
@@ -113,6 +110,7 @@ class MqttOutput(Stage):
         requests: SnapshotRequests | None,
         health: Callable[[], tuple[bool, list[str], list[str]]],
         camera_status: Callable[[], Mapping[str, CameraStatus]],
+        record: Path,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__("mqtt", stop_event, on_fatal=on_fatal)
@@ -139,9 +137,8 @@ class MqttOutput(Stage):
         self._by_mid: dict[int, str] = {}
         self._waiting: set[str] = set()
         self._person_until: dict[str, float] = {}
-        self._cleaned = False
-        self._clearing: dict[str, None] | None = None
-        self._sync_token = b""
+        self.record = record
+        self._cleared = False
 
     # --- from the chain's thread ----------------------------------------------------
     def saw(self, snap: SnapshotMessage) -> None:
@@ -207,8 +204,8 @@ class MqttOutput(Stage):
         self._by_mid.clear()
         self._waiting.clear()
         self.link.subscribe(self.topics.commands, self.topics.home_assistant_status)
-        if not self._cleaned:
-            self._begin_clearing()
+        if not self._cleared:
+            self._clear_removed()
         for topic in sorted(self._desired, key=lambda t: _RANK.get(self._desired[t][1], 1)):
             self._sync(topic)
 
@@ -288,13 +285,8 @@ class MqttOutput(Stage):
             if message.payload == ONLINE.encode():
                 log.info("MQTT: Home Assistant (re)started; sending every entity again")
                 self._connected()
-        elif topic == self.topics.sync:
-            if message.payload == self._sync_token:
-                self._end_clearing()
-        else:
-            self._note_stale(message)
-            if topic_matches_sub(self.topics.commands, topic):
-                self._pressed(topic.split("/")[-2], message)
+        elif topic_matches_sub(self.topics.commands, topic):
+            self._pressed(topic.split("/")[-2], message)
 
     def _pressed(self, slug: str, message: Received) -> None:
         camera = self.by_slug.get(slug)
@@ -324,45 +316,50 @@ class MqttOutput(Stage):
         log.info("MQTT: Home Assistant asked for a snapshot of %s: event %s", camera.key, event_id)
 
     # --- a removed camera's entities, at the first connection -----------------------
-    def _begin_clearing(self) -> None:
-        self._clearing = {}
-        self._sync_token = secrets.token_hex(8).encode()
-        self.link.subscribe(self.topics.configs, self.topics.camera_topics, self.topics.sync)
-        # Retained messages come first after a subscription; our marker after them.
-        self.link.publish(self.topics.sync, self._sync_token, retain=False)
-        token = self._sync_token
-        self.call_later(SYNC_SECONDS, lambda: self._end_clearing(token))
+    def _retained_topics(self) -> list[str]:
+        """Every topic this configuration keeps a retained message on."""
+        own = [*self.discovery, self.topics.status, self.topics.availability]
+        for camera in self.cameras.values():
+            own += [self.topics.camera(camera, what) for what in ("image", "person", "event")]
+            if camera.fetched:
+                own.append(self.topics.camera(camera, "state"))
+        return own
 
-    def _note_stale(self, message: Received) -> None:
-        """While clearing, note a retained message of ours that no entity owns any more."""
-        if self._clearing is None or not message.retain or not message.payload:
-            return
-        topic = message.topic
-        if topic_matches_sub(self.topics.configs, topic):
-            stale = topic not in self.discovery
-        else:
-            stale = (
-                topic_matches_sub(self.topics.camera_topics, topic)
-                and topic.split("/")[-2] not in self.by_slug
-            )
-        if stale:
-            self._clearing[topic] = None
-
-    def _end_clearing(self, token: bytes | None = None) -> None:
-        if self._clearing is None or (token is not None and token != self._sync_token):
-            return
-        stale, self._clearing = list(self._clearing), None
-        self.link.unsubscribe(self.topics.configs, self.topics.camera_topics, self.topics.sync)
-        if not self.link.connected.is_set():
-            return  # begun again at the next connection
-        self._cleaned = True
+    def _clear_removed(self) -> None:
+        """Empty the retained messages the last run kept and this one does not (a camera
+        removed or renamed). From our own record: RabbitMQ's MQTT plugin sends no retained
+        messages to a wildcard subscription, so asking the broker would not work there."""
+        own = self._retained_topics()
+        before = _read_record(self.record)
+        stale = [topic for topic in before if topic not in set(own)]
         for topic in stale:
-            self.link.publish(topic, b"", retain=True)
+            info = self.link.publish(topic, b"", retain=True)
+            if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # the connection is going: tried again at the next
             MQTT_PUBLISHED.labels("removal").inc()
         if stale:
-            log.info(
-                "MQTT: removed %d retained message(s) of entities no longer configured", len(stale)
-            )
+            log.info("MQTT: removed %d entity message(s) no longer configured", len(stale))
+        try:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            written = self.record.with_name(self.record.name + ".new")
+            written.write_text(json.dumps(sorted(own), indent=1))
+            written.replace(self.record)
+        except OSError as exc:
+            log.warning("MQTT: %s not written (%s); removed cameras stay listed", self.record, exc)
+        self._cleared = True
+
+
+def _read_record(path: Path) -> list[str]:
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("MQTT: %s unreadable (%s); nothing removed", path, exc)
+        return []
+    if not isinstance(found, list):
+        return []
+    return [topic for topic in found if isinstance(topic, str) and topic]
 
 
 def _image(sighting: Sighting) -> bytes:

@@ -80,11 +80,6 @@ class Topics:
         """The daemon's health, as JSON."""
         return f"{self.base}/status"
 
-    @property
-    def sync(self) -> str:
-        """Our own marker: when it comes back, the broker has sent every retained message."""
-        return f"{self.base}/sync"
-
     def camera(self, camera: MqttCamera, what: str) -> str:
         """``image``, ``person``, ``event``, ``state`` or ``snapshot`` (the button's command)."""
         return f"{self.base}/{camera.slug}/{what}"
@@ -94,18 +89,8 @@ class Topics:
         """Every camera's button."""
         return f"{self.base}/+/snapshot"
 
-    @property
-    def camera_topics(self) -> str:
-        """Every camera's retained state, for clearing a removed camera's."""
-        return f"{self.base}/+/+"
-
     def config(self, component: str, object_id: str) -> str:
         return f"{self.discovery}/{component}/{self.node}/{object_id}/config"
-
-    @property
-    def configs(self) -> str:
-        """Every discovery message of ours."""
-        return f"{self.discovery}/+/{self.node}/+/config"
 
     @property
     def home_assistant_status(self) -> str:

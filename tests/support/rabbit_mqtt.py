@@ -31,6 +31,7 @@ the node's log and console output in the message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -125,12 +126,14 @@ class RabbitMqttNode:
     Also a context manager.
     """
 
-    def __init__(self, user: str = "mqtt-test", password: str | None = None) -> None:
+    def __init__(
+        self, user: str = "mqtt-test", password: str | None = None, mqtt_port: int = 0
+    ) -> None:
         self.host = "127.0.0.1"
         self.user = user
         self.password = password if password is not None else secrets.token_urlsafe(12)
         self.node = f"mqtt-{secrets.token_hex(4)}@localhost"
-        self.mqtt_port = 0
+        self.mqtt_port = mqtt_port  # 0: a free port, chosen by start()
         self.amqp_port = 0
         self.dist_port = 0
         self.directory: Path | None = None
@@ -235,7 +238,8 @@ class RabbitMqttNode:
             raise NodeError(f"{self.node} is already running")
         began = time.monotonic()
         self._sbin = _sbin_dir()
-        self.mqtt_port, self.amqp_port, self.dist_port = free_port(), free_port(), free_port()
+        self.mqtt_port = self.mqtt_port or free_port()
+        self.amqp_port, self.dist_port = free_port(), free_port()
         self._write_files()
         try:
             self._boot(timeout)
@@ -264,7 +268,9 @@ class RabbitMqttNode:
         deadline = time.monotonic() + timeout
         while True:
             if self._server.poll() is not None:
-                raise NodeError(f"rabbitmq-server exited with status {self._server.returncode}")
+                raise NodeError(
+                    f"rabbitmq-server ended (status {self._server.returncode}) during boot"
+                )
             try:
                 if _STARTED in self.log_file.read_text(errors="replace"):
                     break
@@ -311,10 +317,8 @@ class RabbitMqttNode:
             time.sleep(0.05)
         left = [p for p in processes if _alive(*p)]
         for pid, _ in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if left:
             raise NodeError(f"{self.node} left processes {[pid for pid, _ in left]} behind")
 
