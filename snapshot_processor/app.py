@@ -52,7 +52,6 @@ class App:
             settings,
             daemon,
             cameras=cameras,
-            snapshot_inbox=cameras.stage.inbox,
             health=self.health_lines,
         )
         fed = ingest.build(settings, daemon)
@@ -77,6 +76,8 @@ class App:
             shutdown_timeout=settings.shutdown_timeout,
         )
         snapshot_inbox = chain.stage("snapshot").inbox
+        if shown is not None:
+            mqtt.press_into(shown, settings, cameras, snapshot_inbox)
         sources = [
             contract.listener(settings, daemon, cameras.registry.keys, forward_to=snapshot_inbox),
             fed.ftp,

@@ -32,11 +32,11 @@ def build(
     daemon: Daemon,
     *,
     cameras: Cameras,
-    snapshot_inbox: str,
     health: HealthLines,
 ) -> Mqtt | None:
     """The link and the output, added to the daemon before the chain, so they stop after it
-    (its last events are still shown); None without ``MQTT_URL``."""
+    (its last events are still shown); None without ``MQTT_URL``. The buttons work once
+    :func:`press_into` names the chain's first stage."""
     section = settings.mqtt
     if not section.on:
         return None
@@ -64,11 +64,6 @@ def build(
         retry=MqttSettings.RECONNECT,
         on_fatal=daemon.on_fatal,
     )
-    requests = SnapshotRequests(
-        snapshot_inbox,
-        {device.key: device.LOCATION for device in settings.cameras},
-        cameras.registry,
-    )
     output = MqttOutput(
         daemon.stop_event,
         link,
@@ -76,7 +71,7 @@ def build(
         found,
         configs(topics, settings.device_name, found),
         person_hold=section.person_hold,
-        requests=requests,
+        requests=None,
         health=health,
         camera_status=cameras.prober.status,
         record=settings.snapshots_root_dir / "mqtt-entities.json",
@@ -85,3 +80,12 @@ def build(
     daemon.add(link)
     daemon.add(output)
     return Mqtt(link, output)
+
+
+def press_into(shown: Mqtt, settings: Settings, cameras: Cameras, snapshot_inbox: str) -> None:
+    """Home Assistant's buttons send their triggers to ``snapshot_inbox`` (before the start)."""
+    shown.output.requests = SnapshotRequests(
+        snapshot_inbox,
+        {device.key: device.LOCATION for device in settings.cameras},
+        cameras.registry,
+    )

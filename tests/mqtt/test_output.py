@@ -143,11 +143,13 @@ def test_discovery_is_what_home_assistant_documents_and_states_follow(
     tmp_path: Path,
 ) -> None:
     daemon = Daemon()
-    with Subscriber(mosquitto, ["homeassistant/#", "snapshot-processor/#"]) as seen:
-        with running(tmp_path, broker_of(mosquitto), daemon):
-            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-            held = seen.retained("homeassistant/#")
-            state = seen.retained("snapshot-processor/#")
+    with (
+        Subscriber(mosquitto, ["homeassistant/#", "snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto), daemon),
+    ):
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+        held = seen.retained("homeassistant/#")
+        state = seen.retained("snapshot-processor/#")
 
     expected = configs(TOPICS, "garage", FOUND)
     assert set(held) == set(expected)
@@ -179,21 +181,23 @@ def test_an_event_shows_its_image_and_what_was_found_and_the_person_sensor_holds
 ) -> None:
     annotated = tmp_path / "annotated.jpg"
     annotated.write_bytes(jpeg("boxes drawn"))
-    with Subscriber(mosquitto, ["snapshot-processor/#"]) as seen:
-        with running(tmp_path, broker_of(mosquitto), Daemon(), hold=0.6) as output:
-            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-            output.saw(snapshot(YARD, person=True, text="one", annotated=annotated))
-            image = seen.wait_for(TOPICS.camera(YARD, "image"))
-            on = seen.wait_for(TOPICS.camera(YARD, "person"), lambda m: m.payload == b"ON")
-            event = seen.wait_for(TOPICS.camera(YARD, "event")).json()
-            off = seen.wait_for(
-                TOPICS.camera(YARD, "person"), lambda m: m.payload == b"OFF", since=on.received
-            )
-            # A car on the gate camera: its image, no person.
-            output.saw(snapshot(GATE, text="car"))
-            gate = seen.wait_for(TOPICS.camera(GATE, "event")).json()
-            gate_image = seen.wait_for(TOPICS.camera(GATE, "image")).payload
-            kept = seen.retained(TOPICS.camera(YARD, "image"))
+    with (
+        Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto), Daemon(), hold=0.6) as output,
+    ):
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+        output.saw(snapshot(YARD, person=True, text="one", annotated=annotated))
+        image = seen.wait_for(TOPICS.camera(YARD, "image"))
+        on = seen.wait_for(TOPICS.camera(YARD, "person"), lambda m: m.payload == b"ON")
+        event = seen.wait_for(TOPICS.camera(YARD, "event")).json()
+        off = seen.wait_for(
+            TOPICS.camera(YARD, "person"), lambda m: m.payload == b"OFF", since=on.received
+        )
+        # A car on the gate camera: its image, no person.
+        output.saw(snapshot(GATE, text="car"))
+        gate = seen.wait_for(TOPICS.camera(GATE, "event")).json()
+        gate_image = seen.wait_for(TOPICS.camera(GATE, "image")).payload
+        kept = seen.retained(TOPICS.camera(YARD, "image"))
 
     assert image.payload == annotated.read_bytes()  # the copy with the boxes drawn
     assert kept[TOPICS.camera(YARD, "image")].payload == image.payload  # for who comes later
@@ -220,32 +224,34 @@ def test_a_new_person_before_the_hold_ends_keeps_the_sensor_on(
     mosquitto: Mosquitto,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    with Subscriber(mosquitto, ["snapshot-processor/#"]) as seen:
-        with running(tmp_path, broker_of(mosquitto), Daemon(), hold=1.0) as output:
-            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-            output.saw(snapshot(YARD, person=True, text="a"))
-            on = seen.wait_for(TOPICS.camera(YARD, "person"), lambda m: m.payload == b"ON")
-            time.sleep(0.6)
-            output.saw(snapshot(YARD, person=True, text="b"))
-            seen.wait_for(TOPICS.camera(YARD, "event"), lambda m: m.json()["event_id"] == "ev-b")
-            off = seen.wait_for(
-                TOPICS.camera(YARD, "person"), lambda m: m.payload == b"OFF", since=on.received
-            )
+    with (
+        Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto), Daemon(), hold=1.0) as output,
+    ):
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+        output.saw(snapshot(YARD, person=True, text="a"))
+        on = seen.wait_for(TOPICS.camera(YARD, "person"), lambda m: m.payload == b"ON")
+        time.sleep(0.6)
+        output.saw(snapshot(YARD, person=True, text="b"))
+        seen.wait_for(TOPICS.camera(YARD, "event"), lambda m: m.json()["event_id"] == "ev-b")
+        off = seen.wait_for(
+            TOPICS.camera(YARD, "person"), lambda m: m.payload == b"OFF", since=on.received
+        )
     # Off a hold after the second person, not after the first.
     assert off.received - on.received >= 1.5
 
 
 def test_camera_state_and_health_changes_are_sent(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
     daemon = Daemon()
-    with Subscriber(mosquitto, ["snapshot-processor/#"]) as seen:
-        with running(tmp_path, broker_of(mosquitto), daemon):
-            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-            daemon.statuses[GATE.key] = status(GATE.key, up=False, error="connection refused")
-            daemon.ok, daemon.problems = False, ["thread upload is dead"]
-            down = seen.wait_for(
-                TOPICS.camera(GATE, "state"), lambda m: m.json()["state"] == "down"
-            )
-            health = seen.wait_for(TOPICS.status, lambda m: not m.json()["ok"])
+    with (
+        Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto), daemon),
+    ):
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+        daemon.statuses[GATE.key] = status(GATE.key, up=False, error="connection refused")
+        daemon.ok, daemon.problems = False, ["thread upload is dead"]
+        down = seen.wait_for(TOPICS.camera(GATE, "state"), lambda m: m.json()["state"] == "down")
+        health = seen.wait_for(TOPICS.status, lambda m: not m.json()["ok"])
     assert down.json()["reason"] == "unreachable"
     assert down.json()["last_error"] == "connection refused"
     assert health.json()["problems"] == ["thread upload is dead"]
@@ -304,11 +310,13 @@ def test_a_removed_cameras_entities_are_removed_at_the_next_start(
 
 
 def test_over_tls_with_the_brokers_ca(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
-    with Subscriber(mosquitto, ["snapshot-processor/#"]) as seen:
-        with running(tmp_path, broker_of(mosquitto, tls=True), Daemon()) as output:
-            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-            output.saw(snapshot(YARD, text="secure"))
-            assert seen.wait_for(TOPICS.camera(YARD, "image")).payload == jpeg("secure")
+    with (
+        Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto, tls=True), Daemon()) as output,
+    ):
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+        output.saw(snapshot(YARD, text="secure"))
+        assert seen.wait_for(TOPICS.camera(YARD, "image")).payload == jpeg("secure")
 
 
 def test_without_the_ca_the_certificate_is_named_as_the_trouble(

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
@@ -200,6 +200,23 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+class Endpoint(Protocol):
+    """What a client needs of a broker: Mosquitto here, or a RabbitMQ node's MQTT plugin."""
+
+    host: str
+    user: str
+    password: str
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def tls_port(self) -> int: ...
+
+    @property
+    def ca_file(self) -> Path: ...
 
 
 class Mosquitto:
@@ -419,7 +436,7 @@ class Message:
 
 
 def _client(
-    broker: Mosquitto,
+    broker: Endpoint,
     *,
     user: str | None,
     password: str | None,
@@ -449,7 +466,7 @@ def _end_client(client: mqtt.Client) -> None:
 
 
 def connack(
-    broker: Mosquitto,
+    broker: Endpoint,
     *,
     user: str | None,
     password: str | None,
@@ -495,7 +512,7 @@ class Subscriber:
 
     def __init__(
         self,
-        broker: Mosquitto,
+        broker: Endpoint,
         topics: Sequence[str] = ("#",),
         *,
         tls: bool = False,

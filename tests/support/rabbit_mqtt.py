@@ -143,6 +143,19 @@ class RabbitMqttNode:
         self._env: dict[str, str] = {}
         self._sbin = Path()
 
+    @property
+    def port(self) -> int:
+        """The MQTT port (for clients that take any broker)."""
+        return self.mqtt_port
+
+    @property
+    def tls_port(self) -> int:
+        raise NotImplementedError("the node has no TLS listener")
+
+    @property
+    def ca_file(self) -> Path:
+        raise NotImplementedError("the node has no TLS listener")
+
     def url(self) -> str:
         """``mqtt://user@host:port``: the broker's address without the password."""
         return f"mqtt://{self.user}@{self.host}:{self.mqtt_port}"
