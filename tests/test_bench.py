@@ -145,3 +145,19 @@ def test_quick_bundle_bench_times_the_bundle_event_and_the_first_byte_off_site(
     ):
         assert row in table, row
     assert table.count(" | PASS |") + table.count(" | FAIL |") == 2
+
+
+@pytest.mark.mqtt
+def test_quick_mqtt_bench_times_both_sides_of_each_trigger(tmp_path: Path) -> None:
+    figures = quick_bench(tmp_path, "mqtt")
+    mqtt = figures["mqtt"]
+    for side in ("amqp", "mqtt"):
+        assert mqtt[side]["count"] == 10, side
+        assert 0 < mqtt[side]["p50_ms"] <= mqtt[side]["max_ms"], side
+    assert mqtt["target_ms"] == pytest.approx(1.2 * mqtt["amqp"]["p50_ms"])
+    assert_exchanges_gone(figures["exchanges"])
+    table = (tmp_path / "bench.md").read_text()
+    assert "## Home Assistant over MQTT" in table
+    assert "## The chain" not in table
+    assert "| trigger → image on the camera's MQTT topic, 10 triggers" in table
+    assert table.count(" | PASS |") + table.count(" | FAIL |") == 1

@@ -1,7 +1,7 @@
 """``make bench``: the daemon against two floors, its RTSP cameras and its evidence
 bundles against their targets, in one run, on the real RabbitMQ.
 
-    python -m tools.bench [--quick] [--only chain|rtsp|bundle] [--out DIR]
+    python -m tools.bench [--quick] [--only chain|rtsp|bundle|mqtt] [--out DIR]
 
 Everything runs on this machine: one camera simulator serving a fixed ~166 KB JPEG (a
 process of its own: in this one it would compete for the GIL with the event subscriber,
@@ -38,6 +38,11 @@ sensor -> the bundle's first PUT; between them, one trigger of the 5th camera: t
 image event. Each waits for the one before to be uploaded whole (its manifest's PUT).
 Targets are ratios to one camera's answer (a direct GET) and to that single trigger.
 
+The MQTT part runs one daemon with one camera and Home Assistant's output on, against
+Debian's Mosquitto on loopback (a process of its own), and this process subscribed to both
+sides: for each trigger, one at a time, trigger -> image event over AMQP and trigger -> the
+camera's image on its MQTT topic, in the same run. Its target is a ratio of the two.
+
 The report is written as Markdown and JSON.
 """
 
@@ -50,6 +55,7 @@ import io
 import json
 import multiprocessing
 import os
+import pwd
 import random
 import re
 import signal
@@ -58,6 +64,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -74,6 +81,8 @@ import av
 # boto3 ships no type information and pyproject.toml's list of such modules is not ours.
 import boto3  # type: ignore[import-untyped]
 import msgpack
+import paho.mqtt.client as mqtt_client
+from paho.mqtt.enums import CallbackAPIVersion
 import pika
 import requests
 from pika.adapters.utils import io_services_utils
@@ -111,6 +120,7 @@ class Plan:
     rtsp_streams: int = 8
     bundle_samples: int = 20
     answer_samples: int = 10
+    mqtt_samples: int = 200
 
 
 QUICK = Plan(
@@ -129,8 +139,9 @@ QUICK = Plan(
     rtsp_streams=2,
     bundle_samples=3,
     answer_samples=3,
+    mqtt_samples=10,
 )
-PARTS = ("chain", "rtsp", "bundle")
+PARTS = ("chain", "rtsp", "bundle", "mqtt")
 
 
 @dataclass
@@ -392,7 +403,7 @@ class Daemon:
             "FTP_TLS_REQUIRED": "false",
             # The HTTP server runs, as it does by default, on a port of its own here.
             "HTTP_PORT": str(free_port()),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             **devices,
         }
         root.mkdir(parents=True, exist_ok=True)
@@ -535,6 +546,8 @@ def run(plan: Plan, out: Path, parts: tuple[str, ...] = PARTS) -> Report:
             run_rtsp(plan, report, Path(tmp) / "rtsp")
         if "bundle" in parts:
             run_bundle(plan, report, Path(tmp) / "bundle")
+        if "mqtt" in parts:
+            run_mqtt(plan, report, Path(tmp) / "mqtt")
     write(report, out)
     return report
 
@@ -1300,6 +1313,112 @@ def bundle_table(report: Report) -> None:
     )
 
 
+# --- Home Assistant over MQTT -------------------------------------------------------------
+MQTT_FACTOR = 1.2
+MQTT_IMAGE_TOPIC = "snapshot-processor/bench/cam1_camera/image"
+
+
+@contextlib.contextmanager
+def mosquitto(root: Path) -> Iterator[int]:
+    """Debian's Mosquitto on a free loopback port, anonymous, nothing kept on disk."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # As root it would switch to the mosquitto user, who cannot read this folder.
+        f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        f"log_dest file {root / 'mosquitto.log'}\n"
+    )
+    process = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(config)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("Mosquitto did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class MqttImages:
+    """The camera's image topic, received on paho's network thread: when each came."""
+
+    def __init__(self, port: int) -> None:
+        self.arrived: list[float] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt_client.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda client, *_: client.subscribe(MQTT_IMAGE_TOPIC, 1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = lambda *_: self.arrived.append(time.perf_counter())
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("no subscription to the image topic")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_mqtt(plan: Plan, report: Report, root: Path) -> None:
+    """One camera; each trigger's image event over AMQP and its image over MQTT."""
+    image = bench_jpeg()
+    f: dict[str, Any] = {"jpeg_bytes": len(image), "samples": plan.mqtt_samples}
+    report.figures["mqtt"] = f
+    with RemoteCamera(image) as camera, mosquitto(root / "mosquitto") as port:
+        devices = {**foscam_camera(1, camera.port), "MQTT_URL": f"mqtt://127.0.0.1:{port}"}
+        with daemon_running(root, devices, report.figures) as (_, peer, _):
+            images = MqttImages(port)
+            try:
+                amqp, mqtt = [], []
+                for n in range(5 + plan.mqtt_samples):
+                    peer.events.clear()
+                    before = len(images.arrived)
+
+                    def both(before: int = before) -> bool:
+                        return bool(peer.events) and len(images.arrived) > before
+
+                    sent = peer.trigger(1)
+                    peer.wait_until(both, 10, "image event and MQTT image")
+                    if n >= 5:  # the first ones warm the connections
+                        amqp.append(peer.events[0][0] - sent)
+                        mqtt.append(images.arrived[before] - sent)
+                    time.sleep(0.02)
+            finally:
+                images.close()
+    f["amqp"] = spread(amqp)
+    f["mqtt"] = spread(mqtt)
+    f["target_ms"] = MQTT_FACTOR * f["amqp"]["p50_ms"]
+    print(f"mqtt: {f}", flush=True)
+    report.row(
+        "measure", "measured (p50 / max)", "target", "result", table="Home Assistant over MQTT"
+    )
+    report.row(
+        f"trigger → image on the camera's MQTT topic, {f['mqtt']['count']} triggers",
+        f"{f['mqtt']['p50_ms']:.1f} / {f['mqtt']['max_ms']:.1f} ms",
+        f"p50 ≤ {MQTT_FACTOR:g} × trigger → image event over AMQP, p50 "
+        f"({f['amqp']['p50_ms']:.1f} ms) = {f['target_ms']:.1f} ms",
+        verdict(f["mqtt"]["p50_ms"], f["target_ms"]),
+        table="Home Assistant over MQTT",
+    )
+    report.row(
+        f"trigger → image event over AMQP, the same {f['amqp']['count']} triggers",
+        f"{f['amqp']['p50_ms']:.1f} / {f['amqp']['max_ms']:.1f} ms",
+        "",
+        "",
+        table="Home Assistant over MQTT",
+    )
+
+
 def write(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report.figures, indent=2) + "\n")
@@ -1316,6 +1435,13 @@ def write(report: Report, out: Path) -> None:
                 f"{bundle['camera_latency_ms']:.0f} ms, detection off; moto's S3 server on "
                 "loopback behind a proxy that notes each request's first byte. Each sample "
                 "waits for the one before to be uploaded whole.",
+                "",
+            ]
+        if title == "Home Assistant over MQTT":
+            lines += [
+                f"JPEG {report.figures['mqtt']['jpeg_bytes'] / 1000:.0f} KB, one camera, "
+                "detection off; Mosquitto on loopback; both sides received by one subscriber "
+                "process, one trigger at a time.",
                 "",
             ]
         if title == "RTSP cameras":

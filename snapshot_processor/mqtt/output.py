@@ -210,9 +210,13 @@ class MqttOutput(Stage):
             self._sync(topic)
 
     # --- what the broker should hold -------------------------------------------------
-    def _set(self, topic: str, payload: bytes, kind: str) -> None:
-        if topic in self._waiting and self._desired.get(topic, (b"", ""))[0] != payload:
+    def _set(self, topic: str, payload: bytes, kind: str, *, news: bool = False) -> None:
+        """Want ``payload`` retained on ``topic``; ``news`` (a new event's image) goes out
+        even when its bytes are the last ones', as Home Assistant notes each update."""
+        if topic in self._waiting and (news or self._desired[topic][0] != payload):
             MQTT_SUPERSEDED.labels(kind).inc()
+        if news:
+            self._sent.pop(topic, None)
         self._desired[topic] = (payload, kind)
         self._sync(topic)
 
@@ -252,7 +256,7 @@ class MqttOutput(Stage):
             camera = self.cameras.get(sighting.camera_key)
             if camera is None:
                 continue  # a camera of a trigger's own, not configured: not in Home Assistant
-            self._set(self.topics.camera(camera, "image"), _image(sighting), "image")
+            self._set(self.topics.camera(camera, "image"), _image(sighting), "image", news=True)
             event = json.dumps(sighting.event, sort_keys=True).encode()
             self._set(self.topics.camera(camera, "event"), event, "event")
             if sighting.person:
