@@ -107,11 +107,12 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
             "FTP_PORT": "2121",
             "OBJECT_DETECTION_ENABLED": "true",
             "AWS_DEFAULT_REGION": "eu-west-1",
+            "MQTT_URL": "mqtts://daemon:mqtt-secret@ha.lan",
         }
     )
     lines = startup_summary(settings)
     text = "\n".join(lines)
-    assert len(lines) == 5
+    assert len(lines) == 6
     assert '"Front\\u202eDoor camera" (hikvision), "Garage camera" (foscam)' in lines[0]
     assert '"Yard camera"' in lines[1]
     assert "FTP on at 0.0.0.0:2121" in lines[1]
@@ -121,6 +122,11 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     assert "secretpw" not in text
     assert "\u202e" not in text
     assert lines[4] == "cloud storage: off; status page and API: off"
+    assert lines[5] == (
+        "Home Assistant over MQTT: mqtts://daemon@ha.lan:8883, discovery under homeassistant/, "
+        "states under snapshot-processor/"
+    )
+    assert "mqtt-secret" not in text
 
     # A camera output or a pushing camera is enough; with neither, one line says where to start.
     assert no_camera_hint(settings) is None
@@ -134,6 +140,7 @@ def test_startup_summary_names_cameras_ftp_detection_and_storage(tmp_path: Path)
     assert plain[0].endswith(": none")
     assert "FTP off" in plain[1]
     assert plain[2] == "detection: off"
+    assert plain[5] == "Home Assistant over MQTT: off (no MQTT_URL)"
     assert plain[4] == (
         "cloud storage: off; status page and API: http://127.0.0.1:8080/ "
         "(open to this machine, as HTTP_TOKEN is not set)"

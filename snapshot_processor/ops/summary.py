@@ -55,7 +55,20 @@ def startup_summary(settings: Settings) -> list[str]:
         f"uploads in {printable(settings.ingest_dir.absolute())}, "
         f"outbox {printable(settings.outbox_path.absolute())}",
         f"cloud storage: {', '.join(cloud) or 'off'}; status page and API: {http}",
+        f"Home Assistant over MQTT: {_mqtt(settings)}",
     ]
+
+
+def _mqtt(settings: Settings) -> str:
+    section = settings.mqtt
+    if not section.on:
+        return "off (no MQTT_URL)"
+    who = f"{printable(section.user)}@" if section.user else ""
+    scheme = "mqtts" if section.tls else "mqtt"
+    return (
+        f"{scheme}://{who}{section.broker}, discovery under {section.discovery_prefix}/, "
+        f"states under {section.topic_prefix}/"
+    )
 
 
 def no_camera_hint(settings: Settings) -> str | None:
