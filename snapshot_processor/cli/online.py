@@ -18,6 +18,8 @@ from snapshot_processor.camera.errors import CameraAuthError, CameraError
 from snapshot_processor.camera.registry import CameraConfigError, CameraRegistry
 from snapshot_processor.cli.common import broker_params, camera_registry
 from snapshot_processor.config import Device, Settings
+from snapshot_processor.mqtt.feature import broker_of
+from snapshot_processor.mqtt.link import MqttRefusedError, try_connection
 from snapshot_processor.storage.destinations import DESTINATIONS
 
 # A system's name, the call that reaches it, and the settings to look at when it fails.
@@ -61,6 +63,16 @@ def checks(settings: Settings) -> Iterator[Check]:
             drive,
             lambda: _cloud(settings, "drive"),
             lambda exc: "GOOGLE_DRIVE_FOLDER and GOOGLE_DRIVE_CREDENTIALS",
+        )
+    if settings.mqtt.on:
+        yield (
+            f"MQTT broker {settings.mqtt.broker}",
+            lambda: try_connection(broker_of(settings)),
+            lambda exc: (
+                "MQTT_URL's user and MQTT_PASSWORD"
+                if isinstance(exc, MqttRefusedError)
+                else "MQTT_URL (and MQTT_CA_FILE for mqtts://)"
+            ),
         )
     if settings.secrets.op_connect_host:
         yield (

@@ -27,6 +27,28 @@ class Mqtt:
     output: MqttOutput
 
 
+def topics_of(settings: Settings) -> Topics:
+    section = settings.mqtt
+    return Topics(section.topic_prefix, naming.slug(settings.device_name), section.discovery_prefix)
+
+
+def broker_of(settings: Settings) -> Broker:
+    """Where and how to connect, from ``MQTT_*`` (which must be on)."""
+    section = settings.mqtt
+    topics = topics_of(settings)
+    return Broker(
+        host=section.host,
+        port=section.port,
+        tls=section.tls,
+        user=section.user,
+        password=section.password_value,
+        ca_file=str(section.ca_file) if section.ca_file else None,
+        client_id=f"{settings.app_name}-{topics.node}",
+        will_topic=topics.availability,
+        will_payload=OFFLINE.encode(),
+    )
+
+
 def build(
     settings: Settings,
     daemon: Daemon,
@@ -40,23 +62,12 @@ def build(
     section = settings.mqtt
     if not section.on:
         return None
-    node = naming.slug(settings.device_name)
-    topics = Topics(section.topic_prefix, node, section.discovery_prefix)
+    topics = topics_of(settings)
     found = naming.cameras(
         ((device.key, device.LOCATION) for device in settings.cameras),
         ((device.key, device.LOCATION) for device in settings.upload_cameras),
     )
-    broker = Broker(
-        host=section.host,
-        port=section.port,
-        tls=section.tls,
-        user=section.user,
-        password=section.password_value,
-        ca_file=str(section.ca_file) if section.ca_file else None,
-        client_id=f"{settings.app_name}-{node}",
-        will_topic=topics.availability,
-        will_payload=OFFLINE.encode(),
-    )
+    broker = broker_of(settings)
     link = MqttLink(
         "mqtt-link",
         daemon.stop_event,

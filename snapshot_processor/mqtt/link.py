@@ -82,6 +82,58 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class MqttConnectionError(Exception):
+    """No connection to the MQTT broker, said in a few words (never the password)."""
+
+
+class MqttRefusedError(MqttConnectionError):
+    """The broker answered, and refused us (a wrong password, no permission)."""
+
+
+def client_for(broker: Broker, *, client_id: str | None = None) -> paho.Client:
+    """paho's client for ``broker``, not connected yet."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or broker.client_id,
+        protocol=paho.MQTTv311,
+        clean_session=True,
+    )
+    if broker.user is not None:
+        client.username_pw_set(broker.user, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca_file)
+    client.connect_timeout = CONNECT_TIMEOUT
+    return client
+
+
+def try_connection(broker: Broker) -> str:
+    """Log in once and leave (``check-config --online``). Another client id, and no last
+    will: the running daemon keeps its connection and Home Assistant sees nothing."""
+    client = client_for(broker, client_id=f"{broker.client_id}-check")
+    answers: list[Any] = []
+    client.on_connect = lambda client, userdata, flags, reason, props: answers.append(reason)
+    try:
+        try:
+            client.connect(broker.host, broker.port, KEEPALIVE)
+        except (OSError, ValueError) as exc:
+            raise MqttConnectionError(f"cannot connect: {describe(exc)}") from None
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not answers and time.monotonic() < deadline:
+            if client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS and not answers:
+                raise MqttConnectionError("the connection closed before the broker answered")
+        if not answers:
+            raise MqttConnectionError(f"no answer within {CONNECT_TIMEOUT:g} s")
+        if answers[0].is_failure:
+            raise MqttRefusedError(f"refused us: {str(answers[0]).lower()}")
+        client.disconnect()
+        client.loop(0.1)
+        return "logged in" + (" over TLS" if broker.tls else "")
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
+
 class MqttLink(Worker):
     """paho's client on a thread of its own. :meth:`publish`, :meth:`subscribe` and
     :meth:`unsubscribe` are safe from any thread: they queue, and this thread writes.
@@ -150,18 +202,8 @@ class MqttLink(Worker):
 
     # --- the thread ----------------------------------------------------------------
     def on_thread_open(self) -> None:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.broker.client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
-        )
-        if self.broker.user is not None:
-            client.username_pw_set(self.broker.user, self.broker.password)
-        if self.broker.tls:
-            client.tls_set(ca_certs=self.broker.ca_file)
+        client = client_for(self.broker)
         client.will_set(self.broker.will_topic, self.broker.will_payload, qos=1, retain=True)
-        client.connect_timeout = CONNECT_TIMEOUT
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
         client.on_message = self._received

@@ -140,7 +140,8 @@ def test_an_mqtt_broker_that_stops_and_starts_holds_no_trigger_and_no_event(
                         sent += 1
                         time.sleep(0.1)
                     # Every event is out while the MQTT broker is away too.
-                    assert peer.pump_until(lambda: len(peer.images()) == sent, 20), (
+                    count = sent
+                    assert peer.pump_until(lambda: len(peer.images()) == count, 20), (  # noqa: B023
                         f"{len(peer.images())} of {sent} events"
                     )
                 link = next(w for w in app.workers if w.name == "mqtt-link")
@@ -177,7 +178,7 @@ def test_rabbitmqs_own_mqtt_plugin_serves_home_assistant_too(
             # RabbitMQ sends retained messages to exact topics only, as here.
             with (
                 running_app(settings),
-                Subscriber(rabbit_mqtt, [discovery, IMAGE, AVAILABILITY]) as seen,  # type: ignore[arg-type]
+                Subscriber(rabbit_mqtt, [discovery, IMAGE, AVAILABILITY]) as seen,
             ):
                 seen.wait_for(AVAILABILITY, lambda m: m.payload == b"online")
                 config = seen.wait_for(discovery)
