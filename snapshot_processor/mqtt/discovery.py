@@ -11,7 +11,8 @@ from typing import Any
 from snapshot_processor.mqtt.topics import OFFLINE, ONLINE, PRESS, MqttCamera, Topics
 
 APP = "snapshot-processor"
-CAMERA_STATES = ("up", "down", "unknown")
+# A camera not probed yet is Home Assistant's own "unknown" (the state payload says null).
+CAMERA_STATES = ("up", "down")
 
 
 def version() -> str:

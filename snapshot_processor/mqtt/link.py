@@ -156,6 +156,8 @@ class MqttLink(Worker):
         self.on_message: Callable[[Received], None] = _nothing
         self.on_published: Callable[[int], None] = _nothing
         self.connected = threading.Event()
+        # Connections made so far: each one's callback can tell itself from the last.
+        self.connections = 0
         self._client: paho.Client | None = None
         self._lock = threading.Lock()  # the trouble fields below
         self._trouble: str | None = "not connected yet"
@@ -287,6 +289,7 @@ class MqttLink(Worker):
     def _set_connected(self, up: bool) -> None:
         MQTT_CONNECTED.set(1 if up else 0)
         if up:
+            self.connections += 1
             self.connected.set()
             with self._lock:
                 self._trouble, self._since, self._reported = None, time.time(), None

@@ -45,6 +45,9 @@ MQTT_SUPERSEDED = Counter(
     "States replaced by a newer one before the MQTT broker had taken them",
     ["kind"],
 )
+MQTT_NOT_SHOWN = Counter(
+    "mqtt_events_not_shown_total", "Events Home Assistant was not told of (a bad snapshot)"
+)
 MQTT_COMMANDS = Counter(
     "mqtt_commands_total", "Home Assistant button presses, by what came of them", ["result"]
 )
@@ -139,6 +142,13 @@ class MqttOutput(Stage):
         self._person_until: dict[str, float] = {}
         self.record = record
         self._cleared = False
+        self._session = 0  # the link's connection we last sent everything on
+        # An event's sensor states wait for its image to leave.
+        self._after = {
+            self.topics.camera(camera, what): self.topics.camera(camera, "image")
+            for camera in cameras
+            for what in ("person", "event")
+        }
 
     # --- from the chain's thread ----------------------------------------------------
     def saw(self, snap: SnapshotMessage) -> None:
@@ -146,6 +156,7 @@ class MqttOutput(Stage):
         try:
             sighting = Sighting.of(snap)
         except Exception as exc:  # a view for people is never worth an event
+            MQTT_NOT_SHOWN.inc()
             log.warning("MQTT: event %s not shown in Home Assistant: %s", snap.event_id, exc)
             return
         with self._sightings_lock:
@@ -179,7 +190,7 @@ class MqttOutput(Stage):
         self._desired[self.topics.availability] = (ONLINE.encode(), "availability")
         self._poll()
         if self.link.connected.is_set():
-            self._connected()
+            self._connected()  # before the thread ran: its own call may come late
 
     def on_thread_close(self) -> None:
         if self.requests is not None:
@@ -198,14 +209,21 @@ class MqttOutput(Stage):
         super().finish(deadline)
 
     def _connected(self) -> None:
-        """Everything again: the broker may have lost its retained messages, or be another."""
+        """Once per connection: subscribe, and send everything again (the broker may have
+        lost its retained messages, or be another)."""
+        if self.link.connections == self._session:
+            return
+        self._session = self.link.connections
+        self.link.subscribe(self.topics.commands, *self.topics.home_assistant_status)
+        if not self._cleared:
+            self._clear_removed()
+        self._send_all()
+
+    def _send_all(self) -> None:
         self._sent.clear()
         self._inflight.clear()
         self._by_mid.clear()
         self._waiting.clear()
-        self.link.subscribe(self.topics.commands, self.topics.home_assistant_status)
-        if not self._cleared:
-            self._clear_removed()
         for topic in sorted(self._desired, key=lambda t: _RANK.get(self._desired[t][1], 1)):
             self._sync(topic)
 
@@ -227,8 +245,10 @@ class MqttOutput(Stage):
         if self._sent.get(topic) == payload:
             self._waiting.discard(topic)
             return
-        if topic in self._inflight:
-            self._waiting.add(topic)  # sent when the broker acks the one before
+        if topic in self._inflight or self._after.get(topic) in self._waiting:
+            # Sent when the broker acks the one before, or once this event's image is
+            # on its way: the person sensor never turns on beside the last event's image.
+            self._waiting.add(topic)
             return
         info = self.link.publish(topic, payload, retain=True)
         if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -246,6 +266,9 @@ class MqttOutput(Stage):
         self._inflight.pop(topic, None)
         if topic in self._waiting:
             self._sync(topic)
+        if topic not in self._waiting:
+            for after in [t for t in self._waiting if self._after.get(t) == topic]:
+                self._sync(after)
 
     # --- events, people, cameras, health -------------------------------------------
     def _take_sightings(self) -> None:
@@ -285,10 +308,10 @@ class MqttOutput(Stage):
     # --- what comes from the broker ------------------------------------------------
     def _received(self, message: Received) -> None:
         topic = message.topic
-        if topic == self.topics.home_assistant_status:
+        if topic in self.topics.home_assistant_status:
             if message.payload == ONLINE.encode():
                 log.info("MQTT: Home Assistant (re)started; sending every entity again")
-                self._connected()
+                self._send_all()
         elif topic_matches_sub(self.topics.commands, topic):
             self._pressed(topic.split("/")[-2], message)
 
@@ -309,6 +332,7 @@ class MqttOutput(Stage):
             return
         if self.requests is None:
             MQTT_COMMANDS.labels("refused").inc()
+            log.warning("MQTT: snapshot of %s not taken: the daemon is starting", camera.key)
             return
         try:
             event_id = self.requests.take(camera.key)
@@ -379,7 +403,8 @@ def _image(sighting: Sighting) -> bytes:
 def _camera_state(status: CameraStatus) -> bytes:
     return _json(
         {
-            "state": status.state,
+            # Home Assistant's own "unknown": an MQTT sensor whose template renders None.
+            "state": None if status.up is None else status.state,
             "reason": status.reason.value if status.reason else None,
             "last_error": redact(status.last_error) if status.last_error else None,
             "since": iso_time(status.since) if status.since else None,

@@ -66,8 +66,20 @@ class MqttSettings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> MqttSettings:
         if self.url is None:
+            unused = [
+                name
+                for name, value in (
+                    ("MQTT_PASSWORD", self.password),
+                    ("MQTT_CA_FILE", self.ca_file),
+                )
+                if value is not None
+            ]
+            if unused:
+                raise ValueError(f"{' and '.join(unused)} set, but MQTT_URL is not: MQTT is off")
             return self
         parts = urlsplit(self.url.get_secret_value())
+        if not parts.username and (parts.password is not None or self.password is not None):
+            raise ValueError("the MQTT password needs a user: mqtt://user@host")
         if parts.password is not None and self.password is not None:
             raise ValueError(
                 "the MQTT password is set twice, in MQTT_URL and as MQTT_PASSWORD; keep one"

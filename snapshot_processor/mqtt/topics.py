@@ -35,13 +35,23 @@ class MqttCamera:
 def cameras(
     fetched: Iterable[tuple[str, str]], pushed: Iterable[tuple[str, str]]
 ) -> list[MqttCamera]:
-    """Each camera once, by key (label from its LOCATION); a camera both fetched and pushed is
-    fetched. Two keys with one slug each get a short hash of their key, so ids stay apart."""
+    """Each camera once, by key (named by its LOCATION, or by its key where two share one); a
+    camera both fetched and pushed is fetched. Two keys with one slug each get a short hash of
+    their key, so ids stay apart."""
     found: dict[str, MqttCamera] = {}
     for key, label in fetched:
         found.setdefault(key, MqttCamera(key, label, slug(key), fetched=True))
     for key, label in pushed:
         found.setdefault(key, MqttCamera(key, label, slug(key), fetched=False))
+    labels: dict[str, int] = {}
+    for camera in found.values():
+        labels[camera.label] = labels.get(camera.label, 0) + 1
+    found = {
+        key: camera
+        if labels[camera.label] == 1
+        else MqttCamera(key, key, camera.slug, camera.fetched)
+        for key, camera in found.items()
+    }
     counts: dict[str, int] = {}
     for camera in found.values():
         counts[camera.slug] = counts.get(camera.slug, 0) + 1
@@ -93,6 +103,7 @@ class Topics:
         return f"{self.discovery}/{component}/{self.node}/{object_id}/config"
 
     @property
-    def home_assistant_status(self) -> str:
-        """Home Assistant's birth message: on ``online``, it has just (re)started."""
-        return f"{self.discovery}/status"
+    def home_assistant_status(self) -> tuple[str, ...]:
+        """Home Assistant's birth message: on ``online``, it has just (re)started. Its topic
+        stays ``homeassistant/status`` when only the discovery prefix was changed."""
+        return tuple(dict.fromkeys((f"{self.discovery}/status", "homeassistant/status")))
