@@ -12,7 +12,7 @@ from snapshot_processor.camera.requests import SnapshotRequests
 from snapshot_processor.config import Settings
 from snapshot_processor.mqtt import topics as naming
 from snapshot_processor.mqtt.discovery import configs
-from snapshot_processor.mqtt.link import Broker, MqttLink
+from snapshot_processor.mqtt.link import CONNECT_TIMEOUT, Broker, MqttLink
 from snapshot_processor.mqtt.output import MqttOutput
 from snapshot_processor.mqtt.settings import MqttSettings
 from snapshot_processor.mqtt.topics import OFFLINE, Topics
@@ -68,12 +68,14 @@ def build(
         ((device.key, device.LOCATION) for device in settings.upload_cameras),
     )
     broker = broker_of(settings)
+    # Neither is fatal to the daemon: past its restarts, a thread of these is only dead.
     link = MqttLink(
         "mqtt-link",
         daemon.stop_event,
         broker,
         retry=MqttSettings.RECONNECT,
-        on_fatal=daemon.on_fatal,
+        # A connection under way at a stop must end within the daemon's bound.
+        connect_timeout=min(CONNECT_TIMEOUT, settings.shutdown_timeout / 4),
     )
     output = MqttOutput(
         daemon.stop_event,
@@ -86,7 +88,6 @@ def build(
         health=health,
         camera_status=cameras.prober.status,
         record=settings.snapshots_root_dir / "mqtt-entities.json",
-        on_fatal=daemon.on_fatal,
     )
     daemon.add(link)
     daemon.add(output)

@@ -25,6 +25,9 @@ from snapshot_processor.camera.prober import iso_time
 log = logging.getLogger(__name__)
 
 MQTT_CONNECTED = Gauge("mqtt_connected", "1 while the MQTT broker has accepted our connection")
+MQTT_IGNORED = Counter(
+    "mqtt_messages_ignored_total", "What the MQTT broker sent that we could not use", ["reason"]
+)
 MQTT_CONNECTION_FAILURES = Counter(
     "mqtt_connection_failures_total",
     "MQTT connections that could not be made, were refused or were lost",
@@ -146,11 +149,13 @@ class MqttLink(Worker):
         broker: Broker,
         *,
         retry: RetryPolicy,
+        connect_timeout: float = CONNECT_TIMEOUT,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__(name, stop_event, on_fatal=on_fatal)
         self.broker = broker
         self.retry = retry
+        self.connect_timeout = connect_timeout
         # Set by whoever uses the link, before it starts; they run on this thread.
         self.on_connected: Callable[[], None] = _nothing
         self.on_message: Callable[[Received], None] = _nothing
@@ -205,6 +210,7 @@ class MqttLink(Worker):
     # --- the thread ----------------------------------------------------------------
     def on_thread_open(self) -> None:
         client = client_for(self.broker)
+        client.connect_timeout = self.connect_timeout
         client.will_set(self.broker.will_topic, self.broker.will_payload, qos=1, retain=True)
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
@@ -213,7 +219,13 @@ class MqttLink(Worker):
         # With this set, a publish from another thread only queues and wakes this thread's
         # loop; without it, paho writes to the socket from the caller's thread as well.
         client.on_socket_register_write = _nothing
+        # Our callbacks catch what they raise; paho's own exceptions must not end the loop.
+        client.suppress_exceptions = True
+        client.on_subscribe = self._subscribed
         self._client = client
+
+    def on_thread_stop(self) -> None:
+        self._set_connected(False)  # after a crash too: health must not say connected
 
     def on_thread_close(self) -> None:
         self._client = None
@@ -225,6 +237,8 @@ class MqttLink(Worker):
         attempt = 0
         opened = False
         while self.should_keep_running():
+            if self.stop_event.is_set() and not self.connected.is_set():
+                break  # the daemon is stopping: no new connection, nothing to say goodbye on
             if not opened:
                 try:
                     if client.host:
@@ -265,9 +279,12 @@ class MqttLink(Worker):
         if reason.is_failure:
             self._failed(f"refused us: {str(reason).lower()}")
             return
+        # QoS 1 messages of the last connection: paho would send them again now, stale;
+        # the output sends the newest of everything itself.
+        client.drop_out_messages()
         self._set_connected(True)
         log.info("MQTT: connected to %s", self.broker.address)
-        self.on_connected()
+        self._hand_over(self.on_connected)
 
     def _disconnected(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -278,12 +295,36 @@ class MqttLink(Worker):
             self._failed(f"connection lost ({str(reason).lower()})")
 
     def _received(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.on_message(Received(message.topic, bytes(message.payload), bool(message.retain)))
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            MQTT_IGNORED.labels("bad topic").inc()
+            log.warning("MQTT: a message on a topic that is not UTF-8 ignored")
+            return
+        self._hand_over(self.on_message, Received(topic, bytes(message.payload), message.retain))
 
     def _published(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        self.on_published(mid)
+        self._hand_over(self.on_published, mid)
+
+    def _subscribed(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if any(reason.is_failure for reason in reasons):
+            MQTT_IGNORED.labels("subscription refused").inc()
+            log.warning(
+                "MQTT broker %s refused a subscription: Home Assistant's buttons and restarts "
+                "go unheard (may its user subscribe to %s?)",
+                self.broker.address,
+                self.broker.will_topic.rsplit("/", 1)[0] + "/#",
+            )
+
+    def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # a bug of ours must not end the connection
+            log.exception("MQTT: a callback failed")
 
     # --- state -----------------------------------------------------------------------
     def _set_connected(self, up: bool) -> None:

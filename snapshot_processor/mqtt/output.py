@@ -59,7 +59,7 @@ GOODBYE_SECONDS = 1.0
 # A Home Assistant sensor's state holds at most 255 characters.
 STATE_MAX = 255
 # In order of sending after a connection: entities first, then their states, then "online".
-_RANK = {"discovery": 0, "availability": 2}
+_RANK = {"discovery": 0, "image": 1, "availability": 3}
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,7 @@ class MqttOutput(Stage):
         self._person_until: dict[str, float] = {}
         self.record = record
         self._cleared = False
+        self._removals: set[int] = set()  # message ids of removals the broker has not acked
         self._session = 0  # the link's connection we last sent everything on
         # An event's sensor states wait for its image to leave.
         self._after = {
@@ -184,9 +185,13 @@ class MqttOutput(Stage):
         for topic, payload in self.discovery.items():
             self._desired[topic] = (payload, "discovery")
         for camera in self.cameras.values():
-            until = self._person_until.get(camera.key, 0.0)
-            person = b"ON" if until > time.monotonic() else b"OFF"
-            self._desired.setdefault(self.topics.camera(camera, "person"), (person, "person"))
+            # After a restart of this thread too: its timers are gone, a hold may run on.
+            left = self._person_until.get(camera.key, 0.0) - time.monotonic()
+            self._desired[self.topics.camera(camera, "person")] = (
+                (b"ON", "person") if left > 0 else (b"OFF", "person")
+            )
+            if left > 0:
+                self.call_later(left, functools.partial(self._person_over, camera))
         self._desired[self.topics.availability] = (ONLINE.encode(), "availability")
         self._poll()
         if self.link.connected.is_set():
@@ -199,8 +204,9 @@ class MqttOutput(Stage):
 
     def finish(self, deadline: float) -> None:
         """Say ``offline`` ourselves: a DISCONNECT makes the broker drop our last will."""
+        # Wanted whether or not connected now: a connection made from here on says it too.
+        self._set(self.topics.availability, OFFLINE.encode(), "availability")
         if self.link.connected.is_set():
-            self._set(self.topics.availability, OFFLINE.encode(), "availability")
             topic = self.topics.availability
             self.run_until(
                 lambda: topic not in self._inflight and topic not in self._waiting,
@@ -214,6 +220,10 @@ class MqttOutput(Stage):
         if self.link.connections == self._session:
             return
         self._session = self.link.connections
+        if not self.should_keep_running():  # connected while stopping: only "offline"
+            self._sent.pop(self.topics.availability, None)
+            self._sync(self.topics.availability)
+            return
         self.link.subscribe(self.topics.commands, *self.topics.home_assistant_status)
         if not self._cleared:
             self._clear_removed()
@@ -224,7 +234,7 @@ class MqttOutput(Stage):
         self._inflight.clear()
         self._by_mid.clear()
         self._waiting.clear()
-        for topic in sorted(self._desired, key=lambda t: _RANK.get(self._desired[t][1], 1)):
+        for topic in sorted(self._desired, key=lambda t: _RANK.get(self._desired[t][1], 2)):
             self._sync(topic)
 
     # --- what the broker should hold -------------------------------------------------
@@ -260,6 +270,11 @@ class MqttOutput(Stage):
         MQTT_PUBLISHED.labels(kind).inc()
 
     def _published(self, mid: int) -> None:
+        if mid in self._removals:
+            self._removals.discard(mid)
+            if not self._removals:
+                self._write_record()
+            return
         topic = self._by_mid.pop(mid, None)
         if topic is None:
             return  # from before a reconnection
@@ -277,8 +292,10 @@ class MqttOutput(Stage):
             self._sightings_due = False
         for sighting in sightings.values():
             camera = self.cameras.get(sighting.camera_key)
-            if camera is None:
-                continue  # a camera of a trigger's own, not configured: not in Home Assistant
+            if camera is None:  # cannot be, as triggers name configured cameras only
+                MQTT_NOT_SHOWN.inc()
+                log.warning("MQTT: no entity for camera %s", printable(sighting.camera_key))
+                continue
             self._set(self.topics.camera(camera, "image"), _image(sighting), "image", news=True)
             event = json.dumps(sighting.event, sort_keys=True).encode()
             self._set(self.topics.camera(camera, "event"), event, "event")
@@ -309,7 +326,8 @@ class MqttOutput(Stage):
     def _received(self, message: Received) -> None:
         topic = message.topic
         if topic in self.topics.home_assistant_status:
-            if message.payload == ONLINE.encode():
+            # Its birth message, not one a broker kept: that comes at every subscription.
+            if message.payload == ONLINE.encode() and not message.retain:
                 log.info("MQTT: Home Assistant (re)started; sending every entity again")
                 self._send_all()
         elif topic_matches_sub(self.topics.commands, topic):
@@ -320,7 +338,11 @@ class MqttOutput(Stage):
         if message.retain:
             # A command kept by the broker would take a snapshot at every connection.
             MQTT_COMMANDS.labels("ignored").inc()
-            log.warning("MQTT: a retained command on %s ignored", printable(message.topic))
+            log.warning(
+                "MQTT: a retained command on %s ignored and cleared", printable(message.topic)
+            )
+            if message.payload:
+                self.link.publish(message.topic, b"", retain=True)
             return
         if camera is None or not camera.fetched or message.payload != PRESS.encode():
             MQTT_COMMANDS.labels("ignored").inc()
@@ -356,21 +378,27 @@ class MqttOutput(Stage):
     def _clear_removed(self) -> None:
         """Empty the retained messages the last run kept and this one does not (a camera
         removed or renamed). From our own record: RabbitMQ's MQTT plugin sends no retained
-        messages to a wildcard subscription, so asking the broker would not work there."""
-        own = self._retained_topics()
-        before = _read_record(self.record)
-        stale = [topic for topic in before if topic not in set(own)]
+        messages to a wildcard subscription, so asking the broker would not work there.
+        The record is written once the broker has taken every removal."""
+        own = set(self._retained_topics())
+        stale = [topic for topic in _read_record(self.record) if topic not in own]
+        self._removals.clear()
         for topic in stale:
             info = self.link.publish(topic, b"", retain=True)
             if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return  # the connection is going: tried again at the next
+                return  # the connection is going: again at the next
+            self._removals.add(info.mid)
             MQTT_PUBLISHED.labels("removal").inc()
         if stale:
-            log.info("MQTT: removed %d entity message(s) no longer configured", len(stale))
+            log.info("MQTT: removing %d entity message(s) no longer configured", len(stale))
+        else:
+            self._write_record()
+
+    def _write_record(self) -> None:
         try:
             self.record.parent.mkdir(parents=True, exist_ok=True)
             written = self.record.with_name(self.record.name + ".new")
-            written.write_text(json.dumps(sorted(own), indent=1))
+            written.write_text(json.dumps(sorted(self._retained_topics()), indent=1))
             written.replace(self.record)
         except OSError as exc:
             log.warning("MQTT: %s not written (%s); removed cameras stay listed", self.record, exc)
