@@ -143,13 +143,14 @@ def test_discovery_is_what_home_assistant_documents_and_states_follow(
     tmp_path: Path,
 ) -> None:
     daemon = Daemon()
-    with (
-        Subscriber(mosquitto, ["homeassistant/#", "snapshot-processor/#"]) as seen,
-        running(tmp_path, broker_of(mosquitto), daemon),
-    ):
-        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
-        held = seen.retained("homeassistant/#")
-        state = seen.retained("snapshot-processor/#")
+    with Subscriber(mosquitto, ["homeassistant/#", "snapshot-processor/#"]) as seen:
+        with running(tmp_path, broker_of(mosquitto), daemon):
+            online = seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+            held = seen.retained("homeassistant/#")
+            state = seen.retained("snapshot-processor/#")
+        # After a clean stop, Home Assistant shows everything unavailable.
+        seen.wait_for(TOPICS.availability, lambda m: m.payload == b"offline", since=online.received)
+        gone = seen.retained(TOPICS.availability)
 
     expected = configs(TOPICS, "garage", FOUND)
     assert set(held) == set(expected)
@@ -170,9 +171,8 @@ def test_discovery_is_what_home_assistant_documents_and_states_follow(
     assert json.loads(state[TOPICS.camera(YARD, "state")].payload)["state"] == "up"
     assert TOPICS.camera(SHED, "state") not in state
     assert json.loads(state[TOPICS.status].payload) == {"ok": True, "problems": [], "warnings": []}
-    # After a clean stop, Home Assistant shows everything unavailable.
-    assert state.get(TOPICS.availability) is not None
-    assert seen.last(TOPICS.availability).payload == b"offline"  # type: ignore[union-attr]
+    assert state[TOPICS.availability].payload == b"online"
+    assert gone[TOPICS.availability].payload == b"offline"
 
 
 def test_an_event_shows_its_image_and_what_was_found_and_the_person_sensor_holds(
@@ -183,7 +183,7 @@ def test_an_event_shows_its_image_and_what_was_found_and_the_person_sensor_holds
     annotated.write_bytes(jpeg("boxes drawn"))
     with (
         Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
-        running(tmp_path, broker_of(mosquitto), Daemon(), hold=0.6) as output,
+        running(tmp_path, broker_of(mosquitto), Daemon(), hold=1.0) as output,
     ):
         seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
         output.saw(snapshot(YARD, person=True, text="one", annotated=annotated))
@@ -201,7 +201,7 @@ def test_an_event_shows_its_image_and_what_was_found_and_the_person_sensor_holds
 
     assert image.payload == annotated.read_bytes()  # the copy with the boxes drawn
     assert kept[TOPICS.camera(YARD, "image")].payload == image.payload  # for who comes later
-    assert 0.5 <= off.received - on.received <= 3.0
+    assert 0.8 <= off.received - on.received <= 4.0
     assert event == {
         "event_id": "ev-one",
         "camera": "Yard camera",
@@ -226,19 +226,19 @@ def test_a_new_person_before_the_hold_ends_keeps_the_sensor_on(
 ) -> None:
     with (
         Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
-        running(tmp_path, broker_of(mosquitto), Daemon(), hold=1.0) as output,
+        running(tmp_path, broker_of(mosquitto), Daemon(), hold=2.0) as output,
     ):
         seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
         output.saw(snapshot(YARD, person=True, text="a"))
         on = seen.wait_for(TOPICS.camera(YARD, "person"), lambda m: m.payload == b"ON")
-        time.sleep(0.6)
+        time.sleep(0.5)
         output.saw(snapshot(YARD, person=True, text="b"))
         seen.wait_for(TOPICS.camera(YARD, "event"), lambda m: m.json()["event_id"] == "ev-b")
         off = seen.wait_for(
             TOPICS.camera(YARD, "person"), lambda m: m.payload == b"OFF", since=on.received
         )
     # Off a hold after the second person, not after the first.
-    assert off.received - on.received >= 1.5
+    assert off.received - on.received >= 2.25
 
 
 def test_camera_state_and_health_changes_are_sent(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811

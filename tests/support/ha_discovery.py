@@ -741,3 +741,21 @@ def check_discovery(
             )
         _validate(MODELS[component], config, f"{component} discovery on {topic!r}")
     return config
+
+
+def render(template: str, payload: bytes) -> str | None:
+    """A ``value_template`` rendered as Home Assistant renders it for an MQTT entity: with
+    ``value`` and ``value_json``; a result of ``None`` is the entity's unknown state."""
+    import jinja2  # moto's dependency: only the tests render templates
+
+    text = payload.decode()
+    try:
+        value_json: Any = json.loads(text)
+    except ValueError:
+        value_json = None
+    rendered = (
+        jinja2.Environment(undefined=jinja2.StrictUndefined)
+        .from_string(template)
+        .render(value=text, value_json=value_json)
+    )
+    return None if rendered == "None" else rendered
