@@ -335,14 +335,15 @@ class MqttOutput(Stage):
 
     def _pressed(self, slug: str, message: Received) -> None:
         camera = self.by_slug.get(slug)
+        if not message.payload:
+            return  # a retained command cleared (by us): nothing was asked
         if message.retain:
             # A command kept by the broker would take a snapshot at every connection.
             MQTT_COMMANDS.labels("ignored").inc()
             log.warning(
                 "MQTT: a retained command on %s ignored and cleared", printable(message.topic)
             )
-            if message.payload:
-                self.link.publish(message.topic, b"", retain=True)
+            self.link.publish(message.topic, b"", retain=True)
             return
         if camera is None or not camera.fetched or message.payload != PRESS.encode():
             MQTT_COMMANDS.labels("ignored").inc()

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from snapshot_processor.app import App
+from snapshot_processor.ingest.ftp import FtpServerThread
 from tests.support.broker import Peer, delete_queue, running_app, trigger_body, unique_exchange
 from tests.support.daemon import PASSWORD, camera_env, make_settings, spawn_daemon
 from tests.support.fakes.rekognition import FakeRekognition, label
+from tests.support.ftp import connect, jpeg, upload
 from tests.support.ha_discovery import check_discovery, render
 from tests.support.metrics import sample, sample_gauge
 from tests.support.mosquitto import Message, Mosquitto, Subscriber, mosquitto  # noqa: F401
@@ -32,6 +34,7 @@ BASE = "snapshot-processor/garage"
 IMAGE = f"{BASE}/front_door_camera/image"
 EVENT = f"{BASE}/front_door_camera/event"
 AVAILABILITY = f"{BASE}/availability"
+FTP_PASSWORD = "up load:pw@1"
 
 
 def mqtt_env(broker: Mosquitto, *, tls: bool = False) -> dict[str, str]:
@@ -314,3 +317,47 @@ def test_rabbitmqs_own_mqtt_plugin_serves_home_assistant_too(
     assert learnt.payload == config.payload
     check_discovery("image", discovery, config.payload)
     assert image.payload == event["inputs"][0]["image"]
+
+
+def test_a_camera_that_pushes_by_ftp_has_its_image_and_event_but_no_button(
+    tmp_path: Path,
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    exchange = unique_exchange()
+    peer = Peer(exchange)
+    settings = make_settings(
+        tmp_path,
+        exchange,
+        INPUT_1_LOCATION="Garden",
+        INPUT_1_TYPE="camera",
+        FTP_PASS=FTP_PASSWORD,
+        FTP_PORT="0",
+        FTP_LISTEN_ADDRESS="127.0.0.1",
+        **mqtt_env(mosquitto),
+    )
+    garden = f"{BASE}/garden_camera"
+    try:
+        with (
+            Subscriber(mosquitto, ["homeassistant/#", f"{BASE}/#"]) as seen,
+            running_app(settings) as app,
+        ):
+            seen.wait_for(AVAILABILITY, lambda m: m.payload == b"online")
+            held = seen.retained("homeassistant/#")
+            ftp = next(w for w in app.workers if isinstance(w, FtpServerThread))
+            assert ftp.ready.wait(5)
+            assert ftp.bound is not None
+            client = connect(ftp.bound[1], "camera", FTP_PASSWORD)
+            try:
+                upload(client, "/upload/garden/snap.jpg", jpeg("garden"))
+            finally:
+                client.quit()
+            [event] = peer.wait_for_images(1)
+            image = seen.wait_for(f"{garden}/image")
+            shown = seen.wait_for(f"{garden}/event").json()
+    finally:
+        peer.close()
+    components = sorted(topic.split("/")[1] for topic in held if "garden" in topic)
+    assert components == ["binary_sensor", "image", "sensor", "sensor"]
+    assert image.payload == event["inputs"][0]["image"] == jpeg("garden")
+    assert shown["event_id"] == event["inputs"][0]["event_id"]
+    assert shown["source"] == event["inputs"][0]["source"]

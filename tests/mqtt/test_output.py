@@ -22,7 +22,7 @@ from snapshot_processor.mqtt.link import Broker, MqttLink
 from snapshot_processor.mqtt.output import MqttOutput
 from snapshot_processor.mqtt.topics import MqttCamera, Topics, cameras
 from tests.support.ftp import jpeg
-from tests.support.ha_discovery import check_discovery
+from tests.support.ha_discovery import check_discovery, render
 from tests.support.metrics import sample
 from tests.support.mosquitto import Mosquitto, Subscriber, mosquitto  # noqa: F401
 from tests.support.wait import wait_until
@@ -350,3 +350,49 @@ def test_a_wrong_password_is_a_warning_said_once_and_never_shown(
     said = [r.getMessage() for r in caplog.records if "refused us" in r.getMessage()]
     assert len(said) == 1
     assert wrong not in caplog.text
+
+
+def test_a_camera_not_probed_yet_is_home_assistants_unknown(
+    mosquitto: Mosquitto,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    daemon = Daemon()
+    daemon.statuses[GATE.key] = CameraStatus(
+        GATE.key, None, None, None, None, None, None, None, None
+    )
+    state_config = json.loads(
+        configs(TOPICS, "garage", FOUND)[TOPICS.config("sensor", "gate_camera_state")]
+    )
+    with (
+        Subscriber(mosquitto, ["snapshot-processor/#"]) as seen,
+        running(tmp_path, broker_of(mosquitto), daemon),
+    ):
+        gate = seen.wait_for(TOPICS.camera(GATE, "state"))
+        yard = seen.wait_for(TOPICS.camera(YARD, "state"))
+    assert gate.json()["state"] is None
+    assert render(state_config["value_template"], gate.payload) is None  # unknown, not an option
+    assert render(state_config["value_template"], yard.payload) == "up"
+    assert "up" in state_config["options"]
+
+
+def test_retained_commands_are_ignored_and_cleared_and_a_retained_birth_sends_nothing_again(
+    mosquitto: Mosquitto,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    command = TOPICS.camera(YARD, "snapshot")
+    ignored = sample("mqtt_commands_total", result="ignored")
+    with Subscriber(mosquitto, ["x/#"]) as other:
+        other.publish(command, b"PRESS", retain=True)
+        other.publish("homeassistant/status", b"online", retain=True)
+    with Subscriber(mosquitto, ["homeassistant/#", "snapshot-processor/#"]) as seen:
+        with running(tmp_path, broker_of(mosquitto), Daemon()):
+            seen.wait_for(TOPICS.availability, lambda m: m.payload == b"online")
+            assert wait_until(
+                lambda: sample("mqtt_commands_total", result="ignored") == ignored + 1
+            )
+            seen.wait_for(command, lambda m: m.payload == b"")  # the clearing
+            assert command not in seen.retained(command)
+            time.sleep(0.5)  # what a second sending would have sent by now
+        configs_sent = seen.messages("homeassistant/+/+/+/config")
+    # Each discovery message once: the birth message the broker kept is not Home Assistant's.
+    assert len(configs_sent) == len(configs(TOPICS, "garage", FOUND))
