@@ -82,9 +82,9 @@ import av
 import boto3  # type: ignore[import-untyped]
 import msgpack
 import paho.mqtt.client as mqtt_client
-from paho.mqtt.enums import CallbackAPIVersion
 import pika
 import requests
+from paho.mqtt.enums import CallbackAPIVersion
 from pika.adapters.utils import io_services_utils
 from PIL import Image, ImageDraw
 
