@@ -1,5 +1,5 @@
-"""``make bench``: the daemon against two floors, its RTSP cameras and its evidence
-bundles against their targets, in one run, on the real RabbitMQ.
+"""``make bench``: the daemon against two floors, its RTSP cameras, its evidence bundles and
+its Home Assistant output against their targets, in one run, on the real RabbitMQ.
 
     python -m tools.bench [--quick] [--only chain|rtsp|bundle|mqtt] [--out DIR]
 
@@ -1106,12 +1106,7 @@ def s3_server(root: Path) -> Iterator[int]:
                 client.close()
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process)
 
 
 class Uploads:
@@ -1341,12 +1336,17 @@ def mosquitto(root: Path) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process)
+
+
+def end_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class MqttImages:
