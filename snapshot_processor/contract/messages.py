@@ -109,9 +109,16 @@ class SnapshotMessage:
     frame: int | None = None
     # The bundle's folder, ``YYYY/MM/DD/<name>`` (not on the wire).
     bundle_group: str | None = None
+    # Which backend's answer stands; in a chain, why (``sure``, ``clear``, ``unsure``,
+    # ``budget spent``, ``cloud failed: <reason>``) and the local model's person confidence.
+    decided_by: str | None = None
+    cascade: str | None = None
+    local_person_confidence: float | None = None
 
     #: The detection fields an event carries as added fields of its input entry.
     DETECTION_FIELDS = ("analysed", "detection_error", "detection_skipped", "annotated_path")
+    #: Added where a backend decided, and in a chain.
+    DECISION_FIELDS = ("decided_by", "cascade", "local_person_confidence")
 
     def envelope(self) -> Envelope:
         """As an envelope for the chain; its id is the event id."""
@@ -153,6 +160,11 @@ class SnapshotMessage:
             bundle_id=_read(body, "bundle_id", str, optional=True),
             frame=_read(body, "frame", int, optional=True),
             bundle_group=_read(body, "bundle_group", str, optional=True),
+            decided_by=_read(body, "decided_by", str, optional=True),
+            cascade=_read(body, "cascade", str, optional=True),
+            local_person_confidence=_read(
+                body, "local_person_confidence", (int, float), optional=True
+            ),
         )
 
     def with_detection(
@@ -163,6 +175,9 @@ class SnapshotMessage:
         error: str | None = None,
         skipped: str | None = None,
         annotated_path: str | None = None,
+        decided_by: str | None = None,
+        cascade: str | None = None,
+        local_person_confidence: float | None = None,
     ) -> Self:
         return replace(
             self,
@@ -171,6 +186,9 @@ class SnapshotMessage:
             detection_error=error,
             detection_skipped=skipped,
             annotated_path=annotated_path,
+            decided_by=decided_by,
+            cascade=cascade,
+            local_person_confidence=local_person_confidence,
         )
 
     def with_storage_url(self, url: str) -> Self:
@@ -184,6 +202,11 @@ class SnapshotMessage:
         added: dict[str, Any] = {}
         if self.analysed or self.detection_error or self.detection_skipped:
             added.update((name, getattr(self, name)) for name in self.DETECTION_FIELDS)
+        added.update(
+            (name, getattr(self, name))
+            for name in self.DECISION_FIELDS
+            if getattr(self, name) is not None
+        )
         if self.pre_trigger_paths:
             added["pre_trigger_paths"] = self.pre_trigger_paths
         if self.bundle_id is not None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol
 
 from pylib.observe.redact import redact
+from pylib.runtime.health import Health
 
 PERSON = "person"
 
@@ -62,13 +63,19 @@ class Detection:
 
 class Detector(Protocol):
     """The port every detection backend implements: ``detect`` is called from one thread at
-    a time and raises :class:`DetectionError` for every failure it can name."""
+    a time and raises :class:`DetectionError` for every failure it can name; ``close``
+    releases what it holds (once, after the last ``detect``); ``health`` says, as every
+    other part does, what is wrong now (never a secret)."""
 
     name: str
 
     def detect(self, image: bytes) -> list[Detection]:
         """The things found in one JPEG (or other encoded image)."""
         ...
+
+    def close(self) -> None: ...
+
+    def health(self) -> Health: ...
 
 
 class DetectionError(Exception):
@@ -92,6 +99,12 @@ class NoDetector:
 
     def detect(self, image: bytes) -> list[Detection]:
         return []
+
+    def close(self) -> None:
+        return None
+
+    def health(self) -> Health:
+        return Health()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
+from pylib.runtime.health import Health
 from snapshot_processor.detection.base import Box, Detection, DetectionError
 
 if TYPE_CHECKING:
@@ -132,7 +133,19 @@ class HogPeopleDetector:
         found.sort(key=lambda d: d.confidence, reverse=True)
         return found
 
+    def close(self) -> None:
+        return None
 
-def from_settings(settings: DetectionSettings) -> HogPeopleDetector:
-    """The ``local`` backend: it has no settings of its own."""
-    return HogPeopleDetector()
+    def health(self) -> Health:
+        return Health()
+
+
+HOG_MIN_CONFIDENCE = 60.0
+
+
+def from_settings(settings: DetectionSettings, *, floor: float | None = None) -> HogPeopleDetector:
+    """The ``local`` backend: it has no settings of its own; in a chain it reports people
+    down to ``floor``, so the chain can tell the unsure from the clear."""
+    return HogPeopleDetector(
+        HOG_MIN_CONFIDENCE if floor is None else min(HOG_MIN_CONFIDENCE, floor)
+    )

@@ -12,6 +12,7 @@ import boto3  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
+from pylib.runtime.health import Health
 from snapshot_processor.detection.base import Box, Detection, DetectionError, PersonRule
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class RekognitionDetector:
                 "Rekognition needs a region: set AWS_ALT_REGION or AWS_DEFAULT_REGION"
             ) from None
         self.endpoint = str(self._client.meta.endpoint_url)
+        # The last call's failure, while no call since has worked: for health.
+        self._trouble: str | None = None
 
     def detect(self, image: bytes) -> list[Detection]:
         """One call to DetectLabels; a detection per located instance, or per label."""
@@ -104,8 +107,10 @@ class RekognitionDetector:
             if failure.reason == "unreachable":
                 failure = DetectionError("unreachable", f"{failure.message} at {self.endpoint}")
         if failure is not None:
+            self._trouble = str(failure)
             # Raised outside the except block: boto's text rides along nowhere.
             raise failure
+        self._trouble = None
         return self.detections(reply)
 
     def detections(self, reply: Mapping[str, Any]) -> list[Detection]:
@@ -128,6 +133,11 @@ class RekognitionDetector:
 
     def close(self) -> None:
         self._client.close()
+
+    def health(self) -> Health:
+        """A failing service is a warning: the events still go out, without its labels."""
+        trouble = self._trouble
+        return Health(warnings=[f"Rekognition: {trouble}"] if trouble else [])
 
     def __enter__(self) -> Self:
         return self

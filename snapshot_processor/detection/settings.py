@@ -7,7 +7,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pylib.config.settings import CommaList, one_of
-from snapshot_processor.detection.registry import BACKENDS
+from snapshot_processor.detection.registry import BACKENDS, CLOUD, LOCAL
+
+# The ONNX model's output, or ``auto`` to tell it by its shape (YOLOv9 and YOLO11 as exported
+# by Ultralytics have YOLOv8's).
+ONNX_FORMATS = ("auto", "yolov5", "yolov8", "yolov9", "yolo11", "yolox", "ssd")
+# Amazon Rekognition's published price of DetectLabels, per image, in the first tier (USD).
+REKOGNITION_PRICE = 0.001
 
 
 class DetectionSettings(BaseModel):
@@ -24,6 +30,15 @@ class DetectionSettings(BaseModel):
     person_min_confidence: float = Field(80.0, alias="PERSON_MIN_CONFIDENCE", ge=0, le=100)
     onnx_model_path: Path | None = Field(None, alias="ONNX_MODEL_PATH")
     onnx_labels: CommaList = Field(default_factory=list, alias="ONNX_LABELS")
+    # One class name a line, in the model's order; else the model's metadata, else COCO's.
+    onnx_labels_file: Path | None = Field(None, alias="ONNX_LABELS_FILE")
+    onnx_format: str = Field("auto", alias="ONNX_OUTPUT_FORMAT")
+    # A chain's local model decides alone at or above ``sure`` and below ``clear`` (0-100).
+    cascade_sure: float = Field(80.0, alias="DETECTION_CASCADE_SURE", ge=0, le=100)
+    cascade_clear: float = Field(20.0, alias="DETECTION_CASCADE_CLEAR", ge=0, le=100)
+    # Money a day (UTC) the cloud backend may cost; unset: no bound.
+    daily_budget: float | None = Field(None, alias="DETECTION_DAILY_BUDGET", ge=0)
+    price_per_image: float = Field(REKOGNITION_PRICE, alias="DETECTION_PRICE_PER_IMAGE", ge=0)
     dedupe_seconds: float = Field(60.0, alias="DETECTION_DEDUPE_SECONDS", ge=0)
     max_per_hour: int | None = Field(None, alias="DETECTION_MAX_PER_HOUR", ge=0)
     max_per_day: int | None = Field(None, alias="DETECTION_MAX_PER_DAY", ge=0)
@@ -32,16 +47,38 @@ class DetectionSettings(BaseModel):
     @field_validator("configured_backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        return one_of(value, BACKENDS)
+        names = [one_of(name.strip(), BACKENDS) for name in value.split(",")]
+        if len(names) == 1:
+            return names[0]
+        if len(names) != 2 or names[0] not in LOCAL or names[1] not in CLOUD:
+            raise ValueError(
+                "a chain is a local backend, then a cloud one: "
+                + " or ".join(f"{local},{cloud}" for local in LOCAL for cloud in CLOUD)
+            )
+        return ",".join(names)
+
+    @field_validator("onnx_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        return one_of(value, ONNX_FORMATS)
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectionSettings:
         problems = []
-        if self.backend == "onnx" and self.onnx_model_path is None:
+        if "onnx" in self.chain and self.onnx_model_path is None:
             problems.append("OBJECT_DETECTION_BACKEND is onnx, so ONNX_MODEL_PATH is needed")
         if self.onnx_model_path is not None and not self.onnx_model_path.is_file():
             problems.append(f"ONNX_MODEL_PATH: no such file {self.onnx_model_path}")
-        if self.backend == "rekognition" and not self.aws_region:
+        if self.onnx_labels_file is not None and not self.onnx_labels_file.is_file():
+            problems.append(f"ONNX_LABELS_FILE: no such file {self.onnx_labels_file}")
+        if self.onnx_labels and self.onnx_labels_file is not None:
+            problems.append("ONNX_LABELS and ONNX_LABELS_FILE both name the classes; keep one")
+        if self.cascade_clear > self.cascade_sure:
+            problems.append(
+                f"DETECTION_CASCADE_CLEAR ({self.cascade_clear:g}) is above "
+                f"DETECTION_CASCADE_SURE ({self.cascade_sure:g})"
+            )
+        if "rekognition" in self.chain and not self.aws_region:
             problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
         if problems:
             raise ValueError("; ".join(problems))
@@ -51,6 +88,11 @@ class DetectionSettings(BaseModel):
     def backend(self) -> str:
         """The backend in use: ``none`` unless OBJECT_DETECTION_ENABLED."""
         return self.configured_backend if self.enabled else "none"
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The backends in the order they are asked: one, or a local one then a cloud one."""
+        return tuple(self.backend.split(","))
 
     @property
     def aws_region(self) -> str | None:

@@ -15,11 +15,13 @@ from prometheus_client import Counter, Histogram
 from pylib.chain.envelope import Envelope
 from pylib.chain.stage import Stage
 from pylib.observe.redact import redact
+from pylib.runtime.health import Health
 from pylib.runtime.worker import RestartBudget
 from snapshot_processor.contract.messages import SNAPSHOT_KIND, SnapshotMessage
 from snapshot_processor.detection.annotate import annotate as draw_annotations
 from snapshot_processor.detection.annotate import annotated_path
 from snapshot_processor.detection.base import Detection, DetectionError, Detector
+from snapshot_processor.detection.cascade import Decision, decide
 from snapshot_processor.detection.guard import DETECTION_CALLS, DETECTION_SKIPPED, CostGuard
 from snapshot_processor.storage.files import write_atomically
 
@@ -45,6 +47,7 @@ def verdict(
     error: str | None = None,
     skipped: str | None = None,
     annotated: Path | None = None,
+    decision: Decision | None = None,
 ) -> SnapshotMessage:
     return snap.with_detection(
         detections=[detection.as_dict() for detection in detections],
@@ -52,6 +55,13 @@ def verdict(
         error=error,
         skipped=skipped,
         annotated_path=str(annotated) if annotated is not None else None,
+        decided_by=decision.backend if decision else None,
+        cascade=decision.why if decision else None,
+        local_person_confidence=(
+            round(decision.local_person_confidence, 2)
+            if decision and decision.local_person_confidence is not None
+            else None
+        ),
     )
 
 
@@ -141,6 +151,10 @@ class DetectionStage(Stage):
     def finish(self, deadline: float) -> None:
         """Nothing to wait for here: the detector is stopped after the loop ends."""
 
+    def health(self) -> Health:
+        """The thread's, and the backend's (a spent budget, a cloud service refusing)."""
+        return Health.combine([super().health(), self.detector.health()])
+
     def on_message(self, envelope: Envelope) -> None:
         if envelope.kind != SNAPSHOT_KIND:
             self.send(envelope)  # done marks and the like pass straight through
@@ -194,7 +208,8 @@ class DetectionStage(Stage):
         DETECTION_CALLS.labels(backend).inc()
         started = time.monotonic()
         try:
-            detections = self.detector.detect(snap.image)
+            decision = decide(self.detector, snap.image)
+            detections = decision.detections
         except DetectionError as exc:
             return self._failed(snap, exc)
         except Exception as exc:
@@ -213,7 +228,9 @@ class DetectionStage(Stage):
             len(detections),
         )
         annotated = self._annotate(snap, detections) if self.annotate else None
-        return verdict(snap, detections=detections, analysed=True, annotated=annotated)
+        return verdict(
+            snap, detections=detections, analysed=True, annotated=annotated, decision=decision
+        )
 
     def _failed(self, snap: SnapshotMessage, error: DetectionError) -> SnapshotMessage:
         DETECTION_SKIPPED.labels("error").inc()

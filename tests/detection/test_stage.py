@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import Settlement, ack_token
 from pylib.chain.sockets import Sender
+from pylib.runtime.health import Health
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.detection.base import (
     Box,
@@ -31,7 +32,16 @@ from tests.support.wait import wait_until
 from tests.support.wire import Wire as BaseWire
 
 PERSON = Detection("Person", 97.0, Box(0.25, 0.25, 0.25, 0.5), True)
-RESULT_KEYS = {"detections", "analysed", "detection_error", "detection_skipped", "annotated_path"}
+RESULT_KEYS = {
+    "detections",
+    "analysed",
+    "detection_error",
+    "detection_skipped",
+    "annotated_path",
+    "decided_by",
+    "cascade",
+    "local_person_confidence",
+}
 
 
 def jpeg(shade: int = 100) -> bytes:
@@ -59,6 +69,12 @@ class ScriptedDetector:
         if isinstance(self.result, Exception):
             raise self.result
         return list(self.result)
+
+    def close(self) -> None:
+        return None
+
+    def health(self) -> Health:
+        return Health()
 
 
 def counter(name: str, **labels: str) -> float:
