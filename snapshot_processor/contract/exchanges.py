@@ -7,6 +7,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from snapshot_processor.config import Settings
 from snapshot_processor.contract.event import trigger_routing_key
+from snapshot_processor.contract.feedback import feedback_routing_key
 
 # A queue or exchange exists with other arguments.
 PRECONDITION_FAILED = 406
@@ -49,5 +50,23 @@ def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
         ) from None
     channel.queue_bind(
         queue, control_exchange(settings), trigger_routing_key(settings.broker.device_topic)
+    )
+    return queue
+
+
+def feedback_queue(settings: Settings) -> str:
+    """This daemon's queue of verdicts: every daemon hears each, the one that has the event
+    keeps it."""
+    broker = settings.broker
+    return f"{broker.exchange}.{broker.device_topic}.{settings.device_name}.feedback"
+
+
+def declare_feedback_queue(channel: BlockingChannel, settings: Settings) -> str:
+    """The durable queue of verdicts (they wait while the daemon is away), bound; its name."""
+    declare_exchanges(channel, settings)
+    queue = feedback_queue(settings)
+    channel.queue_declare(queue, durable=True, arguments=trigger_queue_arguments(settings))
+    channel.queue_bind(
+        queue, control_exchange(settings), feedback_routing_key(settings.broker.device_topic)
     )
     return queue

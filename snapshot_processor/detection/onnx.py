@@ -1,51 +1,68 @@
-"""A user's YOLO-style ONNX model on the CPU; onnxruntime (``local`` extra) loads lazily."""
+"""A user's ONNX detection model on the CPU; onnxruntime (``local`` extra) loads lazily.
+
+The model's output format (YOLOv5, YOLOv8/YOLOv9/YOLO11, YOLOX, TF-style SSD) is told
+from its output's shape or named; see :mod:`snapshot_processor.detection.onnx_formats`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from pylib.runtime.health import Health
 from snapshot_processor.detection.base import Box, Detection, DetectionError, is_person
-from snapshot_processor.detection.local import Image, decode, require
+from snapshot_processor.detection.local import decode, require
+from snapshot_processor.detection.onnx_formats import (
+    COCO_LABELS,
+    DECODERS,
+    FORMATS,
+    PREPS,
+    TF_COCO_LABELS,
+    Candidates,
+    InputSpec,
+    Placement,
+    Prep,
+    SsdOutputs,
+    YoloxGrid,
+    decode_ssd,
+    decode_yolov5,
+    decode_yolov8,
+    decode_yolox,
+    dummy_tensor,
+    find_ssd,
+    format_problem,
+    guess_format,
+    labels_from_metadata,
+    one_line,
+    place,
+    read_labels_file,
+    shapes_text,
+    to_tensor,
+)
 
 if TYPE_CHECKING:
     from snapshot_processor.detection.settings import DetectionSettings
 
+__all__ = ["COCO_LABELS", "TF_COCO_LABELS", "OnnxDetector", "from_settings"]
+
 log = logging.getLogger(__name__)
-
-# The 80 COCO class names in the order YOLO models trained on COCO use; 0 is "person".
-# fmt: off
-COCO_LABELS: Final[tuple[str, ...]] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
-    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
-    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
-    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-# fmt: on
-
-LAYOUTS: Final = ("auto", "yolov5", "yolov8")
 
 
 class OnnxDetector:
-    """A user-supplied YOLO-style ONNX model run by onnxruntime on the CPU.
+    """A user-supplied ONNX detection model run by onnxruntime on the CPU.
 
-    Input: NCHW float32 RGB in 0..1, letterboxed (grey 114) to ``input_size`` square or
-    the model's own fixed size. Output, in input pixels: ``(1, N, 5 + C)`` YOLOv5 rows
-    ``[cx, cy, w, h, objectness, C scores]`` or ``(1, 4 + C, N)`` YOLOv8 columns
-    ``[cx, cy, w, h, C scores]``; ``layout="auto"`` decides by shape with C = len(labels),
-    and ``(1, N, 5)`` is a one-class YOLOv5. ``score_threshold`` is 0..1,
-    ``person_min_confidence`` 0-100; a class index past ``labels`` is ``class_<n>``."""
+    ``output_format`` is one of :data:`~snapshot_processor.detection.onnx_formats.FORMATS`;
+    ``auto`` tells it from the output's shape. The model runs once on a black image when
+    made, so a model that cannot load, or whose output fits no format, fails here with a
+    one-line ValueError naming the file. Class names: ``labels``, else ``labels_file``,
+    else the model's ``names`` metadata, else COCO's (80 for YOLO, TensorFlow's 91 ids for
+    SSD); a class index past them is ``class_<n>``. YOLO inputs are letterboxed to the
+    model's fixed size, else ``input_size`` square. ``score_threshold`` is 0..1,
+    ``person_min_confidence`` 0-100."""
 
     name = "onnx"
 
@@ -56,8 +73,9 @@ class OnnxDetector:
         input_size: int = 640,
         score_threshold: float = 0.5,
         *,
+        labels_file: Path | None = None,
+        output_format: str = "auto",
         nms_threshold: float = 0.45,
-        layout: str = "auto",
         person_min_confidence: float | None = None,
         threads: int = 0,
     ) -> None:
@@ -65,15 +83,15 @@ class OnnxDetector:
         require("onnxruntime")
         import onnxruntime  # type: ignore[import-untyped]
 
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+        if output_format not in FORMATS:
+            raise ValueError(
+                f"output_format must be one of {', '.join(FORMATS)}, not {output_format!r}"
+            )
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"no ONNX model at {self.model_path}")
-        self.labels = tuple(labels) if labels is not None else COCO_LABELS
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.layout = layout
         self.person_min_confidence = (
             self.score_threshold * 100.0
             if person_min_confidence is None
@@ -82,29 +100,109 @@ class OnnxDetector:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         try:
-            self._session: Any = onnxruntime.InferenceSession(
+            session: Any = onnxruntime.InferenceSession(
                 str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ValueError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
-        model_input = self._session.get_inputs()[0]
+            raise ValueError(f"cannot load ONNX model {self.model_path}: {one_line(exc)}") from None
+        self._session: Any = session
+        model_input = session.get_inputs()[0]
         self._input_name: str = model_input.name
-        fixed = [d if isinstance(d, int) and d > 0 else None for d in list(model_input.shape)[2:4]]
-        self.input_height = fixed[0] if len(fixed) == 2 and fixed[0] else input_size
-        self.input_width = fixed[1] if len(fixed) == 2 and fixed[1] else input_size
+        try:
+            self._spec = InputSpec.from_declared(list(model_input.shape), str(model_input.type))
+        except ValueError as exc:
+            raise ValueError(f"ONNX model {self.model_path}: {exc}") from None
+        self.input_height = self._spec.height or input_size
+        self.input_width = self._spec.width or input_size
+
+        explicit = tuple(labels) if labels else None
+        source = "ONNX_LABELS"
+        if explicit is None and labels_file is not None:
+            explicit, source = read_labels_file(labels_file), f"{Path(labels_file).name}"
+        if explicit is None:
+            explicit, source = self._metadata_labels(), "the model's metadata"
+
+        outputs = self._trial_run(input_size)
+        output_names = [o.name for o in session.get_outputs()]
+        shapes = shapes_text(outputs)
+        classes_known = len(explicit) if explicit is not None else len(COCO_LABELS)
+        if output_format == "auto":
+            guessed = guess_format(
+                output_names, outputs, classes_known, self.input_height, self.input_width
+            )
+            if guessed is None:
+                raise ValueError(
+                    f"ONNX model {self.model_path}: output {shapes} fits no known format; "
+                    "set ONNX_OUTPUT_FORMAT"
+                )
+            self.format = guessed
+        else:
+            self.format = output_format
+        self._decoder = DECODERS[self.format]
+        problem = format_problem(
+            self._decoder, output_names, outputs, self.input_height, self.input_width
+        )
+        if problem is not None:
+            raise ValueError(
+                f"ONNX model {self.model_path}: output {shapes} does not fit "
+                f"ONNX_OUTPUT_FORMAT={self.format} ({problem})"
+            )
+        if explicit is None:
+            explicit = TF_COCO_LABELS if self._decoder == "ssd" else COCO_LABELS
+            source = "TensorFlow's COCO ids" if self._decoder == "ssd" else "COCO's"
+        self.labels: tuple[str, ...] = explicit
+        self._prep: Prep = PREPS[self._decoder]
+        self._grid = (
+            YoloxGrid.of(self.input_height, self.input_width) if self._decoder == "yolox" else None
+        )
+        ssd = find_ssd(output_names, outputs) if self._decoder == "ssd" else None
+        self._ssd: SsdOutputs | None = ssd
+        self._shapes = shapes
         log.info(
-            "ONNX model %s: input %r %dx%d, %d labels",
+            "ONNX model %s: %s output %s, %d labels (%s), input %s",
             self.model_path.name,
-            self._input_name,
-            self.input_width,
-            self.input_height,
+            self.format,
+            shapes,
             len(self.labels),
+            source,
+            self._input_text(),
         )
 
+    def _metadata_labels(self) -> tuple[str, ...] | None:
+        try:
+            metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        except Exception:  # onnxruntime's errors are untyped; metadata is optional
+            return None
+        return labels_from_metadata(metadata)
+
+    def _trial_run(self, input_size: int) -> list[npt.NDArray[np.generic]]:
+        """One run on a black input: the output's shape, and a model that cannot run fails
+        now rather than at the first snapshot."""
+        try:
+            outputs = self._session.run(
+                None, {self._input_name: dummy_tensor(self._spec, input_size)}
+            )
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise ValueError(
+                f"ONNX model {self.model_path}: a trial run failed: {one_line(exc)}"
+            ) from None
+        return [np.asarray(o) for o in outputs]
+
+    def _input_text(self) -> str:
+        if self._decoder == "ssd" and (self._spec.height is None or self._spec.width is None):
+            return "any size"
+        return f"{self.input_width}x{self.input_height}"
+
     def detect(self, image: bytes) -> list[Detection]:
+        if self._session is None:
+            raise DetectionError("error", "the ONNX model is closed")
         frame = decode(image)
         height, width = frame.shape[:2]
-        tensor, ratio, left, top = self._letterbox(frame)
+        if self._decoder == "ssd":
+            canvas, placed = place(frame, self._prep, self._spec.width, self._spec.height)
+        else:
+            canvas, placed = place(frame, self._prep, self.input_width, self.input_height)
+        tensor = to_tensor(canvas, self._prep, self._spec)
         failure: DetectionError | None = None
         try:
             outputs = self._session.run(None, {self._input_name: tensor})
@@ -112,103 +210,81 @@ class OnnxDetector:
             failure = DetectionError("error", f"the ONNX model failed: {type(exc).__name__}")
         if failure is not None:
             raise failure
-        centres, scores, classes = self._candidates(np.asarray(outputs[0], dtype=np.float32))
         found: list[Detection] = []
-        for index in self._suppress(centres, scores, classes):
-            cx, cy, w, h = (float(v) for v in centres[index])
+        candidates = self._candidates(outputs, placed)
+        for index in self._suppress(candidates):
+            x1, y1, x2, y2 = (float(v) for v in candidates.corners[index])
             box = Box.from_pixels(
-                (cx - w / 2 - left) / ratio,
-                (cy - h / 2 - top) / ratio,
-                (cx + w / 2 - left) / ratio,
-                (cy + h / 2 - top) / ratio,
+                (x1 - placed.left) / placed.scale_x,
+                (y1 - placed.top) / placed.scale_y,
+                (x2 - placed.left) / placed.scale_x,
+                (y2 - placed.top) / placed.scale_y,
                 width,
                 height,
             )
             if box is None:
                 continue
-            n = int(classes[index])
+            n = int(candidates.classes[index])
             label = self.labels[n] if 0 <= n < len(self.labels) else f"class_{n}"
-            confidence = min(max(float(scores[index]) * 100.0, 0.0), 100.0)
+            confidence = min(max(float(candidates.scores[index]) * 100.0, 0.0), 100.0)
             person = is_person(label, (), confidence, self.person_min_confidence)
             found.append(Detection(label, confidence, box, person))
         found.sort(key=lambda d: d.confidence, reverse=True)
         return found
 
-    def _letterbox(self, frame: Image) -> tuple[npt.NDArray[np.float32], float, int, int]:
+    def _candidates(self, outputs: Sequence[Any], placed: Placement) -> Candidates:
+        if self._decoder == "ssd":
+            assert self._ssd is not None
+            arrays = [np.asarray(o) for o in outputs]
+            return decode_ssd(arrays, self._ssd, self.score_threshold, placed.width, placed.height)
+        first = np.asarray(outputs[0], dtype=np.float32)
+        if first.ndim != 3 or first.shape[0] != 1:  # a dynamic model may change its mind
+            raise DetectionError("error", f"unexpected ONNX output shape {first.shape}")
+        if self._decoder == "yolox":
+            assert self._grid is not None
+            if first.shape[1] != len(self._grid.strides):
+                raise DetectionError("error", f"unexpected YOLOX output shape {first.shape}")
+            return decode_yolox(first, self.score_threshold, self._grid)
+        if self._decoder == "yolov8":
+            return decode_yolov8(first, self.score_threshold)
+        return decode_yolov5(first, self.score_threshold)
+
+    def _suppress(self, candidates: Candidates) -> list[int]:
         import cv2
 
-        height, width = frame.shape[:2]
-        ratio = min(self.input_width / width, self.input_height / height)
-        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-        left, top = (self.input_width - new_w) // 2, (self.input_height - new_h) // 2
-        canvas = np.full((self.input_height, self.input_width, 3), 114, dtype=np.uint8)
-        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        canvas[top : top + new_h, left : left + new_w] = resized
-        rgb = canvas[:, :, ::-1]  # OpenCV decodes to BGR; YOLO models take RGB
-        tensor = np.ascontiguousarray(rgb.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
-        tensor /= 255.0
-        return tensor, ratio, left, top
-
-    def _candidates(
-        self, output: npt.NDArray[np.float32]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """``(N, 4)`` centre boxes, ``(N,)`` scores and class indices, over the threshold."""
-        rows = output[0] if output.ndim == 3 and output.shape[0] == 1 else output
-        if rows.ndim != 2:
-            raise DetectionError("error", f"unexpected ONNX output shape {output.shape}")
-        layout = self.layout if self.layout != "auto" else self._guess_layout(rows.shape)
-        if layout == "yolov8":
-            rows = rows.T
-        if rows.shape[1] < 5:
-            raise DetectionError("error", f"ONNX output {output.shape} is too narrow")
-        if layout == "yolov8":
-            class_scores = rows[:, 4:]
-            classes = class_scores.argmax(axis=1)
-            scores = class_scores.max(axis=1)
-        elif rows.shape[1] == 5:  # one class, no separate class score
-            classes = np.zeros(len(rows), dtype=np.int64)
-            scores = rows[:, 4]
-        else:
-            class_scores = rows[:, 5:]
-            classes = class_scores.argmax(axis=1)
-            scores = rows[:, 4] * class_scores.max(axis=1)
-        keep = scores >= self.score_threshold
-        return (
-            np.asarray(rows[keep, :4], dtype=np.float32),
-            np.asarray(scores[keep], dtype=np.float32),
-            np.asarray(classes[keep], dtype=np.int64),
-        )
-
-    def _guess_layout(self, shape: tuple[int, ...]) -> str:
-        classes = len(self.labels)
-        if shape[1] == 5 + classes:
-            return "yolov5"
-        if shape[0] == 4 + classes:
-            return "yolov8"
-        # Labels that do not fit: the candidates are the long side (thousands of them).
-        return "yolov5" if shape[0] >= shape[1] else "yolov8"
-
-    def _suppress(
-        self,
-        centres: npt.NDArray[np.float32],
-        scores: npt.NDArray[np.float32],
-        classes: npt.NDArray[np.int64],
-    ) -> list[int]:
-        import cv2
-
-        if len(scores) == 0:
+        if len(candidates.scores) == 0:
             return []
+        if candidates.suppressed:
+            return list(range(len(candidates.scores)))
         boxes = [
-            [float(cx - w / 2), float(cy - h / 2), float(w), float(h)] for cx, cy, w, h in centres
+            [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+            for x1, y1, x2, y2 in candidates.corners
         ]
         keep = cv2.dnn.NMSBoxesBatched(
             boxes,
-            [float(s) for s in scores],
-            [int(c) for c in classes],
+            [float(s) for s in candidates.scores],
+            [int(c) for c in candidates.classes],
             self.score_threshold,
             self.nms_threshold,
         )
         return [int(i) for i in np.ravel(np.asarray(keep, dtype=np.int64))]
+
+    def close(self) -> None:
+        """Release the onnxruntime session (and its memory); ``detect`` fails after."""
+        self._session = None
+
+    def health(self) -> Health:
+        """No problems (a model that loaded keeps working); the detail names the model."""
+        detail = {
+            "model": self.model_path.name,
+            "format": self.format,
+            "output": self._shapes,
+            "labels": len(self.labels),
+            "input": self._input_text(),
+        }
+        if self._session is None:
+            detail["closed"] = True
+        return Health(detail={"detection": {"onnx": detail}})
 
 
 def from_settings(settings: DetectionSettings) -> OnnxDetector:
@@ -216,6 +292,8 @@ def from_settings(settings: DetectionSettings) -> OnnxDetector:
     return OnnxDetector(
         settings.onnx_model_path,
         labels=settings.onnx_labels or None,
+        labels_file=settings.onnx_labels_file,
+        output_format=settings.onnx_format,
         score_threshold=settings.min_confidence / 100,
         person_min_confidence=settings.person_min_confidence,
     )

@@ -39,6 +39,8 @@ class DetectionSettings(BaseModel):
     # Money a day (UTC) the cloud backend may cost; unset: no bound.
     daily_budget: float | None = Field(None, alias="DETECTION_DAILY_BUDGET", ge=0)
     price_per_image: float = Field(REKOGNITION_PRICE, alias="DETECTION_PRICE_PER_IMAGE", ge=0)
+    # Images kept with a person's verdict (``labelled/`` in the data root), oldest out first.
+    labelled_max: int = Field(1000, alias="DETECTION_LABELLED_MAX", ge=10, le=100_000)
     dedupe_seconds: float = Field(60.0, alias="DETECTION_DEDUPE_SECONDS", ge=0)
     max_per_hour: int | None = Field(None, alias="DETECTION_MAX_PER_HOUR", ge=0)
     max_per_day: int | None = Field(None, alias="DETECTION_MAX_PER_DAY", ge=0)
