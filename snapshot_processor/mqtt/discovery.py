@@ -8,7 +8,14 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
-from snapshot_processor.mqtt.topics import OFFLINE, ONLINE, PRESS, MqttCamera, Topics
+from snapshot_processor.mqtt.topics import (
+    NOT_PERSON,
+    OFFLINE,
+    ONLINE,
+    PRESS,
+    MqttCamera,
+    Topics,
+)
 
 APP = "snapshot-processor"
 # A camera not probed yet is Home Assistant's own "unknown" (the state payload says null).
@@ -22,8 +29,11 @@ def version() -> str:
         return "unknown"
 
 
-def configs(topics: Topics, device_name: str, cameras: Iterable[MqttCamera]) -> dict[str, bytes]:
-    """Every discovery message, by its topic, as the JSON Home Assistant reads."""
+def configs(
+    topics: Topics, device_name: str, cameras: Iterable[MqttCamera], *, verdicts: bool = False
+) -> dict[str, bytes]:
+    """Every discovery message, by its topic, as the JSON Home Assistant reads; with
+    ``verdicts`` (detection on), each camera has a "not a person" button too."""
     shared: dict[str, Any] = {
         "device": {
             "identifiers": [f"{APP}_{topics.node}"],
@@ -90,6 +100,15 @@ def configs(topics: Topics, device_name: str, cameras: Iterable[MqttCamera]) -> 
             value_template="{{ value_json.detected }}",
             icon="mdi:eye",
         )
+        if verdicts:
+            entity(
+                "button",
+                f"{own}_not_a_person",
+                name=f"{camera.label} not a person",
+                command_topic=topics.camera(camera, "verdict"),
+                payload_press=NOT_PERSON,
+                icon="mdi:account-off",
+            )
         if not camera.fetched:
             continue  # pushed by FTP: no state to probe, nothing to ask for
         state = topics.camera(camera, "state")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ from snapshot_processor.camera.requests import SnapshotRefusedError, SnapshotReq
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.contract.publication import detection_summary
 from snapshot_processor.mqtt.link import MqttLink, Received
-from snapshot_processor.mqtt.topics import OFFLINE, ONLINE, PRESS, MqttCamera, Topics
+from snapshot_processor.mqtt.topics import NOT_PERSON, OFFLINE, ONLINE, PRESS, MqttCamera, Topics
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class MqttOutput(Stage):
         health: Callable[[], tuple[bool, list[str], list[str]]],
         camera_status: Callable[[], Mapping[str, CameraStatus]],
         record: Path,
+        verdicts: Callable[[str, str, str], str] | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__("mqtt", stop_event, on_fatal=on_fatal)
@@ -141,6 +143,8 @@ class MqttOutput(Stage):
         self._waiting: set[str] = set()
         self._person_until: dict[str, float] = {}
         self.record = record
+        self.verdicts = verdicts
+        self._latest_event: dict[str, str] = {}  # camera key -> its newest event's id
         self._cleared = False
         self._removals: set[int] = set()  # message ids of removals the broker has not acked
         self._session = 0  # the link's connection we last sent everything on
@@ -224,7 +228,9 @@ class MqttOutput(Stage):
             self._sent.pop(self.topics.availability, None)
             self._sync(self.topics.availability)
             return
-        self.link.subscribe(self.topics.commands, *self.topics.home_assistant_status)
+        self.link.subscribe(
+            self.topics.commands, self.topics.verdicts, *self.topics.home_assistant_status
+        )
         if not self._cleared:
             self._clear_removed()
         self._send_all()
@@ -297,6 +303,7 @@ class MqttOutput(Stage):
                 log.warning("MQTT: no entity for camera %s", printable(sighting.camera_key))
                 continue
             self._set(self.topics.camera(camera, "image"), _image(sighting), "image", news=True)
+            self._latest_event[camera.key] = str(sighting.event["event_id"])
             event = json.dumps(sighting.event, sort_keys=True).encode()
             self._set(self.topics.camera(camera, "event"), event, "event")
             if sighting.person:
@@ -332,6 +339,31 @@ class MqttOutput(Stage):
                 self._send_all()
         elif topic_matches_sub(self.topics.commands, topic):
             self._pressed(topic.split("/")[-2], message)
+        elif topic_matches_sub(self.topics.verdicts, topic):
+            self._judged(topic.split("/")[-2], message)
+
+    def _judged(self, slug: str, message: Received) -> None:
+        """ "Not a person" on a camera's latest event: a verdict for the labelled set."""
+        camera = self.by_slug.get(slug)
+        event_id = self._latest_event.get(camera.key) if camera else None
+        if not message.payload or message.retain or self.verdicts is None:
+            return  # cleared, kept by the broker, or detection off: nothing was asked now
+        if camera is None or message.payload != NOT_PERSON.encode() or event_id is None:
+            MQTT_COMMANDS.labels("ignored").inc()
+            log.warning(
+                "MQTT: %r on %s is no verdict on an event of ours; ignored",
+                printable(message.payload[:40].decode(errors="replace")),
+                printable(message.topic),
+            )
+            return
+        try:
+            note = self.verdicts(event_id, NOT_PERSON, "home_assistant")
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            MQTT_COMMANDS.labels("refused").inc()
+            log.warning("MQTT: not a person on event %s not kept: %s", event_id, exc)
+            return
+        MQTT_COMMANDS.labels("verdict").inc()
+        log.info("MQTT: not a person on event %s of %s %s", event_id, camera.key, note)
 
     def _pressed(self, slug: str, message: Received) -> None:
         camera = self.by_slug.get(slug)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 _NOT_ID = re.compile(r"[^a-z0-9]+")
 
 PRESS = "PRESS"
+NOT_PERSON = "not_person"
 ONLINE = "online"
 OFFLINE = "offline"
 
@@ -98,6 +99,11 @@ class Topics:
     def commands(self) -> str:
         """Every camera's button."""
         return f"{self.base}/+/snapshot"
+
+    @property
+    def verdicts(self) -> str:
+        """Every camera's "not a person" button: a verdict on its latest event."""
+        return f"{self.base}/+/verdict"
 
     def config(self, component: str, object_id: str) -> str:
         return f"{self.discovery}/{component}/{self.node}/{object_id}/config"
