@@ -121,6 +121,8 @@ class Plan:
     bundle_samples: int = 20
     answer_samples: int = 10
     mqtt_samples: int = 200
+    cascade_samples: int = 100
+    model_samples: int = 20
 
 
 QUICK = Plan(
@@ -140,8 +142,10 @@ QUICK = Plan(
     bundle_samples=3,
     answer_samples=3,
     mqtt_samples=10,
+    cascade_samples=10,
+    model_samples=3,
 )
-PARTS = ("chain", "rtsp", "bundle", "mqtt")
+PARTS = ("chain", "rtsp", "bundle", "mqtt", "detection")
 
 
 @dataclass
@@ -548,6 +552,8 @@ def run(plan: Plan, out: Path, parts: tuple[str, ...] = PARTS) -> Report:
             run_bundle(plan, report, Path(tmp) / "bundle")
         if "mqtt" in parts:
             run_mqtt(plan, report, Path(tmp) / "mqtt")
+        if "detection" in parts:
+            run_detection(plan, report, Path(tmp) / "detection")
     write(report, out)
     return report
 
@@ -1419,6 +1425,109 @@ def run_mqtt(plan: Plan, report: Report, root: Path) -> None:
     )
 
 
+# --- detection: the chain of a local model and the cloud ---------------------------------
+CASCADE_SURE_SHARE = 0.8  # of the frames, the local model is sure of these
+CLOUD_CALLS_TARGET = 0.2  # per frame
+CASCADE_FACTOR = 1.1  # sure frames' p50 against the local model alone
+
+
+def cascade_devices(sure_port: int, unsure_port: int, model: Path) -> dict[str, str]:
+    """Cam1 serves a frame the brightness model is sure of, Cam2 one it is not."""
+    return {
+        **foscam_camera(1, sure_port),
+        **foscam_camera(2, unsure_port),
+        "OBJECT_DETECTION_ENABLED": "true",
+        "OBJECT_DETECTION_BACKEND": "onnx",
+        "ONNX_MODEL_PATH": str(model),
+        "ONNX_LABELS": "person",
+        "DETECTION_DEDUPE_SECONDS": "0",
+        "DETECTION_ANNOTATE": "false",
+    }
+
+
+def cascade_run(peer: Peer, samples: int) -> dict[int, list[float]]:
+    """``samples`` triggers one at a time, every fifth to Cam2; seconds to each event, by camera."""
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    for n in range(5 + samples):
+        camera = 2 if n % 5 == 4 else 1
+        peer.events.clear()
+        sent = peer.trigger(camera)
+        peer.wait_events(1, 10)
+        if n >= 5:  # the first ones warm the connections and the model
+            seconds[camera].append(peer.events[0][0] - sent)
+    return seconds
+
+
+def run_detection(plan: Plan, report: Report, root: Path) -> None:
+    """The local model formats' speed beside HOG's, and the chain on a mix of frames the
+    local model is sure of (80 %) and not (20 %), against the local model alone."""
+    from tests.support.fakes.rekognition import FakeRekognition, label
+    from tools.brightness_model import brightness_model, grey
+
+    f: dict[str, Any] = {}
+    report.figures["detection"] = f
+    root.mkdir(parents=True)
+    model = brightness_model(root / "brightness.onnx")
+    with (
+        RemoteCamera(grey(235)) as sure,
+        RemoteCamera(grey(128)) as unsure,
+        FakeRekognition() as cloud,
+    ):
+        local = cascade_devices(sure.port, unsure.port, model)
+        chain = {
+            **local,
+            "OBJECT_DETECTION_BACKEND": "onnx,rekognition",
+            "AWS_ENDPOINT_URL_REKOGNITION": cloud.base_url,
+            "AWS_ACCESS_KEY_ID": "AKIDBENCH",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret-key",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+        }
+        runs: dict[str, dict[int, list[float]]] = {}
+        calls: dict[str, int] = {}
+        for name, devices in (("local", local), ("chain", chain)):
+            with daemon_running(root / name, devices, report.figures) as (_, peer, _):
+                before = len(cloud.calls)
+                cloud.reply_labels(*[[label("Person", 99.0)]] * (plan.cascade_samples + 5))
+                runs[name] = cascade_run(peer, plan.cascade_samples)
+                calls[name] = len(cloud.calls) - before
+    frames = sum(len(v) for v in runs["chain"].values())
+    f["frames"] = frames
+    f["sure_share"] = len(runs["chain"][1]) / frames
+    f["cloud_calls"] = calls["chain"]
+    f["cloud_calls_per_frame"] = calls["chain"] / frames
+    for name, run in runs.items():
+        f[name] = {"sure": spread(run[1]), "unsure": spread(run[2])}
+    f["sure_ratio"] = f["chain"]["sure"]["p50_ms"] / f["local"]["sure"]["p50_ms"]
+    print(f"detection: {f}", flush=True)
+    title = "Detection"
+
+    def row(*cells: str) -> None:
+        report.row(*cells, table=title)
+
+    row("measure", "measured", "target", "result")
+    row(
+        f"chain (onnx,rekognition) on {frames} frames, the local model sure of "
+        f"{f['sure_share']:.0%}: cloud calls per frame",
+        f"{f['cloud_calls_per_frame']:.2f} ({f['cloud_calls']} calls)",
+        f"≤ {CLOUD_CALLS_TARGET:g}",
+        "PASS" if f["cloud_calls_per_frame"] <= CLOUD_CALLS_TARGET else "FAIL",
+    )
+    chain_sure, local_sure = f["chain"]["sure"], f["local"]["sure"]
+    row(
+        "sure frames: trigger → event p50, the chain against the local model alone",
+        f"{chain_sure['p50_ms']:.1f} ms against {local_sure['p50_ms']:.1f} ms "
+        f"({f['sure_ratio']:.2f}×)",
+        f"≤ {CASCADE_FACTOR:g}×",
+        verdict(f["sure_ratio"], CASCADE_FACTOR),
+    )
+    row(
+        "unsure frames: trigger → event p50, the chain (with the cloud fake) / the local model",
+        f"{f['chain']['unsure']['p50_ms']:.1f} / {f['local']['unsure']['p50_ms']:.1f} ms",
+        "",
+        "",
+    )
+
+
 def write(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report.figures, indent=2) + "\n")
@@ -1442,6 +1551,14 @@ def write(report: Report, out: Path) -> None:
                 f"JPEG {report.figures['mqtt']['jpeg_bytes'] / 1000:.0f} KB, one camera, "
                 "detection off; Mosquitto on loopback; both sides received by one subscriber "
                 "process, one trigger at a time.",
+                "",
+            ]
+        if title == "Detection":
+            lines += [
+                "640x640 grey JPEGs; a tiny ONNX model whose person confidence is the "
+                "image's brightness (`tools/brightness_model.py`), so the chain's own cost "
+                "is what is measured; Rekognition is the tests' loopback fake. One daemon "
+                "with the local model alone, then one with the chain; one trigger at a time.",
                 "",
             ]
         if title == "RTSP cameras":
