@@ -287,13 +287,16 @@ class OnnxDetector:
         return Health(detail={"detection": {"onnx": detail}})
 
 
-def from_settings(settings: DetectionSettings) -> OnnxDetector:
+def from_settings(settings: DetectionSettings, *, floor: float | None = None) -> OnnxDetector:
+    """The ``onnx`` backend; in a chain it reports what it finds down to ``floor`` (0-100),
+    so the chain can tell the unsure from the clear."""
     assert settings.onnx_model_path is not None  # checked by the settings
+    minimum = settings.min_confidence if floor is None else min(settings.min_confidence, floor)
     return OnnxDetector(
         settings.onnx_model_path,
         labels=settings.onnx_labels or None,
         labels_file=settings.onnx_labels_file,
         output_format=settings.onnx_format,
-        score_threshold=settings.min_confidence / 100,
+        score_threshold=minimum / 100,
         person_min_confidence=settings.person_min_confidence,
     )

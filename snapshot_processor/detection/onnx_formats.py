@@ -336,6 +336,14 @@ def yolo_problem(
     return None
 
 
+def grid_cells(height: int, width: int) -> set[int]:
+    """The cells of the usual grids (strides 8 to 32, or to 64 for P6 models)."""
+    return {
+        sum((height // s) * (width // s) for s in strides)
+        for strides in ((8, 16, 32), (8, 16, 32, 64))
+    }
+
+
 def guess_format(
     names: Sequence[str],
     outputs: Sequence[npt.NDArray[np.generic]],
@@ -343,27 +351,37 @@ def guess_format(
     height: int,
     width: int,
 ) -> str | None:
-    """The decoder the outputs' shapes fit (``classes`` the labels known), None if none:
-    three or more outputs that :func:`find_ssd` places are SSD; else the first output is
-    YOLOv5 rows if its last side is 5 + classes, YOLOv8 columns if its middle one is
-    4 + classes, else the long side holds the candidates; rows as many as YOLOX's grid
-    cells are YOLOX (YOLOv5 has 3 anchors a cell)."""
+    """The decoder the outputs' shapes fit (``classes`` the labels known), None if none.
+
+    Three or more outputs that :func:`find_ssd` places are SSD; other models with more than
+    one output (segmentation, ...) are not guessed. One ``(1, A, B)`` output is YOLOv5 rows
+    if B is 5 + classes, YOLOv8 columns if A is 4 + classes; else rows if A counts a
+    grid's cells (YOLOX) or three times them (YOLOv5's anchors), columns if B counts them.
+    Rows as many as YOLOX's grid cells are YOLOX."""
     if len(outputs) >= 3 and find_ssd(names, outputs) is not None:
         return "ssd"
-    if not outputs or outputs[0].ndim != 3 or outputs[0].shape[0] != 1:
+    if len(outputs) != 1 or outputs[0].ndim != 3 or outputs[0].shape[0] != 1:
         return None
     _, long, wide = (int(d) for d in outputs[0].shape)
+    cells = grid_cells(height, width)
     if wide == 5 + classes:
-        kind = "rows"
+        kinds = ["rows"]
     elif long == 4 + classes:
-        kind = "columns"
-    else:
-        kind = "rows" if long >= wide else "columns"
-    if kind == "rows":
-        kind = "yolox" if long == yolox_cells(height, width) else "yolov5"
-    else:
-        kind = "yolov8"
-    return None if yolo_problem(kind, outputs, height, width) else kind
+        kinds = ["columns"]
+    else:  # the labels do not tell: the candidates are a grid's
+        kinds = []
+        if long in cells or long in {3 * c for c in cells}:
+            kinds.append("rows")
+        if wide in cells:
+            kinds.append("columns")
+    for kind in kinds:
+        if kind == "columns":
+            decoder = "yolov8"
+        else:
+            decoder = "yolox" if long == yolox_cells(height, width) else "yolov5"
+        if yolo_problem(decoder, outputs, height, width) is None:
+            return decoder
+    return None
 
 
 def format_problem(
