@@ -45,6 +45,8 @@ class App:
         ops.metrics_listener(settings, daemon)
         ops.health_pings(settings, daemon, self.health)
         self.recent = ops.recent_events(settings, daemon)
+        # Verdicts on events (detection on): the bus, the page and Home Assistant give them.
+        verdicts = detection.feedback(settings, daemon, self.recent)
         record = bundle.open_store(settings, daemon)
         self.cameras = cameras = camera.build(settings, daemon)
         # Beside the chain, best effort; added before it, so it stops after its last event.
@@ -53,6 +55,7 @@ class App:
             daemon,
             cameras=cameras,
             health=self.health_lines,
+            verdicts=verdicts.record if verdicts else None,
         )
         fed = ingest.build(settings, daemon)
         kept = storage.build(settings, daemon, record)
@@ -90,16 +93,20 @@ class App:
                 snapshot_inbox=snapshot_inbox,
                 parked_uploads=kept.parked_uploads if kept.queue is not None else None,
                 bundles=ops.bundle_listing(bundles.sealer, kept.parked_uploads),
+                feedback=verdicts.source("page") if verdicts else None,
             ),
         ]
         for source in sources:
             if source is not None:
                 chain.add_source(source)
         daemon.add(chain)
+        judged = detection.verdicts_from_the_bus(settings, daemon, verdicts) if verdicts else []
+        for worker in judged:
+            daemon.add(worker)
         # Beside the chain: they watch cameras and the disk, and stop before it.
         daemon.add(cameras.prober)
         daemon.add(kept.retention)
-        self.workers = [*chain.workers, cameras.prober, kept.retention]
+        self.workers = [*chain.workers, cameras.prober, kept.retention, *judged]
         if kept.uploader is not None:
             self.workers.append(kept.uploader)
         if shown is not None:

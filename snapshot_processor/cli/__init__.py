@@ -18,6 +18,7 @@ from pylib.runtime.daemon import EXIT_START, StartError
 from snapshot_processor import config
 from snapshot_processor.app import App
 from snapshot_processor.cli import (
+    detection,
     discover,
     drive,
     events,
@@ -93,6 +94,7 @@ def check_config(args: argparse.Namespace) -> int:
     )
     for warning in [*unknown, *config.container_warnings(settings)]:
         print(f"warning: {warning}")
+    detection.config_notes(settings)
     drive.service_account_note(settings.storage.drive_on, settings.storage.google_drive_credentials)
     if args.online:
         print("outside systems:")
@@ -189,6 +191,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("events", events.HELP, events.run, events.add_arguments),
     Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
     Command("uploads", uploads.HELP, uploads.run, uploads.add_arguments),
+    Command("detection", detection.HELP, detection.run, detection.add_arguments),
     Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
     Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
     Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),

@@ -55,6 +55,7 @@ def build(
     *,
     cameras: Cameras,
     health: HealthLines,
+    verdicts: Callable[[str, str, str], str] | None = None,
 ) -> Mqtt | None:
     """The link and the output, added to the daemon before the chain, so they stop after it
     (its last events are still shown); None without ``MQTT_URL``. The buttons work once
@@ -82,12 +83,13 @@ def build(
         link,
         topics,
         found,
-        configs(topics, settings.device_name, found),
+        configs(topics, settings.device_name, found, verdicts=verdicts is not None),
         person_hold=section.person_hold,
         requests=None,
         health=health,
         camera_status=cameras.prober.status,
         record=settings.snapshots_root_dir / "mqtt-entities.json",
+        verdicts=verdicts,
     )
     daemon.add(link)
     daemon.add(output)

@@ -99,6 +99,7 @@ def http_server(
     snapshot_inbox: str,
     parked_uploads: Callable[[Collection[str]], Mapping[str, str]] | None = None,
     bundles: Callable[[int], list[dict[str, Any]]] | None = None,
+    feedback: Callable[[str, str], str] | None = None,
 ) -> Worker | None:
     """The HTTP server: health, metrics, the API and the status page (HTTP_PORT 0: off)."""
     section = settings.ops
@@ -121,6 +122,7 @@ def http_server(
         snapshots_root=settings.snapshots_root_dir,
         snapshot_seconds=settings.camera.answer_within,
         bundles=bundles,
+        feedback=feedback,
     )
     auth = TokenAuth(section.http_token_value)
     return HttpServer(

@@ -46,6 +46,8 @@ class EventRecord:
     storage_path: str
     annotated_path: str | None
     storage_url: str | None
+    # The backend whose answer stood (None: not analysed); absent from older records.
+    decided_by: str | None = None
 
     @classmethod
     def of(cls, snap: SnapshotMessage) -> EventRecord:
@@ -66,6 +68,7 @@ class EventRecord:
             storage_path=snap.storage_path,
             annotated_path=snap.annotated_path,
             storage_url=snap.storage_url,
+            decided_by=snap.decided_by,
         )
 
     def as_json(self) -> dict[str, Any]:

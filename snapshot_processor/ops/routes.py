@@ -4,8 +4,10 @@ from :class:`Ops` (which the app assembles), so they know nothing of threads or 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -101,6 +103,12 @@ class Ops:
     # The newest bundles as the API gives them (None: the page has no Bundles section);
     # it raises BundleStoreError when the bundle file cannot be read.
     bundles: Callable[[int], list[dict[str, Any]]] | None = None
+    # A person's verdict on a recent event, ``(event_id, verdict)`` with verdict ``person``
+    # or ``not_person``, stored in the labelled set: it returns a short note and raises
+    # LookupError for an event not among the recent ones or whose image is gone, ValueError
+    # for an unknown verdict, OSError or sqlite3.Error when the disk failed (None: the page
+    # has no verdict buttons).
+    feedback: Callable[[str, str], str] | None = None
 
 
 def build_router(ops: Ops, auth: TokenAuth) -> Router:
@@ -178,6 +186,21 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         answer = {"event_id": event_id, "camera": camera.key}
         return Response.json({**answer, "answer_within": ops.snapshot_seconds}, 202)
 
+    def feedback(request: Request) -> Response:
+        if ops.feedback is None:
+            return Response.text("no labelled set here: object detection is off\n", 404)
+        event_id = request.params["id"]
+        verdict, malformed = verdict_of(request.body)
+        try:
+            note = ops.feedback(event_id, verdict)
+        except LookupError as exc:
+            return Response.text(f"{exc}\n", 404)
+        except ValueError as exc:
+            return Response.text(f"{malformed or exc}\n", 400)
+        except (OSError, sqlite3.Error) as exc:
+            return Response.text(f"the verdict was not kept: {redact(str(exc))}\n", 503)
+        return Response.json({"event_id": event_id, "verdict": verdict, "note": note})
+
     def events(request: Request) -> Response:
         try:
             limit = int(request.arg("limit") or 50)
@@ -206,12 +229,25 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
         shown = camera_list(ops), event_list(ops, PAGE_EVENTS, request), ops.health()
         # Behind the same login as the events: a bundle names the cameras and its files.
         listed = status_page.Bundles(*bundle_list(PAGE_BUNDLES)) if ops.bundles else None
+        # The events a verdict may be given on: those whose image is still on disk.
+        labelable = (
+            {e["event_id"] for e in shown[1] if os.path.isfile(e["storage_path"])}
+            if ops.feedback is not None
+            else None
+        )
         if part:
             return html(
-                status_page.main_part(*shown, filtered=bool(camera or person), bundles=listed)
+                status_page.main_part(
+                    *shown, filtered=bool(camera or person), bundles=listed, feedback=labelable
+                )
             )
         page = status_page.status_page(
-            *shown, camera=camera, person=person, logged_in=auth.required, bundles=listed
+            *shown,
+            camera=camera,
+            person=person,
+            logged_in=auth.required,
+            bundles=listed,
+            feedback=labelable,
         )
         return html(page)
 
@@ -251,8 +287,23 @@ def build_router(ops: Ops, auth: TokenAuth) -> Router:
     router.add("POST", cam + r"/snapshot", snapshot, access="token", name="snapshot")
     router.add("GET", r"/api/events", events, access="token")
     router.add("GET", r"/api/bundles", bundles, access="token")
-    router.add("GET", r"/api/events/(?P<id>[0-9A-Za-z_-]{1,64})/image", event_image, access="token")
+    event = r"/api/events/(?P<id>[0-9A-Za-z_-]{1,64})"
+    router.add("GET", event + r"/image", event_image, access="token")
+    router.add("POST", event + r"/feedback", feedback, access="token", name="feedback")
     return router
+
+
+def verdict_of(body: bytes) -> tuple[str, str | None]:
+    """The verdict a feedback request's body ``{"verdict": "..."}`` names, and what is
+    wrong with the body if it is not such JSON (then the verdict is empty, so refused)."""
+    shape = 'the body must be JSON {"verdict": "person"} or {"verdict": "not_person"}'
+    try:
+        sent = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "", shape
+    if not isinstance(sent, dict) or not isinstance(sent.get("verdict"), str):
+        return "", shape
+    return str(sent["verdict"]), None
 
 
 def metrics(request: Request) -> Response:

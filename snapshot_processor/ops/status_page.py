@@ -10,7 +10,7 @@ import hashlib
 import html
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -139,7 +139,17 @@ def _found(event: Shown) -> str:
     return ", ".join(str(d.get("label")) for d in event["detections"]) or "nothing detected"
 
 
-def _event_card(event: Shown, now: float) -> str:
+def _verdict_buttons(event: Shown) -> str:
+    """A person's verdict on the event, for the labelled set detection is measured on."""
+    said = f'data-event="{_e(event["event_id"])}"'
+    return (
+        f'<span class="verdict" role="group" aria-label="Is there a person?">'
+        f'<button type="button" {said} data-verdict="person">person</button> '
+        f'<button type="button" {said} data-verdict="not_person">not a person</button></span>'
+    )
+
+
+def _event_card(event: Shown, now: float, labelable: bool = False) -> str:
     full = f"/api/events/{quote(event['event_id'], safe='')}/image?annotated=1"
     url, parked = event.get("storage_url"), event.get("upload_parked")
     if parked is not None:
@@ -153,7 +163,8 @@ def _event_card(event: Shown, now: float) -> str:
         f'<a href="{_e(full)}"><img loading="lazy" alt="{_e(event["device_label"])}: {_e(_found(event))}" '
         f'src="{_e(full)}&amp;size=thumb"></a><figcaption>{PERSON_BADGE if event["person"] else ""}'
         f"<strong>{_e(event['device_label'])}</strong> {_when(event['taken'], now)}<br>"
-        f'<span class="muted">{_e(_found(event))}; {_e(event["source"])}</span> {offsite}</figcaption></figure>'
+        f'<span class="muted">{_e(_found(event))}; {_e(event["source"])}</span> {offsite}'
+        f"{_verdict_buttons(event) if labelable else ''}</figcaption></figure>"
     )
 
 
@@ -244,9 +255,13 @@ def _live(cameras: Sequence[Shown], health: HealthReport, now: float) -> str:
     )
 
 
-def _gallery(events: Sequence[Shown], now: float, filtered: bool) -> str:
+def _gallery(
+    events: Sequence[Shown], now: float, filtered: bool, feedback: Collection[str] | None = None
+) -> str:
     empty = "No event matches these filters." if filtered else "No event yet."
-    cards = "".join(_event_card(e, now) for e in events) or f'<p class="muted">{empty}</p>'
+    labelable = feedback or ()
+    cards = "".join(_event_card(e, now, e["event_id"] in labelable) for e in events)
+    cards = cards or f'<p class="muted">{empty}</p>'
     return f'<div id="gallery" class="gallery">{cards}</div>'
 
 
@@ -257,13 +272,15 @@ def main_part(
     *,
     filtered: bool = False,
     bundles: Bundles | None = None,
+    feedback: Collection[str] | None = None,
 ) -> str:
     """The parts of the page that refresh: the state and cameras, the recent events and the
-    bundles (when the daemon keeps them)."""
+    bundles (when the daemon keeps them); ``feedback``: the events that get the verdict
+    buttons (None: none do)."""
     now = time.time()
     return (
         _live(cameras, health, now)
-        + _gallery(events, now, filtered)
+        + _gallery(events, now, filtered, feedback)
         + (_bundles(bundles, now) if bundles is not None else "")
     )
 
@@ -300,10 +317,12 @@ def status_page(
     person: bool = False,
     logged_in: bool = True,
     bundles: Bundles | None = None,
+    feedback: Collection[str] | None = None,
 ) -> str:
     """The whole status page; ``camera`` and ``person`` filter the recent events shown;
     ``logged_in``: there is a token, so a session to end (else no Log out button);
-    ``bundles``: the newest sensor events' bundles (None: no such section)."""
+    ``bundles``: the newest sensor events' bundles (None: no such section); ``feedback``:
+    the events that get the person / not a person buttons (None: none do)."""
     now = time.time()
     logout = '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
     header = f"<header><h1>snapshot-processor</h1>{logout if logged_in else ''}</header>"
@@ -312,7 +331,8 @@ def status_page(
         f'{header}<main data-refresh="{REFRESH_SECONDS}">'
         '<p id="note" class="note" role="status" aria-live="polite"></p>'
         f'{_live(cameras, health, now)}<section class="events"><h2>Recent events</h2>'
-        f"{_filters(cameras, camera, person)}{_gallery(events, now, bool(camera or person))}"
+        f"{_filters(cameras, camera, person)}"
+        f"{_gallery(events, now, bool(camera or person), feedback)}"
         "</section>"
         + (
             f'<section class="bundles"><h2>Bundles</h2>{_bundles(bundles, now)}</section>'

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
 
+from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.ops.recent import WRITE_AFTER_EVENTS, EventRecord, RecentEvents
 from tests.support.metrics import sample
 from tests.support.wait import wait_until
@@ -128,3 +130,40 @@ def test_an_event_that_cannot_be_recorded_leaves_the_writer_running(tmp_path: Pa
     finally:
         recent.close()
     assert not [t for t in threading.enumerate() if t.name == "recent-events"]
+
+
+def test_an_event_keeps_whose_answer_stood_and_older_records_still_read(tmp_path: Path) -> None:
+    snap = SnapshotMessage(
+        event_id="e1",
+        camera_key="cam1 camera",
+        device_label="Cam1",
+        image=b"jpeg",
+        taken=1_700_000_000.0,
+        storage_path="/data/1.jpg",
+        source="fetch",
+    ).with_detection(
+        detections=[{"label": "Person", "confidence": 97.0, "person": True}],
+        analysed=True,
+        decided_by="rekognition",
+        cascade="unsure",
+    )
+    path = tmp_path / "recent.sqlite3"
+    recent = RecentEvents(path)
+    try:
+        recent.add(EventRecord.of(snap))
+        found = recent.find("e1")
+        assert found is not None
+        assert (found.decided_by, found.person) == ("rekognition", True)
+        # A record written before the field existed reads as decided by nobody known.
+        older = record(2).as_json()
+        del older["decided_by"]
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "INSERT INTO events (camera, record) VALUES (?, ?)",
+                ("cam1 camera", json.dumps(older)),
+            )
+        again = recent.find("e2")
+        assert again is not None
+        assert again.decided_by is None
+    finally:
+        recent.close()

@@ -1,9 +1,18 @@
 'use strict';
 // The status page's script: it refreshes the parts of the page the server renders
-// (each with an id) and follows a snapshot asked for from a camera's button.
+// (each with an id), follows a snapshot asked for from a camera's button and sends a
+// person's verdict on an event (person / not a person) for the labelled set.
 const REFRESH = Number(document.querySelector('main').dataset.refresh) * 1000;
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 let turn = 0; // the latest click: an older one stops following its snapshot
+const judged = new Map(); // event id -> the verdict kept, shown again after each refresh
+
+function showJudged() {
+  for (const button of document.querySelectorAll('button[data-verdict]')) {
+    const kept = judged.get(button.dataset.event);
+    if (kept) button.setAttribute('aria-pressed', String(kept === button.dataset.verdict));
+  }
+}
 
 async function refresh() {
   const query = new URLSearchParams(location.search); // the gallery's filters stay
@@ -23,6 +32,7 @@ async function refresh() {
     for (const details of document.querySelectorAll('details[data-id]')) {
       if (open.has(details.dataset.id)) details.open = true;
     }
+    showJudged();
   } catch (e) { /* the daemon may be restarting: try again at the next turn */ }
 }
 
@@ -107,8 +117,35 @@ async function snapshot(button) {
   }
 }
 
+async function judge(button) {
+  const mine = ++turn;
+  const id = button.dataset.event, verdict = button.dataset.verdict;
+  const note = document.getElementById('note');
+  delete note.dataset.event;
+  button.disabled = true;
+  try {
+    const answer = await fetch('/api/events/' + encodeURIComponent(id) + '/feedback', {
+      method: 'POST', credentials: 'same-origin',
+      headers: {'Content-Type': 'application/json'}, body: JSON.stringify({verdict}),
+    });
+    if (!answer.ok) {
+      const why = (await answer.text()).trim();
+      say(mine, 'Verdict on event ' + id + ' refused (HTTP ' + answer.status + '): ' + why, 'refused');
+      return;
+    }
+    const reply = await answer.json();
+    judged.set(id, verdict);
+    showJudged();
+    say(mine, 'Verdict ' + reply.note + '.', 'labelled');
+  } catch (e) {
+    say(mine, 'Verdict on event ' + id + ': the daemon did not answer', 'refused');
+  } finally { button.disabled = false; }
+}
+
 document.addEventListener('click', (event) => {
   const button = event.target.closest('button[data-snap]');
   if (button) snapshot(button);
+  const verdict = event.target.closest('button[data-verdict]');
+  if (verdict) judge(verdict);
 });
 setInterval(refresh, REFRESH);
