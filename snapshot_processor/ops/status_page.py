@@ -231,6 +231,21 @@ def _bundles(bundles: Bundles, now: float) -> str:
     return f'<div id="bundles">{inside}</div>'
 
 
+def _spend_line(health: HealthReport) -> str:
+    """A detection chain's spending today, against its budget (nothing without a chain)."""
+    detection = health.detail.get("detection")
+    budget = detection.get("budget") if isinstance(detection, dict) else None
+    if not isinstance(budget, dict):
+        return ""
+    limit = budget.get("limit")
+    bound = f" of a budget of {_e(f'{limit:g}')}" if isinstance(limit, int | float) else ""
+    spent = f"{float(budget.get('spent', 0.0)):.4g}"
+    return (
+        f'<p class="spend">Cloud detection today: {_e(budget.get("cloud_calls", 0))} call(s), '
+        f"{_e(spent)} spent{bound}.</p>"
+    )
+
+
 def _live(cameras: Sequence[Shown], health: HealthReport, now: float) -> str:
     headline, said = verdict(cameras, health)
     look = {"All well": "good", "Degraded": "degraded", "Down": "bad"}[headline]
@@ -250,7 +265,7 @@ def _live(cameras: Sequence[Shown], health: HealthReport, now: float) -> str:
     items = "".join(f"<li>{_e(line)}</li>" for line in said)
     return (
         f'<div id="live"><section class="state {look}"><h2 class="health {look}">{headline}</h2>'
-        f"<ul>{items}</ul>{upload_line}</section>"
+        f"<ul>{items}</ul>{upload_line}{_spend_line(health)}</section>"
         f'<section><div class="grid">{"".join(_camera_card(c, now) for c in cameras)}</div></section></div>'
     )
 

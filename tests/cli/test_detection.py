@@ -18,8 +18,8 @@ from snapshot_processor.cli.common import EXIT_CONFIG, EXIT_START
 from snapshot_processor.detection.evaluate import EVALUATIONS_FILE
 from snapshot_processor.detection.labelled import LabelledSet
 from snapshot_processor.detection.registry import BUDGET_FILE
-from tests.detection.test_cascade import brightness_model, grey
 from tests.support.fakes.rekognition import FakeRekognition, label
+from tools.brightness_model import brightness_model, grey
 
 pytestmark = pytest.mark.local_extra
 

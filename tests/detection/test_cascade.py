@@ -5,16 +5,12 @@ Rekognition fake."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
+import requests
 
 from pylib.runtime.health import Health
 from snapshot_processor.detection.base import Detection, DetectionError
@@ -24,6 +20,8 @@ from tests.support.broker import Peer, running_app, trigger_body, unique_exchang
 from tests.support.daemon import PASSWORD, camera_env, make_settings
 from tests.support.fakes.rekognition import FakeRekognition, label
 from tests.support.metrics import sample_gauge
+from tests.support.net import free_port
+from tools.brightness_model import brightness_model, grey
 from tools.camera_simulator import CameraSimulator
 
 DAY = 1_800_000_000.0  # 2027-01-15, 08:00 UTC
@@ -126,37 +124,6 @@ def test_a_failed_cloud_call_costs_nothing_and_the_local_answer_stands(tmp_path:
 
 
 # --- over the broker, with a tiny model and the Rekognition fake ------------------------
-def brightness_model(path: Path) -> Path:
-    """YOLOv8-shaped ``(1, 5, 1)``: one centred box whose "person" score is the mean of the
-    input, so a grey image of value v is a person at v / 255 times 100 per cent."""
-    mean = helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0)
-    shape = numpy_helper.from_array(np.array([1, 1, 1], dtype=np.int64), "shape")
-    box = numpy_helper.from_array(
-        np.array([[[320.0], [320.0], [200.0], [400.0]]], dtype=np.float32), "box"
-    )
-    graph = helper.make_graph(
-        [
-            mean,
-            helper.make_node("Reshape", ["mean", "shape"], ["score"]),
-            helper.make_node("Concat", ["box", "score"], ["output0"], axis=1),
-        ],
-        "brightness",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])],
-        initializer=[shape, box],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
-def grey(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (640, 640), (value, value, value)).save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def rekognition(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRekognition]:
     with FakeRekognition() as fake:
@@ -198,7 +165,8 @@ def test_the_daemon_asks_the_cloud_only_for_unsure_frames_and_keeps_to_its_budge
             "DETECTION_PRICE_PER_IMAGE": "0.001",
         }
         rekognition.reply_labels(*[[label("Person", 99.0, boxes=[(0.3, 0.2, 0.3, 0.6)])]] * 3)
-        settings = make_settings(tmp_path, exchange, **env)
+        port = free_port()
+        settings = make_settings(tmp_path, exchange, HTTP_PORT=str(port), **env)
         peer = Peer(exchange)
         try:
             with running_app(settings) as app:
@@ -210,6 +178,7 @@ def test_the_daemon_asks_the_cloud_only_for_unsure_frames_and_keeps_to_its_budge
                     decided.append(entry_of(peer, sent))
                 calls_before_restart = len(rekognition.calls)
                 report = app.report()
+                page = requests.get(f"http://127.0.0.1:{port}/", timeout=10).text
             # A restart the same day: the budget is still spent.
             with running_app(make_settings(tmp_path, exchange, **env)):
                 peer.send_trigger(trigger_body("Dim camera", device_params=None))
@@ -233,3 +202,4 @@ def test_the_daemon_asks_the_cloud_only_for_unsure_frames_and_keeps_to_its_budge
     assert len(rekognition.calls) == 2
     assert any("today's budget of 0.002 is spent" in line for line in report.warnings)
     assert report.detail["detection"]["budget"]["cloud_calls"] == 2
+    assert "Cloud detection today: 2 call(s), 0.002 spent of a budget of 0.002." in page
