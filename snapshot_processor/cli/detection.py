@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cloud",
         action="store_true",
         help="ask the cloud backend for the frames a chain would send it that have no "
-        "recorded answer (costs DETECTION_PRICE_PER_IMAGE each, within "
-        "DETECTION_DAILY_BUDGET); without it they are counted as undecided",
+        "recorded answer (costs DETECTION_PRICE_PER_IMAGE each, counted in the daemon's "
+        "daily budget and within DETECTION_DAILY_BUDGET); without it they are undecided",
     )
 
 
@@ -86,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
         f"labelled set {where}: {len(entries)} image(s), {persons} with a person, "
         f"{len(entries) - persons} without"
     )
-    running = _measured(settings, entries, args.cloud, "running")
+    running = _measured(settings, entries, args.cloud, "running", settings.snapshots_root_dir)
     _show("running configuration", running, settings)
     results = [running]
     if other is not None:
-        measured = _measured(other, entries, args.cloud, str(args.other))
+        measured = _measured(
+            other, entries, args.cloud, str(args.other), settings.snapshots_root_dir
+        )
         _show(f"other configuration ({printable(args.other)})", measured, other)
         for line in difference(running, measured):
             print(line)
@@ -114,11 +116,15 @@ def _other_settings(path: Path) -> Settings:
         ) from None
 
 
-def _measured(settings: Settings, entries: list[Labelled], cloud: bool, name: str) -> Evaluation:
+def _measured(
+    settings: Settings, entries: list[Labelled], cloud: bool, name: str, root: Path
+) -> Evaluation:
+    """``settings`` measured; the cloud, if asked, spends from the budget kept in ``root``
+    (the running configuration's data root, whichever configuration is measured)."""
     section = settings.detection
     try:
         with command_logging():
-            return evaluation.evaluate(section, entries, ask_cloud=cloud, name=name)
+            return evaluation.evaluate(section, entries, ask_cloud=cloud, data_root=root, name=name)
     except (OSError, ValueError, ImportError, DetectionError, BudgetError) as exc:
         backend = evaluation.as_running(section).backend
         raise CommandError(f"detection ({backend}) cannot start: {exc}", EXIT_START) from None

@@ -4,6 +4,7 @@ neither a restart nor a crash lets the day's spending pass its bound."""
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -32,6 +33,14 @@ _MICRO = 1_000_000
 class BudgetError(Exception):
     """The budget file cannot be read or written: the cloud is not asked (a bound we cannot
     keep is treated as spent)."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One reserved call: its day and price, for a refund of exactly that."""
+
+    day: str
+    micro: int
 
 
 @dataclass(frozen=True)
@@ -86,13 +95,15 @@ class DailyBudget:
             except sqlite3.Error as exc:
                 raise BudgetError(f"the detection budget file {self.path}: {exc}") from None
         calls, micro = row if row else (0, 0)
+        DETECTION_SPEND.set(micro / _MICRO)  # a new day reads 0 here, before any call
         return Spending(day, int(calls), micro / _MICRO)
 
-    def reserve(self) -> bool:
-        """Record one call's price if today's spending stays within the limit; False (and
-        nothing recorded) if it would not. Raises :class:`BudgetError`."""
-        day, price = self._day(), round(self.price * _MICRO)
-        limit = None if self.limit is None else round(self.limit * _MICRO)
+    def reserve(self) -> Ticket | None:
+        """Record one call's price if today's spending stays within the limit, and return
+        its ticket; None (and nothing recorded) if it would not. Raises :class:`BudgetError`.
+        The price is rounded up and the limit down, so rounding never lets it pass."""
+        day, price = self._day(), math.ceil(self.price * _MICRO)
+        limit = None if self.limit is None else math.floor(self.limit * _MICRO)
         with self._lock:
             try:
                 with transaction(self._db) as db:
@@ -100,7 +111,7 @@ class DailyBudget:
                     spent = int(row[0]) if row else 0
                     if limit is not None and spent + price > limit:
                         DETECTION_BUDGET_REFUSED.inc()
-                        return False
+                        return None
                     db.execute(
                         "INSERT INTO spending (day, calls, micro) VALUES (?, 1, ?) ON CONFLICT"
                         "(day) DO UPDATE SET calls = calls + 1, micro = micro + excluded.micro",
@@ -109,11 +120,11 @@ class DailyBudget:
             except sqlite3.Error as exc:
                 raise BudgetError(f"the detection budget file {self.path}: {exc}") from None
         DETECTION_SPEND.set((spent + price) / _MICRO)
-        return True
+        return Ticket(day, price)
 
-    def refund(self) -> None:
-        """Give back the last reservation of today (the call failed and cost nothing)."""
-        day, price = self._day(), round(self.price * _MICRO)
+    def refund(self, ticket: Ticket) -> None:
+        """Give back one reservation, on its own day (the call failed and cost nothing)."""
+        day, price = ticket.day, ticket.micro
         with self._lock:
             try:
                 with transaction(self._db) as db:
@@ -127,13 +138,13 @@ class DailyBudget:
                 return
         DETECTION_SPEND.set(self.today().money)
 
-    def spent_out(self) -> bool:
-        """Whether the next call would pass today's limit."""
+    def spent_out(self, today: Spending | None = None) -> bool:
+        """Whether the next call would pass the limit of ``today`` (read if not given)."""
         if self.limit is None:
             return False
-        return round(self.today().money * _MICRO) + round(self.price * _MICRO) > round(
-            self.limit * _MICRO
-        )
+        today = self.today() if today is None else today
+        spent = round(today.money * _MICRO)
+        return spent + math.ceil(self.price * _MICRO) > math.floor(self.limit * _MICRO)
 
     def close(self) -> None:
         with self._lock:

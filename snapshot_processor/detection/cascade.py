@@ -25,6 +25,9 @@ SURE = "sure"
 CLEAR = "clear"
 UNSURE = "unsure"
 SPENT = "budget spent"
+# Failures the service refused before any analysis, so never charged; a timeout or a server
+# error may come after the work was done, and stays counted (the bound must hold).
+UNCHARGED = frozenset({"throttled", "access_denied", "invalid_image"})
 
 
 @dataclass(frozen=True)
@@ -88,17 +91,17 @@ class Cascade:
             why = SURE if person >= self.sure else CLEAR
             return self._decided(Decision(kept, local, why, person))
         try:
-            allowed = self.budget.reserve()
+            ticket = self.budget.reserve()
         except BudgetError as exc:
             log.warning("detection: %s; the local answer stands", exc)
             return self._decided(Decision(kept, local, "budget unknown", person))
-        if not allowed:
+        if ticket is None:
             return self._decided(Decision(kept, local, SPENT, person))
         try:
             answer = self.cloud.detect(image)
         except DetectionError as exc:
-            # Nothing was analysed, so nothing was charged.
-            self.budget.refund()
+            if exc.reason in UNCHARGED:
+                self.budget.refund(ticket)
             log.warning("detection: %s failed (%s); the local answer stands", self.cloud.name, exc)
             return self._decided(Decision(kept, local, f"cloud failed: {exc.reason}", person))
         return self._decided(Decision(answer, self.cloud.name, UNSURE, person))
@@ -111,9 +114,11 @@ class Cascade:
     def close(self) -> None:
         try:
             self.local.close()
-            self.cloud.close()
         finally:
-            self.budget.close()
+            try:
+                self.cloud.close()
+            finally:
+                self.budget.close()
 
     def health(self) -> Health:
         """Both backends', and the budget: spent is a warning (the local model decides)."""
@@ -131,7 +136,7 @@ class Cascade:
             "limit": limit,
             "price_per_image": self.budget.price,
         }
-        if self.budget.spent_out():
+        if self.budget.spent_out(today):
             whole.warnings.append(
                 f"detection: today's budget of {limit:g} is spent ({today.calls} cloud calls); "
                 f"the local model decides alone until 00:00 UTC"

@@ -21,9 +21,9 @@ from typing import Any, Final
 
 from snapshot_processor.detection.base import Detection, DetectionError, Detector
 from snapshot_processor.detection.budget import BudgetError, DailyBudget
-from snapshot_processor.detection.cascade import Cascade, person_confidence
+from snapshot_processor.detection.cascade import UNCHARGED, Cascade, person_confidence
 from snapshot_processor.detection.labelled import Labelled
-from snapshot_processor.detection.registry import CLOUD, make_detector
+from snapshot_processor.detection.registry import BUDGET_FILE, CLOUD, make_detector
 from snapshot_processor.detection.settings import DetectionSettings
 from snapshot_processor.storage.files import write_atomically
 
@@ -124,7 +124,10 @@ class Evaluation:
 
 
 def worse(mine: Evaluation, other: Evaluation) -> bool:
-    """``mine`` has a lower precision or a lower recall than ``other`` (where both have one)."""
+    """``mine`` has a lower precision or a lower recall than ``other`` (where both have one),
+    both measured on a labelled set of the same size (a grown set is another measure)."""
+    if mine.images != other.images:
+        return False
     return any(
         a is not None and b is not None and a < b
         for a, b in ((mine.precision, other.precision), (mine.recall, other.recall))
@@ -168,15 +171,17 @@ class _Answers:
         if self.budget is None:
             return None
         try:
-            if not self.budget.reserve():
-                return None  # the throwaway budget's day is spent: DETECTION_DAILY_BUDGET
+            ticket = self.budget.reserve()
+            if ticket is None:
+                return None  # today's budget is spent: DETECTION_DAILY_BUDGET
         except BudgetError as exc:
             log.warning("detection evaluate: %s; the cloud is not asked", exc)
             return None
         try:
             answer = self.cloud.detect(image)
         except DetectionError as exc:
-            self.budget.refund()
+            if exc.reason in UNCHARGED:
+                self.budget.refund(ticket)
             log.warning(
                 "detection evaluate: %s failed on %s: %s", self.cloud.name, entry.event_id, exc
             )
@@ -194,6 +199,7 @@ def evaluate(
     entries: Sequence[Labelled],
     *,
     ask_cloud: bool = False,
+    data_root: Path | None = None,
     name: str = "running",
     clock: Callable[[], float] = time.time,
 ) -> Evaluation:
@@ -201,9 +207,13 @@ def evaluate(
     Raises what :func:`make_detector` raises when the configuration cannot be built."""
     settings = as_running(settings)
     counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "undecided": 0, "failed": 0}
-    # A chain's budget, and the cloud's when asked, live and die here: never the daemon's.
+    # The cloud is asked (with --cloud) under the daemon's own daily budget, in its file:
+    # what an evaluation spends counts against the day, and the day's bound holds.
     with tempfile.TemporaryDirectory(prefix="detection-evaluate-") as scratch:
-        detector = make_detector(settings, Path(scratch))
+        if ask_cloud and data_root is None:
+            raise ValueError("asking the cloud needs the data root, where its budget is kept")
+        root = data_root if ask_cloud and data_root is not None else Path(scratch)
+        detector = make_detector(settings, root)
         budget: DailyBudget | None = None
         try:
             if ask_cloud:
@@ -211,7 +221,7 @@ def evaluate(
                     detector.budget
                     if isinstance(detector, Cascade)
                     else DailyBudget(
-                        Path(scratch) / "cloud-budget.sqlite3",
+                        root / BUDGET_FILE,
                         settings.daily_budget,
                         settings.price_per_image,
                     )

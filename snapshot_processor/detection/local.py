@@ -82,6 +82,7 @@ class HogPeopleDetector:
         scale: float = 1.05,
         group_threshold: int = 2,
         nms_threshold: float = 0.3,
+        person_min_confidence: float | None = None,
     ) -> None:
         require("cv2")
         import cv2
@@ -95,6 +96,8 @@ class HogPeopleDetector:
         self.group_threshold = group_threshold
         self.nms_threshold = nms_threshold
         self.hit_threshold = hit_threshold
+        # None: every hit is a person (this detector finds nothing else).
+        self.person_min_confidence = person_min_confidence
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector()))
 
@@ -129,7 +132,9 @@ class HogPeopleDetector:
             x, y, w, h = boxes[int(index)]
             box = Box.from_pixels(x - pad_x, y - pad_y, x + w - pad_x, y + h - pad_y, width, height)
             if box is not None:
-                found.append(Detection("Person", scores[int(index)], box, True))
+                score = scores[int(index)]
+                minimum = self.person_min_confidence
+                found.append(Detection("Person", score, box, minimum is None or score >= minimum))
         found.sort(key=lambda d: d.confidence, reverse=True)
         return found
 
@@ -146,6 +151,13 @@ HOG_MIN_CONFIDENCE = 60.0
 def from_settings(settings: DetectionSettings, *, floor: float | None = None) -> HogPeopleDetector:
     """The ``local`` backend: it has no settings of its own; in a chain it reports people
     down to ``floor``, so the chain can tell the unsure from the clear."""
+    if floor is None:
+        return HogPeopleDetector(HOG_MIN_CONFIDENCE)
+    # The SVM's hits start at weight 0 (confidence 50): below that only a lower hit
+    # threshold finds them. A person is flagged as by the other backends.
+    minimum = min(HOG_MIN_CONFIDENCE, floor)
     return HogPeopleDetector(
-        HOG_MIN_CONFIDENCE if floor is None else min(HOG_MIN_CONFIDENCE, floor)
+        minimum,
+        hit_threshold=min(0.0, hog_weight(minimum)),
+        person_min_confidence=settings.person_min_confidence,
     )

@@ -35,7 +35,9 @@ def make_detector(settings: DetectionSettings, data_root: Path) -> Detector:
         return _backend(chain[0], settings)
     local = _backend(chain[0], settings, floor=settings.cascade_clear)
     try:
-        cloud = _backend(chain[1], settings)
+        cloud = importlib.import_module(str(BACKENDS[chain[1]])).from_settings(
+            settings, budgeted=True
+        )
     except BaseException:
         local.close()
         raise

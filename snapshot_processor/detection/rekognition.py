@@ -187,10 +187,13 @@ def error_from(exc: Exception) -> DetectionError:
     return DetectionError("error", f"Rekognition call failed ({type(exc).__name__})")
 
 
-def from_settings(settings: DetectionSettings) -> RekognitionDetector:
+def from_settings(settings: DetectionSettings, *, budgeted: bool = False) -> RekognitionDetector:
+    """Rekognition; ``budgeted`` (in a chain): one attempt per call, as each is paid for and
+    a retry after a timeout may be charged twice."""
     return RekognitionDetector(
         settings.aws_region,
         min_confidence=settings.min_confidence,
         max_labels=settings.max_labels,
         person_min_confidence=settings.person_min_confidence,
+        max_attempts=1 if budgeted else 2,
     )

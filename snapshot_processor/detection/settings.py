@@ -80,6 +80,18 @@ class DetectionSettings(BaseModel):
                 f"DETECTION_CASCADE_CLEAR ({self.cascade_clear:g}) is above "
                 f"DETECTION_CASCADE_SURE ({self.cascade_sure:g})"
             )
+        chained = "," in self.configured_backend  # whether or not detection is on now
+        if self.daily_budget is not None and not chained:
+            problems.append(
+                "DETECTION_DAILY_BUDGET bounds the cloud calls of a chain (onnx,rekognition or "
+                "local,rekognition); with one backend, DETECTION_MAX_PER_DAY caps its calls"
+            )
+        if chained and self.cascade_sure < self.person_min_confidence:
+            problems.append(
+                f"DETECTION_CASCADE_SURE ({self.cascade_sure:g}) is below "
+                f"PERSON_MIN_CONFIDENCE ({self.person_min_confidence:g}): a frame the local "
+                "model is sure of would not count as a person, and the cloud would not be asked"
+            )
         if "rekognition" in self.chain and not self.aws_region:
             problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
         if problems:

@@ -12,6 +12,7 @@ from pylib.chain.settle import Replies, Settlement
 from pylib.chain.stage import Stage
 from pylib.observe.logs import printable
 from snapshot_processor.contract.feedback import FEEDBACK_KIND, FeedbackMessage
+from snapshot_processor.detection.labelled import DETECTION_FEEDBACK_REFUSED, FeedbackError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class VerdictStage(Stage):
             requeue = True
             log.warning("feedback on event %s not kept now (%s); later", event_id, exc)
         except (ValueError, KeyError) as exc:
+            if not isinstance(exc, FeedbackError):  # those are counted where refused
+                DETECTION_FEEDBACK_REFUSED.labels("bus", "bad_message").inc()
             log.warning("feedback on event %s not kept: %s", event_id, exc)
         finally:
             assert self._replies is not None

@@ -346,8 +346,15 @@ class MqttOutput(Stage):
         """ "Not a person" on a camera's latest event: a verdict for the labelled set."""
         camera = self.by_slug.get(slug)
         event_id = self._latest_event.get(camera.key) if camera else None
-        if not message.payload or message.retain or self.verdicts is None:
-            return  # cleared, kept by the broker, or detection off: nothing was asked now
+        if not message.payload or self.verdicts is None:
+            return  # cleared, or detection off: nothing was asked
+        if message.retain:
+            MQTT_COMMANDS.labels("ignored").inc()
+            log.warning(
+                "MQTT: a retained verdict on %s ignored and cleared", printable(message.topic)
+            )
+            self.link.publish(message.topic, b"", retain=True)
+            return
         if camera is None or message.payload != NOT_PERSON.encode() or event_id is None:
             MQTT_COMMANDS.labels("ignored").inc()
             log.warning(

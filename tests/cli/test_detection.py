@@ -15,6 +15,7 @@ import pytest
 
 from snapshot_processor import cli
 from snapshot_processor.cli.common import EXIT_CONFIG, EXIT_START
+from snapshot_processor.detection.budget import DailyBudget
 from snapshot_processor.detection.evaluate import EVALUATIONS_FILE
 from snapshot_processor.detection.labelled import LabelledSet
 from snapshot_processor.detection.registry import BUDGET_FILE
@@ -199,7 +200,7 @@ def test_a_chain_counts_its_cloud_calls_and_never_asks_the_cloud_unless_told(
     assert "  undecided: 1 (frames the cloud would answer, with no answer recorded" in chain
     assert rekognition.calls == []
 
-    # --cloud: the one frame without an answer is asked, through a budget of its own.
+    # --cloud: the one frame without an answer is asked, under the daemon's own budget.
     rekognition.reply_labels([label("Person", 97.0)])
     assert run(settings, "detection", "evaluate", "--cloud") == 0
     chain = section(capsys.readouterr().out, "running configuration: onnx,rekognition")
@@ -208,7 +209,13 @@ def test_a_chain_counts_its_cloud_calls_and_never_asks_the_cloud_unless_told(
     assert "  undecided: 0\n" in chain
     [asked] = rekognition.calls
     assert asked.image == grey(128)
-    assert not (tmp_path / "data" / BUDGET_FILE).exists()  # the daemon's budget untouched
+    # What it spent counts against the day, in the daemon's budget file.
+    budget = DailyBudget(tmp_path / "data" / BUDGET_FILE, None, 0.002)
+    try:
+        spent = budget.today()
+    finally:
+        budget.close()
+    assert (spent.calls, spent.money) == (1, pytest.approx(0.002))
 
 
 def test_no_labelled_image_and_bad_arguments(

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import requests
 
+from pylib.config.settings import ConfigError
 from pylib.runtime.health import Health
+from snapshot_processor import config
 from snapshot_processor.detection.base import Detection, DetectionError
 from snapshot_processor.detection.budget import DailyBudget
 from snapshot_processor.detection.cascade import Cascade
@@ -110,6 +112,51 @@ def test_the_budget_stops_calls_at_its_cap_survives_a_restart_and_opens_the_next
     again.close()
 
 
+def test_a_call_that_may_have_been_charged_stays_counted(tmp_path: Path) -> None:
+    # A timeout can come after the service analysed the image: the bound must hold.
+    failing = Scripted("rekognition", DetectionError("unreachable", "read timed out"))
+    chain = cascade(tmp_path, Scripted("onnx", person(60)), failing, limit=0.001)
+    assert chain.decide(b"x").why == "cloud failed: unreachable"
+    assert chain.decide(b"x").why == "budget spent"
+    assert failing.calls == 1
+    assert chain.budget.today().calls == 1
+    chain.close()
+
+
+def test_settings_of_a_chain_are_checked_at_start(tmp_path: Path) -> None:
+    def problems(**env: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            config.load(env={"SECRETS_DIR": str(tmp_path / "none"), **env})
+        return str(caught.value)
+
+    chain = {
+        "OBJECT_DETECTION_ENABLED": "true",
+        "OBJECT_DETECTION_BACKEND": "onnx,rekognition",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    assert "a chain is a local backend, then a cloud one" in problems(
+        OBJECT_DETECTION_BACKEND="rekognition,onnx"
+    )
+    assert "DETECTION_DAILY_BUDGET bounds the cloud calls of a chain" in problems(
+        DETECTION_DAILY_BUDGET="1"
+    )
+    assert "DETECTION_CASCADE_CLEAR (90) is above DETECTION_CASCADE_SURE (80)" in problems(
+        **chain, ONNX_MODEL_PATH=__file__, DETECTION_CASCADE_CLEAR="90"
+    )
+    assert "DETECTION_CASCADE_SURE (70) is below PERSON_MIN_CONFIDENCE (80)" in problems(
+        **chain, ONNX_MODEL_PATH=__file__, DETECTION_CASCADE_SURE="70"
+    )
+    assert "ONNX_MODEL_PATH is needed" in problems(**chain)
+    ok = config.load(
+        env={
+            "SECRETS_DIR": str(tmp_path / "none"),
+            **chain,
+            "OBJECT_DETECTION_BACKEND": "local, rekognition",
+        }
+    )
+    assert ok.detection.chain == ("local", "rekognition")
+
+
 def test_a_failed_cloud_call_costs_nothing_and_the_local_answer_stands(tmp_path: Path) -> None:
     failing = Scripted("rekognition", DetectionError("throttled", "slow down"))
     chain = cascade(tmp_path, Scripted("onnx", person(60)), failing, limit=0.001)
@@ -203,3 +250,23 @@ def test_the_daemon_asks_the_cloud_only_for_unsure_frames_and_keeps_to_its_budge
     assert any("today's budget of 0.002 is spent" in line for line in report.warnings)
     assert report.detail["detection"]["budget"]["cloud_calls"] == 2
     assert "Cloud detection today: 2 call(s), 0.002 spent of a budget of 0.002." in page
+
+
+@pytest.mark.local_extra
+def test_hog_in_a_chain_reports_down_to_clear_and_flags_people_as_the_others_do(
+    tmp_path: Path,
+) -> None:
+    from snapshot_processor.detection import local
+
+    settings = config.load(env={"SECRETS_DIR": str(tmp_path / "none")}).detection
+    alone = local.from_settings(settings)
+    chained = local.from_settings(settings, floor=20)
+    assert (alone.min_confidence, alone.hit_threshold, alone.person_min_confidence) == (
+        60.0,
+        0.0,
+        None,
+    )
+    # Hits of weight 0 are 50 % sure: below that, only a lower hit threshold finds them.
+    assert chained.min_confidence == 20
+    assert local.hog_confidence(chained.hit_threshold) == pytest.approx(20, abs=0.01)
+    assert chained.person_min_confidence == settings.person_min_confidence == 80

@@ -67,6 +67,9 @@ def test_verdicts_from_the_bus_and_home_assistant_land_in_the_labelled_set(
     rejected = sample(
         "amqp_messages_rejected_total", queue=feedback_queue(settings), reason="bad_verdict"
     )
+    unreadable = sample(
+        "amqp_messages_rejected_total", queue=feedback_queue(settings), reason="not_msgpack"
+    )
     peer = Peer(exchange)
     sender = pika.BlockingConnection(BROKER)
     channel = sender.channel()
@@ -124,4 +127,8 @@ def test_verdicts_from_the_bus_and_home_assistant_land_in_the_labelled_set(
     assert (
         sample("amqp_messages_rejected_total", queue=feedback_queue(settings), reason="bad_verdict")
         == rejected + 1
+    )
+    assert (
+        sample("amqp_messages_rejected_total", queue=feedback_queue(settings), reason="not_msgpack")
+        == unreadable + 1
     )
