@@ -180,7 +180,9 @@ def test_quick_detection_bench_times_each_format_and_the_chain(tmp_path: Path) -
     for run in ("local", "chain"):
         assert detection[run]["sure"]["count"] == 8
         assert detection[run]["unsure"]["count"] == 2
-    assert detection["sure_ratio"] > 0
+    assert detection["sure_ratio"] == pytest.approx(
+        detection["chain"]["sure"]["p50_ms"] / detection["local"]["sure"]["p50_ms"]
+    )
     assert_exchanges_gone(figures["exchanges"])
     table = (tmp_path / "bench.md").read_text()
     assert "## Detection" in table
