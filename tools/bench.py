@@ -1523,7 +1523,8 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
     models = f["models"]
     row(
         f"local model per 640×480 image, p50 of {plan.model_samples} (synthetic ONNX models "
-        "of each output format, about 4 GFLOPs; see tools/detection_bench.py)",
+        "of each output format, about 4 GFLOPs at 640×640, the SSD one at 300×300 as TF's "
+        "exports are; see tools/detection_bench.py)",
         ", ".join(f"{name} {models[name]['p50_ms']:.0f} ms" for name in models),
         "reported",
         "",
