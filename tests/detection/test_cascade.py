@@ -270,3 +270,28 @@ def test_hog_in_a_chain_reports_down_to_clear_and_flags_people_as_the_others_do(
     assert chained.min_confidence == 20
     assert local.hog_confidence(chained.hit_threshold) == pytest.approx(20, abs=0.01)
     assert chained.person_min_confidence == settings.person_min_confidence == 80
+
+
+@pytest.mark.local_extra
+def test_a_model_that_cannot_load_stops_the_start_with_one_line_naming_it(tmp_path: Path) -> None:
+    from pylib.runtime.daemon import StartError
+    from snapshot_processor.app import App
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model at all")
+    settings = make_settings(
+        tmp_path,
+        "unused",
+        OBJECT_DETECTION_ENABLED="true",
+        OBJECT_DETECTION_BACKEND="onnx,rekognition",
+        ONNX_MODEL_PATH=str(broken),
+        AWS_DEFAULT_REGION="eu-west-1",
+    )
+    app = App(settings)
+    with pytest.raises(StartError) as caught:
+        app.build()
+    line = str(caught.value)
+    assert "\n" not in line
+    assert line.startswith("detection (onnx,rekognition) cannot start: ")
+    assert str(broken) in line
+    app.daemon.stop()
