@@ -1493,10 +1493,11 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
         }
         runs: dict[str, dict[int, list[float]]] = {"local": {1: [], 2: []}, "chain": {1: [], 2: []}}
         calls = {"local": 0, "chain": 0}
-        # Alternating, half the samples each time: neither goes first on a cold machine.
+        # Half the samples each time, in the order local, chain, chain, local: a machine that
+        # drifts over the run (each daemon differs by a millisecond or so) favours neither.
         half = plan.cascade_samples // 2
         for turn, (name, devices) in enumerate(
-            (("local", local), ("chain", chain), ("local", local), ("chain", chain))
+            (("local", local), ("chain", chain), ("chain", chain), ("local", local))
         ):
             samples = half if turn < 2 else plan.cascade_samples - half
             with daemon_running(root / f"{name}{turn}", devices, report.figures) as (_, peer, _):
@@ -1582,7 +1583,8 @@ def write(report: Report, out: Path) -> None:
                 "640x640 grey JPEGs; a tiny ONNX model whose person confidence is the "
                 "image's brightness (`tools/brightness_model.py`), so the chain's own cost "
                 "is what is measured; Rekognition is the tests' loopback fake. One daemon "
-                "with the local model alone and one with the chain, twice each, alternating; "
+                "with the local model alone and one with the chain, twice each (local, chain, "
+                "chain, local); "
                 "one trigger at a time.",
                 "",
             ]
