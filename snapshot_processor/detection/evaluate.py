@@ -53,8 +53,19 @@ class EvaluationError(Exception):
 
 def fingerprint(settings: DetectionSettings) -> str:
     """What identifies a detection configuration: a hash of the settings that shape its
-    answers (backend, thresholds, model, labels, chain bounds)."""
+    answers (backend, thresholds, model, labels, chain bounds), and of the model and labels
+    files' size and time, so a file replaced in place is another configuration."""
     values = {k: v for k, v in settings.model_dump(mode="json").items() if k not in NOT_ANSWERS}
+    for name, path in (
+        ("model_file", settings.onnx_model_path),
+        ("labels", settings.onnx_labels_file),
+    ):
+        if path is not None:
+            try:
+                found = path.stat()
+                values[name] = [found.st_size, found.st_mtime_ns]
+            except OSError:
+                values[name] = None
     text = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
