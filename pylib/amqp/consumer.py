@@ -24,8 +24,11 @@ from prometheus_client import Counter
 from pylib.amqp.params import (
     CONNECTION_ERRORS,
     RECONNECTS,
+    Brokers,
     LinkLog,
     close_quietly,
+    connect,
+    connected_to,
     describe,
     explain,
 )
@@ -98,7 +101,7 @@ class AmqpListener(Worker):
         name: str,
         stop_event: threading.Event,
         *,
-        params: pika.ConnectionParameters,
+        params: Brokers,
         setup: Setup,
         decode: Decoder,
         forward_to: str,
@@ -246,7 +249,7 @@ class AmqpListener(Worker):
         self._requeues.clear()
 
     def _connect(self) -> None:
-        connection = pika.BlockingConnection(self.params)
+        connection = connect(self.params)
         self._connection = connection
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
@@ -258,7 +261,7 @@ class AmqpListener(Worker):
         self._requeues.clear()
         self.consuming.set()
         self._link.up(
-            f"consuming {self.queue} on {describe(self.params)} (prefetch {self.prefetch})"
+            f"consuming {self.queue} on {connected_to(connection, self.params)} (prefetch {self.prefetch})"
         )
 
     def _declare_and_consume(self, channel: BlockingChannel) -> None:

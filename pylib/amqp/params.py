@@ -1,10 +1,13 @@
-"""RabbitMQ connection settings: a plain host (guest account) or a full amqp(s):// URL."""
+"""RabbitMQ connection settings: a plain host (guest account), or one or more amqp(s)://
+URLs (the nodes of a cluster, tried in order)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
+from typing import TypeAlias
 
 import pika
 from prometheus_client import Counter
@@ -44,9 +47,52 @@ def connection_parameters(
     return params
 
 
-def describe(params: pika.ConnectionParameters) -> str:
-    """``host:port/vhost`` for log lines: never the credentials."""
-    return redact(f"{params.host}:{params.port}/{params.virtual_host}")
+# One broker, or the nodes of a cluster in the order they are tried.
+Brokers: TypeAlias = pika.ConnectionParameters | Sequence[pika.ConnectionParameters]
+
+
+def split_urls(urls: str) -> list[str]:
+    """The URLs of a comma-separated list (a cluster's nodes), blanks dropped."""
+    return [part.strip() for part in urls.split(",") if part.strip()]
+
+
+def broker_parameters(
+    urls: str | None,
+    address: str,
+    *,
+    connection_name: str,
+    heartbeat: int = 30,
+    timeout: float = 5.0,
+) -> list[pika.ConnectionParameters]:
+    """Parameters for each URL of ``urls`` (comma-separated), else for ``address``; pika
+    connects to the first that answers, so a daemon moves on when its node dies."""
+    found: list[str | None] = [*split_urls(urls)] if urls else []
+    return [
+        connection_parameters(
+            url, address, connection_name=connection_name, heartbeat=heartbeat, timeout=timeout
+        )
+        for url in (found or [None])
+    ]
+
+
+def connect(brokers: Brokers) -> pika.BlockingConnection:
+    """A connection to the first of ``brokers`` that answers."""
+    if isinstance(brokers, pika.ConnectionParameters):
+        return pika.BlockingConnection(brokers)
+    return pika.BlockingConnection(list(brokers))
+
+
+def describe(brokers: Brokers) -> str:
+    """``host:port/vhost`` (each node's, comma-separated) for log lines: never the credentials."""
+    if isinstance(brokers, pika.ConnectionParameters):
+        brokers = [brokers]
+    return redact(", ".join(f"{p.host}:{p.port}/{p.virtual_host}" for p in brokers))
+
+
+def connected_to(connection: pika.BlockingConnection, brokers: Brokers) -> str:
+    """The node ``connection`` reached, described; all of ``brokers`` if pika hides it."""
+    params = getattr(getattr(connection, "_impl", None), "params", None)
+    return describe(params if isinstance(params, pika.ConnectionParameters) else brokers)
 
 
 def explain(exc: BaseException) -> str:

@@ -32,8 +32,11 @@ from pylib.amqp.outbox import Outbox, OutboxEntry, OutboxError, OutboxFullError
 from pylib.amqp.params import (
     CONNECTION_ERRORS,
     RECONNECTS,
+    Brokers,
     LinkLog,
     close_quietly,
+    connect,
+    connected_to,
     describe,
     explain,
 )
@@ -100,7 +103,7 @@ class AmqpPublisher(Stage):
         name: str,
         stop_event: threading.Event,
         *,
-        params: pika.ConnectionParameters,
+        params: Brokers,
         setup: Callable[[BlockingChannel], object],
         outbox_path: Path,
         inbox: str | None = None,
@@ -408,7 +411,7 @@ class AmqpPublisher(Stage):
     def _connect(self) -> None:
         self._connect_timer = None
         try:
-            self._connection = pika.BlockingConnection(self.params)
+            self._connection = connect(self.params)
             self._open_channel()
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
@@ -416,7 +419,7 @@ class AmqpPublisher(Stage):
         self._reconnect.reset()
         self._flush_at = 0.0
         self.connected.set()
-        self._link.up(f"connected to {describe(self.params)}")
+        self._link.up(f"connected to {connected_to(self._connection, self.params)}")
         self._flush_soon()
 
     def _lost(self, exc: BaseException) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, describe, explain
+from pylib.amqp.params import CONNECTION_ERRORS, close_quietly, connect, describe, explain
 from pylib.config.settings import ConfigError
 from pylib.observe.logs import RedactingFilter, RedactingFormatter, printable
 from snapshot_processor import config
@@ -91,7 +91,7 @@ def camera_registry(settings: Settings) -> CameraRegistry:
     )
 
 
-def broker_params(settings: Settings, role: str) -> pika.ConnectionParameters:
+def broker_params(settings: Settings, role: str) -> list[pika.ConnectionParameters]:
     return feature.params(settings, f"cli {role}")
 
 
@@ -101,7 +101,7 @@ def broker_channel(settings: Settings, role: str) -> Iterator[BlockingChannel]:
     with the reason when the broker cannot be reached or refuses."""
     params = broker_params(settings, role)
     try:
-        connection = pika.BlockingConnection(params)
+        connection = connect(params)
     except CONNECTION_ERRORS as exc:
         raise CommandError(
             f"cannot reach the broker at {describe(params)}: {explain(exc)}", EXIT_BROKER

@@ -29,15 +29,18 @@ Check = tuple[str, Callable[[], str], Callable[[BaseException], str]]
 def checks(settings: Settings) -> Iterator[Check]:
     """Each configured outside system, named, with a call that reaches it: what it found,
     or an exception saying why not."""
-    yield (
-        f"broker {describe(broker_params(settings, 'check'))}",
-        lambda: _broker(settings),
-        lambda exc: (
-            "RABBITMQ_URL's user and password"
-            if isinstance(exc, pika.exceptions.ProbableAuthenticationError)
-            else "RABBITMQ_SERVER_ADDRESS (or RABBITMQ_URL)"
-        ),
-    )
+    # Each node of a cluster on its own: the daemon moves on from one that is down, and a
+    # user should hear which.
+    for node in broker_params(settings, "check"):
+        yield (
+            f"broker {describe(node)}",
+            functools.partial(_broker, settings, node),
+            lambda exc: (
+                "RABBITMQ_URL's user and password"
+                if isinstance(exc, pika.exceptions.ProbableAuthenticationError)
+                else "RABBITMQ_SERVER_ADDRESS (or RABBITMQ_URL)"
+            ),
+        )
     registry = camera_registry(settings)
     try:  # each check runs before the next is asked for: closed once the cameras' are done
         for number, device in sorted(settings.outputs.items()):
@@ -119,8 +122,8 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _broker(settings: Settings) -> str:
-    connection = pika.BlockingConnection(broker_params(settings, "check"))
+def _broker(settings: Settings, node: pika.ConnectionParameters) -> str:
+    connection = pika.BlockingConnection(node)
     try:
         channel = connection.channel()
         try:

@@ -9,7 +9,7 @@ from typing import Any
 import pika
 
 from pylib.amqp.consumer import AmqpListener, RejectedMessageError
-from pylib.amqp.params import connection_parameters
+from pylib.amqp.params import broker_parameters
 from pylib.amqp.publisher import AmqpPublisher
 from pylib.chain.envelope import Envelope
 from pylib.chain.settle import Publication
@@ -24,10 +24,11 @@ from snapshot_processor.contract.trigger import TriggerError, parse_trigger
 from snapshot_processor.ops.recent import RecentEvents
 
 
-def params(settings: Settings, role: str) -> pika.ConnectionParameters:
-    """Connection parameters for one of our connections, named for the broker's UI."""
+def params(settings: Settings, role: str) -> list[pika.ConnectionParameters]:
+    """Connection parameters for one of our connections, named for the broker's UI: one
+    per node of RABBITMQ_URL, tried in order."""
     url = settings.broker.url.get_secret_value() if settings.broker.url else None
-    return connection_parameters(
+    return broker_parameters(
         url,
         settings.broker.server_address,
         connection_name=f"{settings.app_name} {settings.device_name} {role}",

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from pylib.amqp.params import split_urls
 from pylib.config.settings import secret
 from pylib.retry import RetryPolicy
 
@@ -16,6 +17,7 @@ class BrokerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     server_address: str = Field("127.0.0.1", alias="RABBITMQ_SERVER_ADDRESS", min_length=1)
+    # One URL, or a cluster's nodes comma-separated: the first that answers is used.
     url: SecretStr | None = Field(None, alias="RABBITMQ_URL", json_schema_extra=secret())
     exchange: str = Field("home_automation", alias="RABBITMQ_EXCHANGE", min_length=1)
     device_topic: str = Field("snapshot", alias="RABBITMQ_DEVICE_TOPIC", min_length=1)
@@ -40,7 +42,15 @@ class BrokerSettings(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
+    def _amqp_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        urls = split_urls(value.get_secret_value())
+        if not urls:
+            raise ValueError("is empty: give amqp:// or amqps:// URLs, comma-separated")
+        for number, url in enumerate(urls, 1):
+            if not url.startswith(("amqp://", "amqps://")):
+                # Which one, by place: the URL itself may hold a password.
+                where = f"URL {number} of {len(urls)}" if len(urls) > 1 else "the URL"
+                raise ValueError(f"{where} must start with amqp:// or amqps://")
         return value
