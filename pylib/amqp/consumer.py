@@ -73,6 +73,10 @@ class RejectedMessageError(ValueError):
 
 Decoder = Callable[[bytes, pika.BasicProperties], Envelope]
 Setup = Callable[[BlockingChannel], str]
+# Looks at the broker now and then on the consumer's channel (a dead-letter queue's depth,
+# say); returns what a person should hear of, as warnings.
+Watch = Callable[[BlockingChannel], list[str]]
+WATCH_INTERVAL = 30.0
 
 
 class _AckInbox(Stage):
@@ -112,9 +116,15 @@ class AmqpListener(Worker):
         requeue: RetryPolicy = REQUEUE,
         budget: RestartBudget | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
+        watch: Watch | None = None,
+        watch_interval: float = WATCH_INTERVAL,
     ) -> None:
         super().__init__(name, stop_event, budget=budget, on_fatal=on_fatal)
         self.params = params
+        self.watch = watch
+        self.watch_interval = watch_interval
+        self._watch_at = 0.0
+        self._watched: list[str] = []
         self.setup = setup
         self.decode = decode
         self.forward_to = forward_to
@@ -189,7 +199,8 @@ class AmqpListener(Worker):
         if not consuming and not health.warnings:
             health.problems.append("listener cannot reach the broker; no triggers arrive")
         health.problems.extend(health.warnings)
-        health.warnings = []
+        # What the watch saw is no fault of this connection, and no restart mends it.
+        health.warnings = list(self._watched)
         health.detail["broker"] = {"listener": consuming}
         acks = self._acks
         if acks is not None and not acks.healthy:
@@ -208,6 +219,7 @@ class AmqpListener(Worker):
                 self.backoff.reset()
                 while self.should_keep_running():
                     if self._cancelled_since is None:
+                        self._look()
                         self._pump(IDLE_SECONDS)
                     elif time.monotonic() >= self._resume_at:
                         self._resume()
@@ -238,6 +250,12 @@ class AmqpListener(Worker):
                 self._drop_connection()
                 self.wait_for_stop(delay)
 
+    def _look(self) -> None:
+        if self.watch is None or self._channel is None or time.monotonic() < self._watch_at:
+            return
+        self._watch_at = time.monotonic() + self.watch_interval
+        self._watched = self.watch(self._channel)
+
     def _drop_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         with self._acks_lock:
@@ -259,6 +277,7 @@ class AmqpListener(Worker):
         self._epoch += 1
         self._pending.clear()
         self._requeues.clear()
+        self._watch_at = 0.0  # look again on every new connection
         self.consuming.set()
         self._link.up(
             f"consuming {self.queue} on {connected_to(connection, self.params)} (prefetch {self.prefetch})"

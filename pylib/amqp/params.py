@@ -77,14 +77,14 @@ def broker_parameters(
 
 def connect(brokers: Brokers) -> pika.BlockingConnection:
     """A connection to the first of ``brokers`` that answers."""
-    if isinstance(brokers, pika.ConnectionParameters):
+    if isinstance(brokers, pika.connection.Parameters):
         return pika.BlockingConnection(brokers)
     return pika.BlockingConnection(list(brokers))
 
 
 def describe(brokers: Brokers) -> str:
     """``host:port/vhost`` (each node's, comma-separated) for log lines: never the credentials."""
-    if isinstance(brokers, pika.ConnectionParameters):
+    if isinstance(brokers, pika.connection.Parameters):
         brokers = [brokers]
     return redact(", ".join(f"{p.host}:{p.port}/{p.virtual_host}" for p in brokers))
 
@@ -92,7 +92,7 @@ def describe(brokers: Brokers) -> str:
 def connected_to(connection: pika.BlockingConnection, brokers: Brokers) -> str:
     """The node ``connection`` reached, described; all of ``brokers`` if pika hides it."""
     params = getattr(getattr(connection, "_impl", None), "params", None)
-    return describe(params if isinstance(params, pika.ConnectionParameters) else brokers)
+    return describe(params if isinstance(params, pika.connection.Parameters) else brokers)
 
 
 def explain(exc: BaseException) -> str:

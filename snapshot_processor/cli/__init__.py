@@ -18,6 +18,7 @@ from pylib.runtime.daemon import EXIT_START, StartError
 from snapshot_processor import config
 from snapshot_processor.app import App
 from snapshot_processor.cli import (
+    dead_triggers,
     detection,
     discover,
     drive,
@@ -190,6 +191,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("trigger", trigger.HELP, trigger.run, trigger.add_arguments),
     Command("events", events.HELP, events.run, events.add_arguments),
     Command("outbox", outbox.HELP, outbox.run, outbox.add_arguments),
+    Command("dead-triggers", dead_triggers.HELP, dead_triggers.run, dead_triggers.add_arguments),
     Command("uploads", uploads.HELP, uploads.run, uploads.add_arguments),
     Command("detection", detection.HELP, detection.run, detection.add_arguments),
     Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),

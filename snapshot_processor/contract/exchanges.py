@@ -25,10 +25,29 @@ def declare_exchanges(channel: BlockingChannel, settings: Settings) -> None:
     channel.exchange_declare(control_exchange(settings), exchange_type="direct")
 
 
-def trigger_queue_arguments(settings: Settings) -> dict[str, str] | None:
+def queue_type_arguments(settings: Settings) -> dict[str, str] | None:
     """A quorum queue says so; a classic one is declared with no arguments, as it always
     was, so queues made by earlier versions still match."""
     return {"x-queue-type": "quorum"} if settings.broker.queue_type == "quorum" else None
+
+
+def dead_letter_queue(settings: Settings) -> str:
+    """Where triggers go that were delivered TRIGGER_MAX_DELIVERIES times unsettled."""
+    return f"{settings.queue_name}.dead"
+
+
+def trigger_queue_arguments(settings: Settings) -> dict[str, str | int] | None:
+    """A quorum queue counts deliveries: past the limit, a trigger is dead-lettered (through
+    the default exchange, to :func:`dead_letter_queue`) instead of coming back forever.
+    Classic queues cannot count them (RabbitMQ 3.10)."""
+    if settings.broker.queue_type != "quorum":
+        return None
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.broker.trigger_max_deliveries,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(settings),
+    }
 
 
 def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
@@ -36,6 +55,11 @@ def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
     declare_exchanges(channel, settings)
     queue = settings.queue_name
     try:
+        if settings.broker.queue_type == "quorum":
+            # First, so no trigger is dead-lettered to a queue that is not there yet.
+            channel.queue_declare(
+                dead_letter_queue(settings), durable=True, arguments=queue_type_arguments(settings)
+            )
         channel.queue_declare(queue, durable=True, arguments=trigger_queue_arguments(settings))
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != PRECONDITION_FAILED:
@@ -44,7 +68,7 @@ def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
         raise pika.exceptions.ChannelClosedByBroker(
             exc.reply_code,
             f"trigger queue {queue!r} exists with other settings than a durable "
-            f"{settings.broker.queue_type} queue ({exc.reply_text}); delete it "
+            f"{_described(settings)} ({exc.reply_text}); delete it "
             f"(rabbitmqctl delete_queue {queue!r}, its waiting triggers go with it) or set "
             "RABBITMQ_QUEUE_TYPE / RABBITMQ_QUEUE to match",
         ) from None
@@ -52,6 +76,13 @@ def declare_trigger_queue(channel: BlockingChannel, settings: Settings) -> str:
         queue, control_exchange(settings), trigger_routing_key(settings.broker.device_topic)
     )
     return queue
+
+
+def _described(settings: Settings) -> str:
+    broker = settings.broker
+    if broker.queue_type == "quorum":
+        return f"quorum queue with a delivery limit of {broker.trigger_max_deliveries}"
+    return "classic queue"
 
 
 def feedback_queue(settings: Settings) -> str:
@@ -65,7 +96,7 @@ def declare_feedback_queue(channel: BlockingChannel, settings: Settings) -> str:
     """The durable queue of verdicts (they wait while the daemon is away), bound; its name."""
     declare_exchanges(channel, settings)
     queue = feedback_queue(settings)
-    channel.queue_declare(queue, durable=True, arguments=trigger_queue_arguments(settings))
+    channel.queue_declare(queue, durable=True, arguments=queue_type_arguments(settings))
     channel.queue_bind(
         queue, control_exchange(settings), feedback_routing_key(settings.broker.device_topic)
     )

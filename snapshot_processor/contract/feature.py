@@ -17,7 +17,7 @@ from pylib.chain.stage import Relay, Stage
 from pylib.runtime.daemon import Daemon
 from pylib.runtime.worker import Worker
 from snapshot_processor.config import Settings
-from snapshot_processor.contract import event, exchanges
+from snapshot_processor.contract import dead_letters, event, exchanges
 from snapshot_processor.contract.messages import SnapshotMessage
 from snapshot_processor.contract.publication import EventBuilder
 from snapshot_processor.contract.trigger import TriggerError, parse_trigger
@@ -111,4 +111,5 @@ def listener(
         retry=settings.broker.RECONNECT,
         requeue=settings.broker.REQUEUE,
         on_fatal=daemon.on_fatal,
+        watch=dead_letters.watcher(settings) if settings.broker.queue_type == "quorum" else None,
     )

@@ -26,6 +26,9 @@ class BrokerSettings(BaseModel):
     prefetch: int | None = Field(None, alias="RABBITMQ_PREFETCH", ge=1, le=1000)
     # quorum: replicated on a cluster, so the trigger queue outlives a node.
     queue_type: Literal["classic", "quorum"] = Field("classic", alias="RABBITMQ_QUEUE_TYPE")
+    # A quorum trigger queue's limit: a trigger delivered this often without being settled
+    # (a daemon crashing on it, or handing it back each time) goes to the dead-letter queue.
+    trigger_max_deliveries: int = Field(10, alias="TRIGGER_MAX_DELIVERIES", ge=1, le=1000)
     heartbeat_interval: float = Field(5.0, alias="HEARTBEAT_INTERVAL", gt=0)
     outbox_max_events: int = Field(10_000, alias="OUTBOX_MAX_EVENTS", ge=1)
     trigger_max_bytes: int = Field(1_048_576, alias="TRIGGER_MAX_BYTES", ge=256)
