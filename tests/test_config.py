@@ -51,7 +51,8 @@ def test_a_cluster_url_list_names_the_bad_node_by_place_not_by_its_text() -> Non
     with pytest.raises(ConfigError) as caught:
         config.load(env={"RABBITMQ_URL": "amqp://u:n0de-Pw@a/, http://u:n0de-Pw@b/"})
     (problem,) = caught.value.problems
-    assert "RABBITMQ_URL" in problem and "URL 2 of 2" in problem
+    assert "RABBITMQ_URL" in problem
+    assert "URL 2 of 2" in problem
     assert "n0de-Pw" not in problem
     settings = config.load(env={"RABBITMQ_URL": "amqp://u:p@a/,amqps://u:p@b/"})
     assert settings.broker.url is not None

@@ -19,7 +19,7 @@ from snapshot_processor.contract import exchanges
 from snapshot_processor.contract.event import trigger_routing_key
 from tests.cli.test_commands import write_config
 from tests.support.broker import BROKER, delete_queue, running_app, trigger_body, unique_exchange
-from tests.support.daemon import make_settings, foscam_env
+from tests.support.daemon import foscam_env, make_settings
 
 pytestmark = pytest.mark.broker
 
@@ -126,7 +126,8 @@ def test_dead_triggers_lists_them_and_replay_sends_them_back(
         method, _, again = connection.channel().basic_get(settings.queue_name, auto_ack=True)
     finally:
         connection.close()
-    assert method is not None and again == body
+    assert method is not None
+    assert again == body
 
 
 def test_a_classic_trigger_queue_has_no_dead_letters_to_list(
