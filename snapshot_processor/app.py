@@ -69,7 +69,7 @@ class App:
                 [cameras.stage, *([fed.stage] if fed.stage else [])],
                 # Off-site first: every file is queued before detection runs.
                 *kept.stages,
-                *detection.build(settings.detection, daemon, settings.snapshots_root_dir),
+                *detection.build(settings, daemon),
                 bundles.stage,
                 contract.events(settings, daemon, self.recent, [shown.output.saw] if shown else []),
                 contract.publisher(

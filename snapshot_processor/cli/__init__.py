@@ -19,6 +19,7 @@ from snapshot_processor import config
 from snapshot_processor.app import App
 from snapshot_processor.cli import (
     dead_triggers,
+    detect_worker,
     detection,
     discover,
     drive,
@@ -194,6 +195,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("dead-triggers", dead_triggers.HELP, dead_triggers.run, dead_triggers.add_arguments),
     Command("uploads", uploads.HELP, uploads.run, uploads.add_arguments),
     Command("detection", detection.HELP, detection.run, detection.add_arguments),
+    Command("detect-worker", detect_worker.HELP, detect_worker.run),
     Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
     Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
     Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
@@ -40,9 +41,16 @@ class Decision:
     local_person_confidence: float | None = None
 
 
+@runtime_checkable
+class Decides(Protocol):
+    """A backend that says whose answer stands (a chain, a remote worker)."""
+
+    def decide(self, image: bytes) -> Decision: ...
+
+
 def decide(detector: Detector, image: bytes) -> Decision:
-    """A chain's decision, or a lone backend's answer."""
-    if isinstance(detector, Cascade):
+    """A chain's (or a worker's) decision, or a lone backend's answer."""
+    if isinstance(detector, Decides):
         return detector.decide(image)
     decision = Decision(detector.detect(image), detector.name)
     DETECTION_DECIDED.labels(detector.name, "alone").inc()

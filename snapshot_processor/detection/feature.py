@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pika
 
@@ -16,13 +15,15 @@ from snapshot_processor.config import Settings
 from snapshot_processor.contract import exchanges
 from snapshot_processor.contract.feature import params
 from snapshot_processor.contract.feedback import FeedbackMessage, FeedbackMessageError
-from snapshot_processor.detection.base import DetectionError
+from snapshot_processor.detection.base import DetectionError, Detector
 from snapshot_processor.detection.budget import BudgetError
 from snapshot_processor.detection.labelled import Feedback, LabelledSet, LabelledSetError
 from snapshot_processor.detection.registry import make_detector, make_guard
+from snapshot_processor.detection.remote import RemoteDetector, WorkLink
 from snapshot_processor.detection.settings import DetectionSettings
 from snapshot_processor.detection.stage import DetectionStage
 from snapshot_processor.detection.verdicts import VerdictStage
+from snapshot_processor.detection.work import work_queue
 from snapshot_processor.ops.recent import RecentEvents
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,13 @@ def verdicts_from_the_bus(settings: Settings, daemon: Daemon, kept: Feedback) ->
     return [stage, listener]
 
 
-def build(settings: DetectionSettings, daemon: Daemon, data_root: Path) -> list[Stage]:
+def build(whole: Settings, daemon: Daemon) -> list[Stage]:
     """The detection stage, or nothing when detection is off (left out of the chain). A
     backend that cannot load stops the start with one line: which file, and why."""
+    settings = whole.detection
     if settings.backend == "none":
         return []
-    try:
-        detector = make_detector(settings, data_root)
-    except (OSError, ValueError, ImportError, DetectionError, BudgetError) as exc:
-        raise StartError(f"detection ({settings.backend}) cannot start: {exc}") from None
+    detector = remote(whole, daemon) if settings.remote else local(settings, whole)
     log.info("object detection with %s", detector.name)
 
     # Added before the chain, so it is closed after the chain has stopped.
@@ -97,3 +96,26 @@ def build(settings: DetectionSettings, daemon: Daemon, data_root: Path) -> list[
             on_fatal=daemon.on_fatal,
         )
     ]
+
+
+def local(settings: DetectionSettings, whole: Settings) -> Detector:
+    """The configured backend or chain, in this process."""
+    try:
+        return make_detector(settings, whole.snapshots_root_dir)
+    except (OSError, ValueError, ImportError, DetectionError, BudgetError) as exc:
+        raise StartError(f"detection ({settings.backend}) cannot start: {exc}") from None
+
+
+def remote(settings: Settings, daemon: Daemon) -> Detector:
+    """Detection by the workers on the work queue, over a link of its own; the link is
+    added before the chain, so it stops after the chain's last frame."""
+    link = WorkLink(
+        daemon.stop_event,
+        params=params(settings, "detection"),
+        queue=work_queue(settings.broker.exchange, settings.broker.device_topic),
+        timeout=settings.detection.remote_timeout,
+        retry=settings.broker.RECONNECT,
+        on_fatal=daemon.on_fatal,
+    )
+    daemon.add(link)
+    return RemoteDetector(link)

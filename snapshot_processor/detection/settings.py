@@ -45,6 +45,10 @@ class DetectionSettings(BaseModel):
     max_per_hour: int | None = Field(None, alias="DETECTION_MAX_PER_HOUR", ge=0)
     max_per_day: int | None = Field(None, alias="DETECTION_MAX_PER_DAY", ge=0)
     annotate: bool = Field(True, alias="DETECTION_ANNOTATE")
+    # Detection by `snapshot-processor detect-worker` processes over RabbitMQ; the backend
+    # is then the workers' to choose, and a frame waits at most this long for their answer.
+    remote: bool = Field(False, alias="DETECTION_REMOTE")
+    remote_timeout: float = Field(10.0, alias="DETECTION_REMOTE_TIMEOUT", gt=0, le=300)
 
     @field_validator("configured_backend")
     @classmethod
@@ -67,7 +71,7 @@ class DetectionSettings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DetectionSettings:
         problems = []
-        if "onnx" in self.chain and self.onnx_model_path is None:
+        if "onnx" in self.chain and self.onnx_model_path is None and not self.remote:
             problems.append("OBJECT_DETECTION_BACKEND is onnx, so ONNX_MODEL_PATH is needed")
         if self.onnx_model_path is not None and not self.onnx_model_path.is_file():
             problems.append(f"ONNX_MODEL_PATH: no such file {self.onnx_model_path}")
@@ -92,7 +96,7 @@ class DetectionSettings(BaseModel):
                 f"PERSON_MIN_CONFIDENCE ({self.person_min_confidence:g}): a frame the local "
                 "model is sure of would not count as a person, and the cloud would not be asked"
             )
-        if "rekognition" in self.chain and not self.aws_region:
+        if "rekognition" in self.chain and not self.aws_region and not self.remote:
             problems.append("Rekognition needs AWS_ALT_REGION or AWS_DEFAULT_REGION")
         if problems:
             raise ValueError("; ".join(problems))

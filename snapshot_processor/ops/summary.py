@@ -23,6 +23,11 @@ def startup_summary(settings: Settings) -> list[str]:
     detection = "off" if backend == "none" else backend
     if backend == "rekognition":
         detection += f" in {settings.detection.aws_region}"
+    if backend != "none" and settings.detection.remote:
+        detection = (
+            f"by detect-worker processes (DETECTION_REMOTE), at most "
+            f"{settings.detection.remote_timeout:g} s a frame"
+        )
     cloud = [
         name
         for name, on in (

@@ -57,12 +57,14 @@ def camera_env(
     }
 
 
-def spawn_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``snapshot-processor run`` as a child with only ``env`` (and PATH), its output in
-    ``log_path``; this checkout's code, wherever the test runs."""
+def spawn_daemon(
+    env: dict[str, str], log_path: Path, command: str = "run"
+) -> subprocess.Popen[bytes]:
+    """``snapshot-processor run`` (or ``command``) as a child with only ``env`` (and PATH),
+    its output in ``log_path``; this checkout's code, wherever the test runs."""
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "snapshot_processor", "run"],
+            [sys.executable, "-m", "snapshot_processor", command],
             env={"PATH": os.environ["PATH"], "PYTHONPATH": str(TOP), **env},
             cwd=log_path.parent,
             stdout=log_file,
