@@ -82,6 +82,7 @@ class WorkLink(Worker):
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._workers: int | None = None  # consumers of the work queue, last counted
+        self._queue_gone = False
         self._check_at = 0.0
 
     def ask(self, image: bytes) -> tuple[str, _Waiting]:
@@ -136,6 +137,8 @@ class WorkLink(Worker):
                 self._connect()
                 self.backoff.reset()
                 while self.should_keep_running():
+                    if self._queue_gone:
+                        self._declare_queue()
                     self._count_workers()
                     assert self._connection is not None
                     self._connection.process_data_events(time_limit=IDLE_SECONDS)
@@ -153,14 +156,38 @@ class WorkLink(Worker):
         connection = connect(self.params)
         self._connection = connection
         channel = connection.channel()
+        self._channel = channel
         # Declared here too, so a request sent before any worker started waits for one.
-        channel.queue_declare(self.queue, durable=False)
+        self._declare_queue()
+        channel.add_on_return_callback(self._on_returned)
         # Direct reply-to: consumed without acks, before the first request on this channel.
         channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-        self._channel = channel
         self._check_at = 0.0
         self.connected.set()
         self._link.up(f"detection work to {self.queue} on {connected_to(connection, self.params)}")
+
+    def _declare_queue(self) -> None:
+        assert self._channel is not None
+        self._channel.queue_declare(self.queue, durable=False)
+        self._queue_gone = False
+
+    def _on_returned(
+        self,
+        channel: BlockingChannel,
+        method: pika.spec.Basic.Return,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        """A request with no queue to go to: the node that held it left (it is not durable)."""
+        self._queue_gone = True
+        with self._lock:
+            waiting = self._waiting.pop(str(properties.correlation_id), None)
+        REMOTE_REQUESTS.labels("unroutable").inc()
+        if waiting is not None:
+            waiting.failure = (
+                f"the work queue {self.queue} is gone (its node left); declaring it again"
+            )
+            waiting.done.set()
 
     def _drop_connection(self, why: str) -> None:
         self.connected.clear()
@@ -177,7 +204,8 @@ class WorkLink(Worker):
         if self._channel is None or time.monotonic() < self._check_at:
             return
         self._check_at = time.monotonic() + WORKERS_CHECK_SECONDS
-        declared = self._channel.queue_declare(self.queue, passive=True)
+        # Not passive: a queue that left with its node is made again, not a channel error.
+        declared = self._channel.queue_declare(self.queue, durable=False)
         self._workers = int(declared.method.consumer_count)
 
     def _send(self) -> None:
@@ -197,7 +225,7 @@ class WorkLink(Worker):
                 # Unseen by a worker in time, it is worth nothing: the broker drops it.
                 expiration=str(max(1, int(self.timeout * 1000))),
             )
-            channel.basic_publish("", self.queue, image, properties)
+            channel.basic_publish("", self.queue, image, properties, mandatory=True)
 
     def _on_reply(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -39,6 +40,7 @@ WORK_DONE = Counter(
 WORK_SECONDS = Histogram("detection_work_seconds", "Time a worker spent on one request")
 
 IDLE_SECONDS = 1.0
+CANCEL_PAUSE = 0.5
 
 
 class DetectionService(Worker):
@@ -63,6 +65,7 @@ class DetectionService(Worker):
         self._link = LinkLog(log, self.name, describe(params), retry.maximum)
         self.consuming = threading.Event()
         self._connection: pika.BlockingConnection | None = None
+        self._cancelled = False
 
     def stop(self) -> None:
         super().stop()
@@ -85,6 +88,8 @@ class DetectionService(Worker):
                 channel = self._connect()
                 self.backoff.reset()
                 while self.should_keep_running():
+                    if self._cancelled:
+                        self._consume_again(channel)
                     assert self._connection is not None
                     self._connection.process_data_events(time_limit=IDLE_SECONDS)
                 # Unacked requests (none: each is acked before the next comes) return.
@@ -107,13 +112,31 @@ class DetectionService(Worker):
         channel.basic_qos(prefetch_count=1)
         channel.queue_declare(self.queue, durable=False)
         channel.confirm_delivery()
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self.queue, self._on_request, auto_ack=False)
+        self._cancelled = False
         self.consuming.set()
         self._link.up(
             f"taking detection work from {self.queue} on {connected_to(connection, self.params)} "
             f"with {self.detector.name}"
         )
         return channel
+
+    def _on_cancelled(self, frame: pika.frame.Method[Any]) -> None:
+        # The queue went with the node that held it (it is not durable): declare it again.
+        self._cancelled = True
+        self.consuming.clear()
+        log.warning(
+            "%s: the broker cancelled our consumer of %s; consuming again", self.name, self.queue
+        )
+
+    def _consume_again(self, channel: BlockingChannel) -> None:
+        self.wait_for_stop(CANCEL_PAUSE)  # a leaving node's queue may still be seen for a moment
+        channel.queue_declare(self.queue, durable=False)
+        channel.basic_consume(self.queue, self._on_request, auto_ack=False)
+        self._cancelled = False
+        self.consuming.set()
+        log.info("%s: consuming %s again", self.name, self.queue)
 
     def _drop_connection(self) -> None:
         self.consuming.clear()
