@@ -31,11 +31,8 @@ the node's log and console output in the message.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -44,77 +41,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port
+from tools.rabbit_node import START_TIMEOUT, STOP_TIMEOUT, NodeError, RabbitNode, free_port
 
-# Debian's /usr/sbin scripts switch to the rabbitmq user (and its HOME, hence its cookie)
-# and send the output to /var/log/rabbitmq; the scripts they call take our environment.
-_SBIN_CANDIDATES = (Path("/usr/lib/rabbitmq/bin"), Path("/usr/lib/rabbitmq/sbin"))
-
-# The node writes this to its log once every plugin has started and listeners are open.
-_STARTED = "Server startup complete"
-
-START_TIMEOUT = 90.0
-STOP_TIMEOUT = 30.0
-
-
-class NodeError(RuntimeError):
-    """The node did not start or stop as asked; the message holds its log's tail."""
-
-
-def _sbin_dir() -> Path:
-    for directory in _SBIN_CANDIDATES:
-        if (directory / "rabbitmq-server").exists():
-            return directory
-    found = shutil.which("rabbitmq-server")
-    if found is None:
-        raise NodeError("rabbitmq-server is not installed (looked in /usr/lib/rabbitmq/bin, PATH)")
-    return Path(found).resolve().parent
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """State, parent pid and start time of a process; None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may hold spaces; the fields follow it.
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _descendants(root: int) -> list[tuple[int, int]]:
-    """(pid, start time) of every living process below ``root``, however they grouped.
-
-    Erlang's helper programs (erl_child_setup, inet_gethost) start sessions of their own,
-    so the node's process group does not cover them.
-    """
-    children: dict[int, list[tuple[int, int]]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _proc_stat(int(entry))
-        if stat is not None:
-            children.setdefault(stat[1], []).append((int(entry), stat[2]))
-    found: list[tuple[int, int]] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child[0])
-    return found
-
-
-def _alive(pid: int, started: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[2] == started
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path.name}: none)"
-    return "\n".join(text.splitlines()[-lines:])
+__all__ = ["NodeError", "RabbitMqttNode", "rabbit_mqtt"]
 
 
 class RabbitMqttNode:
@@ -123,7 +52,7 @@ class RabbitMqttNode:
     ``start()`` returns once the node has booted and takes MQTT connections for ``user``
     (password ``password``, all permissions on vhost ``/``; anonymous MQTT is refused);
     ``stop()`` halts it, waits for its Erlang processes to be gone and removes its files.
-    Also a context manager.
+    Also a context manager. The node itself is a ``tools.rabbit_node.RabbitNode``.
     """
 
     def __init__(
@@ -138,10 +67,7 @@ class RabbitMqttNode:
         self.dist_port = 0
         self.directory: Path | None = None
         self.start_seconds = 0.0
-        self._server: subprocess.Popen[bytes] | None = None
-        self._processes: list[tuple[int, int]] = []
-        self._env: dict[str, str] = {}
-        self._sbin = Path()
+        self._node: RabbitNode | None = None
 
     @property
     def port(self) -> int:
@@ -167,173 +93,63 @@ class RabbitMqttNode:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # Files
-
-    def _path(self, name: str) -> Path:
-        assert self.directory is not None, "the node has not been started"
-        return self.directory / name
+    def _started(self) -> RabbitNode:
+        assert self._node is not None, "the node has not been started"
+        return self._node
 
     @property
     def log_file(self) -> Path:
-        return self._path("log") / f"{self.node}.log"
+        return self._started().log_file
 
     @property
     def console_file(self) -> Path:
-        return self._path("console.txt")
+        return self._started().console_file
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the node's log and of its console output (boot errors)."""
-        if self.directory is None:
-            return "(not started)"
-        return (
-            f"--- {self.log_file} ---\n{_tail(self.log_file, lines)}\n"
-            f"--- {self.console_file} ---\n{_tail(self.console_file, lines)}"
-        )
-
-    def _write_files(self) -> None:
-        directory = Path(tempfile.mkdtemp(prefix="rabbit-mqtt-"))
-        self.directory = directory
-        for name in ("home", "mnesia", "log", "conf.d"):
-            (directory / name).mkdir()
-        cookie = directory / "home" / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper())
-        cookie.chmod(0o400)  # Erlang refuses a cookie others can read
-        (directory / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
-        (directory / "rabbitmq-env.conf").write_text("")
-        (directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = {self.host}:{self.amqp_port}\n"
-            f"mqtt.listeners.tcp.local = {self.host}:{self.mqtt_port}\n"
-            "mqtt.allow_anonymous = false\n"
-            "mqtt.vhost = /\n"
-            "mqtt.exchange = amq.topic\n"
-            # Created at first boot with all permissions on '/'; no guest account then.
-            f"default_user = {self.user}\n"
-            f"default_pass = {self.password}\n"
-            "loopback_users = none\n"
-            "log.file.level = info\n"
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        env.update(
-            HOME=str(directory / "home"),
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS=self.host,
-            RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(directory / "mnesia"),
-            RABBITMQ_LOG_BASE=str(directory / "log"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(directory / "enabled_plugins"),
-            RABBITMQ_CONFIG_FILE=str(directory / "rabbitmq.conf"),
-            RABBITMQ_CONFIG_FILES=str(directory / "conf.d"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(directory / "advanced.config"),
-            RABBITMQ_CONF_ENV_FILE=str(directory / "rabbitmq-env.conf"),
-            RABBITMQ_PID_FILE=str(directory / "node.pid"),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
-        )
-        self._env = env
-
-    # Commands
+        return "(not started)" if self._node is None else self._node.log_tail(lines)
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """``rabbitmqctl -n <node> <args>`` with the node's cookie; does not check the status."""
-        return subprocess.run(
-            [str(self._sbin / "rabbitmqctl"), "-n", self.node, *args],
-            env=self._env,
-            cwd=self.directory,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return self._started().ctl(*args, timeout=timeout)
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Boot the node; raises NodeError (with the log's tail) and cleans up if it fails."""
-        if self._server is not None:
+        if self._node is not None:
             raise NodeError(f"{self.node} is already running")
         began = time.monotonic()
-        self._sbin = _sbin_dir()
         self.mqtt_port = self.mqtt_port or free_port()
-        self.amqp_port, self.dist_port = free_port(), free_port()
-        self._write_files()
+        self.directory = Path(tempfile.mkdtemp(prefix="rabbit-mqtt-"))
+        self._node = RabbitNode(
+            self.node,
+            self.directory,
+            cookie=secrets.token_hex(16).upper(),
+            user=self.user,
+            password=self.password,
+            host=self.host,
+            plugins=["rabbitmq_mqtt"],
+            listeners={"mqtt": self.mqtt_port},
+            config=["mqtt.allow_anonymous = false", "mqtt.vhost = /", "mqtt.exchange = amq.topic"],
+        )
         try:
-            self._boot(timeout)
-        except NodeError as error:
-            tail = self.log_tail()
-            self.stop()
-            raise NodeError(f"RabbitMQ node {self.node} did not start: {error}\n{tail}") from None
+            self._node.start(timeout)
         except BaseException:
-            self.stop()
+            self.stop()  # the node stopped itself; its files go
             raise
+        self.amqp_port, self.dist_port = self._node.amqp_port, self._node.dist_port
         self.start_seconds = time.monotonic() - began
 
-    def _boot(self, timeout: float) -> None:
-        with self.console_file.open("wb") as console:
-            # A session of its own: a Ctrl-C at the terminal is not the node's business,
-            # and the whole group can be killed if the node will not stop.
-            self._server = subprocess.Popen(
-                [str(self._sbin / "rabbitmq-server")],
-                env=self._env,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._server.poll() is not None:
-                raise NodeError(
-                    f"rabbitmq-server ended (status {self._server.returncode}) during boot"
-                )
-            try:
-                if _STARTED in self.log_file.read_text(errors="replace"):
-                    break
-            except FileNotFoundError:
-                pass
-            if time.monotonic() > deadline:
-                raise NodeError(f"no '{_STARTED}' in the log within {timeout:.0f} s")
-            time.sleep(0.1)
-        confirmed = self.ctl("await_startup", "--timeout", "30")
-        if confirmed.returncode != 0:
-            raise NodeError(f"rabbitmqctl await_startup: {confirmed.stdout}{confirmed.stderr}")
-        self._processes = _descendants(self._server.pid)
-
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Halt the node (``rabbitmqctl stop``, then signals if need be), wait until none of
-        its Erlang processes is left and remove its files. Does nothing if not started."""
-        server, self._server = self._server, None
+        """Halt the node, wait until none of its Erlang processes is left and remove its
+        files. Does nothing if not started."""
+        node, self._node = self._node, None
         try:
-            if server is not None:
-                self._halt(server, timeout)
+            if node is not None:
+                node.stop(timeout)
         finally:
             if self.directory is not None:
                 shutil.rmtree(self.directory, ignore_errors=True)
                 self.directory = None
-
-    def _halt(self, server: subprocess.Popen[bytes], timeout: float) -> None:
-        processes = self._processes + _descendants(server.pid)
-        if server.poll() is None:
-            try:
-                stopped = self.ctl("stop", timeout=timeout).returncode == 0
-            except subprocess.TimeoutExpired:
-                stopped = False
-            if not stopped and server.poll() is None:
-                # Not reachable (still booting, say): the script stops the VM on SIGTERM.
-                os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        # Erlang's helpers end when the VM does; kill any that did not, by their own pid.
-        deadline = time.monotonic() + 5.0
-        while [p for p in processes if _alive(*p)] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = [p for p in processes if _alive(*p)]
-        for pid, _ in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if left:
-            raise NodeError(f"{self.node} left processes {[pid for pid, _ in left]} behind")
 
 
 # One node per session, shared by every module that imports the fixture: each import is
