@@ -12,6 +12,8 @@ from pylib.config.secrets import MissingSecretError, SecretResolver
 from pylib.config.settings import ConfigError, setting_fields
 from pylib.observe.redact import redact
 from snapshot_processor import config
+from snapshot_processor.contract.settings import cluster_warnings
+from snapshot_processor.detection.settings import remote_detection_warnings
 from tests.support.fakes.onepassword import FakeConnect, ItemSpec
 from tests.support.paths import CHECKOUT
 from tools import settings_doc
@@ -485,3 +487,24 @@ def test_a_warm_stream_camera_with_seconds_before_its_triggers_is_valid(tmp_path
         ).rtsp_mode
         == "off"
     )
+
+
+def test_a_cluster_with_a_classic_trigger_queue_is_warned_of() -> None:
+    nodes = "amqp://u:p@a/,amqp://u:p@b/"
+    (warning,) = cluster_warnings(config.load(env={"RABBITMQ_URL": nodes}).broker)
+    assert "2 nodes" in warning
+    assert "RABBITMQ_QUEUE_TYPE=quorum" in warning
+    quorum = config.load(env={"RABBITMQ_URL": nodes, "RABBITMQ_QUEUE_TYPE": "quorum"})
+    assert cluster_warnings(quorum.broker) == []
+    assert cluster_warnings(config.load(env={"RABBITMQ_URL": "amqp://u:p@a/"}).broker) == []
+    assert cluster_warnings(config.load(env={}).broker) == []
+
+
+def test_remote_detection_without_detection_is_warned_of() -> None:
+    idle = config.load(env={"DETECTION_REMOTE": "true"}).detection
+    (warning,) = remote_detection_warnings(idle)
+    assert "OBJECT_DETECTION_ENABLED" in warning
+    on = config.load(env={"DETECTION_REMOTE": "true", "OBJECT_DETECTION_ENABLED": "true"})
+    # Remote: the daemon needs no backend settings of its own (Rekognition's region).
+    assert on.detection.backend == "rekognition"
+    assert remote_detection_warnings(on.detection) == []

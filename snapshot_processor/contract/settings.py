@@ -57,3 +57,16 @@ class BrokerSettings(BaseModel):
                 where = f"URL {number} of {len(urls)}" if len(urls) > 1 else "the URL"
                 raise ValueError(f"{where} must start with amqp:// or amqps://")
         return value
+
+
+def cluster_warnings(broker: BrokerSettings) -> list[str]:
+    """Valid settings that will not hold up as a cluster is meant to."""
+    nodes = len(split_urls(broker.url.get_secret_value())) if broker.url else 1
+    if nodes > 1 and broker.queue_type == "classic":
+        return [
+            f"RABBITMQ_URL lists {nodes} nodes but the trigger queue is a classic one: it lives "
+            "on one node and its triggers wait there while that node is down, and a trigger "
+            "that fails on every delivery comes back forever; set RABBITMQ_QUEUE_TYPE=quorum "
+            "(an existing classic queue must be deleted first)"
+        ]
+    return []

@@ -116,3 +116,13 @@ class DetectionSettings(BaseModel):
     def aws_region(self) -> str | None:
         """Rekognition's region: AWS_ALT_REGION, else AWS_DEFAULT_REGION."""
         return self.aws_alt_region or self.aws_default_region
+
+
+def remote_detection_warnings(settings: DetectionSettings) -> list[str]:
+    """DETECTION_REMOTE where it does nothing."""
+    if settings.remote and not settings.enabled:
+        return [
+            "DETECTION_REMOTE is set but OBJECT_DETECTION_ENABLED is not: no frame is sent "
+            "to the detection workers"
+        ]
+    return []
