@@ -5,6 +5,7 @@ loopback."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,44 +85,65 @@ def consumers(queue: str) -> int:
             connection.close()
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[tuple[str, FakeRekognition]]:
-    """A detect-worker process with Rekognition (faked), on its own exchange."""
-    exchange = unique_exchange()
+def start_worker(
+    exchange: str, rekognition: FakeRekognition, root: Path
+) -> subprocess.Popen[bytes]:
+    """A detect-worker process with Rekognition (faked) on ``exchange``, consuming."""
+    root.mkdir(parents=True)
     queue = work_queue(exchange, "snapshot")
+    before = consumers(queue)
+    process = spawn_daemon(
+        {
+            "RABBITMQ_EXCHANGE": exchange,
+            "DEVICE_NAME": "gpu-box",
+            "SNAPSHOTS_ROOT_DIR": str(root),
+            "SECRETS_DIR": str(root / "no-secrets"),
+            "OBJECT_DETECTION_ENABLED": "true",
+            "OBJECT_DETECTION_BACKEND": "rekognition",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ENDPOINT_URL_REKOGNITION": rekognition.base_url,
+            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "example-secret-key",
+        },
+        root / "worker.log",
+        command="detect-worker",
+    )
+    deadline = time.monotonic() + 20
+    while consumers(queue) <= before:
+        assert process.poll() is None, (root / "worker.log").read_text()
+        assert time.monotonic() < deadline, "the worker did not consume"
+        time.sleep(0.1)
+    return process
+
+
+def stop_worker(process: subprocess.Popen[bytes], root: Path) -> None:
+    """SIGTERM: the worker ends with 0, and its log holds no secret."""
+    process.terminate()
+    code = process.wait(15)
+    log = (root / "worker.log").read_text()
+    assert code == 0, log
+    assert "example-secret-key" not in log
+
+
+@pytest.fixture
+def rekognition() -> Iterator[FakeRekognition]:
     with FakeRekognition() as fake:
-        root = tmp_path / "worker"
-        root.mkdir()
-        process = spawn_daemon(
-            {
-                "RABBITMQ_EXCHANGE": exchange,
-                "DEVICE_NAME": "gpu-box",
-                "SNAPSHOTS_ROOT_DIR": str(root),
-                "SECRETS_DIR": str(tmp_path / "no-secrets"),
-                "OBJECT_DETECTION_ENABLED": "true",
-                "OBJECT_DETECTION_BACKEND": "rekognition",
-                "AWS_DEFAULT_REGION": "eu-west-1",
-                "AWS_ENDPOINT_URL_REKOGNITION": fake.base_url,
-                "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "example-secret-key",
-            },
-            root / "worker.log",
-            command="detect-worker",
-        )
+        yield fake
+
+
+@pytest.fixture
+def worker(tmp_path: Path, rekognition: FakeRekognition) -> Iterator[tuple[str, FakeRekognition]]:
+    """One detect-worker process, on its own exchange."""
+    exchange = unique_exchange()
+    root = tmp_path / "worker"
+    process = start_worker(exchange, rekognition, root)
+    try:
+        yield exchange, rekognition
+    finally:
         try:
-            deadline = time.monotonic() + 20
-            while consumers(queue) < 1:
-                assert process.poll() is None, (root / "worker.log").read_text()
-                assert time.monotonic() < deadline, "the worker did not consume"
-                time.sleep(0.1)
-            yield exchange, fake
+            stop_worker(process, root)
         finally:
-            process.terminate()
-            code = process.wait(15)
-            delete_queue(queue)
-        log = (root / "worker.log").read_text()
-        assert code == 0, log
-        assert "example-secret-key" not in log
+            delete_queue(work_queue(exchange, "snapshot"))
 
 
 @pytest.mark.broker
@@ -202,3 +224,49 @@ def test_without_a_worker_the_frame_goes_out_after_the_wait(
     assert waited < 10
     assert any("no detect-worker consumes" in line for line in warnings), warnings
     assert left == 0  # the request expired with the wait: nothing piles up for a late worker
+
+
+@pytest.mark.broker
+def test_a_worker_killed_mid_frame_leaves_it_to_another(
+    tmp_path: Path, camera: CameraSimulator, rekognition: FakeRekognition
+) -> None:
+    exchange = unique_exchange()
+    release = rekognition.hold_next_call()
+    rekognition.reply_labels([label("Tree", 70.0)], [label("Person", 96.0)])
+    settings = make_settings(
+        tmp_path / "daemon",
+        exchange,
+        **foscam_env(),
+        OBJECT_DETECTION_ENABLED="true",
+        DETECTION_REMOTE="true",
+        DETECTION_REMOTE_TIMEOUT="20",
+    )
+    first = start_worker(exchange, rekognition, tmp_path / "first")
+    second: subprocess.Popen[bytes] | None = None
+    peer = Peer(exchange)
+    try:
+        with running_app(settings):
+            peer.send_trigger(
+                trigger_body(KEY, device_params=f"admin:{PASSWORD}@127.0.0.1:{camera.port}")
+            )
+            deadline = time.monotonic() + 15
+            while not rekognition.calls:  # the first worker is mid-frame, held there
+                assert time.monotonic() < deadline, "the first worker never asked Rekognition"
+                time.sleep(0.05)
+            second = start_worker(exchange, rekognition, tmp_path / "second")
+            first.kill()
+            first.wait(10)
+            (event,) = peer.wait_for_images(1, timeout=25)
+    finally:
+        release.set()
+        peer.close()
+        if first.poll() is None:
+            first.kill()
+        if second is not None:
+            stop_worker(second, tmp_path / "second")
+        delete_queue(work_queue(exchange, "snapshot"))
+    frame = event["inputs"][0]
+    # The second worker took the frame the first died on, and its answer stands.
+    assert len(rekognition.calls) == 2
+    assert frame["analysed"] is True, frame.get("detection_error")
+    assert [d["label"] for d in frame["detections"]] == ["Person"]

@@ -72,6 +72,7 @@ class FakeRekognition(LoopbackServer):
         self._lock = threading.Lock()
         self._script: deque[list[dict[str, Any]] | ErrorReply] = deque()
         self._calls: list[DetectLabelsCall] = []
+        self._holds: deque[threading.Event] = deque()
 
     def reply_labels(self, *replies: list[dict[str, Any]]) -> None:
         """Queue replies: each a list of labels (see :func:`label`)."""
@@ -82,6 +83,14 @@ class FakeRekognition(LoopbackServer):
         """Queue ``times`` error replies of this ``__type`` and status."""
         with self._lock:
             self._script.extend(ErrorReply(error_type, status) for _ in range(times))
+
+    def hold_next_call(self) -> threading.Event:
+        """The next call is recorded, then answered only once the returned event is set
+        (or after 60 s): a backend that is mid-call for as long as a test needs."""
+        release = threading.Event()
+        with self._lock:
+            self._holds.append(release)
+        return release
 
     @property
     def calls(self) -> list[DetectLabelsCall]:
@@ -104,7 +113,10 @@ class FakeRekognition(LoopbackServer):
             return _error(ErrorReply("InvalidParameterException", 400, "bad request body"))
         with self._lock:
             self._calls.append(DetectLabelsCall(params, image, dict(request.headers)))
+            hold = self._holds.popleft() if self._holds else None
             scripted = self._script.popleft() if self._script else []
+        if hold is not None:
+            hold.wait(60)
         if isinstance(scripted, ErrorReply):
             return _error(scripted)
         body = {"Labels": scripted, "LabelModelVersion": "3.0"}
