@@ -12,10 +12,12 @@ FORCE ?=
 FTP_MASQUERADE_ADDRESS ?=
 IMAGE ?= snapshot-processor:latest
 EXTRAS ?=
+# The engine that builds the image: Docker when its daemon answers, else podman.
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || { command -v podman >/dev/null 2>&1 && echo podman || echo docker; })
 # Compose v2 (a docker plugin) where there is one, else Debian's docker-compose 1.29.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build up down demo docs
+.PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build image-test up down demo cluster-demo docs
 
 install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
 	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
@@ -48,8 +50,8 @@ stop:  ## stop the daemon started by `make rund`
 check-config:  ## validate the configuration
 	$(RUN) snapshot-processor check-config
 
-test:  ## the whole suite (needs RabbitMQ on 127.0.0.1:5672)
-	$(RUN) pytest
+test:  ## the whole suite but the image's (needs RabbitMQ on 127.0.0.1:5672)
+	$(RUN) pytest -m "not image"
 
 test-unit:  ## only the tests that need no broker
 	$(RUN) pytest -m "not broker"
@@ -64,8 +66,13 @@ setup:  ## docker-compose.yml and .env (generated passwords, mode 0600) from the
 	python3 -m tools.compose_setup --dir $(SETUP_DIR) $(if $(filter 1 yes true,$(FORCE)),--force) \
 		$(if $(FTP_MASQUERADE_ADDRESS),--masquerade $(FTP_MASQUERADE_ADDRESS))
 
-build:  ## the image, $(IMAGE) (EXTRAS=local adds the local detector)
-	docker build -t $(IMAGE) $(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) .
+build:  ## the image, $(IMAGE), with docker or podman (EXTRAS=local adds the local detector)
+	@# podman's default OCI format would drop the HEALTHCHECK.
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(IMAGE) \
+		$(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) .
+
+image-test:  ## build the image (on a local stand-in base where no registry answers) and run it against RabbitMQ and a simulated camera
+	$(RUN) python -m tools.image_test --engine $(ENGINE) --image $(IMAGE)
 
 up:  ## start RabbitMQ and the daemon in the background (docker compose, in SETUP_DIR), show their state
 	@test -f $(SETUP_DIR)/docker-compose.yml || { echo "no $(SETUP_DIR)/docker-compose.yml: run make setup first" >&2; exit 2; }
@@ -73,6 +80,9 @@ up:  ## start RabbitMQ and the daemon in the background (docker compose, in SETU
 
 down:  ## stop and remove the containers (RabbitMQ's volume and data/ stay)
 	cd $(SETUP_DIR) && $(COMPOSE) down
+
+cluster-demo:  ## two daemons and two detection workers on a three-node RabbitMQ cluster on loopback; two nodes stopped mid-stream; ends 0 when nothing was lost (about 2 minutes)
+	$(RUN) python -m tools.cluster_demo $(CLUSTER_DEMO_ARGS)
 
 demo:  ## the whole chain in about ten seconds: simulated cameras, the daemon, events (needs RabbitMQ); KEEP=1 keeps it up until Ctrl-C
 	$(RUN) python -m tools.demo $(if $(filter 1 yes true,$(KEEP)),--keep) $(DEMO_ARGS)

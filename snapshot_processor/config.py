@@ -35,6 +35,8 @@ CONFIG_ENV = "SNAPSHOT_PROCESSOR_CONFIG"
 # Set by the Dockerfile. Not /.dockerenv: marker files differ between engines and exist in
 # any container a build runs in, while this names the image whose ports go through NAT.
 CONTAINER_ENV = "SNAPSHOT_PROCESSOR_IN_CONTAINER"
+# The network interfaces of this process's network namespace.
+SYS_NET = Path("/sys/class/net")
 # Numbered groups of settings: INPUT_1_LOCATION, OUTPUT_2_VENDOR.
 GROUPS = ("INPUT", "OUTPUT")
 DEFAULT_CONFIG_FILE = Path("config/snapshot-processor.toml")
@@ -262,10 +264,25 @@ def _resolver(values: Mapping[str, Any]) -> SecretResolver:
     return SecretResolver({}, secrets_dir, store, store_label=f"1Password vault {vault!r}")
 
 
-def container_warnings(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
-    """Valid settings that will not work as meant inside the container image (none outside)."""
+def host_network(sys_net: Path = SYS_NET) -> bool:
+    """Whether this network namespace is the host's, as under ``--network host``.
+
+    A container on a network of its own sees only virtual interfaces (lo, a veth); the
+    host's namespace holds its network cards, each linked to its ``device`` in sysfs.
+    """
+    try:
+        return any((interface / "device").exists() for interface in sys_net.iterdir())
+    except OSError:
+        return False
+
+
+def container_warnings(
+    settings: Settings, env: Mapping[str, str] | None = None, sys_net: Path = SYS_NET
+) -> list[str]:
+    """Valid settings that will not work as meant inside the container image behind its
+    NAT (none outside it, none under host networking, where there is no NAT)."""
     env = os.environ if env is None else env
-    if env.get(CONTAINER_ENV, "") in ("", "0"):
+    if env.get(CONTAINER_ENV, "") in ("", "0") or host_network(sys_net):
         return []
     warnings = []
     if settings.ingest.ftp_on and not settings.ingest.ftp_masquerade_address:

@@ -11,7 +11,8 @@ Writes, in the target folder (the checkout by default):
   ``config/snapshot-processor.toml`` when there is none.
 
 It never overwrites an existing file unless asked (``--force``, ``make setup FORCE=1``),
-and even then keeps every value already in ``.env``: cameras keep their FTP password.
+and even then keeps every value already in ``.env``: cameras keep their FTP password. An
+``.env`` kept as it is still gets the keys the template needs that it lacks (:data:`ALWAYS_SET`).
 Only the standard library, so it runs on a server where nothing is installed yet.
 """
 
@@ -32,6 +33,9 @@ IMAGE_UID = 1000
 IMAGE_GID = 1000
 CHECKOUT = Path(__file__).resolve().parent.parent
 TEMPLATE = CHECKOUT / "docker-compose.template"
+# Keys the template reads as ${VAR}, without a default: podman-compose 1.0 leaves an empty
+# default (${VAR:-}) literal, so .env must hold them, empty when there is no value.
+ALWAYS_SET = ("FTP_PASS", "FTP_MASQUERADE_ADDRESS", "EXTRAS")
 
 STARTER_CONFIG = """\
 # Settings of snapshot-processor under docker compose, mounted read-only at
@@ -131,7 +135,7 @@ def env_values(
         ("SECRETS_HOST_DIR", "./secrets", "one file per optional secret, mounted on /run/secrets"),
         ("CONFIG_HOST_DIR", "./config", "holds snapshot-processor.toml, mounted on /app/config"),
         ("BUILD_CONTEXT", context, "the checkout the image is built from"),
-        ("EXTRAS", "", "local: build the image with the local detector (about 80 MB more)"),
+        ("EXTRAS", "", "local: build the image with the local detector (about 300 MB more)"),
     ]
     return [(name, existing.get(name, value), comment) for name, value, comment in lines]
 
@@ -176,6 +180,19 @@ def setup(
     existing = read_env(env_file)
     if env_file.exists() and not force:
         report.append(f"kept {env_file} (make setup FORCE=1 rewrites it, keeping its values)")
+        missing = [name for name in ALWAYS_SET if name not in existing]
+        if missing:
+            # Empty, as the template's old ${VAR:-} made them: nothing changes but the form.
+            comments = {name: comment for name, _, comment in env_values({}, target, "")}
+            added = "".join(f"# {comments[name]}\n{name}=\n" for name in missing)
+            text = env_file.read_text(encoding="utf-8")
+            write_private(
+                env_file, text + ("" if text.endswith("\n") or not text else "\n") + added
+            )
+            existing.update(dict.fromkeys(missing, ""))
+            report.append(
+                f"added {', '.join(missing)} to {env_file}, empty (the template needs them)"
+            )
     else:
         values = env_values(existing, target, masquerade)
         body = "".join(f"# {comment}\n{name}={value}\n" for name, value, comment in values)

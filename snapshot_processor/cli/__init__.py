@@ -24,6 +24,7 @@ from snapshot_processor.cli import (
     discover,
     drive,
     events,
+    healthcheck,
     online,
     outbox,
     simulate,
@@ -32,6 +33,8 @@ from snapshot_processor.cli import (
     uploads,
 )
 from snapshot_processor.cli.common import EXIT_BUSY, EXIT_CONFIG, CommandError, command_logging
+from snapshot_processor.contract.settings import cluster_warnings
+from snapshot_processor.detection.settings import remote_detection_warnings
 
 log = logging.getLogger("snapshot_processor")
 
@@ -94,7 +97,12 @@ def check_config(args: argparse.Namespace) -> int:
         f"configuration OK: device {settings.device_name}, exchange {settings.broker.exchange}, "
         f"{len(settings.cameras)} camera output(s), {len(settings.upload_cameras)} camera input(s)"
     )
-    for warning in [*unknown, *config.container_warnings(settings)]:
+    for warning in [
+        *unknown,
+        *config.container_warnings(settings),
+        *cluster_warnings(settings.broker),
+        *remote_detection_warnings(settings.detection),
+    ]:
         print(f"warning: {warning}")
     detection.config_notes(settings)
     drive.service_account_note(settings.storage.drive_on, settings.storage.google_drive_credentials)
@@ -127,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
             log.error("configuration: %s", problem)
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.syslog_address)
-    for notice in [*config.unknown_variables(), *config.container_warnings(settings)]:
+    for notice in [
+        *config.unknown_variables(),
+        *config.container_warnings(settings),
+        *cluster_warnings(settings.broker),
+        *remote_detection_warnings(settings.detection),
+    ]:
         log.warning("%s", notice)
     lock = dataroot.DataRootLock(settings.snapshots_root_dir)
     try:
@@ -199,6 +212,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("simulate-cameras", simulate.HELP, simulate.run, passes_rest=True),
     Command("drive-auth", drive.AUTH_HELP, drive.run_auth, drive.add_auth_arguments),
     Command("drive-archive", drive.ARCHIVE_HELP, drive.run_archive, drive.add_archive_arguments),
+    Command("healthcheck", healthcheck.HELP, healthcheck.run, healthcheck.add_arguments),
 )
 
 

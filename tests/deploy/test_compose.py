@@ -5,10 +5,12 @@ check-config on the environment compose gives the container."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import yaml  # PyYAML comes with moto; it ships no types (pyproject's mypy overr
 
 from snapshot_processor import config
 from tests.support.paths import CHECKOUT
-from tools.compose_setup import host_timezone
+from tools.compose_setup import ALWAYS_SET, host_timezone
 
 MASQUERADE = "192.0.2.10"
 GENERATED = ("FTP_PASS", "HTTP_TOKEN", "RABBITMQ_PASSWORD")
@@ -92,6 +94,68 @@ def test_setup_never_overwrites_without_force_and_force_keeps_the_passwords(
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
 
+def test_the_template_has_no_empty_defaults_and_env_holds_what_it_needs(tmp_path: Path) -> None:
+    # podman-compose 1.0 leaves ${VAR:-} literal: an FTP login with the password
+    # "${FTP_PASS:-}" worked, and passive replies named "${FTP_MASQUERADE_ADDRESS:-}".
+    template = (CHECKOUT / "docker-compose.template").read_text()
+    uncommented = "\n".join(line.split("#")[0] for line in template.splitlines())
+    assert ":-}" not in uncommented
+    bare = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", uncommented))
+    assert {"FTP_PASS", "FTP_MASQUERADE_ADDRESS", "EXTRAS"} <= bare
+    _make_setup(tmp_path)
+    assert bare <= set(_env(tmp_path))  # a fresh .env sets every one of them
+    # Fully qualified images: podman resolves no short names.
+    images = re.findall(r"^\s*image: (\S+)", template, flags=re.MULTILINE)
+    assert [i for i in images if not i.startswith("snapshot-processor")] == [
+        "docker.io/library/rabbitmq:3-management",
+        "docker.io/library/eclipse-mosquitto:2",
+    ]
+
+
+def test_setup_adds_the_keys_an_older_env_lacks_and_keeps_the_rest(tmp_path: Path) -> None:
+    _make_setup(tmp_path, f"FTP_MASQUERADE_ADDRESS={MASQUERADE}")
+    env_file = tmp_path / ".env"
+    older = "".join(
+        f"{line}\n" for line in env_file.read_text().splitlines() if not line.startswith(ALWAYS_SET)
+    )
+    env_file.write_text(older)
+    again = _make_setup(tmp_path)
+    assert f"added FTP_PASS, FTP_MASQUERADE_ADDRESS, EXTRAS to {env_file}" in again.stdout
+    assert env_file.read_text().startswith(older)  # the rest untouched
+    values = _env(tmp_path)
+    # Empty, as the old template's ${VAR:-} made them: no FTP password appears by itself.
+    assert [values[name] for name in ALWAYS_SET] == ["", "", ""]
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert "added" not in _make_setup(tmp_path).stdout  # once
+
+
+def test_podman_compose_fills_every_variable_from_env(tmp_path: Path) -> None:
+    if shutil.which("podman-compose") is None or shutil.which("podman") is None:
+        pytest.skip("podman-compose is not installed (.ci/run installs Debian's)")
+    _make_setup(tmp_path, f"FTP_MASQUERADE_ADDRESS={MASQUERADE}")
+    project = f"composetest{uuid.uuid4().hex[:8]}"
+    try:
+        # --dry-run prints the podman commands; it still makes the volumes and network.
+        done = subprocess.run(
+            ["podman-compose", "-p", project, "--dry-run", "up", "-d"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        for volume in ("rabbitmq-data", "mosquitto-data"):
+            subprocess.run(
+                ["podman", "volume", "rm", "-f", f"{project}_{volume}"], capture_output=True
+            )
+        subprocess.run(["podman", "network", "rm", "-f", f"{project}_default"], capture_output=True)
+    output = done.stdout + done.stderr
+    env = _env(tmp_path)
+    assert f"-e FTP_PASS={env['FTP_PASS']} " in output, output
+    assert f"-e FTP_MASQUERADE_ADDRESS={MASQUERADE} " in output
+    assert "${" not in output  # nothing left unfilled
+
+
 def _compose_config(target: Path) -> dict[str, Any]:
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (.ci/run installs Debian's)")
@@ -128,6 +192,7 @@ def test_docker_compose_config_accepts_the_rendered_file(tmp_path: Path) -> None
     assert environment["FTP_MASQUERADE_ADDRESS"] == MASQUERADE
     assert environment["FTP_PASSIVE_PORTS"] == "30000-30009"
     assert environment["TZ"] == env["TZ"]  # the status page's times in the host's zone
+    assert daemon["build"]["args"] == {"EXTRAS": ""}
     mounts = {volume.split(":")[1]: volume for volume in daemon["volumes"]}
     assert mounts["/data/ftp"].startswith(f"{tmp_path}/data:")
     assert mounts["/run/secrets"].endswith(":ro")
@@ -170,11 +235,23 @@ def test_without_make_setup_compose_names_what_is_missing(tmp_path: Path) -> Non
     assert "run make setup" in done.stderr
 
 
+def _behind_nat(command: list[str]) -> list[str]:
+    """``command`` as in a container on a network of its own: a network namespace and a
+    sysfs of its own, showing no network card (this machine's would say host networking)."""
+    if not config.host_network():
+        return command
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("this machine's network cards show; hiding them needs root and unshare")
+    remount = 'mount -t sysfs sysfs /sys && exec "$@"'
+    return ["unshare", "--net", "--mount", "sh", "-c", remount, "sh", *command]
+
+
 def _check_config_in_container(
-    environment: dict[str, str], tmp_path: Path
+    environment: dict[str, str], tmp_path: Path, nat: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "snapshot_processor", "check-config"]
     return subprocess.run(
-        [sys.executable, "-m", "snapshot_processor", "check-config"],
+        _behind_nat(command) if nat else command,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **environment},
         cwd=tmp_path,
         capture_output=True,
@@ -212,23 +289,64 @@ def test_the_container_environment_passes_check_config(tmp_path: Path) -> None:
     assert "warning" not in outside.stdout
 
 
-def test_container_warnings() -> None:
+def _sys_net(folder: Path, **cards: bool) -> Path:
+    """A fake /sys/class/net: an interface per name, with a ``device`` link if True."""
+    devices = folder / "devices"
+    devices.mkdir(parents=True)
+    for name, has_device in cards.items():
+        (folder / name).mkdir()
+        if has_device:
+            (folder / name / "device").symlink_to(devices)
+    return folder
+
+
+def test_host_networking_is_told_by_a_network_card_in_sight(tmp_path: Path) -> None:
+    # A container's own network: a loopback and a veth, both virtual.
+    assert not config.host_network(_sys_net(tmp_path / "own", lo=False, eth0=False))
+    # The host's: its network card (on a PCI or virtio bus) beside bridges and loopback.
+    host = _sys_net(tmp_path / "host", lo=False, docker0=False, enp3s0=True)
+    assert config.host_network(host)
+    assert not config.host_network(tmp_path / "no-sysfs")
+
+
+def test_container_warnings(tmp_path: Path) -> None:
     inside = {config.CONTAINER_ENV: "1"}
+    nat = _sys_net(tmp_path / "nat", lo=False, eth0=False)
+    host = _sys_net(tmp_path / "host", lo=False, eth0=True)
     ftp = {"FTP_PASS": "camera-password", "HTTP_BIND": "0.0.0.0", "HTTP_TOKEN": "t" * 20}
     settings = config.load(env=ftp, config_file=Path("/dev/null"))
-    assert [w.split(":")[0] for w in config.container_warnings(settings, inside)] == [
+    assert [w.split(":")[0] for w in config.container_warnings(settings, inside, nat)] == [
         "FTP passive mode is on in a container and FTP_MASQUERADE_ADDRESS is not set"
     ]
-    assert config.container_warnings(settings, {}) == []
-    assert config.container_warnings(settings, {config.CONTAINER_ENV: "0"}) == []
+    assert config.container_warnings(settings, {}, nat) == []
+    assert config.container_warnings(settings, {config.CONTAINER_ENV: "0"}, nat) == []
     masqueraded = config.load(
         env={**ftp, "FTP_MASQUERADE_ADDRESS": MASQUERADE}, config_file=Path("/dev/null")
     )
-    assert config.container_warnings(masqueraded, inside) == []
+    assert config.container_warnings(masqueraded, inside, nat) == []
     # FTP off: no passive mode to warn about; a loopback HTTP_BIND is its own warning.
     loopback = config.load(env={}, config_file=Path("/dev/null"))
-    (warning,) = config.container_warnings(loopback, inside)
+    (warning,) = config.container_warnings(loopback, inside, nat)
     assert warning.startswith("HTTP_BIND is 127.0.0.1 in a container")
+    # Under host networking there is no NAT: loopback is the host's, passive replies carry
+    # the host's address.
+    assert config.container_warnings(loopback, inside, host) == []
+    assert config.container_warnings(settings, inside, host) == []
+
+
+def test_check_config_under_host_networking_warns_of_nothing(tmp_path: Path) -> None:
+    # This machine's own namespace, as `--network host` gives a container.
+    if not config.host_network():
+        pytest.skip("no network card in sight here")
+    environment = {
+        config.CONTAINER_ENV: "1",
+        "FTP_PASS": "camera-password",
+        "SNAPSHOTS_ROOT_DIR": str(tmp_path / "ftp"),
+        "SECRETS_DIR": str(tmp_path),
+    }
+    done = _check_config_in_container(environment, tmp_path, nat=False)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stdout
 
 
 def test_the_daemon_logs_the_warning_at_start(tmp_path: Path) -> None:
@@ -244,7 +362,7 @@ def test_the_daemon_logs_the_warning_at_start(tmp_path: Path) -> None:
         "SECRETS_DIR": str(tmp_path),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "snapshot_processor", "run"],
+        _behind_nat([sys.executable, "-m", "snapshot_processor", "run"]),
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **environment},
         cwd=tmp_path,
         capture_output=True,

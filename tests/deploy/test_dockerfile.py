@@ -1,10 +1,12 @@
 """The Dockerfile without a Docker engine: hadolint, a dependency layer that only the lock
-file changes, what it exposes, a health check that really tells 200 from 503, and a
-.dockerignore that lets in exactly what is copied."""
+file changes, what it exposes, its user, a health check that asks the daemon where its
+settings put it (checked against running daemons), and a .dockerignore that lets in
+exactly what is copied. tests/deploy/test_image.py runs the built image."""
 
 from __future__ import annotations
 
 import fnmatch
+import http.client
 import json
 import shutil
 import subprocess
@@ -13,8 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from snapshot_processor import config
+from snapshot_processor.cli import healthcheck
+from snapshot_processor.ops.settings import OpsSettings
+from tests.support.broker import delete_queue, unique_exchange
+from tests.support.daemon import spawn_daemon
 from tests.support.fakes import LoopbackServer, Reply, Request
+from tests.support.net import free_port
 from tests.support.paths import CHECKOUT
+from tests.support.wait import wait_until
+from tools.compose_setup import lan_address
 
 DOCKERFILE = CHECKOUT / "Dockerfile"
 
@@ -68,33 +78,214 @@ def test_the_final_stage_runs_unprivileged_exposes_its_ports_and_checks_health()
     assert ("COPY", "docker/entrypoint.sh /usr/local/bin/snapshot-processor-entrypoint") in final
 
 
+def test_the_user_is_a_regular_one_with_a_home_of_its_own() -> None:
+    (useradd,) = [args for op, args in _instructions() if op == "RUN" and "useradd" in args]
+    # uid 1000 is not a system uid: `useradd --system` warns about it.
+    assert "--system" not in useradd
+    assert "--uid 1000" in useradd
+    # onnxruntime and others write under $HOME: not /app, which the user cannot write.
+    assert "--home-dir /home/snapshot" in useradd
+    assert "--create-home" in useradd
+
+
+def test_the_health_check_is_the_healthcheck_command() -> None:
+    (healthcheck,) = [args for op, args in _instructions() if op == "HEALTHCHECK"]
+    assert json.loads(healthcheck.split(" CMD ", 1)[1]) == ["snapshot-processor", "healthcheck"]
+
+
+def test_make_build_gives_podman_the_docker_format() -> None:
+    # podman's default OCI format drops the HEALTHCHECK.
+    def build(engine: str) -> str:
+        done = subprocess.run(
+            ["make", "-s", "-n", "-C", str(CHECKOUT), "build", f"ENGINE={engine}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.replace("\\\n", " ").split())
+
+    assert "podman build --format docker -t snapshot-processor:latest ." in build("podman")
+    assert "docker build -t snapshot-processor:latest ." in build("docker")
+
+
 class _Health(LoopbackServer):
     def __init__(self) -> None:
         super().__init__("healthz")
         self.status = 200
-        self.paths: list[str] = []
+        self.requests: list[Request] = []
 
     def handle(self, request: Request) -> Reply:
-        self.paths.append(request.path)
-        return Reply(self.status, b'{"healthy": true}', "application/json")
+        self.requests.append(request)
+        body = {"status": "ok" if self.status == 200 else "unhealthy", "problems": ["broker: down"]}
+        return Reply(self.status, json.dumps(body).encode(), "application/json")
 
 
-def test_the_health_check_command_fails_on_503() -> None:
-    (healthcheck,) = [args for op, args in _instructions() if op == "HEALTHCHECK"]
-    command = json.loads(healthcheck.split(" CMD ", 1)[1])
-    assert command[0] == "python"
+def _healthcheck(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The health check as the image runs it: its settings from ``env`` and the files."""
+    return subprocess.run(
+        [sys.executable, "-m", "snapshot_processor", "healthcheck"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_health_check_tells_200_from_503_and_sends_the_token(tmp_path: Path) -> None:
+    token = "t" * 24
     with _Health() as server:
-
-        def check() -> int:
-            env = {"PATH": "/usr/bin:/bin", "HTTP_PORT": str(server.port)}
-            return subprocess.run(
-                [sys.executable, *command[1:]], env=env, capture_output=True, timeout=30
-            ).returncode
-
-        assert check() == 0
+        env = {"HTTP_PORT": str(server.port), "SECRETS_DIR": str(tmp_path)}
+        healthy = _healthcheck(env, tmp_path)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert healthy.stdout == f"healthy: http://127.0.0.1:{server.port}/healthz\n"
         server.status = 503
-        assert check() != 0
-        assert server.paths == ["/healthz", "/healthz"]
+        sick = _healthcheck({**env, "HTTP_TOKEN": token}, tmp_path)
+        assert sick.returncode == 1
+        assert sick.stdout == (
+            f"unhealthy: HTTP 503 from http://127.0.0.1:{server.port}/healthz: broker: down\n"
+        )
+    assert [r.path for r in server.requests] == ["/healthz", "/healthz"]
+    assert "authorization" not in server.requests[0].headers
+    assert server.requests[1].headers["authorization"] == f"Bearer {token}"
+
+
+def test_the_health_check_says_why_in_one_line_when_nothing_answers(tmp_path: Path) -> None:
+    port = free_port()
+    refused = _healthcheck({"HTTP_PORT": str(port), "SECRETS_DIR": str(tmp_path)}, tmp_path)
+    assert refused.returncode == 1
+    assert refused.stdout.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz: ")
+    assert refused.stdout.count("\n") == 1
+    off = _healthcheck({"HTTP_PORT": "0", "SECRETS_DIR": str(tmp_path)}, tmp_path)
+    assert (off.returncode, off.stdout) == (
+        1,
+        "HTTP is off (HTTP_PORT=0): there is no /healthz to ask\n",
+    )
+    bad = _healthcheck({"HTTP_PORT": "x", "SECRETS_DIR": str(tmp_path)}, tmp_path)
+    assert bad.returncode == 1  # never 2: the engines read that as a broken check
+    assert bad.stdout.startswith("unhealthy: configuration: ")
+
+
+def test_the_health_check_asks_loopback_for_a_wildcard_bind() -> None:
+    def target(bind: str) -> tuple[str, int]:
+        token = {"HTTP_TOKEN": "t" * 24}
+        return healthcheck.target(OpsSettings.model_validate({"HTTP_BIND": bind, **token}))
+
+    assert target("0.0.0.0") == ("127.0.0.1", 8080)
+    assert target("::") == ("::1", 8080)
+    assert target("[::]") == ("::1", 8080)
+    assert target("192.0.2.7") == ("192.0.2.7", 8080)
+    assert target("localhost") == ("localhost", 8080)
+
+
+def _settings_file(folder: Path, **values: str) -> Path:
+    path = folder / "snapshot-processor.toml"
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+    return path
+
+
+@pytest.mark.broker
+def test_the_health_check_asks_the_port_of_the_config_file_of_a_running_daemon(
+    tmp_path: Path,
+) -> None:
+    # The port in the file alone, as a user writes it: the daemon and the check agree.
+    port = free_port()
+    exchange = unique_exchange()
+    device = "healthcheck"
+    config_file = _settings_file(
+        tmp_path,
+        HTTP_PORT=str(port),
+        RABBITMQ_EXCHANGE=exchange,
+        DEVICE_NAME=device,
+        SNAPSHOTS_ROOT_DIR=str(tmp_path / "data"),
+        SECRETS_DIR=str(tmp_path / "no-secrets"),
+    )
+    env = {config.CONFIG_ENV: str(config_file)}
+    daemon = spawn_daemon(env, tmp_path / "daemon.log")
+    try:
+        assert wait_until(lambda: _healthcheck(env, tmp_path).returncode == 0, 30, step=0.5), (
+            tmp_path / "daemon.log"
+        ).read_text()
+        done = _healthcheck(env, tmp_path)
+        assert done.stdout == f"healthy: http://127.0.0.1:{port}/healthz\n"
+        # The port of the environment wins over the file's, for the check as for the daemon.
+        elsewhere = _healthcheck({**env, "HTTP_PORT": str(free_port())}, tmp_path)
+        assert elsewhere.returncode == 1
+    finally:
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+        delete_queue(f"{exchange}.snapshot.{device}.triggers")
+
+
+@pytest.mark.broker
+def test_the_health_check_sends_the_token_to_a_daemon_on_a_lan_address(tmp_path: Path) -> None:
+    # Bound to one address beyond loopback, the daemon wants the token from any client.
+    address = lan_address()
+    if address is None:
+        pytest.skip("no LAN address on this machine")
+    port = free_port()
+    exchange = unique_exchange()
+    config_file = _settings_file(
+        tmp_path,
+        HTTP_BIND=address,
+        HTTP_PORT=str(port),
+        HTTP_TOKEN="k" * 24,
+        RABBITMQ_EXCHANGE=exchange,
+        DEVICE_NAME="healthcheck",
+        SNAPSHOTS_ROOT_DIR=str(tmp_path / "data"),
+        SECRETS_DIR=str(tmp_path / "no-secrets"),
+    )
+    env = {config.CONFIG_ENV: str(config_file)}
+    daemon = spawn_daemon(env, tmp_path / "daemon.log")
+    try:
+        assert wait_until(lambda: _healthcheck(env, tmp_path).returncode == 0, 30, step=0.5), (
+            tmp_path / "daemon.log"
+        ).read_text()
+        assert _healthcheck(env, tmp_path).stdout == f"healthy: http://{address}:{port}/healthz\n"
+        # Without the token the same daemon refuses it: the token is what made it pass.
+        unsigned = http.client.HTTPConnection(address, port, timeout=5)
+        try:
+            unsigned.request("GET", "/healthz")
+            assert unsigned.getresponse().status == 401
+        finally:
+            unsigned.close()
+    finally:
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+        delete_queue(f"{exchange}.snapshot.healthcheck.triggers")
+
+
+def test_the_health_check_of_a_daemon_without_its_broker_is_unhealthy(tmp_path: Path) -> None:
+    # A real daemon whose broker never answers: /healthz says 503, and why.
+    port = free_port()
+    env = {
+        config.CONFIG_ENV: str(
+            _settings_file(
+                tmp_path,
+                HTTP_PORT=str(port),
+                RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+                SNAPSHOTS_ROOT_DIR=str(tmp_path / "data"),
+                SECRETS_DIR=str(tmp_path / "no-secrets"),
+            )
+        )
+    }
+    daemon = spawn_daemon(env, tmp_path / "daemon.log")
+    try:
+        answered: list[subprocess.CompletedProcess[str]] = []
+
+        def answers() -> bool:
+            answered.append(_healthcheck(env, tmp_path))
+            return "HTTP 503" in answered[-1].stdout
+
+        assert wait_until(answers, 30, step=0.5), (tmp_path / "daemon.log").read_text()
+        assert answered[-1].returncode == 1
+        assert answered[-1].stdout.startswith(
+            f"unhealthy: HTTP 503 from http://127.0.0.1:{port}/healthz: "
+        )
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

@@ -1,21 +1,25 @@
 """The image's entry point (docker/entrypoint.sh), run directly with POSIX sh: a data root
-the container's user cannot write stops it with the command that mends it; a good one
-hands over to snapshot-processor with the arguments."""
+the container's user cannot write stops a command with the command that mends it, and holds
+the daemon (`run`) until it can write there; a good one hands over to snapshot-processor
+with the arguments."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import CHECKOUT
+from tests.support.wait import wait_for_text
 
 ENTRYPOINT = CHECKOUT / "docker" / "entrypoint.sh"
 EXIT_DATA_ROOT_NOT_WRITABLE = 77
@@ -41,9 +45,7 @@ def world() -> Iterator[Path]:
         shutil.rmtree(top)
 
 
-def _run(
-    world: Path, data_root: Path, *args: str, unprivileged: bool = True, **env: str
-) -> subprocess.CompletedProcess[str]:
+def _command(world: Path, *args: str, unprivileged: bool = True) -> list[str]:
     command = ["sh", str(world / "entrypoint.sh"), *args]
     if unprivileged and IS_ROOT:
         command = [
@@ -53,13 +55,44 @@ def _run(
             "--clear-groups",
             *command,
         ]
+    return command
+
+
+def _env(world: Path, data_root: Path, **env: str) -> dict[str, str]:
+    return {"PATH": f"{world / 'bin'}:/usr/bin:/bin", "SNAPSHOTS_ROOT_DIR": str(data_root), **env}
+
+
+def _run(
+    world: Path, data_root: Path, *args: str, unprivileged: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command,
-        env={"PATH": f"{world / 'bin'}:/usr/bin:/bin", "SNAPSHOTS_ROOT_DIR": str(data_root), **env},
+        _command(world, *args, unprivileged=unprivileged),
+        env=_env(world, data_root, **env),
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+@contextlib.contextmanager
+def _started(
+    world: Path, data_root: Path, *args: str, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The script in the background as the image's user, its output in a file."""
+    output = world / "output"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            _command(world, *args),
+            env=_env(world, data_root, **env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def _not_writable_by_the_runner(path: Path) -> None:
@@ -74,14 +107,18 @@ def _writable_by_the_runner(path: Path) -> None:
         os.chown(path, IMAGE_UID, IMAGE_UID)
 
 
-def test_a_data_root_the_user_cannot_write_stops_with_the_fix(world: Path) -> None:
+def _needs_setpriv() -> None:
     if IS_ROOT and shutil.which("setpriv") is None:
         pytest.skip(
             "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
         )
+
+
+def test_a_data_root_the_user_cannot_write_stops_a_command_with_the_fix(world: Path) -> None:
+    _needs_setpriv()
     data = world / "data"
     _not_writable_by_the_runner(data)
-    done = _run(world, data, "run", SNAPSHOTS_HOST_DIR="./data")
+    done = _run(world, data, "check-config", SNAPSHOTS_HOST_DIR="./data")
     assert done.returncode == EXIT_DATA_ROOT_NOT_WRITABLE, done.stderr
     uid = IMAGE_UID if IS_ROOT else os.geteuid()
     gid = IMAGE_UID if IS_ROOT else os.getegid()
@@ -92,13 +129,11 @@ def test_a_data_root_the_user_cannot_write_stops_with_the_fix(world: Path) -> No
 
 
 def test_a_missing_data_root_under_a_folder_the_user_cannot_write(world: Path) -> None:
-    if IS_ROOT and shutil.which("setpriv") is None:
-        pytest.skip(
-            "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
-        )
+    _needs_setpriv()
     parent = world / "mnt"
     _not_writable_by_the_runner(parent)
-    done = _run(world, parent / "ftp", "run")
+    # `--config run` names a file: the command is check-config, which does not wait.
+    done = _run(world, parent / "ftp", "--config", "run", "check-config")
     assert done.returncode == EXIT_DATA_ROOT_NOT_WRITABLE
     # Without SNAPSHOTS_HOST_DIR the command names what to put in its place.
     assert f"<the host folder mounted on {parent / 'ftp'}>" in done.stderr
@@ -126,16 +161,62 @@ def test_a_read_only_mount_stops_even_root(world: Path) -> None:
     # `:ro` mount: the script must not trust `test -w`.
     data = world / "data"
     with _read_only_mount(data):
-        done = _run(world, data, "run", unprivileged=False)
+        done = _run(world, data, "outbox", "show", unprivileged=False)
     assert done.returncode == EXIT_DATA_ROOT_NOT_WRITABLE, done.stdout
     assert "cannot be written by uid 0" in done.stderr
 
 
+def test_the_daemon_waits_for_the_data_root_and_starts_once_it_can_write(world: Path) -> None:
+    # Exiting would only have `restart: unless-stopped` start it again and again.
+    _needs_setpriv()
+    data = world / "data"
+    _not_writable_by_the_runner(data)
+    with _started(
+        world,
+        data,
+        "--config",
+        "/app/config/x.toml",
+        "run",
+        SNAPSHOTS_HOST_DIR="./data",
+        ENTRYPOINT_RECHECK_SECONDS="0.2",
+        ENTRYPOINT_REMINDER_SECONDS="1",
+    ) as (process, output):
+        assert wait_for_text(output, "starts by itself once", 10)
+        assert wait_for_text(output, "still waiting for the data root", 10)  # the reminder
+        assert process.poll() is None
+        text = output.read_text()
+        assert text.count("sudo chown -R") == text.count("still waiting") + 1
+        assert "snapshot-processor as uid" not in text
+
+        # The hint, followed.
+        if IS_ROOT:
+            _writable_by_the_runner(data)
+        else:
+            data.chmod(0o755)
+        assert process.wait(10) == 0
+    text = output.read_text()
+    assert f"the data root {data} is writable now; starting." in text
+    uid = IMAGE_UID if IS_ROOT else os.geteuid()
+    assert text.endswith(f"snapshot-processor as uid {uid}: --config /app/config/x.toml run\n")
+    assert os.listdir(data) == []
+
+
+def test_sigterm_while_waiting_exits_77_at_once(world: Path) -> None:
+    _needs_setpriv()
+    data = world / "data"
+    _not_writable_by_the_runner(data)
+    with _started(world, data, "run", ENTRYPOINT_RECHECK_SECONDS="30") as (process, output):
+        assert wait_for_text(output, "starts by itself once", 10)
+        time.sleep(0.3)  # into the 30 s wait
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == EXIT_DATA_ROOT_NOT_WRITABLE
+        assert time.monotonic() - sent < 2.0
+    assert "snapshot-processor as uid" not in output.read_text()
+
+
 def test_a_writable_data_root_execs_snapshot_processor_with_the_arguments(world: Path) -> None:
-    if IS_ROOT and shutil.which("setpriv") is None:
-        pytest.skip(
-            "running as root and setpriv (util-linux) is missing: no way to drop to uid 1000"
-        )
+    _needs_setpriv()
     data = world / "data"
     _writable_by_the_runner(data)
     done = _run(world, data, "--config", "/app/config/x.toml", "check-config")
