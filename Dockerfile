@@ -1,6 +1,7 @@
 # snapshot-processor: the daemon, installed from poetry.lock, running as an unprivileged user.
 # Build: `make build` (docker, or podman with --format docker, which keeps the HEALTHCHECK);
-# the local detector with `--build-arg EXTRAS=local`. Run: docker-compose.yml, written by
+# cameras that stream with `--build-arg EXTRAS=stream`, the local detector with
+# `EXTRAS=local` (both: EXTRAS="stream local"). Run: docker-compose.yml, written by
 # `make setup`. `make image-test` builds it and runs it against a broker and a camera.
 
 FROM python:3.11-slim-bookworm AS build
@@ -12,7 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     POETRY_NO_INTERACTION=1
 
 # strip and readelf, for this stage only (the final one copies the result): extension
-# modules come with debug information, PyAV's alone with 30 MB of it.
+# modules come with debug information (PyAV's, with EXTRAS=stream, 30 MB of it).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends binutils \
@@ -20,7 +21,8 @@ RUN apt-get update \
 
 RUN pip install --no-cache-dir "poetry==2.5.1"
 
-# EXTRAS=local adds the OpenCV / onnxruntime detector (about 300 MB: see docs/docker.md).
+# EXTRAS=stream adds PyAV and its FFmpeg for RTSP and ONVIF streams (about 90 MB),
+# EXTRAS=local the OpenCV / onnxruntime detector (about 300 MB): see docs/docker.md.
 ARG EXTRAS=""
 WORKDIR /app
 

@@ -19,7 +19,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 .PHONY: install run rund stop test test-unit lint check-config bench bench-http setup build image-test up down demo cluster-demo docs
 
-install:  ## (poetry if missing,) .venv with the project, its local extra and dev tools from poetry.lock
+install:  ## (poetry if missing,) .venv with the project, its extras (stream, local) and dev tools from poetry.lock
 	command -v poetry >/dev/null 2>&1 || python3 -m poetry --version >/dev/null 2>&1 || python3 -m pip install "poetry>=2,<3"
 	$(POETRY) config --local virtualenvs.in-project true
 	$(POETRY) install --no-interaction --all-extras
@@ -69,7 +69,7 @@ setup:  ## docker-compose.yml and .env (generated passwords, mode 0600) from the
 build:  ## the image, $(IMAGE), with docker or podman (EXTRAS=local adds the local detector)
 	@# podman's default OCI format would drop the HEALTHCHECK.
 	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(IMAGE) \
-		$(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) .
+		$(if $(EXTRAS),--build-arg "EXTRAS=$(EXTRAS)") .
 
 image-test:  ## build the image (on a local stand-in base where no registry answers) and run it against RabbitMQ and a simulated camera
 	$(RUN) python -m tools.image_test --engine $(ENGINE) --image $(IMAGE)

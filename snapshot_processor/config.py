@@ -22,6 +22,7 @@ from pylib.config import settings as settings_module
 from pylib.config.onepassword import OnePasswordSource
 from pylib.config.secrets import DOCKER_SECRETS_DIR, SecretResolver, SecretStoreSettings
 from pylib.config.settings import ConfigError, load_settings, one_of, read_config_file, secret
+from snapshot_processor.camera import pyav
 from snapshot_processor.camera.clients import VENDORS
 from snapshot_processor.camera.settings import CameraSettings
 from snapshot_processor.contract.settings import BrokerSettings
@@ -109,6 +110,10 @@ class Device(BaseModel):
             )
         if self.rtsp_mode == "off" and self.VENDOR == "rtsp":
             raise ValueError("an rtsp camera takes its stills from its stream: RTSP_MODE off")
+        if self.is_camera and self.rtsp_mode != "off":
+            why = pyav.missing()
+            if why is not None:
+                raise ValueError(f"RTSP_MODE {self.rtsp_mode} decodes the camera's stream: {why}")
         if self.PRE_TRIGGER_SECONDS and self.rtsp_mode != "warm":
             raise ValueError(
                 "PRE_TRIGGER_SECONDS needs RTSP_MODE=warm: only a stream kept open has the "

@@ -135,7 +135,12 @@ def env_values(
         ("SECRETS_HOST_DIR", "./secrets", "one file per optional secret, mounted on /run/secrets"),
         ("CONFIG_HOST_DIR", "./config", "holds snapshot-processor.toml, mounted on /app/config"),
         ("BUILD_CONTEXT", context, "the checkout the image is built from"),
-        ("EXTRAS", "", "local: build the image with the local detector (about 300 MB more)"),
+        (
+            "EXTRAS",
+            "",
+            "stream: RTSP and ONVIF streams (about 90 MB more); local: the local detector "
+            '(about 300 MB more); both: "stream local"',
+        ),
     ]
     return [(name, existing.get(name, value), comment) for name, value, comment in lines]
 

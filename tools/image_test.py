@@ -7,7 +7,8 @@
    poetry configuration that use it, mounted for the build alone: downloads inside a build
    trust only the certificates the image carries, and a network that inspects TLS signs
    with its own.
-3. The sizes: the base, the image, the image over its base.
+3. The sizes: the base, the image, the image over its base; then the same for the image
+   built with ``EXTRAS=stream`` (PyAV, for cameras that stream), on the first's layers.
 4. ``tests/deploy/test_image.py`` against the image, with the engine and the image named in
    the environment (:data:`IMAGE_ENV`, :data:`ENGINE_ENV`); without them those tests skip.
 
@@ -36,6 +37,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 BASE = "docker.io/library/python:3.11-slim-bookworm"
 STAND_IN_LABEL = "snapshot-processor.stand-in"  # set by image_base.sh on the stand-in
 IMAGE_ENV = "IMAGE_TEST_IMAGE"
+STREAM_IMAGE_ENV = "IMAGE_TEST_STREAM_IMAGE"
 ENGINE_ENV = "IMAGE_TEST_ENGINE"
 TESTS = "tests/deploy/test_image.py"
 # The kernel's highest process id: a container's process limit above it was refused too.
@@ -240,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("docker", "podman"), default=None)
     parser.add_argument("--image", default="snapshot-processor:latest")
     parser.add_argument("--extras", default="", help="the build's EXTRAS (local)")
+    parser.add_argument(
+        "--stream-image",
+        default="snapshot-processor:stream",
+        help="also built, with EXTRAS=stream; empty: not built (its tests skip)",
+    )
     parser.add_argument("--no-tests", action="store_true", help="build and measure only")
     args = parser.parse_args(argv)
 
@@ -261,13 +268,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in sizes_report(engine, args.image, env, folder):
             print(line, flush=True)
+        if args.stream_image:
+            _step(
+                f"build {args.stream_image} with {engine} (EXTRAS=stream)",
+                build_command(engine, args.stream_image, "stream", home),
+                env,
+                folder / "build-stream.log",
+            )
+            for line in sizes_report(engine, args.stream_image, env, folder)[2:]:
+                print(line, flush=True)
         if args.no_tests:
             return 0
         conf = containers_conf(folder, env) if engine == "podman" else None
         if conf is not None:
             env["CONTAINERS_CONF"] = str(conf)
             print(f"image-test: podman runs with {conf.name}: limits this machine allows")
-        env |= {IMAGE_ENV: args.image, ENGINE_ENV: engine}
+        env |= {IMAGE_ENV: args.image, ENGINE_ENV: engine, STREAM_IMAGE_ENV: args.stream_image}
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "image", TESTS]
         return subprocess.run(command, env=env, cwd=CHECKOUT).returncode
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
+from snapshot_processor.camera import pyav
 from snapshot_processor.camera.base import CameraClient, Request
-from snapshot_processor.camera.errors import CameraError
+from snapshot_processor.camera.errors import CameraError, CameraVendorError
 from snapshot_processor.camera.settings import CameraSettings
 from snapshot_processor.camera.spec import CameraSpec, Still, safe_url
 
@@ -60,6 +61,9 @@ class RtspClient(CameraClient):
         self, spec: CameraSpec, on_change: Callable[[CameraError | None], None] | None = None
     ) -> None:
         super().__init__(spec)
+        why = pyav.missing()
+        if why is not None:  # an ONVIF camera that named only a stream, found at run time
+            raise CameraVendorError(f"{spec.key}: the camera streams: {why}", camera=spec.key)
         from snapshot_processor.camera import stream  # PyAV, with the first such camera
 
         self._stream = stream

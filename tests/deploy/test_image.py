@@ -28,11 +28,13 @@ from tests.support.daemon import PASSWORD
 from tests.support.net import free_port
 from tests.support.paths import CHECKOUT
 from tests.support.wait import wait_until
-from tools.image_test import ENGINE_ENV, IMAGE_ENV
+from tools.image_test import ENGINE_ENV, IMAGE_ENV, STREAM_IMAGE_ENV
 
 pytestmark = [pytest.mark.image, pytest.mark.broker]
 
 IMAGE = os.environ.get(IMAGE_ENV, "")
+# The same built with EXTRAS=stream (PyAV); empty when not built.
+STREAM_IMAGE = os.environ.get(STREAM_IMAGE_ENV, "")
 ENGINE = os.environ.get(ENGINE_ENV, "")
 if not IMAGE or not ENGINE:
     pytest.skip("make image-test builds the image and runs these", allow_module_level=True)
@@ -284,6 +286,23 @@ def test_behind_its_own_network_check_config_warns_about_a_loopback_http_bind() 
     assert "warning: HTTP_BIND is 127.0.0.1 in a container" in done.stdout
 
 
+RTSP_CAMERA = ["-e", "OUTPUT_1_LOCATION=Porch", "-e", "OUTPUT_1_TYPE=camera",
+               "-e", "OUTPUT_1_VENDOR=rtsp", "-e", "OUTPUT_1_URL=rtsp://cam.home/live"]  # fmt: skip
+
+
+def test_without_the_stream_extra_a_streaming_camera_is_refused_with_the_remedy() -> None:
+    done = engine("run", "--rm", "--network", "none", *RTSP_CAMERA, IMAGE, "check-config")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "EXTRAS=stream" in done.stderr
+
+
+@pytest.mark.skipif(not STREAM_IMAGE, reason="no EXTRAS=stream image was built")
+def test_with_the_stream_extra_a_streaming_camera_is_accepted() -> None:
+    done = engine("run", "--rm", "--network", "none", *RTSP_CAMERA, STREAM_IMAGE, "check-config")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not STREAM_IMAGE, reason="no EXTRAS=stream image was built")
 def test_pyav_decodes_h264_and_h265_after_its_symbols_were_stripped() -> None:
     script = """
 import io, av
@@ -300,6 +319,6 @@ for codec in ("libx264", "libx265"):
         print(codec, sum(1 for _ in source.decode(video=0)))
 """
     done = engine(
-        "run", "--rm", "--network", "none", "--entrypoint", "python", IMAGE, "-c", script
+        "run", "--rm", "--network", "none", "--entrypoint", "python", STREAM_IMAGE, "-c", script
     )  # fmt: skip
     assert done.stdout == "libx264 3\nlibx265 3\n", done.stderr[-2000:]
