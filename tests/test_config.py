@@ -58,6 +58,13 @@ def test_a_cluster_url_list_names_the_bad_node_by_place_not_by_its_text() -> Non
     assert "n0de-Pw" not in problem
     settings = config.load(env={"RABBITMQ_URL": "amqp://u:p@a/,amqps://u:p@b/"})
     assert settings.broker.url is not None
+    # A / in a password, not percent-encoded: unreadable, and never quoted.
+    with pytest.raises(ConfigError) as caught:
+        config.load(env={"RABBITMQ_URL": "amqp://snap:Xy9/s3cret@host/"})
+    (problem,) = caught.value.problems
+    assert "percent-encode" in problem
+    assert "Xy9" not in problem
+    assert "s3cret" not in problem
 
 
 def test_defaults_and_devices() -> None:

@@ -9,6 +9,7 @@ import argparse
 import pika
 
 from snapshot_processor.cli.common import (
+    EXIT_BROKER,
     EXIT_CONFIG,
     CommandError,
     broker_channel,
@@ -40,22 +41,34 @@ def run(args: argparse.Namespace) -> int:
             "set RABBITMQ_QUEUE_TYPE=quorum",
             EXIT_CONFIG,
         )
-    queue = exchanges.dead_letter_queue(settings)
+    dead = exchanges.dead_letter_queue(settings)
     with command_logging(), broker_channel(settings, "dead-triggers") as channel:
         # Declared as the daemon does, so the command works before the daemon first ran.
-        exchanges.declare_trigger_queue(channel, settings)
+        queue = exchanges.declare_trigger_queue(channel, settings).name
         channel.confirm_delivery()
         found = list(dead_letters.fetch(channel, settings, args.limit))
-        for dead in found:
-            print(dead.summary(), flush=True)
-            if args.replay:
+        replayed = 0
+        for trigger in found:
+            print(trigger.summary(), flush=True)
+            if not args.replay:
+                continue
+            # Straight to this queue (through the default exchange): through the control
+            # exchange it would also reach every other daemon's queue bound to its key.
+            try:
                 channel.basic_publish(
-                    dead.exchange,
-                    dead.routing_key,
-                    dead.body,
-                    pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
+                    "", queue, trigger.body, dead_letters.replay_properties(trigger), mandatory=True
                 )
-                channel.basic_ack(dead.tag)
-        verb = "sent back" if args.replay else "in"
-        print(f"{len(found)} dead trigger(s) {verb} {queue}", flush=True)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                raise CommandError(
+                    f"the broker did not take a replayed trigger ({type(exc).__name__}); "
+                    f"{replayed} sent back, the rest stay in {dead}",
+                    EXIT_BROKER,
+                ) from None
+            channel.basic_ack(trigger.tag)
+            replayed += 1
+        left = channel.queue_declare(dead, passive=True).method.message_count
+        if args.replay:
+            print(f"{replayed} dead trigger(s) sent back to {queue}; {left} left in {dead}")
+        else:
+            print(f"{len(found)} dead trigger(s) listed; {left} more in {dead}", flush=True)
     return 0

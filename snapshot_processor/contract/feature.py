@@ -100,16 +100,17 @@ def listener(
             raise RejectedMessageError(exc.reason, str(exc)) from None
         return trigger.message().envelope()
 
+    queue = dead_letters.TriggerQueueWatch(settings)
     return AmqpListener(
         "listener",
         daemon.stop_event,
         params=params(settings, "listener"),
-        setup=lambda channel: exchanges.declare_trigger_queue(channel, settings),
+        setup=queue.declare,
         decode=decode,
         forward_to=forward_to,
         prefetch=settings.prefetch,
         retry=settings.broker.RECONNECT,
         requeue=settings.broker.REQUEUE,
         on_fatal=daemon.on_fatal,
-        watch=dead_letters.watcher(settings) if settings.broker.queue_type == "quorum" else None,
+        watch=queue.watch if settings.broker.queue_type == "quorum" else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import pika
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from pylib.amqp.params import split_urls
@@ -52,10 +53,17 @@ class BrokerSettings(BaseModel):
         if not urls:
             raise ValueError("is empty: give amqp:// or amqps:// URLs, comma-separated")
         for number, url in enumerate(urls, 1):
+            # Which one, by place: the URL itself may hold a password.
+            where = f"URL {number} of {len(urls)}" if len(urls) > 1 else "the URL"
             if not url.startswith(("amqp://", "amqps://")):
-                # Which one, by place: the URL itself may hold a password.
-                where = f"URL {number} of {len(urls)}" if len(urls) > 1 else "the URL"
                 raise ValueError(f"{where} must start with amqp:// or amqps://")
+            try:
+                pika.URLParameters(url)
+            except Exception:  # pika's own text may quote the password
+                raise ValueError(
+                    f"{where} cannot be read; percent-encode / @ : , # ? and % in the user "
+                    "name and password (%2F for /, %2C for a comma)"
+                ) from None
         return value
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from pylib.amqp.consumer import AmqpListener
 from snapshot_processor.app import App
+from snapshot_processor.contract.exchanges import trigger_queue_arguments
 from tests.support.broker import (
     BROKER,
     Peer,
@@ -160,7 +161,7 @@ def test_deleted_trigger_queue_is_declared_again_and_consumed(
         peer.close()
 
 
-def redeclare(name: str, *, durable: bool, arguments: dict[str, str] | None = None) -> int:
+def redeclare(name: str, *, durable: bool, arguments: dict[str, str | int] | None = None) -> int:
     """Declare ``name`` again from a connection of our own: 200 if the broker agrees with
     the settings, else the code it closed the channel with (406: other settings)."""
     connection = pika.BlockingConnection(BROKER)
@@ -189,7 +190,11 @@ def test_quorum_trigger_queue_end_to_end(tmp_path: Path, camera: CameraSimulator
     try:
         with running_app(settings):
             queue = settings.queue_name
-            assert redeclare(queue, durable=True, arguments={"x-queue-type": "quorum"}) == 200
+            # A quorum queue, with its delivery limit and dead-letter queue.
+            limited = trigger_queue_arguments(settings)
+            assert limited is not None
+            assert limited["x-queue-type"] == "quorum"
+            assert redeclare(queue, durable=True, arguments=limited) == 200
             assert redeclare(queue, durable=True, arguments={"x-queue-type": "classic"}) == 406
             peer.send_trigger(good_trigger(camera, label="quorum"))
             images = peer.wait_for_images(1)
@@ -234,7 +239,7 @@ def test_queue_of_another_type_is_named_with_the_remedy_then_taken_once_deleted(
         delete_queue(queue)  # the operator follows the remedy
         assert listener.consuming.wait(40)
         assert listener.troubles() == []
-        assert redeclare(queue, durable=True, arguments={"x-queue-type": "quorum"}) == 200
+        assert redeclare(queue, durable=True, arguments=trigger_queue_arguments(settings)) == 200
         peer.send_trigger(good_trigger(camera, label="quorum"))
         assert len(peer.wait_for_images(1)) == 1
     finally:

@@ -14,6 +14,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from snapshot_processor.app import App
 from snapshot_processor.config import Settings
+from snapshot_processor.contract.exchanges import dead_letter_queue
 from tests.support.wait import wait_until
 
 BROKER = pika.ConnectionParameters("127.0.0.1", 5672, heartbeat=30)
@@ -171,4 +172,6 @@ def running_app(settings: Settings) -> Iterator[App]:
     finally:
         stopped = daemon.stop()
         delete_queue(settings.queue_name)
+        if settings.broker.queue_type == "quorum":
+            delete_queue(dead_letter_queue(settings))
         assert stopped, "the daemon did not stop within its bound"
