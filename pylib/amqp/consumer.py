@@ -1,8 +1,10 @@
 """A RabbitMQ consumer thread: manual acks after durable hand-off, reconnect with back-off.
 
 Each delivery goes down the chain with an ack token (:mod:`pylib.chain.settle`) and is
-acked once all its parts are done; one handed back returns to the broker after a growing
-pause (``requeue``), not in a tight loop. One thread blocks in pika's loop (heartbeats
+acked once all its parts are done; one handed back goes down the chain again after a
+growing pause (``requeue``), not in a tight loop, and without returning to the broker (a
+quorum queue would count that against its delivery limit), unless another of its parts
+is still under way or the listener stops: then the broker has it again. One thread blocks in pika's loop (heartbeats
 flow); acks wake it through ``add_callback_threadsafe``. A consumer the broker cancels is
 declared again on the same channel after a back-off, so held deliveries' acks still count."""
 
@@ -139,7 +141,11 @@ class AmqpListener(Worker):
         self.consuming = threading.Event()
         self._epoch = 0
         self._pending: PartCounter[int] = PartCounter()
-        self._requeues: set[int] = set()
+        # Deliveries handed back, waiting out their pause: True where the chain holds no
+        # other part of it, so it may be given to the chain again rather than to the broker.
+        self._requeues: dict[int, bool] = {}
+        # What went down the chain per delivery, for such a second go.
+        self._sent: dict[int, Envelope] = {}
         # Acks from the chain waiting for pika's thread (see ack_from_chain).
         self._acks_lock = threading.Lock()
         self._acks_waiting: list[tuple[int, int, int, bool]] = []
@@ -265,6 +271,7 @@ class AmqpListener(Worker):
         self._cancelled_since = None  # the next connection declares and consumes afresh
         self._pending.clear()
         self._requeues.clear()
+        self._sent.clear()
 
     def _connect(self) -> None:
         connection = connect(self.params)
@@ -277,6 +284,7 @@ class AmqpListener(Worker):
         self._epoch += 1
         self._pending.clear()
         self._requeues.clear()
+        self._sent.clear()
         self._watch_at = 0.0  # look again on every new connection
         self.consuming.set()
         self._link.up(
@@ -325,7 +333,7 @@ class AmqpListener(Worker):
                 self._channel.basic_cancel(tag)
         # Waiting out a requeue delay would only hold the message back from the next run.
         for tag in list(self._requeues):
-            self._requeue(self._epoch, tag)
+            self._give_back(tag)
         deadline = time.monotonic() + self.stop_timeout
         while self._pending and time.monotonic() < deadline:
             self._pump(0.05)
@@ -359,12 +367,15 @@ class AmqpListener(Worker):
         settlement = Settlement(ack_token(self.ack_inbox, epoch=self._epoch, tag=tag))
         body_out = {**envelope.body, **settlement.fields()}
         self._pending.add(tag)
+        sent = Envelope(envelope.kind, body_out, envelope.id)
+        self._sent[tag] = sent
         try:
-            self._sender.send(Envelope(envelope.kind, body_out, envelope.id))
+            self._sender.send(sent)
         except zmq.ZMQError:
             raise  # the chain is going away: the broker delivers it again
         except Exception as exc:  # a value the chain cannot carry (e.g. an integer past 64 bits)
             self._pending.discard(tag)
+            self._sent.pop(tag, None)
             self._reject(channel, tag, "unsendable", f"{type(exc).__name__}: {exc}")
 
     def _reject(self, channel: BlockingChannel, tag: int, reason: str, detail: str) -> None:
@@ -424,13 +435,16 @@ class AmqpListener(Worker):
             return None  # from a connection that is gone: the broker redelivers that message
         if requeue:
             # Not at once: the broker would hand it straight back while nothing can store it.
+            # Then to the chain again, unless another part of it is still under way: a
+            # quorum queue counts each return to the broker against the delivery limit.
+            alone = self._pending.parts_done(tag) + 1 >= parts
             self._pending.discard(tag)
-            self._requeues.add(tag)
+            self._requeues[tag] = alone
             assert self._connection is not None
             delay = self._requeue_backoff.next()
             self._connection.call_later(delay, functools.partial(self._requeue, epoch, tag))
             log.warning(
-                "%s: delivery %d handed back; giving it to the broker again in %.1f s",
+                "%s: delivery %d handed back; trying it again in %.1f s",
                 self.name,
                 tag,
                 delay,
@@ -438,11 +452,27 @@ class AmqpListener(Worker):
             return None
         if self._pending.done(tag, parts):
             self._requeue_backoff.reset()
+            self._sent.pop(tag, None)
             return tag
         return None
 
     def _requeue(self, epoch: int, tag: int) -> None:
+        """After its pause: the delivery to the chain again, or back to the broker."""
         if epoch != self._epoch or tag not in self._requeues or self._channel is None:
             return
-        self._requeues.discard(tag)
+        alone = self._requeues.pop(tag)
+        sent = self._sent.get(tag)
+        if not alone or sent is None or self._sender is None:
+            self._give_back(tag, pending=False)
+            return
+        self._pending.add(tag)
+        self._sender.send(sent)
+        log.info("%s: delivery %d given to the chain again", self.name, tag)
+
+    def _give_back(self, tag: int, *, pending: bool = True) -> None:
+        """To the broker, which delivers it again (here or to another consumer)."""
+        if pending:
+            self._requeues.pop(tag, None)
+        self._sent.pop(tag, None)
+        assert self._channel is not None
         self._channel.basic_nack(tag, requeue=True)

@@ -233,6 +233,10 @@ class PartCounter(Generic[K]):
         self._done[key] = count
         return False
 
+    def parts_done(self, key: K) -> int:
+        """How many parts of ``key`` came back done so far (0 if unknown)."""
+        return self._done.get(key, 0)
+
     def discard(self, key: K) -> bool:
         """Forget ``key`` (given back, or its connection is gone); True if it was waiting."""
         return self._done.pop(key, None) is not None
