@@ -20,6 +20,12 @@ pytestmark = [pytest.mark.broker, pytest.mark.local_extra]
 IN_FLIGHT = (3 + 2) * cluster_demo.CAMERAS
 
 
+# Two nodes stopped and started again while triggers flow: a minute alone on two cores,
+# several when the machine is busy (each rabbitmqctl call starts an Erlang VM).
+@pytest.mark.timeout(480)
+# Two nodes stopped and started again while triggers flow: a minute alone on two cores,
+# several when the machine is busy (each rabbitmqctl call starts an Erlang VM).
+@pytest.mark.timeout(480)
 def test_two_nodes_stopped_mid_stream_lose_no_trigger(
     rabbit_cluster: RabbitCluster,  # noqa: F811
     tmp_path: Path,

@@ -317,6 +317,7 @@ def scenario(
     try:
         companion.ready.wait(30)
         with (
+            contextlib.ExitStack() as stack,
             CameraSimulator(user=CAMERA_USER, password=CAMERA_PASSWORD) as camera,
             processes(cluster, root, camera.port, outcome) as running,
         ):
@@ -336,6 +337,8 @@ def scenario(
                 target=disrupt, args=(cluster, outcome, start, say), daemon=True
             )
             number = 0
+            # Never left running, even on a failure (and never joined before it started).
+            stack.callback(lambda: disruptor.is_alive() and disruptor.join(120))
             while number < triggers or disruptor.is_alive():
                 if number == DISRUPT_AFTER:
                     disruptor.start()
