@@ -338,7 +338,7 @@ def scenario(
             )
             number = 0
             # Never left running, even on a failure (and never joined before it started).
-            stack.callback(lambda: disruptor.is_alive() and disruptor.join(120))
+            stack.callback(_join_if_started, disruptor)
             while number < triggers or disruptor.is_alive():
                 if number == DISRUPT_AFTER:
                     disruptor.start()
@@ -376,6 +376,11 @@ def scenario(
         sender.close()
         companion.stop_event.set()
         companion.join(10)
+
+
+def _join_if_started(thread: threading.Thread) -> None:
+    if thread.is_alive():
+        thread.join(120)
 
 
 def _consumers(cluster: RabbitCluster, queue: str) -> int:
