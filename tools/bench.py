@@ -1,7 +1,8 @@
 """``make bench``: the daemon against two floors, its RTSP cameras, its evidence bundles and
-its Home Assistant output against their targets, in one run, on the real RabbitMQ.
+its Home Assistant output, detection and two daemons on one queue against their targets,
+in one run, on the real RabbitMQ.
 
-    python -m tools.bench [--quick] [--only chain|rtsp|bundle|mqtt] [--out DIR]
+    python -m tools.bench [--quick] [--only chain|rtsp|bundle|mqtt|detection|scale] [--out DIR]
 
 Everything runs on this machine: one camera simulator serving a fixed ~166 KB JPEG (a
 process of its own: in this one it would compete for the GIL with the event subscriber,
@@ -43,6 +44,13 @@ Debian's Mosquitto on loopback (a process of its own), and this process subscrib
 sides: for each trigger, one at a time, trigger -> image event over AMQP and trigger -> the
 camera's image on its MQTT topic, in the same run. Its target is a ratio of the two.
 
+The scale part runs one daemon alone on its trigger queue and two on one shared queue
+(``RABBITMQ_QUEUE``; a DEVICE_NAME, data root and ports of their own each), all at once,
+and triggers one setup at a time in blocks, alone, two, two, alone, and so on: how the two
+split the triggers (by the DEVICE_NAME in the events' routing keys), and each daemon's CPU
+per event (from /proc, over its blocks) against the one alone's. On two cores shared with
+the broker, the camera and the bench, throughput cannot show the scale; CPU per event can.
+
 The report is written as Markdown and JSON.
 """
 
@@ -67,6 +75,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,6 +132,9 @@ class Plan:
     mqtt_samples: int = 200
     cascade_samples: int = 100
     model_samples: int = 20
+    scale_triggers: int = 3_000  # for each setup
+    scale_block: int = 500
+    scale_warmup_triggers: int = 300
 
 
 QUICK = Plan(
@@ -144,8 +156,11 @@ QUICK = Plan(
     mqtt_samples=10,
     cascade_samples=10,
     model_samples=3,
+    scale_triggers=200,
+    scale_block=100,
+    scale_warmup_triggers=40,
 )
-PARTS = ("chain", "rtsp", "bundle", "mqtt", "detection")
+PARTS = ("chain", "rtsp", "bundle", "mqtt", "detection", "scale")
 
 
 @dataclass
@@ -250,7 +265,8 @@ io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = 1024 * 1024
 class Peer:
     """Sends triggers and receives events, on one connection owned by the calling thread:
     image events in ``events`` and, if asked for, bundle events (one per sensor event) in
-    ``bundles``, each with the moment it arrived."""
+    ``bundles``, each with the moment it arrived; ``senders`` counts the image events by
+    the DEVICE_NAME of the daemon that published them."""
 
     def __init__(self, exchange: str, *, bundles: bool = False) -> None:
         self.exchange = exchange
@@ -264,17 +280,22 @@ class Peer:
             self.channel.queue_bind(queue, exchange, "event.notify.#.bundle")
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.bundles: list[tuple[float, dict[str, Any]]] = []
+        self.senders: Counter[str] = Counter()
         self.channel.basic_consume(queue, self._on_event, auto_ack=True)
 
     def _on_event(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         arrived = time.perf_counter()
         kind = self.bundles if method.routing_key.endswith(".bundle") else self.events
         kind.append((arrived, msgpack.unpackb(body, raw=False)))
+        if kind is self.events:
+            # event.notify.<topic>.<device name>.image: which daemon it came from.
+            self.senders[method.routing_key.split(".")[-2]] += 1
 
     def clear(self) -> None:
         """Forget the events received so far."""
         self.events.clear()
         self.bundles.clear()
+        self.senders.clear()
 
     def trigger(self, camera: int, sensor: str = "hall pir") -> float:
         body = {
@@ -554,6 +575,8 @@ def run(plan: Plan, out: Path, parts: tuple[str, ...] = PARTS) -> Report:
             run_mqtt(plan, report, Path(tmp) / "mqtt")
         if "detection" in parts:
             run_detection(plan, report, Path(tmp) / "detection")
+        if "scale" in parts:
+            run_scale(plan, report, Path(tmp) / "scale")
     write(report, out)
     return report
 
@@ -586,13 +609,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def delete_leftovers(exchange: str) -> None:
-    """The daemon's trigger queue and the run's exchanges: a broker that many runs left
-    hundreds of exchanges on is not the broker the next run should measure."""
+def delete_leftovers(exchange: str, queue: str | None = None) -> None:
+    """The daemon's trigger queue (``queue``, default the one of DEVICE_NAME=bench) and the
+    run's exchanges: a broker that many runs left hundreds of exchanges on is not the
+    broker the next run should measure."""
     connection = pika.BlockingConnection(BROKER)
     try:
         channel = connection.channel()
-        channel.queue_delete(f"{exchange}.snapshot.bench.triggers")
+        channel.queue_delete(queue or f"{exchange}.snapshot.bench.triggers")
         for name in (exchange, f"{exchange}_control"):
             channel.exchange_delete(name)
     finally:
@@ -662,8 +686,15 @@ def measure_daemon(
     table(report)
 
 
-def sustain(peer: Peer, plan: Plan, count: int | None, seconds: float | None) -> int:
-    """Keep ``in_flight`` triggers outstanding over the first cameras; events received."""
+def sustain(
+    peer: Peer,
+    plan: Plan,
+    count: int | None,
+    seconds: float | None,
+    camera: Callable[[], int] | None = None,
+) -> int:
+    """Keep ``in_flight`` triggers outstanding over the first cameras, in turn or as
+    ``camera()`` picks them; events received."""
     peer.events.clear()
     sent = received = 0
     deadline = time.monotonic() + seconds if seconds is not None else None
@@ -675,7 +706,7 @@ def sustain(peer: Peer, plan: Plan, count: int | None, seconds: float | None) ->
 
     while more():
         while sent - len(peer.events) < plan.in_flight and more():
-            peer.trigger(1 + sent % plan.sustained_cameras)
+            peer.trigger(camera() if camera else 1 + sent % plan.sustained_cameras)
             sent += 1
         peer.connection.process_data_events(time_limit=0.001)
         received = len(peer.events)
@@ -1553,6 +1584,222 @@ def run_detection(plan: Plan, report: Report, root: Path) -> None:
     )
 
 
+# --- two daemons on one queue -------------------------------------------------------------
+SCALE_SPLIT_TARGET = 10.0  # % off an even split of the triggers, at most
+SCALE_CPU_FACTOR = 1.1  # CPU per event of each of two daemons against one alone, at most
+# After its last event a daemon still takes confirmed rows off its outbox (50 ms), writes
+# its recent events (0.5 s) and seals its bundle (0.5 s quiet): work the events caused, so
+# counted, alike in both setups; a second of idling costs a few ms against seconds.
+SCALE_SETTLE_SECONDS = 1.0
+
+
+def wait_for_consumers(
+    queue: str, count: int, daemons: list[Daemon], timeout: float = 30.0
+) -> None:
+    """Until ``count`` consumers read ``queue``: a trigger sent while only one did would go
+    to it, whatever the split would have been."""
+    deadline = time.monotonic() + timeout
+    connection = pika.BlockingConnection(BROKER)
+    try:
+        channel = connection.channel()
+        while True:
+            try:
+                found = channel.queue_declare(queue, passive=True).method.consumer_count
+            except pika.exceptions.ChannelClosedByBroker:  # not declared yet
+                found = 0
+                channel = connection.channel()
+            if found >= count:
+                return
+            if time.monotonic() > deadline or any(d.process.poll() is not None for d in daemons):
+                raise RuntimeError(f"{found} of {count} daemons consuming {queue}")
+            time.sleep(0.1)
+    finally:
+        connection.close()
+
+
+@dataclass
+class ScaleSetup:
+    """Daemons consuming one trigger queue, the bench's peer of their exchange, and what
+    their measured blocks of triggers came to: events and CPU seconds by DEVICE_NAME, and
+    the blocks' seconds (first trigger to last event) and CPU ms per event."""
+
+    name: str
+    daemons: dict[str, Daemon]
+    peer: Peer
+    events: Counter[str] = field(default_factory=Counter)
+    cpu_s: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    blocks_ms_per_event: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def daemons_on_one_queue(
+    name: str, root: Path, devices: dict[str, str], count: int, figures: dict[str, Any]
+) -> Iterator[ScaleSetup]:
+    """``count`` daemons consuming one trigger queue (``RABBITMQ_QUEUE``) on a new exchange,
+    each with a DEVICE_NAME (``name``1, ``name``2, ...), data root, HTTP and FTP port of its
+    own, with the bench's peer. At the end they are stopped (a failing exit code kept in
+    ``figures``) and the queue and exchanges deleted; a run that failed shows their logs."""
+    exchange = f"bench_{uuid.uuid4().hex[:8]}"
+    queue = f"{exchange}.snapshot.shared.triggers"
+    figures.setdefault("exchanges", []).append(exchange)
+    daemons: dict[str, Daemon] = {}
+    peer = None
+    measured = False
+    try:
+        for n in range(1, count + 1):
+            own = {**devices, "DEVICE_NAME": f"{name}{n}", "RABBITMQ_QUEUE": queue}
+            daemons[f"{name}{n}"] = Daemon(root / f"{name}{n}", exchange, own, free_port())
+        peer = Peer(exchange)
+        wait_for_consumers(queue, count, list(daemons.values()))
+        yield ScaleSetup(name, daemons, peer)
+        measured = True
+    finally:
+        if peer is not None:
+            peer.close()
+        for device, daemon in daemons.items():
+            code = daemon.stop()
+            if code != 0 or "daemon_exit_code" not in figures:
+                figures["daemon_exit_code"] = code
+            if code != 0 or not measured:
+                log = root / device / "daemon.log"
+                print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
+        delete_leftovers(exchange, queue)
+
+
+def scale_block(setup: ScaleSetup, plan: Plan, count: int, camera: Callable[[], int]) -> None:
+    """``count`` triggers with ``in_flight`` outstanding, to cameras ``camera()`` picks, added
+    to ``setup``'s figures: each daemon's events and its CPU seconds over the block only
+    (read before the first trigger and a settle after the last event)."""
+    peer = setup.peer
+    before = Counter(peer.senders)
+    cpu = {device: daemon.cpu_seconds() for device, daemon in setup.daemons.items()}
+    started = time.perf_counter()
+    sustain(peer, plan, count, seconds=None, camera=camera)
+    setup.seconds += peer.events[-1][0] - started
+    time.sleep(SCALE_SETTLE_SECONDS)
+    used = Counter({d: daemon.cpu_seconds() - cpu[d] for d, daemon in setup.daemons.items()})
+    setup.cpu_s.update(used)
+    setup.events.update(peer.senders - before)
+    setup.blocks_ms_per_event.append(1e3 * used.total() / count)
+
+
+def scale_figures(setup: ScaleSetup) -> dict[str, Any]:
+    """A setup's figures: by daemon, and all together."""
+    events = setup.events.total()
+    return {
+        "daemons": {
+            device: {
+                "events": setup.events[device],
+                "share": setup.events[device] / events,
+                "cpu_s": setup.cpu_s[device],
+                "cpu_ms_per_event": 1e3 * setup.cpu_s[device] / setup.events[device],
+            }
+            for device in setup.daemons
+        },
+        "events": events,
+        "cpu_ms_per_event": 1e3 * setup.cpu_s.total() / events,
+        "events_per_s": events / setup.seconds,
+        "blocks_ms_per_event": setup.blocks_ms_per_event,
+    }
+
+
+def run_scale(plan: Plan, report: Report, root: Path) -> None:
+    """One daemon alone on its queue and two on another, all running at once but only one
+    setup sent triggers at a time, in blocks alternating A B B A: the two's split of the
+    work and CPU per event against the one alone."""
+    image = bench_jpeg()
+    cameras = plan.sustained_cameras
+    blocks = max(1, plan.scale_triggers // plan.scale_block)
+    f: dict[str, Any] = {
+        "jpeg_bytes": len(image),
+        "cameras": cameras,
+        "in_flight": plan.in_flight,
+        "triggers": blocks * plan.scale_block,
+        "block": plan.scale_block,
+        "warmup_triggers_per_daemon": plan.scale_warmup_triggers,
+    }
+    report.figures["scale"] = f
+    root.mkdir(parents=True)
+    # Cameras at random, not in turn: the queue hands triggers to the two daemons in turn,
+    # so with cameras in turn too each daemon got only every other camera, so half the
+    # fetches at once (a camera's triggers take turns), and paid more CPU per event for
+    # that (docs/benchmarks.md).
+    rng = random.Random(29)
+
+    def pick() -> int:
+        return rng.randint(1, cameras)
+
+    with RemoteCamera(image) as camera:
+        devices: dict[str, str] = {}
+        for n in range(1, cameras + 1):
+            devices |= foscam_camera(n, camera.port)
+        with (
+            daemons_on_one_queue("alone", root, devices, 1, report.figures) as alone,
+            daemons_on_one_queue("two", root, devices, 2, report.figures) as two,
+        ):
+            for setup in (alone, two):  # connections, pools, caches: not counted
+                warmup = plan.scale_warmup_triggers * len(setup.daemons)
+                sustain(setup.peer, plan, warmup, seconds=None, camera=pick)
+            time.sleep(SCALE_SETTLE_SECONDS)
+            # Short blocks in the order A B B A, repeated: a machine whose speed drifts over
+            # the run favours neither setup, and the idle one costs nothing measured.
+            for n in range(blocks):
+                for setup in (alone, two) if n % 2 == 0 else (two, alone):
+                    scale_block(setup, plan, plan.scale_block, pick)
+            f["alone"], f["two"] = scale_figures(alone), scale_figures(two)
+    shares = [d["share"] for d in f["two"]["daemons"].values()]
+    f["split_off_even_percent"] = 100 * max(abs(share - 0.5) / 0.5 for share in shares)
+    worst = max(d["cpu_ms_per_event"] for d in f["two"]["daemons"].values())
+    f["cpu_ratio"] = worst / f["alone"]["cpu_ms_per_event"]
+    f["cpu_ratio_both"] = f["two"]["cpu_ms_per_event"] / f["alone"]["cpu_ms_per_event"]
+    print(f"scale: {f}", flush=True)
+    scale_table(report)
+
+
+def scale_table(report: Report) -> None:
+    """The scale part's figures against its two targets."""
+    f = report.figures["scale"]
+    alone, two = f["alone"], f["two"]
+    daemons = two["daemons"]
+
+    def row(*cells: str) -> None:
+        report.row(*cells, table="Two daemons on one queue")
+
+    def blocks(figures: dict[str, Any]) -> str:
+        values = figures["blocks_ms_per_event"]
+        return f"{min(values):.2f}-{max(values):.2f} ms"
+
+    row("measure", "measured", "target", "result")
+    row(
+        f"split of {two['events']:,} triggers between two daemons on one queue",
+        " / ".join(f"{d['events']:,} ({d['share']:.1%})" for d in daemons.values())
+        + f": {f['split_off_even_percent']:.1f} % off even",
+        f"≤ {SCALE_SPLIT_TARGET:g} % off even",
+        verdict(f["split_off_even_percent"], SCALE_SPLIT_TARGET),
+    )
+    row(
+        f"CPU per event: each of the two daemons against one alone ({alone['events']:,} triggers)",
+        " / ".join(f"{d['cpu_ms_per_event']:.2f}" for d in daemons.values())
+        + f" ms against {alone['cpu_ms_per_event']:.2f} ms ({f['cpu_ratio']:.2f}× the higher)",
+        f"≤ {SCALE_CPU_FACTOR:g}×",
+        verdict(f["cpu_ratio"], SCALE_CPU_FACTOR),
+    )
+    row(
+        f"CPU per event, blocks of {f['block']} triggers: one alone / two (the spread)",
+        f"{blocks(alone)} / {blocks(two)}",
+        "",
+        "",
+    )
+    row(
+        "throughput: one daemon alone / two daemons (2 cores shared with the broker, the "
+        "camera and the bench)",
+        f"{alone['events_per_s']:.0f}/s / {two['events_per_s']:.0f}/s",
+        "",
+        "",
+    )
+
+
 def write(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report.figures, indent=2) + "\n")
@@ -1588,6 +1835,18 @@ def write(report: Report, out: Path) -> None:
                 "one trigger at a time.",
                 "",
             ]
+        if title == "Two daemons on one queue":
+            scale = report.figures["scale"]
+            lines += [
+                f"JPEG {scale['jpeg_bytes'] / 1000:.0f} KB, {scale['cameras']} cameras "
+                "picked at random, detection off, defaults; "
+                f"{scale['in_flight']} triggers outstanding. One daemon alone on its queue "
+                "and two on one RABBITMQ_QUEUE, all running, triggered in turn in blocks "
+                f"of {scale['block']} (alone, two, two, alone, ...), each daemon warmed by "
+                f"{scale['warmup_triggers_per_daemon']} triggers first; CPU is the daemon "
+                "process's user + system time over its blocks.",
+                "",
+            ]
         if title == "RTSP cameras":
             lines += [
                 f"{RTSP_SIZE[0]}x{RTSP_SIZE[1]} H.264, {RTSP_FPS} fps, a key frame every "
@@ -1613,7 +1872,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         choices=PARTS,
-        help="one part: the chain, the RTSP cameras or the evidence bundles (default: all)",
+        help="one part: the chain, the RTSP cameras, the evidence bundles, Home Assistant "
+        "over MQTT, detection or two daemons on one queue (default: all)",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
