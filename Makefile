@@ -56,7 +56,7 @@ test:  ## the whole suite but the image's (needs RabbitMQ on 127.0.0.1:5672)
 test-unit:  ## only the tests that need no broker
 	$(RUN) pytest -m "not broker"
 
-bench:  ## the daemon against the raw and durable floors, its RTSP cameras, its evidence bundles (S3 on loopback) and Home Assistant over MQTT (Mosquitto on loopback); report in data/bench/ (needs RabbitMQ)
+bench:  ## the daemon against the raw and durable floors, its RTSP cameras, its evidence bundles (S3 on loopback), Home Assistant over MQTT (Mosquitto on loopback), the detection chain and two daemons on one queue; report in data/bench/ (needs RabbitMQ)
 	$(RUN) python -m tools.bench --out data/bench
 
 bench-http:  ## the health check under 500 trickling clients (needs RabbitMQ)
